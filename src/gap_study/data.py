@@ -1,0 +1,162 @@
+"""Data sets on a canvas: the object sits in the middle of a larger zero background so it
+can move (``shift``) without leaving the image.
+
+The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
+network), upsampled to ``object_size`` and centred on a ``canvas`` x ``canvas`` image.
+Images are stored as ``uint8`` ``(N, C, H, W)``; ``to_float`` scales them to ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from gap_study.io import atomic_path
+
+__all__ = [
+    "CanvasDataset",
+    "load_prepared",
+    "object_boxes",
+    "place_on_canvas",
+    "prepare_digits",
+    "save_prepared",
+    "shift",
+    "shift_margin",
+    "to_float",
+]
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class CanvasDataset:
+    """A train/test split of images on a canvas.
+
+    ``x_*``: ``uint8 (N, C, H, W)``; ``y_*``: ``int64 (N,)``; ``box_*``: ``int64 (N, 4)``, each
+    object's tight bounding box on the canvas as ``(top, left, bottom, right)``, bottom/right
+    exclusive.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    box_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    box_test: np.ndarray
+    num_classes: int
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+
+def shift(images: ArrayT, dx: int, dy: int) -> ArrayT:
+    """Move every image's content by ``dx`` pixels right and ``dy`` down, filling with zeros.
+
+    Works on the last two axes of a NumPy array or a torch tensor, e.g. ``(N, C, H, W)``;
+    content moved past the border is lost (not wrapped). Returns a new array.
+    """
+    h, w = images.shape[-2:]
+    out = torch.zeros_like(images) if isinstance(images, torch.Tensor) else np.zeros_like(images)
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        images[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def place_on_canvas(objects: np.ndarray, canvas: int) -> np.ndarray:
+    """Centre ``(N, C, h, w)`` objects on a zero ``(N, C, canvas, canvas)`` background."""
+    n, c, h, w = objects.shape
+    if canvas < max(h, w):
+        raise ValueError(f"canvas {canvas} is smaller than the {h}x{w} object")
+    top, left = (canvas - h) // 2, (canvas - w) // 2
+    out = np.zeros((n, c, canvas, canvas), dtype=objects.dtype)
+    out[:, :, top:top + h, left:left + w] = objects
+    return out
+
+
+def object_boxes(images: np.ndarray) -> np.ndarray:
+    """Tight ``(top, left, bottom, right)`` box of each ``(N, C, H, W)`` image's non-zero pixels.
+
+    An all-zero image gets the empty box ``(0, 0, 0, 0)``.
+    """
+    mask = images.reshape(images.shape[0], -1, *images.shape[-2:]).any(axis=1)
+    rows, cols = mask.any(axis=2), mask.any(axis=1)
+    boxes = np.zeros((images.shape[0], 4), dtype=np.int64)
+    has = rows.any(axis=1)
+    boxes[has, 0] = rows[has].argmax(axis=1)
+    boxes[has, 1] = cols[has].argmax(axis=1)
+    boxes[has, 2] = rows.shape[1] - rows[has, ::-1].argmax(axis=1)
+    boxes[has, 3] = cols.shape[1] - cols[has, ::-1].argmax(axis=1)
+    return boxes
+
+
+def shift_margin(boxes: np.ndarray, canvas: int) -> int:
+    """Largest ``s`` such that every object moved by any ``|dx|, |dy| <= s`` stays whole."""
+    top, left, bottom, right = boxes.T
+    return int(min(top.min(), left.min(), (canvas - bottom).min(), (canvas - right).min()))
+
+
+def prepare_digits(canvas: int = 32, object_size: int = 16, test_fraction: float = 0.25,
+                   split_seed: int = 0) -> CanvasDataset:
+    """scikit-learn digits, bilinearly upsampled to ``object_size`` and centred on the canvas.
+
+    The stratified train/test split is fixed by ``split_seed``, independent of training seeds.
+    """
+    digits = load_digits()
+    small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
+    big = F.interpolate(small, size=(object_size, object_size), mode="bilinear",
+                        align_corners=False)
+    objects = np.rint(big.clamp(0, 1).numpy() * 255).astype(np.uint8)
+    images = place_on_canvas(objects, canvas)
+    labels = digits.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                           stratify=labels, random_state=split_seed)
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    boxes = object_boxes(images)
+    return CanvasDataset(
+        name="digits",
+        x_train=images[train_idx], y_train=labels[train_idx], box_train=boxes[train_idx],
+        x_test=images[test_idx], y_test=labels[test_idx], box_test=boxes[test_idx],
+        num_classes=10,
+    )
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``uint8`` images to a ``float32`` tensor in ``[0, 1]`` (zero background stays zero)."""
+    return torch.as_tensor(images).to(torch.float32).div_(255.0)
+
+
+def save_prepared(path: str | Path, dataset: CanvasDataset) -> None:
+    """Write ``dataset`` as an uncompressed ``.npz`` (no pickled objects), atomically."""
+    arrays = {f.name: getattr(dataset, f.name) for f in fields(dataset)}
+    arrays["name"] = np.array(dataset.name)
+    arrays["num_classes"] = np.array(dataset.num_classes)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_prepared(path: str | Path) -> CanvasDataset:
+    """Read a data set written by ``save_prepared``; a missing file says which stage makes it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the 'prepare' stage "
+                                "(`dvc repro prepare`) to create it")
+    with np.load(path, allow_pickle=False) as npz:
+        values = {f.name: npz[f.name] for f in fields(CanvasDataset)}
+    values["name"] = str(values["name"])
+    values["num_classes"] = int(values["num_classes"])
+    return CanvasDataset(**values)

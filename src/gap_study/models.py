@@ -1,0 +1,157 @@
+"""A small VGG-style backbone with interchangeable classifier heads (STUDY.md, "Heads").
+
+Every head sits on the same backbone output ``f`` of shape ``(N, C, H, W)``:
+
+- ``dense``: flatten, ``Linear(C*H*W, hidden)``, ReLU, ``Linear(hidden, K)``
+- ``gap`` / ``gmp`` / ``gsp``: global average / max / sum pooling, then ``Linear(C, K)``
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import Tensor, nn
+
+from gap_study.pooling import GLOBAL_POOLS, GlobalPool2d
+
+__all__ = [
+    "HEAD_NAMES",
+    "ClassifierNet",
+    "DenseHead",
+    "ModelConfig",
+    "PooledLinearHead",
+    "build_model",
+    "dense_head_param_count",
+    "feature_map_shape",
+    "head_param_count",
+    "param_count",
+    "pooled_head_param_count",
+]
+
+HEAD_NAMES: tuple[str, ...] = ("dense", *GLOBAL_POOLS)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in each checkpoint."""
+
+    head: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+    widths: tuple[int, ...] = (16, 32, 64)
+    dense_hidden: int = 500
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_NAMES:
+            raise ValueError(f"unknown head {self.head!r}; allowed: {', '.join(HEAD_NAMES)}")
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+
+def make_backbone(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """VGG-style blocks ``conv3x3 -> BatchNorm -> ReLU``, a 2x2 max-pool between blocks.
+
+    ``(N, in_channels, S, S) -> (N, widths[-1], S / 2**(len(widths)-1), ...)``.
+    The last block is not pooled, so the heads see the largest map the backbone makes.
+    """
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for i, width in enumerate(widths):
+        if i > 0:
+            layers.append(nn.MaxPool2d(2))
+        layers += [
+            nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+        channels = width
+    return nn.Sequential(*layers)
+
+
+def feature_map_shape(image_size: int, widths: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the backbone output for a square ``image_size`` input."""
+    size = image_size
+    for _ in widths[1:]:
+        size //= 2
+    if size < 1:
+        raise ValueError(f"image_size {image_size} is too small for {len(widths)} blocks")
+    return widths[-1], size, size
+
+
+class DenseHead(nn.Module):
+    """Flatten ``(N, C, H, W)``, ``Linear(C*H*W, hidden)``, ReLU, ``Linear(hidden, K)``.
+
+    Output ``(N, K)`` logits.
+    """
+
+    def __init__(self, in_features: int, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.hidden = nn.Linear(in_features, hidden)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.fc(self.relu(self.hidden(self.flatten(f))))
+
+
+class PooledLinearHead(nn.Module):
+    """Global pooling ``(N, C, H, W) -> (N, C)``, then ``Linear(C, K)`` -> ``(N, K)``.
+
+    The classifier is linear on pooled features, so ``fc.weight`` gives class activation maps.
+    """
+
+    def __init__(self, pool_type: str, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.pool = GlobalPool2d(pool_type)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.fc(self.pool(f))
+
+
+class ClassifierNet(nn.Module):
+    """``features`` (the shared backbone) followed by ``head``; ``(N, C_in, S, S) -> (N, K)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.features = make_backbone(config.in_channels, config.widths)
+        channels, height, width = feature_map_shape(config.image_size, config.widths)
+        if config.head == "dense":
+            self.head: nn.Module = DenseHead(channels * height * width, config.dense_hidden,
+                                             config.num_classes)
+        else:
+            self.head = PooledLinearHead(config.head, channels, config.num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(config: ModelConfig) -> ClassifierNet:
+    """A freshly initialised model (seed torch before calling for reproducible weights)."""
+    return ClassifierNet(config)
+
+
+def param_count(module: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters in ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def head_param_count(model: ClassifierNet) -> int:
+    """Trainable parameters of the classifier head alone."""
+    return param_count(model.head)
+
+
+def dense_head_param_count(channels: int, height: int, width: int, hidden: int,
+                           num_classes: int) -> int:
+    """STUDY.md formula for ``dense``: ``C*H*W*hidden + hidden + hidden*K + K``."""
+    return channels * height * width * hidden + hidden + hidden * num_classes + num_classes
+
+
+def pooled_head_param_count(channels: int, num_classes: int) -> int:
+    """STUDY.md formula for ``gap``/``gmp``/``gsp``: ``C*K + K``."""
+    return channels * num_classes + num_classes

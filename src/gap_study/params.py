@@ -1,0 +1,183 @@
+"""``params.yaml`` as typed, validated settings: the one place every stage reads its knobs from.
+
+``load_params()`` rejects unknown keys, unknown names and out-of-range values before any work
+starts, with one message per problem naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from gap_study.models import HEAD_NAMES
+
+__all__ = [
+    "DataParams",
+    "EvaluateParams",
+    "ModelParams",
+    "Params",
+    "ParamsError",
+    "ReportParams",
+    "TrainParams",
+    "load_params",
+    "parse_params",
+]
+
+DATA_SETS = ("digits",)
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` (or a notebook's parameters) holds a value the study cannot run with."""
+
+
+def _unique(values: list) -> list:
+    duplicates = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if duplicates:
+        raise ValueError(f"values must be unique; repeated: {duplicates}")
+    return values
+
+
+def _check_device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    name: Literal[DATA_SETS]
+    canvas: PositiveInt
+    object_size: PositiveInt
+    test_fraction: Annotated[float, Field(gt=0, lt=1)]
+    split_seed: NonNegativeInt
+
+    @model_validator(mode="after")
+    def _object_fits(self) -> DataParams:
+        if self.canvas < self.object_size:
+            raise ValueError(f"canvas ({self.canvas}) must be at least object_size "
+                             f"({self.object_size}) so the object fits on it")
+        return self
+
+    @property
+    def shift_room(self) -> int:
+        """How far the centred object can move before it touches the border."""
+        return (self.canvas - self.object_size) // 2
+
+
+class ModelParams(_Section):
+    widths: Annotated[list[PositiveInt], Field(min_length=1)]
+    dense_hidden: PositiveInt
+
+
+class TrainParams(_Section):
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: NonNegativeFloat
+
+
+class EvaluateParams(_Section):
+    max_shift: NonNegativeInt
+    batch_size: PositiveInt
+
+
+class ReportParams(_Section):
+    confidence: Annotated[float, Field(gt=0, lt=1)]
+
+
+HeadName = Literal[HEAD_NAMES]  # type: ignore[valid-type]
+
+
+class Params(_Section):
+    data: DataParams
+    model: ModelParams
+    heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(_unique)]
+    train: TrainParams
+    evaluate: EvaluateParams
+    report: ReportParams
+    device: Annotated[str, AfterValidator(_check_device)]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        if self.evaluate.max_shift > self.data.shift_room:
+            raise ValueError(
+                f"evaluate.max_shift = {self.evaluate.max_shift} would push the object off the "
+                f"canvas: with data.canvas = {self.data.canvas} and data.object_size = "
+                f"{self.data.object_size} it can be at most {self.data.shift_room}")
+        pooled = self.data.canvas // 2 ** (len(self.model.widths) - 1)
+        if pooled < 1:
+            raise ValueError(f"model.widths has {len(self.model.widths)} blocks, too many for "
+                             f"data.canvas = {self.data.canvas}: each block after the first "
+                             "halves the map")
+        return self
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _describe(error: dict[str, Any], section_model: type[BaseModel]) -> str:
+    """One line for one pydantic error: the dotted key, the bad value, what is allowed."""
+    loc = [str(part) for part in error["loc"]]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        owner: Any = section_model
+        for part in loc[:-1]:
+            owner = owner.model_fields[part].annotation if hasattr(owner, "model_fields") else None
+        allowed = sorted(owner.model_fields) if hasattr(owner, "model_fields") else []
+        return (f"{key}: unknown key{_suggest(loc[-1], allowed)}; "
+                f"allowed keys here: {', '.join(allowed)}")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        allowed = re.findall(r"'([^']+)'", message)
+        return f"{key} = {value!r}: not allowed{_suggest(str(value), allowed)}; {message}"
+    if not error["loc"]:
+        return message
+    if not isinstance(value, dict):
+        return f"{key} = {value!r}: {message}"
+    return f"{key}: {message}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a ``params.yaml`` mapping; raise ``ParamsError`` listing every problem."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, Params) for e in exc.errors()]
+        raise ParamsError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``path``; a missing or unparsable file gets a clear ``ParamsError``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run from the project root, "
+                          "or pass the path of params.yaml") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

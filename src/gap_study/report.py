@@ -1,0 +1,617 @@
+"""Aggregation over seeds, claim verdicts, seaborn figures and the Markdown/HTML report.
+
+Statistics follow STUDY.md: every metric per head as mean, standard deviation and a Student-t
+confidence interval over seeds. A claim of the write-up is judged per pooling head against
+``dense`` from the Welch-t interval of the difference of means; the verdict is computed from
+those numbers, never typed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import markdown
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from scipy import stats
+
+from gap_study.io import atomic_path, write_text
+
+__all__ = [
+    "CLAIMS",
+    "Claim",
+    "claim_table",
+    "head_palette",
+    "markdown_to_html",
+    "plot_accuracy_and_gap",
+    "plot_learning_curves",
+    "plot_param_counts",
+    "plot_shift_by_radius",
+    "plot_shift_heatmaps",
+    "plot_time_per_epoch",
+    "save_figure",
+    "summarize",
+    "t_interval",
+    "welch_interval",
+]
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def t_interval(values: Sequence[float] | np.ndarray,
+               confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean; ``(nan, nan)`` with fewer than two values."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    mean, sem = x.mean(), x.std(ddof=1) / math.sqrt(len(x))
+    half = stats.t.ppf((1 + confidence) / 2, len(x) - 1) * sem
+    return float(mean - half), float(mean + half)
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float],
+                   confidence: float = 0.95) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` and its Welch-t confidence interval.
+
+    When both samples have zero spread (e.g. parameter counts) the difference is exact and the
+    interval collapses to it; with fewer than two values on a side the interval is ``nan``.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf((1 + confidence) / 2, dof) * se
+    return diff, diff - half, diff + half
+
+
+def summarize(frame: pd.DataFrame, by: str | list[str], metrics: Sequence[str],
+              confidence: float = 0.95) -> pd.DataFrame:
+    """Tidy aggregate over seeds: one row per group and metric with
+    ``n, mean, std, ci_low, ci_high``."""
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for keys, group in frame.groupby(by, sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        for metric in metrics:
+            values = group[metric].to_numpy(dtype=float)
+            low, high = t_interval(values, confidence)
+            rows.append({**dict(zip(by, keys, strict=True)), "metric": metric,
+                         "n": len(values), "mean": values.mean(),
+                         "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                         "ci_low": low, "ci_high": high})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the write-up, tested as "pooling head beats dense" on one metric."""
+
+    name: str
+    metric: str
+    lower_is_better: bool
+    unit: str
+    quote: str
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("fewer parameters", "params_head", True, "parameters",
+          "helps removing a large number of trainable parameters from the model"),
+    Claim("less overfitting", "overfit_gap", True, "accuracy points (train - test)",
+          "Global average (max) pooling is used to minimize the overfitting"),
+    Claim("more translation robust", "shift_accuracy_mean", False, "accuracy over the shift grid",
+          "this makes the model more robust to spatial translations in the data"),
+    Claim("faster training", "seconds_per_epoch", True, "seconds per epoch",
+          "Removing them helps training faster"),
+)
+
+
+def _head_verdict(low: float, high: float) -> str:
+    if math.isnan(low):
+        return "untested (one seed)"
+    if low > 0:
+        return "supported"
+    if high < 0:
+        return "contradicted"
+    return "no clear difference"
+
+
+def claim_table(per_seed: pd.DataFrame, baseline: str = "dense",
+                confidence: float = 0.95) -> pd.DataFrame:
+    """Each claim per pooling head against ``baseline``: the improvement (positive = the claim
+    holds), its Welch-t interval, and a verdict computed from that interval.
+
+    ``per_seed`` has one row per head and seed with a column per claim metric.
+    """
+    heads = [h for h in per_seed["head"].unique() if h != baseline]
+    base = per_seed[per_seed["head"] == baseline]
+    rows = []
+    for claim in CLAIMS:
+        for head in heads:
+            ours = per_seed.loc[per_seed["head"] == head, claim.metric]
+            theirs = base[claim.metric]
+            # improvement = how much better the pooling head is, in the metric's units
+            a, b = (theirs, ours) if claim.lower_is_better else (ours, theirs)
+            diff, low, high = welch_interval(a, b, confidence)
+            rows.append({"claim": claim.name, "head": head, "metric": claim.metric,
+                         "head_mean": ours.mean(), "baseline_mean": theirs.mean(),
+                         "improvement": diff, "ci_low": low, "ci_high": high,
+                         "verdict": _head_verdict(low, high)})
+    return pd.DataFrame(rows)
+
+
+def overall_verdicts(claims: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per claim over all pooling heads: supported (every head), not supported
+    (no head), or mixed."""
+    rows = []
+    for name, group in claims.groupby("claim", sort=False):
+        supported = (group.verdict == "supported").sum()
+        verdict = ("supported" if supported == len(group)
+                   else "not supported" if supported == 0 else "mixed")
+        rows.append({"claim": name, "verdict": verdict,
+                     "heads supporting": ", ".join(group.loc[group.verdict == "supported", "head"])
+                     or "none"})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def head_palette(heads: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One fixed colour per head, the same in every figure."""
+    return dict(zip(heads, sns.color_palette("colorblind", len(heads)), strict=True))
+
+
+def _t_errorbar(confidence: float):
+    """A seaborn ``errorbar`` callable drawing the Student-t interval used in the tables."""
+    def interval(values: pd.Series) -> tuple[float, float]:
+        low, high = t_interval(values, confidence)
+        mean = float(np.mean(values))
+        return (mean, mean) if math.isnan(low) else (low, high)
+    return interval
+
+
+def plot_param_counts(counts: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
+    """Bars of total and head parameters per head, log scale. ``counts``: head, params_total,
+    params_head."""
+    tidy = counts.melt(id_vars="head", value_vars=["params_total", "params_head"],
+                       var_name="part", value_name="parameters")
+    tidy["part"] = tidy["part"].map({"params_total": "whole model", "params_head": "head only"})
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.barplot(tidy, x="head", y="parameters", hue="part", order=heads, ax=ax)
+    ax.set_yscale("log")
+    ax.set(xlabel="classifier head", ylabel="trainable parameters (log scale)",
+           title="Parameters per head")
+    for container in ax.containers:
+        ax.bar_label(container, fmt="{:,.0f}", fontsize=7, padding=2)
+    ax.legend(title=None)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_and_gap(per_seed: pd.DataFrame, heads: Sequence[str],
+                          confidence: float = 0.95) -> plt.Figure:
+    """Train and test accuracy (left) and the overfitting gap (right), bars = mean over seeds,
+    error bars = Student-t interval."""
+    errorbar = _t_errorbar(confidence)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    tidy = per_seed.melt(id_vars=["head", "seed"], value_vars=["train_accuracy", "test_accuracy"],
+                         var_name="split", value_name="accuracy")
+    tidy["split"] = tidy["split"].str.removesuffix("_accuracy")
+    tidy["accuracy"] *= 100
+    sns.barplot(tidy, x="head", y="accuracy", hue="split", order=heads, errorbar=errorbar,
+                capsize=0.15, ax=left)
+    low = max(0.0, tidy["accuracy"].min() - 5)
+    left.set(ylim=(low, 100.5), xlabel="classifier head", ylabel="accuracy (%)",
+             title="Accuracy on centred images")
+    left.legend(title=None, loc="lower right")
+    gap = per_seed.assign(gap=per_seed["overfit_gap"] * 100)
+    sns.barplot(gap, x="head", y="gap", hue="head", order=heads, palette=head_palette(heads),
+                errorbar=errorbar, capsize=0.15, ax=right, legend=False)
+    right.set(xlabel="classifier head", ylabel="train - test accuracy (points)",
+              title="Overfitting gap")
+    right.axhline(0, color="black", linewidth=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shift_by_radius(by_radius: pd.DataFrame, heads: Sequence[str],
+                         confidence: float = 0.95) -> plt.Figure:
+    """Accuracy vs shift radius ``max(|dx|, |dy|)``, one line per head, band = t interval
+    over seeds. ``by_radius``: head, seed, radius, accuracy."""
+    data = by_radius.assign(accuracy=by_radius["accuracy"] * 100)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data, x="radius", y="accuracy", hue="head", hue_order=heads, marker="o",
+                 palette=head_palette(heads), errorbar=_t_errorbar(confidence), ax=ax)
+    ax.set(xlabel="shift radius max(|dx|, |dy|) (pixels)", ylabel="test accuracy (%)",
+           title="Accuracy when the object moves", ylim=(0, 100.5))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(title="head")
+    fig.tight_layout()
+    return fig
+
+
+def plot_shift_heatmaps(grid: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
+    """Test accuracy for every offset ``(dx, dy)``, mean over seeds, one panel per head."""
+    fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads) + 1, 3.6), squeeze=False)
+    mean = grid.groupby(["head", "dy", "dx"], as_index=False)["accuracy"].mean()
+    for ax, head in zip(axes[0], heads, strict=True):
+        table = mean[mean["head"] == head].pivot(index="dy", columns="dx", values="accuracy") * 100
+        step = max(1, len(table) // 8)  # at most ~9 tick labels per axis
+        sns.heatmap(table, vmin=0, vmax=100, cmap="viridis", square=True, ax=ax,
+                    xticklabels=step, yticklabels=step,
+                    cbar=head == heads[-1], cbar_kws={"label": "test accuracy (%)"})
+        ax.set(title=head, xlabel="dx (pixels, + = right)", ylabel="dy (pixels, + = down)")
+    fig.suptitle("Accuracy for each shift of the object")
+    fig.tight_layout()
+    return fig
+
+
+def plot_time_per_epoch(per_seed: pd.DataFrame, heads: Sequence[str],
+                        confidence: float = 0.95) -> plt.Figure:
+    """Seconds per training epoch (median epoch of each run), mean and t interval over seeds."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.barplot(per_seed, x="head", y="seconds_per_epoch", hue="head", order=heads,
+                palette=head_palette(heads), errorbar=_t_errorbar(confidence), capsize=0.15,
+                ax=ax, legend=False)
+    ax.set(xlabel="classifier head", ylabel="seconds per epoch", title="Training time per epoch")
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(history: pd.DataFrame, heads: Sequence[str],
+                         confidence: float = 0.95) -> plt.Figure:
+    """Train (running) and test accuracy per epoch, band = t interval over seeds."""
+    tidy = history.melt(id_vars=["head", "seed", "epoch"],
+                        value_vars=["train_accuracy", "test_accuracy"], var_name="split",
+                        value_name="accuracy")
+    tidy["split"] = tidy["split"].str.removesuffix("_accuracy")
+    tidy["accuracy"] *= 100
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(tidy, x="epoch", y="accuracy", hue="head", hue_order=heads, style="split",
+                 palette=head_palette(heads), errorbar=_t_errorbar(confidence), ax=ax)
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Learning curves",
+           ylim=(max(0.0, tidy["accuracy"].min() - 5), 100.5))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 130) -> Path:
+    """Write ``fig`` as PNG atomically and close it; returns the path."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- HTML
+
+_HTML_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
+       margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; }}
+th {{ background: #f3f3f3; }}
+tr:nth-child(even) td {{ background: #fafafa; }}
+img {{ max-width: 100%; height: auto; display: block; margin: 1rem 0; }}
+code {{ background: #f3f3f3; padding: 0 0.2rem; }}
+pre {{ background: #f6f6f6; padding: 0.6rem; overflow-x: auto; }}
+</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
+def markdown_to_html(text: str, base_dir: str | Path) -> str:
+    """A single self-contained HTML page: Markdown rendered, local PNGs embedded as data URIs."""
+    base_dir = Path(base_dir)
+    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
+
+    def embed(match: re.Match) -> str:
+        src = match.group(1)
+        if src.startswith(("data:", "http:", "https:")):
+            return match.group(0)
+        encoded = base64.b64encode((base_dir / src).read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{encoded}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    title_match = re.search(r"<h1>(.*?)</h1>", body)
+    title = re.sub("<[^>]+>", "", title_match.group(1)) if title_match else "Report"
+    return _HTML_PAGE.format(title=title, body=body)
+
+
+def write_report(markdown_path: str | Path, html_path: str | Path, text: str) -> None:
+    """Write the Markdown report and its self-contained HTML twin (images resolved beside it)."""
+    write_text(markdown_path, text)
+    write_text(html_path, markdown_to_html(text, Path(markdown_path).parent))
+
+
+# ---------------------------------------------------------------- collecting results
+
+
+def collect_results(layout, heads: Sequence[str]) -> dict[str, object]:
+    """Read every head's evaluation and training outputs into tidy frames (``layout``: a
+    ``gap_study.paths.Layout``).
+
+    Returns ``per_seed`` (one row per head and seed: evaluation metrics plus
+    ``seconds_per_epoch``/``images_per_second``, the median epoch of that run), ``grid``
+    (head, seed, dx, dy, radius, accuracy), ``history`` (head, seed, epoch, ...) and ``runs``
+    (each head's training and evaluation run records).
+    """
+    metrics, grids, histories, runs = [], [], [], {}
+    for head in heads:
+        metrics.append(pd.read_csv(layout.eval_metrics(head)))
+        grids.append(pd.read_csv(layout.shift_grid(head)).assign(head=head))
+        for path in sorted(layout.train_reports(head).glob("history/seed_*.csv")):
+            histories.append(pd.read_csv(path).assign(head=head))
+        runs[head] = {"train": json.loads(layout.train_run(head).read_text()),
+                      "evaluate": json.loads(layout.eval_run(head).read_text())}
+    history = pd.concat(histories, ignore_index=True)
+    speed = (history.groupby(["head", "seed"], as_index=False)
+             .agg(seconds_per_epoch=("epoch_seconds", "median"),
+                  images_per_second=("images_per_second", "median")))
+    per_seed = pd.concat(metrics, ignore_index=True).merge(speed, on=["head", "seed"],
+                                                           how="left", validate="one_to_one")
+    return {"per_seed": per_seed, "grid": pd.concat(grids, ignore_index=True),
+            "history": history, "runs": runs}
+
+
+def radius_table(grid: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per head, seed and shift radius (mean over the offsets at that radius)."""
+    return grid.groupby(["head", "seed", "radius"], as_index=False)["accuracy"].mean()
+
+
+# ---------------------------------------------------------------- the Markdown report
+
+SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
+                   "overfit_gap", "train_loss", "test_loss", "loss_gap", "shift_accuracy_mean",
+                   "shift_accuracy_worst", "seconds_per_epoch", "images_per_second")
+
+# how each metric is shown: (scale, decimals, unit)
+_FORMATS = {
+    "params_total": (1, 0, ""), "params_head": (1, 0, ""),
+    "train_accuracy": (100, 1, "%"), "test_accuracy": (100, 1, "%"),
+    "overfit_gap": (100, 2, " pts"), "train_loss": (1, 3, ""), "test_loss": (1, 3, ""),
+    "loss_gap": (1, 3, ""), "shift_accuracy_mean": (100, 1, "%"),
+    "shift_accuracy_worst": (100, 1, "%"), "seconds_per_epoch": (1, 3, " s"),
+    "images_per_second": (1, 0, ""),
+}
+
+
+def _number(value: float, metric: str, difference: bool = False) -> str:
+    """``value`` in the metric's display units; a difference of percentages is in points."""
+    scale, decimals, unit = _FORMATS.get(metric, (1, 3, ""))
+    if difference and unit == "%":
+        unit = " pts"
+    return f"{value * scale:,.{decimals}f}{unit}"
+
+
+def _improvement(diff: float, low: float, high: float, metric: str) -> str:
+    """``diff [low, high]``; just ``diff (exact)`` when the interval has no width."""
+    text = _number(diff, metric, difference=True)
+    if math.isnan(low):
+        return text
+    if low == high:
+        return f"{text} (exact)"
+    return (f"{text} [{_number(low, metric, difference=True)}, "
+            f"{_number(high, metric, difference=True)}]")
+
+
+def format_stat(row: pd.Series | dict, metric: str) -> str:
+    """``mean ± std [ci_low, ci_high]`` in the metric's display units."""
+    scale, decimals, unit = _FORMATS.get(metric, (1, 3, ""))
+    text = f"{row['mean'] * scale:,.{decimals}f}"
+    if not math.isnan(row["std"]) and row["std"] > 0:
+        text += f" ± {row['std'] * scale:,.{decimals}f}"
+        text += f" [{row['ci_low'] * scale:,.{decimals}f}, {row['ci_high'] * scale:,.{decimals}f}]"
+    return text + unit
+
+
+def stat_table(aggregate: pd.DataFrame, metrics: Sequence[str], labels: Sequence[str],
+               heads: Sequence[str]) -> pd.DataFrame:
+    """A head x metric table of formatted ``mean ± std [CI]`` strings."""
+    table = pd.DataFrame({"head": list(heads)})
+    for metric, label in zip(metrics, labels, strict=True):
+        rows = aggregate[aggregate.metric == metric].set_index("head")
+        table[label] = [format_stat(rows.loc[h], metric) for h in heads]
+    return table
+
+
+def _md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def claim_sentences(claims: pd.DataFrame, overall: pd.DataFrame, baseline: str = "dense") -> str:
+    """One plain paragraph per claim, every number taken from ``claims``."""
+    paragraphs = []
+    units = {c.name: c for c in CLAIMS}
+    for _, row in overall.iterrows():
+        claim = units[row["claim"]]
+        parts = []
+        for _, r in claims[claims.claim == row["claim"]].iterrows():
+            parts.append(f"`{r['head']}` {_number(r.head_mean, r.metric)} vs "
+                         f"{_number(r.baseline_mean, r.metric)} for `{baseline}`, better by "
+                         f"{_improvement(r.improvement, r.ci_low, r.ci_high, r.metric)}: "
+                         f"{r.verdict}")
+        paragraphs.append(f"- **{claim.name.capitalize()}: {row['verdict']}.** "
+                          f"Metric `{claim.metric}` ({claim.unit}): " + "; ".join(parts) + ".")
+    return "\n".join(paragraphs)
+
+
+def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
+                   by_radius: pd.DataFrame, claims: pd.DataFrame, overall: pd.DataFrame,
+                   figures: dict[str, str], runs: dict[str, dict], heads: Sequence[str],
+                   confidence: float) -> str:
+    """The report as Markdown. Figures are referenced by their path relative to the report."""
+    first = runs[heads[0]]
+    train, model = first["train"]["train"], first["train"]["model"]
+    evaluate, env = first["evaluate"]["evaluate"], first["train"]["environment"]
+    dataset = first["train"]["dataset"]
+    seeds = sorted(per_seed.seed.unique().tolist())
+    level = f"{confidence:.0%}"
+    has_baseline = "dense" in heads and len(heads) > 1
+
+    radius_wide = (by_radius.groupby(["head", "radius"], as_index=False)["accuracy"].mean()
+                   .pivot(index="head", columns="radius", values="accuracy")
+                   .reindex(list(heads)) * 100).round(1)
+    radius_wide.columns = [f"r={int(c)}" for c in radius_wide.columns]
+    radius_wide = radius_wide.reset_index().astype(str)
+
+    params_table = (per_seed.groupby("head", sort=False)[["params_total", "params_head"]].first()
+                    .reindex(list(heads)).reset_index())
+    params_table["head share"] = [f"{h / t:.2%}" for h, t in
+                                  zip(params_table.params_head, params_table.params_total,
+                                      strict=True)]
+    params_table["params_total"] = params_table.params_total.map("{:,}".format)
+    params_table["params_head"] = params_table.params_head.map("{:,}".format)
+    params_table.columns = ["head", "whole model", "head only", "head share"]
+
+    claims_shown = claims.copy()
+    claims_shown["pooling head"] = [_number(v, m) for v, m in
+                                    zip(claims.head_mean, claims.metric, strict=True)]
+    claims_shown["dense"] = [_number(v, m) for v, m in
+                             zip(claims.baseline_mean, claims.metric, strict=True)]
+    claims_shown[f"improvement [{level} CI]"] = [
+        _improvement(d, lo, hi, m)
+        for d, lo, hi, m in zip(claims.improvement, claims.ci_low, claims.ci_high, claims.metric,
+                                strict=True)]
+    claims_shown = claims_shown[["claim", "head", "pooling head", "dense",
+                                 f"improvement [{level} CI]", "verdict"]]
+
+    lines = [
+        "# Global pooling vs a dense classifier head: results",
+        "",
+        f"Data set **{dataset['name']}**: {dataset['train_images']:,} training and "
+        f"{dataset['test_images']:,} test images of {dataset['image_size']}x"
+        f"{dataset['image_size']} pixels ({dataset['in_channels']} channel(s)), "
+        f"{dataset['num_classes']} classes, the object centred on a zero background. "
+        f"Backbone: conv3x3-BN-ReLU blocks of widths {model['widths']} with 2x2 max-pooling "
+        f"between blocks; `dense` head hidden size {model['dense_hidden']}. "
+        f"Heads: {', '.join(f'`{h}`' for h in heads)}. Each head is trained with seeds "
+        f"{seeds} for {train['epochs']} epochs (Adam, learning rate {train['lr']}, batch "
+        f"{train['batch_size']}, weight decay {train['weight_decay']}). "
+        f"Every number is the mean over the {len(seeds)} seeds, with ± the standard deviation "
+        f"and [the {level} Student-t confidence interval]; per-seed values are in "
+        "`summary.csv`. Metric definitions: `STUDY.md` (\"Metrics\").",
+        "",
+        "## What the numbers say about the write-up's claims",
+        "",
+    ]
+    if has_baseline:
+        lines += [
+            f"Each pooling head is compared with `dense`. A claim holds for a head when the "
+            f"{level} Welch-t interval of the improvement lies above zero; \"no clear "
+            f"difference\" means the interval contains zero (not that the heads are equal); "
+            f"\"contradicted\" means the pooling head is reliably worse. A claim is supported "
+            f"when it holds for every pooling head, mixed when for some.",
+            "",
+            _md(overall),
+            "",
+            claim_sentences(claims, overall),
+            "",
+            _md(claims_shown),
+            "",
+        ]
+    else:
+        lines += ["The run has no `dense` baseline (or no pooling head), so the claims are "
+                  "not tested here; add `dense` and a pooling head to `heads`.", ""]
+    lines += [
+        "## Parameters",
+        "",
+        _md(params_table),
+        "",
+        f"![Parameters per head]({figures['params']})",
+        "",
+        "## Accuracy and overfitting",
+        "",
+        "Train and test accuracy are measured on centred images with the model in eval mode; "
+        "the overfitting gap is train minus test accuracy, the loss gap test minus train "
+        "cross-entropy.",
+        "",
+        _md(stat_table(aggregate, ["train_accuracy", "test_accuracy", "overfit_gap", "loss_gap"],
+                       ["train accuracy", "test accuracy", "overfitting gap", "loss gap"],
+                       heads)),
+        "",
+        f"![Accuracy and overfitting gap]({figures['accuracy']})",
+        "",
+        f"![Learning curves]({figures['learning_curves']})",
+        "",
+        "## Translation robustness",
+        "",
+        f"Test accuracy with the object moved by every integer offset (dx, dy) in "
+        f"[-{evaluate['max_shift']}, {evaluate['max_shift']}]² on the canvas (zero fill), "
+        "summarised by the shift radius max(|dx|, |dy|) (mean over seeds, %), and over the "
+        "whole grid (mean and worst offset).",
+        "",
+        _md(radius_wide),
+        "",
+        _md(stat_table(aggregate, ["shift_accuracy_mean", "shift_accuracy_worst"],
+                       ["mean over the grid", "worst offset"], heads)),
+        "",
+        f"![Accuracy vs shift radius]({figures['shift_radius']})",
+        "",
+        f"![Accuracy per offset]({figures['shift_heatmaps']})",
+        "",
+        "## Training speed",
+        "",
+        f"Wall time of the training pass of one epoch (median over epochs, per run), on "
+        f"{env['device']} ({env['device_name']}, {env['torch_threads']} threads). Timings "
+        "vary from run to run and are not part of the bit-reproducible metrics.",
+        "",
+        _md(stat_table(aggregate, ["seconds_per_epoch", "images_per_second"],
+                       ["seconds per epoch", "training images per second"], heads)),
+        "",
+        f"![Time per epoch]({figures['time']})",
+        "",
+        "## Provenance",
+        "",
+        f"- torch {env['torch']}, numpy {env['numpy']}, Python {env['python']} on "
+        f"{env['platform']}; git commit `{env['git_commit']}`.",
+        f"- Training params: `{train}`; model params: `{model}`; evaluation params: "
+        f"`{evaluate}`.",
+        "- Inputs: `reports/eval/<head>/` (metrics.csv, shift_grid.csv), "
+        "`reports/train/<head>/` (per-epoch history, run.json); executed notebooks in "
+        "`reports/notebooks/`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
+                    "overfit_gap", "loss_gap", "shift_accuracy_mean", "shift_accuracy_worst")
+
+
+def headline_metrics(per_seed: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per head, the mean over seeds of each deterministic metric (timings excluded, so the
+    file is byte-identical between runs with the same params), for ``dvc metrics``."""
+    out = {}
+    for head, group in per_seed.groupby("head", sort=False):
+        out[head] = {m: float(group[m].mean()) for m in HEADLINE_METRICS}
+        out[head]["seeds"] = len(group)
+    return out
