@@ -613,5 +613,7 @@ def headline_metrics(per_seed: pd.DataFrame) -> dict[str, dict[str, float]]:
     out = {}
     for head, group in per_seed.groupby("head", sort=False):
         out[head] = {m: float(group[m].mean()) for m in HEADLINE_METRICS}
+        out[head].update({m: int(group[m].max()) for m in HEADLINE_METRICS
+                          if m.startswith("params_")})  # counts: the same for every seed
         out[head]["seeds"] = len(group)
     return out

@@ -1,0 +1,37 @@
+# gap-study: `make repro` runs the study, `make test` runs the test suite. Both create the
+# virtual environment in .venv (and install the project into it) the first time.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# Stage commands call `python` and `dvc`: make them the environment's.
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install repro test lint lab clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --editable ".[dev]"
+	touch $(STAMP)
+
+repro: $(STAMP)  ## run the whole pipeline (dvc repro) on the default data set
+	dvc repro
+
+test: $(STAMP) lint  ## lint, then the whole test suite (slow end-to-end tests included)
+	python -m pytest
+
+lint: $(STAMP)
+	ruff check src tests notebooks
+
+lab: $(STAMP)  ## JupyterLab on the notebooks
+	jupyter lab notebooks/
+
+clean:  ## remove pipeline outputs (DVC's cache in .dvc/cache is kept)
+	rm -rf data/prepared/dataset.npz models/*/ reports/notebooks/*.ipynb reports/eval/*/ \
+	       reports/train/*/history reports/train/*/run.json reports/figures reports/*.csv \
+	       reports/report.md reports/report.html

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from gap_study.data import (
+    load_prepared,
+    object_boxes,
+    place_on_canvas,
+    prepare_digits,
+    save_prepared,
+    shift,
+    shift_margin,
+    to_float,
+)
+
+
+def test_shift_moves_content_right_and_down_with_zero_fill():
+    image = np.arange(1, 10, dtype=np.uint8).reshape(1, 1, 3, 3)
+    assert shift(image, 1, 0)[0, 0].tolist() == [[0, 1, 2], [0, 4, 5], [0, 7, 8]]
+    assert shift(image, 0, -1)[0, 0].tolist() == [[4, 5, 6], [7, 8, 9], [0, 0, 0]]
+    assert shift(image, -1, 1)[0, 0].tolist() == [[0, 0, 0], [2, 3, 0], [5, 6, 0]]
+    assert shift(image, 0, 0)[0, 0].tolist() == image[0, 0].tolist()
+    assert not shift(image, 3, 0).any() and not shift(image, 0, -5).any()
+
+
+def test_shift_gives_the_same_result_on_numpy_and_torch_and_keeps_the_input():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(4, 3, 9, 11), dtype=np.uint8)
+    before = images.copy()
+    for dx, dy in [(2, -3), (-4, 1), (0, 8), (10, 0)]:
+        np.testing.assert_array_equal(shift(torch.from_numpy(images), dx, dy).numpy(),
+                                      shift(images, dx, dy))
+    np.testing.assert_array_equal(images, before)
+
+
+def test_shift_within_the_margin_is_undone_by_the_opposite_shift():
+    objects = np.full((2, 1, 4, 4), 200, dtype=np.uint8)
+    canvas = place_on_canvas(objects, 10)
+    margin = shift_margin(object_boxes(canvas), 10)
+    assert margin == 3
+    for dx, dy in [(3, 3), (-3, 2), (0, -3)]:
+        moved = shift(canvas, dx, dy)
+        assert moved.sum() == canvas.sum()  # nothing fell off the canvas
+        np.testing.assert_array_equal(shift(moved, -dx, -dy), canvas)
+
+
+def test_place_on_canvas_centres_the_object_and_rejects_a_small_canvas():
+    objects = np.ones((1, 1, 2, 2), dtype=np.uint8)
+    canvas = place_on_canvas(objects, 6)
+    assert canvas.shape == (1, 1, 6, 6)
+    assert object_boxes(canvas).tolist() == [[2, 2, 4, 4]]
+    with pytest.raises(ValueError, match="canvas 1 is smaller than the 2x2 object"):
+        place_on_canvas(objects, 1)
+
+
+def test_object_boxes_are_tight_with_exclusive_ends():
+    images = np.zeros((3, 2, 5, 6), dtype=np.uint8)
+    images[0, 1, 1, 2] = 9
+    images[1, 0, 0:4, 3:6] = 1
+    assert object_boxes(images).tolist() == [[1, 2, 2, 3], [0, 3, 4, 6], [0, 0, 0, 0]]
+
+
+def test_prepared_digits_are_a_stratified_fixed_split_on_the_canvas(digits):
+    assert digits.x_train.shape == (1347, 1, 32, 32) and digits.x_test.shape == (450, 1, 32, 32)
+    assert digits.x_train.dtype == np.uint8 and digits.y_train.dtype == np.int64
+    assert digits.num_classes == 10 and digits.in_channels == 1 and digits.image_size == 32
+    # stratified: every class keeps its share of the test set within one image
+    share = np.bincount(digits.y_test) / np.bincount(np.concatenate([digits.y_train,
+                                                                     digits.y_test]))
+    assert np.all(np.abs(share - 0.25) < 0.02)
+    # the 16x16 object sits in the middle, leaving 8 pixels of room on every side
+    assert shift_margin(digits.box_train, 32) == shift_margin(digits.box_test, 32) == 8
+    again = prepare_digits(canvas=32, object_size=16, test_fraction=0.25, split_seed=0)
+    np.testing.assert_array_equal(again.x_test, digits.x_test)
+    other = prepare_digits(canvas=32, object_size=16, test_fraction=0.25, split_seed=1)
+    assert not np.array_equal(other.y_test, digits.y_test)
+
+
+def test_prepared_data_round_trips_through_npz_without_pickle(tmp_path, digits):
+    path = tmp_path / "sub" / "dataset.npz"
+    save_prepared(path, digits)
+    loaded = load_prepared(path)
+    assert loaded.name == "digits" and loaded.num_classes == 10
+    for field in ("x_train", "y_train", "box_train", "x_test", "y_test", "box_test"):
+        np.testing.assert_array_equal(getattr(loaded, field), getattr(digits, field))
+    assert [p.name for p in path.parent.iterdir()] == ["dataset.npz"]  # no temporary left
+
+
+def test_loading_a_missing_data_set_says_which_stage_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dvc repro prepare"):
+        load_prepared(tmp_path / "dataset.npz")
+
+
+def test_to_float_scales_uint8_to_unit_range_and_keeps_zero_background():
+    x = to_float(np.array([[0, 255, 51]], dtype=np.uint8))
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.tensor([[0.0, 1.0, 0.2]]))

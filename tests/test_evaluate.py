@@ -1,0 +1,77 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from gap_study.evaluate import (
+    accuracy_by_radius,
+    loss_and_accuracy,
+    overfitting_metrics,
+    shift_accuracy_grid,
+    shift_summary,
+)
+
+
+class LeftOrRight(nn.Module):
+    """Class 0 when the image's mass is in columns 0-2 of a 5-wide image, class 1 otherwise."""
+
+    def forward(self, x):
+        return torch.stack([x[..., :3].sum(dim=(1, 2, 3)), x[..., 3:].sum(dim=(1, 2, 3))], dim=1)
+
+
+def _dot_images(n=4, col=2):
+    images = torch.zeros(n, 1, 5, 5)
+    images[:, 0, 2, col] = 1.0
+    return images
+
+
+def test_loss_and_accuracy_have_known_values():
+    images, labels = _dot_images(4), torch.tensor([0, 0, 1, 0])
+    loss, accuracy = loss_and_accuracy(LeftOrRight(), images, labels)
+    assert accuracy == 0.75
+    # logits (1, 0): cross-entropy log(1 + e^-1) for class 0, log(1 + e) for class 1
+    expected = (3 * math.log1p(math.exp(-1)) + math.log1p(math.e)) / 4
+    assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_overfitting_gap_is_train_minus_test_accuracy():
+    images = _dot_images(4)
+    metrics = overfitting_metrics(LeftOrRight(), images, torch.zeros(4, dtype=torch.long),
+                                  images, torch.tensor([0, 1, 0, 1]))
+    assert metrics["train_accuracy"] == 1.0 and metrics["test_accuracy"] == 0.5
+    assert metrics["overfit_gap"] == 0.5
+    assert metrics["loss_gap"] == pytest.approx(metrics["test_loss"] - metrics["train_loss"])
+    assert metrics["loss_gap"] > 0
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 1000])
+def test_shift_grid_scores_every_offset_and_does_not_depend_on_batching(batch_size):
+    # the dot sits in column 2: moving it right by one puts it on the "right" side
+    grid = shift_accuracy_grid(LeftOrRight(), _dot_images(4), torch.zeros(4, dtype=torch.long),
+                               max_shift=1, batch_size=batch_size)
+    assert len(grid) == 9
+    assert list(grid.columns) == ["dx", "dy", "radius", "accuracy"]
+    expected = {(dx, dy): float(dx < 1) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+    assert dict(zip(zip(grid.dx, grid.dy, strict=True), grid.accuracy, strict=True)) == expected
+    assert grid.loc[(grid.dx == 0) & (grid.dy == 0), "radius"].item() == 0
+    assert set(grid.radius) == {0, 1}
+
+    by_radius = accuracy_by_radius(grid)
+    assert by_radius.to_dict("list") == {"radius": [0, 1], "accuracy": [1.0, 5 / 8]}
+    assert shift_summary(grid) == {"shift_accuracy_mean": 6 / 9, "shift_accuracy_worst": 0.0}
+
+
+def test_shift_grid_with_zero_shift_is_plain_accuracy_and_negative_is_refused():
+    images, labels = _dot_images(4), torch.tensor([0, 1, 0, 0])
+    grid = shift_accuracy_grid(LeftOrRight(), images, labels, max_shift=0)
+    assert grid.accuracy.tolist() == [loss_and_accuracy(LeftOrRight(), images, labels)[1]]
+    with pytest.raises(ValueError, match="max_shift must be >= 0"):
+        shift_accuracy_grid(LeftOrRight(), images, labels, max_shift=-1)
+
+
+def test_accuracy_by_radius_averages_the_offsets_at_each_radius():
+    grid = pd.DataFrame({"dx": [0, 1, -1, 2], "dy": [0, 1, 0, 0], "radius": [0, 1, 1, 2],
+                         "accuracy": [1.0, 0.5, 0.25, 0.0]})
+    assert accuracy_by_radius(grid).accuracy.tolist() == [1.0, 0.375, 0.0]

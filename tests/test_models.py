@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from gap_study.models import (
+    HEAD_NAMES,
+    DenseHead,
+    ModelConfig,
+    build_model,
+    dense_head_param_count,
+    feature_map_shape,
+    head_param_count,
+    param_count,
+    pooled_head_param_count,
+)
+
+
+def test_dense_head_reproduces_the_writeups_7x7x64_to_500_example():
+    head = DenseHead(in_features=7 * 7 * 64, hidden=500, num_classes=10)
+    assert head.hidden.weight.numel() == 1_568_000
+    assert head.hidden.bias.numel() == 500
+    assert dense_head_param_count(64, 7, 7, 500, 10) == param_count(head)
+    assert dense_head_param_count(64, 7, 7, 500, 10) == 1_568_000 + 500 + 500 * 10 + 10
+
+
+def test_resnet50_sized_gap_head_has_the_published_2049000_parameters():
+    assert pooled_head_param_count(2048, 1000) == 2_049_000
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_head_param_count_matches_the_study_formula(head):
+    config = ModelConfig(head=head, in_channels=1, image_size=32, num_classes=10,
+                         widths=(16, 32, 64), dense_hidden=500)
+    model = build_model(config)
+    c, h, w = feature_map_shape(32, (16, 32, 64))
+    expected = (dense_head_param_count(c, h, w, 500, 10) if head == "dense"
+                else pooled_head_param_count(c, 10))
+    assert head_param_count(model) == expected
+    assert param_count(model) == param_count(model.features) + expected
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+@pytest.mark.parametrize("in_channels, size", [(1, 32), (3, 32), (1, 28)])
+def test_every_head_maps_images_to_class_logits(head, in_channels, size):
+    config = ModelConfig(head=head, in_channels=in_channels, image_size=size, num_classes=7,
+                         widths=(4, 8), dense_hidden=16)
+    logits = build_model(config)(torch.randn(5, in_channels, size, size))
+    assert logits.shape == (5, 7)
+
+
+def test_backbone_halves_the_map_between_blocks_and_keeps_the_last():
+    assert feature_map_shape(32, (16, 32, 64)) == (64, 8, 8)
+    assert feature_map_shape(28, (8,)) == (8, 28, 28)
+    assert feature_map_shape(32, (8, 8, 8, 8)) == (8, 4, 4)
+    with pytest.raises(ValueError, match="too small"):
+        feature_map_shape(2, (8, 8, 8))
+
+
+def test_pooling_heads_share_the_backbone_and_differ_only_in_the_op():
+    shapes = {head: [tuple(p.shape) for p in build_model(ModelConfig(
+        head=head, in_channels=1, image_size=32, num_classes=10)).parameters()]
+        for head in ("gap", "gmp", "gsp")}
+    assert shapes["gap"] == shapes["gmp"] == shapes["gsp"]
+
+
+def test_model_config_rejects_an_unknown_head_and_round_trips_through_a_dict():
+    with pytest.raises(ValueError, match="unknown head 'dense2'"):
+        ModelConfig(head="dense2", in_channels=1, image_size=32, num_classes=10)
+    config = ModelConfig(head="gap", in_channels=3, image_size=32, num_classes=10,
+                         widths=[8, 16])
+    assert config.widths == (8, 16)
+    assert ModelConfig(**config.to_dict()) == config

@@ -1,0 +1,115 @@
+"""The source notebooks, dvc.yaml and params.yaml cannot drift apart silently."""
+
+import ast
+import copy
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def parameters_cell(nb) -> dict:
+    """The literal defaults assigned in the notebook's one cell tagged ``parameters``."""
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell must be tagged 'parameters'"
+    defaults = {}
+    for node in ast.parse(cells[0].source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, \
+            "the parameters cell holds plain assignments only"
+        defaults[node.targets[0].id] = ast.literal_eval(node.value)
+    return defaults
+
+
+def notebook_problems(nb, params: dict) -> list[str]:
+    """What is wrong with a source notebook; an empty list when nothing is."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count):
+            problems.append(f"cell {i} has outputs or an execution count")
+    for name, default in parameters_cell(nb).items():
+        if name in params and default != params[name]:
+            problems.append(f"parameter {name} = {default!r} but params.yaml has "
+                            f"{params[name]!r}")
+        elif name == "head" and default not in params["heads"]:
+            problems.append(f"default head {default!r} is not in params.yaml heads")
+    if nb.metadata.get("kernelspec", {}).get("name") != "python3":
+        problems.append("kernelspec is not python3")
+    if "language_info" not in nb.metadata:
+        problems.append("language_info is missing")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_source_notebook_is_clean_and_its_parameters_equal_params_yaml(path):
+    assert notebook_problems(nbformat.read(path, as_version=4), PARAMS) == []
+
+
+def test_a_notebook_with_outputs_or_drifted_parameters_is_caught():
+    nb = nbformat.read(ROOT / "notebooks" / "train.ipynb", as_version=4)
+    drifted = copy.deepcopy(nb)
+    cell = next(c for c in drifted.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = cell.source.replace('"epochs": 15', '"epochs": 16')
+    assert any("parameter train" in p for p in notebook_problems(drifted, PARAMS))
+    executed = copy.deepcopy(nb)
+    executed.cells[-1].outputs = [nbformat.v4.new_output("stream", text="hi")]
+    assert notebook_problems(executed, PARAMS) == [
+        f"cell {len(nb.cells) - 1} has outputs or an execution count"]
+
+
+def _stages():
+    """``(stage name, stage dict, notebook path)`` for every stage of dvc.yaml."""
+    for name, stage in DVC["stages"].items():
+        notebook = re.search(r"(notebooks/\S+\.ipynb)", stage["cmd"]).group(1)
+        yield name, stage, ROOT / notebook
+
+
+def _gap_study_imports(source: str) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gap_study"):
+            if node.module == "gap_study":
+                modules.update(f"gap_study.{alias.name}" for alias in node.names)
+            else:
+                modules.add(node.module)
+        elif isinstance(node, ast.Import):
+            modules.update(a.name for a in node.names if a.name.startswith("gap_study."))
+    return modules
+
+
+def _module_closure(modules: set[str]) -> set[str]:
+    seen, todo = set(), list(modules)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = ROOT / "src" / (module.replace(".", "/") + ".py")
+        todo.extend(_gap_study_imports(path.read_text()))
+    return seen
+
+
+@pytest.mark.parametrize("name, stage, notebook", list(_stages()), ids=lambda v: str(v)[:20])
+def test_stage_declares_exactly_the_params_its_notebook_reads(name, stage, notebook):
+    declared = parameters_cell(nbformat.read(notebook, as_version=4))
+    from_params = {p for p in declared if p in PARAMS}
+    assert set(stage["params"]) == from_params, name
+    passed = set(re.findall(r"-p (\w+) ", stage["cmd"] + " "))
+    assert passed <= set(declared) and passed.isdisjoint(PARAMS), name
+
+
+@pytest.mark.parametrize("name, stage, notebook", list(_stages()), ids=lambda v: str(v)[:20])
+def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    modules = _module_closure(_gap_study_imports(code) | {"gap_study.run_notebook"})
+    expected = {f"src/{m.replace('.', '/')}.py" for m in modules}
+    declared = {d for d in stage["deps"] if d.startswith("src/")}
+    assert declared == expected, name
+    assert notebook.relative_to(ROOT).as_posix() in stage["deps"]

@@ -1,0 +1,68 @@
+import copy
+
+import pytest
+import yaml
+
+from gap_study.params import ParamsError, load_params, parse_params
+
+
+def _with(params_raw, dotted, value):
+    raw = copy.deepcopy(params_raw)
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    if value is KeyError:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return raw
+
+
+def test_the_projects_params_yaml_is_valid(root):
+    params = load_params(root / "params.yaml")
+    assert params.heads == ["dense", "gap", "gmp"]
+    assert params.train.seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("train.epochs", -1, r"train\.epochs = -1: Input should be greater than 0"),
+    ("train.epochs", 0, r"train\.epochs = 0"),
+    ("train.batch_size", 0, r"train\.batch_size = 0"),
+    ("train.lr", 0.0, r"train\.lr = 0\.0: Input should be greater than 0"),
+    ("train.seeds", [1, 1], r"train\.seeds .*repeated: \[1\]"),
+    ("train.seeds", [], r"train\.seeds"),
+    ("heads", ["dense", "gapp"], r"heads\[1\] = 'gapp': not allowed \(did you mean 'gap'\?\)"),
+    ("heads", ["gap", "gap"], r"heads .*repeated"),
+    ("data.name", "mnist2", r"data\.name = 'mnist2': not allowed"),
+    ("data.test_fraction", 1.5, r"data\.test_fraction = 1\.5"),
+    ("data.canvas", 12, r"canvas \(12\) must be at least object_size \(16\)"),
+    ("evaluate.max_shift", 9, r"evaluate\.max_shift = 9 .* at most 8"),
+    ("device", "gpu", r"device = 'gpu': must be 'auto', 'cpu'"),
+    ("train.lrr", 0.1, r"train\.lrr: unknown key \(did you mean 'lr'\?\); allowed keys here: "
+                       r"batch_size, epochs, lr, seeds, weight_decay"),
+    ("trian", {}, r"trian: unknown key \(did you mean 'train'\?\)"),
+    ("train.epochs", KeyError, r"train\.epochs: Field required"),
+])
+def test_bad_params_are_rejected_with_the_key_and_what_is_allowed(params_raw, dotted, value,
+                                                                  expected):
+    with pytest.raises(ParamsError, match=expected):
+        parse_params(_with(params_raw, dotted, value))
+
+
+def test_every_problem_is_reported_at_once(params_raw):
+    raw = _with(_with(params_raw, "train.epochs", -1), "heads", ["gapp"])
+    with pytest.raises(ParamsError) as excinfo:
+        parse_params(raw)
+    assert "train.epochs" in str(excinfo.value) and "heads[0]" in str(excinfo.value)
+
+
+def test_missing_and_unparsable_params_files_get_clear_errors(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("train: [1,\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(tmp_path / "params.yaml")

@@ -1,0 +1,108 @@
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from gap_study import report as rp
+
+
+def test_t_interval_matches_scipy_and_needs_two_values():
+    values = [0.91, 0.95, 0.93, 0.97]
+    expected = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
+    assert rp.t_interval(values, 0.95) == pytest.approx(expected)
+    low, high = rp.t_interval([0.5], 0.95)
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_welch_interval_matches_scipy_ttest_ind():
+    a, b = [1.0, 1.4, 1.2, 1.9], [0.2, 0.3, 0.9]
+    diff, low, high = rp.welch_interval(a, b, 0.9)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.9)
+    assert diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert (low, high) == pytest.approx((ci.low, ci.high))
+
+
+def test_welch_interval_is_exact_without_spread_and_nan_with_one_value():
+    assert rp.welch_interval([650, 650, 650], [2e6, 2e6, 2e6]) == (650 - 2e6,) * 3
+    diff, low, _ = rp.welch_interval([1.0], [0.0, 1.0])
+    assert diff == 0.5 and math.isnan(low)
+
+
+def test_summarize_gives_one_row_per_group_and_metric():
+    frame = pd.DataFrame({"head": ["a", "a", "b", "b"], "x": [1.0, 3.0, 5.0, 5.0],
+                          "y": [0.0, 0.0, 1.0, 2.0]})
+    table = rp.summarize(frame, "head", ["x", "y"])
+    assert table[["head", "metric"]].values.tolist() == [["a", "x"], ["a", "y"],
+                                                         ["b", "x"], ["b", "y"]]
+    row = table[(table["head"] == "a") & (table.metric == "x")].iloc[0]
+    assert (row["n"], row["mean"], row["std"]) == (2, 2.0, pytest.approx(math.sqrt(2)))
+    assert (row.ci_low, row.ci_high) == pytest.approx(rp.t_interval([1.0, 3.0]))
+
+
+def _per_seed(gap_overfit, dense_overfit, gap_shift, dense_shift):
+    rows = []
+    for head, overfit, shifted, params, seconds in [
+            ("dense", dense_overfit, dense_shift, 1000, [0.3, 0.31, 0.29]),
+            ("gap", gap_overfit, gap_shift, 10, [0.1, 0.11, 0.09])]:
+        for seed in range(3):
+            rows.append({"head": head, "seed": seed, "params_head": params,
+                         "overfit_gap": overfit[seed], "shift_accuracy_mean": shifted[seed],
+                         "seconds_per_epoch": seconds[seed]})
+    return pd.DataFrame(rows)
+
+
+def test_claim_verdicts_follow_the_interval_of_the_improvement():
+    per_seed = _per_seed(gap_overfit=[0.05, 0.06, 0.04], dense_overfit=[0.01, 0.02, 0.03],
+                         gap_shift=[0.8, 0.9, 0.85], dense_shift=[0.8, 0.95, 0.7])
+    claims = rp.claim_table(per_seed).set_index("claim")
+    assert claims.loc["fewer parameters", "verdict"] == "supported"
+    assert claims.loc["fewer parameters", "improvement"] == 990
+    assert claims.loc["less overfitting", "verdict"] == "contradicted"  # gap overfits more
+    assert claims.loc["more translation robust", "verdict"] == "no clear difference"
+    assert claims.loc["faster training", "verdict"] == "supported"
+    overall = rp.overall_verdicts(rp.claim_table(per_seed)).set_index("claim").verdict
+    assert overall.to_dict() == {"fewer parameters": "supported",
+                                 "less overfitting": "not supported",
+                                 "more translation robust": "not supported",
+                                 "faster training": "supported"}
+
+
+def test_a_claim_holding_for_some_heads_only_is_mixed():
+    per_seed = _per_seed([0.0] * 3, [0.0] * 3, [0.9, 0.91, 0.92], [0.1, 0.12, 0.11])
+    gmp = per_seed[per_seed["head"] == "gap"].assign(head="gmp", shift_accuracy_mean=0.1)
+    claims = rp.claim_table(pd.concat([per_seed, gmp]))
+    overall = rp.overall_verdicts(claims).set_index("claim")
+    assert overall.loc["more translation robust", "verdict"] == "mixed"
+    assert overall.loc["more translation robust", "heads supporting"] == "gap"
+
+
+def test_format_stat_shows_mean_std_and_interval_in_display_units():
+    row = {"mean": 0.9731, "std": 0.004, "ci_low": 0.963, "ci_high": 0.983}
+    assert rp.format_stat(row, "test_accuracy") == "97.3 ± 0.4 [96.3, 98.3]%"
+    exact = {"mean": 650.0, "std": 0.0, "ci_low": 650.0, "ci_high": 650.0}
+    assert rp.format_stat(exact, "params_head") == "650"
+
+
+def test_headline_metrics_are_means_per_head_without_timings():
+    per_seed = pd.DataFrame({"head": ["gap", "gap"], "seed": [0, 1],
+                             **{m: [1.0, 2.0] for m in rp.HEADLINE_METRICS},
+                             "params_total": [700, 700], "params_head": [650, 650],
+                             "seconds_per_epoch": [0.1, 0.2]})
+    metrics = rp.headline_metrics(per_seed)
+    assert metrics == {"gap": {**{m: 1.5 for m in rp.HEADLINE_METRICS}, "params_total": 700,
+                               "params_head": 650, "seeds": 2}}
+    assert isinstance(metrics["gap"]["params_head"], int)
+
+
+def test_html_report_is_one_file_with_images_embedded(tmp_path):
+    (tmp_path / "figures").mkdir()
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 16
+    (tmp_path / "figures" / "a.png").write_bytes(png)
+    text = "# Title here\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![A figure](figures/a.png)\n"
+    html = rp.markdown_to_html(text, tmp_path)
+    assert "<title>Title here</title>" in html and "<table>" in html
+    assert 'src="data:image/png;base64,' in html
+    assert not re.search(r'src="(?!data:)', html)  # nothing loaded from elsewhere
