@@ -113,9 +113,10 @@ class Claim:
 CLAIMS: tuple[Claim, ...] = (
     Claim("fewer parameters", "params_head", True, "parameters",
           "helps removing a large number of trainable parameters from the model"),
-    Claim("less overfitting", "overfit_gap", True, "accuracy points (train - test)",
+    Claim("less overfitting", "overfit_gap", True, "train minus test accuracy",
           "Global average (max) pooling is used to minimize the overfitting"),
-    Claim("more translation robust", "shift_accuracy_mean", False, "accuracy over the shift grid",
+    Claim("more translation robust", "shift_accuracy_mean", False,
+          "test accuracy averaged over the shift grid",
           "this makes the model more robust to spatial translations in the data"),
     Claim("faster training", "seconds_per_epoch", True, "seconds per epoch",
           "Removing them helps training faster"),
@@ -382,6 +383,24 @@ def collect_results(layout, heads: Sequence[str]) -> dict[str, object]:
             "history": history, "runs": runs}
 
 
+def stride_alignment(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
+    """Accuracy per head and seed at the shifts that move the object by whole feature-map cells
+    (``dx`` and ``dy`` multiples of the backbone's ``stride``, the centre excluded) and at all
+    other non-zero shifts.
+
+    Global pooling is invariant to shifts of the *feature map*; a shift of the image by a
+    non-multiple of the stride changes the map itself (the max-pools subsample), so a gap
+    between the two columns shows that invariance ends at the pooling, not at the image.
+    """
+    moved = grid[(grid.dx != 0) | (grid.dy != 0)]
+    aligned = (moved.dx % stride == 0) & (moved.dy % stride == 0)
+    return (moved.assign(aligned=aligned)
+            .groupby(["head", "seed", "aligned"], as_index=False)["accuracy"].mean()
+            .pivot(index=["head", "seed"], columns="aligned", values="accuracy")
+            .rename(columns={True: "aligned_shift_accuracy", False: "other_shift_accuracy"})
+            .reset_index().rename_axis(columns=None))
+
+
 def radius_table(grid: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per head, seed and shift radius (mean over the offsets at that radius)."""
     return grid.groupby(["head", "seed", "radius"], as_index=False)["accuracy"].mean()
@@ -401,6 +420,7 @@ _FORMATS = {
     "loss_gap": (1, 3, ""), "shift_accuracy_mean": (100, 1, "%"),
     "shift_accuracy_worst": (100, 1, "%"), "seconds_per_epoch": (1, 3, " s"),
     "images_per_second": (1, 0, ""),
+    "aligned_shift_accuracy": (100, 1, "%"), "other_shift_accuracy": (100, 1, "%"),
 }
 
 
@@ -456,16 +476,42 @@ def claim_sentences(claims: pd.DataFrame, overall: pd.DataFrame, baseline: str =
         parts = []
         for _, r in claims[claims.claim == row["claim"]].iterrows():
             parts.append(f"`{r['head']}` {_number(r.head_mean, r.metric)} vs "
-                         f"{_number(r.baseline_mean, r.metric)} for `{baseline}`, better by "
-                         f"{_improvement(r.improvement, r.ci_low, r.ci_high, r.metric)}: "
+                         f"{_number(r.baseline_mean, r.metric)} for `{baseline}`, improvement "
+                         f"{_improvement(r.improvement, r.ci_low, r.ci_high, r.metric)}, "
                          f"{r.verdict}")
         paragraphs.append(f"- **{claim.name.capitalize()}: {row['verdict']}.** "
-                          f"Metric `{claim.metric}` ({claim.unit}): " + "; ".join(parts) + ".")
+                          f"`{claim.metric}`, {claim.unit}: " + "; ".join(parts) + ".")
     return "\n".join(paragraphs)
 
 
+def _alignment_lines(alignment: pd.DataFrame | None, stride: int, heads: Sequence[str],
+                     confidence: float) -> list[str]:
+    """The stride-alignment table and what it shows, or a note that the grid is too small."""
+    if alignment is None:
+        return [f"(The shift grid does not reach the backbone's stride of {stride} pixels, so "
+                "shifts by whole feature-map cells are not separated from the others.)", ""]
+    metrics = ["aligned_shift_accuracy", "other_shift_accuracy"]
+    summary = summarize(alignment, "head", metrics, confidence)
+    means = summary.pivot(index="head", columns="metric", values="mean")
+    drops = ", ".join(f"`{h}` {means.loc[h, metrics[0]] * 100:.1f}% vs "
+                      f"{means.loc[h, metrics[1]] * 100:.1f}%" for h in heads)
+    return [
+        f"The backbone subsamples by {stride} (its max-pools), so a shift of the image by a "
+        f"multiple of {stride} pixels moves the feature map by whole cells, which global "
+        "pooling ignores, while any other shift changes the map itself. Accuracy at shifts by "
+        f"whole cells vs all other non-zero shifts: {drops}. Global pooling makes the head "
+        "invariant to shifts of the feature map, not of the image (compare Zhang 2019 and "
+        "Kayhan & van Gemert 2020 in `STUDY.md`).",
+        "",
+        _md(stat_table(summary, metrics, [f"shifts by multiples of {stride} px",
+                                          "all other shifts"], heads)),
+        "",
+    ]
+
+
 def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
-                   by_radius: pd.DataFrame, claims: pd.DataFrame, overall: pd.DataFrame,
+                   by_radius: pd.DataFrame, grid: pd.DataFrame, claims: pd.DataFrame,
+                   overall: pd.DataFrame,
                    figures: dict[str, str], runs: dict[str, dict], heads: Sequence[str],
                    confidence: float) -> str:
     """The report as Markdown. Figures are referenced by their path relative to the report."""
@@ -482,6 +528,10 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
                    .reindex(list(heads)) * 100).round(1)
     radius_wide.columns = [f"r={int(c)}" for c in radius_wide.columns]
     radius_wide = radius_wide.reset_index().astype(str)
+
+    stride = 2 ** (len(model["widths"]) - 1)
+    alignment = stride_alignment(grid, stride) if stride <= evaluate["max_shift"] \
+        else None
 
     params_table = (per_seed.groupby("head", sort=False)[["params_total", "params_head"]].first()
                     .reindex(list(heads)).reset_index())
@@ -517,7 +567,8 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         f"{seeds} for {train['epochs']} epochs (Adam, learning rate {train['lr']}, batch "
         f"{train['batch_size']}, weight decay {train['weight_decay']}). "
         f"Every number is the mean over the {len(seeds)} seeds, with ± the standard deviation "
-        f"and [the {level} Student-t confidence interval]; per-seed values are in "
+        f"and [the {level} Student-t confidence interval] (not clipped to the metric's range, so "
+        "an accuracy interval can pass 100% when seeds disagree); per-seed values are in "
         "`summary.csv`. Metric definitions: `STUDY.md` (\"Metrics\").",
         "",
         "## What the numbers say about the write-up's claims",
@@ -576,6 +627,7 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         "",
         f"![Accuracy vs shift radius]({figures['shift_radius']})",
         "",
+        *_alignment_lines(alignment, stride, heads, confidence),
         f"![Accuracy per offset]({figures['shift_heatmaps']})",
         "",
         "## Training speed",
