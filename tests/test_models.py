@@ -11,6 +11,7 @@ from gap_study.models import (
     head_param_count,
     param_count,
     pooled_head_param_count,
+    study_head_param_count,
 )
 
 
@@ -32,9 +33,10 @@ def test_head_param_count_matches_the_study_formula(head):
                          widths=(16, 32, 64), dense_hidden=500)
     model = build_model(config)
     c, h, w = feature_map_shape(32, (16, 32, 64))
-    expected = (dense_head_param_count(c, h, w, 500, 10) if head == "dense"
-                else pooled_head_param_count(c, 10))
+    expected = study_head_param_count(head, c, h, w, 500, 10)
     assert head_param_count(model) == expected
+    assert expected == {"dense": 64 * 8 * 8 * 500 + 500 + 500 * 10 + 10, "avgmax": 128 * 10 + 10,
+                        "gem": 64 * 10 + 10 + 1}.get(head, 64 * 10 + 10)
     assert param_count(model) == param_count(model.features) + expected
 
 
@@ -58,8 +60,25 @@ def test_backbone_halves_the_map_between_blocks_and_keeps_the_last():
 def test_pooling_heads_share_the_backbone_and_differ_only_in_the_op():
     shapes = {head: [tuple(p.shape) for p in build_model(ModelConfig(
         head=head, in_channels=1, image_size=32, num_classes=10)).parameters()]
-        for head in ("gap", "gmp", "gsp")}
-    assert shapes["gap"] == shapes["gmp"] == shapes["gsp"]
+        for head in ("gap", "gmp", "gsp", "lse")}
+    assert shapes["gap"] == shapes["gmp"] == shapes["gsp"] == shapes["lse"]
+
+
+def test_nin_logits_are_the_mean_of_one_map_per_class():
+    model = build_model(ModelConfig(head="nin", in_channels=1, image_size=16, num_classes=4,
+                                    widths=(4, 8)))
+    x = torch.randn(3, 1, 16, 16)
+    maps = model.head.class_maps(model.features(x))
+    assert maps.shape == (3, 4, 8, 8)
+    torch.testing.assert_close(model(x), maps.mean(dim=(2, 3)))
+
+
+def test_gem_head_learns_its_exponent():
+    model = build_model(ModelConfig(head="gem", in_channels=1, image_size=16, num_classes=3,
+                                    widths=(4,), gem_p=2.5))
+    assert model.head.pool.p.item() == 2.5 and model.head.pool.p.requires_grad
+    model(torch.randn(2, 1, 16, 16)).sum().backward()
+    assert model.head.pool.p.grad is not None and model.head.pool.p.grad != 0
 
 
 def test_model_config_rejects_an_unknown_head_and_round_trips_through_a_dict():

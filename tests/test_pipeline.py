@@ -4,8 +4,10 @@ params, every notebook executed through papermill."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -15,7 +17,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADS = ["dense", "gap", "gmp", "gsp"]
+HEADS = ["dense", "gap", "gmp", "gsp", "gem", "lse", "avgmax", "nin"]  # every head
 SEEDS = [0, 1]
 
 pytestmark = pytest.mark.slow
@@ -42,21 +44,33 @@ def _copy_repository(target: Path) -> None:
     (target / "dvc.lock").unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
+def _tiny_repository(repo: Path, heads: list[str]) -> Path:
+    """A git repository with the project's files and tiny params, nothing run yet."""
     _copy_repository(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["heads"] = HEADS
-    params["model"] = {"widths": [4, 8], "dense_hidden": 16}
+    params["heads"] = heads
+    params["model"].update(widths=[4, 8], dense_hidden=16)
     params["train"].update(seeds=SEEDS, epochs=2, batch_size=128)
     params["evaluate"]["max_shift"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
-    result = _run(["dvc", "repro"], repo)
-    return repo, result.stdout
+    return repo
+
+
+def _outputs(repo: Path) -> dict[str, bytes]:
+    """Every deterministic output per head: model weights and evaluation metrics."""
+    files = [*sorted((repo / "models").glob("*/seed_*.pt")),
+             *sorted((repo / "reports" / "eval").glob("*/metrics.csv"))]
+    return {p.relative_to(repo).as_posix(): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = _tiny_repository(tmp_path_factory.mktemp("repo"), HEADS)
+    _run(["dvc", "repro"], repo)
+    return repo, _outputs(repo)  # later tests change this repository: keep the first results
 
 
 def test_repro_writes_every_report_and_they_parse(repo):
@@ -72,19 +86,28 @@ def test_repro_writes_every_report_and_they_parse(repo):
 
     text = (reports / "report.md").read_text()
     for section in ("claims", "## Parameters", "## Accuracy and overfitting",
-                    "## Translation robustness", "## Training speed", "## Provenance"):
+                    "## Translation robustness", "### Prediction stability",
+                    "## Class activation maps", "## Global sum vs global average pooling",
+                    "## Training speed", "## Published numbers", "## Provenance"):
         assert section in text
-    assert "| fewer parameters" in text and "supported" in text
+    for claim in ("fewer parameters", "less overfitting", "more translation robust",
+                  "faster training", "feature maps tied to classes"):
+        assert f"| {claim}" in text
     html = (reports / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 6 and 'src="figures' not in html
+    assert html.count('src="data:image/png;base64,') == 9 and 'src="figures' not in html
 
     figures = sorted(p.name for p in (reports / "figures").iterdir())
-    assert figures == ["accuracy.png", "learning_curves.png", "params.png", "shift_heatmaps.png",
-                       "shift_radius.png", "time.png"]
+    assert figures == ["accuracy.png", "cam_overlays.png", "learning_curves.png", "params.png",
+                       "pointing.png", "shift_heatmaps.png", "shift_radius.png", "stability.png",
+                       "time.png"]
     for name in figures:
         assert matplotlib.image.imread(reports / "figures" / name).shape[0] > 100
 
+    assert summary.loc[summary["head"] == "dense", "pointing_accuracy"].isna().all()
+    assert summary.loc[summary["head"] != "dense", "pointing_accuracy"].between(0, 1).all()
     for head in HEADS:
+        has_cam = (reports / "eval" / head / "cam_examples.npz").exists()
+        assert has_cam == (head != "dense")
         grid = pd.read_csv(reports / "eval" / head / "shift_grid.csv")
         assert len(grid) == len(SEEDS) * 5 * 5
         assert sorted(p.name for p in (repo / "models" / head).iterdir()) == [
@@ -121,3 +144,55 @@ def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
     assert ran == {f"evaluate@{h}" for h in HEADS} | {"report"}
     grid = pd.read_csv(repo / "reports" / "eval" / "gap" / "shift_grid.csv")
     assert len(grid) == len(SEEDS) * 3 * 3
+
+
+def _training_cell_running(repo: Path) -> bool:
+    """Whether some train notebook is executing its training cell right now (papermill
+    saves the executed notebook with each cell's status as it goes)."""
+    for path in (repo / "reports" / "notebooks").glob("train_*.ipynb"):
+        try:
+            nb = json.loads(path.read_text())
+        except (OSError, ValueError):  # being rewritten this very moment
+            continue
+        for cell in nb["cells"]:
+            if ("train_one_seed(" in "".join(cell["source"])
+                    and cell["metadata"].get("papermill", {}).get("status") == "running"):
+                return True
+    return False
+
+
+def test_interrupted_repro_resumes_to_byte_identical_results_and_errors_fail_loudly(
+        repo, tmp_path_factory):
+    _, uninterrupted = repo
+    heads = ["dense", "gap"]  # two heads keep this second run short
+    second = _tiny_repository(tmp_path_factory.mktemp("interrupted"), heads)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(["dvc", "repro"], cwd=second, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not _training_cell_running(second) and process.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    assert process.wait(timeout=120) != 0, "dvc repro finished before it could be interrupted"
+
+    _run(["dvc", "repro"], second)  # picks up where it stopped
+    assert "up to date" in _run(["dvc", "status"], second).stdout
+    resumed = _outputs(second)
+    assert len(resumed) == 2 * (len(SEEDS) + 1)
+    # the same bytes as the run that was never stopped
+    assert resumed == {k: v for k, v in uninterrupted.items() if k.split("/")[-2] in heads}
+
+    # A notebook that raises fails its stage, shows the error and keeps the executed notebook.
+    params = yaml.safe_load((second / "params.yaml").read_text())
+    params["device"] = "cuda:7"  # not on this machine (nor on a 1-GPU one)
+    (second / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = _run(["dvc", "repro", "train@gap"], second, check=False)
+    assert failed.returncode != 0
+    shown = failed.stdout + failed.stderr
+    assert "notebooks/train.ipynb failed in cell" in shown and "cuda:7" in shown
+    executed = nbformat.read(second / "reports" / "notebooks" / "train_gap.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for c in executed.cells for o in c.outputs
+               if c.cell_type == "code")
+    assert not (second / "models" / "gap").exists()  # nothing half-written for the next stage

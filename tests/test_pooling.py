@@ -1,14 +1,22 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gap_study.pooling import (
     GLOBAL_POOLS,
+    GeMPool2d,
     GlobalPool2d,
     get_global_pool,
     global_avg_pool,
+    global_avgmax_pool,
+    global_gem_pool,
+    global_lse_pool,
     global_max_pool,
     global_sum_pool,
+    make_global_pool,
+    pooled_channels,
 )
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (4, 64, 7, 7), (3, 16, 8, 8), (2, 5, 1, 9)]
@@ -74,7 +82,7 @@ def test_pooling_gradients_match_the_definitions():
 
 
 def test_registry_is_keyed_by_head_name_and_module_selects_the_op():
-    assert set(GLOBAL_POOLS) == {"gap", "gmp", "gsp"}
+    assert set(GLOBAL_POOLS) == {"gap", "gmp", "gsp", "gem", "lse", "avgmax"}
     x = torch.randn(2, 3, 4, 4)
     for name, op in GLOBAL_POOLS.items():
         module = GlobalPool2d(name)
@@ -84,7 +92,7 @@ def test_registry_is_keyed_by_head_name_and_module_selects_the_op():
 
 
 def test_unknown_pool_name_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"unknown global pool 'gapp'; allowed: gap, gmp, gsp"):
+    with pytest.raises(ValueError, match=r"unknown global pool 'gapp'; allowed: avgmax, gap, gem"):
         get_global_pool("gapp")
     with pytest.raises(ValueError, match="allowed"):
         GlobalPool2d("mean")
@@ -94,3 +102,104 @@ def test_unknown_pool_name_lists_the_allowed_ones():
 def test_pooling_rejects_tensors_that_are_not_4d(shape):
     with pytest.raises(ValueError, match=r"expects \(N, C, H, W\)"):
         global_avg_pool(torch.zeros(shape))
+
+
+# ---------------------------------------------------------------- gem, lse, avgmax
+
+
+def _direct_gem(x, p, eps=1e-6):
+    n, c = x.shape[:2]
+    out = torch.empty(n, c, dtype=x.dtype)
+    for i in range(n):
+        for j in range(c):
+            values = [max(float(v), eps) ** p for v in x[i, j].flatten()]
+            out[i, j] = (sum(values) / len(values)) ** (1 / p)
+    return out
+
+
+def _direct_lse(x, r):
+    n, c = x.shape[:2]
+    out = torch.empty(n, c, dtype=x.dtype)
+    for i in range(n):
+        for j in range(c):
+            values = [math.exp(r * float(v)) for v in x[i, j].flatten()]
+            out[i, j] = math.log(sum(values) / len(values)) / r
+    return out
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.5])
+def test_gem_matches_its_formula(p):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(global_gem_pool(x, p), _direct_gem(x, p))
+
+
+@pytest.mark.parametrize("r", [0.5, 1.0, 10.0])
+def test_lse_matches_its_formula(r):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    torch.testing.assert_close(global_lse_pool(x, r), _direct_lse(x, r))
+
+
+def test_gem_with_p_1_is_gap_and_large_p_approaches_gmp():
+    x = torch.rand(3, 4, 5, 6, dtype=torch.float64) + 0.1  # positive: the clamp does nothing
+    torch.testing.assert_close(global_gem_pool(x, 1.0), global_avg_pool(x))
+    torch.testing.assert_close(global_gem_pool(x, 200.0), global_max_pool(x), atol=0.02, rtol=0)
+    assert (global_gem_pool(x, 200.0) <= global_max_pool(x) + 1e-12).all()
+
+
+def test_lse_with_large_r_approaches_gmp_and_small_r_approaches_gap():
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(global_lse_pool(x, 500.0), global_max_pool(x), atol=0.01, rtol=0)
+    torch.testing.assert_close(global_lse_pool(x, 1e-4), global_avg_pool(x), atol=1e-3, rtol=0)
+    # huge r * x must not overflow
+    assert torch.isfinite(global_lse_pool(x * 1000, 500.0)).all()
+
+
+def test_avgmax_concatenates_gap_then_gmp():
+    x = torch.randn(2, 3, 4, 4)
+    out = global_avgmax_pool(x)
+    assert out.shape == (2, 6)
+    torch.testing.assert_close(out[:, :3], global_avg_pool(x))
+    torch.testing.assert_close(out[:, 3:], global_max_pool(x))
+    assert global_avgmax_pool(x, flatten=False).shape == (2, 6, 1, 1)
+    assert pooled_channels("avgmax", 3) == 6 and pooled_channels("gem", 3) == 3
+
+
+@pytest.mark.parametrize("name", sorted(GLOBAL_POOLS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_op_keeps_dtype_and_shape_in_every_layout(name, dtype):
+    x = torch.randn(2, 3, 5, 4, dtype=dtype)
+    width = pooled_channels(name, 3)
+    expected = GLOBAL_POOLS[name](x.contiguous())
+    for layout, view in _layouts(x).items():
+        out = GLOBAL_POOLS[name](view)
+        assert out.shape == (2, width) and out.dtype == dtype, layout
+        torch.testing.assert_close(out, expected, msg=layout)
+        assert GLOBAL_POOLS[name](view, flatten=False).shape == (2, width, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["gap", "gsp", "gem", "lse", "avgmax"])
+def test_every_smooth_op_passes_gradcheck_in_float64(name):
+    x = (torch.rand(2, 3, 3, 4, dtype=torch.float64) + 0.1).requires_grad_()  # clamp-free
+    assert torch.autograd.gradcheck(GLOBAL_POOLS[name], (x,))
+
+
+def test_gmp_passes_gradcheck_where_the_maximum_is_unique():
+    x = torch.randperm(2 * 3 * 12, dtype=torch.float64).reshape(2, 3, 3, 4) / 10
+    assert torch.autograd.gradcheck(global_max_pool, (x.requires_grad_(),))
+
+
+def test_gem_gradient_reaches_its_learnable_exponent():
+    x = torch.rand(2, 3, 3, 4, dtype=torch.float64) + 0.1
+    p = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, p: global_gem_pool(x, p), (x.requires_grad_(), p))
+
+
+def test_make_global_pool_builds_the_module_of_each_head():
+    gem = make_global_pool("gem", gem_p=4.0)
+    assert isinstance(gem, GeMPool2d) and gem.p.item() == 4.0
+    assert [n for n, _ in gem.named_parameters()] == ["p"]
+    lse = make_global_pool("lse", lse_r=2.0)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(lse(x), global_lse_pool(x, 2.0))
+    assert "r=2.0" in repr(lse)
+    torch.testing.assert_close(make_global_pool("gmp")(x), global_max_pool(x))

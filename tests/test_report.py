@@ -106,3 +106,32 @@ def test_html_report_is_one_file_with_images_embedded(tmp_path):
     assert "<title>Title here</title>" in html and "<table>" in html
     assert 'src="data:image/png;base64,' in html
     assert not re.search(r'src="(?!data:)', html)  # nothing loaded from elsewhere
+
+
+def test_cam_claim_is_judged_against_chance_and_skips_heads_without_maps():
+    per_seed = pd.DataFrame({
+        "head": ["dense"] * 3 + ["gap"] * 3 + ["gmp"] * 3, "seed": [0, 1, 2] * 3,
+        "pointing_accuracy": [math.nan] * 3 + [0.9, 0.92, 0.94] + [0.2, 0.3, 0.25],
+        "pointing_chance": [0.25] * 9})
+    claims = rp.claim_table(per_seed)
+    assert claims["claim"].unique().tolist() == ["feature maps tied to classes"]
+    assert claims["head"].tolist() == ["gap", "gmp"]  # dense has no map
+    assert claims["baseline"].unique().tolist() == ["chance"]
+    assert claims.set_index("head").verdict.to_dict() == {"gap": "supported",
+                                                          "gmp": "no clear difference"}
+    assert claims.set_index("head").loc["gap", "improvement"] == pytest.approx(0.92 - 0.25)
+
+
+def test_a_head_supports_a_claim_only_when_every_metric_of_it_does():
+    claims = pd.DataFrame({"claim": ["robust"] * 4, "head": ["gap", "gap", "gmp", "gmp"],
+                           "verdict": ["supported", "supported", "supported", "contradicted"]})
+    overall = rp.overall_verdicts(claims).iloc[0]
+    assert (overall.verdict, overall["heads supporting"]) == ("mixed", "gap")
+
+
+def test_headline_metrics_write_null_for_a_metric_a_head_does_not_have():
+    per_seed = pd.DataFrame({"head": ["dense"], "seed": [0], "params_total": [10],
+                             "params_head": [5], "pointing_accuracy": [math.nan],
+                             "test_accuracy": [0.5]})
+    metrics = rp.headline_metrics(per_seed)["dense"]
+    assert metrics["pointing_accuracy"] is None and metrics["test_accuracy"] == 0.5

@@ -76,3 +76,10 @@ def test_resolve_device_picks_cpu_here_and_refuses_cuda_without_a_gpu():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_equal_weights_give_byte_identical_checkpoints(tmp_path, small):
+    model, _ = _train(small, head="gmp", epochs=1)
+    save_checkpoint(tmp_path / "a.pt", model)
+    save_checkpoint(tmp_path / "b" / "seed_3.pt", model)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "seed_3.pt").read_bytes()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from gap_study.io import atomic_path
+from gap_study.io import write_arrays
 
 __all__ = [
     "CanvasDataset",
@@ -145,8 +145,7 @@ def save_prepared(path: str | Path, dataset: CanvasDataset) -> None:
     arrays = {f.name: getattr(dataset, f.name) for f in fields(dataset)}
     arrays["name"] = np.array(dataset.name)
     arrays["num_classes"] = np.array(dataset.num_classes)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    write_arrays(path, arrays)
 
 
 def load_prepared(path: str | Path) -> CanvasDataset:

@@ -13,9 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["atomic_path", "write_csv", "write_json", "write_text"]
+__all__ = ["atomic_path", "write_arrays", "write_csv", "write_json", "write_text"]
 
 # mkstemp creates files readable by the owner only; give outputs the usual permissions.
 _UMASK = os.umask(0)
@@ -56,3 +57,9 @@ def write_json(path: str | Path, data: Any) -> None:
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def write_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed ``.npz`` of plain arrays (loadable with ``allow_pickle=False``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)

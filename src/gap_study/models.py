@@ -4,6 +4,9 @@ Every head sits on the same backbone output ``f`` of shape ``(N, C, H, W)``:
 
 - ``dense``: flatten, ``Linear(C*H*W, hidden)``, ReLU, ``Linear(hidden, K)``
 - ``gap`` / ``gmp`` / ``gsp``: global average / max / sum pooling, then ``Linear(C, K)``
+- ``gem`` (learnable exponent), ``lse`` (temperature ``r``): pooling, then ``Linear(C, K)``
+- ``avgmax``: GAP and GMP concatenated, then ``Linear(2C, K)``
+- ``nin``: ``Conv2d(C, K, 1)`` to one map per class, then GAP gives the logits (Lin et al. 2014)
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from gap_study.pooling import GLOBAL_POOLS, GlobalPool2d
+from gap_study.pooling import GLOBAL_POOLS, global_avg_pool, make_global_pool, pooled_channels
 
 __all__ = [
     "HEAD_NAMES",
     "ClassifierNet",
     "DenseHead",
     "ModelConfig",
+    "NINHead",
     "PooledLinearHead",
     "build_model",
     "dense_head_param_count",
@@ -26,9 +30,10 @@ __all__ = [
     "head_param_count",
     "param_count",
     "pooled_head_param_count",
+    "study_head_param_count",
 ]
 
-HEAD_NAMES: tuple[str, ...] = ("dense", *GLOBAL_POOLS)
+HEAD_NAMES: tuple[str, ...] = ("dense", *GLOBAL_POOLS, "nin")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class ModelConfig:
     num_classes: int
     widths: tuple[int, ...] = (16, 32, 64)
     dense_hidden: int = 500
+    gem_p: float = 3.0  # initial exponent of the gem head's learnable p
+    lse_r: float = 10.0  # temperature of the lse head
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_NAMES:
@@ -99,18 +106,32 @@ class DenseHead(nn.Module):
 
 
 class PooledLinearHead(nn.Module):
-    """Global pooling ``(N, C, H, W) -> (N, C)``, then ``Linear(C, K)`` -> ``(N, K)``.
+    """Global pooling ``(N, C, H, W) -> (N, C')``, then ``Linear(C', K)`` -> ``(N, K)``
+    (``C' = 2C`` for ``avgmax``, else ``C``).
 
     The classifier is linear on pooled features, so ``fc.weight`` gives class activation maps.
     """
 
-    def __init__(self, pool_type: str, channels: int, num_classes: int) -> None:
+    def __init__(self, pool_type: str, channels: int, num_classes: int, *, gem_p: float = 3.0,
+                 lse_r: float = 10.0) -> None:
         super().__init__()
-        self.pool = GlobalPool2d(pool_type)
-        self.fc = nn.Linear(channels, num_classes)
+        self.pool = make_global_pool(pool_type, gem_p=gem_p, lse_r=lse_r)
+        self.fc = nn.Linear(pooled_channels(pool_type, channels), num_classes)
 
     def forward(self, f: Tensor) -> Tensor:
         return self.fc(self.pool(f))
+
+
+class NINHead(nn.Module):
+    """Network-in-network head: ``Conv2d(C, K, 1)`` gives one map per class ``(N, K, H, W)``;
+    their global average is the logits ``(N, K)``. No linear layer after the pooling."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.class_maps = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return global_avg_pool(self.class_maps(f))
 
 
 class ClassifierNet(nn.Module):
@@ -124,8 +145,11 @@ class ClassifierNet(nn.Module):
         if config.head == "dense":
             self.head: nn.Module = DenseHead(channels * height * width, config.dense_hidden,
                                              config.num_classes)
+        elif config.head == "nin":
+            self.head = NINHead(channels, config.num_classes)
         else:
-            self.head = PooledLinearHead(config.head, channels, config.num_classes)
+            self.head = PooledLinearHead(config.head, channels, config.num_classes,
+                                         gem_p=config.gem_p, lse_r=config.lse_r)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -153,5 +177,19 @@ def dense_head_param_count(channels: int, height: int, width: int, hidden: int,
 
 
 def pooled_head_param_count(channels: int, num_classes: int) -> int:
-    """STUDY.md formula for ``gap``/``gmp``/``gsp``: ``C*K + K``."""
+    """STUDY.md formula for ``gap``/``gmp``/``gsp``/``lse``/``nin``: ``C*K + K``."""
     return channels * num_classes + num_classes
+
+
+def study_head_param_count(head: str, channels: int, height: int, width: int, hidden: int,
+                           num_classes: int) -> int:
+    """Trainable head parameters by the table of STUDY.md ("Heads"), for any head name."""
+    if head == "dense":
+        return dense_head_param_count(channels, height, width, hidden, num_classes)
+    if head == "avgmax":
+        return pooled_head_param_count(2 * channels, num_classes)
+    if head == "gem":
+        return pooled_head_param_count(channels, num_classes) + 1  # the learnable p
+    if head in HEAD_NAMES:
+        return pooled_head_param_count(channels, num_classes)
+    raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     model_validator,
@@ -85,6 +86,8 @@ class DataParams(_Section):
 class ModelParams(_Section):
     widths: Annotated[list[PositiveInt], Field(min_length=1)]
     dense_hidden: PositiveInt
+    gem_p: PositiveFloat
+    lse_r: PositiveFloat
 
 
 class TrainParams(_Section):
@@ -98,6 +101,7 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     max_shift: NonNegativeInt
     batch_size: PositiveInt
+    seed: NonNegativeInt
 
 
 class ReportParams(_Section):

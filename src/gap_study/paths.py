@@ -76,6 +76,9 @@ class Layout:
     def shift_grid(self, head: str) -> Path:
         return self.eval_reports(head) / "shift_grid.csv"
 
+    def cam_examples(self, head: str) -> Path:
+        return self.eval_reports(head) / "cam_examples.npz"
+
     def eval_run(self, head: str) -> Path:
         return self.eval_reports(head) / "run.json"
 

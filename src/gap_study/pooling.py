@@ -8,22 +8,32 @@ layout, and their backward passes are deterministic on CUDA, where
 ``adaptive_avg_pool2d``/``adaptive_max_pool2d`` backward raise under
 ``torch.use_deterministic_algorithms(True)``.
 
-The registry ``GLOBAL_POOLS`` is keyed by head name (see STUDY.md, "Heads").
+The registry ``GLOBAL_POOLS`` is keyed by head name (see STUDY.md, "Heads");
+``make_global_pool`` builds the module for a name, ``pooled_channels`` says how many
+features it gives per map channel.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
     "GLOBAL_POOLS",
+    "GeMPool2d",
     "GlobalPool2d",
     "get_global_pool",
     "global_avg_pool",
+    "global_avgmax_pool",
+    "global_gem_pool",
+    "global_lse_pool",
     "global_max_pool",
     "global_sum_pool",
+    "make_global_pool",
+    "pooled_channels",
 ]
 
 
@@ -58,12 +68,43 @@ def global_sum_pool(x: Tensor, flatten: bool = True) -> Tensor:
     return x.sum(dim=(2, 3), keepdim=not flatten)
 
 
+def global_gem_pool(x: Tensor, p: Tensor | float = 3.0, eps: float = 1e-6,
+                    flatten: bool = True) -> Tensor:
+    """Generalized mean ``(mean(clamp(x, eps)^p))^(1/p)`` over ``H, W`` (Radenovic et al. 2018).
+
+    ``(N, C, H, W) -> (N, C)``. ``p = 1`` is GAP of the clamped map; ``p -> inf`` tends to GMP.
+    ``p`` may be a tensor (learnable, see ``GeMPool2d``).
+    """
+    _check_4d(x)
+    return x.clamp(min=eps).pow(p).mean(dim=(2, 3), keepdim=not flatten).pow(1.0 / p)
+
+
+def global_lse_pool(x: Tensor, r: float = 10.0, flatten: bool = True) -> Tensor:
+    """Log-sum-exp ``(1/r) log(mean(exp(r x)))`` over ``H, W`` (Pinheiro & Collobert 2015).
+
+    ``(N, C, H, W) -> (N, C)``. Small ``r`` tends to GAP, large ``r`` to GMP. Computed with
+    ``logsumexp`` so large ``r * x`` does not overflow.
+    """
+    _check_4d(x)
+    n, c, h, w = x.shape
+    pooled = (torch.logsumexp(r * x.reshape(n, c, h * w), dim=2) - math.log(h * w)) / r
+    return pooled if flatten else pooled[:, :, None, None]
+
+
+def global_avgmax_pool(x: Tensor, flatten: bool = True) -> Tensor:
+    """GAP and GMP concatenated along channels (timm's ``catavgmax``): ``(N, 2C)``."""
+    return torch.cat([global_avg_pool(x, flatten), global_max_pool(x, flatten)], dim=1)
+
+
 PoolFn = Callable[..., Tensor]
 
 GLOBAL_POOLS: dict[str, PoolFn] = {
     "gap": global_avg_pool,
     "gmp": global_max_pool,
     "gsp": global_sum_pool,
+    "gem": global_gem_pool,
+    "lse": global_lse_pool,
+    "avgmax": global_avgmax_pool,
 }
 
 
@@ -83,15 +124,50 @@ class GlobalPool2d(nn.Module):
     No parameters.
     """
 
-    def __init__(self, pool_type: str = "gap", flatten: bool = True) -> None:
+    def __init__(self, pool_type: str = "gap", flatten: bool = True, **options: float) -> None:
         super().__init__()
         self.pool_type = pool_type
         self.flatten = flatten
+        self.options = options  # e.g. r for "lse"
         self._pool = get_global_pool(pool_type)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._pool(x, flatten=self.flatten)
+        return self._pool(x, flatten=self.flatten, **self.options)
 
     def extra_repr(self) -> str:
-        return f"pool_type={self.pool_type!r}, flatten={self.flatten}"
+        options = "".join(f", {k}={v}" for k, v in self.options.items())
+        return f"pool_type={self.pool_type!r}, flatten={self.flatten}{options}"
+
+
+class GeMPool2d(nn.Module):
+    """Generalized-mean pooling with a learnable exponent ``p`` (one scalar, as in Radenovic
+    et al. 2018). ``(N, C, H, W) -> (N, C)``; one trainable parameter."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, flatten: bool = True) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+        self.flatten = flatten
+
+    def forward(self, x: Tensor) -> Tensor:
+        return global_gem_pool(x, self.p, self.eps, self.flatten)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p.item():.4g}, eps={self.eps}, flatten={self.flatten}"
+
+
+def make_global_pool(pool_type: str, *, gem_p: float = 3.0, lse_r: float = 10.0) -> nn.Module:
+    """The pooling module of a head name: ``GeMPool2d`` for ``"gem"`` (learnable ``p``
+    starting at ``gem_p``), ``GlobalPool2d`` otherwise (``lse`` with temperature ``lse_r``)."""
+    if pool_type == "gem":
+        return GeMPool2d(gem_p)
+    if pool_type == "lse":
+        return GlobalPool2d("lse", r=lse_r)
+    return GlobalPool2d(pool_type)
+
+
+def pooled_channels(pool_type: str, channels: int) -> int:
+    """Features the pool gives for a ``channels``-channel map (``avgmax`` doubles them)."""
+    get_global_pool(pool_type)
+    return 2 * channels if pool_type == "avgmax" else channels
 

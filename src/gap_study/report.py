@@ -101,25 +101,37 @@ def summarize(frame: pd.DataFrame, by: str | list[str], metrics: Sequence[str],
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the write-up, tested as "pooling head beats dense" on one metric."""
+    """A claim of the write-up, tested on one metric: a pooling head against ``dense``, or,
+    where ``dense`` cannot be measured (CAM), against the chance level in column ``chance``."""
 
     name: str
     metric: str
     lower_is_better: bool
     unit: str
     quote: str
+    chance: str | None = None
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("fewer parameters", "params_head", True, "parameters",
+    Claim("fewer parameters", "params_head", True, "trainable head parameters",
           "helps removing a large number of trainable parameters from the model"),
     Claim("less overfitting", "overfit_gap", True, "train minus test accuracy",
           "Global average (max) pooling is used to minimize the overfitting"),
     Claim("more translation robust", "shift_accuracy_mean", False,
           "test accuracy averaged over the shift grid",
           "this makes the model more robust to spatial translations in the data"),
-    Claim("faster training", "seconds_per_epoch", True, "seconds per epoch",
+    Claim("more translation robust", "consistency", False,
+          "probability two random shifts give the same class",
+          "this makes the model more robust to spatial translations in the data"),
+    Claim("more translation robust", "flip_rate", True,
+          "probability a 1-pixel move changes the class",
+          "this makes the model more robust to spatial translations in the data"),
+    Claim("faster training", "seconds_per_epoch", True, "seconds per training epoch",
           "Removing them helps training faster"),
+    Claim("feature maps tied to classes", "pointing_accuracy", False,
+          "share of test images whose class activation map peaks on the object",
+          "removing the fully conneected layers forces the feature maps to be more closely "
+          "related to the classification categories", chance="pointing_chance"),
 )
 
 
@@ -135,22 +147,31 @@ def _head_verdict(low: float, high: float) -> str:
 
 def claim_table(per_seed: pd.DataFrame, baseline: str = "dense",
                 confidence: float = 0.95) -> pd.DataFrame:
-    """Each claim per pooling head against ``baseline``: the improvement (positive = the claim
-    holds), its Welch-t interval, and a verdict computed from that interval.
+    """Each claim per pooling head against ``baseline`` (or the claim's chance column): the
+    improvement (positive = the claim holds), its Welch-t interval, and a verdict computed
+    from that interval.
 
-    ``per_seed`` has one row per head and seed with a column per claim metric.
+    ``per_seed`` has one row per head and seed with a column per claim metric; claims whose
+    metric is missing, and heads where it is undefined (``nan``, e.g. CAM of ``dense``), are
+    left out.
     """
     heads = [h for h in per_seed["head"].unique() if h != baseline]
     base = per_seed[per_seed["head"] == baseline]
     rows = []
     for claim in CLAIMS:
+        if claim.metric not in per_seed or (claim.chance is None and base.empty):
+            continue
         for head in heads:
-            ours = per_seed.loc[per_seed["head"] == head, claim.metric]
-            theirs = base[claim.metric]
+            runs = per_seed[per_seed["head"] == head]
+            ours = runs[claim.metric]
+            if ours.isna().any():
+                continue
+            theirs = runs[claim.chance] if claim.chance else base[claim.metric]
             # improvement = how much better the pooling head is, in the metric's units
             a, b = (theirs, ours) if claim.lower_is_better else (ours, theirs)
             diff, low, high = welch_interval(a, b, confidence)
             rows.append({"claim": claim.name, "head": head, "metric": claim.metric,
+                         "baseline": "chance" if claim.chance else baseline,
                          "head_mean": ours.mean(), "baseline_mean": theirs.mean(),
                          "improvement": diff, "ci_low": low, "ci_high": high,
                          "verdict": _head_verdict(low, high)})
@@ -158,16 +179,16 @@ def claim_table(per_seed: pd.DataFrame, baseline: str = "dense",
 
 
 def overall_verdicts(claims: pd.DataFrame) -> pd.DataFrame:
-    """One verdict per claim over all pooling heads: supported (every head), not supported
-    (no head), or mixed."""
+    """One verdict per claim over all its rows (heads x metrics): supported (every row),
+    not supported (no row), or mixed. A head supports a claim when all its rows do."""
     rows = []
     for name, group in claims.groupby("claim", sort=False):
-        supported = (group.verdict == "supported").sum()
-        verdict = ("supported" if supported == len(group)
-                   else "not supported" if supported == 0 else "mixed")
+        supported = group.verdict == "supported"
+        verdict = ("supported" if supported.all()
+                   else "not supported" if not supported.any() else "mixed")
+        by_head = supported.groupby(group["head"], sort=False).all()
         rows.append({"claim": name, "verdict": verdict,
-                     "heads supporting": ", ".join(group.loc[group.verdict == "supported", "head"])
-                     or "none"})
+                     "heads supporting": ", ".join(by_head.index[by_head]) or "none"})
     return pd.DataFrame(rows)
 
 
@@ -294,6 +315,85 @@ def plot_learning_curves(history: pd.DataFrame, heads: Sequence[str],
     return fig
 
 
+def plot_stability(per_seed: pd.DataFrame, heads: Sequence[str],
+                   confidence: float = 0.95) -> plt.Figure:
+    """Consistency under two random shifts (left, higher is steadier) and the 1-pixel flip
+    rate (right, lower is steadier), mean and t interval over seeds."""
+    errorbar = _t_errorbar(confidence)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in [(axes[0], "consistency", "same class under two random shifts (%)"),
+                              (axes[1], "flip_rate", "class changes under a 1-pixel move (%)")]:
+        data = per_seed.assign(value=per_seed[metric] * 100)
+        sns.barplot(data, x="head", y="value", hue="head", order=heads,
+                    palette=head_palette(heads), errorbar=errorbar, capsize=0.15, ax=ax,
+                    legend=False)
+        ax.set(xlabel="classifier head", ylabel=label)
+    axes[0].set_title("Consistency (Zhang 2019)")
+    axes[1].set_title("1-pixel flip rate (Azulay & Weiss 2019)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pointing(per_seed: pd.DataFrame, heads: Sequence[str],
+                  confidence: float = 0.95) -> plt.Figure:
+    """Pointing accuracy of the CAM on centred and shifted images, with the chance level."""
+    with_cam = [h for h in heads if per_seed.loc[per_seed["head"] == h,
+                                                 "pointing_accuracy"].notna().all()]
+    tidy = per_seed[per_seed["head"].isin(with_cam)].melt(
+        id_vars=["head", "seed"], value_vars=["pointing_accuracy", "pointing_accuracy_shifted"],
+        var_name="images", value_name="pointing")
+    tidy["images"] = tidy["images"].map({"pointing_accuracy": "centred",
+                                         "pointing_accuracy_shifted": "randomly shifted"})
+    tidy["pointing"] *= 100
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(with_cam) + 2), 4))
+    sns.barplot(tidy, x="head", y="pointing", hue="images", order=with_cam,
+                errorbar=_t_errorbar(confidence), capsize=0.15, ax=ax)
+    chance = per_seed["pointing_chance"].mean() * 100
+    ax.axhline(chance, color="black", linestyle="--", linewidth=1)
+    ax.annotate(f"chance {chance:.0f}%", (0.01, chance), xycoords=("axes fraction", "data"),
+                xytext=(0, 3), textcoords="offset points", fontsize=8)
+    ax.set(xlabel="classifier head", ylabel="CAM maximum on the object (%)", ylim=(0, 100.5),
+           title="Pointing accuracy of class activation maps")
+    ax.legend(title=None, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_cam_overlays(cams: dict[str, dict[str, np.ndarray]],
+                      heads: Sequence[str]) -> plt.Figure:
+    """Each head's CAM of the true class over a few test images, centred and shifted; the
+    object's box in white, the CAM maximum as a red cross."""
+    shown = [h for h in heads if h in cams]
+    count = len(cams[shown[0]]["labels"])
+    fig, axes = plt.subplots(len(shown), 2 * count, figsize=(1.6 * 2 * count, 1.75 * len(shown)),
+                             squeeze=False)
+    for r, (row, head) in enumerate(zip(axes, shown, strict=True)):
+        data = cams[head]
+        dx, dy = (int(v) for v in data["shift"])
+        panels = [("", data["images"], data["cams"], data["boxes"]),
+                  (f" moved ({dx:+d}, {dy:+d})", data["shifted_images"], data["shifted_cams"],
+                   data["shifted_boxes"])]
+        for j in range(count):
+            for k, (suffix, images, maps, boxes) in enumerate(panels):
+                ax = row[2 * j + k]
+                ax.imshow(images[j].mean(axis=0), cmap="gray")
+                ax.imshow(maps[j], cmap="jet", alpha=0.45)
+                top, left, bottom, right = boxes[j]
+                ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top,
+                                           fill=False, edgecolor="white", linewidth=1))
+                y, x = np.unravel_index(np.argmax(maps[j]), maps[j].shape)
+                ax.plot(x, y, "r+", markersize=9, markeredgewidth=2)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0 and k == 0:
+                    ax.set_ylabel(head, fontsize=10)
+                if r == 0:
+                    ax.set_title(f"class {int(data['labels'][j])}{suffix}", fontsize=8)
+    fig.suptitle("Class activation maps of the true class (red +: maximum, white: object)")
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 130) -> Path:
     """Write ``fig`` as PNG atomically and close it; returns the path."""
     with atomic_path(path) as tmp:
@@ -362,11 +462,15 @@ def collect_results(layout, heads: Sequence[str]) -> dict[str, object]:
 
     Returns ``per_seed`` (one row per head and seed: evaluation metrics plus
     ``seconds_per_epoch``/``images_per_second``, the median epoch of that run), ``grid``
-    (head, seed, dx, dy, radius, accuracy), ``history`` (head, seed, epoch, ...) and ``runs``
-    (each head's training and evaluation run records).
+    (head, seed, dx, dy, radius, accuracy), ``history`` (head, seed, epoch, ...), ``runs``
+    (each head's training and evaluation run records) and ``cams`` (CAM examples per head
+    that has them).
     """
-    metrics, grids, histories, runs = [], [], [], {}
+    metrics, grids, histories, runs, cams = [], [], [], {}, {}
     for head in heads:
+        if layout.cam_examples(head).exists():
+            with np.load(layout.cam_examples(head), allow_pickle=False) as npz:
+                cams[head] = dict(npz)
         metrics.append(pd.read_csv(layout.eval_metrics(head)))
         grids.append(pd.read_csv(layout.shift_grid(head)).assign(head=head))
         for path in sorted(layout.train_reports(head).glob("history/seed_*.csv")):
@@ -380,7 +484,7 @@ def collect_results(layout, heads: Sequence[str]) -> dict[str, object]:
     per_seed = pd.concat(metrics, ignore_index=True).merge(speed, on=["head", "seed"],
                                                            how="left", validate="one_to_one")
     return {"per_seed": per_seed, "grid": pd.concat(grids, ignore_index=True),
-            "history": history, "runs": runs}
+            "history": history, "runs": runs, "cams": cams}
 
 
 def stride_alignment(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
@@ -410,7 +514,9 @@ def radius_table(grid: pd.DataFrame) -> pd.DataFrame:
 
 SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
                    "overfit_gap", "train_loss", "test_loss", "loss_gap", "shift_accuracy_mean",
-                   "shift_accuracy_worst", "seconds_per_epoch", "images_per_second")
+                   "shift_accuracy_worst", "consistency", "flip_rate", "pointing_accuracy",
+                   "pointing_accuracy_shifted", "pointing_chance", "seconds_per_epoch",
+                   "images_per_second")
 
 # how each metric is shown: (scale, decimals, unit)
 _FORMATS = {
@@ -421,6 +527,8 @@ _FORMATS = {
     "shift_accuracy_worst": (100, 1, "%"), "seconds_per_epoch": (1, 3, " s"),
     "images_per_second": (1, 0, ""),
     "aligned_shift_accuracy": (100, 1, "%"), "other_shift_accuracy": (100, 1, "%"),
+    "consistency": (100, 1, "%"), "flip_rate": (100, 1, "%"), "pointing_accuracy": (100, 1, "%"),
+    "pointing_accuracy_shifted": (100, 1, "%"), "pointing_chance": (100, 1, "%"),
 }
 
 
@@ -446,6 +554,8 @@ def _improvement(diff: float, low: float, high: float, metric: str) -> str:
 def format_stat(row: pd.Series | dict, metric: str) -> str:
     """``mean ± std [ci_low, ci_high]`` in the metric's display units."""
     scale, decimals, unit = _FORMATS.get(metric, (1, 3, ""))
+    if math.isnan(row["mean"]):
+        return "n/a"
     text = f"{row['mean'] * scale:,.{decimals}f}"
     if not math.isnan(row["std"]) and row["std"] > 0:
         text += f" ± {row['std'] * scale:,.{decimals}f}"
@@ -467,20 +577,23 @@ def _md(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, disable_numparse=True)
 
 
-def claim_sentences(claims: pd.DataFrame, overall: pd.DataFrame, baseline: str = "dense") -> str:
-    """One plain paragraph per claim, every number taken from ``claims``."""
+def claim_sentences(claims: pd.DataFrame, overall: pd.DataFrame) -> str:
+    """One plain paragraph per claim, quoting the write-up; every number from ``claims``."""
+    by_metric = {c.metric: c for c in CLAIMS}
     paragraphs = []
-    units = {c.name: c for c in CLAIMS}
     for _, row in overall.iterrows():
-        claim = units[row["claim"]]
+        rows = claims[claims.claim == row["claim"]]
+        quote = by_metric[rows.metric.iloc[0]].quote
         parts = []
-        for _, r in claims[claims.claim == row["claim"]].iterrows():
-            parts.append(f"`{r['head']}` {_number(r.head_mean, r.metric)} vs "
-                         f"{_number(r.baseline_mean, r.metric)} for `{baseline}`, improvement "
-                         f"{_improvement(r.improvement, r.ci_low, r.ci_high, r.metric)}, "
-                         f"{r.verdict}")
-        paragraphs.append(f"- **{claim.name.capitalize()}: {row['verdict']}.** "
-                          f"`{claim.metric}`, {claim.unit}: " + "; ".join(parts) + ".")
+        for metric, group in rows.groupby("metric", sort=False):
+            measured = "; ".join(
+                f"`{r['head']}` {_number(r.head_mean, metric)} vs "
+                f"{_number(r.baseline_mean, metric)} ({r.baseline}), improvement "
+                f"{_improvement(r.improvement, r.ci_low, r.ci_high, metric)}, {r.verdict}"
+                for _, r in group.iterrows())
+            parts.append(f"`{metric}` ({by_metric[metric].unit}): {measured}")
+        paragraphs.append(f"- **{row['claim'].capitalize()}: {row['verdict']}.** "
+                          f"(\"{quote}\") " + ". ".join(parts) + ".")
     return "\n".join(paragraphs)
 
 
@@ -507,6 +620,119 @@ def _alignment_lines(alignment: pd.DataFrame | None, stride: int, heads: Sequenc
                                           "all other shifts"], heads)),
         "",
     ]
+
+
+def _stability_lines(aggregate: pd.DataFrame, heads: Sequence[str],
+                     figures: dict[str, str], max_shift: int) -> list[str]:
+    means = aggregate[aggregate.metric == "flip_rate"].set_index("head")["mean"]
+    flips = ", ".join(f"`{h}` {means[h]:.3f}" for h in heads)
+    return [
+        "### Prediction stability",
+        "",
+        f"Consistency: the probability that two independent random shifts of a test image "
+        f"(offsets uniform in [-{max_shift}, {max_shift}]², a fixed evaluation seed) get the "
+        "same class, right or wrong (Zhang 2019). Flip rate: the probability that the class "
+        "changes when the object moves by one pixel, averaged over the four directions "
+        "(Azulay & Weiss 2019).",
+        "",
+        _md(stat_table(aggregate, ["consistency", "flip_rate"],
+                       ["consistency", "1-pixel flip rate"], heads)),
+        "",
+        f"Flip rates here: {flips}. Azulay & Weiss report 0.18-0.20 for ImageNet CNNs when a "
+        "downscaled image moves on a black canvas (their protocol closest to ours); the data "
+        "sets differ, so only the order of magnitude compares.",
+        "",
+        f"![Consistency and flip rate]({figures['stability']})",
+        "",
+    ]
+
+
+def _cam_lines(aggregate: pd.DataFrame, heads: Sequence[str], figures: dict[str, str],
+               per_seed: pd.DataFrame) -> list[str]:
+    with_cam = [h for h in heads
+                if per_seed.loc[per_seed["head"] == h, "pointing_accuracy"].notna().all()]
+    lines = ["## Class activation maps", ""]
+    if not with_cam:
+        return [*lines, "No head in this run has class activation maps.", ""]
+    without = [h for h in heads if h not in with_cam]
+    lines += [
+        "For a head whose classifier is linear on pooled features, the class score is the "
+        "pooled class activation map `M_c(x, y) = sum_k w_ck f_k(x, y)` (Zhou et al. 2016), "
+        "upsampled to the canvas. Pointing accuracy: the share of test images whose map for the "
+        "true class peaks inside the object's bounding box; chance is the box's share of the "
+        "canvas.",
+        "",
+    ]
+    if without:
+        lines += [f"{', '.join(f'`{h}`' for h in without)} has no such map: its first layer "
+                  "mixes every position of the feature map into each hidden unit, so no score "
+                  "can be attributed to a position without a separate method (e.g. gradients).",
+                  ""]
+    lines += [
+        _md(stat_table(aggregate, ["pointing_accuracy", "pointing_accuracy_shifted",
+                                   "pointing_chance"],
+                       ["centred images", "randomly shifted images", "chance"], with_cam)),
+        "",
+        f"![Pointing accuracy]({figures['pointing']})",
+        "",
+        f"![Class activation maps]({figures['cam_overlays']})",
+        "",
+    ]
+    return lines
+
+
+def _sum_pooling_lines(aggregate: pd.DataFrame, heads: Sequence[str], image_size: int,
+                       widths: Sequence[int], lr: float) -> list[str]:
+    if not {"gap", "gsp"} <= set(heads):
+        return ["## Global sum vs global average pooling", "",
+                "The write-up treats GAP as a sum (\"it is treated as a sum in the paper\"). "
+                "Add both `gap` and `gsp` to `heads` to measure what that changes.", ""]
+    side = image_size // 2 ** (len(widths) - 1)
+    mean = aggregate.set_index(["head", "metric"])["mean"]
+    return [
+        "## Global sum vs global average pooling",
+        "",
+        f"Global sum pooling is GAP times H·W: here the map is {side}x{side}, so `gsp` feeds "
+        f"the linear layer features exactly {side * side}x larger than `gap` (pinned by "
+        "`tests/test_pooling.py::test_gsp_is_gap_times_h_times_w`). The write-up calls the "
+        "factor unnecessary; for inference it is (a linear layer can absorb it), but it "
+        f"scales the logits, their gradients and so the effective learning rate. With the "
+        f"same Adam learning rate ({lr}): `gap` reaches "
+        f"{mean['gap', 'test_accuracy'] * 100:.1f}% test accuracy (train loss "
+        f"{mean['gap', 'train_loss']:.3f}), `gsp` {mean['gsp', 'test_accuracy'] * 100:.1f}% "
+        f"(train loss {mean['gsp', 'train_loss']:.3f}).",
+        "",
+    ]
+
+
+# Published numbers of STUDY.md that a run on the same data set can be compared with.
+PUBLISHED = {
+    "cifar10": [("Network in Network, Lin et al. 2014, Table 5: NIN + fully connected",
+                 "test error", 0.1159),
+                ("Network in Network, Lin et al. 2014, Table 5: NIN + GAP", "test error",
+                 0.1041),
+                ("Lin et al. 2014, conventional CNN + fully connected", "test error", 0.1756),
+                ("Lin et al. 2014, conventional CNN + GAP", "test error", 0.1646)],
+    "mnist": [("Network in Network, Lin et al. 2014: NIN + GAP", "test error", 0.0047)],
+}
+
+
+def _published_lines(dataset: str, aggregate: pd.DataFrame, heads: Sequence[str]) -> list[str]:
+    lines = ["## Published numbers", ""]
+    rows = PUBLISHED.get(dataset)
+    if not rows:
+        return [*lines, f"None of the published results in `STUDY.md` is on `{dataset}` (NIN "
+                "on CIFAR-10/100, SVHN and MNIST; CAM on ILSVRC; Zhang 2019 on ImageNet; the "
+                "write-up's own reference on Cats vs Dogs), so no row here is comparable; "
+                "switch `data.name` to a data set they used to compare.", ""]
+    errors = aggregate[aggregate.metric == "test_accuracy"].set_index("head")["mean"]
+    table = pd.DataFrame(
+        [{"source": source, "metric": metric, "value": f"{value:.2%}"}
+         for source, metric, value in rows]
+        + [{"source": f"this study: `{h}` (mean over seeds)", "metric": "test error",
+            "value": f"{1 - errors[h]:.2%}"} for h in heads])
+    return [*lines, "Different backbones and training budgets: compare the ordering of heads, "
+            "not the absolute errors.", "", _md(table), ""]
 
 
 def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
@@ -545,14 +771,14 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
     claims_shown = claims.copy()
     claims_shown["pooling head"] = [_number(v, m) for v, m in
                                     zip(claims.head_mean, claims.metric, strict=True)]
-    claims_shown["dense"] = [_number(v, m) for v, m in
-                             zip(claims.baseline_mean, claims.metric, strict=True)]
+    claims_shown["baseline value"] = [_number(v, m) for v, m in
+                                      zip(claims.baseline_mean, claims.metric, strict=True)]
     claims_shown[f"improvement [{level} CI]"] = [
         _improvement(d, lo, hi, m)
         for d, lo, hi, m in zip(claims.improvement, claims.ci_low, claims.ci_high, claims.metric,
                                 strict=True)]
-    claims_shown = claims_shown[["claim", "head", "pooling head", "dense",
-                                 f"improvement [{level} CI]", "verdict"]]
+    claims_shown = claims_shown[["claim", "metric", "head", "pooling head", "baseline",
+                                 "baseline value", f"improvement [{level} CI]", "verdict"]]
 
     lines = [
         "# Global pooling vs a dense classifier head: results",
@@ -576,7 +802,9 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
     ]
     if has_baseline:
         lines += [
-            f"Each pooling head is compared with `dense`. A claim holds for a head when the "
+            f"Each pooling head is compared with `dense`; for the class-activation-map claim, "
+            f"where `dense` has no map, with the chance level of a map peaking anywhere on the "
+            f"canvas. A claim holds for a head when the "
             f"{level} Welch-t interval of the improvement lies above zero; \"no clear "
             f"difference\" means the interval contains zero (not that the heads are equal); "
             f"\"contradicted\" means the pooling head is reliably worse. A claim is supported "
@@ -628,8 +856,12 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         f"![Accuracy vs shift radius]({figures['shift_radius']})",
         "",
         *_alignment_lines(alignment, stride, heads, confidence),
+        *_stability_lines(aggregate, heads, figures, evaluate["max_shift"]),
         f"![Accuracy per offset]({figures['shift_heatmaps']})",
         "",
+        *_cam_lines(aggregate, heads, figures, per_seed),
+        *_sum_pooling_lines(aggregate, heads, dataset["image_size"], model["widths"],
+                            train["lr"]),
         "## Training speed",
         "",
         f"Wall time of the training pass of one epoch (median over epochs, per run), on "
@@ -641,6 +873,7 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         "",
         f"![Time per epoch]({figures['time']})",
         "",
+        *_published_lines(dataset["name"], aggregate, heads),
         "## Provenance",
         "",
         f"- torch {env['torch']}, numpy {env['numpy']}, Python {env['python']} on "
@@ -656,7 +889,8 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
 
 
 HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
-                    "overfit_gap", "loss_gap", "shift_accuracy_mean", "shift_accuracy_worst")
+                    "overfit_gap", "loss_gap", "shift_accuracy_mean", "shift_accuracy_worst",
+                    "consistency", "flip_rate", "pointing_accuracy")
 
 
 def headline_metrics(per_seed: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -664,7 +898,9 @@ def headline_metrics(per_seed: pd.DataFrame) -> dict[str, dict[str, float]]:
     file is byte-identical between runs with the same params), for ``dvc metrics``."""
     out = {}
     for head, group in per_seed.groupby("head", sort=False):
-        out[head] = {m: float(group[m].mean()) for m in HEADLINE_METRICS}
+        # a metric a head does not have (CAM of dense) is null, not NaN: JSON has no NaN
+        out[head] = {m: None if group[m].isna().all() else float(group[m].mean())
+                     for m in HEADLINE_METRICS if m in group}
         out[head].update({m: int(group[m].max()) for m in HEADLINE_METRICS
                           if m.startswith("params_")})  # counts: the same for every seed
         out[head]["seeds"] = len(group)

@@ -123,12 +123,17 @@ def train_one_seed(config: ModelConfig, data: CanvasDataset, *, seed: int, epoch
 
 
 def save_checkpoint(path: str | Path, model: ClassifierNet) -> None:
-    """Save config and weights (plain tensors and builtins only, so ``weights_only`` loads it)."""
+    """Save config and weights (plain tensors and builtins only, so ``weights_only`` loads it).
+
+    Equal weights give byte-identical files.
+    """
     payload = {"config": model.config.to_dict(),
                "state_dict": {k: v.detach().cpu().contiguous() for k, v in
                               model.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object: torch.save names the archive's records after a file path, and
+    # the temporary name is random, so saving to a path would make equal weights differ in bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> ClassifierNet:
