@@ -20,6 +20,6 @@ def params_raw() -> dict:
 
 @pytest.fixture(scope="session")
 def digits():
-    from gap_study.data import prepare_digits
+    from gap_study.data import prepare_dataset
 
-    return prepare_digits(canvas=32, object_size=16, test_fraction=0.25, split_seed=0)
+    return prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25, split_seed=0)

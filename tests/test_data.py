@@ -6,7 +6,7 @@ from gap_study.data import (
     load_prepared,
     object_boxes,
     place_on_canvas,
-    prepare_digits,
+    prepare_dataset,
     save_prepared,
     shift,
     shift_margin,
@@ -70,10 +70,34 @@ def test_prepared_digits_are_a_stratified_fixed_split_on_the_canvas(digits):
     assert np.all(np.abs(share - 0.25) < 0.02)
     # the 16x16 object sits in the middle, leaving 8 pixels of room on every side
     assert shift_margin(digits.box_train, 32) == shift_margin(digits.box_test, 32) == 8
-    again = prepare_digits(canvas=32, object_size=16, test_fraction=0.25, split_seed=0)
+    again = prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25,
+                            split_seed=0)
     np.testing.assert_array_equal(again.x_test, digits.x_test)
-    other = prepare_digits(canvas=32, object_size=16, test_fraction=0.25, split_seed=1)
+    other = prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25,
+                            split_seed=1)
     assert not np.array_equal(other.y_test, digits.y_test)
+
+
+def test_max_train_and_max_test_keep_a_stratified_seeded_subsample(digits):
+    small = prepare_dataset("digits", canvas=24, digits_size=16, max_train=100, max_test=50)
+    assert small.x_train.shape == (100, 1, 24, 24) and small.x_test.shape == (50, 1, 24, 24)
+    assert np.bincount(small.y_train, minlength=10).min() >= 9  # every class kept
+    again = prepare_dataset("digits", canvas=24, digits_size=16, max_train=100, max_test=50)
+    np.testing.assert_array_equal(small.x_train, again.x_train)
+
+
+def test_a_real_data_set_is_placed_on_its_canvas_from_local_files(tmp_path, monkeypatch):
+    from test_datasets import put, small_cifar_tarball, use_files
+
+    from gap_study import datasets
+
+    tarball, _, _ = small_cifar_tarball()
+    use_files(monkeypatch, "cifar10", {datasets.CIFAR10_TARBALL: tarball})
+    put(tmp_path / "cifar10", {datasets.CIFAR10_TARBALL: tarball})
+    prepared = prepare_dataset("cifar10", canvas=40, root=tmp_path, download=False)
+    assert prepared.in_channels == 3 and prepared.image_size == 40
+    assert prepared.x_train.dtype == np.uint8
+    assert shift_margin(prepared.box_train, 40) >= 4  # the 32x32 image sits in the middle
 
 
 def test_prepared_data_round_trips_through_npz_without_pickle(tmp_path, digits):

@@ -36,7 +36,12 @@ def test_the_projects_params_yaml_is_valid(root):
     ("heads", ["gap", "gap"], r"heads .*repeated"),
     ("data.name", "mnist2", r"data\.name = 'mnist2': not allowed"),
     ("data.test_fraction", 1.5, r"data\.test_fraction = 1\.5"),
-    ("data.canvas", 12, r"canvas \(12\) must be at least object_size \(16\)"),
+    ("data.canvas", {"digits": 12}, r"data\.canvas\.digits = 12 is smaller than the 16x16 "
+                                    r"digits object: it must be at least 16"),
+    ("data.canvas", {"mnist": 44}, r"data\.canvas has no entry for data\.name = 'digits'"),
+    ("data.name", "cifar", r"data\.name = 'cifar': not allowed \(did you mean 'cifar10'\?\)"),
+    ("data.max_train", 0, r"data\.max_train = 0"),
+    ("data.download", "maybe", r"data\.download = 'maybe'"),
     ("evaluate.max_shift", 9, r"evaluate\.max_shift = 9 .* at most 8"),
     ("device", "gpu", r"device = 'gpu': must be 'auto', 'cpu'"),
     ("train.lrr", 0.1, r"train\.lrr: unknown key \(did you mean 'lr'\?\); allowed keys here: "

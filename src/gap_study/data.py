@@ -2,7 +2,8 @@
 can move (``shift``) without leaving the image.
 
 The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
-network), upsampled to ``object_size`` and centred on a ``canvas`` x ``canvas`` image.
+network), upsampled and centred on a ``canvas`` x ``canvas`` image; MNIST, Fashion-MNIST and
+CIFAR-10 come from verified files (``gap_study.datasets``).
 Images are stored as ``uint8`` ``(N, C, H, W)``; ``to_float`` scales them to ``[0, 1]``.
 """
 
@@ -18,14 +19,16 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from gap_study.datasets import load_raw, stratified_subsample
 from gap_study.io import write_arrays
 
 __all__ = [
     "CanvasDataset",
+    "digits_objects",
     "load_prepared",
     "object_boxes",
     "place_on_canvas",
-    "prepare_digits",
+    "prepare_dataset",
     "save_prepared",
     "shift",
     "shift_margin",
@@ -110,29 +113,44 @@ def shift_margin(boxes: np.ndarray, canvas: int) -> int:
     return int(min(top.min(), left.min(), (canvas - bottom).min(), (canvas - right).min()))
 
 
-def prepare_digits(canvas: int = 32, object_size: int = 16, test_fraction: float = 0.25,
-                   split_seed: int = 0) -> CanvasDataset:
-    """scikit-learn digits, bilinearly upsampled to ``object_size`` and centred on the canvas.
-
-    The stratified train/test split is fixed by ``split_seed``, independent of training seeds.
-    """
+def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 embedded 8x8 digits, bilinearly upsampled to ``size``:
+    ``uint8 (N, 1, size, size)`` and ``int64 (N,)`` labels."""
     digits = load_digits()
     small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
-    big = F.interpolate(small, size=(object_size, object_size), mode="bilinear",
-                        align_corners=False)
-    objects = np.rint(big.clamp(0, 1).numpy() * 255).astype(np.uint8)
-    images = place_on_canvas(objects, canvas)
-    labels = digits.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
-                                           stratify=labels, random_state=split_seed)
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    boxes = object_boxes(images)
-    return CanvasDataset(
-        name="digits",
-        x_train=images[train_idx], y_train=labels[train_idx], box_train=boxes[train_idx],
-        x_test=images[test_idx], y_test=labels[test_idx], box_test=boxes[test_idx],
-        num_classes=10,
-    )
+    big = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return np.rint(big.clamp(0, 1).numpy() * 255).astype(np.uint8), digits.target.astype(np.int64)
+
+
+def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fraction: float = 0.25,
+                    split_seed: int = 0, root: str | Path = "data/raw", download: bool = True,
+                    max_train: int | None = None, max_test: int | None = None) -> CanvasDataset:
+    """A data set's train/test split with every object centred on a ``canvas`` square.
+
+    ``digits``: the embedded digits upsampled to ``digits_size``, split (stratified, fixed by
+    ``split_seed``, independent of training seeds) with ``test_fraction`` for testing.
+    ``mnist``, ``fashion_mnist``, ``cifar10``: the official split, from verified files in
+    ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
+    stratified subsample seeded by ``split_seed``.
+    """
+    if name == "digits":
+        objects, labels = digits_objects(digits_size)
+        train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                               stratify=labels, random_state=split_seed)
+        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        x_train, y_train = objects[train_idx], labels[train_idx]
+        x_test, y_test = objects[test_idx], labels[test_idx]
+        num_classes = 10
+    else:
+        raw = load_raw(name, root, download=download)
+        x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+        num_classes = raw.num_classes
+    x_train, y_train = stratified_subsample(x_train, y_train, max_train, split_seed)
+    x_test, y_test = stratified_subsample(x_test, y_test, max_test, split_seed)
+    x_train, x_test = place_on_canvas(x_train, canvas), place_on_canvas(x_test, canvas)
+    return CanvasDataset(name=name, x_train=x_train, y_train=y_train,
+                         box_train=object_boxes(x_train), x_test=x_test, y_test=y_test,
+                         box_test=object_boxes(x_test), num_classes=num_classes)
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,9 @@ __all__ = [
     "parse_params",
 ]
 
-DATA_SETS = ("digits",)
+DATA_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+# Side of each data set's object before it is placed on the canvas (digits: data.digits_size).
+NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 
 
 class ParamsError(ValueError):
@@ -65,22 +67,40 @@ class _Section(BaseModel):
 
 class DataParams(_Section):
     name: Literal[DATA_SETS]
-    canvas: PositiveInt
-    object_size: PositiveInt
+    root: str
+    download: bool
+    canvas: dict[Literal[DATA_SETS], PositiveInt]
+    digits_size: PositiveInt
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
     split_seed: NonNegativeInt
+    max_train: PositiveInt | None
+    max_test: PositiveInt | None
 
     @model_validator(mode="after")
     def _object_fits(self) -> DataParams:
-        if self.canvas < self.object_size:
-            raise ValueError(f"canvas ({self.canvas}) must be at least object_size "
-                             f"({self.object_size}) so the object fits on it")
+        if self.name not in self.canvas:
+            raise ValueError(f"data.canvas has no entry for data.name = {self.name!r}: add "
+                             f"'{self.name}: <side in pixels>' under data.canvas")
+        if self.canvas_size < self.object_size:
+            raise ValueError(f"data.canvas.{self.name} = {self.canvas_size} is smaller than "
+                             f"the {self.object_size}x{self.object_size} {self.name} object: "
+                             f"it must be at least {self.object_size}")
         return self
+
+    @property
+    def object_size(self) -> int:
+        """Side of the object placed on the canvas."""
+        return self.digits_size if self.name == "digits" else NATIVE_SIZE[self.name]
+
+    @property
+    def canvas_size(self) -> int:
+        """Side of the canvas of the chosen data set."""
+        return self.canvas[self.name]
 
     @property
     def shift_room(self) -> int:
         """How far the centred object can move before it touches the border."""
-        return (self.canvas - self.object_size) // 2
+        return (self.canvas_size - self.object_size) // 2
 
 
 class ModelParams(_Section):
@@ -122,16 +142,17 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
-        if self.evaluate.max_shift > self.data.shift_room:
+        data = self.data
+        if self.evaluate.max_shift > data.shift_room:
             raise ValueError(
                 f"evaluate.max_shift = {self.evaluate.max_shift} would push the object off the "
-                f"canvas: with data.canvas = {self.data.canvas} and data.object_size = "
-                f"{self.data.object_size} it can be at most {self.data.shift_room}")
-        pooled = self.data.canvas // 2 ** (len(self.model.widths) - 1)
-        if pooled < 1:
+                f"canvas: a {data.object_size}-pixel {data.name} object on a "
+                f"{data.canvas_size}-pixel canvas (data.canvas.{data.name}) can move at most "
+                f"{data.shift_room}")
+        if data.canvas_size // 2 ** (len(self.model.widths) - 1) < 1:
             raise ValueError(f"model.widths has {len(self.model.widths)} blocks, too many for "
-                             f"data.canvas = {self.data.canvas}: each block after the first "
-                             "halves the map")
+                             f"data.canvas.{data.name} = {data.canvas_size}: each block after "
+                             "the first halves the map")
         return self
 
 
