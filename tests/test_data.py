@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from gap_study.data import (
+    fraction_subset,
     load_prepared,
     object_boxes,
     place_on_canvas,
@@ -119,3 +120,20 @@ def test_to_float_scales_uint8_to_unit_range_and_keeps_zero_background():
     x = to_float(np.array([[0, 255, 51]], dtype=np.uint8))
     assert x.dtype == torch.float32
     torch.testing.assert_close(x, torch.tensor([[0.0, 1.0, 0.2]]))
+
+
+def test_fraction_subsets_are_nested_stratified_and_sized_by_the_fraction():
+    labels = np.repeat(np.arange(4), [40, 30, 20, 10])  # 100 examples, unequal classes
+    tenth, third, whole = (fraction_subset(labels, f) for f in (0.1, 0.3, 1.0))
+    assert (len(tenth), len(third)) == (10, 30) and np.array_equal(whole, np.arange(100))
+    assert set(tenth) <= set(third)  # a learning curve adds examples, never swaps them
+    assert np.bincount(labels[tenth]).tolist() == [4, 3, 2, 1]
+    assert np.bincount(labels[third]).tolist() == [12, 9, 6, 3]
+    assert np.array_equal(fraction_subset(labels, 0.3), third)  # fixed: no seed involved
+    assert np.all(np.diff(third) > 0)  # sorted indices
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
+def test_fraction_subset_rejects_fractions_outside_zero_to_one(fraction):
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        fraction_subset(np.zeros(10, dtype=np.int64), fraction)

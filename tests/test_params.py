@@ -45,7 +45,13 @@ def test_the_projects_params_yaml_is_valid(root):
     ("evaluate.max_shift", 9, r"evaluate\.max_shift = 9 .* at most 8"),
     ("device", "gpu", r"device = 'gpu': must be 'auto', 'cpu'"),
     ("train.lrr", 0.1, r"train\.lrr: unknown key \(did you mean 'lr'\?\); allowed keys here: "
-                       r"batch_size, epochs, lr, seeds, weight_decay"),
+                       r"batch_size, epochs, fractions, lr, seeds, shift, weight_decay"),
+        ("train.fractions", [0.5, 1.5], r"train\.fractions\[1\] = 1\.5: .*less than or equal to 1"),
+        ("train.fractions", [0.0], r"train\.fractions\[0\] = 0\.0: .*greater than 0"),
+        ("train.fractions", [], r"train\.fractions"),
+        ("train.shift", [0, 9], r"train\.shift = 9 would push the object off the canvas.*"
+                                r"at most 8"),
+        ("train.shift", [-1], r"train\.shift\[0\] = -1: .*greater than or equal to 0"),
     ("trian", {}, r"trian: unknown key \(did you mean 'train'\?\)"),
     ("train.epochs", KeyError, r"train\.epochs: Field required"),
 ])
@@ -71,3 +77,11 @@ def test_missing_and_unparsable_params_files_get_clear_errors(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ParamsError, match="expected a mapping"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_training_variants_are_the_learning_curve_plus_the_shift_ablation(params_raw):
+    params_raw["train"].update(fractions=[1.0, 0.1, 0.3], shift=[4, 0, 2])
+    train = parse_params(params_raw).train
+    assert (train.full_fraction, train.base_shift) == (1.0, 0)
+    # each fraction centred, each shift on all the data; (1.0, 0) trained once
+    assert train.variants == [(0.1, 0), (0.3, 0), (1.0, 0), (1.0, 2), (1.0, 4)]

@@ -51,7 +51,8 @@ def _tiny_repository(repo: Path, heads: list[str]) -> Path:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["heads"] = heads
     params["model"].update(widths=[4, 8], dense_hidden=16)
-    params["train"].update(seeds=SEEDS, epochs=2, batch_size=128)
+    params["train"].update(seeds=SEEDS, epochs=2, batch_size=128, fractions=[0.5, 1.0],
+                           shift=[0, 2])
     params["evaluate"]["max_shift"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
@@ -62,7 +63,7 @@ def _tiny_repository(repo: Path, heads: list[str]) -> Path:
 
 def _outputs(repo: Path) -> dict[str, bytes]:
     """Every deterministic output per head: model weights and evaluation metrics."""
-    files = [*sorted((repo / "models").glob("*/seed_*.pt")),
+    files = [*sorted((repo / "models").glob("*/*.pt")),
              *sorted((repo / "reports" / "eval").glob("*/metrics.csv"))]
     return {p.relative_to(repo).as_posix(): p.read_bytes() for p in files}
 
@@ -80,27 +81,40 @@ def test_repro_writes_every_report_and_they_parse(repo):
     summary = pd.read_csv(reports / "summary.csv")
     assert sorted(zip(summary["head"], summary.seed, strict=True)) == sorted(
         (h, s) for h in HEADS for s in SEEDS)
+    assert (summary.fraction == 1).all() and (summary.train_shift == 0).all()
     assert summary[["train_accuracy", "test_accuracy", "shift_accuracy_mean"]].notna().all().all()
     assert (summary.seconds_per_epoch > 0).all()
+    # the tidy table: one row per head x (fraction, train shift) variant x seed
+    results = pd.read_csv(reports / "results.csv")
+    variants = [(0.5, 0), (1.0, 0), (1.0, 2)]
+    assert sorted(zip(results["head"], results.fraction, results.train_shift, results.seed,
+                      strict=True)) == sorted((h, f, t, s) for h in HEADS for f, t in variants
+                                              for s in SEEDS)
+    half = results[results.fraction == 0.5]
+    assert half.overfit_gap.notna().all() and half.shift_accuracy_mean.isna().all()
+    assert (half.train_images * 2 == results.train_images.max()).all()
+    assert results.loc[results.fraction == 1, "shift_accuracy_mean"].notna().all()
     metrics = json.loads((reports / "metrics.json").read_text())
     assert set(metrics) == set(HEADS) and metrics["gap"]["params_head"] == 8 * 10 + 10
 
     text = (reports / "report.md").read_text()
     for section in ("claims", "## Parameters", "## Accuracy and overfitting",
-                    "## Translation robustness", "### Prediction stability",
+                    "## Learning curve", "## Translation robustness",
+                    "### Training with random shifts", "### Prediction stability",
                     "## Class activation maps", "## Global sum vs global average pooling",
                     "## Training speed", "## Published numbers", "## Provenance"):
         assert section in text
     for claim in ("fewer parameters", "less overfitting", "more translation robust",
                   "faster training", "feature maps tied to classes"):
         assert f"| {claim}" in text
+    assert "random shifts up to 2 px" in text and "50% of the training images" in text
     html = (reports / "report.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 9 and 'src="figures' not in html
+    assert html.count('src="data:image/png;base64,') == 11 and 'src="figures' not in html
 
     figures = sorted(p.name for p in (reports / "figures").iterdir())
-    assert figures == ["accuracy.png", "cam_overlays.png", "learning_curves.png", "params.png",
-                       "pointing.png", "shift_heatmaps.png", "shift_radius.png", "stability.png",
-                       "time.png"]
+    assert figures == ["accuracy.png", "cam_overlays.png", "fraction_curve.png", "params.png",
+                       "pointing.png", "shift_heatmaps.png", "shift_radius.png",
+                       "shift_training.png", "stability.png", "time.png", "training_curves.png"]
     for name in figures:
         assert matplotlib.image.imread(reports / "figures" / name).shape[0] > 100
 
@@ -110,9 +124,9 @@ def test_repro_writes_every_report_and_they_parse(repo):
         has_cam = (reports / "eval" / head / "cam_examples.npz").exists()
         assert has_cam == (head != "dense")
         grid = pd.read_csv(reports / "eval" / head / "shift_grid.csv")
-        assert len(grid) == len(SEEDS) * 5 * 5
-        assert sorted(p.name for p in (repo / "models" / head).iterdir()) == [
-            "seed_0.pt", "seed_1.pt"]
+        assert len(grid) == 2 * len(SEEDS) * 5 * 5  # two training shifts on all the data
+        assert sorted(p.name for p in (repo / "models" / head).iterdir()) == sorted(
+            f"fraction_{f:g}-shift_{t}-seed_{s}.pt" for f, t in variants for s in SEEDS)
     executed = sorted(p.name for p in (reports / "notebooks").glob("*.ipynb"))
     assert len(executed) == 2 + 2 * len(HEADS)
     nb = nbformat.read(reports / "notebooks" / "train_gsp.ipynb", as_version=4)
@@ -134,7 +148,7 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     values = workspace["data"]["reports/metrics.json"]["data"]
     assert values["gmp"]["seeds"] == len(SEEDS)
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo).stdout)
-    assert "reports/train/gap/history/seed_1.csv" in plots["data"]
+    assert "reports/train/gap/history/fraction_1-shift_0-seed_1.csv" in plots["data"]
 
 
 def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
@@ -144,7 +158,7 @@ def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
            if line.startswith("Running stage")}
     assert ran == {f"evaluate@{h}" for h in HEADS} | {"report"}
     grid = pd.read_csv(repo / "reports" / "eval" / "gap" / "shift_grid.csv")
-    assert len(grid) == len(SEEDS) * 3 * 3
+    assert len(grid) == 2 * len(SEEDS) * 3 * 3
 
 
 def _training_cell_running(repo: Path) -> bool:
@@ -181,7 +195,7 @@ def test_interrupted_repro_resumes_to_byte_identical_results_and_errors_fail_lou
     _run(["dvc", "repro"], second)  # picks up where it stopped
     assert "up to date" in _run(["dvc", "status"], second).stdout
     resumed = _outputs(second)
-    assert len(resumed) == 2 * (len(SEEDS) + 1)
+    assert len(resumed) == 2 * (3 * len(SEEDS) + 1)  # 3 variants x seeds, and metrics.csv
     # the same bytes as the run that was never stopped
     assert resumed == {k: v for k, v in uninterrupted.items() if k.split("/")[-2] in heads}
 
@@ -236,3 +250,25 @@ def test_prepare_stage_reads_real_format_data_sets_from_data_root(tmp_path_facto
     shown = failed.stdout + failed.stderr
     assert "DatasetError" in shown and str(repo / "seeded" / "fashion_mnist") in shown
     assert "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d" in shown
+
+
+def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_path):
+    repo = _tiny_repository(tmp_path / "sweep", ["gap"])
+    for seed in SEEDS:  # one experiment per seed: the seeds of one study, run in parallel
+        _run(["dvc", "exp", "run", "--queue", "-S", f"train.seeds=[{seed}]"], repo)
+    _run(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        status = _run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == len(SEEDS), status
+
+    result = _run([sys.executable, "-m", "gap_study.sweep"], repo)
+    assert "## digits (2 seeds)" in result.stdout
+    pooled = pd.read_csv(repo / "reports" / "sweep" / "results.csv")
+    assert pooled.experiment.nunique() == len(SEEDS) and sorted(pooled.seed.unique()) == SEEDS
+    assert len(pooled) == 3 * len(SEEDS)  # three variants per seed, each once
+    summary = pd.read_csv(repo / "reports" / "sweep" / "summary.csv")
+    assert (summary.n == len(SEEDS)).all()

@@ -86,14 +86,22 @@ def test_format_stat_shows_mean_std_and_interval_in_display_units():
     assert rp.format_stat(exact, "params_head") == "650"
 
 
-def test_headline_metrics_are_means_per_head_without_timings():
-    per_seed = pd.DataFrame({"head": ["gap", "gap"], "seed": [0, 1],
-                             **{m: [1.0, 2.0] for m in rp.HEADLINE_METRICS},
-                             "params_total": [700, 700], "params_head": [650, 650],
-                             "seconds_per_epoch": [0.1, 0.2]})
-    metrics = rp.headline_metrics(per_seed)
-    assert metrics == {"gap": {**{m: 1.5 for m in rp.HEADLINE_METRICS}, "params_total": 700,
-                               "params_head": 650, "seeds": 2}}
+def test_headline_metrics_are_means_of_the_main_runs_plus_curve_and_ablation():
+    main = {"head": ["gap", "gap"], "fraction": [1.0, 1.0], "train_shift": [0, 0],
+            "seed": [0, 1], **{m: [1.0, 2.0] for m in rp.HEADLINE_METRICS},
+            "params_total": [700, 700], "params_head": [650, 650],
+            "seconds_per_epoch": [0.1, 0.2]}
+    small = {**main, "fraction": [0.5, 0.5], "overfit_gap": [0.3, 0.5]}
+    shifted = {**main, "train_shift": [4, 4], "consistency": [0.9, 0.7]}
+    results = pd.concat([pd.DataFrame(part) for part in (main, small, shifted)])
+    metrics = rp.headline_metrics(results)
+    main_means = {m: 1.5 for m in rp.HEADLINE_METRICS}
+    assert metrics == {"gap": {
+        **main_means, "params_total": 700, "params_head": 650, "seeds": 2,
+        "overfit_gap_by_fraction": {"0.5": 0.4, "1": 1.5},
+        "by_train_shift": {
+            "0": {"shift_accuracy_mean": 1.5, "consistency": 1.5, "flip_rate": 1.5},
+            "4": {"shift_accuracy_mean": 1.5, "consistency": 0.8, "flip_rate": 1.5}}}}
     assert isinstance(metrics["gap"]["params_head"], int)
 
 
@@ -130,8 +138,72 @@ def test_a_head_supports_a_claim_only_when_every_metric_of_it_does():
 
 
 def test_headline_metrics_write_null_for_a_metric_a_head_does_not_have():
-    per_seed = pd.DataFrame({"head": ["dense"], "seed": [0], "params_total": [10],
+    per_seed = pd.DataFrame({"head": ["dense"], "fraction": [1.0], "train_shift": [0],
+                             "seed": [0], "params_total": [10],
                              "params_head": [5], "pointing_accuracy": [math.nan],
                              "test_accuracy": [0.5]})
     metrics = rp.headline_metrics(per_seed)["dense"]
     assert metrics["pointing_accuracy"] is None and metrics["test_accuracy"] == 0.5
+
+
+def _study_results():
+    """Main runs where gap does not overfit less, a 10% fraction where it does, and runs
+    trained with shifts where dense catches up on the shift grid."""
+    main = _per_seed(gap_overfit=[0.01, 0.02, 0.015], dense_overfit=[0.01, 0.02, 0.015],
+                     gap_shift=[0.9, 0.91, 0.92], dense_shift=[0.1, 0.12, 0.11])
+    main = main.assign(fraction=1.0, train_shift=0, train_images=1000)
+    small = main.assign(fraction=0.1, train_images=100, shift_accuracy_mean=math.nan,
+                        overfit_gap=[0.30, 0.32, 0.31, 0.10, 0.12, 0.11])
+    shifted = main.assign(train_shift=4, shift_accuracy_mean=[0.9, 0.95, 0.92, 0.93, 0.91, 0.94])
+    return pd.concat([main, small, shifted], ignore_index=True)
+
+
+def test_runs_split_into_main_learning_curve_and_ablation():
+    results = _study_results()
+    assert set(zip(*[rp.main_runs(results)[c] for c in ("fraction", "train_shift")],
+                   strict=True)) == {(1.0, 0)}
+    assert sorted(rp.curve_runs(results).fraction.unique()) == [0.1, 1.0]
+    assert (rp.curve_runs(results).train_shift == 0).all()
+    assert sorted(rp.ablation_runs(results).train_shift.unique()) == [0, 4]
+    assert (rp.ablation_runs(results).fraction == 1.0).all()
+
+
+def test_study_claims_test_training_dependent_claims_in_every_setting():
+    claims = rp.study_claims(_study_results())
+    main = "all training images (1,000), centred"
+    small = "10% of the training images (100), centred"
+    shifted = "all training images (1,000), random shifts up to 4 px"
+    verdicts = {(r.claim, r.setting): r.verdict for r in claims.itertuples()}
+    assert verdicts == {
+        ("fewer parameters", main): "supported",
+        ("less overfitting", main): "no clear difference",
+        ("less overfitting", small): "supported",  # gap overfits less on little data
+        ("less overfitting", shifted): "no clear difference",
+        ("more translation robust", main): "supported",
+        ("more translation robust", shifted): "no clear difference",
+        ("faster training", main): "supported",
+    }
+    # grouped by claim, in the order of CLAIMS
+    assert list(dict.fromkeys(claims.claim)) == ["fewer parameters", "less overfitting",
+                                                 "more translation robust", "faster training"]
+    overall = rp.overall_verdicts(claims).set_index("claim")
+    assert overall.loc["less overfitting", "verdict"] == "mixed"
+    assert overall.loc["less overfitting", "settings where every head supports it"] == small
+    assert overall.loc["faster training", "verdict"] == "supported"
+
+
+def test_grouped_stat_table_has_a_row_per_group_in_head_order():
+    frame = pd.DataFrame({"head": ["gap"] * 4 + ["dense"] * 4, "fraction": [0.5, 0.5, 1, 1] * 2,
+                          "test_accuracy": [0.5, 0.7, 0.9, 0.9, 0.4, 0.4, 0.8, 0.8]})
+    aggregate = rp.summarize(frame, ["head", "fraction"], ["test_accuracy"])
+    table = rp.grouped_stat_table(aggregate, ["head", "fraction"], ["test_accuracy"], ["acc"],
+                                  ["dense", "gap"])
+    assert table.values.tolist() == [["dense", "0.5", "40.0%"], ["dense", "1.0", "80.0%"],
+                                     ["gap", "0.5", "60.0 ± 14.1 [-67.1, 187.1]%"],
+                                     ["gap", "1.0", "90.0%"]]
+
+
+def test_sum_over_average_pooling_is_h_times_w():
+    check = rp.sum_vs_average(side=4, channels=8)
+    assert check["factor"] == 16 and check["ratio_mean"] == pytest.approx(16, rel=1e-6)
+    assert check["max_relative_deviation"] < 1e-5

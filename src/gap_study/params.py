@@ -110,12 +110,36 @@ class ModelParams(_Section):
     lse_r: PositiveFloat
 
 
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
 class TrainParams(_Section):
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
     epochs: PositiveInt
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0)]
     weight_decay: NonNegativeFloat
+    fractions: Annotated[list[Fraction], Field(min_length=1), AfterValidator(_unique)]
+    shift: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
+
+    @property
+    def full_fraction(self) -> float:
+        """The largest training fraction: the shift ablation and the main comparison use it."""
+        return max(self.fractions)
+
+    @property
+    def base_shift(self) -> int:
+        """The smallest training shift (normally 0, centred): the learning curve uses it."""
+        return min(self.shift)
+
+    @property
+    def variants(self) -> list[tuple[float, int]]:
+        """The ``(fraction, train_shift)`` pairs trained per head and seed: the learning curve
+        (every fraction, trained at ``base_shift``) and the augmentation ablation (every
+        shift, trained on ``full_fraction``); the pair they share is trained once."""
+        curve = [(f, self.base_shift) for f in sorted(self.fractions)]
+        ablation = [(self.full_fraction, s) for s in sorted(self.shift)]
+        return list(dict.fromkeys(curve + ablation))
 
 
 class EvaluateParams(_Section):
@@ -149,6 +173,11 @@ class Params(_Section):
                 f"canvas: a {data.object_size}-pixel {data.name} object on a "
                 f"{data.canvas_size}-pixel canvas (data.canvas.{data.name}) can move at most "
                 f"{data.shift_room}")
+        if max(self.train.shift) > data.shift_room:
+            raise ValueError(
+                f"train.shift = {max(self.train.shift)} would push the object off the canvas: "
+                f"a {data.object_size}-pixel {data.name} object on a {data.canvas_size}-pixel "
+                f"canvas (data.canvas.{data.name}) can move at most {data.shift_room}")
         if data.canvas_size // 2 ** (len(self.model.widths) - 1) < 1:
             raise ValueError(f"model.widths has {len(self.model.widths)} blocks, too many for "
                              f"data.canvas.{data.name} = {data.canvas_size}: each block after "

@@ -7,7 +7,33 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Layout", "find_project_root"]
+__all__ = ["Layout", "RunId", "find_project_root"]
+
+
+@dataclass(frozen=True, order=True)
+class RunId:
+    """One training run of a head: the share of the training set it saw, the largest random
+    shift it was trained with (pixels, 0 = always centred) and its seed."""
+
+    fraction: float
+    train_shift: int
+    seed: int
+
+    @property
+    def stem(self) -> str:
+        """The run's file name without suffix, e.g. ``fraction_0.3-shift_0-seed_1``."""
+        return f"fraction_{self.fraction:g}-shift_{self.train_shift}-seed_{self.seed}"
+
+    @classmethod
+    def from_stem(cls, stem: str) -> RunId | None:
+        """The run a file name stands for, or ``None`` for another file."""
+        match = re.fullmatch(r"fraction_([0-9.e-]+)-shift_(\d+)-seed_(\d+)", stem)
+        if match is None:
+            return None
+        return cls(float(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"fraction": self.fraction, "train_shift": self.train_shift, "seed": self.seed}
 
 
 def find_project_root(start: str | Path | None = None) -> Path:
@@ -24,7 +50,7 @@ def find_project_root(start: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Layout:
-    """The project's files. Per-head folders hold one file per training seed."""
+    """The project's files. Per-head folders hold one file per training run (``RunId``)."""
 
     root: Path
 
@@ -43,16 +69,13 @@ class Layout:
     def models(self, head: str) -> Path:
         return self.root / "models" / head
 
-    def checkpoint(self, head: str, seed: int) -> Path:
-        return self.models(head) / f"seed_{seed}.pt"
+    def checkpoint(self, head: str, run: RunId) -> Path:
+        return self.models(head) / f"{run.stem}.pt"
 
-    def checkpoints(self, head: str) -> list[tuple[int, Path]]:
-        """``(seed, path)`` of every checkpoint of ``head``, by seed."""
-        found = []
-        for path in self.models(head).glob("seed_*.pt"):
-            match = re.fullmatch(r"seed_(\d+)\.pt", path.name)
-            if match:
-                found.append((int(match.group(1)), path))
+    def checkpoints(self, head: str) -> list[tuple[RunId, Path]]:
+        """``(run, path)`` of every checkpoint of ``head``, ordered by fraction, shift, seed."""
+        found = [(run, path) for path in self.models(head).glob("*.pt")
+                 if (run := RunId.from_stem(path.stem)) is not None]
         if not found:
             raise FileNotFoundError(f"no checkpoints in {self.models(head)}: run the training "
                                     f"stage first (`dvc repro train@{head}`)")
@@ -61,8 +84,8 @@ class Layout:
     def train_reports(self, head: str) -> Path:
         return self.root / "reports" / "train" / head
 
-    def history(self, head: str, seed: int) -> Path:
-        return self.train_reports(head) / "history" / f"seed_{seed}.csv"
+    def history(self, head: str, run: RunId) -> Path:
+        return self.train_reports(head) / "history" / f"{run.stem}.csv"
 
     def train_run(self, head: str) -> Path:
         return self.train_reports(head) / "run.json"

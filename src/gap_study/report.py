@@ -21,23 +21,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from scipy import stats
 
 from gap_study.io import atomic_path, write_text
+from gap_study.pooling import global_avg_pool, global_sum_pool
 
 __all__ = [
     "CLAIMS",
     "Claim",
+    "ablation_runs",
     "claim_table",
+    "curve_runs",
     "head_palette",
+    "main_runs",
     "markdown_to_html",
     "plot_accuracy_and_gap",
-    "plot_learning_curves",
+    "plot_fraction_curve",
     "plot_param_counts",
     "plot_shift_by_radius",
     "plot_shift_heatmaps",
+    "plot_shift_training",
     "plot_time_per_epoch",
+    "plot_training_curves",
     "save_figure",
+    "study_claims",
     "summarize",
     "t_interval",
     "welch_interval",
@@ -96,6 +104,24 @@ def summarize(frame: pd.DataFrame, by: str | list[str], metrics: Sequence[str],
     return pd.DataFrame(rows)
 
 
+def main_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the main comparison: the whole training set (largest ``fraction``), trained
+    centred (smallest ``train_shift``). Works on results, grids and histories alike."""
+    keep = (frame["fraction"] == frame["fraction"].max()) & \
+        (frame["train_shift"] == frame["train_shift"].min())
+    return frame[keep].reset_index(drop=True)
+
+
+def curve_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The learning curve's rows: every training fraction, trained centred."""
+    return frame[frame["train_shift"] == frame["train_shift"].min()].reset_index(drop=True)
+
+
+def ablation_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The augmentation ablation's rows: every training shift, on the whole training set."""
+    return frame[frame["fraction"] == frame["fraction"].max()].reset_index(drop=True)
+
+
 # ---------------------------------------------------------------- claims
 
 
@@ -145,21 +171,22 @@ def _head_verdict(low: float, high: float) -> str:
     return "no clear difference"
 
 
-def claim_table(per_seed: pd.DataFrame, baseline: str = "dense",
-                confidence: float = 0.95) -> pd.DataFrame:
+def claim_table(per_seed: pd.DataFrame, baseline: str = "dense", confidence: float = 0.95,
+                metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Each claim per pooling head against ``baseline`` (or the claim's chance column): the
     improvement (positive = the claim holds), its Welch-t interval, and a verdict computed
     from that interval.
 
     ``per_seed`` has one row per head and seed with a column per claim metric; claims whose
     metric is missing, and heads where it is undefined (``nan``, e.g. CAM of ``dense``), are
-    left out.
+    left out, and so are claims whose metric is not in ``metrics`` (when given).
     """
     heads = [h for h in per_seed["head"].unique() if h != baseline]
     base = per_seed[per_seed["head"] == baseline]
     rows = []
     for claim in CLAIMS:
-        if claim.metric not in per_seed or (claim.chance is None and base.empty):
+        if claim.metric not in per_seed or (claim.chance is None and base.empty) \
+                or (metrics is not None and claim.metric not in metrics):
             continue
         for head in heads:
             runs = per_seed[per_seed["head"] == head]
@@ -178,17 +205,62 @@ def claim_table(per_seed: pd.DataFrame, baseline: str = "dense",
     return pd.DataFrame(rows)
 
 
+# Claims that depend on how a model was trained, tested again on the learning curve's smaller
+# training sets and on the models trained with shifts (parameter counts and the time per epoch
+# of the main runs say all there is to say about the others).
+SETTING_METRICS = ("overfit_gap", "shift_accuracy_mean", "consistency", "flip_rate",
+                   "pointing_accuracy")
+
+
+def setting_label(fraction: float, train_shift: int, train_images: int | None = None) -> str:
+    """How a group of runs was trained, in words."""
+    data = "all training images" if fraction == 1 else f"{fraction:.0%} of the training images"
+    if train_images is not None:
+        data += f" ({train_images:,})"
+    moves = "centred" if train_shift == 0 else f"random shifts up to {train_shift} px"
+    return f"{data}, {moves}"
+
+
+def study_claims(results: pd.DataFrame, baseline: str = "dense",
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """``claim_table`` for the main runs (every claim), then, for ``SETTING_METRICS``, for each
+    smaller training fraction of the learning curve and each larger training shift of the
+    ablation; column ``setting`` says which runs a row compares."""
+    full, base = results["fraction"].max(), results["train_shift"].min()
+    groups = [(full, base, None)]
+    groups += [(f, base, SETTING_METRICS) for f in sorted(results["fraction"].unique())
+               if f != full]
+    groups += [(full, s, SETTING_METRICS) for s in sorted(results["train_shift"].unique())
+               if s != base]
+    parts = []
+    for fraction, shift, metrics in groups:
+        runs = results[(results["fraction"] == fraction) & (results["train_shift"] == shift)]
+        images = int(runs["train_images"].iloc[0]) if "train_images" in runs else None
+        table = claim_table(runs, baseline, confidence, metrics)
+        parts.append(table.assign(setting=setting_label(fraction, shift, images)))
+    table = pd.concat(parts, ignore_index=True)
+    order = {name: i for i, name in enumerate(dict.fromkeys(c.name for c in CLAIMS))}
+    return table.sort_values("claim", key=lambda c: c.map(order), kind="stable",
+                             ignore_index=True)
+
+
 def overall_verdicts(claims: pd.DataFrame) -> pd.DataFrame:
-    """One verdict per claim over all its rows (heads x metrics): supported (every row),
-    not supported (no row), or mixed. A head supports a claim when all its rows do."""
+    """One verdict per claim over all its rows (heads x metrics x settings): supported (every
+    row), not supported (no row), or mixed. A head supports a claim when all its rows do; a
+    setting, when all its rows do."""
     rows = []
     for name, group in claims.groupby("claim", sort=False):
         supported = group.verdict == "supported"
         verdict = ("supported" if supported.all()
                    else "not supported" if not supported.any() else "mixed")
         by_head = supported.groupby(group["head"], sort=False).all()
-        rows.append({"claim": name, "verdict": verdict,
-                     "heads supporting": ", ".join(by_head.index[by_head]) or "none"})
+        row = {"claim": name, "verdict": verdict,
+               "heads supporting": ", ".join(by_head.index[by_head]) or "none"}
+        if "setting" in group:
+            by_setting = supported.groupby(group["setting"], sort=False).all()
+            row["settings where every head supports it"] = \
+                "; ".join(by_setting.index[by_setting]) or "none"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -297,7 +369,7 @@ def plot_time_per_epoch(per_seed: pd.DataFrame, heads: Sequence[str],
     return fig
 
 
-def plot_learning_curves(history: pd.DataFrame, heads: Sequence[str],
+def plot_training_curves(history: pd.DataFrame, heads: Sequence[str],
                          confidence: float = 0.95) -> plt.Figure:
     """Train (running) and test accuracy per epoch, band = t interval over seeds."""
     tidy = history.melt(id_vars=["head", "seed", "epoch"],
@@ -308,9 +380,57 @@ def plot_learning_curves(history: pd.DataFrame, heads: Sequence[str],
     fig, ax = plt.subplots(figsize=(6.5, 4))
     sns.lineplot(tidy, x="epoch", y="accuracy", hue="head", hue_order=heads, style="split",
                  palette=head_palette(heads), errorbar=_t_errorbar(confidence), ax=ax)
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Learning curves",
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy during training",
            ylim=(max(0.0, tidy["accuracy"].min() - 5), 100.5))
     ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_fraction_curve(curve: pd.DataFrame, heads: Sequence[str],
+                        confidence: float = 0.95) -> plt.Figure:
+    """Learning curve: test accuracy (left) and overfitting gap (right) against the number of
+    training images (log scale), one line per head, band = t interval over seeds."""
+    errorbar = _t_errorbar(confidence)
+    data = curve.assign(test=curve["test_accuracy"] * 100, gap=curve["overfit_gap"] * 100)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, column, label, title in [
+            (axes[0], "test", "test accuracy (%)", "Test accuracy vs training-set size"),
+            (axes[1], "gap", "train - test accuracy (points)",
+             "Overfitting gap vs training-set size")]:
+        sns.lineplot(data, x="train_images", y=column, hue="head", hue_order=heads, marker="o",
+                     palette=head_palette(heads), errorbar=errorbar, ax=ax)
+        ax.set_xscale("log")
+        sizes = sorted(data["train_images"].unique())
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
+        ax.set(xlabel="training images (log scale; same number of optimizer steps)",
+               ylabel=label, title=title)
+        ax.legend(title="head")
+    axes[1].axhline(0, color="black", linewidth=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shift_training(by_radius: pd.DataFrame, heads: Sequence[str],
+                        confidence: float = 0.95) -> plt.Figure:
+    """Accuracy vs shift radius, one panel per head, one line per largest training shift, band =
+    t interval over seeds. ``by_radius``: head, train_shift, seed, radius, accuracy."""
+    data = by_radius.assign(accuracy=by_radius["accuracy"] * 100,
+                            trained=by_radius["train_shift"].map(
+                                lambda s: "centred" if s == 0 else f"shifts up to {s} px"))
+    styles = list(dict.fromkeys(data.sort_values("train_shift")["trained"]))
+    fig, axes = plt.subplots(1, len(heads), figsize=(3.4 * len(heads) + 1, 3.8), sharey=True,
+                             squeeze=False)
+    for ax, head in zip(axes[0], heads, strict=True):
+        sns.lineplot(data[data["head"] == head], x="radius", y="accuracy", hue="trained",
+                     hue_order=styles, marker="o", errorbar=_t_errorbar(confidence), ax=ax,
+                     palette=sns.color_palette("rocket", len(styles)), legend=head == heads[-1])
+        ax.set(title=head, xlabel="shift radius at test (pixels)", ylabel="test accuracy (%)",
+               ylim=(0, 100.5))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][-1].legend(title="trained with", loc="lower left", fontsize=8)
+    fig.suptitle("Training with random shifts: accuracy when the object moves")
     fig.tight_layout()
     return fig
 
@@ -456,15 +576,19 @@ def write_report(markdown_path: str | Path, html_path: str | Path, text: str) ->
 # ---------------------------------------------------------------- collecting results
 
 
+RUN_KEYS = ["head", "fraction", "train_shift", "seed"]
+
+
 def collect_results(layout, heads: Sequence[str]) -> dict[str, object]:
     """Read every head's evaluation and training outputs into tidy frames (``layout``: a
     ``gap_study.paths.Layout``).
 
-    Returns ``per_seed`` (one row per head and seed: evaluation metrics plus
-    ``seconds_per_epoch``/``images_per_second``, the median epoch of that run), ``grid``
-    (head, seed, dx, dy, radius, accuracy), ``history`` (head, seed, epoch, ...), ``runs``
-    (each head's training and evaluation run records) and ``cams`` (CAM examples per head
-    that has them).
+    Returns ``results`` (one row per head x fraction x train_shift x seed: the evaluation
+    metrics plus ``seconds_per_epoch``/``images_per_second``, the median epoch of that run;
+    metrics measured only on the whole training set are empty for smaller fractions),
+    ``grid`` (the run keys, dx, dy, radius, accuracy), ``history`` (the run keys, epoch, ...),
+    ``runs`` (each head's training and evaluation run records) and ``cams`` (CAM examples per
+    head that has them).
     """
     metrics, grids, histories, runs, cams = [], [], [], {}, {}
     for head in heads:
@@ -473,18 +597,25 @@ def collect_results(layout, heads: Sequence[str]) -> dict[str, object]:
                 cams[head] = dict(npz)
         metrics.append(pd.read_csv(layout.eval_metrics(head)))
         grids.append(pd.read_csv(layout.shift_grid(head)).assign(head=head))
-        for path in sorted(layout.train_reports(head).glob("history/seed_*.csv")):
+        for path in sorted(layout.train_reports(head).glob("history/*.csv")):
             histories.append(pd.read_csv(path).assign(head=head))
         runs[head] = {"train": json.loads(layout.train_run(head).read_text()),
                       "evaluate": json.loads(layout.eval_run(head).read_text())}
     history = pd.concat(histories, ignore_index=True)
-    speed = (history.groupby(["head", "seed"], as_index=False)
+    speed = (history.groupby(RUN_KEYS, as_index=False)
              .agg(seconds_per_epoch=("epoch_seconds", "median"),
                   images_per_second=("images_per_second", "median")))
-    per_seed = pd.concat(metrics, ignore_index=True).merge(speed, on=["head", "seed"],
-                                                           how="left", validate="one_to_one")
-    return {"per_seed": per_seed, "grid": pd.concat(grids, ignore_index=True),
-            "history": history, "runs": runs, "cams": cams}
+    results = pd.concat(metrics, ignore_index=True).merge(speed, on=RUN_KEYS, how="left",
+                                                          validate="one_to_one")
+    return {"results": results.sort_values(RUN_KEYS, key=_head_order(heads), ignore_index=True),
+            "grid": pd.concat(grids, ignore_index=True), "history": history, "runs": runs,
+            "cams": cams}
+
+
+def _head_order(heads: Sequence[str]):
+    """A ``sort_values`` key that orders the ``head`` column as in ``heads``."""
+    rank = {h: i for i, h in enumerate(heads)}
+    return lambda column: column.map(rank) if column.name == "head" else column
 
 
 def stride_alignment(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
@@ -506,8 +637,36 @@ def stride_alignment(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
 
 
 def radius_table(grid: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per head, seed and shift radius (mean over the offsets at that radius)."""
-    return grid.groupby(["head", "seed", "radius"], as_index=False)["accuracy"].mean()
+    """Accuracy per run (head, fraction, train_shift, seed) and shift radius (mean over the
+    offsets at that radius)."""
+    return grid.groupby([*RUN_KEYS, "radius"], as_index=False)["accuracy"].mean()
+
+
+CURVE_METRICS = ("train_images", "train_accuracy", "test_accuracy", "overfit_gap", "loss_gap")
+ABLATION_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "shift_accuracy_worst",
+                    "consistency", "flip_rate", "pointing_accuracy")
+
+
+def study_tables(results: pd.DataFrame, grid: pd.DataFrame,
+                 confidence: float = 0.95) -> dict[str, pd.DataFrame]:
+    """The frames the report is built from: ``main`` (the main runs' rows), ``aggregate``
+    (their ``summarize`` by head), ``by_radius`` (their accuracy per shift radius),
+    ``curve`` / ``curve_aggregate`` (learning-curve rows, summarized by head and fraction)
+    and ``ablation`` / ``ablation_aggregate`` / ``ablation_by_radius`` (the same for the
+    training shifts)."""
+    main, curve, ablation = main_runs(results), curve_runs(results), ablation_runs(results)
+    by_radius = radius_table(grid)
+    return {
+        "main": main,
+        "aggregate": summarize(main, "head", SUMMARY_METRICS, confidence),
+        "by_radius": main_runs(by_radius),
+        "curve": curve,
+        "curve_aggregate": summarize(curve, ["head", "fraction"], CURVE_METRICS, confidence),
+        "ablation": ablation,
+        "ablation_aggregate": summarize(ablation, ["head", "train_shift"], ABLATION_METRICS,
+                                        confidence),
+        "ablation_by_radius": ablation_runs(by_radius),
+    }
 
 
 # ---------------------------------------------------------------- the Markdown report
@@ -528,6 +687,7 @@ _FORMATS = {
     "images_per_second": (1, 0, ""),
     "aligned_shift_accuracy": (100, 1, "%"), "other_shift_accuracy": (100, 1, "%"),
     "consistency": (100, 1, "%"), "flip_rate": (100, 1, "%"), "pointing_accuracy": (100, 1, "%"),
+    "train_images": (1, 0, ""),
     "pointing_accuracy_shifted": (100, 1, "%"), "pointing_chance": (100, 1, "%"),
 }
 
@@ -571,6 +731,22 @@ def stat_table(aggregate: pd.DataFrame, metrics: Sequence[str], labels: Sequence
         rows = aggregate[aggregate.metric == metric].set_index("head")
         table[label] = [format_stat(rows.loc[h], metric) for h in heads]
     return table
+
+
+def grouped_stat_table(aggregate: pd.DataFrame, by: Sequence[str], metrics: Sequence[str],
+                       labels: Sequence[str], heads: Sequence[str]) -> pd.DataFrame:
+    """Like ``stat_table`` with one row per combination of the ``by`` columns (``head``
+    first, in the order of ``heads``)."""
+    rows = []
+    keyed = aggregate.set_index([*by, "metric"])
+    groups = aggregate[list(by)].drop_duplicates()
+    groups = groups.sort_values(list(by), key=_head_order(heads), kind="stable")
+    for keys in groups.itertuples(index=False):
+        row = dict(zip(by, keys, strict=True))
+        for metric, label in zip(metrics, labels, strict=True):
+            row[label] = format_stat(keyed.loc[(*keys, metric)], metric)
+        rows.append(row)
+    return pd.DataFrame(rows).astype(str)
 
 
 def _md(frame: pd.DataFrame) -> str:
@@ -618,6 +794,73 @@ def _alignment_lines(alignment: pd.DataFrame | None, stride: int, heads: Sequenc
         "",
         _md(stat_table(summary, metrics, [f"shifts by multiples of {stride} px",
                                           "all other shifts"], heads)),
+        "",
+    ]
+
+
+def _curve_lines(curve_aggregate: pd.DataFrame, heads: Sequence[str], figures: dict[str, str],
+                 fractions: Sequence[float]) -> list[str]:
+    if len(fractions) < 2:
+        return ["## Learning curve", "", "One training fraction only (`train.fractions`): add "
+                "smaller ones, e.g. `[0.1, 0.3, 1.0]`, to see how the overfitting gap grows "
+                "as the training set shrinks.", ""]
+    table = grouped_stat_table(
+        curve_aggregate, ["head", "fraction"], ["train_images", "test_accuracy", "overfit_gap",
+                                                "loss_gap"],
+        ["training images", "test accuracy", "overfitting gap", "loss gap"], heads)
+    table["fraction"] = [f"{float(f):.0%}" for f in table["fraction"]]
+    gap = curve_aggregate[curve_aggregate.metric == "overfit_gap"]
+    smallest = gap[gap.fraction == gap.fraction.min()].set_index("head")["mean"]
+    largest = gap[gap.fraction == gap.fraction.max()].set_index("head")["mean"]
+    change = ", ".join(f"`{h}` {largest[h] * 100:.1f} -> {smallest[h] * 100:.1f} points"
+                       for h in heads)
+    return [
+        "## Learning curve",
+        "",
+        "Each head trained on nested, class-stratified fractions of the training set (the same "
+        "images for every head and seed), each for the same number of optimizer steps as on "
+        "the whole set, so a smaller set is seen more often, as it would be in practice. The "
+        "overfitting gap is measured on the images the run trained on. From the whole training "
+        f"set to the smallest fraction the gap goes {change}; the claims table tests, per "
+        "fraction, whether a pooling head's gap is smaller than `dense`'s.",
+        "",
+        _md(table),
+        "",
+        f"![Learning curve]({figures['fraction_curve']})",
+        "",
+    ]
+
+
+def _ablation_lines(ablation_aggregate: pd.DataFrame, heads: Sequence[str],
+                    figures: dict[str, str], max_shift: int) -> list[str]:
+    shifts = sorted(int(s) for s in ablation_aggregate["train_shift"].unique())
+    if len(shifts) < 2:
+        return ["### Training with random shifts", "", "Only one training shift "
+                "(`train.shift`): add e.g. `[0, 4]` to compare heads trained centred with "
+                "heads trained on moved objects.", ""]
+    table = grouped_stat_table(
+        ablation_aggregate, ["head", "train_shift"],
+        ["test_accuracy", "shift_accuracy_mean", "shift_accuracy_worst", "consistency",
+         "flip_rate"],
+        ["centred test accuracy", "mean over the grid", "worst offset", "consistency",
+         "1-pixel flip rate"], heads)
+    table = table.rename(columns={"train_shift": "largest training shift (px)"})
+    mean = ablation_aggregate[ablation_aggregate.metric == "shift_accuracy_mean"] \
+        .set_index(["head", "train_shift"])["mean"]
+    gains = ", ".join(f"`{h}` {mean[h, shifts[0]] * 100:.1f}% -> {mean[h, shifts[-1]] * 100:.1f}%"
+                      for h in heads)
+    return [
+        "### Training with random shifts",
+        "",
+        f"The same heads trained on the whole training set with each image moved by a random "
+        f"offset in [-s, s]² every time it is used, s in {shifts} pixels, and evaluated on the "
+        f"same shift grid ([-{max_shift}, {max_shift}]²). Mean accuracy over the grid, from "
+        f"s = {shifts[0]} to s = {shifts[-1]}: {gains}. Whether pooling still beats `dense` "
+        "once both see moved objects is in the claims table (setting \"random shifts\").",
+        "",
+        _md(table),
+        "",
+        f"![Training with random shifts]({figures['shift_training']})",
         "",
     ]
 
@@ -681,28 +924,43 @@ def _cam_lines(aggregate: pd.DataFrame, heads: Sequence[str], figures: dict[str,
     return lines
 
 
+def sum_vs_average(side: int, channels: int, seed: int = 0) -> dict[str, float]:
+    """Global sum and average pooling of a random ``(8, channels, side, side)`` float32 map:
+    the ratio sum / average (``h * w`` up to rounding) and its largest relative deviation."""
+    maps = torch.randn(8, channels, side, side, generator=torch.Generator().manual_seed(seed))
+    ratio = global_sum_pool(maps) / global_avg_pool(maps)
+    return {"factor": float(side * side), "ratio_mean": float(ratio.mean()),
+            "max_relative_deviation": float((ratio / (side * side) - 1).abs().max())}
+
+
 def _sum_pooling_lines(aggregate: pd.DataFrame, heads: Sequence[str], image_size: int,
                        widths: Sequence[int], lr: float) -> list[str]:
-    if not {"gap", "gsp"} <= set(heads):
-        return ["## Global sum vs global average pooling", "",
-                "The write-up treats GAP as a sum (\"it is treated as a sum in the paper\"). "
-                "Add both `gap` and `gsp` to `heads` to measure what that changes.", ""]
     side = image_size // 2 ** (len(widths) - 1)
-    mean = aggregate.set_index(["head", "metric"])["mean"]
-    return [
+    check = sum_vs_average(side, widths[-1])
+    lines = [
         "## Global sum vs global average pooling",
         "",
-        f"Global sum pooling is GAP times H·W: here the map is {side}x{side}, so `gsp` feeds "
-        f"the linear layer features exactly {side * side}x larger than `gap` (pinned by "
-        "`tests/test_pooling.py::test_gsp_is_gap_times_h_times_w`). The write-up calls the "
-        "factor unnecessary; for inference it is (a linear layer can absorb it), but it "
-        f"scales the logits, their gradients and so the effective learning rate. With the "
-        f"same Adam learning rate ({lr}): `gap` reaches "
-        f"{mean['gap', 'test_accuracy'] * 100:.1f}% test accuracy (train loss "
-        f"{mean['gap', 'train_loss']:.3f}), `gsp` {mean['gsp', 'test_accuracy'] * 100:.1f}% "
-        f"(train loss {mean['gsp', 'train_loss']:.3f}).",
+        f"The write-up treats GAP as a sum (\"it is treated as a sum in the paper\"). Global "
+        f"sum pooling is GAP times H·W: on random {side}x{side}x{widths[-1]} maps (this "
+        f"backbone's last map) sum / average = {check['ratio_mean']:.4f} = {side}·{side}, the "
+        f"largest relative deviation from {side * side} being "
+        f"{check['max_relative_deviation']:.1e} "
+        "(float32 rounding; pinned exactly by "
+        "`tests/test_pooling.py::test_gsp_is_gap_times_h_times_w`). For inference the factor "
+        "is unnecessary (a linear layer can absorb it), but it scales the logits and their "
+        "gradients, and so what a learning rate does.",
         "",
     ]
+    if not {"gap", "gsp"} <= set(heads):
+        return [*lines, "What that does to training: add both `gap` and `gsp` to `heads`.", ""]
+    mean = aggregate.set_index(["head", "metric"])["mean"]
+    return [*lines,
+            f"With the same Adam learning rate ({lr}): `gap` reaches "
+            f"{mean['gap', 'test_accuracy'] * 100:.1f}% test accuracy (train loss "
+            f"{mean['gap', 'train_loss']:.3f}), `gsp` {mean['gsp', 'test_accuracy'] * 100:.1f}% "
+            f"(train loss {mean['gsp', 'train_loss']:.3f}). Adam normalises each weight's step, "
+            "so the factor acts mostly through the size of the logits at initialisation and "
+            "the weight scale the linear layer must reach.", ""]
 
 
 # Published numbers of STUDY.md that a run on the same data set can be compared with.
@@ -735,12 +993,13 @@ def _published_lines(dataset: str, aggregate: pd.DataFrame, heads: Sequence[str]
             "not the absolute errors.", "", _md(table), ""]
 
 
-def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
-                   by_radius: pd.DataFrame, grid: pd.DataFrame, claims: pd.DataFrame,
-                   overall: pd.DataFrame,
-                   figures: dict[str, str], runs: dict[str, dict], heads: Sequence[str],
-                   confidence: float) -> str:
-    """The report as Markdown. Figures are referenced by their path relative to the report."""
+def compose_report(*, tables: dict[str, pd.DataFrame], grid: pd.DataFrame,
+                   claims: pd.DataFrame, overall: pd.DataFrame, figures: dict[str, str],
+                   runs: dict[str, dict], heads: Sequence[str], confidence: float) -> str:
+    """The report as Markdown, from ``study_tables``' frames, the shift ``grid`` of every run,
+    the claims and the figures (paths relative to the report)."""
+    per_seed, aggregate, by_radius = tables["main"], tables["aggregate"], tables["by_radius"]
+    grid = main_runs(grid)
     first = runs[heads[0]]
     train, model = first["train"]["train"], first["train"]["model"]
     evaluate, env = first["evaluate"]["evaluate"], first["train"]["environment"]
@@ -777,8 +1036,9 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         _improvement(d, lo, hi, m)
         for d, lo, hi, m in zip(claims.improvement, claims.ci_low, claims.ci_high, claims.metric,
                                 strict=True)]
-    claims_shown = claims_shown[["claim", "metric", "head", "pooling head", "baseline",
-                                 "baseline value", f"improvement [{level} CI]", "verdict"]]
+    claims_shown = claims_shown[["claim", "setting", "metric", "head", "pooling head",
+                                 "baseline", "baseline value", f"improvement [{level} CI]",
+                                 "verdict"]]
 
     lines = [
         "# Global pooling vs a dense classifier head: results",
@@ -791,10 +1051,15 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         f"between blocks; `dense` head hidden size {model['dense_hidden']}. "
         f"Heads: {', '.join(f'`{h}`' for h in heads)}. Each head is trained with seeds "
         f"{seeds} for {train['epochs']} epochs (Adam, learning rate {train['lr']}, batch "
-        f"{train['batch_size']}, weight decay {train['weight_decay']}). "
+        f"{train['batch_size']}, weight decay {train['weight_decay']}) on the whole training "
+        "set with the object centred (the *main runs*, which every section compares unless it "
+        f"says otherwise); for the learning curve also on the fractions {train['fractions']} "
+        "of the training set (the same number of optimizer steps), and for the augmentation "
+        f"ablation with random shifts of up to {train['shift']} pixels. "
         f"Every number is the mean over the {len(seeds)} seeds, with ± the standard deviation "
         f"and [the {level} Student-t confidence interval] (not clipped to the metric's range, so "
-        "an accuracy interval can pass 100% when seeds disagree); per-seed values are in "
+        "an accuracy interval can pass 100% when seeds disagree); every run's values are in "
+        "`results.csv` (one row per head, fraction, training shift and seed), the main runs' in "
         "`summary.csv`. Metric definitions: `STUDY.md` (\"Metrics\").",
         "",
         "## What the numbers say about the write-up's claims",
@@ -807,8 +1072,10 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
             f"canvas. A claim holds for a head when the "
             f"{level} Welch-t interval of the improvement lies above zero; \"no clear "
             f"difference\" means the interval contains zero (not that the heads are equal); "
-            f"\"contradicted\" means the pooling head is reliably worse. A claim is supported "
-            f"when it holds for every pooling head, mixed when for some.",
+            f"\"contradicted\" means the pooling head is reliably worse. Claims that depend on "
+            "training are tested again on the smaller training sets of the learning curve and "
+            "on the models trained with random shifts (column `setting`). A claim is supported "
+            "when it holds for every pooling head in every setting, mixed when for some.",
             "",
             _md(overall),
             "",
@@ -839,8 +1106,9 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         "",
         f"![Accuracy and overfitting gap]({figures['accuracy']})",
         "",
-        f"![Learning curves]({figures['learning_curves']})",
+        f"![Accuracy during training]({figures['training_curves']})",
         "",
+        *_curve_lines(tables["curve_aggregate"], heads, figures, train["fractions"]),
         "## Translation robustness",
         "",
         f"Test accuracy with the object moved by every integer offset (dx, dy) in "
@@ -859,6 +1127,7 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         *_stability_lines(aggregate, heads, figures, evaluate["max_shift"]),
         f"![Accuracy per offset]({figures['shift_heatmaps']})",
         "",
+        *_ablation_lines(tables["ablation_aggregate"], heads, figures, evaluate["max_shift"]),
         *_cam_lines(aggregate, heads, figures, per_seed),
         *_sum_pooling_lines(aggregate, heads, dataset["image_size"], model["widths"],
                             train["lr"]),
@@ -881,8 +1150,9 @@ def compose_report(*, per_seed: pd.DataFrame, aggregate: pd.DataFrame,
         f"- Training params: `{train}`; model params: `{model}`; evaluation params: "
         f"`{evaluate}`.",
         "- Inputs: `reports/eval/<head>/` (metrics.csv, shift_grid.csv), "
-        "`reports/train/<head>/` (per-epoch history, run.json); executed notebooks in "
-        "`reports/notebooks/`.",
+        "`reports/train/<head>/` (per-epoch history of every run, run.json); executed "
+        "notebooks in `reports/notebooks/`. A run's files are named after its fraction, "
+        "training shift and seed, e.g. `fraction_1-shift_0-seed_0`.",
         "",
     ]
     return "\n".join(lines)
@@ -893,15 +1163,30 @@ HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accur
                     "consistency", "flip_rate", "pointing_accuracy")
 
 
-def headline_metrics(per_seed: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per head, the mean over seeds of each deterministic metric (timings excluded, so the
-    file is byte-identical between runs with the same params), for ``dvc metrics``."""
-    out = {}
-    for head, group in per_seed.groupby("head", sort=False):
+def headline_metrics(results: pd.DataFrame) -> dict[str, dict[str, object]]:
+    """Per head, the mean over seeds of each deterministic metric of the main runs (timings
+    excluded, so the file is byte-identical between runs with the same params), the
+    overfitting gap per training fraction and the shift metrics per training shift, for
+    ``dvc metrics``."""
+    out: dict[str, dict[str, object]] = {}
+    main, curve, ablation = main_runs(results), curve_runs(results), ablation_runs(results)
+
+    def mean(group: pd.DataFrame, metric: str) -> float | None:
         # a metric a head does not have (CAM of dense) is null, not NaN: JSON has no NaN
-        out[head] = {m: None if group[m].isna().all() else float(group[m].mean())
-                     for m in HEADLINE_METRICS if m in group}
+        if metric not in group or group[metric].isna().all():
+            return None
+        return float(group[metric].mean())
+
+    for head, group in main.groupby("head", sort=False):
+        out[head] = {m: mean(group, m) for m in HEADLINE_METRICS if m in group}
         out[head].update({m: int(group[m].max()) for m in HEADLINE_METRICS
                           if m.startswith("params_")})  # counts: the same for every seed
         out[head]["seeds"] = len(group)
+        out[head]["overfit_gap_by_fraction"] = {
+            f"{fraction:g}": mean(runs, "overfit_gap")
+            for fraction, runs in curve[curve["head"] == head].groupby("fraction")}
+        out[head]["by_train_shift"] = {
+            f"{shift}": {m: mean(runs, m) for m in ("shift_accuracy_mean", "consistency",
+                                                     "flip_rate")}
+            for shift, runs in ablation[ablation["head"] == head].groupby("train_shift")}
     return out

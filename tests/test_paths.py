@@ -1,0 +1,30 @@
+import pytest
+
+from gap_study.paths import Layout, RunId
+
+
+@pytest.mark.parametrize("run", [RunId(0.1, 0, 0), RunId(1.0, 4, 12), RunId(0.25, 2, 3)])
+def test_run_names_round_trip_through_file_names(run):
+    assert RunId.from_stem(run.stem) == run
+
+
+def test_run_names_read_like_their_params():
+    assert RunId(1.0, 0, 2).stem == "fraction_1-shift_0-seed_2"
+    assert RunId(0.3, 4, 0).stem == "fraction_0.3-shift_4-seed_0"
+    assert RunId.from_stem("seed_0") is None
+
+
+def test_checkpoints_are_listed_by_fraction_shift_and_seed_and_others_ignored(tmp_path):
+    layout = Layout(tmp_path)
+    runs = [RunId(1.0, 4, 0), RunId(0.1, 0, 1), RunId(1.0, 0, 0), RunId(0.1, 0, 0)]
+    for run in runs:
+        path = layout.checkpoint("gap", run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (layout.models("gap") / "notes.pt").write_bytes(b"")
+    assert [run for run, _ in layout.checkpoints("gap")] == sorted(runs)
+
+
+def test_no_checkpoints_says_which_stage_makes_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dvc repro train@gmp"):
+        Layout(tmp_path).checkpoints("gmp")
