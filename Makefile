@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test lint lab clean
+.PHONY: install repro test lint lab bench clean
 
 install: $(STAMP)
 
@@ -25,8 +25,13 @@ repro: $(STAMP)  ## run the whole pipeline (dvc repro) on the default data set
 test: $(STAMP) lint  ## lint, then the whole test suite (slow end-to-end tests included)
 	python -m pytest
 
+bench: $(STAMP)  ## benchmarks, not tests: pooling ops, training-loop overhead, FLOP/s (~2.5 min)
+	python benchmarks/bench_pooling.py $(BENCH_ARGS)
+	python benchmarks/bench_harness.py $(BENCH_ARGS)
+	python benchmarks/bench_compute.py $(BENCH_ARGS)
+
 lint: $(STAMP)
-	ruff check src tests notebooks
+	ruff check src tests notebooks benchmarks
 
 lab: $(STAMP)  ## JupyterLab on the notebooks
 	jupyter lab notebooks/

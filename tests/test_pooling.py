@@ -81,6 +81,22 @@ def test_pooling_gradients_match_the_definitions():
     assert torch.equal(x.grad.amax(dim=(2, 3)), torch.ones(2, 3, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gmp_gradient_equals_amax_autograd_even_with_ties_in_every_layout(dtype):
+    # global_max_pool has its own backward; it must give exactly amax's gradient, ties split
+    x = torch.randn(3, 4, 5, 6, generator=torch.Generator().manual_seed(0), dtype=dtype).relu()
+    x[0, 0] = 0.0  # a dead ReLU channel: every position ties
+    x[1, 1, 2, :3] = x[1, 1].max() + 1  # three positions tie for the maximum
+    grad = torch.randn(3, 4, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    leaf = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(leaf.amax(dim=(2, 3)), leaf, grad)
+    for layout, view in _layouts(x).items():
+        leaf = view.detach().requires_grad_()
+        (actual,) = torch.autograd.grad(global_max_pool(leaf), leaf, grad)
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0, msg=layout)
+    torch.testing.assert_close(expected[1, 1, 2, :3], grad[1, 1].expand(3) / 3)
+
+
 def test_registry_is_keyed_by_head_name_and_module_selects_the_op():
     assert set(GLOBAL_POOLS) == {"gap", "gmp", "gsp", "gem", "lse", "avgmax"}
     x = torch.randn(2, 3, 4, 4)
@@ -137,6 +153,18 @@ def test_gem_matches_its_formula(p):
 def test_lse_matches_its_formula(r):
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     torch.testing.assert_close(global_lse_pool(x, r), _direct_lse(x, r))
+
+
+def test_lse_gives_the_same_values_with_and_without_autograd():
+    # without a gradient to compute, global_lse_pool takes a faster path than logsumexp
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64) * 30
+    x[0, 0, 0, 0], x[1, 1] = math.inf, -math.inf  # an infinite maximum; a map of -inf
+    for r in (0.5, 10.0, 500.0):
+        with torch.no_grad():
+            fast = global_lse_pool(x, r)
+        slow = global_lse_pool(x.clone().requires_grad_(), r).detach()
+        torch.testing.assert_close(fast, slow)
+        assert fast[0, 0] == math.inf and fast[1, 1] == -math.inf
 
 
 def test_gem_with_p_1_is_gap_and_large_p_approaches_gmp():

@@ -90,14 +90,15 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_te
             if train_shift:
                 dx, dy = random_offsets(len(idx), train_shift, generator)
                 images = shift_each(images, dx, dy).contiguous(memory_format=torch.channels_last)
+            targets = y_train[idx]
             logits = model(images)
-            loss = F.cross_entropy(logits, y_train[idx])
+            loss = F.cross_entropy(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             # Accumulate on the device: no host sync inside the loop.
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(dim=1) == y_train[idx]).sum()
+            loss_sum.add_(loss.detach(), alpha=len(idx))
+            correct += (logits.argmax(dim=1) == targets).sum()
         passes += 1
         if epoch % eval_every and epoch != epochs:
             continue
