@@ -762,7 +762,9 @@ def claim_sentences(claims: pd.DataFrame, overall: pd.DataFrame) -> str:
         quote = by_metric[rows.metric.iloc[0]].quote
         parts = []
         for metric, group in rows.groupby("metric", sort=False):
+            settings = group["setting"].nunique() if "setting" in group else 1
             measured = "; ".join(
+                (f"{r.setting}: " if settings > 1 else "") +
                 f"`{r['head']}` {_number(r.head_mean, metric)} vs "
                 f"{_number(r.baseline_mean, metric)} ({r.baseline}), improvement "
                 f"{_improvement(r.improvement, r.ci_low, r.ci_high, metric)}, {r.verdict}"
