@@ -149,7 +149,7 @@ GLOBAL_POOLS: dict[str, PoolFn] = {
 
 
 def get_global_pool(pool_type: str) -> PoolFn:
-    """The functional op of a head name in ``GLOBAL_POOLS``: ``"gap"``, ``"gmp"`` or ``"gsp"``."""
+    """The functional op of a pooling head name in ``GLOBAL_POOLS`` (``"gap"``, ``"gmp"``, ...)."""
     try:
         return GLOBAL_POOLS[pool_type]
     except KeyError:
