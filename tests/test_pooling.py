@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from gap_study.pooling import (
+    AVG_POOL2D_MIN_CHANNELS,
     GLOBAL_POOLS,
+    MAX_POOL2D_MIN_BYTES,
     GeMPool2d,
     GlobalPool2d,
     get_global_pool,
@@ -42,6 +44,24 @@ def test_gap_and_gmp_equal_torch_adaptive_pools_in_every_layout(shape, dtype):
         torch.testing.assert_close(global_avg_pool(view), expected_avg, msg=layout)
         torch.testing.assert_close(global_max_pool(view), expected_max, msg=layout)
         assert global_avg_pool(view).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_channels_last_maps_without_grad_give_the_adaptive_pools_values(dtype):
+    # big enough for the channels_last inference path to call torch's pooling kernels
+    channels, size = AVG_POOL2D_MIN_CHANNELS * 2, 8
+    batch = -(-MAX_POOL2D_MIN_BYTES // (channels * size * size * dtype.itemsize))
+    x = torch.randn(batch, channels, size, size, dtype=dtype,
+                    generator=torch.Generator().manual_seed(0))
+    x[0, 1, 2, 3] = float("nan")  # a NaN anywhere in the map makes its maximum NaN, as amax
+    expected_avg = F.adaptive_avg_pool2d(x, 1)
+    expected_max = x.amax(dim=(2, 3), keepdim=True)
+    view = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(global_avg_pool(view, flatten=False), expected_avg, equal_nan=True)
+    torch.testing.assert_close(global_max_pool(view, flatten=False), expected_max, equal_nan=True,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(global_max_pool(view), expected_max.flatten(1), equal_nan=True)
+    assert global_avg_pool(view).shape == global_max_pool(view).shape == (batch, channels)
 
 
 @pytest.mark.parametrize("op", [global_avg_pool, global_max_pool, global_sum_pool])

@@ -6,8 +6,9 @@ reductions (``mean``/``amax``/``sum`` over the last two dims) rather than
 ``adaptive_*_pool2d``: the values are the same, the reductions work on any memory
 layout, and their backward passes are deterministic on CUDA, where
 ``adaptive_max_pool2d`` backward raises under ``torch.use_deterministic_algorithms(True)``
-(and gives a tied maximum's whole gradient to one position). ``benchmarks/bench_pooling.py``
-times each op against torch's own forms.
+(and gives a tied maximum's whole gradient to one position). Where one of torch's forms is
+clearly faster for the same values (large channels_last maps on CPU, without gradient) the op
+calls it. ``benchmarks/bench_pooling.py`` times each op against torch's own forms.
 
 The registry ``GLOBAL_POOLS`` is keyed by head name (see STUDY.md, "Heads");
 ``make_global_pool`` builds the module for a name, ``pooled_channels`` says how many
@@ -20,6 +21,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -43,9 +45,26 @@ def _check_4d(x: Tensor) -> None:
         raise ValueError(f"global pooling expects (N, C, H, W), got shape {tuple(x.shape)}")
 
 
+# Above these sizes torch's pooling kernels, which run along channels_last's contiguous C, beat
+# a reduction over (2, 3) of a channels_last map on CPU: avg_pool2d by 1.2-2x from 256
+# channels; max_pool2d by 2x once the map outgrows the cache (below it, it is up to 2x slower).
+# Measured with benchmarks/bench_pooling.py and the shapes in tests/test_pooling.py.
+AVG_POOL2D_MIN_CHANNELS = 256
+MAX_POOL2D_MIN_BYTES = 32 * 2**20
+
+
+def _is_channels_last_cpu_inference(x: Tensor) -> bool:
+    """A channels_last (and not also contiguous) CPU map that needs no gradient."""
+    return (x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+
+
 def global_avg_pool(x: Tensor, flatten: bool = True) -> Tensor:
     """Mean over ``H, W``: ``(N, C, H, W) -> (N, C)``, or ``(N, C, 1, 1)`` if not ``flatten``."""
     _check_4d(x)
+    if x.shape[1] >= AVG_POOL2D_MIN_CHANNELS and _is_channels_last_cpu_inference(x):
+        pooled = F.avg_pool2d(x, x.shape[2:])  # the same mean, summed in another order
+        return pooled.flatten(1) if flatten else pooled
     return x.mean(dim=(2, 3), keepdim=not flatten)
 
 
@@ -58,8 +77,12 @@ def global_max_pool(x: Tensor, flatten: bool = True) -> Tensor:
     _check_4d(x)
     if x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled():
         pooled = _GlobalMax.apply(x)
-        return pooled.flatten(1) if flatten else pooled
-    return x.amax(dim=(2, 3), keepdim=not flatten)
+    elif (x.numel() * x.element_size() >= MAX_POOL2D_MIN_BYTES
+          and _is_channels_last_cpu_inference(x)):
+        pooled = F.max_pool2d(x, x.shape[2:])  # exactly amax's values, NaN included
+    else:
+        return x.amax(dim=(2, 3), keepdim=not flatten)
+    return pooled.flatten(1) if flatten else pooled
 
 
 class _GlobalMax(torch.autograd.Function):
