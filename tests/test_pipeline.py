@@ -3,6 +3,7 @@ params, every notebook executed through papermill."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,6 +116,7 @@ def test_repro_writes_every_report_and_they_parse(repo):
     assert figures == ["accuracy.png", "cam_overlays.png", "fraction_curve.png", "params.png",
                        "pointing.png", "shift_heatmaps.png", "shift_radius.png",
                        "shift_training.png", "stability.png", "time.png", "training_curves.png"]
+    assert figures == sorted(set(re.findall(r"\(figures/(\w+\.png)\)", text)))  # all shown
     for name in figures:
         assert matplotlib.image.imread(reports / "figures" / name).shape[0] > 100
 
