@@ -7,20 +7,30 @@ then reports over all of them::
     dvc exp run --queue -S data.name=digits -S 'train.seeds=[1]'
     dvc queue start -j 2
     dvc exp show
-    python -m gap_study.sweep          # reports/sweep/: sweep.md, results.csv, summary.csv
+    python -m gap_study.sweep   # reports/sweep/: sweep.md, results.csv, summary.csv, settings.csv
 
-Runs with the same data set, head, training fraction and training shift are pooled across
-experiments, so seeds trained by different experiments (in parallel) count as seeds of one
-study; a run found in two experiments (same data set, head, fraction, shift and seed) is
-counted once.
+Runs are pooled only within identical settings: an experiment's settings are its params
+except those that choose which runs it trains or where and how fast it computes them
+(``train.seeds``, ``heads``, ``device``, ``data.root``, ``data.download``,
+``evaluate.batch_size``, the ``report`` section, and the canvases of the other data sets).
+Runs of experiments with the same settings and the same head, training fraction and training
+shift are pooled across experiments, so seeds trained by different experiments (in parallel)
+count as seeds of one study; experiments with other settings (say ``train.epochs``) form
+their own group, with their own tables. A run found in two experiments with the same settings
+(same head, fraction, shift and seed) is counted once.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import json
+import math
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import dvc.api
 import pandas as pd
@@ -28,11 +38,155 @@ import pandas as pd
 from gap_study.io import write_csv, write_text
 from gap_study.report import RUN_KEYS, grouped_stat_table, summarize
 
-__all__ = ["SWEEP_METRICS", "collect_sweep", "experiments", "sweep_summary", "sweep_table"]
+__all__ = [
+    "IGNORED_PARAMS",
+    "SWEEP_METRICS",
+    "Sweep",
+    "collect_sweep",
+    "experiments",
+    "label_runs",
+    "pool_runs",
+    "run_settings",
+    "settings_differences",
+    "settings_frame",
+    "settings_id",
+    "sweep_summary",
+    "sweep_table",
+]
 
 SWEEP_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "consistency",
                  "flip_rate", "pointing_accuracy", "seconds_per_epoch")
-GROUP_KEYS = ["data", "head", "fraction", "train_shift"]
+GROUP_KEYS = ["data", "settings", "head", "fraction", "train_shift"]
+# Params (dotted keys; a section name covers all of it) that do not change what a run's result
+# means, so experiments differing only in them are pooled: which seeds and heads an experiment
+# trains (a run's numbers depend on its own seed and head alone), where the data files are
+# cached and whether they may be downloaded (the files are hash-checked), and how the
+# numbers are computed or reported (device and evaluation batch size change the speed and
+# at most the last bits of floating point, never a random draw; the report section sets the
+# confidence level, which the sweep takes from --confidence). Everything else, including
+# train.fractions and train.shift, is a setting: the largest fraction decides which runs get
+# the translation and CAM metrics, and pooling too little is safe where pooling too much is not.
+IGNORED_PARAMS = ("train.seeds", "heads", "device", "data.root", "data.download",
+                  "evaluate.batch_size", "report")
+UNSET = "(unset)"  # a key an experiment's params do not have, in settings_differences
+SETTINGS_FRONT = ["experiment", "rev", "data", "settings"]
+
+
+class Sweep(NamedTuple):
+    """What ``collect_sweep`` reads: the pooled runs and each experiment's settings."""
+
+    runs: pd.DataFrame
+    settings: pd.DataFrame
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with integral floats as ints (``1.0`` and ``1`` are one setting), recursively."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return value
+
+
+def _ignored(key: str) -> bool:
+    return any(key == name or key.startswith(f"{name}.") for name in IGNORED_PARAMS)
+
+
+def run_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params that define what an experiment's runs mean: a new dict of dotted keys
+    (``"train.epochs"``), sorted, values canonical (integral floats as ints), without
+    ``IGNORED_PARAMS``, and ``data.canvas`` the canvas side of ``data.name`` alone (not the
+    mapping of every data set's). ``params`` (as in ``params.yaml``) is not changed."""
+    data = params.get("data", {})
+    canvas = data.get("canvas")
+    if isinstance(canvas, Mapping) and data.get("name") in canvas:
+        # the other data sets' canvases are unused by this experiment
+        params = {**params, "data": {**data, "canvas": canvas[data["name"]]}}
+    settings = {key: _canonical(value) for key, value in _flatten(params).items()
+                if not _ignored(key)}
+    return dict(sorted(settings.items()))
+
+
+def settings_id(settings: Mapping[str, Any]) -> str:
+    """A short, stable name of ``settings`` (from ``run_settings``): the first 8 hex digits of
+    the SHA-256 of their canonical JSON (sorted keys), the same whatever the key order."""
+    text = json.dumps(_canonical(dict(settings)), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def label_runs(results: pd.DataFrame, *, experiment: str, rev: str,
+               params: Mapping[str, Any]) -> pd.DataFrame:
+    """One experiment's ``results.csv`` frame with ``experiment, rev, data, settings`` (its
+    name, revision, ``data.name`` and ``settings_id``) in front: a new frame."""
+    labels = {"experiment": experiment, "rev": rev, "data": params["data"]["name"],
+              "settings": settings_id(run_settings(params))}
+    rest = [c for c in results.columns if c not in labels]
+    return results[rest].assign(**labels)[[*labels, *rest]]
+
+
+def pool_runs(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """The runs of every experiment (frames from ``label_runs``) in one frame, each run once:
+    sorted by experiment name (then revision, then the experiment's own row order), a run
+    repeated with the same ``data, settings, head, fraction, train_shift, seed`` kept only
+    from the first experiment that has it. Raises ``ValueError`` when there are no frames."""
+    frame = pd.concat(list(frames), ignore_index=True)
+    frame = frame.sort_values(["experiment", "rev"], kind="stable", ignore_index=True)
+    # Same settings (every param that defines a run's result) and the same head, fraction,
+    # shift and seed: the same seeded, deterministic training and evaluation, i.e. one run
+    # computed twice (a rerun, or overlapping seed lists), identical but for its timings.
+    # Counting it twice would add a fake seed. Keeping the first by experiment name makes the
+    # choice (and seconds_per_epoch) independent of the order experiments are listed in.
+    return frame.drop_duplicates(["data", "settings", *RUN_KEYS], ignore_index=True)
+
+
+def _cell(value: Any) -> str:
+    """A settings value as text: strings as they are, everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def settings_frame(params: Iterable[tuple[str, str, Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per ``(experiment, rev, params)``: ``experiment, rev, data, settings`` (as in
+    ``label_runs``), then one column per dotted key of ``run_settings`` (values as text:
+    strings as they are, others as JSON; empty where an experiment lacks the key)."""
+    rows = []
+    for experiment, rev, values in params:
+        settings = run_settings(values)
+        rows.append({"experiment": experiment, "rev": rev, "data": values["data"]["name"],
+                     "settings": settings_id(settings),
+                     **{key: _cell(value) for key, value in settings.items()}})
+    frame = pd.DataFrame(rows, columns=SETTINGS_FRONT) if not rows else pd.DataFrame(rows)
+    keys = sorted(c for c in frame.columns if c not in SETTINGS_FRONT)
+    return frame[SETTINGS_FRONT + keys]
+
+
+def settings_differences(settings: pd.DataFrame) -> pd.DataFrame:
+    """One row per settings group of a ``settings_frame``, in order of appearance:
+    ``data, settings, experiments`` (their names, sorted, comma-separated), then only the keys
+    whose values differ between the groups (``data.name`` aside: it has its own column),
+    a missing key shown as ``(unset)``."""
+    groups = settings.drop_duplicates("settings").set_index("settings", drop=False)
+    keys = [c for c in settings.columns if c not in (*SETTINGS_FRONT, "data.name")]
+    values = groups[keys].astype(object).where(groups[keys].notna(), UNSET)
+    differ = [k for k in keys if values[k].nunique() > 1]
+    names = settings.groupby("settings", sort=False)["experiment"].agg(
+        lambda s: ", ".join(sorted(s)))
+    out = groups[["data", "settings"]].assign(experiments=names)
+    return pd.concat([out, values[differ]], axis=1).reset_index(drop=True)
 
 
 def experiments(repo: str | Path = ".") -> pd.DataFrame:
@@ -43,45 +197,72 @@ def experiments(repo: str | Path = ".") -> pd.DataFrame:
     return pd.DataFrame(found, columns=["experiment", "rev"])
 
 
-def collect_sweep(repo: str | Path = ".", revs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every experiment's ``results.csv`` in one tidy frame, with the experiment's name,
-    revision and data set (``data``) in front. Raises ``LookupError`` if there are none."""
+def collect_sweep(repo: str | Path = ".", revs: pd.DataFrame | None = None) -> Sweep:
+    """Every experiment's ``results.csv`` and params: ``Sweep(runs, settings)``, ``runs`` from
+    ``pool_runs`` (each run once, labelled with experiment, revision, data set and settings)
+    and ``settings`` from ``settings_frame``. Raises ``LookupError`` if there are none."""
     revs = experiments(repo) if revs is None else revs
     if revs.empty:
         raise LookupError(f"no finished DVC experiments in {repo}: queue some with "
                           "`dvc exp run --queue -S ...` and run them with `dvc queue start`")
-    frames = []
+    frames, params = [], []
     for exp in revs.itertuples(index=False):
-        params = dvc.api.params_show(repo=str(repo), rev=exp.rev)
+        values = dvc.api.params_show(repo=str(repo), rev=exp.rev)
         text = dvc.api.read("reports/results.csv", repo=str(repo), rev=exp.rev)
-        frames.append(pd.read_csv(io.StringIO(text)).assign(
-            experiment=exp.experiment, rev=exp.rev, data=params["data"]["name"]))
-    frame = pd.concat(frames, ignore_index=True)
-    front = ["experiment", "rev", "data"]
-    frame = frame[front + [c for c in frame.columns if c not in front]]
-    # the same run in two experiments (e.g. a rerun) is one run, not two seeds
-    return frame.drop_duplicates(["data", *RUN_KEYS], ignore_index=True)
+        frames.append(label_runs(pd.read_csv(io.StringIO(text)), experiment=exp.experiment,
+                                 rev=exp.rev, params=values))
+        params.append((exp.experiment, exp.rev, values))
+    return Sweep(pool_runs(frames), settings_frame(params))
 
 
 def sweep_summary(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """``summarize`` over seeds per data set, head, training fraction and training shift."""
+    """``summarize`` over seeds per data set, settings, head, training fraction and training
+    shift: one row per group and metric with ``n, mean, std, ci_low, ci_high``."""
     metrics = [m for m in SWEEP_METRICS if m in frame]
     return summarize(frame, GROUP_KEYS, metrics, confidence)
 
 
-def sweep_table(frame: pd.DataFrame, confidence: float = 0.95) -> str:
-    """The sweep as Markdown: one table per data set, one row per head x fraction x shift."""
+def _settings_line(settings: str, differences: pd.DataFrame | None) -> str:
+    """The Markdown line that says which settings a section's runs share."""
+    if differences is None or settings not in set(differences["settings"]):
+        return f"Settings `{settings}`."
+    row = differences[differences["settings"] == settings].iloc[0]
+    keys = [c for c in differences.columns if c not in ("data", "settings", "experiments")]
+    shown = ", ".join(f"`{key}` = {row[key]}" for key in keys)
+    return (f"Settings `{settings}` (experiments {row['experiments']})"
+            + (f": {shown}." if shown else "."))
+
+
+def sweep_table(frame: pd.DataFrame, confidence: float = 0.95,
+                settings: pd.DataFrame | None = None) -> str:
+    """The sweep as Markdown text: one section per data set and settings group (headed
+    ``## <data> (<n> seeds)``, with ``, settings <id>`` after the data set where it has more
+    than one group), each with one table row per head x fraction x shift. With ``settings``
+    (a ``settings_frame``) each section names the keys whose values differ between groups."""
     summary = sweep_summary(frame, confidence)
     heads = list(dict.fromkeys(frame["head"]))
     metrics = [m for m in SWEEP_METRICS if m in frame]
+    differences = None if settings is None else settings_differences(settings)
+    # sections: data sets in order of appearance, each data set's settings groups together
+    groups = frame[["data", "settings"]].drop_duplicates()
+    first = {data: i for i, data in enumerate(dict.fromkeys(groups["data"]))}
+    groups = groups.sort_values("data", key=lambda c: c.map(first), kind="stable")
+    per_data = groups.groupby("data", sort=False)["settings"].nunique()
+    by_group = dict(list(summary.groupby(["data", "settings"], sort=False)))
     lines = ["# Sweep over DVC experiments", "",
-             f"{frame['experiment'].nunique()} experiments, {len(frame)} runs. Mean ± std "
-             f"[{confidence:.0%} Student-t interval] over the seeds of all experiments.", ""]
-    for data, group in summary.groupby("data", sort=False):
-        table = grouped_stat_table(group.drop(columns="data"), GROUP_KEYS[1:], metrics,
-                                   metrics, heads)
-        seeds = frame.loc[frame["data"] == data, "seed"].nunique()
-        lines += [f"## {data} ({seeds} seeds)", "", table.to_markdown(index=False), ""]
+             f"{frame['experiment'].nunique()} experiments, {len(groups)} settings, "
+             f"{len(frame)} runs. Runs are pooled only within identical settings (every param "
+             f"but {', '.join(f'`{p}`' for p in IGNORED_PARAMS)} and other data sets' "
+             f"canvases). Mean ± std [{confidence:.0%} Student-t interval] over the seeds of "
+             "all experiments with those settings.", ""]
+    for data, key in groups.itertuples(index=False):
+        table = grouped_stat_table(by_group[data, key].drop(columns=["data", "settings"]),
+                                   GROUP_KEYS[2:], metrics, metrics, heads)
+        runs = frame[(frame["data"] == data) & (frame["settings"] == key)]
+        name = data if per_data[data] == 1 else f"{data}, settings {key}"
+        seeds = runs["seed"].nunique()
+        lines += [f"## {name} ({seeds} seed{'' if seeds == 1 else 's'})", "",
+                  _settings_line(key, differences), "", table.to_markdown(index=False), ""]
     return "\n".join(lines)
 
 
@@ -93,17 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.95)
     args = parser.parse_args(argv)
     try:
-        frame = collect_sweep(args.repo)
+        sweep = collect_sweep(args.repo)
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    text = sweep_table(frame, args.confidence)
-    write_csv(out / "results.csv", frame)
-    write_csv(out / "summary.csv", sweep_summary(frame, args.confidence))
+    text = sweep_table(sweep.runs, args.confidence, sweep.settings)
+    write_csv(out / "results.csv", sweep.runs)
+    write_csv(out / "summary.csv", sweep_summary(sweep.runs, args.confidence))
+    write_csv(out / "settings.csv", sweep.settings)
     write_text(out / "sweep.md", text)
     print(text)
-    print(f"wrote {out}/sweep.md, results.csv, summary.csv")
+    print(f"wrote {out}/sweep.md, results.csv, summary.csv, settings.csv")
     return 0
 
 

@@ -1,0 +1,203 @@
+"""gap_study.sweep on hand-made frames and params: which runs of which experiments pool."""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+
+from gap_study import sweep as sw
+
+
+@pytest.fixture
+def params(params_raw) -> dict:
+    return copy.deepcopy(params_raw)
+
+
+def _with(params: dict, **changes) -> dict:
+    """A copy of ``params`` with dotted keys changed: ``_with(p, **{"train.epochs": 3})``."""
+    params = copy.deepcopy(params)
+    for key, value in changes.items():
+        *sections, last = key.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        node[last] = value
+    return params
+
+
+def _results(seeds, heads=("gap",), variants=((0.5, 0), (1.0, 0), (1.0, 2)),
+             accuracy: float = 0.9) -> pd.DataFrame:
+    """A ``reports/results.csv``-like frame: one row per head x variant x seed."""
+    rows = [{"head": head, "fraction": fraction, "train_shift": shift, "seed": seed,
+             "test_accuracy": accuracy + 0.01 * seed, "seconds_per_epoch": 1.0}
+            for head in heads for fraction, shift in variants for seed in seeds]
+    return pd.DataFrame(rows)
+
+
+def _experiment(name: str, params: dict, seeds, **kwargs) -> tuple[pd.DataFrame, tuple]:
+    """An experiment's labelled runs and its ``settings_frame`` entry."""
+    runs = sw.label_runs(_results(seeds, **kwargs), experiment=name, rev=f"rev-{name}",
+                         params=params)
+    return runs, (name, f"rev-{name}", params)
+
+
+def test_settings_leave_out_bookkeeping_params_and_other_canvases(params):
+    settings = sw.run_settings(params)
+    assert settings["train.epochs"] == params["train"]["epochs"]
+    assert settings["model.widths"] == params["model"]["widths"]
+    # the canvas of the chosen data set only
+    assert settings["data.canvas"] == params["data"]["canvas"]["digits"]
+    assert not any(k.startswith("data.canvas.") for k in settings)
+    for key in ("train.seeds", "heads", "device", "data.root", "data.download",
+                "evaluate.batch_size", "report.confidence"):
+        assert key not in settings
+    assert "train.fractions" in settings and "train.shift" in settings
+    assert list(settings) == sorted(settings)
+    assert params["data"]["canvas"]["mnist"] == 44  # the input is left alone
+
+
+def test_every_ignored_param_exists_in_params_yaml(params):
+    flat = sw._flatten(params)
+    for name in sw.IGNORED_PARAMS:
+        assert any(k == name or k.startswith(f"{name}.") for k in flat), name
+
+
+def test_settings_id_is_stable_across_key_order_and_number_spelling(params):
+    settings = sw.run_settings(params)
+    reordered = dict(reversed(list(settings.items())))
+    assert list(reordered) != list(settings)
+    assert sw.settings_id(reordered) == sw.settings_id(settings)
+    # nested key order of params.yaml does not matter either
+    shuffled = {section: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v)
+                for section, v in reversed(list(params.items()))}
+    assert sw.settings_id(sw.run_settings(shuffled)) == sw.settings_id(settings)
+    fractions = [float(f) for f in params["train"]["fractions"]]
+    as_ints = _with(params, **{"train.fractions": [int(f) if f == 1 else f for f in fractions]})
+    assert sw.settings_id(sw.run_settings(as_ints)) == sw.settings_id(settings)
+    identifier = sw.settings_id(settings)
+    assert len(identifier) == 8 and int(identifier, 16) >= 0
+
+
+def test_bookkeeping_changes_keep_the_settings_and_real_changes_do_not(params):
+    same = sw.settings_id(sw.run_settings(params))
+    for key, value in [("train.seeds", [7]), ("heads", ["nin"]), ("device", "cpu"),
+                       ("data.root", "/elsewhere"), ("data.download", False),
+                       ("evaluate.batch_size", 512), ("report.confidence", 0.9),
+                       ("data.canvas.mnist", 60)]:
+        assert sw.settings_id(sw.run_settings(_with(params, **{key: value}))) == same, key
+    for key, value in [("train.epochs", 3), ("train.lr", 0.01), ("data.max_train", 100),
+                       ("model.widths", [8, 16]), ("data.name", "mnist"),
+                       ("data.canvas.digits", 40), ("train.fractions", [1.0]),
+                       ("evaluate.max_shift", 4)]:
+        assert sw.settings_id(sw.run_settings(_with(params, **{key: value}))) != same, key
+
+
+def test_experiments_differing_only_in_seeds_pool_into_one_group(params):
+    a, a_params = _experiment("seed0", _with(params, **{"train.seeds": [0]}), [0])
+    b, b_params = _experiment("seed1", _with(params, **{"train.seeds": [1]}), [1])
+    runs = sw.pool_runs([a, b])
+    assert runs["settings"].nunique() == 1 and len(runs) == 6
+    assert list(runs.columns[:4]) == ["experiment", "rev", "data", "settings"]
+    summary = sw.sweep_summary(runs)
+    assert len(summary) == 3 * 2  # 3 variants x 2 metrics, each over both seeds
+    assert (summary["n"] == 2).all()
+    text = sw.sweep_table(runs, settings=sw.settings_frame([a_params, b_params]))
+    assert "## digits (2 seeds)" in text and text.count("\n## ") == 1
+    assert "(experiments seed0, seed1)." in text
+
+
+def test_experiments_differing_in_epochs_do_not_pool(params):
+    a, a_params = _experiment("short", _with(params, **{"train.epochs": 3}), [0, 1])
+    b, b_params = _experiment("long", params, [0, 1], accuracy=0.5)
+    runs = sw.pool_runs([a, b])
+    assert runs["settings"].nunique() == 2 and len(runs) == 12  # nothing deduplicated
+    summary = sw.sweep_summary(runs)
+    assert (summary["n"] == 2).all() and summary["settings"].nunique() == 2
+    accuracy = summary[summary.metric == "test_accuracy"].groupby("settings")["mean"].mean()
+    assert sorted(accuracy.round(3)) == [0.505, 0.905]  # never averaged across settings
+
+    settings = sw.settings_frame([a_params, b_params])
+    differences = sw.settings_differences(settings)
+    assert list(differences.columns) == ["data", "settings", "experiments", "train.epochs"]
+    assert differences["train.epochs"].tolist() == ["3", str(params["train"]["epochs"])]
+
+    text = sw.sweep_table(runs, settings=settings)
+    short, long = (sw.settings_id(sw.run_settings(p[2])) for p in (a_params, b_params))
+    assert f"## digits, settings {long} (2 seeds)" in text
+    assert f"## digits, settings {short} (2 seeds)" in text
+    assert f"Settings `{short}` (experiments short): `train.epochs` = 3." in text
+    assert "## digits (2 seeds)" not in text
+
+
+def test_a_run_found_twice_with_the_same_settings_counts_once(params):
+    # "b-rerun" repeats seed 1 of "a-first" with the same settings, and adds seed 2
+    second, _ = _experiment("b-rerun", _with(params, **{"train.seeds": [1, 2]}), [1, 2])
+    first, _ = _experiment("a-first", _with(params, **{"train.seeds": [0, 1]}), [0, 1])
+    second.loc[second.seed == 1, "seconds_per_epoch"] = 5.0  # only timings can differ
+    for frames in ([first, second], [second, first]):
+        runs = sw.pool_runs(frames)
+        assert len(runs) == 3 * 3 and sorted(runs.seed.unique()) == [0, 1, 2]
+        assert not runs.duplicated(["settings", "head", "fraction", "train_shift",
+                                    "seed"]).any()
+        # the copy kept is the first experiment's by name, whatever the listing order
+        assert (runs.loc[runs.seed == 1, "experiment"] == "a-first").all()
+        assert (runs["seconds_per_epoch"] == 1.0).all()
+    assert (sw.sweep_summary(runs)["n"] == 3).all()
+
+
+def test_the_same_run_under_other_settings_is_kept_twice(params):
+    a, _ = _experiment("a", params, [0])
+    b, _ = _experiment("b", _with(params, **{"train.lr": 0.01}), [0])
+    runs = sw.pool_runs([a, b])
+    assert len(runs) == 6 and runs.groupby("settings").size().tolist() == [3, 3]
+
+
+def test_settings_differences_mark_missing_keys_and_ignore_the_data_name(params):
+    mnist = _with(params, **{"data.name": "mnist"})
+    extra = _with(params, **{"model.extra": 1})
+    settings = sw.settings_frame([("d", "r1", params), ("m", "r2", mnist),
+                                  ("x", "r3", extra)])
+    differences = sw.settings_differences(settings)
+    assert "data.name" not in differences.columns
+    assert differences["data"].tolist() == ["digits", "mnist", "digits"]
+    assert differences["model.extra"].tolist() == ["(unset)", "(unset)", "1"]
+    assert differences["data.canvas"].tolist() == ["32", "44", "32"]
+
+
+def test_main_writes_the_sweep_from_dvc_experiments(params, tmp_path, monkeypatch, capsys):
+    experiments = {"rev0": ("seed0", [0]), "rev1": ("seed1", [1])}
+    api = sw.dvc.api
+    monkeypatch.setattr(api, "exp_show", lambda repo: [
+        {"Experiment": None, "rev": "workspace"},
+        *({"Experiment": name, "rev": rev, "State": "Success"}
+          for rev, (name, _) in experiments.items()),
+        {"Experiment": "broken", "rev": "rev9", "State": "Failed"}])
+    monkeypatch.setattr(api, "params_show", lambda repo, rev: _with(
+        params, **{"train.seeds": experiments[rev][1]}))
+    monkeypatch.setattr(api, "read", lambda path, repo, rev: _results(
+        experiments[rev][1]).to_csv(index=False))
+    assert sw.main(["--out", str(tmp_path)]) == 0
+    assert "## digits (2 seeds)" in capsys.readouterr().out
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert len(results) == 6 and results["settings"].nunique() == 1
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert "settings" in summary and (summary["n"] == 2).all()
+    settings = pd.read_csv(tmp_path / "settings.csv")
+    assert settings["experiment"].tolist() == ["seed0", "seed1"]
+    assert (tmp_path / "sweep.md").read_text().startswith("# Sweep over DVC experiments")
+
+
+def test_sections_keep_each_data_sets_settings_groups_together(params):
+    # by experiment name the order is digits (a), mnist (b), digits (c)
+    a, a_params = _experiment("a", params, [0])
+    b, b_params = _experiment("b", _with(params, **{"data.name": "mnist"}), [0, 1])
+    c, c_params = _experiment("c", _with(params, **{"train.epochs": 3}), [0])
+    runs = sw.pool_runs([c, b, a])
+    text = sw.sweep_table(runs, settings=sw.settings_frame([a_params, b_params, c_params]))
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    ids = [sw.settings_id(sw.run_settings(p[2])) for p in (a_params, c_params)]
+    assert headings == [f"## digits, settings {ids[0]} (1 seed)",
+                        f"## digits, settings {ids[1]} (1 seed)", "## mnist (2 seeds)"]
+    assert "`data.canvas` = 44, `train.epochs` = 15." in text
