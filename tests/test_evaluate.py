@@ -15,6 +15,7 @@ from gap_study.evaluate import (
     loss_and_accuracy,
     overfitting_metrics,
     pointing_accuracy,
+    pointing_centre_prior,
     pointing_chance,
     random_offsets,
     shift_accuracy_grid,
@@ -156,3 +157,9 @@ def test_cam_weights_per_head_and_dense_has_none():
 def test_pointing_chance_is_the_box_share_of_the_canvas():
     boxes = torch.tensor([[0, 0, 2, 2], [1, 1, 3, 5]])
     assert pointing_chance(boxes, 4) == pytest.approx((4 + 8) / (2 * 16))
+
+
+def test_centre_prior_counts_the_boxes_holding_the_canvas_centre():
+    # on a 4x4 canvas the centre pixel is (2, 2); boxes are (top, left, bottom, right), exclusive
+    boxes = torch.tensor([[1, 1, 3, 3], [0, 0, 2, 2], [2, 2, 4, 4], [0, 2, 2, 4]])
+    assert pointing_centre_prior(boxes, 4) == 0.5  # the first and third hold (2, 2)

@@ -65,7 +65,7 @@ def test_claim_verdicts_follow_the_interval_of_the_improvement():
     assert claims.loc["faster training", "verdict"] == "supported"
     overall = rp.overall_verdicts(rp.claim_table(per_seed)).set_index("claim").verdict
     assert overall.to_dict() == {"fewer parameters": "supported",
-                                 "less overfitting": "not supported",
+                                 "less overfitting": "contradicted",
                                  "more translation robust": "not supported",
                                  "faster training": "supported"}
 
@@ -116,18 +116,32 @@ def test_html_report_is_one_file_with_images_embedded(tmp_path):
     assert not re.search(r'src="(?!data:)', html)  # nothing loaded from elsewhere
 
 
-def test_cam_claim_is_judged_against_chance_and_skips_heads_without_maps():
+def test_cam_claim_is_judged_on_shifted_images_against_the_centre_prior_without_dense():
     per_seed = pd.DataFrame({
         "head": ["dense"] * 3 + ["gap"] * 3 + ["gmp"] * 3, "seed": [0, 1, 2] * 3,
-        "pointing_accuracy": [math.nan] * 3 + [0.9, 0.92, 0.94] + [0.2, 0.3, 0.25],
-        "pointing_chance": [0.25] * 9})
+        "pointing_accuracy": [math.nan] * 3 + [1.0] * 6,  # centred: no evidence either way
+        "pointing_accuracy_shifted": [math.nan] * 3 + [0.9, 0.92, 0.94] + [0.7, 0.8, 0.75],
+        "pointing_centre_prior_shifted": [0.75] * 9, "pointing_chance": [0.25] * 9})
     claims = rp.claim_table(per_seed)
     assert claims["claim"].unique().tolist() == ["feature maps tied to classes"]
+    assert claims["metric"].unique().tolist() == ["pointing_accuracy_shifted"]
     assert claims["head"].tolist() == ["gap", "gmp"]  # dense has no map
-    assert claims["baseline"].unique().tolist() == ["chance"]
+    assert claims["baseline"].unique().tolist() == ["centre prior"]
     assert claims.set_index("head").verdict.to_dict() == {"gap": "supported",
                                                           "gmp": "no clear difference"}
-    assert claims.set_index("head").loc["gap", "improvement"] == pytest.approx(0.92 - 0.25)
+    assert claims.set_index("head").loc["gap", "improvement"] == pytest.approx(0.92 - 0.75)
+
+
+def test_overall_verdict_is_contradicted_when_rows_only_go_against_the_claim():
+    claims = pd.DataFrame({"claim": ["robust"] * 3, "head": ["gap", "gmp", "gsp"],
+                           "verdict": ["no clear difference", "contradicted",
+                                       "no clear difference"]})
+    overall = rp.overall_verdicts(claims).iloc[0]
+    assert overall.verdict == "contradicted"
+    assert overall["rows"] == "0 supported, 1 contradicted, 2 unclear"
+    assert (overall["heads supporting"], overall["heads contradicting"]) == ("none", "gmp")
+    unclear = rp.overall_verdicts(claims.assign(verdict="no clear difference")).iloc[0]
+    assert (unclear.verdict, unclear["heads contradicting"]) == ("not supported", "none")
 
 
 def test_a_head_supports_a_claim_only_when_every_metric_of_it_does():
@@ -135,6 +149,7 @@ def test_a_head_supports_a_claim_only_when_every_metric_of_it_does():
                            "verdict": ["supported", "supported", "supported", "contradicted"]})
     overall = rp.overall_verdicts(claims).iloc[0]
     assert (overall.verdict, overall["heads supporting"]) == ("mixed", "gap")
+    assert overall["heads contradicting"] == "gmp"
 
 
 def test_headline_metrics_write_null_for_a_metric_a_head_does_not_have():

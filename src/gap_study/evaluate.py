@@ -26,6 +26,7 @@ __all__ = [
     "loss_and_accuracy",
     "overfitting_metrics",
     "pointing_accuracy",
+    "pointing_centre_prior",
     "pointing_chance",
     "predict_logits",
     "random_offsets",
@@ -216,22 +217,35 @@ def pointing_chance(boxes: Tensor, image_size: int) -> float:
     return area.sum().item() / (len(boxes) * image_size * image_size)
 
 
+def pointing_centre_prior(boxes: Tensor, image_size: int) -> float:
+    """Pointing accuracy of a map that always peaks at the canvas's centre pixel
+    ``(size // 2, size // 2)``: the share of boxes containing it. Objects placed at the centre
+    all contain it, so only on moved objects does pointing accuracy say more than this."""
+    centre = image_size // 2
+    inside = ((boxes[:, 0] <= centre) & (centre < boxes[:, 2])
+              & (boxes[:, 1] <= centre) & (centre < boxes[:, 3]))
+    return inside.sum().item() / len(boxes)
+
+
 def localization_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
                          max_shift: int, seed: int, batch_size: int = 512) -> dict[str, float]:
     """Pointing accuracy of the true class's CAM on centred images and on images moved by
-    random offsets in ``[-S, S]^2`` (drawn from ``seed``; boxes move with them), and the
-    chance level. ``nan`` for a head without CAM (``dense``)."""
-    chance = pointing_chance(boxes, images.shape[-1])
-    if cam_weights(model.head) is None:
-        return {"pointing_accuracy": math.nan, "pointing_accuracy_shifted": math.nan,
-                "pointing_chance": chance}
-    centred = pointing_accuracy(class_activation_maps(model, images, labels, batch_size), boxes)
+    random offsets in ``[-S, S]^2`` (drawn from ``seed``; boxes move with them), with two
+    references: the chance level, and a map always peaking at the canvas centre, on the same
+    centred and moved images. CAM values are ``nan`` for a head without CAM (``dense``)."""
+    size = images.shape[-1]
     dx, dy = random_offsets(len(images), max_shift, torch.Generator().manual_seed(seed))
     moved_boxes = boxes + torch.stack([dy, dx, dy, dx], dim=1).to(boxes.device)
+    references = {"pointing_chance": pointing_chance(boxes, size),
+                  "pointing_centre_prior": pointing_centre_prior(boxes, size),
+                  "pointing_centre_prior_shifted": pointing_centre_prior(moved_boxes, size)}
+    if cam_weights(model.head) is None:
+        return {"pointing_accuracy": math.nan, "pointing_accuracy_shifted": math.nan,
+                **references}
+    centred = pointing_accuracy(class_activation_maps(model, images, labels, batch_size), boxes)
     moved = class_activation_maps(model, shift_each(images, dx, dy), labels, batch_size)
     return {"pointing_accuracy": centred,
-            "pointing_accuracy_shifted": pointing_accuracy(moved, moved_boxes),
-            "pointing_chance": chance}
+            "pointing_accuracy_shifted": pointing_accuracy(moved, moved_boxes), **references}
 
 
 def cam_examples(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor, *,
