@@ -25,10 +25,13 @@ SEEDS = [0, 1]
 pytestmark = pytest.mark.slow
 
 
+def _env(**extra_env) -> dict[str, str]:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", **extra_env,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def _run(args, cwd, check=True, **extra_env):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", **extra_env,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=_env(**extra_env), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -258,13 +261,20 @@ def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_
     repo = _tiny_repository(tmp_path / "sweep", ["gap"])
     for seed in SEEDS:  # one experiment per seed: the seeds of one study, run in parallel
         _run(["dvc", "exp", "run", "--queue", "-S", f"train.seeds=[{seed}]"], repo)
-    _run(["dvc", "queue", "start", "-j", "2"], repo)
-    deadline = time.monotonic() + 420
-    while time.monotonic() < deadline:
-        status = _run(["dvc", "queue", "status"], repo).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(2)
+    # The workers outlive `dvc queue start` and inherit its output: to a file, not to a pipe
+    # that `subprocess.run` would wait on until the last worker exits.
+    with (tmp_path / "queue.log").open("w") as log:
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=_env(), stdout=log,
+                       stderr=subprocess.STDOUT, check=True)
+    try:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            status = _run(["dvc", "queue", "status"], repo).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(2)
+    finally:
+        _run(["dvc", "queue", "stop"], repo, check=False)  # no worker left behind
     assert status.count("Success") == len(SEEDS), status
 
     result = _run([sys.executable, "-m", "gap_study.sweep"], repo)
