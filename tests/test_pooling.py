@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gap_study.heads import POOLED_HEAD_NAMES
 from gap_study.pooling import (
     AVG_POOL2D_MIN_CHANNELS,
     GLOBAL_POOLS,
@@ -119,6 +120,7 @@ def test_gmp_gradient_equals_amax_autograd_even_with_ties_in_every_layout(dtype)
 
 def test_registry_is_keyed_by_head_name_and_module_selects_the_op():
     assert set(GLOBAL_POOLS) == {"gap", "gmp", "gsp", "gem", "lse", "avgmax"}
+    assert tuple(GLOBAL_POOLS) == POOLED_HEAD_NAMES  # the names params.yaml is checked against
     x = torch.randn(2, 3, 4, 4)
     for name, op in GLOBAL_POOLS.items():
         module = GlobalPool2d(name)

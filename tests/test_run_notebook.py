@@ -1,4 +1,6 @@
 import shutil
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -58,3 +60,14 @@ def test_a_failing_cell_fails_the_run_and_keeps_the_executed_notebook(root, tmp_
     executed = nbformat.read(output, as_version=4)
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors and errors[0].ename == "RuntimeError"
+
+
+def test_the_stage_runner_validates_params_without_importing_torch_or_iri_grammars():
+    # Every stage starts this runner before its kernel: what it imports is paid once per
+    # stage (torch and jsonschema's IRI grammar took 4 s of each stage's 18 s here).
+    probe = ("import sys, gap_study.run_notebook; "
+             "print(sorted(m for m in ('torch', 'rfc3987_syntax', 'lark') "
+             "if sys.modules.get(m) is not None))")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           check=True).stdout
+    assert shown.strip() == "[]"

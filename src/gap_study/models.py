@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from gap_study.pooling import GLOBAL_POOLS, global_avg_pool, make_global_pool, pooled_channels
+from gap_study.heads import HEAD_NAMES
+from gap_study.pooling import global_avg_pool, make_global_pool, pooled_channels
 
 __all__ = [
     "HEAD_NAMES",
@@ -32,8 +33,6 @@ __all__ = [
     "pooled_head_param_count",
     "study_head_param_count",
 ]
-
-HEAD_NAMES: tuple[str, ...] = ("dense", *GLOBAL_POOLS, "nin")
 
 
 @dataclass(frozen=True)

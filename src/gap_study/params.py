@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from gap_study.models import HEAD_NAMES
+from gap_study.heads import HEAD_NAMES
 
 __all__ = [
     "DataParams",

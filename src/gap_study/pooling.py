@@ -10,7 +10,8 @@ layout, and their backward passes are deterministic on CUDA, where
 clearly faster for the same values (large channels_last maps on CPU, without gradient) the op
 calls it. ``benchmarks/bench_pooling.py`` times each op against torch's own forms.
 
-The registry ``GLOBAL_POOLS`` is keyed by head name (see STUDY.md, "Heads");
+The registry ``GLOBAL_POOLS`` is keyed by head name (see STUDY.md, "Heads"; the names are
+``gap_study.heads.POOLED_HEAD_NAMES``);
 ``make_global_pool`` builds the module for a name, ``pooled_channels`` says how many
 features it gives per map channel.
 """
