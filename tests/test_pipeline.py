@@ -54,6 +54,7 @@ def _tiny_repository(repo: Path, heads: list[str]) -> Path:
     _copy_repository(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["heads"] = heads
+    params["data"].update(max_train=400, max_test=150)  # a stratified third of the digits
     params["model"].update(widths=[4, 8], dense_hidden=16)
     params["train"].update(seeds=SEEDS, epochs=2, batch_size=128, fractions=[0.5, 1.0],
                            shift=[0, 2])
@@ -156,16 +157,6 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     assert "reports/train/gap/history/fraction_1-shift_0-seed_1.csv" in plots["data"]
 
 
-def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
-    repo, _ = repo
-    result = _run(["dvc", "exp", "run", "-S", "evaluate.max_shift=1"], repo)
-    ran = {line.split("'")[1] for line in result.stdout.splitlines()
-           if line.startswith("Running stage")}
-    assert ran == {f"evaluate@{h}" for h in HEADS} | {"report"}
-    grid = pd.read_csv(repo / "reports" / "eval" / "gap" / "shift_grid.csv")
-    assert len(grid) == 2 * len(SEEDS) * 3 * 3
-
-
 def _training_cell_running(repo: Path) -> bool:
     """Whether some train notebook is executing its training cell right now (papermill
     saves the executed notebook with each cell's status as it goes)."""
@@ -181,15 +172,19 @@ def _training_cell_running(repo: Path) -> bool:
     return False
 
 
-def test_interrupted_repro_resumes_to_byte_identical_results_and_errors_fail_loudly(
-        repo, tmp_path_factory):
-    _, uninterrupted = repo
-    heads = ["dense", "gap"]  # two heads keep this second run short
-    second = _tiny_repository(tmp_path_factory.mktemp("interrupted"), heads)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    process = subprocess.Popen(["dvc", "repro"], cwd=second, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+RESUMED_HEADS = ["gap"]  # one head keeps this second repository's runs short
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    """A one-head repository whose first `dvc repro` was stopped by Ctrl-C in the middle of
+    training and then run again, with its outputs as they were right after that rerun."""
+    second = _tiny_repository(tmp_path_factory.mktemp("interrupted"), RESUMED_HEADS)
+    # A shell that starts the test suite in the background makes its children ignore SIGINT,
+    # and an ignored SIGINT is inherited: restore the terminal's default, as in `make repro`.
+    process = subprocess.Popen(["dvc", "repro"], cwd=second, env=_env(), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not _training_cell_running(second) and process.poll() is None \
             and time.monotonic() < deadline:
@@ -199,23 +194,47 @@ def test_interrupted_repro_resumes_to_byte_identical_results_and_errors_fail_lou
 
     _run(["dvc", "repro"], second)  # picks up where it stopped
     assert "up to date" in _run(["dvc", "status"], second).stdout
-    resumed = _outputs(second)
-    assert len(resumed) == 2 * (3 * len(SEEDS) + 1)  # 3 variants x seeds, and metrics.csv
-    # the same bytes as the run that was never stopped
-    assert resumed == {k: v for k, v in uninterrupted.items() if k.split("/")[-2] in heads}
+    return second, _outputs(second)  # later tests change this repository: keep these results
 
-    # A notebook that raises fails its stage, shows the error and keeps the executed notebook.
-    params = yaml.safe_load((second / "params.yaml").read_text())
+
+def test_interrupted_repro_resumes_to_byte_identical_results(repo, resumed):
+    _, uninterrupted = repo
+    _, outputs = resumed
+    assert len(outputs) == len(RESUMED_HEADS) * (3 * len(SEEDS) + 1)  # 3 variants x seeds,
+    # and metrics.csv; the same bytes as the run that was never stopped
+    assert outputs == {k: v for k, v in uninterrupted.items()
+                       if k.split("/")[-2] in RESUMED_HEADS}
+
+
+def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(resumed):
+    repo, _ = resumed
+    _run(["dvc", "repro"], repo)  # up to date again whatever ran here before
+    result = _run(["dvc", "exp", "run", "-S", "evaluate.max_shift=1"], repo)
+    ran = {line.split("'")[1] for line in result.stdout.splitlines()
+           if line.startswith("Running stage")}
+    assert ran == {f"evaluate@{h}" for h in RESUMED_HEADS} | {"report"}
+    grid = pd.read_csv(repo / "reports" / "eval" / "gap" / "shift_grid.csv")
+    assert len(grid) == 2 * len(SEEDS) * 3 * 3
+
+
+def test_a_notebook_error_fails_its_stage_shows_the_error_and_keeps_the_notebook(resumed):
+    repo, _ = resumed
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
     params["device"] = "cuda:7"  # not on this machine (nor on a 1-GPU one)
-    (second / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    failed = _run(["dvc", "repro", "train@gap"], second, check=False)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        failed = _run(["dvc", "repro", "train@gap"], repo, check=False)
+    finally:
+        params_file.write_text(original)
     assert failed.returncode != 0
     shown = failed.stdout + failed.stderr
     assert "notebooks/train.ipynb failed in cell" in shown and "cuda:7" in shown
-    executed = nbformat.read(second / "reports" / "notebooks" / "train_gap.ipynb", as_version=4)
+    executed = nbformat.read(repo / "reports" / "notebooks" / "train_gap.ipynb", as_version=4)
     assert any(o.get("output_type") == "error"
                for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert not (second / "models" / "gap").exists()  # nothing half-written for the next stage
+    assert not (repo / "models" / "gap").exists()  # nothing half-written for the next stage
 
 
 def test_prepare_stage_reads_real_format_data_sets_from_data_root(tmp_path_factory):
@@ -267,11 +286,14 @@ def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_
         subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=_env(), stdout=log,
                        stderr=subprocess.STDOUT, check=True)
     try:
-        deadline = time.monotonic() + 420
+        deadline, status = time.monotonic() + 420, ""
         while time.monotonic() < deadline:
-            status = _run(["dvc", "queue", "status"], repo).stdout
-            if "Queued" not in status and "Running" not in status:
-                break
+            # `dvc queue status` can fail while a worker rewrites the file it reads: ask again
+            shown = _run(["dvc", "queue", "status"], repo, check=False)
+            if shown.returncode == 0:
+                status = shown.stdout
+                if "Queued" not in status and "Running" not in status:
+                    break
             time.sleep(2)
     finally:
         _run(["dvc", "queue", "stop"], repo, check=False)  # no worker left behind
