@@ -1,4 +1,10 @@
-"""What made a run: package versions, device, threads, git commit. Recorded next to results."""
+"""What made a run: package versions, device, CPU, threads, git commit. Recorded next to results.
+
+The CPU matters even for CPU-free claims: torch picks its kernels by the instructions a CPU
+offers (``cpu_capability``: AVX2, AVX512 ...), and kernels differ in the last bits of a float,
+which training amplifies. Same params and seed give bit-identical results on the same machine;
+on another CPU they may differ slightly, and the record says which CPU each run had.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +15,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["git_commit", "run_environment"]
+__all__ = ["cpu_name", "git_commit", "run_environment"]
 
 
 def git_commit(root: str | Path = ".") -> str | None:
-    """``HEAD``'s hash, with ``-dirty`` when tracked files differ from it; ``None`` outside git."""
+    """``HEAD``'s hash, with ``-dirty`` when tracked files other than ``dvc.lock`` differ from
+    it; ``None`` outside git. (DVC rewrites ``dvc.lock`` after every stage of a run, so
+    counting it would mark every stage after the first of a clean checkout's run dirty.)"""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude,top)dvc.lock"],
                                cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty.strip() else "")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_environment(device: torch.device | str, root: str | Path = ".") -> dict[str, object]:
-    """Versions, device and threads of this process, for a run record."""
+    """Versions, device, CPU and threads of this process, for a run record."""
     device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": name or platform.machine(),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else cpu_name()),
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(root),
     }

@@ -1,0 +1,34 @@
+import subprocess
+
+import torch
+
+from gap_study.provenance import cpu_name, git_commit, run_environment
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_git_commit_is_dirty_for_changed_sources_but_not_for_dvc_rewriting_its_lock(tmp_path):
+    assert git_commit(tmp_path) is None  # not a repository
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "train.py").write_text("epochs = 3\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "first")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    assert git_commit(tmp_path) == head
+
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # what each stage does
+    assert git_commit(tmp_path) == head
+    (tmp_path / "train.py").write_text("epochs = 4\n")
+    assert git_commit(tmp_path) == f"{head}-dirty"
+
+
+def test_run_environment_records_the_cpu_and_the_instruction_set_torch_chose_kernels_for():
+    record = run_environment("cpu")
+    assert record["device"] == "cpu" and record["device_name"] == record["cpu"] == cpu_name()
+    assert record["cpu"].strip()
+    assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["torch"] == torch.__version__ and record["torch_threads"] >= 1
