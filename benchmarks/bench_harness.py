@@ -72,7 +72,7 @@ def bare_fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor,
     ``running_metrics`` adds what ``fit`` adds to every batch (the running training loss and
     accuracy, accumulated on the device and read once per epoch), to tell its cost apart.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     n = len(x_train)
     loss_sum = torch.zeros((), device=x_train.device)
     correct = torch.zeros((), device=x_train.device, dtype=torch.long)

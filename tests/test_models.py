@@ -8,6 +8,7 @@ from gap_study.models import (
     build_model,
     dense_head_param_count,
     feature_map_shape,
+    fold_batch_norm,
     head_param_count,
     param_count,
     pooled_head_param_count,
@@ -88,3 +89,45 @@ def test_model_config_rejects_an_unknown_head_and_round_trips_through_a_dict():
                          widths=[8, 16])
     assert config.widths == (8, 16)
     assert ModelConfig(**config.to_dict()) == config
+
+
+def _model_with_trained_batch_norm(head: str) -> torch.nn.Module:
+    """A model whose BatchNorm layers hold non-trivial running statistics and affine weights."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(head=head, in_channels=1, image_size=16, num_classes=10))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(32, 1, 16, 16) * 3 + 0.5)
+        for layer in model.features:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.weight.uniform_(0.5, 2.0)
+                layer.bias.uniform_(-1.0, 1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_folding_batch_norm_keeps_every_heads_logits_and_leaves_the_model_alone(head):
+    model = _model_with_trained_batch_norm(head)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(20, 1, 16, 16).contiguous(memory_format=torch.channels_last)
+
+    folded = fold_batch_norm(model)
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in folded.features) == 3
+    assert not folded.training
+    with torch.inference_mode():
+        expected, got = model(images), folded(images)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.argmax(dim=1), expected.argmax(dim=1))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.features)
+
+
+def test_folded_batch_norm_gives_the_same_feature_maps_in_float64():
+    model = _model_with_trained_batch_norm("gap").double()
+    images = torch.rand(8, 1, 16, 16, dtype=torch.float64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fold_batch_norm(model).features(images),
+                                   model.features(images), rtol=1e-12, atol=1e-12)
