@@ -36,21 +36,21 @@ def test_the_projects_params_yaml_is_valid(root):
     ("heads", ["gap", "gap"], r"heads .*repeated"),
     ("data.name", "mnist2", r"data\.name = 'mnist2': not allowed"),
     ("data.test_fraction", 1.5, r"data\.test_fraction = 1\.5"),
-    ("data.canvas", {"digits": 12}, r"data\.canvas\.digits = 12 is smaller than the 16x16 "
-                                    r"digits object: it must be at least 16"),
+    ("data.canvas", {"digits": 10}, r"data\.canvas\.digits = 10 is smaller than the 12x12 "
+                                    r"digits object: it must be at least 12"),
     ("data.canvas", {"mnist": 44}, r"data\.canvas has no entry for data\.name = 'digits'"),
     ("data.name", "cifar", r"data\.name = 'cifar': not allowed \(did you mean 'cifar10'\?\)"),
     ("data.max_train", 0, r"data\.max_train = 0"),
     ("data.download", "maybe", r"data\.download = 'maybe'"),
-    ("evaluate.max_shift", 9, r"evaluate\.max_shift = 9 .* at most 8"),
+    ("evaluate.max_shift", 7, r"evaluate\.max_shift = 7 .* at most 6"),
     ("device", "gpu", r"device = 'gpu': must be 'auto', 'cpu'"),
     ("train.lrr", 0.1, r"train\.lrr: unknown key \(did you mean 'lr'\?\); allowed keys here: "
                        r"batch_size, epochs, fractions, lr, seeds, shift, weight_decay"),
         ("train.fractions", [0.5, 1.5], r"train\.fractions\[1\] = 1\.5: .*less than or equal to 1"),
         ("train.fractions", [0.0], r"train\.fractions\[0\] = 0\.0: .*greater than 0"),
         ("train.fractions", [], r"train\.fractions"),
-        ("train.shift", [0, 9], r"train\.shift = 9 would push the object off the canvas.*"
-                                r"at most 8"),
+        ("train.shift", [0, 7], r"train\.shift = 7 would push the object off the canvas.*"
+                                r"at most 6"),
         ("train.shift", [-1], r"train\.shift\[0\] = -1: .*greater than or equal to 0"),
     ("trian", {}, r"trian: unknown key \(did you mean 'train'\?\)"),
     ("train.epochs", KeyError, r"train\.epochs: Field required"),

@@ -163,7 +163,8 @@ def test_settings_differences_mark_missing_keys_and_ignore_the_data_name(params)
     assert "data.name" not in differences.columns
     assert differences["data"].tolist() == ["digits", "mnist", "digits"]
     assert differences["model.extra"].tolist() == ["(unset)", "(unset)", "1"]
-    assert differences["data.canvas"].tolist() == ["32", "44", "32"]
+    digits_canvas = str(params["data"]["canvas"]["digits"])
+    assert differences["data.canvas"].tolist() == [digits_canvas, "44", digits_canvas]
 
 
 def test_main_writes_the_sweep_from_dvc_experiments(params, tmp_path, monkeypatch, capsys):
