@@ -17,11 +17,22 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import pandas as pd
 import torch
 
+from gap_study.params import load_params
 from gap_study.train import resolve_device
+
+PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def study_digits_input() -> tuple[int, int]:
+    """``(canvas, digits_size)`` of the digits set in the project's ``params.yaml``: the
+    benchmarks time the input the default study trains on."""
+    data = load_params(PARAMS_FILE).data
+    return data.canvas["digits"], data.digits_size
 
 
 def parse_args(description: str,

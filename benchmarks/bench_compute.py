@@ -1,10 +1,11 @@
 """Achieved training FLOP/s of each head's model, against a large matmul on the same device.
 
 For every head in ``gap_study.models.HEAD_NAMES`` the study's default model (widths 16, 32, 64;
-dense hidden 500) takes one training step on the default input (batch 64, 1x32x32, 10
-classes): forward, cross-entropy, backward, no optimizer. ``FlopCounterMode`` counts the step's
-FLOPs, the step is timed, and efficiency is its FLOP/s over that of a float32 matmul timed
-in the same rounds (the practical peak of this device, not the datasheet's).
+dense hidden 500) takes one training step on the default study's input (batch 64, 1 channel,
+the digits canvas of ``params.yaml``, 10 classes): forward, cross-entropy, backward, no
+optimizer. ``FlopCounterMode`` counts the step's FLOPs, the step is timed, and efficiency is
+its FLOP/s over that of a float32 matmul timed in the same rounds (the practical peak of this
+device, not the datasheet's).
 
 ``FlopCounterMode`` counts matrix products and convolutions only (2 FLOPs per multiply-add);
 batch norm, ReLU, pooling and the loss are not counted, so an efficiency is that of the
@@ -21,13 +22,21 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from _common import interleaved_times, parse_args, print_table, setup, watch_contention
+from _common import (
+    interleaved_times,
+    parse_args,
+    print_table,
+    setup,
+    study_digits_input,
+    watch_contention,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from gap_study.models import HEAD_NAMES, ModelConfig, build_model, param_count
 from gap_study.train import seed_everything
 
-BATCH, CHANNELS, SIZE, CLASSES = 64, 1, 32, 10  # the study's default input (digits, canvas 32)
+BATCH, CHANNELS, CLASSES = 64, 1, 10
+SIZE, _ = study_digits_input()  # the default study's digits canvas
 
 
 def make_step(head: str, device: torch.device) -> tuple[Callable[[], None], int]:

@@ -1,7 +1,8 @@
 """Overhead of the project's training function, ``gap_study.train.fit``, over a minimal loop.
 
 Both sides train the same architecture, built fresh from the same seed, on the same tensors
-(the digits set on its 32x32 canvas, channels_last as ``train_one_seed`` puts them), with
+(the digits set on the default study's canvas from ``params.yaml``, channels_last as
+``train_one_seed`` puts them), with
 Adam, cross-entropy and ``randperm`` minibatches of the same size for the same number of
 steps, and evaluate the test set in eval mode after every epoch, as ``fit`` does. They run in
 one process, alternating over several rounds. A third loop, the bare one plus ``fit``'s
@@ -29,6 +30,7 @@ from _common import (
     parse_args,
     print_table,
     setup,
+    study_digits_input,
     sync,
     watch_contention,
 )
@@ -49,7 +51,8 @@ Trainer = Callable[..., object]
 
 def load_tensors(device: torch.device) -> tuple[Tensors, int, int]:
     """The digits tensors on ``device``, as ``train_one_seed`` makes them; channels, size."""
-    data = prepare_dataset("digits", canvas=32)
+    canvas, digits_size = study_digits_input()
+    data = prepare_dataset("digits", canvas=canvas, digits_size=digits_size)
     tensors = (to_float(data.x_train).to(device, memory_format=torch.channels_last),
                torch.as_tensor(data.y_train).to(device),
                to_float(data.x_test).to(device, memory_format=torch.channels_last),
