@@ -47,15 +47,15 @@ def cpu_name() -> str:
 def run_environment(device: torch.device | str, root: str | Path = ".") -> dict[str, object]:
     """Versions, device, CPU and threads of this process, for a run record."""
     device = torch.device(device)
+    cpu = cpu_name()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else cpu_name()),
-        "cpu": cpu_name(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "cpu": cpu,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(root),

@@ -76,7 +76,7 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_te
     """
     device = x_train.device
     n = len(x_train)
-    # fused: one kernel per step for all parameters; the dense head's two million weights
+    # fused: one kernel per step for all parameters; the dense head's million-plus weights
     # made the unfused update a fifth of its training time on a CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     history = []
