@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from gap_study.params import load_params
-from gap_study.train import resolve_device
+from gap_study.runtime import resolve_device
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -36,9 +36,12 @@ from _common import (
 )
 from torch import Tensor, nn
 
-from gap_study.data import prepare_dataset, to_float
-from gap_study.models import ModelConfig, build_model
-from gap_study.train import fit, seed_everything
+from gap_study.architecture import ModelConfig
+from gap_study.canvas import to_float
+from gap_study.models import build_model
+from gap_study.prepare import prepare_dataset
+from gap_study.runtime import seed_everything
+from gap_study.train import fit
 
 LIMIT = 1.10
 HEADS = ("dense", "gap", "gmp")

@@ -20,6 +20,14 @@ def params_raw() -> dict:
 
 @pytest.fixture(scope="session")
 def digits():
-    from gap_study.data import prepare_dataset
+    from gap_study.prepare import prepare_dataset
 
     return prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25, split_seed=0)
+
+
+@pytest.fixture(scope="session")
+def small(digits):
+    """200 training and 100 test digits (``builders.small_digits``)."""
+    from builders import small_digits
+
+    return small_digits(digits)

@@ -1,18 +1,20 @@
 import numpy as np
 import pytest
 import torch
+from builders import put, small_cifar_tarball, use_files
 
-from gap_study.data import (
-    fraction_subset,
+from gap_study.canvas import (
     load_prepared,
     object_boxes,
     place_on_canvas,
-    prepare_dataset,
     save_prepared,
     shift,
+    shift_each,
     shift_margin,
     to_float,
 )
+from gap_study.prepare import prepare_dataset
+from gap_study.sources import CIFAR10_TARBALL
 
 
 def test_shift_moves_content_right_and_down_with_zero_fill():
@@ -88,13 +90,9 @@ def test_max_train_and_max_test_keep_a_stratified_seeded_subsample(digits):
 
 
 def test_a_real_data_set_is_placed_on_its_canvas_from_local_files(tmp_path, monkeypatch):
-    from test_datasets import put, small_cifar_tarball, use_files
-
-    from gap_study import datasets
-
     tarball, _, _ = small_cifar_tarball()
-    use_files(monkeypatch, "cifar10", {datasets.CIFAR10_TARBALL: tarball})
-    put(tmp_path / "cifar10", {datasets.CIFAR10_TARBALL: tarball})
+    use_files(monkeypatch, "cifar10", {CIFAR10_TARBALL: tarball})
+    put(tmp_path / "cifar10", {CIFAR10_TARBALL: tarball})
     prepared = prepare_dataset("cifar10", canvas=40, root=tmp_path, download=False)
     assert prepared.in_channels == 3 and prepared.image_size == 40
     assert prepared.x_train.dtype == np.uint8
@@ -122,18 +120,9 @@ def test_to_float_scales_uint8_to_unit_range_and_keeps_zero_background():
     torch.testing.assert_close(x, torch.tensor([[0.0, 1.0, 0.2]]))
 
 
-def test_fraction_subsets_are_nested_stratified_and_sized_by_the_fraction():
-    labels = np.repeat(np.arange(4), [40, 30, 20, 10])  # 100 examples, unequal classes
-    tenth, third, whole = (fraction_subset(labels, f) for f in (0.1, 0.3, 1.0))
-    assert (len(tenth), len(third)) == (10, 30) and np.array_equal(whole, np.arange(100))
-    assert set(tenth) <= set(third)  # a learning curve adds examples, never swaps them
-    assert np.bincount(labels[tenth]).tolist() == [4, 3, 2, 1]
-    assert np.bincount(labels[third]).tolist() == [12, 9, 6, 3]
-    assert np.array_equal(fraction_subset(labels, 0.3), third)  # fixed: no seed involved
-    assert np.all(np.diff(third) > 0)  # sorted indices
-
-
-@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
-def test_fraction_subset_rejects_fractions_outside_zero_to_one(fraction):
-    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
-        fraction_subset(np.zeros(10, dtype=np.int64), fraction)
+def test_shift_each_moves_every_image_by_its_own_offset():
+    images = torch.rand(5, 2, 6, 7)
+    dx, dy = torch.tensor([0, 1, -2, 3, 0]), torch.tensor([0, -1, 2, 0, -3])
+    moved = shift_each(images, dx, dy)
+    for i in range(5):
+        torch.testing.assert_close(moved[i], shift(images[i:i + 1], int(dx[i]), int(dy[i]))[0])

@@ -5,24 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from gap_study.data import shift
-from gap_study.evaluate import (
+from gap_study.canvas import random_offsets
+from gap_study.metrics import (
     accuracy_by_radius,
-    cam_weights,
-    class_activation_maps,
     consistency,
     flip_rate,
     loss_and_accuracy,
     overfitting_metrics,
-    pointing_accuracy,
-    pointing_centre_prior,
-    pointing_chance,
-    random_offsets,
     shift_accuracy_grid,
-    shift_each,
     shift_summary,
 )
-from gap_study.models import DenseHead, NINHead, PooledLinearHead
 
 
 class LeftOrRight(nn.Module):
@@ -88,14 +80,6 @@ def test_accuracy_by_radius_averages_the_offsets_at_each_radius():
     assert accuracy_by_radius(grid).accuracy.tolist() == [1.0, 0.375, 0.0]
 
 
-def test_shift_each_moves_every_image_by_its_own_offset():
-    images = torch.rand(5, 2, 6, 7)
-    dx, dy = torch.tensor([0, 1, -2, 3, 0]), torch.tensor([0, -1, 2, 0, -3])
-    moved = shift_each(images, dx, dy)
-    for i in range(5):
-        torch.testing.assert_close(moved[i], shift(images[i:i + 1], int(dx[i]), int(dy[i]))[0])
-
-
 def test_consistency_counts_agreeing_predictions_under_two_random_shifts():
     images = _dot_images(200)
     # the prediction flips exactly when an offset has dx = 1, so agreement is known per image
@@ -112,54 +96,3 @@ def test_flip_rate_averages_the_four_one_pixel_moves():
     # the dot in column 2 changes side only when moved right: 1 of 4 moves flips
     assert flip_rate(LeftOrRight(), _dot_images(3)) == 0.25
     assert flip_rate(LeftOrRight(), _dot_images(3, col=0)) == 0.0
-
-
-class IdentityFeatures(nn.Module):
-    """A "backbone" that hands the image itself to the head, so CAMs are known exactly."""
-
-    def __init__(self, head):
-        super().__init__()
-        self.features, self.head = nn.Identity(), head
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-def test_cam_of_a_linear_head_peaks_where_the_weighted_feature_does():
-    head = PooledLinearHead("gap", channels=2, num_classes=2)
-    with torch.no_grad():
-        head.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # class c reads channel c
-    images = torch.zeros(2, 2, 6, 6)
-    images[0, 0, 1, 4] = 1.0  # class 0's evidence at (1, 4)
-    images[1, 1, 5, 0] = 1.0  # class 1's evidence at (5, 0)
-    cams = class_activation_maps(IdentityFeatures(head), images, torch.tensor([0, 1]))
-    assert cams.shape == (2, 6, 6)
-    assert divmod(int(cams[0].argmax()), 6) == (1, 4) and divmod(int(cams[1].argmax()), 6) == (5, 0)
-    inside = torch.tensor([[0, 3, 2, 6], [4, 0, 6, 2]])
-    elsewhere = torch.tensor([[3, 0, 6, 3], [4, 0, 6, 2]])
-    assert pointing_accuracy(cams, inside) == 1.0
-    assert pointing_accuracy(cams, elsewhere) == 0.5
-
-
-def test_cam_weights_per_head_and_dense_has_none():
-    avgmax = PooledLinearHead("avgmax", channels=3, num_classes=2)
-    expected = avgmax.fc.weight[:, :3] + avgmax.fc.weight[:, 3:]
-    torch.testing.assert_close(cam_weights(avgmax), expected)
-    nin = NINHead(channels=3, num_classes=2)
-    assert cam_weights(nin).shape == (2, 3)
-    assert cam_weights(PooledLinearHead("gem", 3, 2)).shape == (2, 3)
-    dense = DenseHead(in_features=12, hidden=4, num_classes=2)
-    assert cam_weights(dense) is None
-    with pytest.raises(ValueError, match="no class activation map"):
-        class_activation_maps(IdentityFeatures(dense), torch.zeros(1, 3, 2, 2), torch.tensor([0]))
-
-
-def test_pointing_chance_is_the_box_share_of_the_canvas():
-    boxes = torch.tensor([[0, 0, 2, 2], [1, 1, 3, 5]])
-    assert pointing_chance(boxes, 4) == pytest.approx((4 + 8) / (2 * 16))
-
-
-def test_centre_prior_counts_the_boxes_holding_the_canvas_centre():
-    # on a 4x4 canvas the centre pixel is (2, 2); boxes are (top, left, bottom, right), exclusive
-    boxes = torch.tensor([[1, 1, 3, 3], [0, 0, 2, 2], [2, 2, 4, 4], [0, 2, 2, 4]])
-    assert pointing_centre_prior(boxes, 4) == 0.5  # the first and third hold (2, 2)

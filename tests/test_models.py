@@ -1,13 +1,11 @@
 import pytest
 import torch
 
+from gap_study.architecture import HEAD_NAMES, ModelConfig, feature_map_shape
 from gap_study.models import (
-    HEAD_NAMES,
     DenseHead,
-    ModelConfig,
     build_model,
     dense_head_param_count,
-    feature_map_shape,
     fold_batch_norm,
     head_param_count,
     param_count,
@@ -48,14 +46,6 @@ def test_every_head_maps_images_to_class_logits(head, in_channels, size):
                          widths=(4, 8), dense_hidden=16)
     logits = build_model(config)(torch.randn(5, in_channels, size, size))
     assert logits.shape == (5, 7)
-
-
-def test_backbone_halves_the_map_between_blocks_and_keeps_the_last():
-    assert feature_map_shape(32, (16, 32, 64)) == (64, 8, 8)
-    assert feature_map_shape(28, (8,)) == (8, 28, 28)
-    assert feature_map_shape(32, (8, 8, 8, 8)) == (8, 4, 4)
-    with pytest.raises(ValueError, match="too small"):
-        feature_map_shape(2, (8, 8, 8))
 
 
 def test_pooling_heads_share_the_backbone_and_differ_only_in_the_op():

@@ -70,14 +70,22 @@ def _stages():
         yield name, stage, ROOT / notebook
 
 
+def _module_file(module: str) -> Path:
+    """The source file of a ``gap_study`` module: ``a/b.py``, or ``a/b/__init__.py`` for a
+    package."""
+    path = ROOT / "src" / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def _gap_study_imports(source: str) -> set[str]:
+    """The ``gap_study`` modules ``source`` imports; ``from package import module`` names the
+    module and the package (whose ``__init__`` runs first)."""
     modules = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gap_study"):
-            if node.module == "gap_study":
-                modules.update(f"gap_study.{alias.name}" for alias in node.names)
-            else:
-                modules.add(node.module)
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names
+                           if _module_file(f"{node.module}.{alias.name}").exists())
         elif isinstance(node, ast.Import):
             modules.update(a.name for a in node.names if a.name.startswith("gap_study."))
     return modules
@@ -90,8 +98,9 @@ def _module_closure(modules: set[str]) -> set[str]:
         if module in seen:
             continue
         seen.add(module)
-        path = ROOT / "src" / (module.replace(".", "/") + ".py")
-        todo.extend(_gap_study_imports(path.read_text()))
+        if "." in module:  # a module's packages run first: gap_study.report for .report.stats
+            todo.append(module.rsplit(".", 1)[0])
+        todo.extend(_gap_study_imports(_module_file(module).read_text()))
     return seen
 
 
@@ -109,7 +118,7 @@ def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, 
     nb = nbformat.read(notebook, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     modules = _module_closure(_gap_study_imports(code) | {"gap_study.run_notebook"})
-    expected = {f"src/{m.replace('.', '/')}.py" for m in modules}
+    expected = {_module_file(m).relative_to(ROOT).as_posix() for m in modules}
     declared = {d for d in stage["deps"] if d.startswith("src/")}
     assert declared == expected, name
     assert notebook.relative_to(ROOT).as_posix() in stage["deps"]

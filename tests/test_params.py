@@ -3,7 +3,9 @@ import copy
 import pytest
 import yaml
 
+from gap_study.architecture import ModelConfig
 from gap_study.params import ParamsError, load_params, parse_params
+from gap_study.paths import RunId
 
 
 def _with(params_raw, dotted, value):
@@ -85,3 +87,19 @@ def test_training_variants_are_the_learning_curve_plus_the_shift_ablation(params
     assert (train.full_fraction, train.base_shift) == (1.0, 0)
     # each fraction centred, each shift on all the data; (1.0, 0) trained once
     assert train.variants == [(0.1, 0), (0.3, 0), (1.0, 0), (1.0, 2), (1.0, 4)]
+    # and every variant is trained once per seed
+    train = parse_params({**params_raw, "train": {**params_raw["train"], "seeds": [3, 1]}}).train
+    assert train.runs()[:2] == [RunId(0.1, 0, 3), RunId(0.1, 0, 1)]
+    assert len(train.runs()) == 2 * len(train.variants)
+
+
+def test_model_params_give_the_config_of_a_head_sized_for_the_data(params_raw):
+    model = parse_params(params_raw).model
+
+    class Data:  # what a model needs to know of a data set
+        in_channels, image_size, num_classes = 3, 40, 7
+
+    config = model.to_config("gem", Data())
+    assert config == ModelConfig(head="gem", in_channels=3, image_size=40, num_classes=7,
+                                 widths=tuple(model.widths), dense_hidden=model.dense_hidden,
+                                 gem_p=model.gem_p, lse_r=model.lse_r)

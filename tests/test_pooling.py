@@ -4,14 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gap_study.heads import POOLED_HEAD_NAMES
+from gap_study.architecture import POOLED_HEAD_NAMES
 from gap_study.pooling import (
     AVG_POOL2D_MIN_CHANNELS,
     GLOBAL_POOLS,
     MAX_POOL2D_MIN_BYTES,
-    GeMPool2d,
-    GlobalPool2d,
-    get_global_pool,
+    GeMPool,
     global_avg_pool,
     global_avgmax_pool,
     global_gem_pool,
@@ -19,8 +17,12 @@ from gap_study.pooling import (
     global_max_pool,
     global_sum_pool,
     make_global_pool,
-    pooled_channels,
+    sum_vs_average,
 )
+
+# each pooling head's functional op, with the module's default options
+OPS = {"gap": global_avg_pool, "gmp": global_max_pool, "gsp": global_sum_pool,
+       "gem": global_gem_pool, "lse": global_lse_pool, "avgmax": global_avgmax_pool}
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (4, 64, 7, 7), (3, 16, 8, 8), (2, 5, 1, 9)]
 
@@ -118,22 +120,20 @@ def test_gmp_gradient_equals_amax_autograd_even_with_ties_in_every_layout(dtype)
     torch.testing.assert_close(expected[1, 1, 2, :3], grad[1, 1].expand(3) / 3)
 
 
-def test_registry_is_keyed_by_head_name_and_module_selects_the_op():
-    assert set(GLOBAL_POOLS) == {"gap", "gmp", "gsp", "gem", "lse", "avgmax"}
+def test_registry_is_keyed_by_head_name_and_each_module_computes_its_op():
     assert tuple(GLOBAL_POOLS) == POOLED_HEAD_NAMES  # the names params.yaml is checked against
     x = torch.randn(2, 3, 4, 4)
-    for name, op in GLOBAL_POOLS.items():
-        module = GlobalPool2d(name)
+    for name, op in OPS.items():
+        module = make_global_pool(name)
+        assert type(module) is GLOBAL_POOLS[name]
         torch.testing.assert_close(module(x), op(x))
-        assert name in repr(module)
-        assert list(module.parameters()) == []
+        trainable = [n for n, _ in module.named_parameters()]
+        assert trainable == (["p"] if name == "gem" else [])
 
 
 def test_unknown_pool_name_lists_the_allowed_ones():
     with pytest.raises(ValueError, match=r"unknown global pool 'gapp'; allowed: avgmax, gap, gem"):
-        get_global_pool("gapp")
-    with pytest.raises(ValueError, match="allowed"):
-        GlobalPool2d("mean")
+        make_global_pool("gapp")
 
 
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4), (1, 2, 3, 4, 5)])
@@ -211,26 +211,33 @@ def test_avgmax_concatenates_gap_then_gmp():
     torch.testing.assert_close(out[:, :3], global_avg_pool(x))
     torch.testing.assert_close(out[:, 3:], global_max_pool(x))
     assert global_avgmax_pool(x, flatten=False).shape == (2, 6, 1, 1)
-    assert pooled_channels("avgmax", 3) == 6 and pooled_channels("gem", 3) == 3
 
 
 @pytest.mark.parametrize("name", sorted(GLOBAL_POOLS))
+def test_each_module_reports_the_features_it_gives_per_channel(name):
+    module = make_global_pool(name)
+    out = module(torch.randn(2, 3, 4, 4))
+    assert out.shape == (2, 3 * module.feat_mult())
+    assert module.feat_mult() == (2 if name == "avgmax" else 1)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_every_op_keeps_dtype_and_shape_in_every_layout(name, dtype):
     x = torch.randn(2, 3, 5, 4, dtype=dtype)
-    width = pooled_channels(name, 3)
-    expected = GLOBAL_POOLS[name](x.contiguous())
+    width = 3 * make_global_pool(name).feat_mult()
+    expected = OPS[name](x.contiguous())
     for layout, view in _layouts(x).items():
-        out = GLOBAL_POOLS[name](view)
+        out = OPS[name](view)
         assert out.shape == (2, width) and out.dtype == dtype, layout
         torch.testing.assert_close(out, expected, msg=layout)
-        assert GLOBAL_POOLS[name](view, flatten=False).shape == (2, width, 1, 1)
+        assert OPS[name](view, flatten=False).shape == (2, width, 1, 1)
 
 
 @pytest.mark.parametrize("name", ["gap", "gsp", "gem", "lse", "avgmax"])
 def test_every_smooth_op_passes_gradcheck_in_float64(name):
     x = (torch.rand(2, 3, 3, 4, dtype=torch.float64) + 0.1).requires_grad_()  # clamp-free
-    assert torch.autograd.gradcheck(GLOBAL_POOLS[name], (x,))
+    assert torch.autograd.gradcheck(OPS[name], (x,))
 
 
 def test_gmp_passes_gradcheck_where_the_maximum_is_unique():
@@ -246,10 +253,16 @@ def test_gem_gradient_reaches_its_learnable_exponent():
 
 def test_make_global_pool_builds_the_module_of_each_head():
     gem = make_global_pool("gem", gem_p=4.0)
-    assert isinstance(gem, GeMPool2d) and gem.p.item() == 4.0
+    assert isinstance(gem, GeMPool) and gem.p.item() == 4.0
     assert [n for n, _ in gem.named_parameters()] == ["p"]
     lse = make_global_pool("lse", lse_r=2.0)
     x = torch.randn(2, 3, 4, 4)
     torch.testing.assert_close(lse(x), global_lse_pool(x, 2.0))
     assert "r=2.0" in repr(lse)
     torch.testing.assert_close(make_global_pool("gmp")(x), global_max_pool(x))
+
+
+def test_sum_over_average_is_h_times_w_up_to_float_rounding():
+    check = sum_vs_average(side=5, channels=8)
+    assert check["factor"] == 25 and check["ratio_mean"] == pytest.approx(25, rel=1e-6)
+    assert check["max_relative_deviation"] <= 2**-23  # one float32 rounding at most

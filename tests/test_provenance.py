@@ -2,7 +2,7 @@ import subprocess
 
 import torch
 
-from gap_study.provenance import cpu_name, git_commit, run_environment
+from gap_study.provenance import cpu_name, git_commit, run_environment, run_record
 
 
 def _git(repo, *args):
@@ -32,3 +32,12 @@ def test_run_environment_records_the_cpu_and_the_instruction_set_torch_chose_ker
     assert record["cpu"].strip()
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["torch"] == torch.__version__ and record["torch_threads"] >= 1
+
+
+def test_a_run_record_holds_the_params_the_facts_and_the_environment(tmp_path):
+    record = run_record({"head": "gap", "train": {"epochs": 3}}, "cpu", tmp_path,
+                        dataset={"name": "digits"})
+    assert record["head"] == "gap" and record["train"] == {"epochs": 3}
+    assert record["dataset"] == {"name": "digits"}
+    assert record["environment"]["device"] == "cpu"
+    assert record["environment"]["git_commit"] is None  # tmp_path is not a repository

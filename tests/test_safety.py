@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted((ROOT / "src" / "gap_study").glob("*.py"))
+SOURCES = sorted((ROOT / "src" / "gap_study").rglob("*.py"))
 
 
 def _keyword(call: ast.Call, name: str):
     return next((k.value for k in call.keywords if k.arg == name), None)
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_source_unpickles_a_file(path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):

@@ -6,21 +6,31 @@ touches the network (the downloader hook and sockets are guarded by an autouse f
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import io
 import socket
-import struct
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from builders import (
+    TEST_LABELS,
+    FakeDownloader,
+    cifar_record,
+    idx_bytes,
+    offline_downloader,
+    put,
+    small_cifar_tarball,
+    small_idx_files,
+    tar_gz_bytes,
+    use_files,
+)
 
-from gap_study import datasets
-from gap_study.datasets import (
+from gap_study import sources
+from gap_study.file_formats import read_cifar_binary, read_idx
+from gap_study.sources import (
     CIFAR10_TARBALL,
     IDX_TEST_IMAGES,
     IDX_TEST_LABELS,
@@ -29,85 +39,7 @@ from gap_study.datasets import (
     DatasetError,
     fetch_files,
     load_raw,
-    read_cifar_binary,
-    read_idx,
-    stratified_subsample,
 )
-
-# ---------------------------------------------------------------------------------------
-# Builders for files in the real formats
-
-
-def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
-    """An IDX file of unsigned bytes: magic (00 00 08 ndim), big-endian uint32 dims, data."""
-    array = np.asarray(array, dtype=np.uint8)
-    if magic is None:
-        magic = 0x0800 | array.ndim
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.tobytes()
-
-
-def md5_hash(data: bytes) -> str:
-    return "md5:" + hashlib.md5(data).hexdigest()
-
-
-def small_idx_files(seed: int = 0, n_train: int = 12, n_test: int = 6) -> dict[str, bytes]:
-    """The four gzipped IDX files of a tiny MNIST-like set (28x28, labels 0..9)."""
-    rng = np.random.default_rng(seed)
-    arrays = {
-        IDX_TRAIN_IMAGES: rng.integers(0, 256, (n_train, 28, 28)),
-        IDX_TRAIN_LABELS: np.arange(n_train) % 10,
-        IDX_TEST_IMAGES: rng.integers(0, 256, (n_test, 28, 28)),
-        IDX_TEST_LABELS: (np.arange(n_test) * 3) % 10,
-    }
-    # mtime=0: the same arrays always give the same bytes, hence the same hash.
-    return {name: gzip.compress(idx_bytes(a), mtime=0) for name, a in arrays.items()}
-
-
-def cifar_record(label: int, red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> bytes:
-    """One CIFAR binary record, written from the format's description, not the parser's
-    reshape: the label byte, then the red, green and blue 32x32 planes, each row by row."""
-    planes = b"".join(bytes(plane.astype(np.uint8).ravel(order="C")) for plane in
-                      (red, green, blue))
-    return bytes([label]) + planes
-
-
-def cifar_batch(labels: list[int], rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
-    """Records for ``labels`` with random planes; also the images as (N, 3, 32, 32)."""
-    images = rng.integers(0, 256, (len(labels), 3, 32, 32), dtype=np.uint8)
-    data = b"".join(cifar_record(lab, *img) for lab, img in zip(labels, images, strict=True))
-    return data, images
-
-
-def tar_gz_bytes(members: dict[str, bytes]) -> bytes:
-    """A gzipped tarball holding ``members`` (name -> content) as regular files."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
-
-
-TRAIN_LABELS = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # two records per training batch
-TEST_LABELS = [9, 0, 5]
-
-
-def small_cifar_tarball(seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """A CIFAR-10 binary tarball with the real member names (plus the real extra files,
-    which the parser must skip), and the expected train and test images."""
-    rng = np.random.default_rng(seed)
-    members, train_images = {}, []
-    members["cifar-10-batches-bin/batches.meta.txt"] = b"airplane\nautomobile\n"
-    for i, labels in enumerate(TRAIN_LABELS, start=1):
-        data, images = cifar_batch(labels, rng)
-        members[f"cifar-10-batches-bin/data_batch_{i}.bin"] = data
-        train_images.append(images)
-    members["cifar-10-batches-bin/test_batch.bin"], test_images = cifar_batch(TEST_LABELS, rng)
-    members["cifar-10-batches-bin/readme.html"] = b"<html></html>"
-    return tar_gz_bytes(members), np.concatenate(train_images), test_images
-
 
 # ---------------------------------------------------------------------------------------
 # Fixtures: the loader pointed at generated files
@@ -116,30 +48,16 @@ def small_cifar_tarball(seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Fail any test that would download or open a socket; tests that simulate a download
-    replace ``datasets.DOWNLOADER`` themselves. Retries wait no time."""
+    replace ``sources.DOWNLOADER`` themselves. Retries wait no time."""
     def downloader_must_not_run(url, output_file, pooch):
         pytest.fail(f"the downloader was called for {url}")
 
     def connect_must_not_run(self, address):
         pytest.fail(f"a test opened a network connection to {address}")
 
-    monkeypatch.setattr(datasets, "DOWNLOADER", downloader_must_not_run)
+    monkeypatch.setattr(sources, "DOWNLOADER", downloader_must_not_run)
     monkeypatch.setattr(socket.socket, "connect", connect_must_not_run)
-    monkeypatch.setattr(datasets, "RETRY_WAIT_S", 0.0)
-
-
-def use_files(monkeypatch, name: str, files: dict[str, bytes]) -> datasets.DatasetSpec:
-    """Point data set ``name``'s spec at the hashes of ``files`` (name -> content)."""
-    spec = dataclasses.replace(datasets.DATASETS[name],
-                               files={fn: md5_hash(data) for fn, data in files.items()})
-    monkeypatch.setitem(datasets.DATASETS, name, spec)
-    return spec
-
-
-def put(folder: Path, files: dict[str, bytes]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for filename, data in files.items():
-        (folder / filename).write_bytes(data)
+    monkeypatch.setattr(sources, "RETRY_WAIT_S", 0.0)
 
 
 @pytest.fixture
@@ -149,38 +67,12 @@ def mnist_files(monkeypatch) -> dict[str, bytes]:
     return files
 
 
-class FakeDownloader:
-    """A pooch downloader serving ``files`` by URL, after the scripted ``failures`` (one
-    exception per call, in order, ``None`` = serve). Records every URL asked for."""
-
-    def __init__(self, files: dict[str, bytes], failures: list[Exception | None] = ()):
-        self.files = files
-        self.failures = list(failures)
-        self.urls: list[str] = []
-
-    def __call__(self, url, output_file, pooch):
-        self.urls.append(url)
-        with open(output_file, "wb") as fh:
-            fh.write(b"partial")  # what a cut-off transfer leaves in pooch's temporary file
-            failure = self.failures.pop(0) if self.failures else None
-            if failure is not None:
-                raise failure
-            fh.seek(0)
-            fh.write(self.files[url.rsplit("/", 1)[1]])
-            fh.truncate()
-
-
-def offline_downloader() -> FakeDownloader:
-    return FakeDownloader({}, [requests.exceptions.ConnectionError("Name or service not known")]
-                          * 100)
-
-
 # ---------------------------------------------------------------------------------------
 # Registry
 
 
 def test_registry_holds_the_published_md5_hashes_and_mirrors():
-    mnist, fashion, cifar = (datasets.DATASETS[n] for n in ("mnist", "fashion_mnist", "cifar10"))
+    mnist, fashion, cifar = (sources.DATASETS[n] for n in ("mnist", "fashion_mnist", "cifar10"))
     assert dict(mnist.files) == {
         IDX_TRAIN_IMAGES: "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
         IDX_TRAIN_LABELS: "md5:d53e105ee54ea40749a09fcbcd1e9432",
@@ -258,7 +150,7 @@ def test_read_idx_reads_plain_and_gzipped_files_with_their_shapes(tmp_path):
 
 
 def test_local_file_with_wrong_hash_names_file_expected_and_actual_hash(tmp_path, mnist_files):
-    spec = datasets.DATASETS["mnist"]
+    spec = sources.DATASETS["mnist"]
     bad = mnist_files[IDX_TRAIN_LABELS][:-5]  # a truncated copy
     put(tmp_path / "mnist", {**mnist_files, IDX_TRAIN_LABELS: bad})
     with pytest.raises(DatasetError) as info:
@@ -349,7 +241,7 @@ def test_missing_files_with_download_false_list_target_paths_hashes_and_mirrors(
         fetch_files("mnist", tmp_path / "raw", download=False)
     message = str(info.value)
     assert "download=False" in message
-    spec = datasets.DATASETS["mnist"]
+    spec = sources.DATASETS["mnist"]
     for filename, known_hash in spec.files.items():
         assert str((tmp_path / "raw" / "mnist" / filename).absolute()) in message
         assert known_hash in message
@@ -369,11 +261,11 @@ def test_only_the_missing_files_are_listed(tmp_path, mnist_files):
 def test_network_failure_fails_at_once_with_instructions_and_leaves_no_file(
         tmp_path, monkeypatch, mnist_files):
     downloader = offline_downloader()
-    monkeypatch.setattr(datasets, "DOWNLOADER", downloader)
+    monkeypatch.setattr(sources, "DOWNLOADER", downloader)
     with pytest.raises(DatasetError) as info:
         load_raw("mnist", tmp_path)
     message = str(info.value)
-    spec = datasets.DATASETS["mnist"]
+    spec = sources.DATASETS["mnist"]
     assert "failed on every mirror" in message
     assert "ConnectionError: Name or service not known" in message
     for filename, known_hash in spec.files.items():
@@ -390,7 +282,7 @@ def test_http_error_on_every_mirror_is_reported_per_mirror(tmp_path, monkeypatch
     response = requests.Response()
     response.status_code = 404
     not_found = requests.exceptions.HTTPError("404 Client Error: Not Found", response=response)
-    monkeypatch.setattr(datasets, "DOWNLOADER", FakeDownloader({}, [not_found]))
+    monkeypatch.setattr(sources, "DOWNLOADER", FakeDownloader({}, [not_found]))
     with pytest.raises(DatasetError, match="HTTPError: 404 Client Error") as info:
         fetch_files("cifar10", tmp_path)
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz: HTTPError" in str(info.value)
@@ -402,9 +294,9 @@ def test_missing_files_are_downloaded_from_the_next_mirror_when_one_fails(
     put(tmp_path / "mnist", {IDX_TRAIN_IMAGES: mnist_files[IDX_TRAIN_IMAGES]})
     unreachable = requests.exceptions.ConnectionError("connection refused")
     downloader = FakeDownloader(mnist_files, [unreachable, None, None, None])
-    monkeypatch.setattr(datasets, "DOWNLOADER", downloader)
+    monkeypatch.setattr(sources, "DOWNLOADER", downloader)
     raw = load_raw("mnist", tmp_path)
-    first, second = datasets.DATASETS["mnist"].mirrors
+    first, second = sources.DATASETS["mnist"].mirrors
     assert downloader.urls == [first + IDX_TRAIN_LABELS, second + IDX_TRAIN_LABELS,
                                first + IDX_TEST_IMAGES, first + IDX_TEST_LABELS]
     assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(mnist_files)
@@ -415,15 +307,15 @@ def test_transient_errors_are_retried_on_the_same_mirror(tmp_path, monkeypatch, 
     put(tmp_path / "mnist", {fn: d for fn, d in mnist_files.items() if fn != IDX_TEST_LABELS})
     downloader = FakeDownloader(mnist_files, [requests.exceptions.ReadTimeout("read timed out"),
                                               requests.exceptions.ChunkedEncodingError("cut")])
-    monkeypatch.setattr(datasets, "DOWNLOADER", downloader)
+    monkeypatch.setattr(sources, "DOWNLOADER", downloader)
     fetch_files("mnist", tmp_path)
-    first = datasets.DATASETS["mnist"].mirrors[0]
+    first = sources.DATASETS["mnist"].mirrors[0]
     assert downloader.urls == [first + IDX_TEST_LABELS] * 3
 
 
 def test_download_with_wrong_hash_is_rejected_and_not_kept(tmp_path, monkeypatch, mnist_files):
     wrong = {fn: b"<html>mirror error page</html>" for fn in mnist_files}
-    monkeypatch.setattr(datasets, "DOWNLOADER", FakeDownloader(wrong))
+    monkeypatch.setattr(sources, "DOWNLOADER", FakeDownloader(wrong))
     with pytest.raises(DatasetError, match="does not match the known hash"):
         fetch_files("mnist", tmp_path)
     assert list((tmp_path / "mnist").iterdir()) == []
@@ -508,49 +400,3 @@ def test_cifar_member_that_is_a_link_is_rejected(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(DatasetError, match="not a regular file"):
         read_cifar_binary(path)
-
-
-# ---------------------------------------------------------------------------------------
-# Stratified subsampling
-
-
-def imbalanced() -> tuple[np.ndarray, np.ndarray]:
-    y = np.repeat(np.array([0, 1, 2], dtype=np.int64), [60, 30, 10])
-    y = np.random.default_rng(5).permutation(y)
-    x = np.arange(len(y))[:, None] * np.ones((1, 2), dtype=np.int64)  # row i holds i
-    return x, y
-
-
-def test_stratified_subsample_keeps_class_proportions_and_pairs():
-    x, y = imbalanced()
-    xs, ys = stratified_subsample(x, y, max_count=20, seed=0)
-    assert np.bincount(ys).tolist() == [12, 6, 2]
-    np.testing.assert_array_equal(y[xs[:, 0]], ys)  # each image keeps its label
-    assert (np.diff(xs[:, 0]) > 0).all()  # original order, no repeats
-
-
-def test_stratified_subsample_hits_max_count_exactly_when_shares_round():
-    x, y = imbalanced()
-    _, ys = stratified_subsample(x, y, max_count=7, seed=3)
-    assert len(ys) == 7 and np.bincount(ys, minlength=3).tolist() == [4, 2, 1]
-
-
-def test_stratified_subsample_is_deterministic_per_seed():
-    x, y = imbalanced()
-    a = stratified_subsample(x, y, 20, seed=1)[0]
-    np.testing.assert_array_equal(a, stratified_subsample(x, y, 20, seed=1)[0])
-    assert not np.array_equal(a, stratified_subsample(x, y, 20, seed=2)[0])
-
-
-@pytest.mark.parametrize("max_count", [None, 100, 1000])
-def test_stratified_subsample_keeps_everything_when_not_limiting(max_count):
-    x, y = imbalanced()
-    xs, ys = stratified_subsample(x, y, max_count, seed=0)
-    np.testing.assert_array_equal(xs, x)
-    np.testing.assert_array_equal(ys, y)
-
-
-def test_stratified_subsample_rejects_a_count_below_one():
-    x, y = imbalanced()
-    with pytest.raises(ValueError, match="at least 1"):
-        stratified_subsample(x, y, 0, seed=0)

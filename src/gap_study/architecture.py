@@ -1,15 +1,92 @@
-"""The names of the study's classifier heads (STUDY.md, "Heads").
+"""The study's model in names and numbers, without torch: which heads exist, which of them have
+class activation maps, the backbone's geometry, and ``ModelConfig``, from which
+``gap_study.models`` builds a network.
 
-They live apart from ``gap_study.pooling`` and ``gap_study.models``, which implement them, so
-that validating ``params.yaml`` (``gap_study.params``, run before every stage's kernel starts)
-does not have to import torch.
+Torch-free so that validating ``params.yaml`` (before every stage's kernel starts), the
+report and the sweep can use it without importing torch. Definitions: ``docs/study.md``,
+section "Heads".
 """
 
 from __future__ import annotations
 
-__all__ = ["HEAD_NAMES", "POOLED_HEAD_NAMES"]
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
 
-# heads that pool the feature map globally and then apply Linear(C, K): the keys of
-# gap_study.pooling.GLOBAL_POOLS, in this order
+__all__ = [
+    "HEAD_NAMES",
+    "POOLED_HEAD_NAMES",
+    "DatasetShape",
+    "ModelConfig",
+    "feature_map_shape",
+    "has_class_map",
+    "total_stride",
+]
+
+# heads that pool the feature map globally and then apply one linear layer, in this order
 POOLED_HEAD_NAMES: tuple[str, ...] = ("gap", "gmp", "gsp", "gem", "lse", "avgmax")
 HEAD_NAMES: tuple[str, ...] = ("dense", *POOLED_HEAD_NAMES, "nin")
+# Heads whose class score is a linear function of pooled feature maps, so that a class
+# activation map M_c = sum_k w_ck f_k exists (the pooled heads and nin). dense has none: its
+# first layer mixes every position into each hidden unit.
+_CLASS_MAP_HEADS = frozenset((*POOLED_HEAD_NAMES, "nin"))
+
+
+def has_class_map(head: str) -> bool:
+    """Whether ``head`` has a class activation map (every head but ``dense``)."""
+    if head not in HEAD_NAMES:
+        raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")
+    return head in _CLASS_MAP_HEADS
+
+
+def total_stride(widths: Sequence[int]) -> int:
+    """How many input pixels one step on the backbone's last map spans: a 2x2 max-pool
+    between consecutive blocks halves the map, so ``2 ** (blocks - 1)``."""
+    return 2 ** (len(widths) - 1)
+
+
+def feature_map_shape(image_size: int, widths: Sequence[int]) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the backbone output for a square ``image_size`` input."""
+    size = image_size // total_stride(widths)
+    if size < 1:
+        raise ValueError(f"image_size {image_size} is too small for {len(widths)} blocks")
+    return widths[-1], size, size
+
+
+class DatasetShape(Protocol):
+    """What a model needs to know of its data: a ``gap_study.canvas.CanvasDataset`` has it."""
+
+    @property
+    def in_channels(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; stored in each checkpoint."""
+
+    head: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+    widths: tuple[int, ...] = (16, 32, 64)
+    dense_hidden: int = 500
+    gem_p: float = 3.0  # initial exponent of the gem head's learnable p
+    lse_r: float = 10.0  # temperature of the lse head
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_NAMES:
+            raise ValueError(f"unknown head {self.head!r}; allowed: {', '.join(HEAD_NAMES)}")
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @property
+    def feature_map_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the backbone output."""
+        return feature_map_shape(self.image_size, self.widths)

@@ -1,9 +1,8 @@
 """Data sets on a canvas: the object sits in the middle of a larger zero background so it
-can move (``shift``) without leaving the image.
+can move (``shift``, ``shift_each``) without leaving the image (``docs/study.md``, "Data").
 
-The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
-network), upsampled and centred on a ``canvas`` x ``canvas`` image; MNIST, Fashion-MNIST and
-CIFAR-10 come from verified files (``gap_study.datasets``).
+``gap_study.prepare`` puts a data set's objects on the canvas; the prepare stage saves the
+result (``save_prepared``) and the later stages read it (``load_prepared``).
 Images are stored as ``uint8`` ``(N, C, H, W)``; ``to_float`` scales them to ``[0, 1]``.
 """
 
@@ -17,19 +16,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gap_study.datasets import load_raw, stratified_subsample
 from gap_study.io import write_arrays
 
 __all__ = [
     "CanvasDataset",
-    "digits_objects",
-    "fraction_subset",
     "load_prepared",
     "object_boxes",
     "place_on_canvas",
-    "prepare_dataset",
+    "random_offsets",
     "save_prepared",
     "shift",
+    "shift_each",
     "shift_margin",
     "to_float",
 ]
@@ -63,6 +60,12 @@ class CanvasDataset:
     def image_size(self) -> int:
         return int(self.x_train.shape[-1])
 
+    def summary(self) -> dict[str, object]:
+        """Name, sizes and shape, for run records."""
+        return {"name": self.name, "train_images": len(self.y_train),
+                "test_images": len(self.y_test), "image_size": self.image_size,
+                "in_channels": self.in_channels, "num_classes": self.num_classes}
+
 
 def shift(images: ArrayT, dx: int, dy: int) -> ArrayT:
     """Move every image's content by ``dx`` pixels right and ``dy`` down, filling with zeros.
@@ -77,6 +80,28 @@ def shift(images: ArrayT, dx: int, dy: int) -> ArrayT:
     out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
         images[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
     return out
+
+
+def shift_each(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Move image ``i`` by its own ``(dx[i], dy[i])`` (right, down), zero fill; ``(N, C, H, W)``.
+
+    Same result as ``shift`` applied image by image, done in one gather.
+    """
+    n, c, h, w = images.shape
+    pad = int(max(dx.abs().max(), dy.abs().max(), 0))
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = torch.arange(h, device=images.device) + pad - dy.to(images.device)[:, None]  # (N, H)
+    cols = torch.arange(w, device=images.device) + pad - dx.to(images.device)[:, None]  # (N, W)
+    index = torch.arange(n, device=images.device)[:, None, None, None]
+    return padded[index, torch.arange(c, device=images.device)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_offsets(count: int, max_shift: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` offsets ``(dx, dy)``, each uniform on the integers of ``[-S, S]``."""
+    drawn = torch.randint(-max_shift, max_shift + 1, (2, count), generator=generator)
+    return drawn[0], drawn[1]
 
 
 def place_on_canvas(objects: np.ndarray, canvas: int) -> np.ndarray:
@@ -110,72 +135,6 @@ def shift_margin(boxes: np.ndarray, canvas: int) -> int:
     """Largest ``s`` such that every object moved by any ``|dx|, |dy| <= s`` stays whole."""
     top, left, bottom, right = boxes.T
     return int(min(top.min(), left.min(), (canvas - bottom).min(), (canvas - right).min()))
-
-
-def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 embedded 8x8 digits, bilinearly upsampled to ``size``:
-    ``uint8 (N, 1, size, size)`` and ``int64 (N,)`` labels."""
-    # imported here: scikit-learn takes ~0.8 s to import, and only the prepare stage needs it
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
-    big = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
-    return np.rint(big.clamp(0, 1).numpy() * 255).astype(np.uint8), digits.target.astype(np.int64)
-
-
-def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fraction: float = 0.25,
-                    split_seed: int = 0, root: str | Path = "data/raw", download: bool = True,
-                    max_train: int | None = None, max_test: int | None = None) -> CanvasDataset:
-    """A data set's train/test split with every object centred on a ``canvas`` square.
-
-    ``digits``: the embedded digits upsampled to ``digits_size``, split (stratified, fixed by
-    ``split_seed``, independent of training seeds) with ``test_fraction`` for testing.
-    ``mnist``, ``fashion_mnist``, ``cifar10``: the official split, from verified files in
-    ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
-    stratified subsample seeded by ``split_seed``.
-    """
-    if name == "digits":
-        from sklearn.model_selection import train_test_split  # see digits_objects
-
-        objects, labels = digits_objects(digits_size)
-        train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
-                                               stratify=labels, random_state=split_seed)
-        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-        x_train, y_train = objects[train_idx], labels[train_idx]
-        x_test, y_test = objects[test_idx], labels[test_idx]
-        num_classes = 10
-    else:
-        raw = load_raw(name, root, download=download)
-        x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
-        num_classes = raw.num_classes
-    x_train, y_train = stratified_subsample(x_train, y_train, max_train, split_seed)
-    x_test, y_test = stratified_subsample(x_test, y_test, max_test, split_seed)
-    x_train, x_test = place_on_canvas(x_train, canvas), place_on_canvas(x_test, canvas)
-    return CanvasDataset(name=name, x_train=x_train, y_train=y_train,
-                         box_train=object_boxes(x_train), x_test=x_test, y_test=y_test,
-                         box_test=object_boxes(x_test), num_classes=num_classes)
-
-
-def fraction_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
-    """Sorted indices of ``round(fraction * N)`` (at least 1) examples, stratified by class.
-
-    The examples are ranked once, classes interleaved in proportion to their sizes (a fixed
-    random order within each class), and a fraction keeps a prefix of that ranking: smaller
-    fractions are subsets of larger ones and every head and seed sees the same examples, so a
-    learning curve compares heads on identical data.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(0)
-    position = np.empty(len(labels))
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        # the k-th of n members of a class sits at (k + 0.5) / n along the ranking
-        position[members] = (np.arange(len(members)) + 0.5) / len(members)
-    ranking = np.argsort(position, kind="stable")
-    return np.sort(ranking[:max(1, round(fraction * len(labels)))])
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:

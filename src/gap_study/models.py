@@ -1,4 +1,5 @@
-"""A small VGG-style backbone with interchangeable classifier heads (STUDY.md, "Heads").
+"""A small VGG-style backbone with interchangeable classifier heads (``docs/study.md``,
+"Heads").
 
 Every head sits on the same backbone output ``f`` of shape ``(N, C, H, W)``:
 
@@ -12,53 +13,27 @@ Every head sits on the same backbone output ``f`` of shape ``(N, C, H, W)``:
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from gap_study.heads import HEAD_NAMES
-from gap_study.pooling import global_avg_pool, make_global_pool, pooled_channels
+from gap_study.architecture import HEAD_NAMES, ModelConfig
+from gap_study.pooling import global_avg_pool, make_global_pool
 
 __all__ = [
-    "HEAD_NAMES",
     "ClassifierNet",
     "DenseHead",
-    "ModelConfig",
     "NINHead",
     "PooledLinearHead",
     "build_model",
     "dense_head_param_count",
-    "feature_map_shape",
     "fold_batch_norm",
     "head_param_count",
     "param_count",
     "pooled_head_param_count",
     "study_head_param_count",
 ]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a model; stored in each checkpoint."""
-
-    head: str
-    in_channels: int
-    image_size: int
-    num_classes: int
-    widths: tuple[int, ...] = (16, 32, 64)
-    dense_hidden: int = 500
-    gem_p: float = 3.0  # initial exponent of the gem head's learnable p
-    lse_r: float = 10.0  # temperature of the lse head
-
-    def __post_init__(self) -> None:
-        if self.head not in HEAD_NAMES:
-            raise ValueError(f"unknown head {self.head!r}; allowed: {', '.join(HEAD_NAMES)}")
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "widths": list(self.widths)}
 
 
 def make_backbone(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
@@ -81,16 +56,6 @@ def make_backbone(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def feature_map_shape(image_size: int, widths: tuple[int, ...]) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the backbone output for a square ``image_size`` input."""
-    size = image_size
-    for _ in widths[1:]:
-        size //= 2
-    if size < 1:
-        raise ValueError(f"image_size {image_size} is too small for {len(widths)} blocks")
-    return widths[-1], size, size
-
-
 class DenseHead(nn.Module):
     """Flatten ``(N, C, H, W)``, ``Linear(C*H*W, hidden)``, ReLU, ``Linear(hidden, K)``.
 
@@ -109,20 +74,24 @@ class DenseHead(nn.Module):
 
 
 class PooledLinearHead(nn.Module):
-    """Global pooling ``(N, C, H, W) -> (N, C')``, then ``Linear(C', K)`` -> ``(N, K)``
-    (``C' = 2C`` for ``avgmax``, else ``C``).
-
-    The classifier is linear on pooled features, so ``fc.weight`` gives class activation maps.
-    """
+    """Global pooling ``(N, C, H, W) -> (N, m C)``, then ``Linear(m C, K)`` -> ``(N, K)``, with
+    ``m`` the pool's ``feat_mult()`` (2 for ``avgmax``, else 1)."""
 
     def __init__(self, pool_type: str, channels: int, num_classes: int, *, gem_p: float = 3.0,
                  lse_r: float = 10.0) -> None:
         super().__init__()
         self.pool = make_global_pool(pool_type, gem_p=gem_p, lse_r=lse_r)
-        self.fc = nn.Linear(pooled_channels(pool_type, channels), num_classes)
+        self.fc = nn.Linear(self.pool.feat_mult() * channels, num_classes)
 
     def forward(self, f: Tensor) -> Tensor:
         return self.fc(self.pool(f))
+
+    def class_map_weights(self) -> Tensor:
+        """``w_ck`` of the class activation map ``M_c = sum_k w_ck f_k``, ``(K, C)``: a pool
+        that gives several features per channel (``avgmax``) has several weights multiplying
+        the same ``f_k``, and they add."""
+        weight = self.fc.weight
+        return weight.view(len(weight), self.pool.feat_mult(), -1).sum(dim=1)
 
 
 class NINHead(nn.Module):
@@ -136,6 +105,10 @@ class NINHead(nn.Module):
     def forward(self, f: Tensor) -> Tensor:
         return global_avg_pool(self.class_maps(f))
 
+    def class_map_weights(self) -> Tensor:
+        """The 1x1 convolution's weights ``(K, C)``: its maps are the class activation maps."""
+        return self.class_maps.weight[:, :, 0, 0]
+
 
 class ClassifierNet(nn.Module):
     """``features`` (the shared backbone) followed by ``head``; ``(N, C_in, S, S) -> (N, K)``."""
@@ -144,7 +117,7 @@ class ClassifierNet(nn.Module):
         super().__init__()
         self.config = config
         self.features = make_backbone(config.in_channels, config.widths)
-        channels, height, width = feature_map_shape(config.image_size, config.widths)
+        channels, height, width = config.feature_map_shape
         if config.head == "dense":
             self.head: nn.Module = DenseHead(channels * height * width, config.dense_hidden,
                                              config.num_classes)
@@ -169,7 +142,7 @@ def fold_batch_norm(model: ClassifierNet) -> ClassifierNet:
 
     Same function as ``model`` in eval mode, ``(N, C_in, S, S) -> (N, K)``: outputs agree up to
     float rounding (about 1e-6). It is evaluation's model because a BatchNorm in eval mode is
-    a separate pass over every feature map, as slow as the convolution itself on a CPU. Count
+    a separate pass over every feature map (README, "Performance", has what that costs). Count
     parameters on ``model``: folding removes BatchNorm's and adds convolution biases.
     """
     folded = copy.deepcopy(model).eval()
@@ -195,18 +168,18 @@ def head_param_count(model: ClassifierNet) -> int:
 
 def dense_head_param_count(channels: int, height: int, width: int, hidden: int,
                            num_classes: int) -> int:
-    """STUDY.md formula for ``dense``: ``C*H*W*hidden + hidden + hidden*K + K``."""
+    """``docs/study.md`` formula for ``dense``: ``C*H*W*hidden + hidden + hidden*K + K``."""
     return channels * height * width * hidden + hidden + hidden * num_classes + num_classes
 
 
 def pooled_head_param_count(channels: int, num_classes: int) -> int:
-    """STUDY.md formula for ``gap``/``gmp``/``gsp``/``lse``/``nin``: ``C*K + K``."""
+    """``docs/study.md`` formula for ``gap``/``gmp``/``gsp``/``lse``/``nin``: ``C*K + K``."""
     return channels * num_classes + num_classes
 
 
 def study_head_param_count(head: str, channels: int, height: int, width: int, hidden: int,
                            num_classes: int) -> int:
-    """Trainable head parameters by the table of STUDY.md ("Heads"), for any head name."""
+    """Trainable head parameters by the table of ``docs/study.md`` ("Heads"), for any head."""
     if head == "dense":
         return dense_head_param_count(channels, height, width, hidden, num_classes)
     if head == "avgmax":

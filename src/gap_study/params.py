@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from gap_study.heads import HEAD_NAMES
+from gap_study.architecture import HEAD_NAMES, DatasetShape, ModelConfig, total_stride
+from gap_study.paths import RunId
 
 __all__ = [
     "DataParams",
@@ -109,6 +110,13 @@ class ModelParams(_Section):
     gem_p: PositiveFloat
     lse_r: PositiveFloat
 
+    def to_config(self, head: str, dataset: DatasetShape) -> ModelConfig:
+        """The model of ``head`` with these settings, sized for ``dataset``'s images."""
+        return ModelConfig(head=head, in_channels=dataset.in_channels,
+                           image_size=dataset.image_size, num_classes=dataset.num_classes,
+                           widths=tuple(self.widths), dense_hidden=self.dense_hidden,
+                           gem_p=self.gem_p, lse_r=self.lse_r)
+
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
@@ -140,6 +148,11 @@ class TrainParams(_Section):
         curve = [(f, self.base_shift) for f in sorted(self.fractions)]
         ablation = [(self.full_fraction, s) for s in sorted(self.shift)]
         return list(dict.fromkeys(curve + ablation))
+
+    def runs(self) -> list[RunId]:
+        """Every run a head trains: each of ``variants`` with each seed."""
+        return [RunId(fraction, shift, seed) for fraction, shift in self.variants
+                for seed in self.seeds]
 
 
 class EvaluateParams(_Section):
@@ -178,7 +191,7 @@ class Params(_Section):
                 f"train.shift = {max(self.train.shift)} would push the object off the canvas: "
                 f"a {data.object_size}-pixel {data.name} object on a {data.canvas_size}-pixel "
                 f"canvas (data.canvas.{data.name}) can move at most {data.shift_room}")
-        if data.canvas_size // 2 ** (len(self.model.widths) - 1) < 1:
+        if data.canvas_size // total_stride(self.model.widths) < 1:
             raise ValueError(f"model.widths has {len(self.model.widths)} blocks, too many for "
                              f"data.canvas.{data.name} = {data.canvas_size}: each block after "
                              "the first halves the map")

@@ -1,25 +1,21 @@
-"""Global pooling: functional ops on ``(N, C, H, W)`` maps plus thin ``nn.Module`` wrappers.
+"""Global pooling: functional ops on ``(N, C, H, W)`` maps and one small module per op.
 
-Each op reduces the spatial dimensions of a feature map and returns ``(N, C)``
-(or ``(N, C, 1, 1)`` with ``flatten=False``). They are written as plain tensor
-reductions (``mean``/``amax``/``sum`` over the last two dims) rather than
-``adaptive_*_pool2d``: the values are the same, the reductions work on any memory
-layout, and their backward passes are deterministic on CUDA, where
-``adaptive_max_pool2d`` backward raises under ``torch.use_deterministic_algorithms(True)``
-(and gives a tied maximum's whole gradient to one position). Where one of torch's forms is
-clearly faster for the same values (large channels_last maps on CPU, without gradient) the op
-calls it. ``benchmarks/bench_pooling.py`` times each op against torch's own forms.
+Each op reduces the spatial dimensions of a feature map and returns ``(N, C)`` (or
+``(N, C, 1, 1)`` with ``flatten=False``). They are plain tensor reductions (``mean``, ``amax``,
+``sum`` over the last two dims) rather than ``adaptive_*_pool2d``: the values are the same,
+they work on any memory layout, and their backward passes are deterministic on CUDA, where
+``adaptive_max_pool2d``'s backward raises under ``torch.use_deterministic_algorithms(True)``
+(and gives a tied maximum's whole gradient to one position). Where one of torch's own forms
+computes the same values faster, the op calls it; ``benchmarks/bench_pooling.py`` times every
+op against torch's forms, and ``benchmarks/README.md`` has the measurements behind each choice.
 
-The registry ``GLOBAL_POOLS`` is keyed by head name (see STUDY.md, "Heads"; the names are
-``gap_study.heads.POOLED_HEAD_NAMES``);
-``make_global_pool`` builds the module for a name, ``pooled_channels`` says how many
-features it gives per map channel.
+``GLOBAL_POOLS`` maps each pooling head's name (``docs/study.md``, "Heads") to its module;
+a module's ``feat_mult()`` says how many features it gives per input channel.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +23,13 @@ from torch import Tensor, nn
 
 __all__ = [
     "GLOBAL_POOLS",
-    "GeMPool2d",
-    "GlobalPool2d",
-    "get_global_pool",
+    "GeMPool",
+    "GlobalAvgMaxPool",
+    "GlobalAvgPool",
+    "GlobalMaxPool",
+    "GlobalPool",
+    "GlobalSumPool",
+    "LSEPool",
     "global_avg_pool",
     "global_avgmax_pool",
     "global_gem_pool",
@@ -37,7 +37,7 @@ __all__ = [
     "global_max_pool",
     "global_sum_pool",
     "make_global_pool",
-    "pooled_channels",
+    "sum_vs_average",
 ]
 
 
@@ -46,12 +46,10 @@ def _check_4d(x: Tensor) -> None:
         raise ValueError(f"global pooling expects (N, C, H, W), got shape {tuple(x.shape)}")
 
 
-# Above these sizes torch's pooling kernels, which run along channels_last's contiguous C, beat
-# a reduction over (2, 3) of a channels_last map on CPU. Timed on the development machine
-# (2-core AMD EPYC, 32 MiB L3) on maps from 128x256x4x4 to 256x2048x7x7: from 256 channels
-# avg_pool2d takes 0.46-0.84x the time of mean; max_pool2d takes 1.0-1.4x amax's time while
-# the map fits in the cache and 0.5x beyond 40 MB. The byte threshold follows the cache size,
-# so it is machine-dependent; benchmarks/bench_pooling.py checks the 256x2048x7x7 case.
+# On a channels_last CPU map without gradient, torch's pooling kernels (which run along the
+# contiguous C) beat a reduction over (2, 3) from this many channels (avg_pool2d), and from
+# maps larger than a CPU's last-level cache (max_pool2d). The byte threshold stands for a
+# typical cache size. Measurements: benchmarks/README.md, "Pooling thresholds".
 AVG_POOL2D_MIN_CHANNELS = 256
 MAX_POOL2D_MIN_BYTES = 32 * 2**20
 
@@ -93,10 +91,9 @@ class _GlobalMax(torch.autograd.Function):
 
     Autograd's ``amax`` backward compares into a boolean mask, then converts it twice (to a
     count of the ties, then to scale the gradient); comparing straight into a float mask does
-    the same arithmetic, ``mask * (grad / count)``, in fewer passes over the map: 2-4x faster
-    forward + backward on CPU (``benchmarks/bench_pooling.py``). Used on CPU only: on CUDA, at
-    the study's sizes, the time goes to launching kernels, where autograd's own backward is
-    cheaper than a Python ``Function``.
+    the same arithmetic, ``mask * (grad / count)``, in fewer passes over the map. CPU only: on
+    CUDA, at the study's sizes, launching kernels dominates, and autograd's own backward
+    launches fewer than a Python ``Function``.
     """
 
     @staticmethod
@@ -115,8 +112,9 @@ class _GlobalMax(torch.autograd.Function):
 def global_sum_pool(x: Tensor, flatten: bool = True) -> Tensor:
     """Sum over ``H, W`` (GAP times ``H * W``): ``(N, C, H, W) -> (N, C)``.
 
-    The write-up's "treated as a sum in the paper": identical to GAP up to the constant
-    factor ``H * W``, which scales the next layer's inputs and so its effective learning rate.
+    The write-up's "treated as a sum in the paper" (``docs/study.md``, "Heads"): GAP up to the
+    constant factor ``H * W``, which scales the next layer's inputs and so its effective
+    learning rate.
     """
     _check_4d(x)
     return x.sum(dim=(2, 3), keepdim=not flatten)
@@ -127,7 +125,7 @@ def global_gem_pool(x: Tensor, p: Tensor | float = 3.0, eps: float = 1e-6,
     """Generalized mean ``(mean(clamp(x, eps)^p))^(1/p)`` over ``H, W`` (Radenovic et al. 2018).
 
     ``(N, C, H, W) -> (N, C)``. ``p = 1`` is GAP of the clamped map; ``p -> inf`` tends to GMP.
-    ``p`` may be a tensor (learnable, see ``GeMPool2d``).
+    ``p`` may be a tensor (learnable, see ``GeMPool``).
     """
     _check_4d(x)
     return x.clamp(min=eps).pow(p).mean(dim=(2, 3), keepdim=not flatten).pow(1.0 / p)
@@ -151,8 +149,8 @@ def global_lse_pool(x: Tensor, r: float = 10.0, flatten: bool = True) -> Tensor:
 def _lse_without_grad(x: Tensor, r: float) -> Tensor:
     """``global_lse_pool`` for ``r > 0`` where no gradient is needed, in one temporary:
     ``m + log(mean(exp(r (x - m)))) / r`` with ``m`` the map's maximum, as ``logsumexp`` shifts
-    (an infinite ``m`` is taken as 0, as there). 5-30% faster than ``logsumexp`` on CPU
-    (``benchmarks/bench_pooling.py``), the same value up to rounding."""
+    (an infinite ``m`` is taken as 0, as there): fewer passes over the map than
+    ``logsumexp``, the same value up to rounding."""
     m = x.amax(dim=(2, 3), keepdim=True).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return (x - m).mul_(r).exp_().mean(dim=(2, 3)).log_().div_(r).add_(m.flatten(1))
 
@@ -162,58 +160,50 @@ def global_avgmax_pool(x: Tensor, flatten: bool = True) -> Tensor:
     return torch.cat([global_avg_pool(x, flatten), global_max_pool(x, flatten)], dim=1)
 
 
-PoolFn = Callable[..., Tensor]
+class GlobalPool(nn.Module):
+    """Base of the global pooling modules: ``(N, C, H, W) -> (N, C * feat_mult())``, or
+    ``(N, C * feat_mult(), 1, 1)`` without ``flatten``."""
 
-GLOBAL_POOLS: dict[str, PoolFn] = {
-    "gap": global_avg_pool,
-    "gmp": global_max_pool,
-    "gsp": global_sum_pool,
-    "gem": global_gem_pool,
-    "lse": global_lse_pool,
-    "avgmax": global_avgmax_pool,
-}
-
-
-def get_global_pool(pool_type: str) -> PoolFn:
-    """The functional op of a pooling head name in ``GLOBAL_POOLS`` (``"gap"``, ``"gmp"``, ...)."""
-    try:
-        return GLOBAL_POOLS[pool_type]
-    except KeyError:
-        allowed = ", ".join(sorted(GLOBAL_POOLS))
-        raise ValueError(f"unknown global pool {pool_type!r}; allowed: {allowed}") from None
-
-
-class GlobalPool2d(nn.Module):
-    """``nn.Module`` wrapper selecting a global pooling op by name.
-
-    Input ``(N, C, H, W)``; output ``(N, C)`` (``flatten=True``) or ``(N, C, 1, 1)``.
-    No parameters.
-    """
-
-    def __init__(self, pool_type: str = "gap", flatten: bool = True, **options: float) -> None:
+    def __init__(self, flatten: bool = True) -> None:
         super().__init__()
-        self.pool_type = pool_type
         self.flatten = flatten
-        self.options = options  # e.g. r for "lse"
-        self._pool = get_global_pool(pool_type)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._pool(x, flatten=self.flatten, **self.options)
+    def feat_mult(self) -> int:
+        """Features per channel of the input map."""
+        return 1
 
     def extra_repr(self) -> str:
-        options = "".join(f", {k}={v}" for k, v in self.options.items())
-        return f"pool_type={self.pool_type!r}, flatten={self.flatten}{options}"
+        return f"flatten={self.flatten}"
 
 
-class GeMPool2d(nn.Module):
-    """Generalized-mean pooling with a learnable exponent ``p`` (one scalar, as in Radenovic
-    et al. 2018). ``(N, C, H, W) -> (N, C)``; one trainable parameter."""
+class GlobalAvgPool(GlobalPool):
+    """Mean over ``H, W``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return global_avg_pool(x, self.flatten)
+
+
+class GlobalMaxPool(GlobalPool):
+    """Maximum over ``H, W``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return global_max_pool(x, self.flatten)
+
+
+class GlobalSumPool(GlobalPool):
+    """Sum over ``H, W``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return global_sum_pool(x, self.flatten)
+
+
+class GeMPool(GlobalPool):
+    """Generalized mean with one learnable exponent ``p`` (one trainable parameter)."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, flatten: bool = True) -> None:
-        super().__init__()
+        super().__init__(flatten)
         self.p = nn.Parameter(torch.tensor(float(p)))
         self.eps = eps
-        self.flatten = flatten
 
     def forward(self, x: Tensor) -> Tensor:
         return global_gem_pool(x, self.p, self.eps, self.flatten)
@@ -222,18 +212,59 @@ class GeMPool2d(nn.Module):
         return f"p={self.p.item():.4g}, eps={self.eps}, flatten={self.flatten}"
 
 
-def make_global_pool(pool_type: str, *, gem_p: float = 3.0, lse_r: float = 10.0) -> nn.Module:
-    """The pooling module of a head name: ``GeMPool2d`` for ``"gem"`` (learnable ``p``
-    starting at ``gem_p``), ``GlobalPool2d`` otherwise (``lse`` with temperature ``lse_r``)."""
-    if pool_type == "gem":
-        return GeMPool2d(gem_p)
-    if pool_type == "lse":
-        return GlobalPool2d("lse", r=lse_r)
-    return GlobalPool2d(pool_type)
+class LSEPool(GlobalPool):
+    """Log-sum-exp pooling with temperature ``r``."""
+
+    def __init__(self, r: float = 10.0, flatten: bool = True) -> None:
+        super().__init__(flatten)
+        self.r = r
+
+    def forward(self, x: Tensor) -> Tensor:
+        return global_lse_pool(x, self.r, self.flatten)
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, flatten={self.flatten}"
 
 
-def pooled_channels(pool_type: str, channels: int) -> int:
-    """Features the pool gives for a ``channels``-channel map (``avgmax`` doubles them)."""
-    get_global_pool(pool_type)
-    return 2 * channels if pool_type == "avgmax" else channels
+class GlobalAvgMaxPool(GlobalPool):
+    """Mean and maximum over ``H, W``, concatenated along channels."""
 
+    def forward(self, x: Tensor) -> Tensor:
+        return global_avgmax_pool(x, self.flatten)
+
+    def feat_mult(self) -> int:
+        return 2
+
+
+# The pooling module of each pooling head, keyed by head name
+# (gap_study.architecture.POOLED_HEAD_NAMES, in the same order).
+GLOBAL_POOLS: dict[str, type[GlobalPool]] = {
+    "gap": GlobalAvgPool,
+    "gmp": GlobalMaxPool,
+    "gsp": GlobalSumPool,
+    "gem": GeMPool,
+    "lse": LSEPool,
+    "avgmax": GlobalAvgMaxPool,
+}
+
+
+def make_global_pool(pool_type: str, *, gem_p: float = 3.0, lse_r: float = 10.0) -> GlobalPool:
+    """The pooling module of a head name in ``GLOBAL_POOLS``: ``gem``'s learnable exponent
+    starts at ``gem_p``, ``lse`` has temperature ``lse_r``."""
+    try:
+        pool_class = GLOBAL_POOLS[pool_type]
+    except KeyError:
+        allowed = ", ".join(sorted(GLOBAL_POOLS))
+        raise ValueError(f"unknown global pool {pool_type!r}; allowed: {allowed}") from None
+    options = {GeMPool: {"p": gem_p}, LSEPool: {"r": lse_r}}.get(pool_class, {})
+    return pool_class(**options)
+
+
+def sum_vs_average(side: int, channels: int, seed: int = 0) -> dict[str, float]:
+    """Global sum and average pooling of a random ``(8, channels, side, side)`` float32 map:
+    the factor ``side * side``, the mean ratio sum / average, and the ratio's largest
+    relative deviation from the factor (float rounding)."""
+    maps = torch.randn(8, channels, side, side, generator=torch.Generator().manual_seed(seed))
+    ratio = global_sum_pool(maps) / global_avg_pool(maps)
+    return {"factor": float(side * side), "ratio_mean": float(ratio.mean()),
+            "max_relative_deviation": float((ratio / (side * side) - 1).abs().max())}

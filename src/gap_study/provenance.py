@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["cpu_name", "git_commit", "run_environment"]
+__all__ = ["cpu_name", "git_commit", "run_environment", "run_record"]
 
 
 def git_commit(root: str | Path = ".") -> str | None:
@@ -60,3 +61,10 @@ def run_environment(device: torch.device | str, root: str | Path = ".") -> dict[
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(root),
     }
+
+
+def run_record(params: Mapping[str, object], device: torch.device | str,
+               root: str | Path = ".", **facts: object) -> dict[str, object]:
+    """A stage's ``run.json``: the params it ran with (as the notebook received them), facts
+    about its inputs (``facts``, e.g. ``dataset=...``) and ``run_environment``."""
+    return {**params, **facts, "environment": run_environment(device, root)}

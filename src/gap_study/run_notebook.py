@@ -19,8 +19,9 @@ from typing import Any
 
 # papermill imports nbformat, which imports jsonschema, which imports rfc3987_syntax when it is
 # installed (JupyterLab's dependencies install it) to check "iri" string formats, something
-# notebook validation never asks for. Building that module's grammar costs 1 to 2 s at import,
-# in every stage: marking the module absent makes jsonschema skip that one format check.
+# notebook validation never asks for. Building that module's grammar is slow and would be done
+# at every stage's start (README, "Performance"): marking the module absent makes jsonschema
+# skip that one format check.
 sys.modules.setdefault("rfc3987_syntax", None)
 
 import papermill  # noqa: E402

@@ -8,9 +8,8 @@ hash and only then renames it into place, so the cache never holds a partial or 
 file. Mirrors are tried in order; without a network the loader fails at once with a
 ``DatasetError`` saying which files to put where, their hashes and where to get them.
 
-Formats: MNIST and Fashion-MNIST are gzipped IDX files; CIFAR-10 is read from its *binary*
-release, parsed straight from the tarball's members (no extraction to disk, and never the
-pickled "python" release: unpickling a downloaded file can run code).
+Formats (``gap_study.file_formats``): MNIST and Fashion-MNIST are gzipped IDX files; CIFAR-10
+is read from its *binary* release. Published hashes and mirrors: ``docs/study.md``, "Data".
 
 Arrays: images ``uint8 (N, C, H, W)``, labels ``int64 (N,)``.
 """
@@ -19,14 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import gzip
 import json
 import os
-import struct
-import tarfile
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +31,19 @@ import numpy as np
 import pooch
 import requests
 
+from gap_study.file_formats import (
+    CIFAR10_TARBALL,
+    IDX_IMAGES_MAGIC,
+    IDX_LABELS_MAGIC,
+    DatasetError,
+    read_cifar_binary,
+    read_idx,
+)
+
 __all__ = [
+    "CIFAR10_TARBALL",
     "DATASETS",
+    "HASH_OVERRIDES_ENV",
     "DatasetError",
     "DatasetSpec",
     "RawDataset",
@@ -45,15 +51,7 @@ __all__ = [
     "dataset_spec",
     "fetch_files",
     "load_raw",
-    "read_cifar_binary",
-    "read_idx",
-    "stratified_subsample",
 ]
-
-
-class DatasetError(RuntimeError):
-    """A data set file is missing, corrupt or could not be downloaded; the message says which
-    file, what is wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +100,9 @@ IDX_TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 IDX_TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 IDX_TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 IDX_TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
-CIFAR10_TARBALL = "cifar-10-binary.tar.gz"
 
 # All hashes below are the MD5 sums the data sets' authors and torchvision publish
-# (STUDY.md, "Data"); pooch checks every file against them.
+# (docs/study.md, "Data"); pooch checks every file against them.
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
@@ -362,179 +359,3 @@ def _check_split(spec: DatasetSpec, x: np.ndarray, y: np.ndarray, source: str) -
     if len(y) and (y.min() < 0 or y.max() >= len(spec.class_names)):
         raise DatasetError(f"{source}: labels span [{y.min()}, {y.max()}], expected "
                            f"[0, {len(spec.class_names) - 1}]")
-
-
-# ----------------------------------------------------------------------------------------
-# IDX (MNIST, Fashion-MNIST)
-
-# An IDX magic number is two zero bytes, a data type byte (0x08: unsigned byte) and the
-# number of dimensions: 3 for images (N, H, W), 1 for labels (N,).
-IDX_IMAGES_MAGIC = 0x00000803
-IDX_LABELS_MAGIC = 0x00000801
-_IDX_UINT8 = 0x08
-
-
-def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
-    """A gzipped (``.gz``) or plain IDX file of unsigned bytes as a ``uint8`` array.
-
-    Images files (magic ``0x00000803``) give ``(N, H, W)``, labels files (``0x00000801``)
-    give ``(N,)``. With ``expected_magic`` any other magic number is an error. The shape in
-    the header must account for exactly the bytes that follow it.
-    """
-    path = Path(path)
-    data = _read_maybe_gzipped(path)
-    shape, offset = _parse_idx_header(data, path, expected_magic)
-    size = int(np.prod(shape))
-    available = len(data) - offset
-    if available < size:
-        raise DatasetError(f"{path} is truncated: its header says shape {shape} "
-                           f"({size:,} bytes) but only {available:,} bytes follow")
-    if available > size:
-        raise DatasetError(f"{path} is corrupt: {available - size:,} unexpected bytes after "
-                           f"the {size:,} bytes of its shape {shape}")
-    # Copy: frombuffer over bytes is read-only.
-    return np.frombuffer(data, dtype=np.uint8, count=size, offset=offset).reshape(shape).copy()
-
-
-def _read_maybe_gzipped(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
-    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise DatasetError(f"{path} is not a complete gzip file ({error}): it is truncated "
-                           "or corrupt; delete it and download it again") from None
-
-
-def _parse_idx_header(data: bytes, path: Path,
-                      expected_magic: int | None) -> tuple[tuple[int, ...], int]:
-    """``(shape, offset of the first data byte)`` from an IDX header."""
-    if len(data) < 4:
-        raise DatasetError(f"{path} is truncated: {len(data)} bytes, too short for an IDX "
-                           "magic number")
-    (magic,) = struct.unpack(">I", data[:4])
-    allowed = (expected_magic,) if expected_magic is not None else (IDX_IMAGES_MAGIC,
-                                                                     IDX_LABELS_MAGIC)
-    if magic not in allowed:
-        wanted = " or ".join(f"0x{m:08x}" for m in allowed)
-        raise DatasetError(f"{path} has the wrong IDX magic number 0x{magic:08x}, expected "
-                           f"{wanted} (0x0803: unsigned-byte images, 0x0801: unsigned-byte "
-                           "labels): not the expected IDX file")
-    ndim = data[3]
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise DatasetError(f"{path} is truncated: {len(data)} bytes, too short for the "
-                           f"header of {ndim} dimensions")
-    shape = struct.unpack(f">{ndim}I", data[4:offset])
-    return tuple(int(n) for n in shape), offset
-
-
-# ----------------------------------------------------------------------------------------
-# CIFAR-10 binary release
-
-CIFAR_FOLDER = "cifar-10-batches-bin"
-CIFAR_TRAIN_MEMBERS = tuple(f"{CIFAR_FOLDER}/data_batch_{i}.bin" for i in range(1, 6))
-CIFAR_TEST_MEMBER = f"{CIFAR_FOLDER}/test_batch.bin"
-# Each record: 1 label byte, then 1024 red, 1024 green and 1024 blue bytes, each channel a
-# 32x32 image in row-major order: so the pixels reshape directly to (3, 32, 32).
-_CIFAR_IMAGE_SHAPE = (3, 32, 32)
-_CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
-
-
-def read_cifar_binary(
-    tar_path: str | Path,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_test, y_test)`` from CIFAR-10's binary tarball.
-
-    ``x_*``: ``uint8 (N, 3, 32, 32)``, channels R, G, B; ``y_*``: ``int64 (N,)``. The training
-    set is ``data_batch_1.bin`` .. ``data_batch_5.bin`` in order, the test set
-    ``test_batch.bin``, all read from ``cifar-10-batches-bin/`` inside the tarball without
-    extracting anything to disk; other members are skipped unread.
-    """
-    tar_path = Path(tar_path)
-    members = _read_tar_members(tar_path, (*CIFAR_TRAIN_MEMBERS, CIFAR_TEST_MEMBER))
-    train = [_parse_cifar_records(members[name], f"{tar_path}:{name}")
-             for name in CIFAR_TRAIN_MEMBERS]
-    x_train = np.concatenate([x for x, _ in train])
-    y_train = np.concatenate([y for _, y in train])
-    x_test, y_test = _parse_cifar_records(members[CIFAR_TEST_MEMBER],
-                                          f"{tar_path}:{CIFAR_TEST_MEMBER}")
-    return x_train, y_train, x_test, y_test
-
-
-def _read_tar_members(tar_path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
-    """The contents of the regular-file members ``names`` of a gzipped tarball, in memory.
-
-    One streaming pass (mode ``r|gz``): the archive is decompressed once and nothing is
-    written to disk, so member paths (``..``, links) can do no harm.
-    """
-    wanted = set(names)
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(tar_path, mode="r|gz") as tar:
-            for member in tar:
-                if member.name not in wanted:
-                    continue
-                if member.name in found or not member.isfile():
-                    raise DatasetError(f"{tar_path}: member {member.name} is duplicated or not "
-                                       "a regular file: not the CIFAR-10 binary release")
-                found[member.name] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise DatasetError(f"{tar_path} is not a complete gzipped tar file ({error}): it is "
-                           "truncated or corrupt; delete it and download it again") from None
-    absent = [name for name in names if name not in found]
-    if absent:
-        raise DatasetError(f"{tar_path} lacks {', '.join(absent)}: not the CIFAR-10 binary "
-                           f"release ({CIFAR10_TARBALL})")
-    return found
-
-
-def _parse_cifar_records(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(uint8 (N, 3, 32, 32), int64 (N,))`` from concatenated CIFAR binary records."""
-    if not data or len(data) % _CIFAR_RECORD_BYTES:
-        raise DatasetError(f"{source} is truncated or corrupt: {len(data):,} bytes is not a "
-                           f"positive multiple of the {_CIFAR_RECORD_BYTES}-byte record")
-    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, _CIFAR_RECORD_BYTES)
-    labels = records[:, 0].astype(np.int64)
-    images = records[:, 1:].reshape(-1, *_CIFAR_IMAGE_SHAPE).copy()
-    return images, labels
-
-
-# ----------------------------------------------------------------------------------------
-# Subsampling
-
-
-def stratified_subsample(x: np.ndarray, y: np.ndarray, max_count: int | None,
-                         seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``max_count`` examples of ``(x, y)``, drawn per class in proportion to it.
-
-    ``x``: ``(N, ...)``, ``y``: ``(N,)`` class labels. Each class gets its share of
-    ``max_count`` (rounded by largest remainder, so the shares add up to exactly
-    ``max_count``), drawn at random without replacement; the same ``seed`` always picks the
-    same examples. The kept examples stay in their original order. ``None`` or a
-    ``max_count`` of at least ``N`` keeps everything.
-    """
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} examples but y has {len(y)} labels")
-    if max_count is not None and max_count < 1:
-        raise ValueError(f"max_count must be at least 1 or None, got {max_count}")
-    if max_count is None or max_count >= len(y):
-        return x, y
-    classes, class_sizes = np.unique(y, return_counts=True)
-    shares = _largest_remainder_shares(class_sizes, max_count)
-    rng = np.random.default_rng(seed)
-    keep = [rng.choice(np.flatnonzero(y == label), size=share, replace=False)
-            for label, share in zip(classes, shares, strict=True)]
-    index = np.sort(np.concatenate(keep))
-    return x[index], y[index]
-
-
-def _largest_remainder_shares(sizes: np.ndarray, total: int) -> np.ndarray:
-    """Integer shares of ``total`` proportional to ``sizes`` that add up to ``total``."""
-    exact = sizes * total / sizes.sum()
-    shares = np.floor(exact).astype(np.int64)
-    # Give the units lost to rounding down to the largest remainders (ties: first class).
-    order = np.argsort(-(exact - shares), kind="stable")
-    shares[order[:total - shares.sum()]] += 1
-    return shares

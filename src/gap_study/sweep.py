@@ -10,14 +10,12 @@ then reports over all of them::
     python -m gap_study.sweep   # reports/sweep/: sweep.md, results.csv, summary.csv, settings.csv
 
 Runs are pooled only within identical settings: an experiment's settings are its params
-except those that choose which runs it trains or where and how fast it computes them
-(``train.seeds``, ``heads``, ``device``, ``data.root``, ``data.download``,
-``evaluate.batch_size``, the ``report`` section, and the canvases of the other data sets).
-Runs of experiments with the same settings and the same head, training fraction and training
-shift are pooled across experiments, so seeds trained by different experiments (in parallel)
-count as seeds of one study; experiments with other settings (say ``train.epochs``) form
-their own group, with their own tables. A run found in two experiments with the same settings
-(same head, fraction, shift and seed) is counted once.
+except ``IGNORED_PARAMS`` (where that rule is stated, with its reasons) and the canvases of the
+other data sets. Runs of experiments with the same settings and the same head, training
+fraction and training shift are pooled across experiments, so seeds trained by different
+experiments (in parallel) count as seeds of one study; experiments with other settings (say
+``train.epochs``) form their own group, with their own tables. A run found in two experiments
+with the same settings (same head, fraction, shift and seed) is counted once.
 """
 
 from __future__ import annotations
@@ -36,7 +34,9 @@ import dvc.api
 import pandas as pd
 
 from gap_study.io import write_csv, write_text
-from gap_study.report import RUN_KEYS, grouped_stat_table, summarize
+from gap_study.report.formatting import grouped_stat_table
+from gap_study.report.stats import summarize
+from gap_study.report.tables import RUN_KEYS
 
 __all__ = [
     "IGNORED_PARAMS",

@@ -1,0 +1,142 @@
+"""The evaluation stage's decisions: which metrics each run gets, and which run supplies the
+class activation map examples (``docs/study.md``, "Metrics").
+
+Every run gets accuracy, loss and the overfitting gap on centred images; the runs trained on
+the whole training set also get the shift grid, consistency, the flip rate and, for heads with
+a class activation map, pointing accuracy. Nothing here writes files: the stage writes what
+``evaluate_run`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from gap_study.architecture import ModelConfig, has_class_map, total_stride
+from gap_study.canvas import CanvasDataset, to_float
+from gap_study.localization import cam_examples, localization_metrics
+from gap_study.metrics import (
+    consistency,
+    flip_rate,
+    overfitting_metrics,
+    shift_accuracy_grid,
+    shift_summary,
+)
+from gap_study.models import ClassifierNet, fold_batch_norm, head_param_count, param_count
+from gap_study.params import EvaluateParams
+from gap_study.paths import RunId
+from gap_study.pooling import sum_vs_average
+from gap_study.runtime import to_device
+from gap_study.splits import fraction_subset
+
+__all__ = [
+    "EvaluationData",
+    "RunEvaluation",
+    "cam_example_run",
+    "evaluate_run",
+    "evaluation_tables",
+    "example_cams",
+    "feature_map_record",
+]
+
+GRID_COLUMNS = ["fraction", "train_shift", "seed", "dx", "dy", "radius", "accuracy"]
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """The prepared data set as float tensors on the evaluation device, copied once per stage
+    (``labels_train``: the training labels as NumPy, to find each fraction's images)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    box_test: Tensor
+    labels_train: np.ndarray
+
+    @classmethod
+    def on(cls, dataset: CanvasDataset, device: torch.device) -> EvaluationData:
+        return cls(x_train=to_device(to_float(dataset.x_train), device),
+                   y_train=to_device(torch.as_tensor(dataset.y_train), device),
+                   x_test=to_device(to_float(dataset.x_test), device),
+                   y_test=to_device(torch.as_tensor(dataset.y_test), device),
+                   box_test=to_device(torch.as_tensor(dataset.box_test), device),
+                   labels_train=dataset.y_train)
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """One run's metrics (a row of ``metrics.csv``) and, for runs on the whole training set,
+    its shift grid (``dx, dy, radius, accuracy``)."""
+
+    row: dict[str, object]
+    grid: pd.DataFrame | None
+
+
+def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
+                 settings: EvaluateParams, *, full_fraction: float) -> RunEvaluation:
+    """Every metric of one run; the translation and map metrics only when the run trained on
+    ``full_fraction`` of the training set (the main runs and the shift ablation)."""
+    # the metrics run on an equivalent model with BatchNorm folded into the convolutions: one
+    # pass over each feature map fewer
+    fast = fold_batch_norm(model)
+    # the overfitting gap is measured on the part of the training set the run saw
+    seen = torch.as_tensor(fraction_subset(data.labels_train, run.fraction),
+                           device=data.x_train.device)
+    batch = settings.batch_size
+    row = {"head": model.config.head, **run.as_dict(), "train_images": len(seen),
+           "params_total": param_count(model), "params_head": head_param_count(model),
+           **overfitting_metrics(fast, data.x_train[seen], data.y_train[seen], data.x_test,
+                                 data.y_test, batch)}
+    if run.fraction != full_fraction:
+        return RunEvaluation(row, None)
+    grid = shift_accuracy_grid(fast, data.x_test, data.y_test, settings.max_shift, batch)
+    row.update({
+        **shift_summary(grid),
+        "consistency": consistency(fast, data.x_test, settings.max_shift, settings.seed, batch),
+        "flip_rate": flip_rate(fast, data.x_test, batch),
+        **localization_metrics(fast, data.x_test, data.y_test, data.box_test, settings.max_shift,
+                               settings.seed, batch, with_maps=has_class_map(model.config.head)),
+    })
+    return RunEvaluation(row, grid.assign(**run.as_dict()))
+
+
+def evaluation_tables(results: Sequence[RunEvaluation]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``metrics.csv`` (one row per run) and ``shift_grid.csv`` (one row per run on the whole
+    training set and offset) of a head, from its runs' evaluations in order."""
+    grids = [result.grid for result in results if result.grid is not None]
+    return (pd.DataFrame([result.row for result in results]),
+            pd.concat(grids, ignore_index=True)[GRID_COLUMNS])
+
+
+def cam_example_run(runs: Sequence[RunId]) -> RunId:
+    """The run whose class activation maps the report shows: the first main run (the whole
+    training set, the smallest training shift, the smallest seed)."""
+    full_fraction = max(run.fraction for run in runs)
+    return min((run for run in runs if run.fraction == full_fraction),
+               key=lambda run: (run.train_shift, run.seed))
+
+
+def example_cams(model: ClassifierNet, data: EvaluationData,
+                 settings: EvaluateParams) -> dict[str, np.ndarray] | None:
+    """Class activation maps of four test images, centred and moved by half the largest
+    shift (right and up), for the report's overlays; ``None`` for a head without them."""
+    if not has_class_map(model.config.head):
+        return None
+    move = settings.max_shift // 2
+    return cam_examples(fold_batch_norm(model), data.x_test, data.y_test, data.box_test,
+                        count=4, dx=move, dy=-move)
+
+
+def feature_map_record(config: ModelConfig) -> dict[str, object]:
+    """The backbone's last map for the run record: its shape ``[C, H, W]``, the total stride,
+    and global sum vs average pooling measured on random maps of that shape (the ratio is
+    ``H * W`` up to float rounding; the report's sum-pooling section quotes it)."""
+    channels, height, width = config.feature_map_shape
+    return {"shape": [channels, height, width], "stride": total_stride(config.widths),
+            "sum_over_average": sum_vs_average(height, channels)}

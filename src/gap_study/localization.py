@@ -1,0 +1,115 @@
+"""Class activation maps and whether they point at the object (``docs/study.md``, "Metrics").
+
+A head whose class score is linear in pooled feature maps has a class activation map (Zhou et
+al. 2016), ``M_c(x, y) = sum_k w_ck f_k(x, y)``; the head module gives its weights
+(``class_map_weights()``), and ``gap_study.architecture.has_class_map`` says which heads have
+one. Pointing accuracy is judged against two references that need no model: chance and the
+centre prior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gap_study.canvas import random_offsets, shift, shift_each
+
+__all__ = [
+    "cam_examples",
+    "class_activation_maps",
+    "localization_metrics",
+    "pointing_accuracy",
+    "pointing_centre_prior",
+    "pointing_chance",
+]
+
+
+@torch.inference_mode()
+def class_activation_maps(model: nn.Module, images: Tensor, classes: Tensor,
+                          batch_size: int = 512) -> Tensor:
+    """CAM of class ``classes[i]`` for image ``i``, bilinearly upsampled to the image size:
+    ``(N, H, W)``. Raises ``ValueError`` for a head without CAM (``dense``)."""
+    if not hasattr(model.head, "class_map_weights"):
+        raise ValueError(f"the {type(model.head).__name__} has no class activation map: its "
+                         "classifier is not linear on pooled features")
+    weights = model.head.class_map_weights()
+    model.eval()
+    maps = []
+    for i in range(0, len(images), batch_size):
+        features = model.features(images[i:i + batch_size])  # (n, C, h, w)
+        chosen = weights[classes[i:i + batch_size]]  # (n, C)
+        maps.append(torch.einsum("nc,nchw->nhw", chosen, features))
+    cams = torch.cat(maps)[:, None]
+    return F.interpolate(cams, size=images.shape[-2:], mode="bilinear",
+                         align_corners=False)[:, 0]
+
+
+def pointing_accuracy(cams: Tensor, boxes: Tensor) -> float:
+    """Fraction of maps whose maximum falls inside the object's box ``(top, left, bottom,
+    right)``, bottom/right exclusive."""
+    n, _, w = cams.shape
+    peak = cams.reshape(n, -1).argmax(dim=1)
+    y, x = peak // w, peak % w
+    boxes = boxes.to(cams.device)
+    inside = (boxes[:, 0] <= y) & (y < boxes[:, 2]) & (boxes[:, 1] <= x) & (x < boxes[:, 3])
+    return inside.sum().item() / n
+
+
+def pointing_chance(boxes: Tensor, image_size: int) -> float:
+    """Pointing accuracy of a map whose maximum lands uniformly at random: mean box area over
+    canvas area."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return area.sum().item() / (len(boxes) * image_size * image_size)
+
+
+def pointing_centre_prior(boxes: Tensor, image_size: int) -> float:
+    """Pointing accuracy of a map that always peaks at the canvas's centre pixel
+    ``(size // 2, size // 2)``: the share of boxes containing it. Objects placed at the centre
+    all contain it, so only on moved objects does pointing accuracy say more than this."""
+    centre = image_size // 2
+    inside = ((boxes[:, 0] <= centre) & (centre < boxes[:, 2])
+              & (boxes[:, 1] <= centre) & (centre < boxes[:, 3]))
+    return inside.sum().item() / len(boxes)
+
+
+def localization_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
+                         max_shift: int, seed: int, batch_size: int = 512, *,
+                         with_maps: bool = True) -> dict[str, float]:
+    """Pointing accuracy of the true class's CAM on centred images and on images moved by
+    random offsets in ``[-S, S]^2`` (drawn from ``seed``; boxes move with them), with two
+    references: the chance level, and a map always peaking at the canvas centre, on the same
+    centred and moved images. Without ``with_maps`` (a head without CAM) only the references
+    are computed and the CAM values are ``nan``."""
+    size = images.shape[-1]
+    dx, dy = random_offsets(len(images), max_shift, torch.Generator().manual_seed(seed))
+    moved_boxes = boxes + torch.stack([dy, dx, dy, dx], dim=1).to(boxes.device)
+    references = {"pointing_chance": pointing_chance(boxes, size),
+                  "pointing_centre_prior": pointing_centre_prior(boxes, size),
+                  "pointing_centre_prior_shifted": pointing_centre_prior(moved_boxes, size)}
+    if not with_maps:
+        return {"pointing_accuracy": math.nan, "pointing_accuracy_shifted": math.nan,
+                **references}
+    centred = pointing_accuracy(class_activation_maps(model, images, labels, batch_size), boxes)
+    moved = class_activation_maps(model, shift_each(images, dx, dy), labels, batch_size)
+    return {"pointing_accuracy": centred,
+            "pointing_accuracy_shifted": pointing_accuracy(moved, moved_boxes), **references}
+
+
+def cam_examples(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor, *,
+                 count: int, dx: int, dy: int) -> dict[str, np.ndarray]:
+    """The first ``count`` test images, centred and moved by ``(dx, dy)``, with the true class's
+    CAM of each, for the report's overlays."""
+    images, labels, boxes = images[:count], labels[:count], boxes[:count]
+    moved = shift(images, dx, dy)
+    move = torch.tensor([dy, dx, dy, dx], device=boxes.device)
+    return {
+        "images": images.cpu().numpy(), "cams": class_activation_maps(model, images, labels)
+        .cpu().numpy(), "boxes": boxes.cpu().numpy(), "labels": labels.cpu().numpy(),
+        "shifted_images": moved.cpu().numpy(),
+        "shifted_cams": class_activation_maps(model, moved, labels).cpu().numpy(),
+        "shifted_boxes": (boxes + move).cpu().numpy(), "shift": np.array([dx, dy]),
+    }

@@ -1,0 +1,77 @@
+"""The study's data set, prepared: a source's images centred on a canvas, split and
+subsampled as ``params.yaml`` says (``docs/study.md``, "Data").
+
+The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
+network), upsampled and centred on a ``canvas`` x ``canvas`` image; MNIST, Fashion-MNIST and
+CIFAR-10 come from verified files (``gap_study.sources``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gap_study.canvas import CanvasDataset, object_boxes, place_on_canvas
+from gap_study.params import DataParams
+from gap_study.sources import load_raw
+from gap_study.splits import stratified_subsample
+
+__all__ = ["digits_objects", "prepare_dataset", "prepare_study_dataset"]
+
+
+def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 embedded 8x8 digits, bilinearly upsampled to ``size``:
+    ``uint8 (N, 1, size, size)`` and ``int64 (N,)`` labels."""
+    # imported here: scikit-learn is slow to import, and only the prepare stage needs it
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
+    big = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
+    return np.rint(big.clamp(0, 1).numpy() * 255).astype(np.uint8), digits.target.astype(np.int64)
+
+
+def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fraction: float = 0.25,
+                    split_seed: int = 0, root: str | Path = "data/raw", download: bool = True,
+                    max_train: int | None = None, max_test: int | None = None) -> CanvasDataset:
+    """A data set's train/test split with every object centred on a ``canvas`` square.
+
+    ``digits``: the embedded digits upsampled to ``digits_size``, split (stratified, fixed by
+    ``split_seed``, independent of training seeds) with ``test_fraction`` for testing.
+    ``mnist``, ``fashion_mnist``, ``cifar10``: the official split, from verified files in
+    ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
+    stratified subsample seeded by ``split_seed``.
+    """
+    if name == "digits":
+        from sklearn.model_selection import train_test_split  # see digits_objects
+
+        objects, labels = digits_objects(digits_size)
+        train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                               stratify=labels, random_state=split_seed)
+        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        x_train, y_train = objects[train_idx], labels[train_idx]
+        x_test, y_test = objects[test_idx], labels[test_idx]
+        num_classes = 10
+    else:
+        raw = load_raw(name, root, download=download)
+        x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+        num_classes = raw.num_classes
+    x_train, y_train = stratified_subsample(x_train, y_train, max_train, split_seed)
+    x_test, y_test = stratified_subsample(x_test, y_test, max_test, split_seed)
+    x_train, x_test = place_on_canvas(x_train, canvas), place_on_canvas(x_test, canvas)
+    return CanvasDataset(name=name, x_train=x_train, y_train=y_train,
+                         box_train=object_boxes(x_train), x_test=x_test, y_test=y_test,
+                         box_test=object_boxes(x_test), num_classes=num_classes)
+
+
+def prepare_study_dataset(settings: DataParams, root: str | Path) -> CanvasDataset:
+    """``prepare_dataset`` with the ``data`` section of ``params.yaml``; ``settings.root``
+    is taken relative to the project folder ``root``."""
+    return prepare_dataset(
+        settings.name, canvas=settings.canvas_size, digits_size=settings.digits_size,
+        test_fraction=settings.test_fraction, split_seed=settings.split_seed,
+        root=Path(root) / settings.root, download=settings.download,
+        max_train=settings.max_train, max_test=settings.max_test)

@@ -1,0 +1,98 @@
+"""Numbers as the report shows them: each metric's display units (``_FORMATS``), a value or a
+difference in those units, ``mean ± std [CI]`` cells, head x metric tables of them, and
+frames as Markdown tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from gap_study.report.tables import head_order
+
+__all__ = [
+    "format_improvement",
+    "format_number",
+    "format_stat",
+    "grouped_stat_table",
+    "markdown_table",
+    "stat_table",
+]
+
+# how each metric is shown: (scale, decimals, unit); any other metric as (1, 3, "")
+_FORMATS = {
+    "params_total": (1, 0, ""), "params_head": (1, 0, ""),
+    "train_accuracy": (100, 1, "%"), "test_accuracy": (100, 1, "%"),
+    "overfit_gap": (100, 2, " pts"), "train_loss": (1, 3, ""), "test_loss": (1, 3, ""),
+    "loss_gap": (1, 3, ""), "shift_accuracy_mean": (100, 1, "%"),
+    "shift_accuracy_worst": (100, 1, "%"), "seconds_per_epoch": (1, 3, " s"),
+    "images_per_second": (1, 0, ""),
+    "aligned_shift_accuracy": (100, 1, "%"), "other_shift_accuracy": (100, 1, "%"),
+    "consistency": (100, 1, "%"), "flip_rate": (100, 1, "%"), "pointing_accuracy": (100, 1, "%"),
+    "train_images": (1, 0, ""),
+    "pointing_accuracy_shifted": (100, 1, "%"), "pointing_chance": (100, 1, "%"),
+    "pointing_centre_prior": (100, 1, "%"), "pointing_centre_prior_shifted": (100, 1, "%"),
+}
+
+
+def format_number(value: float, metric: str, difference: bool = False) -> str:
+    """``value`` in the metric's display units; a difference of percentages is in points."""
+    scale, decimals, unit = _FORMATS.get(metric, (1, 3, ""))
+    if difference and unit == "%":
+        unit = " pts"
+    return f"{value * scale:,.{decimals}f}{unit}"
+
+
+def format_improvement(diff: float, low: float, high: float, metric: str) -> str:
+    """``diff [low, high]``; just ``diff (exact)`` when the interval has no width."""
+    text = format_number(diff, metric, difference=True)
+    if math.isnan(low):
+        return text
+    if low == high:
+        return f"{text} (exact)"
+    return (f"{text} [{format_number(low, metric, difference=True)}, "
+            f"{format_number(high, metric, difference=True)}]")
+
+
+def format_stat(row: pd.Series | Mapping[str, float], metric: str) -> str:
+    """``mean ± std [ci_low, ci_high]`` in the metric's display units."""
+    scale, decimals, unit = _FORMATS.get(metric, (1, 3, ""))
+    if math.isnan(row["mean"]):
+        return "n/a"
+    text = f"{row['mean'] * scale:,.{decimals}f}"
+    if not math.isnan(row["std"]) and row["std"] > 0:
+        text += f" ± {row['std'] * scale:,.{decimals}f}"
+        text += f" [{row['ci_low'] * scale:,.{decimals}f}, {row['ci_high'] * scale:,.{decimals}f}]"
+    return text + unit
+
+
+def stat_table(aggregate: pd.DataFrame, metrics: Sequence[str], labels: Sequence[str],
+               heads: Sequence[str]) -> pd.DataFrame:
+    """A head x metric table of formatted ``mean ± std [CI]`` strings."""
+    table = pd.DataFrame({"head": list(heads)})
+    for metric, label in zip(metrics, labels, strict=True):
+        rows = aggregate[aggregate.metric == metric].set_index("head")
+        table[label] = [format_stat(rows.loc[h], metric) for h in heads]
+    return table
+
+
+def grouped_stat_table(aggregate: pd.DataFrame, by: Sequence[str], metrics: Sequence[str],
+                       labels: Sequence[str], heads: Sequence[str]) -> pd.DataFrame:
+    """Like ``stat_table`` with one row per combination of the ``by`` columns (``head``
+    first, in the order of ``heads``)."""
+    rows = []
+    keyed = aggregate.set_index([*by, "metric"])
+    groups = aggregate[list(by)].drop_duplicates()
+    groups = groups.sort_values(list(by), key=head_order(heads), kind="stable")
+    for keys in groups.itertuples(index=False):
+        row = dict(zip(by, keys, strict=True))
+        for metric, label in zip(metrics, labels, strict=True):
+            row[label] = format_stat(keyed.loc[(*keys, metric)], metric)
+        rows.append(row)
+    return pd.DataFrame(rows).astype(str)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a GitHub Markdown table, every cell as it is (no number parsing)."""
+    return frame.to_markdown(index=False, disable_numparse=True)

@@ -1,0 +1,220 @@
+"""The report's sections on what global pooling does with the backbone's feature map:
+translation robustness (shift radius, stride alignment, prediction stability, training with
+random shifts), class activation maps, and global sum vs global average pooling. Each
+section is a list of Markdown lines."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from gap_study.architecture import has_class_map
+from gap_study.report.formatting import grouped_stat_table, markdown_table, stat_table
+from gap_study.report.stats import summarize
+from gap_study.report.tables import StudyTables, stride_alignment
+
+__all__ = ["ablation_section", "cam_section", "sum_pooling_section", "translation_section"]
+
+
+def _radius_table(by_radius: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
+    """Head x shift radius: test accuracy (%, mean over seeds), one decimal."""
+    wide = (by_radius.groupby(["head", "radius"], as_index=False)["accuracy"].mean()
+            .pivot(index="head", columns="radius", values="accuracy")
+            .reindex(list(heads)) * 100).round(1)
+    wide.columns = [f"r={int(c)}" for c in wide.columns]
+    return wide.reset_index().astype(str)
+
+
+def _alignment_lines(grid: pd.DataFrame, stride: int, max_shift: int, heads: Sequence[str],
+                     confidence: float) -> list[str]:
+    """Accuracy at shifts by whole feature-map cells vs the others (``grid``: the main runs),
+    or a note that the shift grid does not reach the stride."""
+    if stride > max_shift:
+        return [f"(The shift grid does not reach the backbone's stride of {stride} pixels, so "
+                "shifts by whole feature-map cells are not separated from the others.)", ""]
+    metrics = ["aligned_shift_accuracy", "other_shift_accuracy"]
+    summary = summarize(stride_alignment(grid, stride), "head", metrics, confidence)
+    means = summary.pivot(index="head", columns="metric", values="mean")
+    drops = ", ".join(f"`{h}` {means.loc[h, metrics[0]] * 100:.1f}% vs "
+                      f"{means.loc[h, metrics[1]] * 100:.1f}%" for h in heads)
+    return [
+        f"The backbone subsamples by {stride} (its max-pools), so a shift of the image by a "
+        f"multiple of {stride} pixels moves the feature map by whole cells, which global "
+        "pooling ignores, while any other shift changes the map itself. Accuracy at shifts by "
+        f"whole cells vs all other non-zero shifts: {drops}. Global pooling makes the head "
+        "invariant to shifts of the feature map, not of the image (compare Zhang 2019 and "
+        "Kayhan & van Gemert 2020 in `docs/study.md`).",
+        "",
+        markdown_table(stat_table(summary, metrics, [f"shifts by multiples of {stride} px",
+                                                     "all other shifts"], heads)),
+        "",
+    ]
+
+
+def _stability_lines(aggregate: pd.DataFrame, heads: Sequence[str],
+                     figures: Mapping[str, str], max_shift: int) -> list[str]:
+    """Subsection "Prediction stability": consistency and the 1-pixel flip rate."""
+    means = aggregate[aggregate.metric == "flip_rate"].set_index("head")["mean"]
+    flips = ", ".join(f"`{h}` {means[h]:.3f}" for h in heads)
+    return [
+        "### Prediction stability",
+        "",
+        f"Consistency: the probability that two independent random shifts of a test image "
+        f"(offsets uniform in [-{max_shift}, {max_shift}]², a fixed evaluation seed) get the "
+        "same class, right or wrong (Zhang 2019). Flip rate: the probability that the class "
+        "changes when the object moves by one pixel, averaged over the four directions "
+        "(Azulay & Weiss 2019).",
+        "",
+        markdown_table(stat_table(aggregate, ["consistency", "flip_rate"],
+                                  ["consistency", "1-pixel flip rate"], heads)),
+        "",
+        f"Flip rates here: {flips}. Azulay & Weiss report 0.18-0.20 for ImageNet CNNs when a "
+        "downscaled image moves diagonally by one pixel on a black canvas (their protocol "
+        "closest to ours); ours moves along one axis (the four directions of `docs/study.md`, "
+        "\"Metrics\"), not diagonally, and the data sets differ, so only the order of "
+        "magnitude compares.",
+        "",
+        f"![Consistency and flip rate]({figures['stability']})",
+        "",
+    ]
+
+
+def translation_section(tables: StudyTables, grid: pd.DataFrame, heads: Sequence[str],
+                        figures: Mapping[str, str], max_shift: int, stride: int,
+                        confidence: float) -> list[str]:
+    """Section "Translation robustness" (``grid``: the main runs' shift grid): accuracy by
+    shift radius and over the grid, stride alignment, prediction stability, the heatmaps."""
+    return [
+        "## Translation robustness",
+        "",
+        f"Test accuracy with the object moved by every integer offset (dx, dy) in "
+        f"[-{max_shift}, {max_shift}]² on the canvas (zero fill), "
+        "summarised by the shift radius max(|dx|, |dy|) (mean over seeds, %), and over the "
+        "whole grid (mean and worst offset).",
+        "",
+        markdown_table(_radius_table(tables.by_radius, heads)),
+        "",
+        markdown_table(stat_table(tables.aggregate,
+                                  ["shift_accuracy_mean", "shift_accuracy_worst"],
+                                  ["mean over the grid", "worst offset"], heads)),
+        "",
+        f"![Accuracy vs shift radius]({figures['shift_radius']})",
+        "",
+        *_alignment_lines(grid, stride, max_shift, heads, confidence),
+        *_stability_lines(tables.aggregate, heads, figures, max_shift),
+        f"![Accuracy per offset]({figures['shift_heatmaps']})",
+        "",
+    ]
+
+
+def ablation_section(ablation_aggregate: pd.DataFrame, heads: Sequence[str],
+                     figures: Mapping[str, str], max_shift: int) -> list[str]:
+    """Subsection "Training with random shifts", or how to add a training shift."""
+    shifts = sorted(int(s) for s in ablation_aggregate["train_shift"].unique())
+    if len(shifts) < 2:
+        return ["### Training with random shifts", "", "Only one training shift "
+                "(`train.shift`): add e.g. `[0, 4]` to compare heads trained centred with "
+                "heads trained on moved objects.", ""]
+    table = grouped_stat_table(
+        ablation_aggregate, ["head", "train_shift"],
+        ["test_accuracy", "shift_accuracy_mean", "shift_accuracy_worst", "consistency",
+         "flip_rate"],
+        ["centred test accuracy", "mean over the grid", "worst offset", "consistency",
+         "1-pixel flip rate"], heads)
+    table = table.rename(columns={"train_shift": "largest training shift (px)"})
+    mean = ablation_aggregate[ablation_aggregate.metric == "shift_accuracy_mean"] \
+        .set_index(["head", "train_shift"])["mean"]
+    gains = ", ".join(f"`{h}` {mean[h, shifts[0]] * 100:.1f}% -> {mean[h, shifts[-1]] * 100:.1f}%"
+                      for h in heads)
+    return [
+        "### Training with random shifts",
+        "",
+        f"The same heads trained on the whole training set with each image moved by a random "
+        f"offset in [-s, s]² every time it is used, s in {shifts} pixels, and evaluated on the "
+        f"same shift grid ([-{max_shift}, {max_shift}]²). Mean accuracy over the grid, from "
+        f"s = {shifts[0]} to s = {shifts[-1]}: {gains}. Whether pooling still beats `dense` "
+        "once both see moved objects is in the claims table (setting \"random shifts\").",
+        "",
+        markdown_table(table),
+        "",
+        f"![Training with random shifts]({figures['shift_training']})",
+        "",
+    ]
+
+
+_CAM_EXPLAINED = (
+    "For a head whose classifier is linear on pooled features, the class activation map is "
+    "`M_c(x, y) = sum_k w_ck f_k(x, y)` (Zhou et al. 2016), upsampled to the canvas; for "
+    "`gap` and `gsp` the class score is the mean (sum) of `M_c` over positions, for `gmp` it "
+    "is built from each channel's own maximum, so there `M_c` shows where the evidence lies "
+    "but is not pooled into the score as it stands. Pointing accuracy: the share of test "
+    "images whose map for the true class peaks inside the object's bounding box. Two "
+    "references: chance (the box's share of the canvas) and the *centre prior*, a map that "
+    "always peaks at the canvas centre. Every centred object's box holds the centre, so on "
+    "centred images the centre prior scores 100% and pointing there is no evidence; the "
+    "claim is tested on the randomly shifted images, against the centre prior on the same "
+    "images.")
+
+
+def cam_section(aggregate: pd.DataFrame, heads: Sequence[str], figures: Mapping[str, str],
+                per_seed: pd.DataFrame) -> list[str]:
+    """Section "Class activation maps": pointing accuracy against chance and the centre
+    prior, and the example maps."""
+    with_cam = [h for h in heads if has_class_map(h)]
+    lines = ["## Class activation maps", ""]
+    if not with_cam:
+        return [*lines, "No head in this run has class activation maps.", ""]
+    without = [h for h in heads if h not in with_cam]
+    lines += [_CAM_EXPLAINED, ""]
+    if without:
+        lines += [f"{', '.join(f'`{h}`' for h in without)} has no such map: its first layer "
+                  "mixes every position of the feature map into each hidden unit, so no score "
+                  "can be attributed to a position without a separate method (e.g. gradients).",
+                  ""]
+    return [
+        *lines,
+        markdown_table(stat_table(aggregate, ["pointing_accuracy", "pointing_accuracy_shifted",
+                                              "pointing_centre_prior_shifted", "pointing_chance"],
+                                  ["centred images", "randomly shifted images",
+                                   "centre prior, shifted images", "chance"], with_cam)),
+        "",
+        f"![Pointing accuracy]({figures['pointing']})",
+        "",
+        f"![Class activation maps]({figures['cam_overlays']})",
+        "",
+    ]
+
+
+def sum_pooling_section(aggregate: pd.DataFrame, heads: Sequence[str],
+                        feature_map: Mapping[str, Any], lr: float) -> list[str]:
+    """Section "Global sum vs global average pooling": the factor H·W as the evaluate stage
+    measured it on the backbone's last map (``feature_map``, from the evaluation run record),
+    and, when both ``gap`` and ``gsp`` ran, what it did to training."""
+    channels, height, width = feature_map["shape"]
+    check = feature_map["sum_over_average"]
+    lines = [
+        "## Global sum vs global average pooling",
+        "",
+        f"The write-up treats GAP as a sum (\"it is treated as a sum in the paper\"). Global "
+        f"sum pooling is GAP times H·W: on random {height}x{width}x{channels} maps (this "
+        f"backbone's last map) sum / average = {check['ratio_mean']:.4f} = {height}·{width}, "
+        f"the largest relative deviation from {height * width} being "
+        f"{check['max_relative_deviation']:.1e} "
+        "(float32 rounding; pinned exactly by "
+        "`tests/test_pooling.py::test_gsp_is_gap_times_h_times_w`). For inference the factor "
+        "is unnecessary (a linear layer can absorb it), but it scales the logits and their "
+        "gradients, and so what a learning rate does.",
+        "",
+    ]
+    if not {"gap", "gsp"} <= set(heads):
+        return [*lines, "What that does to training: add both `gap` and `gsp` to `heads`.", ""]
+    mean = aggregate.set_index(["head", "metric"])["mean"]
+    return [*lines,
+            f"With the same Adam learning rate ({lr}): `gap` reaches "
+            f"{mean['gap', 'test_accuracy'] * 100:.1f}% test accuracy (train loss "
+            f"{mean['gap', 'train_loss']:.3f}), `gsp` {mean['gsp', 'test_accuracy'] * 100:.1f}% "
+            f"(train loss {mean['gsp', 'train_loss']:.3f}). Adam normalises each weight's step, "
+            "so the factor acts mostly through the size of the logits at initialisation and "
+            "the weight scale the linear layer must reach.", ""]

@@ -1,0 +1,206 @@
+"""The study's outputs as tables: every head's evaluation and training files collected into
+tidy frames (``collect_results``), split into the main runs, the learning curve and the
+augmentation ablation, aggregated over seeds (``study_tables``), and the headline numbers
+for ``dvc metrics`` (``headline_metrics``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from gap_study.paths import Layout
+from gap_study.report.stats import summarize
+
+__all__ = [
+    "ABLATION_METRICS",
+    "CURVE_METRICS",
+    "HEADLINE_METRICS",
+    "RUN_KEYS",
+    "SUMMARY_METRICS",
+    "CollectedResults",
+    "RunRecords",
+    "StudyTables",
+    "ablation_runs",
+    "collect_results",
+    "curve_runs",
+    "head_order",
+    "headline_metrics",
+    "main_runs",
+    "radius_table",
+    "stride_alignment",
+    "study_tables",
+]
+
+RUN_KEYS = ["head", "fraction", "train_shift", "seed"]
+
+SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
+                   "overfit_gap", "train_loss", "test_loss", "loss_gap", "shift_accuracy_mean",
+                   "shift_accuracy_worst", "consistency", "flip_rate", "pointing_accuracy",
+                   "pointing_accuracy_shifted", "pointing_chance", "pointing_centre_prior",
+                   "pointing_centre_prior_shifted", "seconds_per_epoch", "images_per_second")
+CURVE_METRICS = ("train_images", "train_accuracy", "test_accuracy", "overfit_gap", "loss_gap")
+ABLATION_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "shift_accuracy_worst",
+                    "consistency", "flip_rate", "pointing_accuracy", "pointing_accuracy_shifted")
+HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
+                    "overfit_gap", "loss_gap", "shift_accuracy_mean", "shift_accuracy_worst",
+                    "consistency", "flip_rate", "pointing_accuracy", "pointing_accuracy_shifted")
+
+# A head's run records: ``{"train": train/<head>/run.json, "evaluate": eval/<head>/run.json}``.
+RunRecords = dict[str, dict[str, Any]]
+
+
+class CollectedResults(NamedTuple):
+    """Every head's evaluation and training outputs, as ``collect_results`` reads them."""
+
+    results: pd.DataFrame  # one row per head x fraction x train_shift x seed
+    grid: pd.DataFrame  # the run keys, dx, dy, radius, accuracy
+    history: pd.DataFrame  # the run keys, epoch, per-epoch accuracy, loss and timing
+    runs: dict[str, RunRecords]  # per head
+    cams: dict[str, dict[str, np.ndarray]]  # CAM examples per head that has them
+
+
+class StudyTables(NamedTuple):
+    """The frames the report is built from (see ``study_tables``)."""
+
+    main: pd.DataFrame
+    aggregate: pd.DataFrame
+    by_radius: pd.DataFrame
+    curve: pd.DataFrame
+    curve_aggregate: pd.DataFrame
+    ablation: pd.DataFrame
+    ablation_aggregate: pd.DataFrame
+    ablation_by_radius: pd.DataFrame
+
+
+def head_order(heads: Sequence[str]) -> Callable[[pd.Series], pd.Series]:
+    """A ``sort_values`` key that orders the ``head`` column as in ``heads``."""
+    rank = {h: i for i, h in enumerate(heads)}
+    return lambda column: column.map(rank) if column.name == "head" else column
+
+
+def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
+    """Read every head's evaluation and training outputs into tidy frames.
+
+    ``results`` holds the evaluation metrics plus ``seconds_per_epoch``/``images_per_second``,
+    the median epoch of that run (metrics measured only on the whole training set are empty
+    for smaller fractions); ``runs`` each head's training and evaluation run records.
+    """
+    metrics, grids, histories, runs, cams = [], [], [], {}, {}
+    for head in heads:
+        if layout.cam_examples(head).exists():
+            with np.load(layout.cam_examples(head), allow_pickle=False) as npz:
+                cams[head] = dict(npz)
+        metrics.append(pd.read_csv(layout.eval_metrics(head)))
+        grids.append(pd.read_csv(layout.shift_grid(head)).assign(head=head))
+        for path in sorted(layout.train_reports(head).glob("history/*.csv")):
+            histories.append(pd.read_csv(path).assign(head=head))
+        runs[head] = {"train": json.loads(layout.train_run(head).read_text()),
+                      "evaluate": json.loads(layout.eval_run(head).read_text())}
+    history = pd.concat(histories, ignore_index=True)
+    speed = (history.groupby(RUN_KEYS, as_index=False)
+             .agg(seconds_per_epoch=("epoch_seconds", "median"),
+                  images_per_second=("images_per_second", "median")))
+    results = pd.concat(metrics, ignore_index=True).merge(speed, on=RUN_KEYS, how="left",
+                                                          validate="one_to_one")
+    return CollectedResults(
+        results=results.sort_values(RUN_KEYS, key=head_order(heads), ignore_index=True),
+        grid=pd.concat(grids, ignore_index=True), history=history, runs=runs, cams=cams)
+
+
+def main_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the main comparison: the whole training set (largest ``fraction``), trained
+    centred (smallest ``train_shift``). Works on results, grids and histories alike."""
+    keep = (frame["fraction"] == frame["fraction"].max()) & \
+        (frame["train_shift"] == frame["train_shift"].min())
+    return frame[keep].reset_index(drop=True)
+
+
+def curve_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The learning curve's rows: every training fraction, trained centred."""
+    return frame[frame["train_shift"] == frame["train_shift"].min()].reset_index(drop=True)
+
+
+def ablation_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The augmentation ablation's rows: every training shift, on the whole training set."""
+    return frame[frame["fraction"] == frame["fraction"].max()].reset_index(drop=True)
+
+
+def radius_table(grid: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per run (head, fraction, train_shift, seed) and shift radius (mean over the
+    offsets at that radius)."""
+    return grid.groupby([*RUN_KEYS, "radius"], as_index=False)["accuracy"].mean()
+
+
+def stride_alignment(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
+    """Accuracy per head and seed at the shifts that move the object by whole feature-map cells
+    (``dx`` and ``dy`` multiples of the backbone's ``stride``, the centre excluded) and at all
+    other non-zero shifts.
+
+    Global pooling is invariant to shifts of the *feature map*; a shift of the image by a
+    non-multiple of the stride changes the map itself (the max-pools subsample), so a gap
+    between the two columns shows that invariance ends at the pooling, not at the image.
+    """
+    moved = grid[(grid.dx != 0) | (grid.dy != 0)]
+    aligned = (moved.dx % stride == 0) & (moved.dy % stride == 0)
+    return (moved.assign(aligned=aligned)
+            .groupby(["head", "seed", "aligned"], as_index=False)["accuracy"].mean()
+            .pivot(index=["head", "seed"], columns="aligned", values="accuracy")
+            .rename(columns={True: "aligned_shift_accuracy", False: "other_shift_accuracy"})
+            .reset_index().rename_axis(columns=None))
+
+
+def study_tables(results: pd.DataFrame, grid: pd.DataFrame,
+                 confidence: float = 0.95) -> StudyTables:
+    """The frames the report is built from: ``main`` (the main runs' rows), ``aggregate``
+    (their ``summarize`` by head), ``by_radius`` (their accuracy per shift radius),
+    ``curve`` / ``curve_aggregate`` (learning-curve rows, summarized by head and fraction)
+    and ``ablation`` / ``ablation_aggregate`` / ``ablation_by_radius`` (the same for the
+    training shifts)."""
+    main, curve, ablation = main_runs(results), curve_runs(results), ablation_runs(results)
+    by_radius = radius_table(grid)
+    return StudyTables(
+        main=main,
+        aggregate=summarize(main, "head", SUMMARY_METRICS, confidence),
+        by_radius=main_runs(by_radius),
+        curve=curve,
+        curve_aggregate=summarize(curve, ["head", "fraction"], CURVE_METRICS, confidence),
+        ablation=ablation,
+        ablation_aggregate=summarize(ablation, ["head", "train_shift"], ABLATION_METRICS,
+                                     confidence),
+        ablation_by_radius=ablation_runs(by_radius),
+    )
+
+
+def _mean_or_none(group: pd.DataFrame, metric: str) -> float | None:
+    """The mean of ``metric`` over ``group``; ``None`` (JSON null, not NaN) for a metric the
+    head does not have (CAM of dense)."""
+    if metric not in group or group[metric].isna().all():
+        return None
+    return float(group[metric].mean())
+
+
+def headline_metrics(results: pd.DataFrame) -> dict[str, dict[str, object]]:
+    """Per head, the mean over seeds of each deterministic metric of the main runs (timings
+    excluded, so the file is byte-identical between runs with the same params), the
+    overfitting gap per training fraction and the shift metrics per training shift, for
+    ``dvc metrics``."""
+    out: dict[str, dict[str, object]] = {}
+    main, curve, ablation = main_runs(results), curve_runs(results), ablation_runs(results)
+    mean = _mean_or_none
+    for head, group in main.groupby("head", sort=False):
+        out[head] = {m: mean(group, m) for m in HEADLINE_METRICS if m in group}
+        out[head].update({m: int(group[m].max()) for m in HEADLINE_METRICS
+                          if m.startswith("params_")})  # counts: the same for every seed
+        out[head]["seeds"] = len(group)
+        out[head]["overfit_gap_by_fraction"] = {
+            f"{fraction:g}": mean(runs, "overfit_gap")
+            for fraction, runs in curve[curve["head"] == head].groupby("fraction")}
+        out[head]["by_train_shift"] = {
+            f"{shift}": {m: mean(runs, m) for m in ("shift_accuracy_mean", "consistency",
+                                                     "flip_rate")}
+            for shift, runs in ablation[ablation["head"] == head].groupby("train_shift")}
+    return out

@@ -1,0 +1,329 @@
+"""The Markdown report: one function per section, each a list of lines, and ``compose_report``,
+which puts them in order. The sections on what pooling does with the feature map
+(translation robustness, class activation maps, sum pooling) are in ``pooling_text``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from gap_study.architecture import total_stride
+from gap_study.report.claims import CLAIMS
+from gap_study.report.formatting import (
+    format_improvement,
+    format_number,
+    grouped_stat_table,
+    markdown_table,
+    stat_table,
+)
+from gap_study.report.pooling_text import (
+    ablation_section,
+    cam_section,
+    sum_pooling_section,
+    translation_section,
+)
+from gap_study.report.tables import RunRecords, StudyTables, main_runs
+
+__all__ = [
+    "PUBLISHED",
+    "StudySetup",
+    "accuracy_section",
+    "claim_sentences",
+    "claims_section",
+    "compose_report",
+    "curve_section",
+    "header_section",
+    "parameters_section",
+    "provenance_section",
+    "published_section",
+    "speed_section",
+    "study_setup",
+]
+
+# Published numbers (``docs/study.md``, "Published numbers") that a run on the same data set
+# can be compared with.
+PUBLISHED = {
+    "cifar10": [("Network in Network, Lin et al. 2014, Table 5: NIN + fully connected",
+                 "test error", 0.1159),
+                ("Network in Network, Lin et al. 2014, Table 5: NIN + GAP", "test error",
+                 0.1041),
+                ("Lin et al. 2014, conventional CNN + fully connected", "test error", 0.1756),
+                ("Lin et al. 2014, conventional CNN + GAP", "test error", 0.1646)],
+    "mnist": [("Network in Network, Lin et al. 2014: NIN + GAP", "test error", 0.0047)],
+}
+
+
+class StudySetup(NamedTuple):
+    """How the study ran, from the first head's run records (the same params for every head)."""
+
+    dataset: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+    evaluate: dict[str, Any]
+    environment: dict[str, Any]
+    feature_map: dict[str, Any]  # shape, stride, sum_over_average (evaluate stage)
+
+
+def study_setup(records: RunRecords) -> StudySetup:
+    """The ``StudySetup`` of one head's ``{"train": ..., "evaluate": ...}`` run records."""
+    train, evaluate = records["train"], records["evaluate"]
+    return StudySetup(dataset=train["dataset"], model=train["model"], train=train["train"],
+                      evaluate=evaluate["evaluate"], environment=train["environment"],
+                      feature_map=evaluate["feature_map"])
+
+
+def header_section(setup: StudySetup, heads: Sequence[str], seeds: Sequence[int],
+                   level: str) -> list[str]:
+    """The title and what was run: data, backbone, heads, seeds, training, how to read numbers."""
+    dataset, model, train = setup.dataset, setup.model, setup.train
+    return [
+        "# Global pooling vs a dense classifier head: results",
+        "",
+        f"Data set **{dataset['name']}**: {dataset['train_images']:,} training and "
+        f"{dataset['test_images']:,} test images of {dataset['image_size']}x"
+        f"{dataset['image_size']} pixels ({dataset['in_channels']} channel(s)), "
+        f"{dataset['num_classes']} classes, the object centred on a zero background. "
+        f"Backbone: conv3x3-BN-ReLU blocks of widths {model['widths']} with 2x2 max-pooling "
+        f"between blocks; `dense` head hidden size {model['dense_hidden']}. "
+        f"Heads: {', '.join(f'`{h}`' for h in heads)}. Each head is trained with seeds "
+        f"{list(seeds)} for {train['epochs']} epochs (Adam, learning rate {train['lr']}, batch "
+        f"{train['batch_size']}, weight decay {train['weight_decay']}) on the whole training "
+        "set with the object centred (the *main runs*, which every section compares unless it "
+        f"says otherwise); for the learning curve also on the fractions {train['fractions']} "
+        "of the training set (the same number of optimizer steps), and for the augmentation "
+        f"ablation with random shifts of up to {train['shift']} pixels. "
+        f"Every number is the mean over the {len(seeds)} seeds, with ± the standard deviation "
+        f"and [the {level} Student-t confidence interval] (not clipped to the metric's range, so "
+        "an accuracy interval can pass 100% when seeds disagree); every run's values are in "
+        "`results.csv` (one row per head, fraction, training shift and seed), the main runs' in "
+        "`summary.csv`. Metric definitions: `docs/study.md` (\"Metrics\").",
+        "",
+    ]
+
+
+def claim_sentences(claims: pd.DataFrame, overall: pd.DataFrame) -> str:
+    """One plain paragraph per claim, quoting the write-up; every number from ``claims``."""
+    by_metric = {c.metric: c for c in CLAIMS}
+    paragraphs = []
+    for _, row in overall.iterrows():
+        rows = claims[claims.claim == row["claim"]]
+        quote = by_metric[rows.metric.iloc[0]].quote
+        parts = []
+        for metric, group in rows.groupby("metric", sort=False):
+            settings = group["setting"].nunique() if "setting" in group else 1
+            measured = "; ".join(
+                (f"{r.setting}: " if settings > 1 else "") +
+                f"`{r['head']}` {format_number(r.head_mean, metric)} vs "
+                f"{format_number(r.baseline_mean, metric)} ({r.baseline}), improvement "
+                f"{format_improvement(r.improvement, r.ci_low, r.ci_high, metric)}, {r.verdict}"
+                for _, r in group.iterrows())
+            parts.append(f"`{metric}` ({by_metric[metric].unit}): {measured}")
+        paragraphs.append(f"- **{row['claim'].capitalize()}: {row['verdict']}.** "
+                          f"(\"{quote}\") " + ". ".join(parts) + ".")
+    return "\n".join(paragraphs)
+
+
+def _claims_shown(claims: pd.DataFrame, level: str) -> pd.DataFrame:
+    """The claims table as the report shows it: values in display units, one column for the
+    improvement and its interval."""
+    shown = claims.copy()
+    shown["pooling head"] = [format_number(v, m)
+                             for v, m in zip(claims.head_mean, claims.metric, strict=True)]
+    shown["baseline value"] = [format_number(v, m)
+                               for v, m in zip(claims.baseline_mean, claims.metric, strict=True)]
+    shown[f"improvement [{level} CI]"] = [
+        format_improvement(d, lo, hi, m)
+        for d, lo, hi, m in zip(claims.improvement, claims.ci_low, claims.ci_high, claims.metric,
+                                strict=True)]
+    return shown[["claim", "setting", "metric", "head", "pooling head", "baseline",
+                  "baseline value", f"improvement [{level} CI]", "verdict"]]
+
+
+_HOW_CLAIMS_ARE_JUDGED = (
+    "Claims that depend on training are tested again on the smaller training sets of the "
+    "learning curve and on the models trained with random shifts (column `setting`). A claim "
+    "is supported when it holds for every pooling head in every setting and metric, "
+    "contradicted when it holds in none and some row is contradicted, not supported when no "
+    "row differs clearly, and mixed otherwise; column `rows` counts the comparisons behind "
+    "each verdict. The intervals are per comparison, not corrected for the number of "
+    "comparisons: one supported row among many is weak evidence.")
+
+
+def claims_section(claims: pd.DataFrame, overall: pd.DataFrame, heads: Sequence[str],
+                   level: str) -> list[str]:
+    """What the numbers say about the write-up's claims: verdicts, sentences, the table."""
+    lines = ["## What the numbers say about the write-up's claims", ""]
+    if not ("dense" in heads and len(heads) > 1):
+        return [*lines, "The run has no `dense` baseline (or no pooling head), so the claims "
+                "are not tested here; add `dense` and a pooling head to `heads`.", ""]
+    return [
+        *lines,
+        f"Each pooling head is compared with `dense`; for the class-activation-map claim, "
+        f"where `dense` has no map, with a map that always peaks at the canvas centre, on "
+        f"randomly shifted images (see \"Class activation maps\"). A claim holds for a head "
+        f"when the {level} Welch-t interval of the improvement lies above zero; \"no clear "
+        f"difference\" means the interval contains zero (not that the heads are equal); "
+        f"\"contradicted\" means the pooling head is reliably worse. " + _HOW_CLAIMS_ARE_JUDGED,
+        "",
+        markdown_table(overall),
+        "",
+        claim_sentences(claims, overall),
+        "",
+        markdown_table(_claims_shown(claims, level)),
+        "",
+    ]
+
+
+def parameters_section(per_seed: pd.DataFrame, heads: Sequence[str],
+                       figures: Mapping[str, str]) -> list[str]:
+    """Section "Parameters": whole model, head and the head's share, per head."""
+    table = (per_seed.groupby("head", sort=False)[["params_total", "params_head"]].first()
+             .reindex(list(heads)).reset_index())
+    table["head share"] = [f"{h / t:.2%}" for h, t in
+                           zip(table.params_head, table.params_total, strict=True)]
+    table["params_total"] = table.params_total.map("{:,}".format)
+    table["params_head"] = table.params_head.map("{:,}".format)
+    table.columns = ["head", "whole model", "head only", "head share"]
+    return ["## Parameters", "", markdown_table(table), "",
+            f"![Parameters per head]({figures['params']})", ""]
+
+
+def accuracy_section(aggregate: pd.DataFrame, heads: Sequence[str],
+                     figures: Mapping[str, str]) -> list[str]:
+    """Section "Accuracy and overfitting" of the main runs."""
+    return [
+        "## Accuracy and overfitting",
+        "",
+        "Train and test accuracy are measured on centred images with the model in eval mode; "
+        "the overfitting gap is train minus test accuracy, the loss gap test minus train "
+        "cross-entropy.",
+        "",
+        markdown_table(stat_table(
+            aggregate, ["train_accuracy", "test_accuracy", "overfit_gap", "loss_gap"],
+            ["train accuracy", "test accuracy", "overfitting gap", "loss gap"], heads)),
+        "",
+        f"![Accuracy and overfitting gap]({figures['accuracy']})",
+        "",
+        f"![Accuracy during training]({figures['training_curves']})",
+        "",
+    ]
+
+
+def curve_section(curve_aggregate: pd.DataFrame, heads: Sequence[str],
+                  figures: Mapping[str, str], fractions: Sequence[float]) -> list[str]:
+    """Section "Learning curve", or how to add training fractions."""
+    if len(fractions) < 2:
+        return ["## Learning curve", "", "One training fraction only (`train.fractions`): add "
+                "smaller ones, e.g. `[0.1, 0.3, 1.0]`, to see how the overfitting gap grows "
+                "as the training set shrinks.", ""]
+    table = grouped_stat_table(
+        curve_aggregate, ["head", "fraction"], ["train_images", "test_accuracy", "overfit_gap",
+                                                "loss_gap"],
+        ["training images", "test accuracy", "overfitting gap", "loss gap"], heads)
+    table["fraction"] = [f"{float(f):.0%}" for f in table["fraction"]]
+    gap = curve_aggregate[curve_aggregate.metric == "overfit_gap"]
+    smallest = gap[gap.fraction == gap.fraction.min()].set_index("head")["mean"]
+    largest = gap[gap.fraction == gap.fraction.max()].set_index("head")["mean"]
+    change = ", ".join(f"`{h}` {largest[h] * 100:.1f} -> {smallest[h] * 100:.1f} points"
+                       for h in heads)
+    return [
+        "## Learning curve",
+        "",
+        "Each head trained on nested, class-stratified fractions of the training set (the same "
+        "images for every head and seed), each for the same number of optimizer steps as on "
+        "the whole set, so a smaller set is seen more often, as it would be in practice. The "
+        "overfitting gap is measured on the images the run trained on. From the whole training "
+        f"set to the smallest fraction the gap goes {change}; the claims table tests, per "
+        "fraction, whether a pooling head's gap is smaller than `dense`'s.",
+        "",
+        markdown_table(table),
+        "",
+        f"![Learning curve]({figures['fraction_curve']})",
+        "",
+    ]
+
+
+def speed_section(aggregate: pd.DataFrame, heads: Sequence[str], figures: Mapping[str, str],
+                  environment: Mapping[str, Any]) -> list[str]:
+    """Section "Training speed": seconds per epoch and images per second."""
+    env = environment
+    return [
+        "## Training speed",
+        "",
+        f"Wall time of the training pass of one epoch (median over epochs, per run), on "
+        f"{env['device']} ({env['device_name']}, {env['torch_threads']} threads). Timings "
+        "vary from run to run and are not part of the bit-reproducible metrics.",
+        "",
+        markdown_table(stat_table(aggregate, ["seconds_per_epoch", "images_per_second"],
+                                  ["seconds per epoch", "training images per second"], heads)),
+        "",
+        f"![Time per epoch]({figures['time']})",
+        "",
+    ]
+
+
+def published_section(dataset: str, aggregate: pd.DataFrame,
+                      heads: Sequence[str]) -> list[str]:
+    """Section "Published numbers": ``PUBLISHED`` on this data set next to this study's."""
+    lines = ["## Published numbers", ""]
+    rows = PUBLISHED.get(dataset)
+    if not rows:
+        return [*lines, f"None of the published results in `docs/study.md` is on `{dataset}` "
+                "(NIN on CIFAR-10/100, SVHN and MNIST; CAM on ILSVRC; Zhang 2019 on ImageNet; "
+                "the write-up's own reference on Cats vs Dogs), so no row here is comparable; "
+                "switch `data.name` to a data set they used to compare.", ""]
+    errors = aggregate[aggregate.metric == "test_accuracy"].set_index("head")["mean"]
+    table = pd.DataFrame(
+        [{"source": source, "metric": metric, "value": f"{value:.2%}"}
+         for source, metric, value in rows]
+        + [{"source": f"this study: `{h}` (mean over seeds)", "metric": "test error",
+            "value": f"{1 - errors[h]:.2%}"} for h in heads])
+    return [*lines, "Different backbones and training budgets: compare the ordering of heads, "
+            "not the absolute errors.", "", markdown_table(table), ""]
+
+
+def provenance_section(setup: StudySetup) -> list[str]:
+    """Section "Provenance": versions, commit, params and where the inputs are."""
+    env = setup.environment
+    return [
+        "## Provenance",
+        "",
+        f"- torch {env['torch']}, numpy {env['numpy']}, Python {env['python']} on "
+        f"{env['platform']}; git commit `{env['git_commit']}`.",
+        f"- Training params: `{setup.train}`; model params: `{setup.model}`; evaluation params: "
+        f"`{setup.evaluate}`.",
+        "- Inputs: `reports/eval/<head>/` (metrics.csv, shift_grid.csv), "
+        "`reports/train/<head>/` (per-epoch history of every run, run.json); executed "
+        "notebooks in `reports/notebooks/`. A run's files are named after its fraction, "
+        "training shift and seed, e.g. `fraction_1-shift_0-seed_0`.",
+        "",
+    ]
+
+
+def compose_report(*, tables: StudyTables, grid: pd.DataFrame, claims: pd.DataFrame,
+                   overall: pd.DataFrame, figures: Mapping[str, str],
+                   runs: Mapping[str, RunRecords], heads: Sequence[str],
+                   confidence: float) -> str:
+    """The report as Markdown, from ``study_tables``, the shift ``grid`` of every run, the
+    claims, the figures (paths relative to the report) and the heads' run records."""
+    setup = study_setup(runs[heads[0]])
+    seeds = sorted(tables.main.seed.unique().tolist())
+    level, max_shift = f"{confidence:.0%}", setup.evaluate["max_shift"]
+    sections = [
+        header_section(setup, heads, seeds, level),
+        claims_section(claims, overall, heads, level),
+        parameters_section(tables.main, heads, figures),
+        accuracy_section(tables.aggregate, heads, figures),
+        curve_section(tables.curve_aggregate, heads, figures, setup.train["fractions"]),
+        translation_section(tables, main_runs(grid), heads, figures, max_shift,
+                            total_stride(setup.model["widths"]), confidence),
+        ablation_section(tables.ablation_aggregate, heads, figures, max_shift),
+        cam_section(tables.aggregate, heads, figures, tables.main),
+        sum_pooling_section(tables.aggregate, heads, setup.feature_map, setup.train["lr"]),
+        speed_section(tables.aggregate, heads, figures, setup.environment),
+        published_section(setup.dataset["name"], tables.aggregate, heads),
+        provenance_section(setup),
+    ]
+    return "\n".join(line for section in sections for line in section)

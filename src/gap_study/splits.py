@@ -1,0 +1,64 @@
+"""Which examples go where: stratified subsamples of a data set and the nested training
+fractions of the learning curve. NumPy only; every choice is fixed by a seed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["fraction_subset", "stratified_subsample"]
+
+
+def stratified_subsample(x: np.ndarray, y: np.ndarray, max_count: int | None,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_count`` examples of ``(x, y)``, drawn per class in proportion to it.
+
+    ``x``: ``(N, ...)``, ``y``: ``(N,)`` class labels. Each class gets its share of
+    ``max_count`` (rounded by largest remainder, so the shares add up to exactly
+    ``max_count``), drawn at random without replacement; the same ``seed`` always picks the
+    same examples. The kept examples stay in their original order. ``None`` or a
+    ``max_count`` of at least ``N`` keeps everything.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} examples but y has {len(y)} labels")
+    if max_count is not None and max_count < 1:
+        raise ValueError(f"max_count must be at least 1 or None, got {max_count}")
+    if max_count is None or max_count >= len(y):
+        return x, y
+    classes, class_sizes = np.unique(y, return_counts=True)
+    shares = _largest_remainder_shares(class_sizes, max_count)
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(np.flatnonzero(y == label), size=share, replace=False)
+            for label, share in zip(classes, shares, strict=True)]
+    index = np.sort(np.concatenate(keep))
+    return x[index], y[index]
+
+
+def _largest_remainder_shares(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Integer shares of ``total`` proportional to ``sizes`` that add up to ``total``."""
+    exact = sizes * total / sizes.sum()
+    shares = np.floor(exact).astype(np.int64)
+    # Give the units lost to rounding down to the largest remainders (ties: first class).
+    order = np.argsort(-(exact - shares), kind="stable")
+    shares[order[:total - shares.sum()]] += 1
+    return shares
+
+
+def fraction_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Sorted indices of ``round(fraction * N)`` (at least 1) examples, stratified by class.
+
+    The examples are ranked once, classes interleaved in proportion to their sizes (a fixed
+    random order within each class), and a fraction keeps a prefix of that ranking: smaller
+    fractions are subsets of larger ones and every head and seed sees the same examples, so a
+    learning curve compares heads on identical data.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(0)
+    position = np.empty(len(labels))
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        # the k-th of n members of a class sits at (k + 0.5) / n along the ranking
+        position[members] = (np.arange(len(members)) + 0.5) / len(members)
+    ranking = np.argsort(position, kind="stable")
+    return np.sort(ranking[:max(1, round(fraction * len(labels)))])

@@ -1,0 +1,85 @@
+"""The evaluation stage's decisions: which metrics each run gets, and whose maps are shown."""
+
+import math
+
+import pytest
+import torch
+from builders import tiny_config
+
+from gap_study.evaluate import (
+    EvaluationData,
+    cam_example_run,
+    evaluate_run,
+    evaluation_tables,
+    example_cams,
+    feature_map_record,
+)
+from gap_study.models import build_model
+from gap_study.params import EvaluateParams
+from gap_study.paths import RunId
+
+SETTINGS = EvaluateParams(max_shift=2, batch_size=64, seed=0)
+GRID_METRICS = ["shift_accuracy_mean", "consistency", "flip_rate", "pointing_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def data(small):
+    return EvaluationData.on(small, torch.device("cpu"))
+
+
+def _model(head):
+    torch.manual_seed(0)
+    return build_model(tiny_config(head)).eval()
+
+
+def test_a_run_on_part_of_the_training_set_gets_the_centred_metrics_only(data):
+    result = evaluate_run(_model("gap"), RunId(0.5, 0, 1), data, SETTINGS, full_fraction=1.0)
+    assert result.grid is None
+    assert result.row["train_images"] == 100  # half of the 200 training images
+    assert {"test_accuracy", "overfit_gap", "params_head"} <= set(result.row)
+    assert not set(GRID_METRICS) & set(result.row)
+
+
+def test_a_run_on_the_whole_training_set_gets_the_grid_and_map_metrics(data):
+    result = evaluate_run(_model("gap"), RunId(1.0, 2, 1), data, SETTINGS, full_fraction=1.0)
+    assert (result.row["head"], result.row["train_shift"], result.row["seed"]) == ("gap", 2, 1)
+    assert all(0 <= result.row[m] <= 1 for m in GRID_METRICS)
+    assert len(result.grid) == 5 * 5
+    assert result.grid[["fraction", "train_shift", "seed"]].drop_duplicates().values.tolist() \
+        == [[1.0, 2, 1]]
+
+
+def test_dense_gets_the_pointing_references_but_no_map_of_its_own(data):
+    row = evaluate_run(_model("dense"), RunId(1.0, 0, 0), data, SETTINGS, full_fraction=1.0).row
+    assert math.isnan(row["pointing_accuracy"]) and math.isnan(row["pointing_accuracy_shifted"])
+    assert row["pointing_centre_prior"] == 1.0  # every centred digit holds the canvas centre
+    assert example_cams(_model("dense"), data, SETTINGS) is None
+
+
+def test_the_tables_keep_run_order_and_stack_the_grids_of_the_full_runs(data):
+    runs = [RunId(0.5, 0, 0), RunId(1.0, 0, 0), RunId(1.0, 2, 0)]
+    results = [evaluate_run(_model("gmp"), run, data, SETTINGS, full_fraction=1.0)
+               for run in runs]
+    metrics, grid = evaluation_tables(results)
+    assert metrics[["fraction", "train_shift"]].values.tolist() == [[0.5, 0], [1.0, 0], [1.0, 2]]
+    assert list(grid.columns) == ["fraction", "train_shift", "seed", "dx", "dy", "radius",
+                                  "accuracy"]
+    assert len(grid) == 2 * 25
+
+
+def test_the_maps_shown_come_from_the_first_main_run():
+    runs = [RunId(0.1, 0, 0), RunId(1.0, 3, 0), RunId(1.0, 0, 2), RunId(1.0, 0, 1)]
+    assert cam_example_run(runs) == RunId(1.0, 0, 1)
+
+
+def test_example_maps_show_four_images_centred_and_moved_by_half_the_largest_shift(data):
+    examples = example_cams(_model("nin"), data, SETTINGS)
+    assert examples["cams"].shape == examples["shifted_cams"].shape == (4, 32, 32)
+    assert examples["shift"].tolist() == [1, -1]  # right and up
+    assert (examples["shifted_boxes"] - examples["boxes"]).tolist() == [[-1, 1, -1, 1]] * 4
+
+
+def test_the_feature_map_record_gives_shape_stride_and_the_sum_over_average_check():
+    record = feature_map_record(tiny_config("gap", image_size=20))
+    assert record["shape"] == [8, 10, 10] and record["stride"] == 2
+    assert record["sum_over_average"]["factor"] == 100.0

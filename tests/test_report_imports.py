@@ -1,0 +1,33 @@
+"""The light report modules stay light: ``gap_study.sweep`` and the report stage's tables,
+claims and text do not pull in plotting or torch, and the figures need no torch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+HEAVY = ("matplotlib", "seaborn", "torch")
+
+
+def _loaded_after(statement: str, modules: tuple[str, ...] = HEAVY) -> list[str]:
+    """Which of ``modules`` are in ``sys.modules`` after ``statement`` in a fresh Python."""
+    code = (f"import sys\n{statement}\n"
+            f"print(' '.join(m for m in {modules!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    return done.stdout.split()
+
+
+def test_importing_sweep_leaves_out_matplotlib_seaborn_and_torch():
+    assert _loaded_after("import gap_study.sweep", (*HEAVY, "gap_study.report.stats")) \
+        == ["gap_study.report.stats"]
+
+
+def test_report_modules_but_figures_import_neither_plotting_nor_torch():
+    modules = ("stats", "tables", "claims", "formatting", "text", "pooling_text", "html")
+    assert _loaded_after("\n".join(f"import gap_study.report.{m}" for m in modules)) == []
+
+
+def test_the_figures_need_no_torch():
+    assert _loaded_after("import gap_study.report.figures", ("torch",)) == []

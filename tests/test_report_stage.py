@@ -1,0 +1,179 @@
+"""The report stage on a small hand-made study in ``tmp_path`` (no training, no torch): the
+typed ``collect_results``, the report's text and every figure."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gap_study.paths import Layout, RunId
+from gap_study.report.claims import overall_verdicts, study_claims
+from gap_study.report.figures import save_figures, study_figures
+from gap_study.report.tables import (
+    CollectedResults,
+    collect_results,
+    study_tables,
+)
+from gap_study.report.text import compose_report
+
+HEADS = ["dense", "gsp", "gap"]  # not alphabetical: outputs follow this order
+RUNS = [RunId(fraction, shift, seed) for fraction, shift in [(0.5, 0), (1.0, 0), (1.0, 2)]
+        for seed in (0, 1)]
+MAX_SHIFT = 2
+FEATURE_MAP = {"shape": [16, 4, 4], "stride": 2,  # widths [8, 16] on an 8x8 canvas
+               "sum_over_average": {"factor": 16.0, "ratio_mean": 16.00004,
+                                    "max_relative_deviation": 2.5e-06}}
+EPOCH_SECONDS = [0.3, 0.1, 0.2]
+
+
+def _metrics_row(head: str, run: RunId, rng: np.random.Generator) -> dict[str, object]:
+    """A ``metrics.csv`` row; grid and CAM metrics only on the whole training set, CAM
+    metrics only for heads with maps."""
+    full, cam = run.fraction == 1.0, head != "dense"
+    row = {"head": head, **run.as_dict(), "train_images": round(80 * run.fraction),
+           "params_total": 1000 if head == "dense" else 170,
+           "params_head": 900 if head == "dense" else 170, "train_accuracy": 1.0}
+    row.update({m: rng.uniform(0.6, 0.9) for m in ("test_accuracy", "train_loss")})
+    row.update(overfit_gap=1.0 - row["test_accuracy"], test_loss=row["train_loss"] + 0.2,
+               loss_gap=0.2)
+    for metric in ("shift_accuracy_mean", "shift_accuracy_worst", "consistency", "flip_rate"):
+        row[metric] = rng.uniform(0.1, 0.9) if full else np.nan
+    for metric in ("pointing_accuracy", "pointing_accuracy_shifted"):
+        row[metric] = rng.uniform(0.5, 1.0) if full and cam else np.nan
+    for metric, level in [("pointing_chance", 0.25), ("pointing_centre_prior", 1.0),
+                          ("pointing_centre_prior_shifted", 0.5)]:
+        row[metric] = level if full and cam else np.nan
+    return row
+
+
+def _cam_examples(count: int = 2) -> dict[str, np.ndarray]:
+    maps = np.zeros((count, 8, 8), dtype=np.float32)
+    maps[:, 3, 4] = 1.0
+    boxes = np.tile(np.array([2, 2, 6, 6]), (count, 1))
+    return {"images": np.ones((count, 1, 8, 8), np.float32), "cams": maps, "boxes": boxes,
+            "labels": np.arange(count), "shifted_images": np.ones((count, 1, 8, 8), np.float32),
+            "shifted_cams": maps, "shifted_boxes": boxes + 1, "shift": np.array([1, -1])}
+
+
+def _records(head: str) -> tuple[dict, dict]:
+    environment = {"device": "cpu", "device_name": "test CPU", "torch_threads": 2,
+                   "torch": "2.x", "numpy": "2.x", "python": "3.11", "platform": "Linux",
+                   "git_commit": "abc123"}
+    train = {"head": head, "environment": environment,
+             "dataset": {"name": "digits", "train_images": 80, "test_images": 20,
+                         "image_size": 8, "in_channels": 1, "num_classes": 4},
+             "model": {"widths": [8, 16], "dense_hidden": 10},
+             "train": {"epochs": 3, "lr": 0.001, "batch_size": 16, "weight_decay": 0.0,
+                       "fractions": [0.5, 1.0], "shift": [0, 2], "seeds": [0, 1]}}
+    evaluate = {"head": head, "environment": environment,
+                "evaluate": {"max_shift": MAX_SHIFT, "batch_size": 8, "seed": 0},
+                "feature_map": FEATURE_MAP}
+    return train, evaluate
+
+
+def _write_head(layout: Layout, head: str, rng: np.random.Generator) -> None:
+    """One head's files as the training and evaluation stages write them."""
+    layout.eval_reports(head).mkdir(parents=True)
+    (layout.train_reports(head) / "history").mkdir(parents=True)
+    pd.DataFrame([_metrics_row(head, run, rng) for run in RUNS]).to_csv(
+        layout.eval_metrics(head), index=False)
+    offsets = [(dx, dy) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
+               for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)]
+    pd.DataFrame([{**run.as_dict(), "dx": dx, "dy": dy, "radius": max(abs(dx), abs(dy)),
+                   "accuracy": rng.uniform(0.2, 1.0)}
+                  for run in RUNS if run.fraction == 1.0 for dx, dy in offsets]).to_csv(
+        layout.shift_grid(head), index=False)
+    for run in RUNS:
+        pd.DataFrame([{**run.as_dict(), "epoch": epoch, "train_loss": 1.0 / epoch,
+                       "train_accuracy": 0.3 * epoch, "test_loss": 1.1 / epoch,
+                       "test_accuracy": 0.25 * epoch, "epoch_seconds": seconds,
+                       "images_per_second": 80 / seconds}
+                      for epoch, seconds in enumerate(EPOCH_SECONDS, start=1)]).to_csv(
+            layout.history(head, run), index=False)
+    train, evaluate = _records(head)
+    layout.train_run(head).write_text(json.dumps(train))
+    layout.eval_run(head).write_text(json.dumps(evaluate))
+    if head != "dense":
+        np.savez(layout.cam_examples(head), **_cam_examples())
+
+
+@pytest.fixture
+def layout(tmp_path) -> Layout:
+    layout, rng = Layout(tmp_path), np.random.default_rng(0)
+    for head in HEADS:
+        _write_head(layout, head, rng)
+    return layout
+
+
+def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
+    collected = collect_results(layout, HEADS)
+    assert isinstance(collected, CollectedResults)
+    assert collected._fields == ("results", "grid", "history", "runs", "cams")
+    results = collected.results
+    assert list(dict.fromkeys(results["head"])) == HEADS
+    assert len(results) == len(HEADS) * len(RUNS)
+    assert (results.seconds_per_epoch == np.median(EPOCH_SECONDS)).all()  # median epoch
+    assert set(collected.grid["head"]) == set(HEADS)
+    assert len(collected.history) == len(HEADS) * len(RUNS) * len(EPOCH_SECONDS)
+    assert collected.runs["gap"]["evaluate"]["feature_map"] == FEATURE_MAP
+    assert collected.runs["gsp"]["train"]["model"]["widths"] == [8, 16]
+    assert sorted(collected.cams) == ["gap", "gsp"]
+    assert collected.cams["gap"]["shift"].tolist() == [1, -1]
+
+
+def _report(layout: Layout) -> str:
+    """The report text of the hand-made study, figures named as the stage names them."""
+    collected = collect_results(layout, HEADS)
+    tables = study_tables(collected.results, collected.grid)
+    claims = study_claims(collected.results)
+    names = ["params", "accuracy", "training_curves", "shift_radius", "shift_heatmaps",
+             "stability", "time", "fraction_curve", "shift_training", "pointing",
+             "cam_overlays"]
+    return compose_report(tables=tables, grid=collected.grid, claims=claims,
+                          overall=overall_verdicts(claims),
+                          figures={n: f"figures/{n}.png" for n in names},
+                          runs=collected.runs, heads=HEADS, confidence=0.95)
+
+
+def test_report_has_every_section_and_cites_docs_study_md(layout):
+    text = _report(layout)
+    for section in ("## What the numbers say about the write-up's claims", "## Parameters",
+                    "## Accuracy and overfitting", "## Learning curve",
+                    "## Translation robustness", "### Prediction stability",
+                    "### Training with random shifts", "## Class activation maps",
+                    "## Global sum vs global average pooling", "## Training speed",
+                    "## Published numbers", "## Provenance"):
+        assert text.count(section) == 1
+    assert "STUDY.md" not in text
+    assert "Metric definitions: `docs/study.md` (\"Metrics\")." in text
+    assert "None of the published results in `docs/study.md` is on `digits`" in text
+    assert "Heads: `dense`, `gsp`, `gap`." in text and "git commit `abc123`" in text
+
+
+def test_sum_pooling_section_quotes_the_evaluation_record(layout):
+    text = _report(layout)
+    assert ("on random 4x4x16 maps (this backbone's last map) sum / average = 16.0000 = 4·4, "
+            "the largest relative deviation from 16 being 2.5e-06 ") in text
+
+
+def test_stride_comes_from_the_backbone_widths(layout):
+    text = _report(layout)  # widths [8, 16]: one max-pool, stride 2, within the shift grid
+    assert "The backbone subsamples by 2 (its max-pools)" in text
+    assert "| shifts by multiples of 2 px" in text
+
+
+def test_study_figures_draws_every_figure_and_saves_them(layout, tmp_path):
+    collected = collect_results(layout, HEADS)
+    tables = study_tables(collected.results, collected.grid)
+    paths = save_figures(study_figures(collected, tables, HEADS), tmp_path / "figures")
+    assert sorted(paths) == ["accuracy", "cam_overlays", "fraction_curve", "params",
+                             "pointing", "shift_heatmaps", "shift_radius", "shift_training",
+                             "stability", "time", "training_curves"]
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths.values())
