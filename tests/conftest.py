@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# The suite runs on two pytest-xdist workers (pyproject.toml): one thread each, for them and
+# the processes they start, so that the two share the cores instead of fighting over them.
+# Set before torch is imported anywhere, and inherited by the workers and every subprocess.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
