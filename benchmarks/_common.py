@@ -24,6 +24,7 @@ import torch
 
 from gap_study.params import load_params
 from gap_study.runtime import resolve_device
+from gap_study.speed import alternate, time_block
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -126,30 +127,6 @@ def _busy_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # steal included, guest not
 
 
-def time_block(fn: Callable[[], object], number: int) -> float:
-    """Seconds per call of ``fn`` over one block of ``number`` calls, CUDA synchronised around
-    the block (so that its kernels are inside the measurement).
-
-    Timed directly rather than with ``torch.utils.benchmark.Timer``: its ``timeit`` makes two
-    or more warm-up calls before every block (three times the work where one call is long),
-    and ``blocked_autorange`` re-estimates its block size on every call, growing the blocks
-    until the timer's overhead is below 1e-4 of them: with a CUDA synchronisation in that
-    overhead, blocks of 0.1 s or more, and one block per call.
-    """
-    sync()
-    start = time.perf_counter()
-    for _ in range(number):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / number
-
-
-def sync() -> None:
-    """Wait for queued CUDA kernels, so that a wall-clock reading covers their work."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
 def calls_per_block(fn: Callable[[], object], block_seconds: float) -> tuple[int, float]:
     """How many calls make a block of about ``block_seconds`` (at least one), and the seconds
     of one call. The calls made to find out also warm ``fn`` up."""
@@ -180,11 +157,6 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], *, rounds: int,
             samples[name].append(statistics.median(
                 time_block(fns[name], number) for _ in range(n_blocks)))
     return {name: min(values) for name, values in samples.items()}
-
-
-def alternate(names: list[str], round_index: int) -> list[str]:
-    """``names`` in order on even rounds, reversed on odd ones."""
-    return names if round_index % 2 == 0 else names[::-1]
 
 
 def print_table(df: pd.DataFrame, floatfmt: str = ".3g") -> None:

@@ -25,13 +25,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from _common import (
-    alternate,
     interleaved_times,
     parse_args,
     print_table,
     setup,
     study_digits_input,
-    sync,
     watch_contention,
 )
 from torch import Tensor, nn
@@ -41,6 +39,7 @@ from gap_study.canvas import to_float
 from gap_study.models import build_model
 from gap_study.prepare import prepare_dataset
 from gap_study.runtime import seed_everything
+from gap_study.speed import alternate, sync
 from gap_study.train import fit
 
 LIMIT = 1.10

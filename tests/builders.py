@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -168,6 +169,13 @@ def train_small(data, head: str = "gap", *, seed: int = 0, epochs: int = 2, **va
 # Tiny copies of the project for the end-to-end tests
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def command_env(**extra_env: str) -> dict[str, str]:

@@ -6,12 +6,15 @@ import pytest
 import torch
 from builders import tiny_config
 
+from gap_study.checkpoints import checkpoint_payload, model_from_payload
 from gap_study.evaluate import (
     EvaluationData,
     cam_example_run,
     evaluate_run,
+    evaluate_task,
     evaluation_tables,
     example_cams,
+    example_maps,
     feature_map_record,
 )
 from gap_study.models import build_model
@@ -56,15 +59,18 @@ def test_dense_gets_the_pointing_references_but_no_map_of_its_own(data):
     assert example_cams(_model("dense"), data, SETTINGS) is None
 
 
-def test_the_tables_keep_run_order_and_stack_the_grids_of_the_full_runs(data):
-    runs = [RunId(0.5, 0, 0), RunId(1.0, 0, 0), RunId(1.0, 2, 0)]
-    results = [evaluate_run(_model("gmp"), run, data, SETTINGS, full_fraction=1.0)
-               for run in runs]
-    metrics, grid = evaluation_tables(results)
+def test_each_heads_tables_keep_its_runs_order_and_stack_the_grids_of_its_full_runs(data):
+    items = [("gmp", RunId(0.5, 0, 0)), ("dense", RunId(0.5, 0, 0)), ("gmp", RunId(1.0, 0, 0)),
+             ("gmp", RunId(1.0, 2, 0))]
+    results = [evaluate_run(_model(head), run, data, SETTINGS, full_fraction=1.0)
+               for head, run in items]
+    metrics, grid = evaluation_tables(results, "gmp")
     assert metrics[["fraction", "train_shift"]].values.tolist() == [[0.5, 0], [1.0, 0], [1.0, 2]]
+    assert (metrics["head"] == "gmp").all()
     assert list(grid.columns) == ["fraction", "train_shift", "seed", "dx", "dy", "radius",
                                   "accuracy"]
     assert len(grid) == 2 * 25
+    assert example_maps(results, "gmp") is None  # no run here carries examples
 
 
 def test_the_maps_shown_come_from_the_first_main_run():
@@ -79,7 +85,22 @@ def test_example_maps_show_four_images_centred_and_moved_by_half_the_largest_shi
     assert (examples["shifted_boxes"] - examples["boxes"]).tolist() == [[-1, 1, -1, 1]] * 4
 
 
-def test_the_feature_map_record_gives_shape_stride_and_the_sum_over_average_check():
-    record = feature_map_record(tiny_config("gap", image_size=20))
+def test_the_feature_map_record_reads_a_checkpoints_config():
+    record = feature_map_record({"config": tiny_config("gap", image_size=20).to_dict()})
     assert record["shape"] == [8, 10, 10] and record["stride"] == 2
     assert record["sum_over_average"]["factor"] == 100.0
+
+
+def test_a_task_evaluates_a_checkpoint_where_it_runs_and_adds_the_examples_of_its_run(small):
+    torch.manual_seed(0)
+    payload = checkpoint_payload(build_model(tiny_config("gap")))
+    shared = {"data": small, "settings": SETTINGS, "device": "cpu", "full_fraction": 1.0,
+              "example_run": RunId(1.0, 0, 0)}
+    example = evaluate_task((RunId(1.0, 0, 0), payload), **shared)
+    other = evaluate_task((RunId(1.0, 0, 1), payload), **shared)
+    direct = evaluate_run(model_from_payload(payload), RunId(1.0, 0, 0),
+                          EvaluationData.on(small, torch.device("cpu")), SETTINGS,
+                          full_fraction=1.0)
+    assert example.row == direct.row and example.grid.equals(direct.grid)
+    assert example.examples["cams"].shape == (4, 32, 32) and other.examples is None
+    assert example.worker["cpu"] and example.worker["torch_threads"] >= 1

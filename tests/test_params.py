@@ -56,6 +56,10 @@ def test_the_projects_params_yaml_is_valid(root):
         ("train.shift", [-1], r"train\.shift\[0\] = -1: .*greater than or equal to 0"),
     ("trian", {}, r"trian: unknown key \(did you mean 'train'\?\)"),
     ("train.epochs", KeyError, r"train\.epochs: Field required"),
+    ("compute.threads_per_run", 0, r"compute\.threads_per_run = 0: .*greater than 0"),
+    ("compute.workers", -2, r"compute\.workers = -2"),
+    ("compute", KeyError, r"compute: Field required"),
+    ("speed.rounds", 1, r"speed\.rounds = 1: .*greater than or equal to 2"),
 ])
 def test_bad_params_are_rejected_with_the_key_and_what_is_allowed(params_raw, dotted, value,
                                                                   expected):
@@ -103,3 +107,20 @@ def test_model_params_give_the_config_of_a_head_sized_for_the_data(params_raw):
     assert config == ModelConfig(head="gem", in_channels=3, image_size=40, num_classes=7,
                                  widths=tuple(model.widths), dense_hidden=model.dense_hidden,
                                  gem_p=model.gem_p, lse_r=model.lse_r)
+
+
+@pytest.mark.parametrize("scheduler", ["local", "synchronous", "tcp://10.0.0.5:8786",
+                                       "tls://scheduler.example.org:8786", "127.0.0.1:8786"])
+def test_schedulers_are_local_synchronous_or_an_address(params_raw, scheduler):
+    params_raw["compute"]["scheduler"] = scheduler
+    assert parse_params(params_raw).compute.scheduler == scheduler
+
+
+@pytest.mark.parametrize(("scheduler", "hint"), [("locall", "did you mean 'local'?"),
+                                                 ("tcp://", "tcp://10.0.0.5:8786"),
+                                                 ("my cluster", "'synchronous'")])
+def test_a_bad_scheduler_says_what_is_allowed(params_raw, scheduler, hint):
+    params_raw["compute"]["scheduler"] = scheduler
+    with pytest.raises(ParamsError, match=f"compute.scheduler = '{scheduler}': must be") as info:
+        parse_params(params_raw)
+    assert hint in str(info.value)

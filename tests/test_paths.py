@@ -26,5 +26,15 @@ def test_checkpoints_are_listed_by_fraction_shift_and_seed_and_others_ignored(tm
 
 
 def test_no_checkpoints_says_which_stage_makes_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"dvc repro train@gmp"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoints in .*gmp: .*`dvc repro train`"):
         Layout(tmp_path).checkpoints("gmp")
+
+
+def test_runs_keep_per_head_files_and_each_stage_one_record(tmp_path):
+    layout, run = Layout(tmp_path), RunId(0.5, 2, 1)
+    reports, stem = tmp_path / "reports", "fraction_0.5-shift_2-seed_1"
+    assert layout.history("gsp", run) == reports / f"train/history/gsp/{stem}.csv"
+    assert layout.checkpoint("gsp", run) == tmp_path / f"models/gsp/{stem}.pt"
+    assert layout.eval_metrics("gsp") == reports / "eval/gsp/metrics.csv"
+    assert (layout.train_run, layout.eval_run) == (reports / "train/run.json",
+                                                   reports / "eval/run.json")

@@ -1,5 +1,6 @@
 """The whole pipeline, end to end: `dvc repro` in a temporary copy of the repository with tiny
-params, every notebook executed through papermill.
+params, every notebook executed through papermill, the runs computed by a Dask scheduler and
+two workers started here as separate processes with Dask's command-line tools.
 
 The heads are the fewest that take every path of the report: `dense` (the baseline, no class
 map), `gap` (a class map) and `gsp` (with `gap`, the sum-pooling section). Every head is
@@ -24,10 +25,13 @@ from builders import (
     TINY_VARIANTS,
     command_env,
     deterministic_outputs,
+    free_port,
     run_command,
     tiny_repository,
 )
+from distributed import Client
 
+ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["dense", "gap", "gsp"]
 SECTIONS = ("claims", "## Parameters", "## Accuracy and overfitting", "## Learning curve",
             "## Translation robustness", "### Training with random shifts",
@@ -44,10 +48,47 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """The tiny study after one `dvc repro`, and its deterministic outputs at that point
-    (the tests at the end of this file change the repository)."""
-    repo = tiny_repository(tmp_path_factory.mktemp("repo"), HEADS)
+def scheduler(tmp_path_factory):
+    """The address of a Dask scheduler with two single-threaded workers, each a process of its
+    own started with `dask scheduler` / `dask worker` on 127.0.0.1 (a worker's nanny restarts
+    it when it dies)."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    logs = tmp_path_factory.mktemp("dask")
+    processes = [_start(["dask", "scheduler", "--host", "127.0.0.1", "--port",
+                         address.rsplit(":", 1)[1], "--no-dashboard"], logs / "scheduler.log")]
+    processes += [_start(["dask", "worker", address, "--nthreads", "1", "--nworkers", "1",
+                          "--no-dashboard", "--name", f"worker-{i}"], logs / f"worker-{i}.log")
+                  for i in range(2)]
+    try:
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = command_env(DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_="None")
+    with log.open("w") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=log.parent)
+
+
+def _set_scheduler(repo: Path, scheduler: str) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["compute"]["scheduler"] = scheduler
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, scheduler):
+    """The tiny study after one `dvc repro` on the Dask scheduler, and its deterministic
+    outputs at that point (the tests at the end of this file change the repository)."""
+    repo = tiny_repository(tmp_path_factory.mktemp("repo"), HEADS,
+                           compute={"scheduler": scheduler})
     run_command(["dvc", "repro"], repo)
     return repo, deterministic_outputs(repo)
 
@@ -75,6 +116,14 @@ def test_results_have_a_row_per_run_and_grid_metrics_only_for_the_whole_training
     assert half.overfit_gap.notna().all() and half.shift_accuracy_mean.isna().all()
     assert (half.train_images == round(0.5 * results.train_images.max())).all()
     assert results.loc[results.fraction == 1, "shift_accuracy_mean"].notna().all()
+
+
+def test_the_speed_stage_timed_every_head_in_every_round(reports):
+    times = pd.read_csv(reports / "speed" / "step_times.csv")
+    rounds = yaml.safe_load((ROOT / "params.yaml").read_text())["speed"]["rounds"]
+    assert sorted(zip(times["head"], times["round"], strict=True)) == sorted(
+        (h, r) for h in HEADS for r in range(rounds))
+    assert (times["seconds_per_step"] > 0).all()
 
 
 def test_metrics_json_has_every_head_and_exact_head_parameters(reports):
@@ -117,8 +166,9 @@ def test_each_head_has_its_checkpoints_shift_grid_and_executed_notebooks(repo, r
         assert sorted(p.name for p in (repo[0] / "models" / head).iterdir()) == sorted(
             f"fraction_{f:g}-shift_{t}-seed_{s}.pt" for f, t in TINY_VARIANTS for s in TINY_SEEDS)
     executed = sorted(p.name for p in (reports / "notebooks").glob("*.ipynb"))
-    assert len(executed) == 2 + 2 * len(HEADS)
-    nb = nbformat.read(reports / "notebooks" / "train_gsp.ipynb", as_version=4)
+    assert executed == ["evaluate.ipynb", "prepare_data.ipynb", "report.ipynb", "speed.ipynb",
+                        "train.ipynb"]
+    nb = nbformat.read(reports / "notebooks" / "train.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
 
@@ -135,21 +185,60 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     values = workspace["data"]["reports/metrics.json"]["data"]
     assert values["gap"]["seeds"] == len(TINY_SEEDS)
     plots = json.loads(run_command(["dvc", "plots", "show", "--json"], repo[0]).stdout)
-    assert "reports/train/gap/history/fraction_1-shift_0-seed_1.csv" in plots["data"]
+    assert "reports/train/history/gap/fraction_1-shift_0-seed_1.csv" in plots["data"]
+
+
+def _weights(outputs: dict[str, bytes]) -> dict[str, bytes]:
+    return {name: data for name, data in outputs.items() if name.startswith("models/")}
+
+
+@pytest.mark.parametrize("where", ["synchronous", "local"])
+def test_runs_give_the_same_bytes_in_the_stage_process_and_on_a_local_cluster(repo, scheduler,
+                                                                              where):
+    repo, before = repo
+    _set_scheduler(repo, where)
+    try:  # where runs compute is no dependency: --force makes them run here
+        run_command(["dvc", "repro", "--force", "--single-item", "train", "evaluate"], repo)
+    finally:
+        _set_scheduler(repo, scheduler)
+    assert deterministic_outputs(repo) == before
+    record = json.loads((repo / "reports" / "train" / "run.json").read_text())
+    assert record["compute"]["scheduler"] == where
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_stage_gives_the_same_bytes(repo,
+                                                                                scheduler):
+    repo, before = repo
+    with Client(scheduler, timeout="30s") as client:
+        pids = client.run(os.getpid)
+        stage = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"],
+                                 cwd=repo, env=command_env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        deadline, busy = time.monotonic() + 240, []
+        while not busy and stage.poll() is None and time.monotonic() < deadline:
+            busy = [worker for worker, keys in client.processing().items()
+                    if any(str(key).startswith("train-") for key in keys)]
+            time.sleep(0.02)
+        assert busy, "the stage ended before a worker was seen training"
+        os.kill(pids[busy[0]], signal.SIGKILL)  # in the middle of a run
+        assert stage.wait(timeout=300) == 0
+        client.wait_for_workers(2, timeout=120)
+        assert pids[busy[0]] not in client.run(os.getpid).values()  # a new process
+    assert _weights(deterministic_outputs(repo)) == _weights(before)
 
 
 # ---------------------------------------------------------------------------------------
 # The tests below change the repository; each leaves it with the same deterministic outputs.
 
 
-def _training_cell_running(repo: Path, head: str) -> bool:
-    """Whether ``head``'s train notebook is executing its training cell right now (papermill
-    saves the executed notebook with each cell's status as it goes)."""
+def _training_cell_running(repo: Path) -> bool:
+    """Whether the train notebook is executing its training cell right now (papermill saves
+    the executed notebook with each cell's status as it goes)."""
     try:
-        nb = json.loads((repo / "reports" / "notebooks" / f"train_{head}.ipynb").read_text())
+        nb = json.loads((repo / "reports" / "notebooks" / "train.ipynb").read_text())
     except (OSError, ValueError):  # not there yet, or being rewritten this very moment
         return False
-    return any("train_run(" in "".join(cell["source"])
+    return any("train_task" in "".join(cell["source"])
                and cell["metadata"].get("papermill", {}).get("status") == "running"
                for cell in nb["cells"])
 
@@ -158,17 +247,17 @@ def test_interrupted_training_resumes_to_byte_identical_results(repo):
     repo, before = repo
     # A shell that starts the test suite in the background makes its children ignore SIGINT,
     # and an ignored SIGINT is inherited: restore the terminal's default, as in `make repro`.
-    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train@gap"],
+    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"],
                                cwd=repo, env=command_env(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
-    while not _training_cell_running(repo, "gap") and process.poll() is None \
+    while not _training_cell_running(repo) and process.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     assert process.wait(timeout=120) != 0, "dvc repro finished before it could be interrupted"
-    assert not (repo / "models" / "gap").exists()  # nothing half-written for the next stage
+    assert not (repo / "models").exists()  # nothing half-written for the next stage
 
     run_command(["dvc", "repro"], repo)  # picks up where it stopped
     assert "up to date" in run_command(["dvc", "status"], repo).stdout
@@ -183,7 +272,7 @@ def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
     result = run_command(["dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in result.stdout.splitlines()
            if line.startswith("Running stage")}
-    assert ran == {f"evaluate@{h}" for h in HEADS} | {"report"}
+    assert ran == {"evaluate", "report"}
     grid = pd.read_csv(repo / "reports" / "eval" / "gap" / "shift_grid.csv")
     assert len(grid) == 2 * len(TINY_SEEDS) * 3 * 3
 
@@ -193,11 +282,11 @@ def test_a_notebook_error_fails_its_stage_shows_the_error_and_keeps_the_notebook
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["device"] = "cuda:7"  # not on this machine (nor on a 1-GPU one)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    failed = run_command(["dvc", "repro", "--single-item", "train@gap"], repo, check=False)
+    failed = run_command(["dvc", "repro", "--single-item", "train"], repo, check=False)
     assert failed.returncode != 0
     shown = failed.stdout + failed.stderr
     assert "notebooks/train.ipynb failed in cell" in shown and "cuda:7" in shown
-    executed = nbformat.read(repo / "reports" / "notebooks" / "train_gap.ipynb", as_version=4)
+    executed = nbformat.read(repo / "reports" / "notebooks" / "train.ipynb", as_version=4)
     assert any(o.get("output_type") == "error"
                for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert not (repo / "models" / "gap").exists()  # nothing half-written for the next stage
+    assert not (repo / "models").exists()  # nothing half-written for the next stage

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.queue]
 
 
 def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_path):
-    repo = tiny_repository(tmp_path / "sweep", ["gap"])
+    # two experiments at a time on 2 cores: one Dask worker each
+    repo = tiny_repository(tmp_path / "sweep", ["gap"], compute={"workers": 1})
     for seed in TINY_SEEDS:  # one experiment per seed: the seeds of one study, run in parallel
         run_command(["dvc", "exp", "run", "--queue", "-S", f"train.seeds=[{seed}]"], repo)
     # The workers outlive `dvc queue start` and inherit its output: to a file, not to a pipe

@@ -62,17 +62,24 @@ def _cam_examples(count: int = 2) -> dict[str, np.ndarray]:
             "shifted_cams": maps, "shifted_boxes": boxes + 1, "shift": np.array([1, -1])}
 
 
-def _records(head: str) -> tuple[dict, dict]:
-    environment = {"device": "cpu", "device_name": "test CPU", "torch_threads": 2,
-                   "torch": "2.x", "numpy": "2.x", "python": "3.11", "platform": "Linux",
-                   "git_commit": "abc123"}
-    train = {"head": head, "environment": environment,
+ENVIRONMENT = {"device": "cpu", "device_name": "test CPU", "torch_threads": 2, "torch": "2.x",
+               "numpy": "2.x", "python": "3.11", "platform": "Linux", "git_commit": "abc123"}
+WORKER = {"host": "node1", "cpu": "test CPU", "cpu_capability": "AVX2", "torch_threads": 1,
+          "device": "cpu"}
+
+
+def _records() -> tuple[dict, dict]:
+    """The train and evaluate stages' run records."""
+    environment = ENVIRONMENT
+    train = {"heads": HEADS, "environment": environment,
+             "compute": {"scheduler": "local", "threads_per_run": 1, "workers": None},
+             "runs": {f"{head}/{run.stem}": WORKER for head in HEADS for run in RUNS},
              "dataset": {"name": "digits", "train_images": 80, "test_images": 20,
                          "image_size": 8, "in_channels": 1, "num_classes": 4},
              "model": {"widths": [8, 16], "dense_hidden": 10},
              "train": {"epochs": 3, "lr": 0.001, "batch_size": 16, "weight_decay": 0.0,
                        "fractions": [0.5, 1.0], "shift": [0, 2], "seeds": [0, 1]}}
-    evaluate = {"head": head, "environment": environment,
+    evaluate = {"heads": HEADS, "environment": environment,
                 "evaluate": {"max_shift": MAX_SHIFT, "batch_size": 8, "seed": 0},
                 "feature_map": FEATURE_MAP}
     return train, evaluate
@@ -81,7 +88,7 @@ def _records(head: str) -> tuple[dict, dict]:
 def _write_head(layout: Layout, head: str, rng: np.random.Generator) -> None:
     """One head's files as the training and evaluation stages write them."""
     layout.eval_reports(head).mkdir(parents=True)
-    (layout.train_reports(head) / "history").mkdir(parents=True)
+    layout.histories(head).mkdir(parents=True)
     pd.DataFrame([_metrics_row(head, run, rng) for run in RUNS]).to_csv(
         layout.eval_metrics(head), index=False)
     offsets = [(dx, dy) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
@@ -97,11 +104,22 @@ def _write_head(layout: Layout, head: str, rng: np.random.Generator) -> None:
                        "images_per_second": 80 / seconds}
                       for epoch, seconds in enumerate(EPOCH_SECONDS, start=1)]).to_csv(
             layout.history(head, run), index=False)
-    train, evaluate = _records(head)
-    layout.train_run(head).write_text(json.dumps(train))
-    layout.eval_run(head).write_text(json.dumps(evaluate))
     if head != "dense":
         np.savez(layout.cam_examples(head), **_cam_examples())
+
+
+STEP_SECONDS = {"dense": [0.030, 0.031, 0.029], "gsp": [0.010, 0.012, 0.011],
+                "gap": [0.011, 0.010, 0.012]}
+
+
+def _write_speed(layout: Layout) -> None:
+    """The speed stage's files: three rounds of step times per head, and its record."""
+    layout.speed_reports.mkdir(parents=True)
+    pd.DataFrame([{"head": head, "round": r, "seconds_per_step": seconds}
+                  for head, times in STEP_SECONDS.items()
+                  for r, seconds in enumerate(times)]).to_csv(layout.step_times, index=False)
+    layout.speed_run.write_text(json.dumps({"batch_size": 16, "threads_per_run": 1,
+                                            "environment": ENVIRONMENT}))
 
 
 @pytest.fixture
@@ -109,37 +127,46 @@ def layout(tmp_path) -> Layout:
     layout, rng = Layout(tmp_path), np.random.default_rng(0)
     for head in HEADS:
         _write_head(layout, head, rng)
+    train, evaluate = _records()
+    layout.train_run.write_text(json.dumps(train))
+    layout.eval_run.write_text(json.dumps(evaluate))
+    _write_speed(layout)
     return layout
 
 
 def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
     collected = collect_results(layout, HEADS)
     assert isinstance(collected, CollectedResults)
-    assert collected._fields == ("results", "grid", "history", "runs", "cams")
+    assert collected._fields == ("results", "grid", "history", "records", "cams",
+                                 "step_times", "speed_run")
     results = collected.results
     assert list(dict.fromkeys(results["head"])) == HEADS
     assert len(results) == len(HEADS) * len(RUNS)
     assert (results.seconds_per_epoch == np.median(EPOCH_SECONDS)).all()  # median epoch
     assert set(collected.grid["head"]) == set(HEADS)
     assert len(collected.history) == len(HEADS) * len(RUNS) * len(EPOCH_SECONDS)
-    assert collected.runs["gap"]["evaluate"]["feature_map"] == FEATURE_MAP
-    assert collected.runs["gsp"]["train"]["model"]["widths"] == [8, 16]
+    assert collected.records["evaluate"]["feature_map"] == FEATURE_MAP
+    assert collected.records["train"]["model"]["widths"] == [8, 16]
     assert sorted(collected.cams) == ["gap", "gsp"]
     assert collected.cams["gap"]["shift"].tolist() == [1, -1]
+    assert collected.step_times.groupby("head")["seconds_per_step"].min().to_dict() == {
+        head: min(times) for head, times in STEP_SECONDS.items()}
+    assert collected.speed_run["threads_per_run"] == 1
 
 
 def _report(layout: Layout) -> str:
     """The report text of the hand-made study, figures named as the stage names them."""
     collected = collect_results(layout, HEADS)
     tables = study_tables(collected.results, collected.grid)
-    claims = study_claims(collected.results)
+    claims = study_claims(collected.results, collected.step_times)
     names = ["params", "accuracy", "training_curves", "shift_radius", "shift_heatmaps",
              "stability", "time", "fraction_curve", "shift_training", "pointing",
              "cam_overlays"]
-    return compose_report(tables=tables, grid=collected.grid, claims=claims,
-                          overall=overall_verdicts(claims),
+    return compose_report(tables=tables, grid=collected.grid, step_times=collected.step_times,
+                          claims=claims, overall=overall_verdicts(claims),
                           figures={n: f"figures/{n}.png" for n in names},
-                          runs=collected.runs, heads=HEADS, confidence=0.95)
+                          records=collected.records, speed_run=collected.speed_run, heads=HEADS,
+                          confidence=0.95)
 
 
 def test_report_has_every_section_and_cites_docs_study_md(layout):
@@ -155,6 +182,7 @@ def test_report_has_every_section_and_cites_docs_study_md(layout):
     assert "Metric definitions: `docs/study.md` (\"Metrics\")." in text
     assert "None of the published results in `docs/study.md` is on `digits`" in text
     assert "Heads: `dense`, `gsp`, `gap`." in text and "git commit `abc123`" in text
+    assert "Training runs computed on node1 (test CPU, AVX2, 1 thread(s)): 18 runs." in text
 
 
 def test_sum_pooling_section_quotes_the_evaluation_record(layout):
@@ -177,3 +205,17 @@ def test_study_figures_draws_every_figure_and_saves_them(layout, tmp_path):
                              "pointing", "shift_heatmaps", "shift_radius", "shift_training",
                              "stability", "time", "training_curves"]
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths.values())
+
+
+def test_speed_is_judged_on_the_step_times_of_the_rounds_not_on_epoch_times(layout):
+    collected = collect_results(layout, HEADS)
+    claims = study_claims(collected.results, collected.step_times)
+    speed = claims[claims["claim"] == "faster training"].set_index("head")
+    assert list(speed.index) == ["gsp", "gap"]
+    assert (speed["metric"] == "seconds_per_step").all()
+    assert speed.loc["gap", "baseline_mean"] == pytest.approx(0.030)
+    assert speed.loc["gap", "improvement"] == pytest.approx(0.030 - 0.011)
+    assert (speed["setting"] == "training steps timed in turns, 3 rounds").all()
+    text = _report(layout)
+    assert "| dense  | 30.00 ± 1.00 [27.52, 32.48] ms |" in text
+    assert "2.90x" in text  # dense / gap, best rounds: 29 ms / 10 ms

@@ -12,14 +12,14 @@ from gap_study.run_notebook import main, notebook_parameters
 
 def test_notebook_receives_the_params_sections_it_declares(root):
     values = notebook_parameters(root / "notebooks" / "train.ipynb", root / "params.yaml",
-                                 {"head": "gmp"})
+                                 {"heads": ["gmp"]})
     params = yaml.safe_load((root / "params.yaml").read_text())
-    assert values == {"head": "gmp", "train": params["train"], "model": params["model"],
-                      "device": params["device"]}
+    assert values == {"heads": ["gmp"], "train": params["train"], "model": params["model"],
+                      "device": params["device"], "compute": params["compute"]}
 
 
 def test_an_override_the_notebook_does_not_declare_is_refused(root):
-    with pytest.raises(ParamsError, match="has no parameter hed; its parameters are: head"):
+    with pytest.raises(ParamsError, match="has no parameter hed; its parameters are: heads"):
         notebook_parameters(root / "notebooks" / "train.ipynb", root / "params.yaml",
                             {"hed": "gap"})
 

@@ -10,7 +10,8 @@ a class activation map, pointing accuracy. Nothing here writes files: the stage 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from gap_study.architecture import ModelConfig, has_class_map, total_stride
 from gap_study.canvas import CanvasDataset, to_float
+from gap_study.checkpoints import model_from_payload
 from gap_study.localization import cam_examples, localization_metrics
 from gap_study.metrics import (
     consistency,
@@ -31,7 +33,8 @@ from gap_study.models import ClassifierNet, fold_batch_norm, head_param_count, p
 from gap_study.params import EvaluateParams
 from gap_study.paths import RunId
 from gap_study.pooling import sum_vs_average
-from gap_study.runtime import to_device
+from gap_study.provenance import worker_facts
+from gap_study.runtime import resolve_device, to_device
 from gap_study.splits import fraction_subset
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "RunEvaluation",
     "cam_example_run",
     "evaluate_run",
+    "evaluate_task",
     "evaluation_tables",
     "example_cams",
     "feature_map_record",
@@ -71,11 +75,14 @@ class EvaluationData:
 
 @dataclass(frozen=True)
 class RunEvaluation:
-    """One run's metrics (a row of ``metrics.csv``) and, for runs on the whole training set,
-    its shift grid (``dx, dy, radius, accuracy``)."""
+    """One run's metrics (a row of ``metrics.csv``), for runs on the whole training set its
+    shift grid (``dx, dy, radius, accuracy``), and for the run that supplies them the class
+    activation map examples (``example_cams``)."""
 
     row: dict[str, object]
     grid: pd.DataFrame | None
+    examples: dict[str, np.ndarray] | None = None
+    worker: dict[str, object] | None = None  # where it ran (provenance.worker_facts)
 
 
 def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
@@ -106,12 +113,35 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
     return RunEvaluation(row, grid.assign(**run.as_dict()))
 
 
-def evaluation_tables(results: Sequence[RunEvaluation]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``metrics.csv`` (one row per run) and ``shift_grid.csv`` (one row per run on the whole
-    training set and offset) of a head, from its runs' evaluations in order."""
-    grids = [result.grid for result in results if result.grid is not None]
-    return (pd.DataFrame([result.row for result in results]),
+def evaluate_task(item: tuple[RunId, dict[str, Any]], *, data: CanvasDataset,
+                  settings: EvaluateParams, device: str, full_fraction: float,
+                  example_run: RunId) -> RunEvaluation:
+    """One run as a task of ``gap_study.engine``: ``item`` is the run and its checkpoint's
+    payload; ``evaluate_run`` on the device ``device`` names where the task runs, plus the
+    class activation map examples when the run is ``example_run``."""
+    run, payload = item
+    torch_device = resolve_device(device)
+    model = model_from_payload(payload, torch_device)
+    tensors = EvaluationData.on(data, torch_device)
+    result = evaluate_run(model, run, tensors, settings, full_fraction=full_fraction)
+    examples = example_cams(model, tensors, settings) if run == example_run else None
+    return replace(result, examples=examples, worker=worker_facts(torch_device))
+
+
+def evaluation_tables(results: Sequence[RunEvaluation],
+                      head: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``head``'s ``metrics.csv`` (one row per run) and ``shift_grid.csv`` (one row per run on
+    the whole training set and offset), from the evaluations of every head's runs in order."""
+    own = [result for result in results if result.row["head"] == head]
+    grids = [result.grid for result in own if result.grid is not None]
+    return (pd.DataFrame([result.row for result in own]),
             pd.concat(grids, ignore_index=True)[GRID_COLUMNS])
+
+
+def example_maps(results: Sequence[RunEvaluation], head: str) -> dict[str, np.ndarray] | None:
+    """The class activation map examples of ``head``, or ``None`` (a head without maps)."""
+    return next((result.examples for result in results
+                 if result.row["head"] == head and result.examples is not None), None)
 
 
 def cam_example_run(runs: Sequence[RunId]) -> RunId:
@@ -133,10 +163,12 @@ def example_cams(model: ClassifierNet, data: EvaluationData,
                         count=4, dx=move, dy=-move)
 
 
-def feature_map_record(config: ModelConfig) -> dict[str, object]:
-    """The backbone's last map for the run record: its shape ``[C, H, W]``, the total stride,
-    and global sum vs average pooling measured on random maps of that shape (the ratio is
-    ``H * W`` up to float rounding; the report's sum-pooling section quotes it)."""
+def feature_map_record(checkpoint: dict[str, Any]) -> dict[str, object]:
+    """The backbone's last map for the run record, from a checkpoint's payload: its shape
+    ``[C, H, W]``, the total stride, and global sum vs average pooling measured on random maps
+    of that shape (the ratio is ``H * W`` up to float rounding; the report's sum-pooling
+    section quotes it)."""
+    config = ModelConfig(**checkpoint["config"])
     channels, height, width = config.feature_map_shape
     return {"shape": [channels, height, width], "stride": total_stride(config.widths),
             "sum_over_average": sum_vs_average(height, channels)}

@@ -29,12 +29,14 @@ from gap_study.architecture import HEAD_NAMES, DatasetShape, ModelConfig, total_
 from gap_study.paths import RunId
 
 __all__ = [
+    "ComputeParams",
     "DataParams",
     "EvaluateParams",
     "ModelParams",
     "Params",
     "ParamsError",
     "ReportParams",
+    "SpeedParams",
     "TrainParams",
     "load_params",
     "parse_params",
@@ -54,6 +56,16 @@ def _unique(values: list) -> list:
     if duplicates:
         raise ValueError(f"values must be unique; repeated: {duplicates}")
     return values
+
+
+def _check_scheduler(value: str) -> str:
+    if value in ("local", "synchronous"):
+        return value
+    if re.fullmatch(r"(tcp|tls|ws|wss|ucx)://[^\s/:]+(:\d+)?|[^\s/:]+:\d+", value):
+        return value
+    raise ValueError("must be 'local' (a Dask cluster of this machine's cores), 'synchronous' "
+                     "(in the stage's own process) or the address of a running Dask scheduler, "
+                     f"e.g. 'tcp://10.0.0.5:8786'{_suggest(value, ['local', 'synchronous'])}")
 
 
 def _check_device(value: str) -> str:
@@ -161,6 +173,25 @@ class EvaluateParams(_Section):
     seed: NonNegativeInt
 
 
+class ComputeParams(_Section):
+    """Where and how each run computes (``gap_study.engine``). Not part of a run's meaning:
+    the sweep pools across it, and only ``threads_per_run`` (which may change the last bits of
+    a result) makes a stage rerun."""
+
+    scheduler: Annotated[str, AfterValidator(_check_scheduler)]
+    threads_per_run: PositiveInt
+    workers: PositiveInt | None
+
+
+class SpeedParams(_Section):
+    """The interleaved timing of one training step per head (``gap_study.speed``)."""
+
+    rounds: Annotated[int, Field(ge=2)]
+    blocks: PositiveInt
+    steps: PositiveInt
+    warmup: NonNegativeInt
+
+
 class ReportParams(_Section):
     confidence: Annotated[float, Field(gt=0, lt=1)]
 
@@ -174,8 +205,10 @@ class Params(_Section):
     heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(_unique)]
     train: TrainParams
     evaluate: EvaluateParams
+    speed: SpeedParams
     report: ReportParams
     device: Annotated[str, AfterValidator(_check_device)]
+    compute: ComputeParams
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:

@@ -50,7 +50,8 @@ def find_project_root(start: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Layout:
-    """The project's files. Per-head folders hold one file per training run (``RunId``)."""
+    """The project's files. Per-head folders hold one file per training run (``RunId``); each
+    stage's run record (``run.json``) is one file for all heads."""
 
     root: Path
 
@@ -78,17 +79,22 @@ class Layout:
                  if (run := RunId.from_stem(path.stem)) is not None]
         if not found:
             raise FileNotFoundError(f"no checkpoints in {self.models(head)}: run the training "
-                                    f"stage first (`dvc repro train@{head}`)")
+                                    "stage first (`dvc repro train`)")
         return sorted(found)
 
-    def train_reports(self, head: str) -> Path:
-        return self.root / "reports" / "train" / head
+    @property
+    def train_reports(self) -> Path:
+        return self.root / "reports" / "train"
+
+    def histories(self, head: str) -> Path:
+        return self.train_reports / "history" / head
 
     def history(self, head: str, run: RunId) -> Path:
-        return self.train_reports(head) / "history" / f"{run.stem}.csv"
+        return self.histories(head) / f"{run.stem}.csv"
 
-    def train_run(self, head: str) -> Path:
-        return self.train_reports(head) / "run.json"
+    @property
+    def train_run(self) -> Path:
+        return self.train_reports / "run.json"
 
     def eval_reports(self, head: str) -> Path:
         return self.root / "reports" / "eval" / head
@@ -102,8 +108,21 @@ class Layout:
     def cam_examples(self, head: str) -> Path:
         return self.eval_reports(head) / "cam_examples.npz"
 
-    def eval_run(self, head: str) -> Path:
-        return self.eval_reports(head) / "run.json"
+    @property
+    def eval_run(self) -> Path:
+        return self.root / "reports" / "eval" / "run.json"
+
+    @property
+    def speed_reports(self) -> Path:
+        return self.root / "reports" / "speed"
+
+    @property
+    def step_times(self) -> Path:
+        return self.speed_reports / "step_times.csv"
+
+    @property
+    def speed_run(self) -> Path:
+        return self.speed_reports / "run.json"
 
     @property
     def reports(self) -> Path:

@@ -9,6 +9,7 @@ on another CPU they may differ slightly, and the record says which CPU each run 
 from __future__ import annotations
 
 import platform
+import socket
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["cpu_name", "git_commit", "run_environment", "run_record"]
+__all__ = ["cpu_name", "git_commit", "run_environment", "run_record", "worker_facts"]
 
 
 def git_commit(root: str | Path = ".") -> str | None:
@@ -68,3 +69,13 @@ def run_record(params: Mapping[str, object], device: torch.device | str,
     """A stage's ``run.json``: the params it ran with (as the notebook received them), facts
     about its inputs (``facts``, e.g. ``dataset=...``) and ``run_environment``."""
     return {**params, **facts, "environment": run_environment(device, root)}
+
+
+def worker_facts(device: torch.device | str) -> dict[str, object]:
+    """Where a task ran, for the run record of each run: host, CPU, the instruction set torch
+    chose kernels for, torch threads and device."""
+    device = torch.device(device)
+    return {"host": socket.gethostname(), "cpu": cpu_name(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ from torch import Tensor
 # cuBLAS needs this to be deterministic; it must be set before CUDA initialises.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-__all__ = ["resolve_device", "seed_everything", "to_device"]
+__all__ = ["resolve_device", "seed_everything", "to_device", "torch_threads"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -48,3 +50,15 @@ def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         tensor = tensor.pin_memory()
     return tensor.to(device, memory_format=layout, non_blocking=device.type == "cuda")
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the number before:
+    a result can depend on it (kernels split their reductions by thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

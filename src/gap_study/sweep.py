@@ -61,13 +61,14 @@ GROUP_KEYS = ["data", "settings", "head", "fraction", "train_shift"]
 # means, so experiments differing only in them are pooled: which seeds and heads an experiment
 # trains (a run's numbers depend on its own seed and head alone), where the data files are
 # cached and whether they may be downloaded (the files are hash-checked), and how the
-# numbers are computed or reported (device and evaluation batch size change the speed and
-# at most the last bits of floating point, never a random draw; the report section sets the
-# confidence level, which the sweep takes from --confidence). Everything else, including
-# train.fractions and train.shift, is a setting: the largest fraction decides which runs get
-# the translation and CAM metrics, and pooling too little is safe where pooling too much is not.
-IGNORED_PARAMS = ("train.seeds", "heads", "device", "data.root", "data.download",
-                  "evaluate.batch_size", "report")
+# numbers are computed or reported (device, compute and evaluation batch size change the
+# speed and at most the last bits of floating point, never a random draw; the speed section
+# times training steps, no run; the report section sets the confidence level, which the sweep
+# takes from --confidence). Everything else, including train.fractions and train.shift, is a
+# setting: the largest fraction decides which runs get the translation and CAM metrics, and
+# pooling too little is safe where pooling too much is not.
+IGNORED_PARAMS = ("train.seeds", "heads", "device", "compute", "data.root", "data.download",
+                  "evaluate.batch_size", "speed", "report")
 UNSET = "(unset)"  # a key an experiment's params do not have, in settings_differences
 SETTINGS_FRONT = ["experiment", "rev", "data", "settings"]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
@@ -19,14 +21,16 @@ from tqdm import tqdm  # the text bar: it streams to the terminal under papermil
 
 from gap_study.architecture import ModelConfig
 from gap_study.canvas import CanvasDataset, random_offsets, shift_each, to_float
+from gap_study.checkpoints import checkpoint_payload
 from gap_study.metrics import loss_and_accuracy
 from gap_study.models import ClassifierNet, build_model
-from gap_study.params import TrainParams
+from gap_study.params import ModelParams, TrainParams
 from gap_study.paths import RunId
+from gap_study.provenance import worker_facts
 from gap_study.runtime import resolve_device, seed_everything, to_device
 from gap_study.splits import fraction_subset
 
-__all__ = ["fit", "matched_epochs", "train_one_seed", "train_run"]
+__all__ = ["TrainedRun", "fit", "matched_epochs", "train_one_seed", "train_run", "train_task"]
 
 
 def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *,
@@ -141,3 +145,25 @@ def train_run(config: ModelConfig, data: CanvasDataset, run: RunId, settings: Tr
                           batch_size=settings.batch_size, lr=settings.lr,
                           weight_decay=settings.weight_decay, fraction=run.fraction,
                           train_shift=run.train_shift, device=device, progress=progress)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What a training task returns: the checkpoint's payload, the run's history and where
+    it ran (``gap_study.provenance.worker_facts``)."""
+
+    checkpoint: dict[str, Any]
+    history: pd.DataFrame
+    worker: dict[str, object]
+
+
+def train_task(item: tuple[str, RunId], *, data: CanvasDataset, architecture: ModelParams,
+               settings: TrainParams, device: str) -> TrainedRun:
+    """One run of one head, ``item = (head, run)``, as a task of ``gap_study.engine``:
+    ``train_run`` of the head's model sized for ``data``, on the device ``device`` names where
+    the task runs, without a progress bar (the engine reports each finished run)."""
+    head, run = item
+    torch_device = resolve_device(device)
+    model, history = train_run(architecture.to_config(head, data), data, run, settings,
+                               device=torch_device, progress=False)
+    return TrainedRun(checkpoint_payload(model), history, worker_facts(torch_device))

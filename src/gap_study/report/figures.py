@@ -30,7 +30,7 @@ __all__ = [
     "plot_shift_heatmaps",
     "plot_shift_training",
     "plot_stability",
-    "plot_time_per_epoch",
+    "plot_step_times",
     "plot_training_curves",
     "save_figure",
     "save_figures",
@@ -149,12 +149,15 @@ def plot_shift_heatmaps(grid: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
     return fig
 
 
-def plot_time_per_epoch(per_seed: pd.DataFrame, heads: Sequence[str],
-                        confidence: float = 0.95) -> plt.Figure:
-    """Seconds per training epoch (median epoch of each run), mean and t interval over seeds."""
+def plot_step_times(step_times: pd.DataFrame, heads: Sequence[str],
+                    confidence: float = 0.95) -> plt.Figure:
+    """Milliseconds per training step, heads timed in turns (the speed stage): mean and t
+    interval over rounds."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    head_bars(ax, per_seed, "seconds_per_epoch", heads, confidence)
-    ax.set(xlabel="classifier head", ylabel="seconds per epoch", title="Training time per epoch")
+    head_bars(ax, step_times.assign(ms=step_times["seconds_per_step"] * 1000), "ms", heads,
+              confidence)
+    ax.set(xlabel="classifier head", ylabel="milliseconds per training step",
+           title="Training step, heads timed in turns")
     fig.tight_layout()
     return fig
 
@@ -314,7 +317,7 @@ def study_figures(collected: CollectedResults, tables: StudyTables, heads: Seque
         "shift_radius": plot_shift_by_radius(tables.by_radius, heads, confidence),
         "shift_heatmaps": plot_shift_heatmaps(main_runs(collected.grid), heads),
         "stability": plot_stability(per_seed, heads, confidence),
-        "time": plot_time_per_epoch(per_seed, heads, confidence),
+        "time": plot_step_times(collected.step_times, heads, confidence),
     }
     if tables.curve["fraction"].nunique() > 1:
         figures["fraction_curve"] = plot_fraction_curve(tables.curve, heads, confidence)

@@ -27,6 +27,7 @@ _FORMATS = {
     "overfit_gap": (100, 2, " pts"), "train_loss": (1, 3, ""), "test_loss": (1, 3, ""),
     "loss_gap": (1, 3, ""), "shift_accuracy_mean": (100, 1, "%"),
     "shift_accuracy_worst": (100, 1, "%"), "seconds_per_epoch": (1, 3, " s"),
+    "seconds_per_step": (1000, 2, " ms"),
     "images_per_second": (1, 0, ""),
     "aligned_shift_accuracy": (100, 1, "%"), "other_shift_accuracy": (100, 1, "%"),
     "consistency": (100, 1, "%"), "flip_rate": (100, 1, "%"), "pointing_accuracy": (100, 1, "%"),

@@ -49,7 +49,7 @@ HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accur
                     "overfit_gap", "loss_gap", "shift_accuracy_mean", "shift_accuracy_worst",
                     "consistency", "flip_rate", "pointing_accuracy", "pointing_accuracy_shifted")
 
-# A head's run records: ``{"train": train/<head>/run.json, "evaluate": eval/<head>/run.json}``.
+# The stages' run records: ``{"train": train/run.json, "evaluate": eval/run.json}``.
 RunRecords = dict[str, dict[str, Any]]
 
 
@@ -59,8 +59,10 @@ class CollectedResults(NamedTuple):
     results: pd.DataFrame  # one row per head x fraction x train_shift x seed
     grid: pd.DataFrame  # the run keys, dx, dy, radius, accuracy
     history: pd.DataFrame  # the run keys, epoch, per-epoch accuracy, loss and timing
-    runs: dict[str, RunRecords]  # per head
+    records: RunRecords  # the train and evaluate stages' run records
     cams: dict[str, dict[str, np.ndarray]]  # CAM examples per head that has them
+    step_times: pd.DataFrame  # the speed stage: head, round, seconds_per_step
+    speed_run: dict[str, Any]  # the speed stage's run record
 
 
 class StudyTables(NamedTuple):
@@ -87,19 +89,18 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
 
     ``results`` holds the evaluation metrics plus ``seconds_per_epoch``/``images_per_second``,
     the median epoch of that run (metrics measured only on the whole training set are empty
-    for smaller fractions); ``runs`` each head's training and evaluation run records.
+    for smaller fractions); ``records`` the train and evaluate stages' run records;
+    ``step_times`` the speed stage's interleaved timing, per head and round.
     """
-    metrics, grids, histories, runs, cams = [], [], [], {}, {}
+    metrics, grids, histories, cams = [], [], [], {}
     for head in heads:
         if layout.cam_examples(head).exists():
             with np.load(layout.cam_examples(head), allow_pickle=False) as npz:
                 cams[head] = dict(npz)
         metrics.append(pd.read_csv(layout.eval_metrics(head)))
         grids.append(pd.read_csv(layout.shift_grid(head)).assign(head=head))
-        for path in sorted(layout.train_reports(head).glob("history/*.csv")):
+        for path in sorted(layout.histories(head).glob("*.csv")):
             histories.append(pd.read_csv(path).assign(head=head))
-        runs[head] = {"train": json.loads(layout.train_run(head).read_text()),
-                      "evaluate": json.loads(layout.eval_run(head).read_text())}
     history = pd.concat(histories, ignore_index=True)
     speed = (history.groupby(RUN_KEYS, as_index=False)
              .agg(seconds_per_epoch=("epoch_seconds", "median"),
@@ -108,7 +109,11 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
                                                           validate="one_to_one")
     return CollectedResults(
         results=results.sort_values(RUN_KEYS, key=head_order(heads), ignore_index=True),
-        grid=pd.concat(grids, ignore_index=True), history=history, runs=runs, cams=cams)
+        grid=pd.concat(grids, ignore_index=True), history=history, cams=cams,
+        records={"train": json.loads(layout.train_run.read_text()),
+                 "evaluate": json.loads(layout.eval_run.read_text())},
+        step_times=pd.read_csv(layout.step_times),
+        speed_run=json.loads(layout.speed_run.read_text()))
 
 
 def main_runs(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,141 @@
+"""Runs as tasks on Dask (``dask.distributed``): each training or evaluation run of a stage is
+one task, whatever computes it.
+
+``compute.scheduler`` in ``params.yaml`` says where: ``local`` starts a ``LocalCluster`` of
+single-threaded worker processes for the stage and stops it after; ``synchronous`` runs every
+task in this process, one after another (for debugging, or a notebook run cell by cell); an
+address (``tcp://host:8786``) connects to a running scheduler, e.g. one a SLURM or Kubernetes
+cluster started (README, "Scaling out").
+
+Every task seeds itself and runs with ``compute.threads_per_run`` torch threads, so a run
+gives the same bytes on any worker of any scheduler; the stage writes what the tasks return.
+A worker that dies mid-task is replaced and its task run again (Dask's own rescheduling),
+and a task that raises is retried once before the stage fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import dask
+
+from gap_study.params import ComputeParams
+from gap_study.runtime import torch_threads
+
+__all__ = ["Engine", "EngineError", "local_workers", "open_engine"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+CONNECT_TIMEOUT = "10s"  # how long to try to reach a scheduler before failing the stage
+RETRIES = 1  # a task that raises runs once more before the stage fails
+# Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand every
+# freed block over 64 KiB back to the kernel (and stops it from adapting its mmap threshold):
+# each temporary of a training step then costs fresh page faults, several times the step's
+# arithmetic (benchmarks/README.md, "Dask workers"). The local cluster's workers start without
+# it; for other clusters README "Scaling out" says how, and the engine warns.
+MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+class EngineError(RuntimeError):
+    """The runs cannot be computed where ``compute`` says: the message names the scheduler
+    and what to do."""
+
+
+def local_workers(settings: ComputeParams) -> int:
+    """Worker processes of the local cluster: ``compute.workers``, else one per
+    ``threads_per_run`` cores (Dask's count, which respects CPU limits of containers)."""
+    from dask.system import CPU_COUNT
+
+    return settings.workers or max(1, CPU_COUNT // settings.threads_per_run)
+
+
+def _with_threads(fn: Callable[..., R], threads: int, *args: Any, **kwargs: Any) -> R:
+    """``fn(*args, **kwargs)`` with ``threads`` torch threads, as every task runs."""
+    with torch_threads(threads):
+        return fn(*args, **kwargs)
+
+
+@dataclass
+class Engine:
+    """Where a stage's tasks run: a Dask ``client``, or this process when it is ``None``."""
+
+    client: Any  # distributed.Client | None
+    threads_per_run: int
+
+    def map(self, fn: Callable[..., R], items: Sequence[T], *, shared: Mapping[str, Any],
+            name: str, label: Callable[[T], str] = str) -> list[R]:
+        """``[fn(item, **shared) for item in items]``, one task per item, in ``items``' order.
+
+        ``shared`` (the data set, settings) goes to every worker once, not once per task;
+        ``name`` and ``label(item)`` name the tasks and the progress lines.
+        """
+        if self.client is None:
+            results = []
+            for done, item in enumerate(items, start=1):
+                results.append(_with_threads(fn, self.threads_per_run, item, **shared))
+                print(f"{name}: {label(item)} done ({done}/{len(items)})", flush=True)
+            return results
+        from distributed import as_completed
+
+        sent = {key: self.client.scatter(value, broadcast=True) for key, value in shared.items()}
+        # unique keys: two stages sharing a scheduler must never share a task
+        stage = uuid.uuid4().hex[:8]
+        futures = [self.client.submit(_with_threads, fn, self.threads_per_run, item, **sent,
+                                      key=f"{name}-{label(item)}-{stage}", retries=RETRIES,
+                                      pure=False) for item in items]
+        position = {future.key: i for i, future in enumerate(futures)}
+        results: list[Any] = [None] * len(items)
+        for done, future in enumerate(as_completed(futures), start=1):
+            i = position[future.key]
+            results[i] = future.result()
+            print(f"{name}: {label(items[i])} done ({done}/{len(items)})", flush=True)
+        return results
+
+
+@contextmanager
+def open_engine(settings: ComputeParams) -> Iterator[Engine]:
+    """The engine ``compute`` asks for; a local cluster lives as long as the ``with`` block.
+
+    An address that no scheduler answers raises ``EngineError`` at once, before any task.
+    """
+    if settings.scheduler == "synchronous":
+        yield Engine(None, settings.threads_per_run)
+        return
+    from distributed import Client, LocalCluster
+
+    if settings.scheduler == "local":
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM}": None}), \
+                LocalCluster(n_workers=local_workers(settings), threads_per_worker=1,
+                             processes=True, host="127.0.0.1", dashboard_address=None,
+                             silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield Engine(client, settings.threads_per_run)
+        return
+    try:
+        client = Client(settings.scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as error:
+        raise EngineError(
+            f"no Dask scheduler answers at compute.scheduler = {settings.scheduler!r} "
+            f"({error}). Start one there (`dask scheduler`, then `dask worker "
+            f"{settings.scheduler}` on each machine; README, \"Scaling out\") or set "
+            "compute.scheduler to local or synchronous.") from None
+    with client:
+        _warn_about_trimming(client, settings.scheduler)
+        yield Engine(client, settings.threads_per_run)
+
+
+def _warn_about_trimming(client: Any, address: str) -> None:
+    """Say so when workers run with ``MALLOC_TRIM_THRESHOLD_`` set (Dask's default)."""
+    trimming = {worker: value for worker, value in client.run(os.environ.get, MALLOC_TRIM).items()
+                if value is not None}
+    if trimming:
+        print(f"warning: {len(trimming)} worker(s) of {address} run with {MALLOC_TRIM}="
+              f"{next(iter(trimming.values()))}, which makes training several times slower; "
+              "start them with DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_"
+              "=None (README, \"Scaling out\")", file=sys.stderr, flush=True)

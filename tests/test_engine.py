@@ -1,0 +1,108 @@
+"""The Dask engine: the same results in this process and on a local cluster, threads per run,
+retries, and a clear error for a scheduler that is not there."""
+
+import os
+import time
+
+import pytest
+import torch
+from builders import free_port
+
+from gap_study.engine import EngineError, _warn_about_trimming, local_workers, open_engine
+from gap_study.params import ComputeParams, ModelParams, TrainParams
+from gap_study.paths import RunId
+from gap_study.train import train_task
+
+
+def _compute(scheduler="synchronous", threads=1, workers=None):
+    return ComputeParams(scheduler=scheduler, threads_per_run=threads, workers=workers)
+
+
+def _threads_and_item(item, *, offset):
+    return torch.get_num_threads(), item + offset
+
+
+def test_synchronous_tasks_run_in_order_with_their_threads_and_restore_ours():
+    before = torch.get_num_threads()
+    with open_engine(_compute(threads=3)) as engine:
+        results = engine.map(_threads_and_item, [5, 1, 7], shared={"offset": 10}, name="t")
+    assert results == [(3, 15), (3, 11), (3, 17)]
+    assert torch.get_num_threads() == before
+
+
+def _fails_the_first_time(marker):
+    """Raises unless ``marker`` exists, creating it: the first try fails, a retry passes, in
+    whichever worker process it runs."""
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError("a passing failure")
+    return "passed"
+
+
+def test_local_cluster_gives_the_same_bytes_as_this_process_and_retries_a_failed_task(
+        small, tmp_path):
+    settings = TrainParams(seeds=[0, 1], epochs=1, batch_size=64, lr=0.01, weight_decay=0.0,
+                           fractions=[1.0], shift=[0, 2])
+    runs = [("gmp", RunId(1.0, 0, 0)), ("dense", RunId(1.0, 2, 1))]
+    architecture = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0)
+    shared = {"data": small, "architecture": architecture, "settings": settings,
+              "device": "cpu"}
+    outputs = {}
+    for scheduler in ("synchronous", "local"):
+        with open_engine(_compute(scheduler, workers=2)) as engine:
+            outputs[scheduler] = engine.map(train_task, runs, shared=shared, name="train",
+                                            label=lambda item: f"{item[0]}-{item[1].stem}")
+            if scheduler == "local":
+                workers = len(engine.client.scheduler_info()["workers"])
+                trim = engine.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_")
+                retried = engine.map(_fails_the_first_time, [tmp_path / "marker"], shared={},
+                                     name="flaky")
+    for local, sync in zip(outputs["local"], outputs["synchronous"], strict=True):
+        assert local.checkpoint["config"] == sync.checkpoint["config"]
+        assert all(torch.equal(local.checkpoint["state_dict"][k], v)
+                   for k, v in sync.checkpoint["state_dict"].items())
+        columns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
+        assert local.history[columns].equals(sync.history[columns])
+        assert local.worker["torch_threads"] == 1
+    assert workers == 2 and retried == ["passed"]
+    assert set(trim.values()) == {None}  # glibc keeps its heap: see engine.MALLOC_TRIM
+
+
+def test_an_address_where_no_scheduler_answers_fails_at_once_naming_it():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(EngineError) as error, open_engine(_compute(address)):
+        pytest.fail("the engine opened")
+    assert time.monotonic() - start < 30
+    message = str(error.value)
+    assert address in message and "dask scheduler" in message and "local" in message
+
+
+def test_the_local_cluster_has_one_worker_per_threads_per_run_cores_unless_told(monkeypatch):
+    import dask.system
+
+    monkeypatch.setattr(dask.system, "CPU_COUNT", 8)
+    assert local_workers(_compute("local", threads=1)) == 8
+    assert local_workers(_compute("local", threads=3)) == 2
+    assert local_workers(_compute("local", threads=16)) == 1
+    assert local_workers(_compute("local", threads=2, workers=5)) == 5
+
+
+class _Workers:
+    """A client whose workers' environments are ``environ`` (one dict per worker)."""
+
+    def __init__(self, *environ):
+        self.environ = environ
+
+    def run(self, fn, *args):
+        assert fn == os.environ.get  # what the engine asks every worker
+        return {f"tcp://w{i}": env.get(*args) for i, env in enumerate(self.environ)}
+
+
+def test_workers_that_trim_the_heap_are_warned_about_and_others_are_not(capsys):
+    _warn_about_trimming(_Workers({}, {"MALLOC_TRIM_THRESHOLD_": "65536"}), "tcp://h:8786")
+    warning = capsys.readouterr().err
+    assert "1 worker(s) of tcp://h:8786 run with MALLOC_TRIM_THRESHOLD_=65536" in warning
+    assert "MALLOC_TRIM_THRESHOLD_=None" in warning
+    _warn_about_trimming(_Workers({}, {}), "tcp://h:8786")
+    assert capsys.readouterr().err == ""
