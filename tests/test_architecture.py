@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from gap_study.architecture import (
+    FACTORIAL,
     HEAD_NAMES,
     ModelConfig,
     feature_map_shape,
     has_class_map,
+    pools_globally,
     total_stride,
 )
 from gap_study.models import build_model
@@ -35,11 +37,27 @@ def test_a_head_has_class_map_weights_exactly_when_the_architecture_says_it_has_
     model = build_model(ModelConfig(head=head, in_channels=1, image_size=16, num_classes=3,
                                     widths=(4, 8), dense_hidden=5))
     assert hasattr(model.head, "class_map_weights") == has_class_map(head)
-    assert has_class_map(head) == (head != "dense")
+    assert has_class_map(head) == (head in {"gap", "gmp", "gsp", "gem", "lse", "avgmax", "nin",
+                                            "gsp_scaled"})
 
 
 def test_unknown_heads_are_refused_with_the_allowed_names():
-    with pytest.raises(ValueError, match="unknown head 'gapp'; allowed: dense, gap"):
+    with pytest.raises(ValueError, match="unknown head 'gapp'; allowed: dense, dense_dropout, "):
         has_class_map("gapp")
     with pytest.raises(ValueError, match="unknown head 'gapp'"):
         ModelConfig(head="gapp", in_channels=1, image_size=8, num_classes=2)
+
+
+def test_heads_that_pool_globally_are_those_that_drop_every_position():
+    assert [h for h in HEAD_NAMES if not pools_globally(h)] == ["dense", "dense_dropout",
+                                                                "linear", "avg2x2_dense"]
+
+
+def test_the_factorial_crosses_flatten_and_global_average_with_a_hidden_layer():
+    cells = {key: build_model(ModelConfig(head, 1, 16, 3, widths=(4, 8), dense_hidden=6)).head
+             for key, head in FACTORIAL.items()}
+    hidden = {key: any(isinstance(m, torch.nn.ReLU) for m in head.modules())
+              for key, head in cells.items()}
+    assert hidden == {key: key[1] for key in FACTORIAL}
+    assert {pools_globally(FACTORIAL[key]) for key in FACTORIAL if key[0] == "global average"} \
+        == {True}

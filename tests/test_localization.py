@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from gap_study.heads import DenseHead, NINHead, PooledLinearHead
 from gap_study.localization import (
     class_activation_maps,
     pointing_accuracy,
     pointing_centre_prior,
     pointing_chance,
 )
-from gap_study.models import DenseHead, NINHead, PooledLinearHead
 
 
 class IdentityFeatures(nn.Module):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from gap_study.architecture import HEAD_NAMES, ModelConfig, feature_map_shape
+from gap_study.heads import DenseHead
 from gap_study.models import (
-    DenseHead,
     build_model,
     dense_head_param_count,
     fold_batch_norm,
@@ -16,8 +16,8 @@ from gap_study.models import (
 
 def test_dense_head_reproduces_the_writeups_7x7x64_to_500_example():
     head = DenseHead(in_features=7 * 7 * 64, hidden=500, num_classes=10)
-    assert head.hidden.weight.numel() == 1_568_000
-    assert head.hidden.bias.numel() == 500
+    assert head.classifier.hidden.weight.numel() == 1_568_000
+    assert head.classifier.hidden.bias.numel() == 500
     assert dense_head_param_count(64, 7, 7, 500, 10) == param_count(head)
     assert dense_head_param_count(64, 7, 7, 500, 10) == 1_568_000 + 500 + 500 * 10 + 10
 
@@ -34,7 +34,10 @@ def test_head_param_count_matches_the_study_formula(head):
     c, h, w = feature_map_shape(32, (16, 32, 64))
     expected = study_head_param_count(head, c, h, w, 500, 10)
     assert head_param_count(model) == expected
-    assert expected == {"dense": 64 * 8 * 8 * 500 + 500 + 500 * 10 + 10, "avgmax": 128 * 10 + 10,
+    dense = 64 * 8 * 8 * 500 + 500 + 500 * 10 + 10
+    assert expected == {"dense": dense, "dense_dropout": dense, "linear": 64 * 8 * 8 * 10 + 10,
+                        "avg2x2_dense": 64 * 4 * 4 * 500 + 500 + 500 * 10 + 10,
+                        "gap_hidden": 64 * 500 + 500 + 500 * 10 + 10, "avgmax": 128 * 10 + 10,
                         "gem": 64 * 10 + 10 + 1}.get(head, 64 * 10 + 10)
     assert param_count(model) == param_count(model.features) + expected
 
@@ -121,3 +124,51 @@ def test_folded_batch_norm_gives_the_same_feature_maps_in_float64():
     with torch.inference_mode():
         torch.testing.assert_close(fold_batch_norm(model).features(images),
                                    model.features(images), rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_is_off_in_eval_mode_and_draws_nothing_when_not_asked_for():
+    torch.manual_seed(0)
+    dropout = build_model(ModelConfig("dense_dropout", 1, 16, 3, widths=(4, 8), dense_hidden=6))
+    x = torch.rand(5, 1, 16, 16)
+    dropout.eval()
+    torch.testing.assert_close(dropout(x), dropout(x))  # deterministic in eval mode
+    dropout.train()
+    assert not torch.equal(dropout(x), dropout(x))  # masks differ in training
+    dense = build_model(ModelConfig("dense", 1, 16, 3, widths=(4, 8), dense_hidden=6)).train()
+    state = torch.get_rng_state()
+    dense(x)
+    assert torch.equal(torch.get_rng_state(), state)  # plain dense draws no random numbers
+
+
+def test_avg2x2_dense_averages_2x2_cells_before_the_dense_layers():
+    config = ModelConfig("avg2x2_dense", 1, 16, 3, widths=(4, 8), dense_hidden=6)
+    head = build_model(config).head
+    f = torch.rand(2, 8, 8, 8)
+    pooled = torch.nn.functional.avg_pool2d(f, 2).flatten(1)
+    torch.testing.assert_close(head(f), head.classifier(pooled))
+    assert head.classifier.hidden.in_features == 8 * 4 * 4
+
+
+def test_gsp_scaled_trains_exactly_like_gap(small):
+    """gsp_scaled's classifier starts at gap's weights over H*W and Adam's scaled learning
+    rate and eps keep it there: the same logits after every step, up to rounding."""
+    from builders import tiny_config
+
+    logits = {}
+    for head in ("gap", "gsp_scaled"):
+        torch.manual_seed(0)
+        model = build_model(tiny_config(head)).train()
+        optimizer = torch.optim.Adam(model.parameter_groups(lr=0.01, weight_decay=0.0),
+                                     lr=0.01, fused=True)
+        x = torch.as_tensor(small.x_train[:64]).float() / 255
+        y = torch.as_tensor(small.y_train[:64])
+        for _ in range(5):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        logits[head] = model.eval()(x).detach()
+    torch.testing.assert_close(logits["gsp_scaled"], logits["gap"], rtol=1e-4, atol=1e-5)
+    plain_gsp = build_model(tiny_config("gsp"))
+    assert plain_gsp.parameter_groups(lr=0.01, weight_decay=0.0)[0]["params"] == list(
+        plain_gsp.parameters())

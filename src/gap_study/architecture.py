@@ -14,29 +14,51 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 __all__ = [
+    "FACTORIAL",
+    "FLATTEN_HEAD_NAMES",
     "HEAD_NAMES",
     "POOLED_HEAD_NAMES",
     "DatasetShape",
     "ModelConfig",
     "feature_map_shape",
     "has_class_map",
+    "pools_globally",
     "total_stride",
 ]
 
 # heads that pool the feature map globally and then apply one linear layer, in this order
 POOLED_HEAD_NAMES: tuple[str, ...] = ("gap", "gmp", "gsp", "gem", "lse", "avgmax")
-HEAD_NAMES: tuple[str, ...] = ("dense", *POOLED_HEAD_NAMES, "nin")
+# heads that keep the map's positions: flatten (dense with or without dropout, linear), or
+# average 2x2 cells first (the write-up's reference's "global average pooling")
+FLATTEN_HEAD_NAMES: tuple[str, ...] = ("dense", "dense_dropout", "linear", "avg2x2_dense")
+HEAD_NAMES: tuple[str, ...] = (*FLATTEN_HEAD_NAMES, *POOLED_HEAD_NAMES, "gap_hidden", "nin",
+                               "gsp_scaled")
 # Heads whose class score is a linear function of pooled feature maps, so that a class
-# activation map M_c = sum_k w_ck f_k exists (the pooled heads and nin). dense has none: its
-# first layer mixes every position into each hidden unit.
-_CLASS_MAP_HEADS = frozenset((*POOLED_HEAD_NAMES, "nin"))
+# activation map M_c = sum_k w_ck f_k exists. The flatten heads mix every position into each
+# unit; gap_hidden pools, but a hidden layer stands between the pooled maps and the score.
+_CLASS_MAP_HEADS = frozenset((*POOLED_HEAD_NAMES, "nin", "gsp_scaled"))
+# {map: flatten or global average} x {hidden layer}: which head is which cell, so that the
+# report can separate spatial pooling from the head's capacity
+FACTORIAL: dict[tuple[str, bool], str] = {
+    ("flatten", False): "linear", ("flatten", True): "dense",
+    ("global average", False): "gap", ("global average", True): "gap_hidden"}
+
+
+def _check(head: str) -> str:
+    if head not in HEAD_NAMES:
+        raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")
+    return head
 
 
 def has_class_map(head: str) -> bool:
-    """Whether ``head`` has a class activation map (every head but ``dense``)."""
-    if head not in HEAD_NAMES:
-        raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")
-    return head in _CLASS_MAP_HEADS
+    """Whether ``head`` has a class activation map (the heads linear on pooled maps)."""
+    return _check(head) in _CLASS_MAP_HEADS
+
+
+def pools_globally(head: str) -> bool:
+    """Whether ``head`` pools the feature map over all positions (the heads the write-up's
+    claims are about)."""
+    return _check(head) not in FLATTEN_HEAD_NAMES
 
 
 def total_stride(widths: Sequence[int]) -> int:
@@ -74,13 +96,13 @@ class ModelConfig:
     image_size: int
     num_classes: int
     widths: tuple[int, ...] = (16, 32, 64)
-    dense_hidden: int = 500
+    dense_hidden: int = 500  # hidden units of dense, dense_dropout, avg2x2_dense, gap_hidden
     gem_p: float = 3.0  # initial exponent of the gem head's learnable p
     lse_r: float = 10.0  # temperature of the lse head
+    dropout: float = 0.5  # dense_dropout's dropout probability
 
     def __post_init__(self) -> None:
-        if self.head not in HEAD_NAMES:
-            raise ValueError(f"unknown head {self.head!r}; allowed: {', '.join(HEAD_NAMES)}")
+        _check(self.head)
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
 
     def to_dict(self) -> dict:

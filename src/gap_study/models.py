@@ -1,31 +1,21 @@
-"""A small VGG-style backbone with interchangeable classifier heads (``docs/study.md``,
-"Heads").
-
-Every head sits on the same backbone output ``f`` of shape ``(N, C, H, W)``:
-
-- ``dense``: flatten, ``Linear(C*H*W, hidden)``, ReLU, ``Linear(hidden, K)``
-- ``gap`` / ``gmp`` / ``gsp``: global average / max / sum pooling, then ``Linear(C, K)``
-- ``gem`` (learnable exponent), ``lse`` (temperature ``r``): pooling, then ``Linear(C, K)``
-- ``avgmax``: GAP and GMP concatenated, then ``Linear(2C, K)``
-- ``nin``: ``Conv2d(C, K, 1)`` to one map per class, then GAP gives the logits (Lin et al. 2014)
-"""
+"""A small VGG-style backbone with interchangeable classifier heads (``gap_study.heads``;
+``docs/study.md``, "Heads"), BatchNorm folding for evaluation, and parameter counts with
+the study's formulas."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from gap_study.architecture import HEAD_NAMES, ModelConfig
-from gap_study.pooling import global_avg_pool, make_global_pool
+from gap_study.heads import make_head
 
 __all__ = [
     "ClassifierNet",
-    "DenseHead",
-    "NINHead",
-    "PooledLinearHead",
     "build_model",
     "dense_head_param_count",
     "fold_batch_norm",
@@ -56,79 +46,42 @@ def make_backbone(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DenseHead(nn.Module):
-    """Flatten ``(N, C, H, W)``, ``Linear(C*H*W, hidden)``, ReLU, ``Linear(hidden, K)``.
-
-    Output ``(N, K)`` logits.
-    """
-
-    def __init__(self, in_features: int, hidden: int, num_classes: int) -> None:
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.hidden = nn.Linear(in_features, hidden)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(hidden, num_classes)
-
-    def forward(self, f: Tensor) -> Tensor:
-        return self.fc(self.relu(self.hidden(self.flatten(f))))
-
-
-class PooledLinearHead(nn.Module):
-    """Global pooling ``(N, C, H, W) -> (N, m C)``, then ``Linear(m C, K)`` -> ``(N, K)``, with
-    ``m`` the pool's ``feat_mult()`` (2 for ``avgmax``, else 1)."""
-
-    def __init__(self, pool_type: str, channels: int, num_classes: int, *, gem_p: float = 3.0,
-                 lse_r: float = 10.0) -> None:
-        super().__init__()
-        self.pool = make_global_pool(pool_type, gem_p=gem_p, lse_r=lse_r)
-        self.fc = nn.Linear(self.pool.feat_mult() * channels, num_classes)
-
-    def forward(self, f: Tensor) -> Tensor:
-        return self.fc(self.pool(f))
-
-    def class_map_weights(self) -> Tensor:
-        """``w_ck`` of the class activation map ``M_c = sum_k w_ck f_k``, ``(K, C)``: a pool
-        that gives several features per channel (``avgmax``) has several weights multiplying
-        the same ``f_k``, and they add."""
-        weight = self.fc.weight
-        return weight.view(len(weight), self.pool.feat_mult(), -1).sum(dim=1)
-
-
-class NINHead(nn.Module):
-    """Network-in-network head: ``Conv2d(C, K, 1)`` gives one map per class ``(N, K, H, W)``;
-    their global average is the logits ``(N, K)``. No linear layer after the pooling."""
-
-    def __init__(self, channels: int, num_classes: int) -> None:
-        super().__init__()
-        self.class_maps = nn.Conv2d(channels, num_classes, kernel_size=1)
-
-    def forward(self, f: Tensor) -> Tensor:
-        return global_avg_pool(self.class_maps(f))
-
-    def class_map_weights(self) -> Tensor:
-        """The 1x1 convolution's weights ``(K, C)``: its maps are the class activation maps."""
-        return self.class_maps.weight[:, :, 0, 0]
-
-
 class ClassifierNet(nn.Module):
-    """``features`` (the shared backbone) followed by ``head``; ``(N, C_in, S, S) -> (N, K)``."""
+    """``features`` (the shared backbone) followed by ``head``; ``(N, C_in, S, S) -> (N, K)``.
+
+    ``gsp_scaled`` is ``gsp`` made to train exactly as ``gap`` (the write-up's "treated as a
+    sum" note as an experiment): global sum pooling is GAP times ``H*W``, so its classifier's
+    weights start divided by ``H*W`` and Adam updates them with the learning rate divided and
+    eps multiplied by ``H*W`` (``parameter_groups``); every logit and update then equals
+    ``gap``'s up to rounding.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.features = make_backbone(config.in_channels, config.widths)
-        channels, height, width = config.feature_map_shape
-        if config.head == "dense":
-            self.head: nn.Module = DenseHead(channels * height * width, config.dense_hidden,
-                                             config.num_classes)
-        elif config.head == "nin":
-            self.head = NINHead(channels, config.num_classes)
-        else:
-            self.head = PooledLinearHead(config.head, channels, config.num_classes,
-                                         gem_p=config.gem_p, lse_r=config.lse_r)
+        self.head = make_head(config)
+        _, height, width = config.feature_map_shape
+        # the factor by which gsp_scaled's classifier weights are scaled; 1 for every other head
+        self.classifier_scale = 1.0 / (height * width) if config.head == "gsp_scaled" else 1.0
+        if self.classifier_scale != 1.0:
+            with torch.no_grad():
+                self.head.fc.weight.mul_(self.classifier_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def parameter_groups(self, lr: float, weight_decay: float,
+                         eps: float = 1e-8) -> list[dict[str, Any]]:
+        """Adam's parameter groups: all parameters in one, except ``gsp_scaled``'s classifier
+        weights, whose learning rate, eps and weight decay are scaled to train as ``gap``."""
+        if self.classifier_scale == 1.0:
+            return [{"params": list(self.parameters())}]
+        scale, scaled = self.classifier_scale, self.head.fc.weight
+        rest = [p for p in self.parameters() if p is not scaled]
+        return [{"params": rest},
+                {"params": [scaled], "lr": lr * scale, "eps": eps / scale,
+                 "weight_decay": weight_decay / scale**2}]
 
 
 def build_model(config: ModelConfig) -> ClassifierNet:
@@ -180,12 +133,16 @@ def pooled_head_param_count(channels: int, num_classes: int) -> int:
 def study_head_param_count(head: str, channels: int, height: int, width: int, hidden: int,
                            num_classes: int) -> int:
     """Trainable head parameters by the table of ``docs/study.md`` ("Heads"), for any head."""
-    if head == "dense":
-        return dense_head_param_count(channels, height, width, hidden, num_classes)
-    if head == "avgmax":
-        return pooled_head_param_count(2 * channels, num_classes)
-    if head == "gem":
-        return pooled_head_param_count(channels, num_classes) + 1  # the learnable p
-    if head in HEAD_NAMES:
-        return pooled_head_param_count(channels, num_classes)
-    raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")
+    formulas = {
+        "dense": lambda: dense_head_param_count(channels, height, width, hidden, num_classes),
+        "linear": lambda: pooled_head_param_count(channels * height * width, num_classes),
+        "avg2x2_dense": lambda: dense_head_param_count(channels, height // 2, width // 2,
+                                                       hidden, num_classes),
+        "gap_hidden": lambda: dense_head_param_count(channels, 1, 1, hidden, num_classes),
+        "avgmax": lambda: pooled_head_param_count(2 * channels, num_classes),
+        "gem": lambda: pooled_head_param_count(channels, num_classes) + 1,  # the learnable p
+    }
+    formulas["dense_dropout"] = formulas["dense"]  # dropout has no parameters
+    if head not in HEAD_NAMES:
+        raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")
+    return formulas.get(head, lambda: pooled_head_param_count(channels, num_classes))()
