@@ -84,7 +84,9 @@ def tar_gz_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-TRAIN_LABELS = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # two records per training batch
+# four records per training batch, two images a class: enough for a stratified validation
+# split that holds out one of each
+TRAIN_LABELS = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1], [2, 3, 4, 5], [6, 7, 8, 9]]
 TEST_LABELS = [9, 0, 5]
 
 
@@ -146,11 +148,13 @@ def offline_downloader() -> FakeDownloader:
 
 
 def small_digits(digits):
-    """The first 200 training and 100 test images of a ``CanvasDataset``: enough to learn
-    something in two epochs."""
+    """The first 200 training, 60 validation and 100 test images of a ``CanvasDataset``:
+    enough to learn something in two epochs."""
     return dataclasses.replace(digits, x_train=digits.x_train[:200], y_train=digits.y_train[:200],
-                               box_train=digits.box_train[:200], x_test=digits.x_test[:100],
-                               y_test=digits.y_test[:100], box_test=digits.box_test[:100])
+                               box_train=digits.box_train[:200], x_val=digits.x_val[:60],
+                               y_val=digits.y_val[:60], box_val=digits.box_val[:60],
+                               x_test=digits.x_test[:100], y_test=digits.y_test[:100],
+                               box_test=digits.box_test[:100])
 
 
 def tiny_config(head: str, image_size: int = 32) -> ModelConfig:
@@ -219,8 +223,9 @@ def tiny_repository(repo: Path, heads: list[str], **sections: dict) -> Path:
     params["heads"] = heads
     params["data"].update(max_train=400, max_test=150)  # a stratified third of the digits
     params["model"].update(widths=[4, 8], dense_hidden=16)
-    params["train"].update(seeds=TINY_SEEDS, epochs=2, batch_size=128, fractions=[0.5, 1.0],
+    params["train"].update(seeds=TINY_SEEDS, epochs=2, batch_size=64, fractions=[0.5, 1.0],
                            shift=[0, 2])
+    params["tune"].update(learning_rates=[0.001, 0.01])
     params["evaluate"]["max_shift"] = 2
     for name, values in sections.items():
         params[name].update(values)

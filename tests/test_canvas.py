@@ -64,13 +64,19 @@ def test_object_boxes_are_tight_with_exclusive_ends():
 
 
 def test_prepared_digits_are_a_stratified_fixed_split_on_the_canvas(digits):
-    assert digits.x_train.shape == (1347, 1, 32, 32) and digits.x_test.shape == (450, 1, 32, 32)
+    # 1,797 digits: 450 for testing, then a tenth of the other 1,347 for validation
+    assert digits.x_test.shape == (450, 1, 32, 32) and digits.x_val.shape == (135, 1, 32, 32)
+    assert digits.x_train.shape == (1212, 1, 32, 32)
     assert digits.x_train.dtype == np.uint8 and digits.y_train.dtype == np.int64
     assert digits.num_classes == 10 and digits.in_channels == 1 and digits.image_size == 32
-    # stratified: every class keeps its share of the test set within one image
-    share = np.bincount(digits.y_test) / np.bincount(np.concatenate([digits.y_train,
-                                                                     digits.y_test]))
+    # stratified: every class keeps its share of the test and validation sets within 2 points
+    everything = np.concatenate([digits.y_train, digits.y_val, digits.y_test])
+    share = np.bincount(digits.y_test) / np.bincount(everything)
     assert np.all(np.abs(share - 0.25) < 0.02)
+    share = np.bincount(digits.y_val) / np.bincount(np.concatenate([digits.y_train,
+                                                                    digits.y_val]))
+    assert np.all(np.abs(share - 0.1) < 0.02)
+    assert digits.summary()["validation_images"] == 135
     # the 16x16 object sits in the middle, leaving 8 pixels of room on every side
     assert shift_margin(digits.box_train, 32) == shift_margin(digits.box_test, 32) == 8
     again = prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25,
@@ -83,8 +89,9 @@ def test_prepared_digits_are_a_stratified_fixed_split_on_the_canvas(digits):
 
 def test_max_train_and_max_test_keep_a_stratified_seeded_subsample(digits):
     small = prepare_dataset("digits", canvas=24, digits_size=16, max_train=100, max_test=50)
-    assert small.x_train.shape == (100, 1, 24, 24) and small.x_test.shape == (50, 1, 24, 24)
-    assert np.bincount(small.y_train, minlength=10).min() >= 9  # every class kept
+    assert small.x_train.shape == (90, 1, 24, 24) and small.x_val.shape == (10, 1, 24, 24)
+    assert small.x_test.shape == (50, 1, 24, 24)
+    assert np.bincount(small.y_train, minlength=10).min() >= 8  # every class kept
     again = prepare_dataset("digits", canvas=24, digits_size=16, max_train=100, max_test=50)
     np.testing.assert_array_equal(small.x_train, again.x_train)
 
@@ -93,10 +100,17 @@ def test_a_real_data_set_is_placed_on_its_canvas_from_local_files(tmp_path, monk
     tarball, _, _ = small_cifar_tarball()
     use_files(monkeypatch, "cifar10", {CIFAR10_TARBALL: tarball})
     put(tmp_path / "cifar10", {CIFAR10_TARBALL: tarball})
-    prepared = prepare_dataset("cifar10", canvas=40, root=tmp_path, download=False)
+    prepared = prepare_dataset("cifar10", canvas=40, validation_fraction=0.5, root=tmp_path,
+                               download=False)
+    assert len(prepared.y_train) == len(prepared.y_val) == 10  # one of each class on each side
     assert prepared.in_channels == 3 and prepared.image_size == 40
     assert prepared.x_train.dtype == np.uint8
     assert shift_margin(prepared.box_train, 40) >= 4  # the 32x32 image sits in the middle
+
+
+def test_preparing_too_few_images_for_the_validation_split_names_the_keys_to_change():
+    with pytest.raises(ValueError, match=r"data\.validation_fraction = 0\.1.*data\.max_train"):
+        prepare_dataset("digits", canvas=24, digits_size=16, max_train=20)
 
 
 def test_prepared_data_round_trips_through_npz_without_pickle(tmp_path, digits):

@@ -41,11 +41,14 @@ def _fails_the_first_time(marker):
 
 def test_local_cluster_gives_the_same_bytes_as_this_process_and_retries_a_failed_task(
         small, tmp_path):
-    settings = TrainParams(seeds=[0, 1], epochs=1, batch_size=64, lr=0.01, weight_decay=0.0,
+    settings = TrainParams(seeds=[0, 1], epochs=1, batch_size=64, schedule="cosine",
+                           drop_last=True, weight_decay=0.0,
                            fractions=[1.0], shift=[0, 2])
     runs = [("gmp", RunId(1.0, 0, 0)), ("dense", RunId(1.0, 2, 1))]
-    architecture = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0)
-    shared = {"data": small, "architecture": architecture, "settings": settings,
+    architecture = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0,
+                               dropout=0.5)
+    shared = {"data": small.without_test(), "architecture": architecture,
+              "settings": settings, "learning_rates": {"gmp": 0.01, "dense": 0.003},
               "device": "cpu"}
     outputs = {}
     for scheduler in ("synchronous", "local"):
@@ -61,7 +64,7 @@ def test_local_cluster_gives_the_same_bytes_as_this_process_and_retries_a_failed
         assert local.checkpoint["config"] == sync.checkpoint["config"]
         assert all(torch.equal(local.checkpoint["state_dict"][k], v)
                    for k, v in sync.checkpoint["state_dict"].items())
-        columns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
+        columns = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
         assert local.history[columns].equals(sync.history[columns])
         assert local.worker["torch_threads"] == 1
     assert workers == 2 and retried == ["passed"]

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -8,11 +9,16 @@ from torch import nn
 from gap_study.canvas import random_offsets
 from gap_study.metrics import (
     accuracy_by_radius,
+    all_pairs_flip_rate,
     consistency,
+    exact_consistency,
     flip_rate,
+    grid_accuracy,
+    grid_offsets,
     loss_and_accuracy,
     overfitting_metrics,
     shift_accuracy_grid,
+    shift_grid_predictions,
     shift_summary,
 )
 
@@ -96,3 +102,34 @@ def test_flip_rate_averages_the_four_one_pixel_moves():
     # the dot in column 2 changes side only when moved right: 1 of 4 moves flips
     assert flip_rate(LeftOrRight(), _dot_images(3)) == 0.25
     assert flip_rate(LeftOrRight(), _dot_images(3, col=0)) == 0.0
+
+
+def _predictions(rows):
+    """``int8 (images, offsets)`` class predictions from a list per image."""
+    return np.array(rows, dtype=np.int8)
+
+
+def test_exact_consistency_is_the_chance_two_random_grid_offsets_agree():
+    # image 0: always class 1; image 1: class 0 at 3 of 4 offsets, class 2 at one
+    predictions = _predictions([[1, 1, 1, 1], [0, 0, 0, 2]])
+    assert exact_consistency(predictions) == pytest.approx((1.0 + (0.75**2 + 0.25**2)) / 2)
+
+
+def test_all_pairs_flip_rate_counts_every_horizontal_vertical_and_diagonal_neighbour():
+    # a 3x3 grid (max_shift 1) whose right column predicts another class
+    grid = np.array([[0, 0, 1], [0, 0, 1], [0, 0, 1]], dtype=np.int8).reshape(1, 9)
+    pairs = 3 * 2 + 2 * 3 + 2 * 2 * 2  # horizontal, vertical, two diagonals
+    differing = 3 + 0 + 2 + 2  # one per row across the edge; each diagonal crosses it twice
+    assert all_pairs_flip_rate(grid, max_shift=1) == pytest.approx(differing / pairs)
+
+
+def test_the_grid_predictions_give_the_grid_accuracy_and_follow_the_offsets():
+    images = _dot_images(3)
+    predictions = shift_grid_predictions(LeftOrRight(), images, max_shift=1)
+    assert predictions.shape == (3, 9) and predictions.dtype == np.int8
+    assert grid_offsets(1)[2] == (1, -1)  # row by row: dy outer, dx inner
+    # the dot in column 2 moves to column 3 (class 1) exactly when dx = 1
+    assert predictions[0].tolist() == [0, 0, 1, 0, 0, 1, 0, 0, 1]
+    grid = grid_accuracy(predictions, np.zeros(3, dtype=np.int64), max_shift=1)
+    assert grid.accuracy.tolist() == [1, 1, 0, 1, 1, 0, 1, 1, 0]
+    assert exact_consistency(predictions) == pytest.approx((2 / 3) ** 2 + (1 / 3) ** 2)

@@ -53,7 +53,8 @@ def test_a_notebook_with_outputs_or_drifted_parameters_is_caught():
     nb = nbformat.read(ROOT / "notebooks" / "train.ipynb", as_version=4)
     drifted = copy.deepcopy(nb)
     cell = next(c for c in drifted.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = cell.source.replace('"epochs": 15', '"epochs": 16')
+    epochs = PARAMS["train"]["epochs"]
+    cell.source = cell.source.replace(f'"epochs": {epochs}', f'"epochs": {epochs + 1}')
     assert any("parameter train" in p for p in notebook_problems(drifted, PARAMS))
     executed = copy.deepcopy(nb)
     executed.cells[-1].outputs = [nbformat.v4.new_output("stream", text="hi")]

@@ -23,36 +23,44 @@ def _with(params_raw, dotted, value):
 
 def test_the_projects_params_yaml_is_valid(root):
     params = load_params(root / "params.yaml")
-    assert params.heads == ["dense", "gap", "gmp", "gsp"]  # the write-up's heads and its sum note
-    assert params.train.seeds == [0, 1, 2]
+    # the primary tests' baselines, the factorial's four heads and the sum-pooling experiment
+    assert {"dense", "dense_dropout", "linear", "gap", "gap_hidden", "gmp", "gsp",
+            "gsp_scaled"} <= set(params.heads)
+    assert len(params.train.seeds) >= 5  # protocol v2: at least five seeds per primary test
+    assert params.tune.seed not in params.train.seeds
 
 
 @pytest.mark.parametrize("dotted, value, expected", [
     ("train.epochs", -1, r"train\.epochs = -1: Input should be greater than 0"),
     ("train.epochs", 0, r"train\.epochs = 0"),
     ("train.batch_size", 0, r"train\.batch_size = 0"),
-    ("train.lr", 0.0, r"train\.lr = 0\.0: Input should be greater than 0"),
+    ("tune.learning_rates", [0.0], r"tune\.learning_rates\[0\] = 0\.0: .*greater than 0"),
+    ("tune.seed", 0, r"tune\.seed = 0 is also in train\.seeds: .* pick a seed outside"),
+    ("train.schedule", "linear", r"train\.schedule = 'linear': not allowed"),
+    ("data.validation_fraction", 1.0, r"data\.validation_fraction = 1\.0"),
+    ("report.margins", {"accuracy": 0.01}, r"report\.margins\.consistency: Field required"),
     ("train.seeds", [1, 1], r"train\.seeds .*repeated: \[1\]"),
     ("train.seeds", [], r"train\.seeds"),
     ("heads", ["dense", "gapp"], r"heads\[1\] = 'gapp': not allowed \(did you mean 'gap'\?\)"),
     ("heads", ["gap", "gap"], r"heads .*repeated"),
     ("data.name", "mnist2", r"data\.name = 'mnist2': not allowed"),
     ("data.test_fraction", 1.5, r"data\.test_fraction = 1\.5"),
-    ("data.canvas", {"digits": 10}, r"data\.canvas\.digits = 10 is smaller than the 12x12 "
-                                    r"digits object: it must be at least 12"),
+    ("data.canvas", {"digits": 8}, r"data\.canvas\.digits = 8 is smaller than the 10x10 "
+                                   r"digits object: it must be at least 10"),
     ("data.canvas", {"mnist": 44}, r"data\.canvas has no entry for data\.name = 'digits'"),
     ("data.name", "cifar", r"data\.name = 'cifar': not allowed \(did you mean 'cifar10'\?\)"),
     ("data.max_train", 0, r"data\.max_train = 0"),
     ("data.download", "maybe", r"data\.download = 'maybe'"),
-    ("evaluate.max_shift", 7, r"evaluate\.max_shift = 7 .* at most 6"),
+    ("evaluate.max_shift", 6, r"evaluate\.max_shift = 6 .* at most 5"),
     ("device", "gpu", r"device = 'gpu': must be 'auto', 'cpu'"),
-    ("train.lrr", 0.1, r"train\.lrr: unknown key \(did you mean 'lr'\?\); allowed keys here: "
-                       r"batch_size, epochs, fractions, lr, seeds, shift, weight_decay"),
+    ("train.epoch", 3, r"train\.epoch: unknown key \(did you mean 'epochs'\?\); allowed keys "
+                       r"here: batch_size, drop_last, epochs, fractions, schedule, seeds, shift, "
+                       r"weight_decay"),
         ("train.fractions", [0.5, 1.5], r"train\.fractions\[1\] = 1\.5: .*less than or equal to 1"),
         ("train.fractions", [0.0], r"train\.fractions\[0\] = 0\.0: .*greater than 0"),
         ("train.fractions", [], r"train\.fractions"),
-        ("train.shift", [0, 7], r"train\.shift = 7 would push the object off the canvas.*"
-                                r"at most 6"),
+        ("train.shift", [0, 6], r"train\.shift = 6 would push the object off the canvas.*"
+                                r"at most 5"),
         ("train.shift", [-1], r"train\.shift\[0\] = -1: .*greater than or equal to 0"),
     ("trian", {}, r"trian: unknown key \(did you mean 'train'\?\)"),
     ("train.epochs", KeyError, r"train\.epochs: Field required"),

@@ -32,9 +32,11 @@ def test_prepare_stage_reads_real_format_data_sets_from_data_root(tmp_path_facto
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return run_command(["dvc", "repro", "prepare"], repo, check=False, **env)
 
-    assert prepare("mnist", max_train=20).returncode == 0
+    # 20 images, two a class: half of them are the validation split, one of each class
+    assert prepare("mnist", max_train=20, validation_fraction=0.5).returncode == 0
     with np.load(repo / "data" / "prepared" / "dataset.npz", allow_pickle=False) as npz:
-        assert npz["x_train"].shape == (20, 1, 44, 44) and npz["x_test"].shape == (10, 1, 44, 44)
+        assert npz["x_train"].shape == npz["x_val"].shape == npz["x_test"].shape
+        assert npz["x_test"].shape == (10, 1, 44, 44)
         assert str(npz["name"]) == "mnist"
     assert prepare("cifar10", max_train=None).returncode == 0
     with np.load(repo / "data" / "prepared" / "dataset.npz", allow_pickle=False) as npz:

@@ -17,6 +17,7 @@ import pytest
 import requests
 from builders import (
     TEST_LABELS,
+    TRAIN_LABELS,
     FakeDownloader,
     cifar_record,
     idx_bytes,
@@ -330,9 +331,10 @@ def test_cifar_binary_gives_shapes_channel_order_and_labels(tmp_path):
     path = tmp_path / CIFAR10_TARBALL
     path.write_bytes(tarball)
     x_train, y_train, x_test, y_test = read_cifar_binary(path)
-    assert x_train.shape == (10, 3, 32, 32) and x_train.dtype == np.uint8
+    assert x_train.shape == (20, 3, 32, 32) and x_train.dtype == np.uint8
     assert x_test.shape == (3, 3, 32, 32)
-    assert y_train.dtype == np.int64 and y_train.tolist() == list(range(10))  # batches 1..5
+    assert y_train.dtype == np.int64  # batches 1..5, in order
+    assert y_train.tolist() == [label for batch in TRAIN_LABELS for label in batch]
     assert y_test.tolist() == TEST_LABELS
     np.testing.assert_array_equal(x_train, train_images)
     np.testing.assert_array_equal(x_test, test_images)

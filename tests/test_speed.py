@@ -42,11 +42,12 @@ def test_the_stage_times_every_head_with_the_runs_thread_count_then_restores_our
 
     monkeypatch.setattr(speed, "interleaved_step_times", spy)
     torch.set_num_threads(2)
-    model = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0)
-    train = TrainParams(seeds=[0], epochs=1, batch_size=32, lr=0.01, weight_decay=0.0,
-                        fractions=[1.0], shift=[0])
+    model = ModelParams(widths=[4, 8], dense_hidden=16, dropout=0.5, gem_p=3.0, lse_r=10.0)
+    train = TrainParams(seeds=[0], epochs=1, batch_size=32, schedule="cosine", drop_last=True,
+                        weight_decay=0.0, fractions=[1.0], shift=[0])
     times = measure_step_times(["dense", "gap"], model, small, train,
-                               SpeedParams(rounds=2, blocks=1, steps=1, warmup=0), threads=1,
+                               SpeedParams(rounds=2, blocks=1, steps=1, warmup=0), lr=0.01,
+                               threads=1,
                                device=torch.device("cpu"))
     assert seen == [(["dense", "gap"], 1)] and torch.get_num_threads() == 2
     assert times[["head", "round"]].values.tolist() == [

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from gap_study.splits import fraction_subset, stratified_subsample
+from gap_study.splits import (
+    fraction_subset,
+    steps_per_epoch,
+    stratified_split,
+    stratified_subsample,
+)
 
 
 def imbalanced() -> tuple[np.ndarray, np.ndarray]:
@@ -63,3 +68,29 @@ def test_fraction_subsets_are_nested_stratified_and_sized_by_the_fraction():
 def test_fraction_subset_rejects_fractions_outside_zero_to_one(fraction):
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
         fraction_subset(np.zeros(10, dtype=np.int64), fraction)
+
+
+def test_a_stratified_split_holds_out_each_classs_share_and_is_fixed_by_its_seed():
+    labels = np.repeat(np.arange(4), [40, 30, 20, 10])
+    kept, held_out = stratified_split(labels, 0.1, seed=3)
+    assert len(held_out) == 10 and np.bincount(labels[held_out]).tolist() == [4, 3, 2, 1]
+    assert sorted(np.concatenate([kept, held_out]).tolist()) == list(range(100))
+    assert np.array_equal(stratified_split(labels, 0.1, seed=3)[1], held_out)
+    assert not np.array_equal(stratified_split(labels, 0.1, seed=4)[1], held_out)
+    kept, held_out = stratified_split(labels, 0.0, seed=3)
+    assert len(held_out) == 0 and len(kept) == 100
+
+
+@pytest.mark.parametrize(("images", "drop_last", "steps"), [(130, True, 2), (130, False, 3),
+                                                            (63, True, 0), (64, True, 1)])
+def test_an_epoch_takes_the_full_batches_only_with_drop_last(images, drop_last, steps):
+    assert steps_per_epoch(images, 64, drop_last) == steps
+
+
+@pytest.mark.parametrize(("labels", "fraction"), [
+    (np.repeat(np.arange(10), 2), 0.1),   # holds out 2 images: not one of each of 10 classes
+    (np.array([0, 0, 1, 1, 2]), 0.5),     # class 2 has a single image
+])
+def test_a_split_that_cannot_keep_every_class_on_both_sides_says_why(labels, fraction):
+    with pytest.raises(ValueError, match=r"cannot put every class on both sides"):
+        stratified_split(labels, fraction, seed=0)

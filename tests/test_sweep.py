@@ -89,7 +89,8 @@ def test_bookkeeping_changes_keep_the_settings_and_real_changes_do_not(params):
                        ("evaluate.batch_size", 512), ("report.confidence", 0.9),
                        ("data.canvas.mnist", 60)]:
         assert sw.settings_id(sw.run_settings(_with(params, **{key: value}))) == same, key
-    for key, value in [("train.epochs", 3), ("train.lr", 0.01), ("data.max_train", 100),
+    for key, value in [("train.epochs", 3), ("tune.learning_rates", [0.01]),
+                       ("data.max_train", 100),
                        ("model.widths", [8, 16]), ("data.name", "mnist"),
                        ("data.canvas.digits", 40), ("train.fractions", [1.0]),
                        ("evaluate.max_shift", 4)]:
@@ -203,4 +204,4 @@ def test_sections_keep_each_data_sets_settings_groups_together(params):
     ids = [sw.settings_id(sw.run_settings(p[2])) for p in (a_params, c_params)]
     assert headings == [f"## digits, settings {ids[0]} (1 seed)",
                         f"## digits, settings {ids[1]} (1 seed)", "## mnist (2 seeds)"]
-    assert "`data.canvas` = 44, `train.epochs` = 15." in text
+    assert f"`data.canvas` = 44, `train.epochs` = {params['train']['epochs']}." in text

@@ -8,7 +8,7 @@ Images are stored as ``uint8`` ``(N, C, H, W)``; ``to_float`` scales them to ``[
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -36,7 +36,9 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 @dataclass(frozen=True)
 class CanvasDataset:
-    """A train/test split of images on a canvas.
+    """A train/validation/test split of images on a canvas. The validation split is carved
+    from the training data; anything the study selects or tunes is chosen on it, never on the
+    test split.
 
     ``x_*``: ``uint8 (N, C, H, W)``; ``y_*``: ``int64 (N,)``; ``box_*``: ``int64 (N, 4)``, each
     object's tight bounding box on the canvas as ``(top, left, bottom, right)``, bottom/right
@@ -47,6 +49,9 @@ class CanvasDataset:
     x_train: np.ndarray
     y_train: np.ndarray
     box_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    box_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     box_test: np.ndarray
@@ -63,8 +68,15 @@ class CanvasDataset:
     def summary(self) -> dict[str, object]:
         """Name, sizes and shape, for run records."""
         return {"name": self.name, "train_images": len(self.y_train),
-                "test_images": len(self.y_test), "image_size": self.image_size,
-                "in_channels": self.in_channels, "num_classes": self.num_classes}
+                "validation_images": len(self.y_val), "test_images": len(self.y_test),
+                "image_size": self.image_size, "in_channels": self.in_channels,
+                "num_classes": self.num_classes}
+
+    def without_test(self) -> CanvasDataset:
+        """This data set with an empty test split: what the stages that train or choose get,
+        so that nothing they do can depend on a test image."""
+        return replace(self, x_test=self.x_test[:0], y_test=self.y_test[:0],
+                       box_test=self.box_test[:0])
 
 
 def shift(images: ArrayT, dx: int, dy: int) -> ArrayT:
@@ -120,7 +132,8 @@ def object_boxes(images: np.ndarray) -> np.ndarray:
 
     An all-zero image gets the empty box ``(0, 0, 0, 0)``.
     """
-    mask = images.reshape(images.shape[0], -1, *images.shape[-2:]).any(axis=1)
+    channels = int(np.prod(images.shape[1:-2]))  # explicit: -1 is ambiguous for N == 0
+    mask = images.reshape(images.shape[0], channels, *images.shape[-2:]).any(axis=1)
     rows, cols = mask.any(axis=2), mask.any(axis=1)
     boxes = np.zeros((images.shape[0], 4), dtype=np.int64)
     has = rows.any(axis=1)

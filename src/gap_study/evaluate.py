@@ -23,10 +23,13 @@ from gap_study.canvas import CanvasDataset, to_float
 from gap_study.checkpoints import model_from_payload
 from gap_study.localization import cam_examples, localization_metrics
 from gap_study.metrics import (
+    all_pairs_flip_rate,
     consistency,
+    exact_consistency,
     flip_rate,
+    grid_accuracy,
     overfitting_metrics,
-    shift_accuracy_grid,
+    shift_grid_predictions,
     shift_summary,
 )
 from gap_study.models import ClassifierNet, fold_batch_norm, head_param_count, param_count
@@ -46,6 +49,7 @@ __all__ = [
     "evaluation_tables",
     "example_cams",
     "feature_map_record",
+    "grid_predictions",
 ]
 
 GRID_COLUMNS = ["fraction", "train_shift", "seed", "dx", "dy", "radius", "accuracy"]
@@ -83,6 +87,7 @@ class RunEvaluation:
     grid: pd.DataFrame | None
     examples: dict[str, np.ndarray] | None = None
     worker: dict[str, object] | None = None  # where it ran (provenance.worker_facts)
+    predictions: np.ndarray | None = None  # int8 (test images, grid offsets): the classes
 
 
 def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
@@ -102,15 +107,18 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
                                  data.y_test, batch)}
     if run.fraction != full_fraction:
         return RunEvaluation(row, None)
-    grid = shift_accuracy_grid(fast, data.x_test, data.y_test, settings.max_shift, batch)
+    predictions = shift_grid_predictions(fast, data.x_test, settings.max_shift, batch)
+    grid = grid_accuracy(predictions, data.y_test.cpu().numpy(), settings.max_shift)
     row.update({
         **shift_summary(grid),
+        "consistency_exact": exact_consistency(predictions),
+        "flip_rate_all_pairs": all_pairs_flip_rate(predictions, settings.max_shift),
         "consistency": consistency(fast, data.x_test, settings.max_shift, settings.seed, batch),
         "flip_rate": flip_rate(fast, data.x_test, batch),
         **localization_metrics(fast, data.x_test, data.y_test, data.box_test, settings.max_shift,
                                settings.seed, batch, with_maps=has_class_map(model.config.head)),
     })
-    return RunEvaluation(row, grid.assign(**run.as_dict()))
+    return RunEvaluation(row, grid.assign(**run.as_dict()), predictions=predictions)
 
 
 def evaluate_task(item: tuple[RunId, dict[str, Any]], *, data: CanvasDataset,
@@ -136,6 +144,14 @@ def evaluation_tables(results: Sequence[RunEvaluation],
     grids = [result.grid for result in own if result.grid is not None]
     return (pd.DataFrame([result.row for result in own]),
             pd.concat(grids, ignore_index=True)[GRID_COLUMNS])
+
+
+def grid_predictions(results: Sequence[RunEvaluation], runs: Sequence[RunId],
+                     head: str) -> dict[str, np.ndarray]:
+    """``head``'s per-image grid predictions by run stem (``int8 (images, offsets)``), for the
+    stage's ``grid_predictions.npz``."""
+    return {run.stem: result.predictions for run, result in zip(runs, results, strict=True)
+            if result.row["head"] == head and result.predictions is not None}
 
 
 def example_maps(results: Sequence[RunEvaluation], head: str) -> dict[str, np.ndarray] | None:

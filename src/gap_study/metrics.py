@@ -15,12 +15,17 @@ from gap_study.canvas import random_offsets, shift, shift_each
 
 __all__ = [
     "accuracy_by_radius",
+    "all_pairs_flip_rate",
     "consistency",
+    "exact_consistency",
     "flip_rate",
+    "grid_accuracy",
+    "grid_offsets",
     "loss_and_accuracy",
     "overfitting_metrics",
     "predict_logits",
     "shift_accuracy_grid",
+    "shift_grid_predictions",
     "shift_summary",
 ]
 
@@ -59,31 +64,68 @@ def overfitting_metrics(model: nn.Module, x_train: Tensor, y_train: Tensor, x_te
     }
 
 
-@torch.inference_mode()
-def shift_accuracy_grid(model: nn.Module, images: Tensor, labels: Tensor, max_shift: int,
-                        batch_size: int = 512) -> pd.DataFrame:
-    """Accuracy with every image moved by each integer ``(dx, dy)`` in ``[-S, S]^2``.
-
-    Returns one row per offset: ``dx, dy, radius = max(|dx|, |dy|), accuracy``. Small image
-    sets are evaluated several shifted copies per forward pass (``batch_size`` images each).
-    """
+def grid_offsets(max_shift: int) -> list[tuple[int, int]]:
+    """Every integer ``(dx, dy)`` in ``[-S, S]^2``, row by row (``dy`` outer, ``dx`` inner)."""
     if max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    offsets = [(dx, dy) for dy in range(-max_shift, max_shift + 1)
-               for dx in range(-max_shift, max_shift + 1)]
+    span = range(-max_shift, max_shift + 1)
+    return [(dx, dy) for dy in span for dx in span]
+
+
+@torch.inference_mode()
+def shift_grid_predictions(model: nn.Module, images: Tensor, max_shift: int,
+                           batch_size: int = 512) -> np.ndarray:
+    """The predicted class of every image moved by every offset of ``grid_offsets``:
+    ``int8 (N, M)``, M = (2S+1)^2. Small image sets are evaluated several shifted copies per
+    forward pass (``batch_size`` images each)."""
+    offsets = grid_offsets(max_shift)
     offsets_per_pass = max(1, batch_size // len(images))
-    correct = []
+    predicted = []
     for i in range(0, len(offsets), offsets_per_pass):
         chunk = offsets[i:i + offsets_per_pass]
         batch = torch.cat([shift(images, dx, dy) for dx, dy in chunk])
-        predicted = predict_logits(model, batch, batch_size).argmax(dim=1)
-        hits = (predicted == labels.repeat(len(chunk))).view(len(chunk), -1)
-        correct.append(hits.sum(dim=1))
-    counts = torch.cat(correct).cpu().numpy()
-    grid = pd.DataFrame(offsets, columns=["dx", "dy"])
+        classes = predict_logits(model, batch, batch_size).argmax(dim=1)
+        predicted.append(classes.view(len(chunk), -1))
+    return torch.cat(predicted).T.to(torch.int8).cpu().numpy()
+
+
+def grid_accuracy(predictions: np.ndarray, labels: np.ndarray, max_shift: int) -> pd.DataFrame:
+    """One row per offset: ``dx, dy, radius = max(|dx|, |dy|), accuracy``, from
+    ``shift_grid_predictions``."""
+    grid = pd.DataFrame(grid_offsets(max_shift), columns=["dx", "dy"])
     grid["radius"] = np.maximum(grid.dx.abs(), grid.dy.abs())
-    grid["accuracy"] = counts / len(images)
+    grid["accuracy"] = (predictions == np.asarray(labels)[:, None]).mean(axis=0)
     return grid
+
+
+def shift_accuracy_grid(model: nn.Module, images: Tensor, labels: Tensor, max_shift: int,
+                        batch_size: int = 512) -> pd.DataFrame:
+    """Accuracy with every image moved by each integer ``(dx, dy)`` in ``[-S, S]^2``: one row
+    per offset, ``dx, dy, radius, accuracy``."""
+    predictions = shift_grid_predictions(model, images, max_shift, batch_size)
+    return grid_accuracy(predictions, labels.cpu().numpy(), max_shift)
+
+
+def exact_consistency(predictions: np.ndarray) -> float:
+    """The probability that two offsets drawn uniformly (independently) from the whole grid
+    give an image the same class, averaged over images: ``mean_i sum_c (n_ic / M)^2``, with
+    ``n_ic`` the offsets of M at which image i is predicted class c."""
+    n, m = predictions.shape
+    counts = np.zeros((n, int(predictions.max()) + 1))
+    np.add.at(counts, (np.arange(n)[:, None], predictions.astype(np.int64)), 1)
+    return float(((counts / m) ** 2).sum(axis=1).mean())
+
+
+def all_pairs_flip_rate(predictions: np.ndarray, max_shift: int) -> float:
+    """The share of 1-pixel neighbours anywhere on the grid (horizontal, vertical and both
+    diagonals) whose predicted classes differ, over all images."""
+    side = 2 * max_shift + 1
+    grid = predictions.reshape(len(predictions), side, side)  # (N, dy, dx)
+    pairs = [(grid[:, :, 1:], grid[:, :, :-1]), (grid[:, 1:, :], grid[:, :-1, :]),
+             (grid[:, 1:, 1:], grid[:, :-1, :-1]), (grid[:, 1:, :-1], grid[:, :-1, 1:])]
+    differ = sum(int((a != b).sum()) for a, b in pairs)
+    total = sum(a.size for a, _ in pairs)
+    return differ / total if total else float("nan")
 
 
 def accuracy_by_radius(grid: pd.DataFrame) -> pd.DataFrame:

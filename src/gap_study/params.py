@@ -27,17 +27,20 @@ from pydantic import (
 
 from gap_study.architecture import HEAD_NAMES, DatasetShape, ModelConfig, total_stride
 from gap_study.paths import RunId
+from gap_study.splits import steps_per_epoch
 
 __all__ = [
     "ComputeParams",
     "DataParams",
     "EvaluateParams",
+    "MarginParams",
     "ModelParams",
     "Params",
     "ParamsError",
     "ReportParams",
     "SpeedParams",
     "TrainParams",
+    "TuneParams",
     "load_params",
     "parse_params",
 ]
@@ -85,6 +88,7 @@ class DataParams(_Section):
     canvas: dict[Literal[DATA_SETS], PositiveInt]
     digits_size: PositiveInt
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)]  # tuning chooses on it
     split_seed: NonNegativeInt
     max_train: PositiveInt | None
     max_test: PositiveInt | None
@@ -121,13 +125,14 @@ class ModelParams(_Section):
     dense_hidden: PositiveInt
     gem_p: PositiveFloat
     lse_r: PositiveFloat
+    dropout: Annotated[float, Field(ge=0, lt=1)]
 
     def to_config(self, head: str, dataset: DatasetShape) -> ModelConfig:
         """The model of ``head`` with these settings, sized for ``dataset``'s images."""
         return ModelConfig(head=head, in_channels=dataset.in_channels,
                            image_size=dataset.image_size, num_classes=dataset.num_classes,
                            widths=tuple(self.widths), dense_hidden=self.dense_hidden,
-                           gem_p=self.gem_p, lse_r=self.lse_r)
+                           gem_p=self.gem_p, lse_r=self.lse_r, dropout=self.dropout)
 
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -137,7 +142,8 @@ class TrainParams(_Section):
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
     epochs: PositiveInt
     batch_size: PositiveInt
-    lr: Annotated[float, Field(gt=0)]
+    schedule: Literal["cosine", "constant"]
+    drop_last: bool
     weight_decay: NonNegativeFloat
     fractions: Annotated[list[Fraction], Field(min_length=1), AfterValidator(_unique)]
     shift: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
@@ -161,10 +167,29 @@ class TrainParams(_Section):
         ablation = [(self.full_fraction, s) for s in sorted(self.shift)]
         return list(dict.fromkeys(curve + ablation))
 
+    def check_batches(self, train_images: int) -> None:
+        """Raise ``ParamsError`` when the smallest training fraction of ``train_images`` makes
+        no full batch (``train.drop_last`` drops every smaller one)."""
+        smallest = max(1, round(min(self.fractions) * train_images))
+        if steps_per_epoch(smallest, self.batch_size, self.drop_last) == 0:
+            raise ParamsError(
+                f"train.fractions = {min(self.fractions)} keeps {smallest} of {train_images} "
+                f"training images, less than one batch of train.batch_size = "
+                f"{self.batch_size} with train.drop_last on: raise the fraction, lower the "
+                "batch size or set train.drop_last: false")
+
     def runs(self) -> list[RunId]:
         """Every run a head trains: each of ``variants`` with each seed."""
         return [RunId(fraction, shift, seed) for fraction, shift in self.variants
                 for seed in self.seeds]
+
+
+class TuneParams(_Section):
+    """The learning rate of each head, chosen on the validation split (``gap_study.tune``)."""
+
+    learning_rates: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1),
+                              AfterValidator(_unique)]
+    seed: NonNegativeInt
 
 
 class EvaluateParams(_Section):
@@ -192,8 +217,21 @@ class SpeedParams(_Section):
     warmup: NonNegativeInt
 
 
+class MarginParams(_Section):
+    """Equivalence margins: within them two heads count as equivalent (``docs/study.md``,
+    "Statistics and verdicts")."""
+
+    accuracy: Annotated[float, Field(gt=0, lt=1)]  # points of accuracy, as a fraction
+    consistency: Annotated[float, Field(gt=0, lt=1)]
+    loss: PositiveFloat  # mean cross-entropy, in nats
+    time: Annotated[float, Field(gt=0, lt=1)]  # relative: 0.1 = within 10%
+
+
 class ReportParams(_Section):
     confidence: Annotated[float, Field(gt=0, lt=1)]
+    alpha: Annotated[float, Field(gt=0, lt=0.5)]
+    margins: MarginParams
+    time_target: Annotated[float, Field(gt=0, le=1)]  # validation accuracy a run must reach
 
 
 HeadName = Literal[HEAD_NAMES]  # type: ignore[valid-type]
@@ -204,6 +242,7 @@ class Params(_Section):
     model: ModelParams
     heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(_unique)]
     train: TrainParams
+    tune: TuneParams
     evaluate: EvaluateParams
     speed: SpeedParams
     report: ReportParams
@@ -224,6 +263,10 @@ class Params(_Section):
                 f"train.shift = {max(self.train.shift)} would push the object off the canvas: "
                 f"a {data.object_size}-pixel {data.name} object on a {data.canvas_size}-pixel "
                 f"canvas (data.canvas.{data.name}) can move at most {data.shift_room}")
+        if self.tune.seed in self.train.seeds:
+            raise ValueError(f"tune.seed = {self.tune.seed} is also in train.seeds: the "
+                             "learning rates must be chosen on runs the study does not "
+                             "report; pick a seed outside train.seeds")
         if data.canvas_size // total_stride(self.model.widths) < 1:
             raise ValueError(f"model.widths has {len(self.model.widths)} blocks, too many for "
                              f"data.canvas.{data.name} = {data.canvas_size}: each block after "

@@ -105,12 +105,36 @@ class Layout:
     def shift_grid(self, head: str) -> Path:
         return self.eval_reports(head) / "shift_grid.csv"
 
+    def grid_predictions(self, head: str) -> Path:
+        return self.eval_reports(head) / "grid_predictions.npz"
+
     def cam_examples(self, head: str) -> Path:
         return self.eval_reports(head) / "cam_examples.npz"
 
     @property
     def eval_run(self) -> Path:
         return self.root / "reports" / "eval" / "run.json"
+
+    @property
+    def tune_reports(self) -> Path:
+        return self.root / "reports" / "tune"
+
+    @property
+    def learning_rates(self) -> Path:
+        """``{head: learning rate}`` chosen by the tune stage."""
+        return self.tune_reports / "learning_rates.json"
+
+    @property
+    def tuning(self) -> Path:
+        return self.tune_reports / "tuning.csv"
+
+    @property
+    def tune_history(self) -> Path:
+        return self.tune_reports / "history.csv"
+
+    @property
+    def tune_run(self) -> Path:
+        return self.tune_reports / "run.json"
 
     @property
     def speed_reports(self) -> Path:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from gap_study.canvas import CanvasDataset, object_boxes, place_on_canvas
 from gap_study.params import DataParams
 from gap_study.sources import load_raw
-from gap_study.splits import stratified_subsample
+from gap_study.splits import stratified_split, stratified_subsample
 
 __all__ = ["digits_objects", "prepare_dataset", "prepare_study_dataset"]
 
@@ -35,23 +35,22 @@ def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fraction: float = 0.25,
-                    split_seed: int = 0, root: str | Path = "data/raw", download: bool = True,
+                    validation_fraction: float = 0.1, split_seed: int = 0,
+                    root: str | Path = "data/raw", download: bool = True,
                     max_train: int | None = None, max_test: int | None = None) -> CanvasDataset:
-    """A data set's train/test split with every object centred on a ``canvas`` square.
+    """A data set's train/validation/test split with every object centred on a ``canvas``
+    square.
 
     ``digits``: the embedded digits upsampled to ``digits_size``, split (stratified, fixed by
     ``split_seed``, independent of training seeds) with ``test_fraction`` for testing.
     ``mnist``, ``fashion_mnist``, ``cifar10``: the official split, from verified files in
     ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
-    stratified subsample seeded by ``split_seed``.
+    stratified subsample seeded by ``split_seed``; then a stratified ``validation_fraction``
+    of the training images becomes the validation split.
     """
     if name == "digits":
-        from sklearn.model_selection import train_test_split  # see digits_objects
-
         objects, labels = digits_objects(digits_size)
-        train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
-                                               stratify=labels, random_state=split_seed)
-        train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+        train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)
         x_train, y_train = objects[train_idx], labels[train_idx]
         x_test, y_test = objects[test_idx], labels[test_idx]
         num_classes = 10
@@ -61,9 +60,17 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
         num_classes = raw.num_classes
     x_train, y_train = stratified_subsample(x_train, y_train, max_train, split_seed)
     x_test, y_test = stratified_subsample(x_test, y_test, max_test, split_seed)
-    x_train, x_test = place_on_canvas(x_train, canvas), place_on_canvas(x_test, canvas)
+    try:
+        train_idx, val_idx = stratified_split(y_train, validation_fraction, split_seed)
+    except ValueError as error:
+        raise ValueError(f"data.validation_fraction = {validation_fraction:g}: {error}; raise "
+                         "data.max_train or change data.validation_fraction") from error
+    x_val, y_val = place_on_canvas(x_train[val_idx], canvas), y_train[val_idx]
+    x_train, y_train = place_on_canvas(x_train[train_idx], canvas), y_train[train_idx]
+    x_test = place_on_canvas(x_test, canvas)
     return CanvasDataset(name=name, x_train=x_train, y_train=y_train,
-                         box_train=object_boxes(x_train), x_test=x_test, y_test=y_test,
+                         box_train=object_boxes(x_train), x_val=x_val, y_val=y_val,
+                         box_val=object_boxes(x_val), x_test=x_test, y_test=y_test,
                          box_test=object_boxes(x_test), num_classes=num_classes)
 
 
@@ -72,6 +79,7 @@ def prepare_study_dataset(settings: DataParams, root: str | Path) -> CanvasDatas
     is taken relative to the project folder ``root``."""
     return prepare_dataset(
         settings.name, canvas=settings.canvas_size, digits_size=settings.digits_size,
-        test_fraction=settings.test_fraction, split_seed=settings.split_seed,
+        test_fraction=settings.test_fraction,
+        validation_fraction=settings.validation_fraction, split_seed=settings.split_seed,
         root=Path(root) / settings.root, download=settings.download,
         max_train=settings.max_train, max_test=settings.max_test)

@@ -24,6 +24,7 @@ from gap_study.canvas import CanvasDataset, to_float
 from gap_study.models import build_model
 from gap_study.params import ModelParams, SpeedParams, TrainParams
 from gap_study.runtime import seed_everything, to_device, torch_threads
+from gap_study.train import optimizer_for
 
 __all__ = [
     "alternate",
@@ -63,13 +64,17 @@ def alternate(names: list[str], round_index: int) -> list[str]:
 
 
 def training_step(config: ModelConfig, data: CanvasDataset, *, batch_size: int, lr: float,
-                  seed: int, device: torch.device) -> Callable[[], None]:
+                  seed: int, device: torch.device,
+                  schedule: str = "constant") -> Callable[[], None]:
     """One optimizer step of ``config``'s model per call, as ``gap_study.train.fit`` takes it
-    (train mode, cross-entropy, fused Adam), on the next ``batch_size`` training images of a
-    seeded order; the images are on ``device`` before the clock starts."""
+    (train mode, cross-entropy, the same optimizer and schedule), on the next ``batch_size``
+    training images of a seeded order; the images are on ``device`` before the clock
+    starts."""
     seed_everything(seed)
     model = build_model(config).to(device=device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    # a long schedule: the learning rate's value changes no step's time
+    optimizer, scheduler = optimizer_for(model, lr=lr, weight_decay=0.0, schedule=schedule,
+                                         total_steps=10**6)
     images = to_device(to_float(data.x_train), device)
     labels = to_device(torch.as_tensor(data.y_train), device)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
@@ -84,6 +89,8 @@ def training_step(config: ModelConfig, data: CanvasDataset, *, batch_size: int, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
 
     step.model = model  # type: ignore[attr-defined]  # what it trains, for inspection
     return step
@@ -108,14 +115,15 @@ def interleaved_step_times(steps: Mapping[str, Callable[[], None]], *, rounds: i
 
 
 def measure_step_times(heads: Sequence[str], model: ModelParams, data: CanvasDataset,
-                       train: TrainParams, settings: SpeedParams, *, threads: int,
+                       train: TrainParams, settings: SpeedParams, *, lr: float, threads: int,
                        device: torch.device) -> pd.DataFrame:
     """The speed stage: ``interleaved_step_times`` of every head's model as the study trains
-    it (``model`` sized for ``data``, ``train``'s batch size and learning rate, seed 0), with
-    ``threads`` torch threads, the number each training run gets."""
+    it (``model`` sized for ``data``, ``train``'s batch size, seed 0; the learning rate ``lr``
+    changes no step's time), with ``threads`` torch threads, the number each training run
+    gets."""
     with torch_threads(threads):
         steps = {head: training_step(model.to_config(head, data), data,
-                                     batch_size=train.batch_size, lr=train.lr, seed=0,
-                                     device=device) for head in heads}
+                                     batch_size=train.batch_size, lr=lr, seed=0,
+                                     device=device, schedule=train.schedule) for head in heads}
         return interleaved_step_times(steps, rounds=settings.rounds, blocks=settings.blocks,
                                       steps_per_block=settings.steps, warmup=settings.warmup)

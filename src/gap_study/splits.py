@@ -3,9 +3,11 @@ fractions of the learning curve. NumPy only; every choice is fixed by a seed."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["fraction_subset", "stratified_subsample"]
+__all__ = ["fraction_subset", "steps_per_epoch", "stratified_split", "stratified_subsample"]
 
 
 def stratified_subsample(x: np.ndarray, y: np.ndarray, max_count: int | None,
@@ -62,3 +64,30 @@ def fraction_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
         position[members] = (np.arange(len(members)) + 0.5) / len(members)
     ranking = np.argsort(position, kind="stable")
     return np.sort(ranking[:max(1, round(fraction * len(labels)))])
+
+
+def stratified_split(labels: np.ndarray, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(kept, held_out)`` of ``labels``: ``held_out`` is a class-stratified
+    ``fraction`` (scikit-learn's ``train_test_split``, fixed by ``seed``); ``fraction == 0``
+    holds out nothing."""
+    index = np.arange(len(labels))
+    if fraction == 0:
+        return index, index[:0]
+    classes, counts = np.unique(labels, return_counts=True)
+    held = math.ceil(fraction * len(labels))
+    if counts.min() < 2 or held < len(classes) or len(labels) - held < len(classes):
+        raise ValueError(f"a stratified {fraction:g} of {len(labels)} images in "
+                         f"{len(classes)} classes (the smallest has {counts.min()}) cannot "
+                         "put every class on both sides: it needs at least 2 images a class "
+                         "and one a class on each side")
+    from sklearn.model_selection import train_test_split  # slow to import: only when needed
+
+    kept, held_out = train_test_split(index, test_size=fraction, stratify=labels,
+                                      random_state=seed)
+    return np.sort(kept), np.sort(held_out)
+
+
+def steps_per_epoch(images: int, batch_size: int, drop_last: bool) -> int:
+    """Optimizer steps of one pass over ``images``: with ``drop_last`` only full batches."""
+    return images // batch_size if drop_last else math.ceil(images / batch_size)

@@ -54,8 +54,9 @@ __all__ = [
     "sweep_table",
 ]
 
-SWEEP_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "consistency",
-                 "flip_rate", "pointing_accuracy", "seconds_per_epoch")
+SWEEP_METRICS = ("test_accuracy", "test_loss", "overfit_gap", "shift_accuracy_mean",
+                 "consistency_exact", "consistency", "flip_rate", "pointing_accuracy",
+                 "seconds_per_epoch")
 GROUP_KEYS = ["data", "settings", "head", "fraction", "train_shift"]
 # Params (dotted keys; a section name covers all of it) that do not change what a run's result
 # means, so experiments differing only in them are pooled: which seeds and heads an experiment

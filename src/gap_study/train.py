@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +29,48 @@ from gap_study.params import ModelParams, TrainParams
 from gap_study.paths import RunId
 from gap_study.provenance import worker_facts
 from gap_study.runtime import resolve_device, seed_everything, to_device
-from gap_study.splits import fraction_subset
+from gap_study.splits import fraction_subset, steps_per_epoch
 
-__all__ = ["TrainedRun", "fit", "matched_epochs", "train_one_seed", "train_run", "train_task"]
+__all__ = [
+    "TrainedRun",
+    "fit",
+    "matched_epochs",
+    "optimizer_for",
+    "train_one_seed",
+    "train_run",
+    "train_task",
+]
 
 
-def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, *,
-        epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0, train_shift: int = 0,
+def optimizer_for(model: nn.Module, *, lr: float, weight_decay: float, schedule: str,
+                  total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """Fused Adam over the model's parameter groups (``ClassifierNet.parameter_groups``: one
+    group, or ``gsp_scaled``'s scaled classifier) and, for ``schedule == "cosine"``, a
+    scheduler taking the learning rate to 0 over ``total_steps`` optimizer steps (``None`` for
+    ``"constant"``)."""
+    groups = (model.parameter_groups(lr, weight_decay) if hasattr(model, "parameter_groups")
+              else model.parameters())
+    # fused: one kernel updates every parameter (for dense, a million-plus weights)
+    optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    if schedule == "constant":
+        return optimizer, None
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule {schedule!r}; allowed: cosine, constant")
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+
+def matched_epochs(epochs: int, full_size: int, subset_size: int, batch_size: int,
+                   drop_last: bool = False) -> int:
+    """Epochs over ``subset_size`` images that take at least as many optimizer steps as
+    ``epochs`` over ``full_size`` images, so a smaller training set gets the same training
+    budget: a learning curve then shows the effect of data, not of a shorter training."""
+    steps = epochs * steps_per_epoch(full_size, batch_size, drop_last)
+    return math.ceil(steps / max(1, steps_per_epoch(subset_size, batch_size, drop_last)))
+
+
+def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, *,
+        epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
+        schedule: str = "constant", drop_last: bool = False, train_shift: int = 0,
         eval_every: int = 1, generator: torch.Generator, progress: bool = True,
         desc: str = "train") -> pd.DataFrame:
     """Train ``model`` in place on tensors already on its device; return its history.
@@ -42,13 +78,16 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_te
     ``train_shift > 0`` moves each training image by its own random offset in
     ``[-train_shift, train_shift]^2`` (zero fill), redrawn every time the image is used. A
     history row every ``eval_every`` epochs and after the last: ``epoch``, running ``train_loss,
-    train_accuracy`` (train mode), ``test_loss, test_accuracy`` (eval mode), ``epoch_seconds,
-    images_per_second`` (the training passes alone)."""
-    device = x_train.device
-    n = len(x_train)
-    # fused: one kernel updates every parameter (for dense, a million-plus weights)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    history = []
+    train_accuracy`` (train mode), ``val_loss, val_accuracy`` (eval mode, on ``x_val``),
+    ``epoch_seconds, images_per_second`` (the training passes alone)."""
+    device, n = x_train.device, len(x_train)
+    per_epoch = steps_per_epoch(n, batch_size, drop_last)
+    if per_epoch == 0:
+        raise ValueError(f"{n} training images make no full batch of {batch_size}: lower "
+                         "train.batch_size or turn off train.drop_last")
+    optimizer, scheduler = optimizer_for(model, lr=lr, weight_decay=weight_decay,
+                                         schedule=schedule, total_steps=epochs * per_epoch)
+    history, seen = [], 0
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     passes, since = 0, time.perf_counter()
@@ -56,63 +95,54 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_te
         model.train()
         # 1. the order is drawn on the CPU from the run's generator: the same on every device
         order = torch.randperm(n, generator=generator).to(device)
-        for i in range(0, n, batch_size):
+        for i in range(0, per_epoch * batch_size, batch_size):
             idx = order[i:i + batch_size]
             images = x_train[idx]
             # 2. augmentation draws from the same generator, after the order: reproducible
             if train_shift:
                 dx, dy = random_offsets(len(idx), train_shift, generator)
                 images = shift_each(images, dx, dy).contiguous(memory_format=torch.channels_last)
-            targets = y_train[idx]
             logits = model(images)
-            loss = F.cross_entropy(logits, targets)
+            loss = F.cross_entropy(logits, y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            # 3. accumulate on the device: no host sync inside the loop
+            if scheduler is not None:  # 3. the learning rate follows every step
+                scheduler.step()
+            # 4. accumulate on the device: no host sync inside the loop
             loss_sum.add_(loss.detach(), alpha=len(idx))
-            correct += (logits.argmax(dim=1) == targets).sum()
+            correct += (logits.argmax(dim=1) == y_train[idx]).sum()
+            seen += len(idx)
         passes += 1
         if epoch % eval_every and epoch != epochs:
             continue
-        # 4. a history row: sync the device first, so the clock covers the training passes
+        # 5. a history row: sync the device first, so the clock covers the training passes
         train_loss, train_correct = loss_sum.item(), correct.item()
         seconds = time.perf_counter() - since
-        test_loss, test_accuracy = loss_and_accuracy(model, x_test, y_test)
-        history.append({
-            "epoch": epoch,
-            "train_loss": train_loss / (n * passes),
-            "train_accuracy": train_correct / (n * passes),
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
-            "epoch_seconds": seconds / passes,
-            "images_per_second": n * passes / seconds,
-        })
+        val_loss, val_accuracy = loss_and_accuracy(model, x_val, y_val)
+        history.append({"epoch": epoch, "train_loss": train_loss / seen,
+                        "train_accuracy": train_correct / seen, "val_loss": val_loss,
+                        "val_accuracy": val_accuracy, "epoch_seconds": seconds / passes,
+                        "images_per_second": seen / seconds})
         loss_sum.zero_()
         correct.zero_()
-        passes, since = 0, time.perf_counter()
+        passes, seen, since = 0, 0, time.perf_counter()
     return pd.DataFrame(history)
 
 
-def matched_epochs(epochs: int, full_size: int, subset_size: int, batch_size: int) -> int:
-    """Epochs over ``subset_size`` images that take at least as many optimizer steps as
-    ``epochs`` over ``full_size`` images, so a smaller training set gets the same training
-    budget: a learning curve then shows the effect of data, not of a shorter training."""
-    steps = epochs * math.ceil(full_size / batch_size)
-    return math.ceil(steps / math.ceil(subset_size / batch_size))
-
-
 def train_one_seed(config: ModelConfig, data: CanvasDataset, *, seed: int, epochs: int,
-                   batch_size: int, lr: float, weight_decay: float = 0.0, fraction: float = 1.0,
+                   batch_size: int, lr: float, weight_decay: float = 0.0,
+                   schedule: str = "constant", drop_last: bool = False, fraction: float = 1.0,
                    train_shift: int = 0, device: str | torch.device = "auto",
                    progress: bool = True) -> tuple[ClassifierNet, pd.DataFrame]:
     """Build ``config``'s model from ``seed`` and train it on ``data``; return model and history.
 
     ``fraction < 1`` trains on ``fraction_subset`` of the training set, for
     ``matched_epochs`` (the same number of optimizer steps as ``epochs`` on all of it);
-    ``train_shift`` is the largest random shift of a training image (see ``fit``). The test
-    set is evaluated about ``epochs`` times, however many epochs the run takes. History
-    columns: ``fraction, train_shift, seed`` and those of ``fit``.
+    ``train_shift`` is the largest random shift of a training image (see ``fit``). The
+    validation split is evaluated about ``epochs`` times, however many epochs the run takes;
+    the test split is never touched. History columns: ``fraction, train_shift, seed`` and
+    those of ``fit``.
     """
     device = resolve_device(device) if isinstance(device, str) else device
     seed_everything(seed)
@@ -120,15 +150,16 @@ def train_one_seed(config: ModelConfig, data: CanvasDataset, *, seed: int, epoch
     model = build_model(config).to(device=device, memory_format=torch.channels_last)
     keep = fraction_subset(data.y_train, fraction)
     x_train = to_device(to_float(data.x_train[keep]), device)
-    x_test = to_device(to_float(data.x_test), device)
+    x_val = to_device(to_float(data.x_val), device)
     y_train = to_device(torch.as_tensor(data.y_train[keep]), device)
-    y_test = to_device(torch.as_tensor(data.y_test), device)
+    y_val = to_device(torch.as_tensor(data.y_val), device)
     generator = torch.Generator().manual_seed(seed)
-    run_epochs = matched_epochs(epochs, len(data.y_train), len(keep), batch_size)
-    history = fit(model, x_train, y_train, x_test, y_test, epochs=run_epochs,
-                  batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                  train_shift=train_shift, eval_every=max(1, run_epochs // epochs),
-                  generator=generator, progress=progress,
+    run_epochs = matched_epochs(epochs, len(data.y_train), len(keep), batch_size, drop_last)
+    history = fit(model, x_train, y_train, x_val, y_val, epochs=run_epochs,
+                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                  drop_last=drop_last, train_shift=train_shift,
+                  eval_every=max(1, run_epochs // epochs), generator=generator,
+                  progress=progress,
                   desc=f"{config.head} fraction {fraction:g} shift {train_shift} seed {seed}")
     history.insert(0, "seed", seed)
     history.insert(0, "train_shift", train_shift)
@@ -136,14 +167,16 @@ def train_one_seed(config: ModelConfig, data: CanvasDataset, *, seed: int, epoch
     return model.eval(), history
 
 
-def train_run(config: ModelConfig, data: CanvasDataset, run: RunId, settings: TrainParams, *,
-              device: str | torch.device = "auto",
+def train_run(config: ModelConfig, data: CanvasDataset, run: RunId, settings: TrainParams,
+              lr: float, *, device: str | torch.device = "auto",
               progress: bool = True) -> tuple[ClassifierNet, pd.DataFrame]:
     """Train one run of the study: ``config``'s model on ``run``'s fraction of ``data``, with
-    its training shift and seed, and the ``train`` settings of ``params.yaml``."""
+    its training shift and seed, the learning rate ``lr`` (the head's, from the tune stage)
+    and the ``train`` settings of ``params.yaml``."""
     return train_one_seed(config, data, seed=run.seed, epochs=settings.epochs,
-                          batch_size=settings.batch_size, lr=settings.lr,
-                          weight_decay=settings.weight_decay, fraction=run.fraction,
+                          batch_size=settings.batch_size, lr=lr,
+                          weight_decay=settings.weight_decay, schedule=settings.schedule,
+                          drop_last=settings.drop_last, fraction=run.fraction,
                           train_shift=run.train_shift, device=device, progress=progress)
 
 
@@ -158,12 +191,14 @@ class TrainedRun:
 
 
 def train_task(item: tuple[str, RunId], *, data: CanvasDataset, architecture: ModelParams,
-               settings: TrainParams, device: str) -> TrainedRun:
+               settings: TrainParams, learning_rates: Mapping[str, float],
+               device: str) -> TrainedRun:
     """One run of one head, ``item = (head, run)``, as a task of ``gap_study.engine``:
-    ``train_run`` of the head's model sized for ``data``, on the device ``device`` names where
-    the task runs, without a progress bar (the engine reports each finished run)."""
+    ``train_run`` of the head's model sized for ``data``, with the head's learning rate, on
+    the device ``device`` names where the task runs, without a progress bar (the engine
+    reports each finished run)."""
     head, run = item
     torch_device = resolve_device(device)
     model, history = train_run(architecture.to_config(head, data), data, run, settings,
-                               device=torch_device, progress=False)
+                               learning_rates[head], device=torch_device, progress=False)
     return TrainedRun(checkpoint_payload(model), history, worker_facts(torch_device))
