@@ -33,16 +33,18 @@ from distributed import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["dense", "gap", "gsp"]
-SECTIONS = ("claims", "## Parameters", "## Accuracy and overfitting", "## Learning curve",
+SECTIONS = ("## In one minute", "## The claims, tested", "## Learning rates",
+            "## Spatial pooling or head capacity", "## Parameters",
+            "## Accuracy and overfitting", "## Learning curve",
             "## Translation robustness", "### Training with random shifts",
             "### Prediction stability", "## Class activation maps",
             "## Global sum vs global average pooling", "## Training speed",
             "## Published numbers", "## Provenance")
 CLAIMS = ("fewer parameters", "less overfitting", "more translation robust", "faster training",
           "feature maps tied to classes")
-FIGURES = ["accuracy.png", "cam_overlays.png", "fraction_curve.png", "params.png",
+FIGURES = ["accuracy.png", "cam_overlays.png", "forest.png", "fraction_curve.png", "params.png",
            "pointing.png", "shift_heatmaps.png", "shift_radius.png", "shift_training.png",
-           "stability.png", "time.png", "training_curves.png"]
+           "stability.png", "time.png", "training_curves.png", "tuning.png"]
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +138,7 @@ def test_report_has_every_section_claim_and_setting(reports):
     text = (reports / "report.md").read_text()
     assert [section for section in SECTIONS if section not in text] == []
     assert [claim for claim in CLAIMS if f"| {claim}" not in text] == []
-    assert "random shifts up to 2 px" in text and "50% of the training images" in text
+    assert "random shifts of up to [0, 2] pixels" in text and "50% of the training images" in text
 
 
 def test_figures_are_exactly_those_the_report_shows_and_html_embeds_them(reports):
@@ -167,7 +169,7 @@ def test_each_head_has_its_checkpoints_shift_grid_and_executed_notebooks(repo, r
             f"fraction_{f:g}-shift_{t}-seed_{s}.pt" for f, t in TINY_VARIANTS for s in TINY_SEEDS)
     executed = sorted(p.name for p in (reports / "notebooks").glob("*.ipynb"))
     assert executed == ["evaluate.ipynb", "prepare_data.ipynb", "report.ipynb", "speed.ipynb",
-                        "train.ipynb"]
+                        "train.ipynb", "tune.ipynb"]
     nb = nbformat.read(reports / "notebooks" / "train.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))

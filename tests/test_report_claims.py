@@ -1,156 +1,154 @@
-"""gap_study.report.claims: verdicts computed from the intervals, per head and per claim."""
+"""gap_study.report.claims: the declared tests on hand-made results, their families and the
+verdict per claim and metric."""
 
-import math
-
+import numpy as np
 import pandas as pd
 import pytest
 
 from gap_study.report.claims import (
-    claim_table,
-    head_verdict,
-    overall_verdict,
-    overall_verdicts,
+    PROTOCOL,
+    claim_comparisons,
+    claim_verdicts,
+    heads_under_test,
     setting_label,
-    study_claims,
 )
+from gap_study.report.comparisons import holm
+
+MARGINS = {"accuracy": 0.01, "consistency": 0.01, "loss": 0.05, "time": 0.10}
+SEEDS = range(6)
 
 
-def _per_seed(gap_overfit, dense_overfit, gap_shift, dense_shift):
+def _results(overrides: dict | None = None) -> pd.DataFrame:
+    """Main runs (fraction 1) and a 10% learning curve of dense, dense_dropout, gap and gmp
+    over six seeds; ``overrides[(head, fraction, metric)]`` replaces a head's values."""
+    rng = np.random.default_rng(0)
     rows = []
-    for head, overfit, shifted, params, seconds in [
-            ("dense", dense_overfit, dense_shift, 1000, [0.3, 0.31, 0.29]),
-            ("gap", gap_overfit, gap_shift, 10, [0.1, 0.11, 0.09])]:
-        for seed in range(3):
-            rows.append({"head": head, "seed": seed, "params_head": params,
-                         "overfit_gap": overfit[seed], "shift_accuracy_mean": shifted[seed],
-                         "seconds_per_step": seconds[seed]})
+    for head, params in [("dense", 1_000_000), ("dense_dropout", 1_000_000), ("gap", 650),
+                         ("gmp", 650)]:
+        for fraction, images in [(0.1, 100), (1.0, 1000)]:
+            for seed in SEEDS:
+                row = {"head": head, "fraction": fraction, "train_shift": 0, "seed": seed,
+                       "train_images": images, "params_head": params,
+                       "params_total": params + 20_000, "train_accuracy": 1.0,
+                       "test_accuracy": 0.95 + 0.002 * rng.standard_normal(),
+                       "test_loss": 0.2 + 0.002 * rng.standard_normal(),
+                       "overfit_gap": 0.05, "loss_gap": 0.1,
+                       "consistency_exact": 0.5 if head.startswith("dense") else 0.9,
+                       "pointing_accuracy_shifted": np.nan if head.startswith("dense") else 0.8,
+                       "pointing_centre_prior_shifted": 0.6,
+                       "time_to_target": 10.0 if head.startswith("dense") else 4.0}
+                row["consistency_exact"] += 0.01 * rng.standard_normal()
+                row["time_to_target"] *= 1 + 0.02 * rng.standard_normal()
+                for (h, f, metric), values in (overrides or {}).items():
+                    if (h, f) == (head, fraction):
+                        row[metric] = values[seed]
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("low, high, verdict", [
-    (0.1, 0.3, "supported"), (-0.3, -0.1, "contradicted"), (-0.1, 0.1, "no clear difference"),
-    (0.0, 0.2, "no clear difference"), (math.nan, math.nan, "untested (one seed)")])
-def test_head_verdict_reads_the_interval_of_the_improvement(low, high, verdict):
-    assert head_verdict(low, high) == verdict
+def _step_times() -> pd.DataFrame:
+    rounds = [(head, r, seconds * (1 + 0.01 * r)) for r in range(5)
+              for head, seconds in [("dense", 0.03), ("dense_dropout", 0.031), ("gap", 0.01),
+                                    ("gmp", 0.012)]]
+    return pd.DataFrame(rounds, columns=["head", "round", "seconds_per_step"])
 
 
-@pytest.mark.parametrize("verdicts, expected", [
-    (["supported", "supported"], "supported"),
-    (["supported", "contradicted"], "mixed"),
-    (["supported", "no clear difference"], "mixed"),
-    (["contradicted", "no clear difference"], "contradicted"),
-    (["no clear difference", "no clear difference"], "not supported")])
-def test_overall_verdict_combines_the_rows_of_a_claim(verdicts, expected):
-    rows = pd.Series(verdicts)
-    assert overall_verdict(rows == "supported", rows == "contradicted") == expected
+HEADS = ["dense", "dense_dropout", "gap", "gmp"]
+
+
+@pytest.fixture(scope="module")
+def comparisons():
+    return claim_comparisons(_results(), _step_times(), HEADS, MARGINS)
+
+
+def test_the_claims_are_about_the_heads_whose_pooling_replaces_the_dense_layers():
+    assert heads_under_test(["dense", "linear", "gap", "gap_hidden", "gmp", "nin", "gsp_scaled",
+                         "avg2x2_dense", "dense_dropout"]) == ["gap", "gmp", "nin"]
+
+
+def test_every_primary_metric_of_the_protocol_is_compared_where_the_data_allow(comparisons):
+    primary = comparisons[comparisons.role == "primary"]
+    assert set(primary.metric) == {t.metric for t in PROTOCOL if t.primary}
+    overfitting = primary[primary.claim == "less overfitting"]
+    # 2 heads x 2 fractions x 2 baselines x 2 metrics
+    assert len(overfitting) == 16
+    assert set(overfitting.baseline) == {"dense", "dense_dropout"}
+    assert set(overfitting.setting) == {setting_label(0.1, 0, 100), setting_label(1.0, 0, 1000)}
+    assert (comparisons.n[comparisons.metric == "seconds_per_step"] == 5).all()  # rounds
+    assert (comparisons.n[comparisons.metric == "test_accuracy"] == 6).all()  # seeds
+
+
+def test_parameter_counts_are_exact_and_far_fewer(comparisons):
+    rows = comparisons[comparisons.metric == "params_head"]
+    assert rows.exact.all() and (rows.verdict == "better").all()
+    assert rows.improvement.tolist() == [1_000_000 - 650] * 2
+
+
+def test_each_claims_primary_family_is_holm_adjusted_together(comparisons):
+    family = comparisons[(comparisons.claim == "less overfitting")
+                         & (comparisons.role == "primary")]
+    expected = holm(family.p_difference.to_numpy())
+    np.testing.assert_allclose(family.p_difference_adjusted.to_numpy(), expected)
+
+
+def test_verdicts_follow_the_evidence(comparisons):
+    verdict = comparisons.set_index(["metric", "head", "baseline", "setting"])["verdict"]
+    main = setting_label(1.0, 0, 1000)
+    assert verdict["consistency_exact", "gap", "dense", main] == "better"  # 0.9 vs 0.5
+    assert verdict["time_to_target", "gap", "dense", main] == "better"  # 4 s vs 10 s
+    steps = comparisons[comparisons.metric == "seconds_per_step"].set_index("head")
+    assert steps.loc["gap", "verdict"] == "better"
+    assert steps.loc["gap", "improvement"] == pytest.approx(2.0, rel=0.01)  # 3x faster
+    # test accuracy: the same up to noise of 0.2 points, margin 1 point
+    accuracy = comparisons[comparisons.metric == "test_accuracy"]
+    assert set(accuracy.verdict) == {"equivalent"}
+    pointing = comparisons[comparisons.metric == "pointing_accuracy_shifted"]
+    assert set(pointing.baseline) == {"centre prior"}  # the reference, named for readers
+    assert set(pointing.verdict) == {"better"}  # 0.8 against a centre prior of 0.6
+
+
+def test_a_head_worse_than_its_baseline_is_worse_and_a_noisy_one_inconclusive():
+    noisy = np.array([0.90, 0.99, 0.91, 0.98, 0.92, 0.97])
+    results = _results({("gap", 1.0, "test_accuracy"): [0.90] * 6,
+                        ("gmp", 1.0, "test_accuracy"): noisy})
+    table = claim_comparisons(results, _step_times(), HEADS, MARGINS)
+    main = table[(table.metric == "test_accuracy") & (table.fraction == 1.0)
+                 & (table.baseline == "dense")].set_index("head")
+    assert main.loc["gap", "verdict"] == "worse"
+    assert main.loc["gmp", "verdict"] == "inconclusive"
+    assert main.loc["gmp", "mde"] > 0.01  # the spread hides anything below a point
+
+
+def test_a_smaller_gap_from_lower_train_accuracy_is_called_underfitting():
+    results = _results({("gap", 1.0, "overfit_gap"): [0.01] * 6,
+                        ("gap", 1.0, "train_accuracy"): [0.96] * 6})
+    table = claim_comparisons(results, _step_times(), HEADS, MARGINS)
+    gap = table[(table.metric == "overfit_gap") & (table["head"] == "gap")
+                & (table.fraction == 1.0)]
+    assert (gap.improvement > 0).all() and (gap.note == "underfits").all()
+    assert (table[table.metric != "overfit_gap"].note == "").all()
+
+
+def test_secondary_metrics_get_bh_q_values_and_decide_no_claim(comparisons):
+    secondary = comparisons[comparisons.role == "secondary"]
+    assert set(secondary.metric) >= {"overfit_gap", "loss_gap", "params_total"}
+    verdicts = claim_verdicts(comparisons)
+    assert not set(verdicts.metric) & set(secondary.metric)
+
+
+def test_each_claim_and_primary_metric_gets_its_own_word():
+    rows = [("c", "m1", v) for v in ("better", "better")]
+    rows += [("c", "m2", v) for v in ("better", "worse")]
+    rows += [("c", "m3", v) for v in ("worse", "inconclusive")]
+    rows += [("c", "m4", v) for v in ("equivalent", "equivalent")]
+    rows += [("c", "m5", v) for v in ("equivalent", "inconclusive")]
+    table = pd.DataFrame(rows, columns=["claim", "metric", "verdict"]).assign(role="primary")
+    words = claim_verdicts(table).set_index("metric")["verdict"].to_dict()
+    assert words == {"m1": "holds", "m2": "mixed", "m3": "fails", "m4": "no difference",
+                     "m5": "undecided"}
 
 
 def test_setting_label_names_the_training_data_and_shifts():
     assert setting_label(1.0, 0) == "all training images, centred"
     assert setting_label(0.1, 3, 135) == "10% of the training images (135), " \
         "random shifts up to 3 px"
-
-
-def test_claim_verdicts_follow_the_interval_of_the_improvement():
-    per_seed = _per_seed(gap_overfit=[0.05, 0.06, 0.04], dense_overfit=[0.01, 0.02, 0.03],
-                         gap_shift=[0.8, 0.9, 0.85], dense_shift=[0.8, 0.95, 0.7])
-    claims = claim_table(per_seed).set_index("claim")
-    assert claims.loc["fewer parameters", "verdict"] == "supported"
-    assert claims.loc["fewer parameters", "improvement"] == 990
-    assert claims.loc["less overfitting", "verdict"] == "contradicted"  # gap overfits more
-    assert claims.loc["more translation robust", "verdict"] == "no clear difference"
-    assert claims.loc["faster training", "verdict"] == "supported"
-    overall = overall_verdicts(claim_table(per_seed)).set_index("claim").verdict
-    assert overall.to_dict() == {"fewer parameters": "supported",
-                                 "less overfitting": "contradicted",
-                                 "more translation robust": "not supported",
-                                 "faster training": "supported"}
-
-
-def test_a_claim_holding_for_some_heads_only_is_mixed():
-    per_seed = _per_seed([0.0] * 3, [0.0] * 3, [0.9, 0.91, 0.92], [0.1, 0.12, 0.11])
-    gmp = per_seed[per_seed["head"] == "gap"].assign(head="gmp", shift_accuracy_mean=0.1)
-    claims = claim_table(pd.concat([per_seed, gmp]))
-    overall = overall_verdicts(claims).set_index("claim")
-    assert overall.loc["more translation robust", "verdict"] == "mixed"
-    assert overall.loc["more translation robust", "heads supporting"] == "gap"
-
-
-def test_cam_claim_is_judged_on_shifted_images_against_the_centre_prior_without_dense():
-    per_seed = pd.DataFrame({
-        "head": ["dense"] * 3 + ["gap"] * 3 + ["gmp"] * 3, "seed": [0, 1, 2] * 3,
-        "pointing_accuracy": [math.nan] * 3 + [1.0] * 6,  # centred: no evidence either way
-        "pointing_accuracy_shifted": [math.nan] * 3 + [0.9, 0.92, 0.94] + [0.7, 0.8, 0.75],
-        "pointing_centre_prior_shifted": [0.75] * 9, "pointing_chance": [0.25] * 9})
-    claims = claim_table(per_seed)
-    assert claims["claim"].unique().tolist() == ["feature maps tied to classes"]
-    assert claims["metric"].unique().tolist() == ["pointing_accuracy_shifted"]
-    assert claims["head"].tolist() == ["gap", "gmp"]  # dense has no map
-    assert claims["baseline"].unique().tolist() == ["centre prior"]
-    assert claims.set_index("head").verdict.to_dict() == {"gap": "supported",
-                                                          "gmp": "no clear difference"}
-    assert claims.set_index("head").loc["gap", "improvement"] == pytest.approx(0.92 - 0.75)
-
-
-def test_overall_verdict_is_contradicted_when_rows_only_go_against_the_claim():
-    claims = pd.DataFrame({"claim": ["robust"] * 3, "head": ["gap", "gmp", "gsp"],
-                           "verdict": ["no clear difference", "contradicted",
-                                       "no clear difference"]})
-    overall = overall_verdicts(claims).iloc[0]
-    assert overall.verdict == "contradicted"
-    assert overall["rows"] == "0 supported, 1 contradicted, 2 unclear"
-    assert (overall["heads supporting"], overall["heads contradicting"]) == ("none", "gmp")
-    unclear = overall_verdicts(claims.assign(verdict="no clear difference")).iloc[0]
-    assert (unclear.verdict, unclear["heads contradicting"]) == ("not supported", "none")
-
-
-def test_a_head_supports_a_claim_only_when_every_metric_of_it_does():
-    claims = pd.DataFrame({"claim": ["robust"] * 4, "head": ["gap", "gap", "gmp", "gmp"],
-                           "verdict": ["supported", "supported", "supported", "contradicted"]})
-    overall = overall_verdicts(claims).iloc[0]
-    assert (overall.verdict, overall["heads supporting"]) == ("mixed", "gap")
-    assert overall["heads contradicting"] == "gmp"
-
-
-def _study_results():
-    """Main runs where gap does not overfit less, a 10% fraction where it does, and runs
-    trained with shifts where dense catches up on the shift grid."""
-    main = _per_seed(gap_overfit=[0.01, 0.02, 0.015], dense_overfit=[0.01, 0.02, 0.015],
-                     gap_shift=[0.9, 0.91, 0.92], dense_shift=[0.1, 0.12, 0.11])
-    main = main.assign(fraction=1.0, train_shift=0, train_images=1000)
-    small = main.assign(fraction=0.1, train_images=100, shift_accuracy_mean=math.nan,
-                        overfit_gap=[0.30, 0.32, 0.31, 0.10, 0.12, 0.11])
-    shifted = main.assign(train_shift=4, shift_accuracy_mean=[0.9, 0.95, 0.92, 0.93, 0.91, 0.94])
-    return pd.concat([main, small, shifted], ignore_index=True)
-
-
-def _step_times():
-    """Three rounds of the speed stage: dense's step takes three times gap's."""
-    return pd.DataFrame({"head": ["dense"] * 3 + ["gap"] * 3, "round": [0, 1, 2] * 2,
-                         "seconds_per_step": [0.030, 0.031, 0.029, 0.010, 0.011, 0.009]})
-
-
-def test_study_claims_test_training_dependent_claims_in_every_setting():
-    results = _study_results().drop(columns="seconds_per_step")  # not the speed claim's data
-    claims = study_claims(results, _step_times())
-    main = "all training images (1,000), centred"
-    timed = "training steps timed in turns, 3 rounds"
-    small = "10% of the training images (100), centred"
-    shifted = "all training images (1,000), random shifts up to 4 px"
-    verdicts = {(r.claim, r.setting): r.verdict for r in claims.itertuples()}
-    assert verdicts == {
-        ("fewer parameters", main): "supported",
-        ("less overfitting", main): "no clear difference",
-        ("less overfitting", small): "supported",  # gap overfits less on little data
-        ("less overfitting", shifted): "no clear difference",
-        ("more translation robust", main): "supported",
-        ("more translation robust", shifted): "no clear difference",
-        ("faster training", timed): "supported",
-    }
-    # grouped by claim, in the order of CLAIMS
-    assert list(dict.fromkeys(claims.claim)) == ["fewer parameters", "less overfitting",
-                                                 "more translation robust", "faster training"]
-    overall = overall_verdicts(claims).set_index("claim")
-    assert overall.loc["less overfitting", "verdict"] == "mixed"
-    assert overall.loc["less overfitting", "settings where every head supports it"] == small
-    assert overall.loc["faster training", "verdict"] == "supported"

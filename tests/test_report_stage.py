@@ -13,17 +13,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gap_study.params import ReportParams
 from gap_study.paths import Layout, RunId
-from gap_study.report.claims import overall_verdicts, study_claims
+from gap_study.report.claims import claim_comparisons, claim_verdicts
 from gap_study.report.figures import save_figures, study_figures
 from gap_study.report.tables import (
     CollectedResults,
     collect_results,
     study_tables,
+    with_derived_metrics,
 )
-from gap_study.report.text import compose_report
+from gap_study.report.text import compose_report, study_setup
 
 HEADS = ["dense", "gsp", "gap"]  # not alphabetical: outputs follow this order
+SETTINGS = ReportParams(confidence=0.95, alpha=0.05, time_target=0.5,
+                        margins={"accuracy": 0.01, "consistency": 0.01, "loss": 0.05,
+                                 "time": 0.1})
+LEARNING_RATES = {"dense": 0.001, "gsp": 0.0003, "gap": 0.003}
 RUNS = [RunId(fraction, shift, seed) for fraction, shift in [(0.5, 0), (1.0, 0), (1.0, 2)]
         for seed in (0, 1)]
 MAX_SHIFT = 2
@@ -43,7 +49,8 @@ def _metrics_row(head: str, run: RunId, rng: np.random.Generator) -> dict[str, o
     row.update({m: rng.uniform(0.6, 0.9) for m in ("test_accuracy", "train_loss")})
     row.update(overfit_gap=1.0 - row["test_accuracy"], test_loss=row["train_loss"] + 0.2,
                loss_gap=0.2)
-    for metric in ("shift_accuracy_mean", "shift_accuracy_worst", "consistency", "flip_rate"):
+    for metric in ("shift_accuracy_mean", "shift_accuracy_worst", "consistency", "flip_rate",
+                   "consistency_exact", "flip_rate_all_pairs"):
         row[metric] = rng.uniform(0.1, 0.9) if full else np.nan
     for metric in ("pointing_accuracy", "pointing_accuracy_shifted"):
         row[metric] = rng.uniform(0.5, 1.0) if full and cam else np.nan
@@ -68,20 +75,25 @@ WORKER = {"host": "node1", "cpu": "test CPU", "cpu_capability": "AVX2", "torch_t
           "device": "cpu"}
 
 
+DATASET = {"name": "digits", "train_images": 80, "validation_images": 8, "test_images": 20,
+           "image_size": 8, "in_channels": 1, "num_classes": 4}
+
+
 def _records() -> tuple[dict, dict]:
     """The train and evaluate stages' run records."""
     environment = ENVIRONMENT
     train = {"heads": HEADS, "environment": environment,
              "compute": {"scheduler": "local", "threads_per_run": 1, "workers": None},
              "runs": {f"{head}/{run.stem}": WORKER for head in HEADS for run in RUNS},
-             "dataset": {"name": "digits", "train_images": 80, "test_images": 20,
-                         "image_size": 8, "in_channels": 1, "num_classes": 4},
+             "learning_rates": LEARNING_RATES,
+             "dataset": {**DATASET, "test_images": 0},  # the train stage drops the test split
              "model": {"widths": [8, 16], "dense_hidden": 10},
-             "train": {"epochs": 3, "lr": 0.001, "batch_size": 16, "weight_decay": 0.0,
+             "train": {"epochs": 3, "batch_size": 16, "schedule": "cosine",
+                       "drop_last": True, "weight_decay": 0.0,
                        "fractions": [0.5, 1.0], "shift": [0, 2], "seeds": [0, 1]}}
     evaluate = {"heads": HEADS, "environment": environment,
                 "evaluate": {"max_shift": MAX_SHIFT, "batch_size": 8, "seed": 0},
-                "feature_map": FEATURE_MAP}
+                "feature_map": FEATURE_MAP, "dataset": DATASET}
     return train, evaluate
 
 
@@ -99,8 +111,8 @@ def _write_head(layout: Layout, head: str, rng: np.random.Generator) -> None:
         layout.shift_grid(head), index=False)
     for run in RUNS:
         pd.DataFrame([{**run.as_dict(), "epoch": epoch, "train_loss": 1.0 / epoch,
-                       "train_accuracy": 0.3 * epoch, "test_loss": 1.1 / epoch,
-                       "test_accuracy": 0.25 * epoch, "epoch_seconds": seconds,
+                       "train_accuracy": 0.3 * epoch, "val_loss": 1.1 / epoch,
+                       "val_accuracy": 0.25 * epoch, "epoch_seconds": seconds,
                        "images_per_second": 80 / seconds}
                       for epoch, seconds in enumerate(EPOCH_SECONDS, start=1)]).to_csv(
             layout.history(head, run), index=False)
@@ -122,6 +134,15 @@ def _write_speed(layout: Layout) -> None:
                                             "environment": ENVIRONMENT}))
 
 
+def _write_tuning(layout: Layout) -> None:
+    """The tune stage's table: each head at three rates, the chosen one the best."""
+    layout.tune_reports.mkdir(parents=True)
+    rows = [{"head": head, "lr": lr, "val_accuracy": 0.9 - (0.1 if lr != chosen else 0),
+             "val_loss": 0.3, "chosen": lr == chosen}
+            for head, chosen in LEARNING_RATES.items() for lr in (0.0003, 0.001, 0.003)]
+    pd.DataFrame(rows).to_csv(layout.tuning, index=False)
+
+
 @pytest.fixture
 def layout(tmp_path) -> Layout:
     layout, rng = Layout(tmp_path), np.random.default_rng(0)
@@ -131,6 +152,7 @@ def layout(tmp_path) -> Layout:
     layout.train_run.write_text(json.dumps(train))
     layout.eval_run.write_text(json.dumps(evaluate))
     _write_speed(layout)
+    _write_tuning(layout)
     return layout
 
 
@@ -138,7 +160,7 @@ def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
     collected = collect_results(layout, HEADS)
     assert isinstance(collected, CollectedResults)
     assert collected._fields == ("results", "grid", "history", "records", "cams",
-                                 "step_times", "speed_run")
+                                 "step_times", "speed_run", "tuning")
     results = collected.results
     assert list(dict.fromkeys(results["head"])) == HEADS
     assert len(results) == len(HEADS) * len(RUNS)
@@ -154,24 +176,34 @@ def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
     assert collected.speed_run["threads_per_run"] == 1
 
 
+def _study(layout: Layout):
+    """What the report notebook builds: results, tables, comparisons and verdicts."""
+    collected = collect_results(layout, HEADS)
+    results = with_derived_metrics(collected, time_target=SETTINGS.time_target)
+    tables = study_tables(results, collected.grid)
+    comparisons = claim_comparisons(results, collected.step_times, HEADS,
+                                    SETTINGS.margins.model_dump())
+    return collected, results, tables, comparisons
+
+
+FIGURES = ["accuracy", "cam_overlays", "forest", "fraction_curve", "params", "pointing",
+           "shift_heatmaps", "shift_radius", "shift_training", "stability", "time",
+           "training_curves", "tuning"]
+
+
 def _report(layout: Layout) -> str:
     """The report text of the hand-made study, figures named as the stage names them."""
-    collected = collect_results(layout, HEADS)
-    tables = study_tables(collected.results, collected.grid)
-    claims = study_claims(collected.results, collected.step_times)
-    names = ["params", "accuracy", "training_curves", "shift_radius", "shift_heatmaps",
-             "stability", "time", "fraction_curve", "shift_training", "pointing",
-             "cam_overlays"]
-    return compose_report(tables=tables, grid=collected.grid, step_times=collected.step_times,
-                          claims=claims, overall=overall_verdicts(claims),
-                          figures={n: f"figures/{n}.png" for n in names},
-                          records=collected.records, speed_run=collected.speed_run, heads=HEADS,
-                          confidence=0.95)
+    collected, _, tables, comparisons = _study(layout)
+    return compose_report(collected=collected, tables=tables, comparisons=comparisons,
+                          verdicts=claim_verdicts(comparisons),
+                          figures={n: f"figures/{n}.png" for n in FIGURES}, heads=HEADS,
+                          settings=SETTINGS)
 
 
 def test_report_has_every_section_and_cites_docs_study_md(layout):
     text = _report(layout)
-    for section in ("## What the numbers say about the write-up's claims", "## Parameters",
+    for section in ("## In one minute", "## The claims, tested", "## Learning rates",
+                    "## Spatial pooling or head capacity", "## Parameters",
                     "## Accuracy and overfitting", "## Learning curve",
                     "## Translation robustness", "### Prediction stability",
                     "### Training with random shifts", "## Class activation maps",
@@ -198,24 +230,52 @@ def test_stride_comes_from_the_backbone_widths(layout):
 
 
 def test_study_figures_draws_every_figure_and_saves_them(layout, tmp_path):
-    collected = collect_results(layout, HEADS)
-    tables = study_tables(collected.results, collected.grid)
-    paths = save_figures(study_figures(collected, tables, HEADS), tmp_path / "figures")
-    assert sorted(paths) == ["accuracy", "cam_overlays", "fraction_curve", "params",
-                             "pointing", "shift_heatmaps", "shift_radius", "shift_training",
-                             "stability", "time", "training_curves"]
+    collected, _, tables, comparisons = _study(layout)
+    paths = save_figures(study_figures(collected, tables, comparisons, HEADS),
+                         tmp_path / "figures")
+    assert sorted(paths) == FIGURES
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths.values())
 
 
 def test_speed_is_judged_on_the_step_times_of_the_rounds_not_on_epoch_times(layout):
-    collected = collect_results(layout, HEADS)
-    claims = study_claims(collected.results, collected.step_times)
-    speed = claims[claims["claim"] == "faster training"].set_index("head")
+    _, _, _, comparisons = _study(layout)
+    speed = comparisons[comparisons.metric == "seconds_per_step"].set_index("head")
     assert list(speed.index) == ["gsp", "gap"]
-    assert (speed["metric"] == "seconds_per_step").all()
     assert speed.loc["gap", "baseline_mean"] == pytest.approx(0.030)
-    assert speed.loc["gap", "improvement"] == pytest.approx(0.030 - 0.011)
+    assert speed.loc["gap", "n"] == 3  # rounds
     assert (speed["setting"] == "training steps timed in turns, 3 rounds").all()
     text = _report(layout)
     assert "| dense  | 30.00 ± 1.00 [27.52, 32.48] ms |" in text
     assert "2.90x" in text  # dense / gap, best rounds: 29 ms / 10 ms
+
+
+def test_time_to_target_takes_the_first_epoch_at_the_target_times_the_step_time(layout):
+    _, results, _, _ = _study(layout)
+    main = results[(results.fraction == 1.0) & (results.train_shift == 0)].set_index("head")
+    # validation accuracy 0.25 per epoch reaches 0.5 at epoch 2; 80 // 16 = 5 steps an epoch
+    assert main.loc["gap", "time_to_target"].tolist() == pytest.approx([2 * 5 * 0.010] * 2)
+    assert main.loc["dense", "time_to_target"].tolist() == pytest.approx([2 * 5 * 0.029] * 2)
+
+
+def test_the_summary_opens_the_report_with_one_line_per_claim_and_its_verdicts(layout):
+    text = _report(layout)
+    summary = text.split("## In one minute")[1].split("## ")[0]
+    claims = [line for line in summary.splitlines() if line.startswith("- **")]
+    assert [line.split("**")[1] for line in claims] == [
+        "Fewer parameters", "Less overfitting", "More translation robust", "Faster training",
+        "Feature maps tied to classes"]
+    assert "trainable head parameters — **holds**" in summary
+
+
+def test_the_learning_rate_table_marks_each_heads_choice(layout):
+    section = _report(layout).split("## Learning rates")[1].split("## ")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines()
+            if line.startswith("| ") and "head" not in line}
+    assert list(rows) == HEADS
+    assert rows["gsp"].count("(chosen)") == 1 and "90.0% (chosen)" in rows["gsp"]
+
+
+def test_the_report_counts_the_test_images_the_evaluate_stage_used(layout):
+    # the train stage's record has no test split; the report must not say "0 test images"
+    setup = study_setup(collect_results(layout, HEADS).records)
+    assert setup.dataset["test_images"] == 20

@@ -11,10 +11,12 @@ from gap_study.report.tables import (
     SUMMARY_METRICS,
     StudyTables,
     ablation_runs,
+    chosen_at_grid_edge,
     curve_runs,
     head_order,
     headline_metrics,
     main_runs,
+    phase_accuracy,
     stride_alignment,
     study_tables,
 )
@@ -26,16 +28,20 @@ def test_headline_metrics_are_means_of_the_main_runs_plus_curve_and_ablation():
             "params_total": [700, 700], "params_head": [650, 650],
             "seconds_per_epoch": [0.1, 0.2]}
     small = {**main, "fraction": [0.5, 0.5], "overfit_gap": [0.3, 0.5]}
-    shifted = {**main, "train_shift": [4, 4], "consistency": [0.9, 0.7]}
+    shifted = {**main, "train_shift": [4, 4], "consistency_exact": [0.9, 0.7]}
     results = pd.concat([pd.DataFrame(part) for part in (main, small, shifted)])
-    metrics = headline_metrics(results)
+    metrics = headline_metrics(results, {"gap": 0.003})
     main_means = {m: 1.5 for m in HEADLINE_METRICS}
     assert metrics == {"gap": {
         **main_means, "params_total": 700, "params_head": 650, "seeds": 2,
-        "overfit_gap_by_fraction": {"0.5": 0.4, "1": 1.5},
+        "learning_rate": 0.003,
+        "by_fraction": {"0.5": {"test_accuracy": 1.5, "test_loss": 1.5, "overfit_gap": 0.4},
+                        "1": {"test_accuracy": 1.5, "test_loss": 1.5, "overfit_gap": 1.5}},
         "by_train_shift": {
-            "0": {"shift_accuracy_mean": 1.5, "consistency": 1.5, "flip_rate": 1.5},
-            "4": {"shift_accuracy_mean": 1.5, "consistency": 0.8, "flip_rate": 1.5}}}}
+            "0": {"shift_accuracy_mean": 1.5, "consistency_exact": 1.5,
+                  "flip_rate_all_pairs": 1.5},
+            "4": {"shift_accuracy_mean": 1.5, "consistency_exact": 0.8,
+                  "flip_rate_all_pairs": 1.5}}}}
     assert isinstance(metrics["gap"]["params_head"], int)
 
 
@@ -44,7 +50,7 @@ def test_headline_metrics_write_null_for_a_metric_a_head_does_not_have():
                              "seed": [0], "params_total": [10],
                              "params_head": [5], "pointing_accuracy": [math.nan],
                              "test_accuracy": [0.5]})
-    metrics = headline_metrics(per_seed)["dense"]
+    metrics = headline_metrics(per_seed, {"dense": 0.001})["dense"]
     assert metrics["pointing_accuracy"] is None and metrics["test_accuracy"] == 0.5
 
 
@@ -100,3 +106,24 @@ def test_stride_alignment_separates_shifts_by_whole_cells_from_the_others():
                                          "aligned_shift_accuracy": pytest.approx(0.9)}]
 
 
+
+
+def test_phase_accuracy_splits_each_runs_grid_into_whole_cell_and_other_shifts():
+    offsets = [(dx, dy) for dy in range(-2, 3) for dx in range(-2, 3)]
+    grid = pd.DataFrame([{"head": "gap", "fraction": 1.0, "train_shift": 0, "seed": 0,
+                          "dx": dx, "dy": dy,
+                          "accuracy": 1.0 if dx % 2 == 0 and dy % 2 == 0 else 0.25}
+                         for dx, dy in offsets])
+    table = phase_accuracy(grid, stride=2)
+    assert table[["aligned_shift_accuracy", "other_shift_accuracy"]].values.tolist() == \
+        [[1.0, 0.25]]  # the centre, at 1.0 too, counts in neither
+
+
+def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged_with_that_end():
+    tuning = pd.DataFrame({"head": ["gap"] * 3 + ["dense"] * 3 + ["gmp"] * 3,
+                           "lr": [0.001, 0.003, 0.01] * 3,
+                           "chosen": [False, False, True, True, False, False,
+                                      False, True, False]})
+    assert chosen_at_grid_edge(tuning) == {"gap": "largest", "dense": "smallest"}
+    single = pd.DataFrame({"head": ["gap"], "lr": [0.001], "chosen": [True]})
+    assert chosen_at_grid_edge(single) == {}

@@ -1,139 +1,91 @@
-"""The write-up's claims and their verdicts, computed from the numbers, never typed in
-(``docs/study.md``, "The write-up's claims" and "Statistics and verdicts").
+"""The write-up's claims as declared tests, and their verdicts (``docs/study.md``, "The
+write-up's claims" and "Statistics and verdicts").
 
-A claim is judged per pooling head against ``dense`` (or, where ``dense`` cannot be measured,
-against a reference level) from the Welch-t interval of the improvement; each head's verdicts
-are then combined into one verdict per claim. Rules: ``head_verdict`` (one comparison) and
-``overall_verdict`` (one claim over all its comparisons).
+``PROTOCOL`` is the pre-declared analysis: for every claim its primary metrics (the ones its
+verdict rests on) and secondary ones (reported, labelled secondary), which way is better, the
+equivalence margin, the baselines and the runs compared. ``claim_comparisons`` runs it:
+every pooling head that replaces the dense layers (``heads_under_test``) against each baseline,
+paired by seed (by round for the timed steps); Holm within each claim's primary family,
+Benjamini-Hochberg q-values over all secondary tests; every row ends ``better``, ``worse``,
+``equivalent`` or ``inconclusive`` (``gap_study.report.comparisons``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
-from gap_study.report.stats import welch_interval
+from gap_study.architecture import POOLED_HEAD_NAMES
+from gap_study.report.comparisons import Margin, comparison_row, judge_family
 
 __all__ = [
-    "CLAIMS",
-    "SETTING_METRICS",
-    "Claim",
-    "claim_table",
-    "head_verdict",
-    "overall_verdict",
-    "overall_verdicts",
+    "PROTOCOL",
+    "QUOTES",
+    "ClaimTest",
+    "claim_comparisons",
+    "claim_verdicts",
+    "heads_under_test",
     "setting_label",
-    "study_claims",
 ]
+
+QUOTES = {
+    "fewer parameters": "helps removing a large number of trainable parameters from the model",
+    "less overfitting": "Global average (max) pooling is used to minimize the overfitting",
+    "more translation robust": "this makes the model more robust to spatial translations in "
+                               "the data",
+    "faster training": "Removing them helps training faster",
+    "feature maps tied to classes": "removing the fully conneected layers forces the feature "
+                                    "maps to be more closely related to the classification "
+                                    "categories",
+}
 
 
 @dataclass(frozen=True)
-class Claim:
-    """A claim of the write-up, tested on one metric: a pooling head against ``dense``, or,
-    where ``dense`` cannot be measured (CAM), against the reference level in column
-    ``reference`` (named ``reference_name`` in the report)."""
+class ClaimTest:
+    """A declared test: ``metric`` of each tested head against each of ``baselines`` (head
+    names, or ``ref:<column>`` for a reference level measured on the same images), on the
+    runs ``runs`` names (``main``: whole training set, centred; ``fractions``: each training
+    fraction, centred; ``speed``: the speed stage's rounds), with margin ``margin`` (a key
+    of ``report.margins``, or ``exact``)."""
 
-    name: str
+    claim: str
     metric: str
     lower_is_better: bool
-    unit: str
-    quote: str
-    reference: str | None = None
-    reference_name: str = "chance"
+    margin: str
+    primary: bool
+    baselines: tuple[str, ...] = ("dense",)
+    runs: str = "main"
 
 
-CLAIMS: tuple[Claim, ...] = (
-    Claim("fewer parameters", "params_head", True, "trainable head parameters",
-          "helps removing a large number of trainable parameters from the model"),
-    Claim("less overfitting", "overfit_gap", True, "train minus test accuracy",
-          "Global average (max) pooling is used to minimize the overfitting"),
-    Claim("more translation robust", "shift_accuracy_mean", False,
-          "test accuracy averaged over the shift grid",
-          "this makes the model more robust to spatial translations in the data"),
-    Claim("more translation robust", "consistency", False,
-          "probability two random shifts give the same class",
-          "this makes the model more robust to spatial translations in the data"),
-    Claim("more translation robust", "flip_rate", True,
-          "probability a 1-pixel move changes the class",
-          "this makes the model more robust to spatial translations in the data"),
-    # Timed by the speed stage, every head in turns in one process (rounds as replicates):
-    # per-run epoch times of runs trained side by side on parallel workers are not comparable.
-    Claim("faster training", "seconds_per_step", True,
-          "seconds per training step, heads timed in turns",
-          "Removing them helps training faster"),
-    # On centred images every object box holds the canvas centre, so a map that always peaks
-    # there would score 100%: only moved objects show whether the maps follow the object.
-    Claim("feature maps tied to classes", "pointing_accuracy_shifted", False,
-          "share of randomly shifted test images whose class activation map peaks on the object",
-          "removing the fully conneected layers forces the feature maps to be more closely "
-          "related to the classification categories", reference="pointing_centre_prior_shifted",
-          reference_name="centre prior"),
+DENSE_BASELINES = ("dense", "dense_dropout")
+PROTOCOL: tuple[ClaimTest, ...] = (
+    ClaimTest("fewer parameters", "params_head", True, "exact", True),
+    ClaimTest("fewer parameters", "params_total", True, "exact", False),
+    ClaimTest("less overfitting", "test_accuracy", False, "accuracy", True, DENSE_BASELINES,
+         "fractions"),
+    ClaimTest("less overfitting", "test_loss", True, "loss", True, DENSE_BASELINES, "fractions"),
+    ClaimTest("less overfitting", "overfit_gap", True, "accuracy", False, DENSE_BASELINES,
+         "fractions"),
+    ClaimTest("less overfitting", "loss_gap", True, "loss", False, DENSE_BASELINES, "fractions"),
+    ClaimTest("more translation robust", "consistency_exact", False, "consistency", True),
+    ClaimTest("more translation robust", "shift_accuracy_mean", False, "accuracy", False),
+    ClaimTest("more translation robust", "other_shift_accuracy", False, "accuracy", False),
+    ClaimTest("more translation robust", "flip_rate_all_pairs", True, "consistency", False),
+    ClaimTest("more translation robust", "consistency", False, "consistency", False),
+    ClaimTest("more translation robust", "flip_rate", True, "consistency", False),
+    ClaimTest("faster training", "seconds_per_step", True, "time", True, runs="speed"),
+    ClaimTest("faster training", "time_to_target", True, "time", True),
+    ClaimTest("feature maps tied to classes", "pointing_accuracy_shifted", False, "accuracy", True,
+         ("ref:pointing_centre_prior_shifted",)),
 )
 
-# Claims that depend on how a model was trained, tested again on the learning curve's smaller
-# training sets and on the models trained with shifts (parameter counts and the time per epoch
-# of the main runs say all there is to say about the others).
-SETTING_METRICS = ("overfit_gap", "shift_accuracy_mean", "consistency", "flip_rate",
-                   "pointing_accuracy_shifted")
 
-
-def head_verdict(low: float, high: float) -> str:
-    """One comparison's verdict from the interval of the improvement (positive = better)."""
-    if math.isnan(low):
-        return "untested (one seed)"
-    if low > 0:
-        return "supported"
-    if high < 0:
-        return "contradicted"
-    return "no clear difference"
-
-
-def _is_tested(claim: Claim, per_seed: pd.DataFrame, base: pd.DataFrame,
-               metrics: Sequence[str] | None) -> bool:
-    """Whether ``claim`` can be tested on ``per_seed``: its metric is measured, it has something
-    to compare with, and it is among ``metrics`` (when given)."""
-    return (claim.metric in per_seed and not (claim.reference is None and base.empty)
-            and (metrics is None or claim.metric in metrics))
-
-
-def _claim_row(claim: Claim, head: str, ours: pd.Series, theirs: pd.Series, baseline: str,
-               confidence: float) -> dict[str, object]:
-    """One head's comparison: the improvement (how much better the pooling head is, in the
-    metric's units), its Welch-t interval and the verdict."""
-    a, b = (theirs, ours) if claim.lower_is_better else (ours, theirs)
-    diff, low, high = welch_interval(a, b, confidence)
-    return {"claim": claim.name, "head": head, "metric": claim.metric,
-            "baseline": claim.reference_name if claim.reference else baseline,
-            "head_mean": ours.mean(), "baseline_mean": theirs.mean(),
-            "improvement": diff, "ci_low": low, "ci_high": high,
-            "verdict": head_verdict(low, high)}
-
-
-def claim_table(per_seed: pd.DataFrame, baseline: str = "dense", confidence: float = 0.95,
-                metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """Each claim per pooling head against ``baseline`` (or the claim's reference column): the
-    improvement (positive = the claim holds), its Welch-t interval, and a verdict computed
-    from that interval.
-
-    ``per_seed`` has one row per head and seed with a column per claim metric; claims whose
-    metric is missing, and heads where it is undefined (``nan``, e.g. CAM of ``dense``), are
-    left out, and so are claims whose metric is not in ``metrics`` (when given).
-    """
-    heads = [h for h in per_seed["head"].unique() if h != baseline]
-    base = per_seed[per_seed["head"] == baseline]
-    rows = []
-    for claim in (c for c in CLAIMS if _is_tested(c, per_seed, base, metrics)):
-        for head in heads:
-            runs = per_seed[per_seed["head"] == head]
-            if runs[claim.metric].isna().any():
-                continue
-            theirs = runs[claim.reference] if claim.reference else base[claim.metric]
-            rows.append(_claim_row(claim, head, runs[claim.metric], theirs, baseline,
-                                   confidence))
-    return pd.DataFrame(rows)
+def heads_under_test(heads: Sequence[str]) -> list[str]:
+    """The heads the claims are about, in order: those whose global pooling replaces the dense
+    layers (the pooled linear heads and ``nin``). The other heads are baselines and controls."""
+    return [h for h in heads if h in POOLED_HEAD_NAMES or h == "nin"]
 
 
 def setting_label(fraction: float, train_shift: int, train_images: int | None = None) -> str:
@@ -145,71 +97,133 @@ def setting_label(fraction: float, train_shift: int, train_images: int | None = 
     return f"{data}, {moves}"
 
 
-def _settings(results: pd.DataFrame) -> list[tuple[float, int, Sequence[str] | None]]:
-    """``(fraction, train_shift, metrics)`` of each group of runs the claims are tested on:
-    the main runs with every claim, then each smaller fraction and each larger training
-    shift with ``SETTING_METRICS``."""
-    full, base = results["fraction"].max(), results["train_shift"].min()
-    groups: list[tuple[float, int, Sequence[str] | None]] = [(full, base, None)]
-    groups += [(f, base, SETTING_METRICS) for f in sorted(results["fraction"].unique())
-               if f != full]
-    groups += [(full, s, SETTING_METRICS) for s in sorted(results["train_shift"].unique())
-               if s != base]
-    return groups
+def _groups(test: ClaimTest, results: pd.DataFrame,
+            step_times: pd.DataFrame) -> Iterator[tuple[str, float, pd.DataFrame, str]]:
+    """``(setting, fraction, frame, pairing column)`` of each group of runs ``test``
+    compares (fraction ``nan`` for the timed steps)."""
+    if test.runs == "speed":
+        yield (f"training steps timed in turns, {step_times['round'].nunique()} rounds",
+               float("nan"), step_times, "round")
+        return
+    centred = results[results["train_shift"] == results["train_shift"].min()]
+    fractions = sorted(centred["fraction"].unique()) if test.runs == "fractions" \
+        else [centred["fraction"].max()]
+    for fraction in fractions:
+        runs = centred[centred["fraction"] == fraction]
+        yield (setting_label(fraction, int(runs["train_shift"].iloc[0]),
+                             int(runs["train_images"].iloc[0])), fraction, runs, "seed")
 
 
-def study_claims(results: pd.DataFrame, step_times: pd.DataFrame, baseline: str = "dense",
-                 confidence: float = 0.95) -> pd.DataFrame:
-    """``claim_table`` for the main runs (every claim), then, for ``SETTING_METRICS``, for each
-    smaller training fraction of the learning curve and each larger training shift of the
-    ablation, and the speed claim on ``step_times`` (one row per head and round of the speed
-    stage); column ``setting`` says which runs a row compares."""
-    rounds = step_times["round"].nunique()
-    parts = [claim_table(step_times, baseline, confidence, ["seconds_per_step"]).assign(
-        setting=f"training steps timed in turns, {rounds} rounds")]
-    for fraction, shift, metrics in _settings(results):
-        runs = results[(results["fraction"] == fraction) & (results["train_shift"] == shift)]
-        images = int(runs["train_images"].iloc[0]) if "train_images" in runs else None
-        table = claim_table(runs, baseline, confidence, metrics)
-        parts.append(table.assign(setting=setting_label(fraction, shift, images)))
-    table = pd.concat(parts, ignore_index=True)
-    order = {name: i for i, name in enumerate(dict.fromkeys(c.name for c in CLAIMS))}
-    return table.sort_values("claim", key=lambda c: c.map(order), kind="stable",
-                             ignore_index=True)
+def _paired(frame: pd.DataFrame, head: str, baseline: str, metric: str,
+            key: str) -> tuple[pd.Series, pd.Series] | None:
+    """The head's values and the baseline's (a head, or a ``ref:`` column of the head's own
+    rows), matched on ``key``; ``None`` when either is missing."""
+    ours = frame[frame["head"] == head].set_index(key)
+    if metric not in ours or ours[metric].isna().all():
+        return None
+    if baseline.startswith("ref:"):
+        theirs = ours[baseline.removeprefix("ref:")]
+    else:
+        other = frame[frame["head"] == baseline].set_index(key)
+        if other.empty or other[metric].isna().all():
+            return None
+        theirs = other[metric]
+    both = pd.concat([ours[metric], theirs], axis=1, join="inner").dropna()
+    return (both.iloc[:, 0], both.iloc[:, 1]) if len(both) else None
 
 
-def overall_verdict(supported: pd.Series, contradicted: pd.Series) -> str:
-    """One claim's verdict from its rows: supported (every row), mixed (some but not all),
-    contradicted (none supported, some contradicted) or not supported (no row either way)."""
-    if supported.all():
-        return "supported"
-    if supported.any():
-        return "mixed"
-    return "contradicted" if contradicted.any() else "not supported"
+def _jobs(results: pd.DataFrame, step_times: pd.DataFrame, heads: Sequence[str],
+          ) -> Iterator[tuple[ClaimTest, str, float, str, str, pd.Series, pd.Series]]:
+    """Every comparison ``PROTOCOL`` asks for that the data can answer."""
+    for test in PROTOCOL:
+        for setting, fraction, frame, key in _groups(test, results, step_times):
+            for head in heads_under_test(heads):
+                for baseline in test.baselines:
+                    pair = _paired(frame, head, baseline, test.metric, key)
+                    if pair is not None:
+                        yield test, setting, fraction, head, baseline, *pair
 
 
-def _overall_row(name: str, group: pd.DataFrame) -> dict[str, str]:
-    """The ``overall_verdicts`` row of one claim from its rows in the claims table."""
-    supported = group.verdict == "supported"
-    contradicted = group.verdict == "contradicted"
-    by_head = supported.groupby(group["head"], sort=False).all()
-    against = contradicted.groupby(group["head"], sort=False).any()
-    row = {"claim": name, "verdict": overall_verdict(supported, contradicted),
-           "rows": f"{supported.sum()} supported, {contradicted.sum()} contradicted, "
-                   f"{len(group) - supported.sum() - contradicted.sum()} unclear",
-           "heads supporting": ", ".join(by_head.index[by_head]) or "none",
-           "heads contradicting": ", ".join(against.index[against]) or "none"}
-    if "setting" in group:
-        by_setting = supported.groupby(group["setting"], sort=False).all()
-        row["settings where every head supports it"] = \
-            "; ".join(by_setting.index[by_setting]) or "none"
-    return row
+# What a reference level is called where a head's name would stand.
+REFERENCE_NAMES = {"pointing_centre_prior_shifted": "centre prior"}
 
 
-def overall_verdicts(claims: pd.DataFrame) -> pd.DataFrame:
-    """One verdict per claim over all its rows (heads x metrics x settings), by
-    ``overall_verdict``. ``rows`` counts the supported, contradicted and unclear rows. A head
-    supports a claim when all its rows do, contradicts it when any row does; a setting
-    supports it when all its rows do."""
-    return pd.DataFrame([_overall_row(name, group)
-                         for name, group in claims.groupby("claim", sort=False)])
+def _baseline_name(baseline: str) -> str:
+    """A head's name, or the name of a ``ref:`` column's reference."""
+    column = baseline.removeprefix("ref:")
+    return REFERENCE_NAMES.get(column, column) if baseline.startswith("ref:") else baseline
+
+
+def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Sequence[str],
+                      margins: Mapping[str, float], *, alpha: float = 0.05,
+                      confidence: float = 0.95) -> pd.DataFrame:
+    """Every declared comparison with its verdict: one row per claim, metric, setting, head and
+    baseline (columns of ``gap_study.report.comparisons.Comparison`` plus ``claim, metric,
+    role, setting, head, baseline, margin, p_*_adjusted, verdict, note``). Primary tests are
+    adjusted by Holm within their claim and their minimum detectable difference is taken at
+    Holm's first level, ``alpha / m``; secondary tests get BH q-values over all of them."""
+    jobs = list(_jobs(results, step_times, heads))
+    family = pd.Series([job[0].claim for job in jobs if job[0].primary]).value_counts()
+    rows = []
+    for test, setting, fraction, head, baseline, ours, theirs in jobs:
+        margin = Margin(0.0 if test.margin == "exact" else margins[test.margin],
+                        relative=test.margin == "time")
+        level = alpha / family[test.claim] if test.primary else alpha
+        row = comparison_row(ours.to_numpy(), theirs.to_numpy(),
+                             lower_is_better=test.lower_is_better, margin=margin,
+                             confidence=confidence, alpha_for_mde=level,
+                             exact=test.margin == "exact")
+        rows.append({"claim": test.claim, "metric": test.metric,
+                     "role": "primary" if test.primary else "secondary", "setting": setting,
+                     "fraction": fraction, "head": head, "baseline": _baseline_name(baseline),
+                     "margin": margin.value, **row})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    judged = [judge_family(group, adjust="holm", alpha=alpha)
+              for _, group in table[table.role == "primary"].groupby("claim", sort=False)]
+    judged.append(judge_family(table[table.role == "secondary"], adjust="bh", alpha=alpha))
+    table = pd.concat(judged).sort_index()
+    table["note"] = _underfitting_notes(table, results)
+    return table.reset_index(drop=True)
+
+
+def _underfitting_notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]:
+    """``underfits`` where a head's smaller train-test gap comes with lower train accuracy
+    than its baseline's (the same centred runs) and a test accuracy that is not better by
+    its own comparison: the gap shrank because the head fits its training set less, not
+    because it generalises better."""
+    centred = results[results["train_shift"] == results["train_shift"].min()]
+    train = centred.groupby(["head", "fraction"])["train_accuracy"].mean()
+    test_verdict = table[table.metric == "test_accuracy"].set_index(
+        ["head", "baseline", "fraction"])["verdict"]
+    notes = []
+    for row in table.itertuples():
+        key = (row.head, row.baseline, row.fraction)
+        fits_less = (row.metric == "overfit_gap" and row.improvement > 0
+                     and (row.head, row.fraction) in train.index
+                     and (row.baseline, row.fraction) in train.index
+                     and train[row.head, row.fraction] < train[row.baseline, row.fraction]
+                     and test_verdict.get(key) != "better")
+        notes.append("underfits" if fits_less else "")
+    return notes
+
+
+def claim_verdicts(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim and primary metric: how many of its comparisons came out better,
+    worse, equivalent and inconclusive, and the claim's word for it: ``holds`` (every
+    comparison better), ``fails`` (none better, some worse), ``no difference`` (every one
+    equivalent), ``mixed`` (some better, some not) or ``undecided`` (otherwise)."""
+    rows = []
+    primary = comparisons[comparisons.role == "primary"]
+    for (claim, metric), group in primary.groupby(["claim", "metric"], sort=False):
+        counts = group["verdict"].value_counts()
+        better, worse = counts.get("better", 0), counts.get("worse", 0)
+        equivalent = counts.get("equivalent", 0)
+        word = ("holds" if better == len(group) else "mixed" if better
+                else "fails" if worse else "no difference" if equivalent == len(group)
+                else "undecided")
+        rows.append({"claim": claim, "metric": metric, "verdict": word, "tests": len(group),
+                     "better": better, "worse": worse, "equivalent": equivalent,
+                     "inconclusive": counts.get("inconclusive", 0)})
+    return pd.DataFrame(rows)

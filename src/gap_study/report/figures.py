@@ -15,8 +15,10 @@ import seaborn as sns
 
 from gap_study.architecture import has_class_map
 from gap_study.io import atomic_path
+from gap_study.report.forest import forest_rows, plot_forest, plot_tuning
 from gap_study.report.stats import t_interval
 from gap_study.report.tables import CollectedResults, StudyTables, main_runs
+from gap_study.report.verdict_text import METRIC_LABELS
 
 __all__ = [
     "head_bars",
@@ -70,10 +72,12 @@ def _head_lines(ax: plt.Axes, data: pd.DataFrame, x: str, y: str, heads: Sequenc
                         errorbar=_t_errorbar(confidence), ax=ax, **style)
 
 
-def _accuracy_by_split(frame: pd.DataFrame, id_vars: Sequence[str]) -> pd.DataFrame:
-    """``train_accuracy`` and ``test_accuracy`` of ``frame`` in long form: column ``split``
-    (train, test) and ``accuracy`` (%)."""
-    tidy = frame.melt(id_vars=list(id_vars), value_vars=["train_accuracy", "test_accuracy"],
+def _accuracy_by_split(frame: pd.DataFrame, id_vars: Sequence[str],
+                       held_out: str = "test") -> pd.DataFrame:
+    """``train_accuracy`` and ``<held_out>_accuracy`` of ``frame`` in long form: column
+    ``split`` (train, ``held_out``) and ``accuracy`` (%)."""
+    tidy = frame.melt(id_vars=list(id_vars),
+                      value_vars=["train_accuracy", f"{held_out}_accuracy"],
                       var_name="split", value_name="accuracy")
     tidy["split"] = tidy["split"].str.removesuffix("_accuracy")
     tidy["accuracy"] *= 100
@@ -164,8 +168,8 @@ def plot_step_times(step_times: pd.DataFrame, heads: Sequence[str],
 
 def plot_training_curves(history: pd.DataFrame, heads: Sequence[str],
                          confidence: float = 0.95) -> plt.Figure:
-    """Train (running) and test accuracy per epoch, band = t interval over seeds."""
-    tidy = _accuracy_by_split(history, ["head", "seed", "epoch"])
+    """Train (running) and validation accuracy per epoch, band = t interval over seeds."""
+    tidy = _accuracy_by_split(history, ["head", "seed", "epoch"], held_out="val")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     _head_lines(ax, tidy, "epoch", "accuracy", heads, confidence, style="split")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy during training",
@@ -304,13 +308,16 @@ def plot_cam_overlays(cams: Mapping[str, Mapping[str, np.ndarray]],
     return fig
 
 
-def study_figures(collected: CollectedResults, tables: StudyTables, heads: Sequence[str],
+def study_figures(collected: CollectedResults, tables: StudyTables,
+                  comparisons: pd.DataFrame, heads: Sequence[str],
                   confidence: float = 0.95) -> dict[str, plt.Figure]:
     """Every figure of the report by name: the learning curve only with two training
     fractions, the ablation only with two training shifts, the CAM figures only when a head
-    has class activation maps."""
+    has class activation maps, the forest plot only when a primary comparison was tested (it
+    needs two seeds)."""
     per_seed = tables.main
     figures = {
+        "tuning": plot_tuning(collected.tuning, heads),
         "params": plot_param_counts(per_seed.drop_duplicates("head"), heads),
         "accuracy": plot_accuracy_and_gap(per_seed, heads, confidence),
         "training_curves": plot_training_curves(main_runs(collected.history), heads, confidence),
@@ -327,6 +334,8 @@ def study_figures(collected: CollectedResults, tables: StudyTables, heads: Seque
     if collected.cams:
         figures["pointing"] = plot_pointing(per_seed, heads, confidence)
         figures["cam_overlays"] = plot_cam_overlays(collected.cams, heads)
+    if len(forest_rows(comparisons)):
+        figures["forest"] = plot_forest(comparisons, METRIC_LABELS)
     return figures
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from gap_study.report.tables import head_order
 
 __all__ = [
+    "RELATIVE",
     "format_improvement",
     "format_number",
     "format_stat",
@@ -34,7 +35,11 @@ _FORMATS = {
     "train_images": (1, 0, ""),
     "pointing_accuracy_shifted": (100, 1, "%"), "pointing_chance": (100, 1, "%"),
     "pointing_centre_prior": (100, 1, "%"), "pointing_centre_prior_shifted": (100, 1, "%"),
+    "consistency_exact": (100, 1, "%"), "flip_rate_all_pairs": (100, 1, "%"),
+    "time_to_target": (1, 2, " s"), "val_accuracy": (100, 1, "%"),
 }
+# metrics compared as ratios (a relative margin): an improvement is a fraction of the baseline
+RELATIVE = frozenset({"seconds_per_step", "time_to_target"})
 
 
 def format_number(value: float, metric: str, difference: bool = False) -> str:
@@ -46,14 +51,18 @@ def format_number(value: float, metric: str, difference: bool = False) -> str:
 
 
 def format_improvement(diff: float, low: float, high: float, metric: str) -> str:
-    """``diff [low, high]``; just ``diff (exact)`` when the interval has no width."""
-    text = format_number(diff, metric, difference=True)
+    """``diff [low, high]``; just ``diff (exact)`` when the interval has no width. For a
+    metric compared as a ratio (``RELATIVE``) the improvement is a share of the baseline."""
+    def number(value: float) -> str:
+        if metric in RELATIVE:
+            return f"{value:+.0%}"
+        return format_number(value, metric, difference=True)
+
     if math.isnan(low):
-        return text
+        return number(diff)
     if low == high:
-        return f"{text} (exact)"
-    return (f"{text} [{format_number(low, metric, difference=True)}, "
-            f"{format_number(high, metric, difference=True)}]")
+        return f"{number(diff)} (exact)"
+    return f"{number(diff)} [{number(low)}, {number(high)}]"
 
 
 def format_stat(row: pd.Series | Mapping[str, float], metric: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from gap_study.architecture import has_class_map
+from gap_study.architecture import has_class_map, pools_globally
 from gap_study.report.formatting import grouped_stat_table, markdown_table, stat_table
 from gap_study.report.stats import summarize
 from gap_study.report.tables import StudyTables, stride_alignment
@@ -168,11 +168,16 @@ def cam_section(aggregate: pd.DataFrame, heads: Sequence[str], figures: Mapping[
         return [*lines, "No head in this run has class activation maps.", ""]
     without = [h for h in heads if h not in with_cam]
     lines += [_CAM_EXPLAINED, ""]
-    if without:
-        lines += [f"{', '.join(f'`{h}`' for h in without)} has no such map: its first layer "
-                  "mixes every position of the feature map into each hidden unit, so no score "
-                  "can be attributed to a position without a separate method (e.g. gradients).",
-                  ""]
+    flatten = [h for h in without if not pools_globally(h)]
+    hidden = [h for h in without if pools_globally(h)]
+    if flatten:
+        lines += [f"No such map for {_names(flatten)}: the first linear layer mixes every "
+                  "position of the feature map into each unit, so no score can be attributed to "
+                  "a position without a separate method (e.g. gradients).", ""]
+    if hidden:
+        lines += [f"No such map for {_names(hidden)} either: a hidden layer and a ReLU stand "
+                  "between the pooled features and the scores, so no class has one linear map "
+                  "over positions.", ""]
     return [
         *lines,
         markdown_table(stat_table(aggregate, ["pointing_accuracy", "pointing_accuracy_shifted",
@@ -188,10 +193,11 @@ def cam_section(aggregate: pd.DataFrame, heads: Sequence[str], figures: Mapping[
 
 
 def sum_pooling_section(aggregate: pd.DataFrame, heads: Sequence[str],
-                        feature_map: Mapping[str, Any], lr: float) -> list[str]:
+                        feature_map: Mapping[str, Any],
+                        learning_rates: Mapping[str, float]) -> list[str]:
     """Section "Global sum vs global average pooling": the factor H·W as the evaluate stage
     measured it on the backbone's last map (``feature_map``, from the evaluation run record),
-    and, when both ``gap`` and ``gsp`` ran, what it did to training."""
+    and, when ``gap``, ``gsp`` and ``gsp_scaled`` ran, what the factor does to training."""
     channels, height, width = feature_map["shape"]
     check = feature_map["sum_over_average"]
     lines = [
@@ -201,20 +207,36 @@ def sum_pooling_section(aggregate: pd.DataFrame, heads: Sequence[str],
         f"sum pooling is GAP times H·W: on random {height}x{width}x{channels} maps (this "
         f"backbone's last map) sum / average = {check['ratio_mean']:.4f} = {height}·{width}, "
         f"the largest relative deviation from {height * width} being "
-        f"{check['max_relative_deviation']:.1e} "
-        "(float32 rounding; pinned exactly by "
-        "`tests/test_pooling.py::test_gsp_is_gap_times_h_times_w`). For inference the factor "
+        f"{check['max_relative_deviation']:.1e} (float32 rounding). For inference the factor "
         "is unnecessary (a linear layer can absorb it), but it scales the logits and their "
-        "gradients, and so what a learning rate does.",
+        "gradients, and so what a learning rate does. `gsp_scaled` is `gsp` with its "
+        "classifier's initial weights and Adam learning rate divided by H·W and Adam's eps "
+        "multiplied by it: algebraically it then trains exactly as `gap` does (a unit test "
+        "pins it to rounding over several steps).",
         "",
     ]
-    if not {"gap", "gsp"} <= set(heads):
-        return [*lines, "What that does to training: add both `gap` and `gsp` to `heads`.", ""]
+    if not {"gap", "gsp", "gsp_scaled"} <= set(heads):
+        return [*lines, "What that does to training here: add `gap`, `gsp` and `gsp_scaled` "
+                "to `heads`.", ""]
     mean = aggregate.set_index(["head", "metric"])["mean"]
+
+    def result(head: str) -> str:
+        return (f"`{head}` {mean[head, 'test_accuracy'] * 100:.1f}% test accuracy (learning "
+                f"rate {learning_rates[head]:g}, train loss {mean[head, 'train_loss']:.3f})")
+
+    def points(head: str) -> float:
+        return (mean[head, "test_accuracy"] - mean["gap", "test_accuracy"]) * 100
+
     return [*lines,
-            f"With the same Adam learning rate ({lr}): `gap` reaches "
-            f"{mean['gap', 'test_accuracy'] * 100:.1f}% test accuracy (train loss "
-            f"{mean['gap', 'train_loss']:.3f}), `gsp` {mean['gsp', 'test_accuracy'] * 100:.1f}% "
-            f"(train loss {mean['gsp', 'train_loss']:.3f}). Adam normalises each weight's step, "
-            "so the factor acts mostly through the size of the logits at initialisation and "
-            "the weight scale the linear layer must reach.", ""]
+            f"Here: {result('gap')}, {result('gsp_scaled')}, {result('gsp')}: `gsp_scaled` "
+            f"is {points('gsp_scaled'):+.1f} points from `gap`, `gsp` {points('gsp'):+.1f}. "
+            "What separates `gsp` from `gsp_scaled` is the factor's effect on training alone "
+            "(logits H·W times larger at initialisation, a classifier step H·W times larger "
+            "relative to its weights), which a tuned learning rate can only partly offset; "
+            "the claims table compares them with `dense` like every other head.", ""]
+
+
+def _names(heads: Sequence[str]) -> str:
+    """``a``, ``a` and `b``, ``a`, `b` and `c``, in backticks."""
+    quoted = [f"`{h}`" for h in heads]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"

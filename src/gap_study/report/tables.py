@@ -12,8 +12,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from gap_study.architecture import total_stride
+from gap_study.params import TrainParams
 from gap_study.paths import Layout
 from gap_study.report.stats import summarize
+from gap_study.splits import steps_per_epoch
 
 __all__ = [
     "ABLATION_METRICS",
@@ -25,29 +28,37 @@ __all__ = [
     "RunRecords",
     "StudyTables",
     "ablation_runs",
+    "chosen_at_grid_edge",
     "collect_results",
     "curve_runs",
     "head_order",
     "headline_metrics",
     "main_runs",
+    "phase_accuracy",
     "radius_table",
     "stride_alignment",
     "study_tables",
+    "time_to_target",
+    "with_derived_metrics",
 ]
 
 RUN_KEYS = ["head", "fraction", "train_shift", "seed"]
 
 SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
                    "overfit_gap", "train_loss", "test_loss", "loss_gap", "shift_accuracy_mean",
-                   "shift_accuracy_worst", "consistency", "flip_rate", "pointing_accuracy",
-                   "pointing_accuracy_shifted", "pointing_chance", "pointing_centre_prior",
-                   "pointing_centre_prior_shifted", "seconds_per_epoch", "images_per_second")
+                   "shift_accuracy_worst", "consistency_exact", "flip_rate_all_pairs",
+                   "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
+                   "pointing_accuracy", "pointing_accuracy_shifted", "pointing_chance",
+                   "pointing_centre_prior", "pointing_centre_prior_shifted", "time_to_target",
+                   "seconds_per_epoch", "images_per_second")
 CURVE_METRICS = ("train_images", "train_accuracy", "test_accuracy", "overfit_gap", "loss_gap")
 ABLATION_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "shift_accuracy_worst",
                     "consistency", "flip_rate", "pointing_accuracy", "pointing_accuracy_shifted")
 HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
-                    "overfit_gap", "loss_gap", "shift_accuracy_mean", "shift_accuracy_worst",
-                    "consistency", "flip_rate", "pointing_accuracy", "pointing_accuracy_shifted")
+                    "test_loss", "overfit_gap", "loss_gap", "shift_accuracy_mean",
+                    "shift_accuracy_worst", "consistency_exact", "flip_rate_all_pairs",
+                    "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
+                    "pointing_accuracy", "pointing_accuracy_shifted")
 
 # The stages' run records: ``{"train": train/run.json, "evaluate": eval/run.json}``.
 RunRecords = dict[str, dict[str, Any]]
@@ -63,6 +74,7 @@ class CollectedResults(NamedTuple):
     cams: dict[str, dict[str, np.ndarray]]  # CAM examples per head that has them
     step_times: pd.DataFrame  # the speed stage: head, round, seconds_per_step
     speed_run: dict[str, Any]  # the speed stage's run record
+    tuning: pd.DataFrame  # the tune stage: head, lr, val_accuracy, val_loss, chosen
 
 
 class StudyTables(NamedTuple):
@@ -113,7 +125,23 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
         records={"train": json.loads(layout.train_run.read_text()),
                  "evaluate": json.loads(layout.eval_run.read_text())},
         step_times=pd.read_csv(layout.step_times),
-        speed_run=json.loads(layout.speed_run.read_text()))
+        speed_run=json.loads(layout.speed_run.read_text()),
+        tuning=pd.read_csv(layout.tuning))
+
+
+def with_derived_metrics(collected: CollectedResults, *, time_target: float) -> pd.DataFrame:
+    """``collected.results`` with the per-run metrics derived from the other outputs: accuracy
+    at whole-cell and other shifts (``phase_accuracy``, from the shift grid and the backbone's
+    stride) and ``time_to_target`` (from the histories and the speed stage)."""
+    train = collected.records["train"]
+    settings = TrainParams.model_validate(train["train"])
+    per_epoch = steps_per_epoch(train["dataset"]["train_images"], settings.batch_size,
+                                settings.drop_last)
+    phases = phase_accuracy(collected.grid, total_stride(train["model"]["widths"]))
+    times = time_to_target(collected.history, collected.step_times, target=time_target,
+                           steps_per_epoch=per_epoch)
+    return (collected.results.merge(phases, on=RUN_KEYS, how="left", validate="one_to_one")
+            .merge(times, on=RUN_KEYS, how="left", validate="one_to_one"))
 
 
 def main_runs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -138,6 +166,36 @@ def radius_table(grid: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per run (head, fraction, train_shift, seed) and shift radius (mean over the
     offsets at that radius)."""
     return grid.groupby([*RUN_KEYS, "radius"], as_index=False)["accuracy"].mean()
+
+
+def phase_accuracy(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
+    """Accuracy of every run on the whole training set at the shifts that move the object by
+    whole feature-map cells (``aligned_shift_accuracy``: ``dx`` and ``dy`` multiples of the
+    backbone's ``stride``, the centre excluded) and at all other non-zero shifts
+    (``other_shift_accuracy``): one row per run (``RUN_KEYS``)."""
+    moved = grid[(grid.dx != 0) | (grid.dy != 0)]
+    aligned = (moved.dx % stride == 0) & (moved.dy % stride == 0)
+    table = (moved.assign(aligned=aligned)
+             .groupby([*RUN_KEYS, "aligned"], as_index=False)["accuracy"].mean()
+             .pivot(index=RUN_KEYS, columns="aligned", values="accuracy")
+             .rename(columns={True: "aligned_shift_accuracy", False: "other_shift_accuracy"})
+             .reset_index().rename_axis(columns=None))
+    return table.reindex(columns=[*RUN_KEYS, "aligned_shift_accuracy", "other_shift_accuracy"])
+
+
+def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: float,
+                   steps_per_epoch: int) -> pd.DataFrame:
+    """Seconds each main run needs to reach validation accuracy ``target``: the optimizer
+    steps up to the first epoch at or above it, times the head's step time from the speed
+    stage (its best round). ``nan`` for a run that never reaches it. One row per run."""
+    step = step_times.groupby("head")["seconds_per_step"].min()
+    main = main_runs(history)
+    reached = main[main["val_accuracy"] >= target].groupby(RUN_KEYS)["epoch"].min()
+    runs = main[RUN_KEYS].drop_duplicates().set_index(RUN_KEYS)
+    epochs = reached.reindex(runs.index)
+    seconds = epochs.to_numpy() * steps_per_epoch * step.reindex(
+        runs.index.get_level_values("head")).to_numpy()
+    return runs.assign(time_to_target=seconds).reset_index()
 
 
 def stride_alignment(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
@@ -188,9 +246,11 @@ def _mean_or_none(group: pd.DataFrame, metric: str) -> float | None:
     return float(group[metric].mean())
 
 
-def headline_metrics(results: pd.DataFrame) -> dict[str, dict[str, object]]:
+def headline_metrics(results: pd.DataFrame,
+                     learning_rates: dict[str, float]) -> dict[str, dict[str, object]]:
     """Per head, the mean over seeds of each deterministic metric of the main runs (timings
-    excluded, so the file is byte-identical between runs with the same params), the
+    excluded, so the file is byte-identical between runs with the same params), its tuned
+    learning rate, the
     overfitting gap per training fraction and the shift metrics per training shift, for
     ``dvc metrics``."""
     out: dict[str, dict[str, object]] = {}
@@ -201,11 +261,24 @@ def headline_metrics(results: pd.DataFrame) -> dict[str, dict[str, object]]:
         out[head].update({m: int(group[m].max()) for m in HEADLINE_METRICS
                           if m.startswith("params_")})  # counts: the same for every seed
         out[head]["seeds"] = len(group)
-        out[head]["overfit_gap_by_fraction"] = {
-            f"{fraction:g}": mean(runs, "overfit_gap")
+        out[head]["learning_rate"] = learning_rates[head]
+        out[head]["by_fraction"] = {
+            f"{fraction:g}": {m: mean(runs, m) for m in ("test_accuracy", "test_loss",
+                                                          "overfit_gap")}
             for fraction, runs in curve[curve["head"] == head].groupby("fraction")}
         out[head]["by_train_shift"] = {
-            f"{shift}": {m: mean(runs, m) for m in ("shift_accuracy_mean", "consistency",
-                                                     "flip_rate")}
+            f"{shift}": {m: mean(runs, m) for m in ("shift_accuracy_mean", "consistency_exact",
+                                                     "flip_rate_all_pairs")}
             for shift, runs in ablation[ablation["head"] == head].groupby("train_shift")}
     return out
+
+
+def chosen_at_grid_edge(tuning: pd.DataFrame) -> dict[str, str]:
+    """Heads of ``tuning_table`` whose chosen rate is the grid's ``"smallest"`` or
+    ``"largest"``: their best rate may lie outside the grid. A grid of one rate flags nothing."""
+    rates = sorted(tuning["lr"].unique())
+    if len(rates) < 2:
+        return {}
+    edges = {rates[0]: "smallest", rates[-1]: "largest"}
+    chosen = tuning[tuning["chosen"] & tuning["lr"].isin(edges)]
+    return {head: edges[lr] for head, lr in zip(chosen["head"], chosen["lr"], strict=True)}

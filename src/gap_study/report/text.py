@@ -10,11 +10,11 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from gap_study.architecture import total_stride
-from gap_study.report.claims import CLAIMS
+from gap_study.architecture import FACTORIAL, total_stride
+from gap_study.params import ReportParams
 from gap_study.report.formatting import (
-    format_improvement,
     format_number,
+    format_stat,
     grouped_stat_table,
     markdown_table,
     stat_table,
@@ -26,17 +26,24 @@ from gap_study.report.pooling_text import (
     translation_section,
 )
 from gap_study.report.stats import summarize
-from gap_study.report.tables import RunRecords, StudyTables, main_runs
+from gap_study.report.tables import (
+    CollectedResults,
+    RunRecords,
+    StudyTables,
+    chosen_at_grid_edge,
+    main_runs,
+)
+from gap_study.report.verdict_text import claims_section, summary_section
 
 __all__ = [
     "PUBLISHED",
     "StudySetup",
     "accuracy_section",
-    "claim_sentences",
-    "claims_section",
     "compose_report",
     "curve_section",
+    "factorial_section",
     "header_section",
+    "learning_rate_section",
     "parameters_section",
     "provenance_section",
     "published_section",
@@ -73,7 +80,8 @@ class StudySetup(NamedTuple):
 def study_setup(records: RunRecords) -> StudySetup:
     """The ``StudySetup`` of the ``{"train": ..., "evaluate": ...}`` run records."""
     train, evaluate = records["train"], records["evaluate"]
-    return StudySetup(dataset=train["dataset"], model=train["model"], train=train["train"],
+    # the evaluate stage's data set: the train stage never loads the test split
+    return StudySetup(dataset=evaluate["dataset"], model=train["model"], train=train["train"],
                       evaluate=evaluate["evaluate"], environment=train["environment"],
                       feature_map=evaluate["feature_map"], compute=train["compute"],
                       workers=train["runs"])
@@ -85,6 +93,13 @@ def _where_runs_computed(workers: Mapping[str, Mapping[str, Any]]) -> str:
                     for w in workers.values())
     return "; ".join(f"{host} ({cpu}, {capability}, {threads} thread(s)): {count} runs"
                      for (host, cpu, capability, threads), count in sorted(kinds.items()))
+
+
+def _ablation_phrase(shifts: Sequence[int]) -> str:
+    """How the header names the augmentation ablation: its shifts, or that it did not run."""
+    if len(shifts) < 2:
+        return " (no augmentation ablation: `train.shift` has one value)"
+    return f", and for the augmentation ablation with random shifts of up to {list(shifts)} pixels"
 
 
 def header_section(setup: StudySetup, heads: Sequence[str], seeds: Sequence[int],
@@ -101,90 +116,20 @@ def header_section(setup: StudySetup, heads: Sequence[str], seeds: Sequence[int]
         f"Backbone: conv3x3-BN-ReLU blocks of widths {model['widths']} with 2x2 max-pooling "
         f"between blocks; `dense` head hidden size {model['dense_hidden']}. "
         f"Heads: {', '.join(f'`{h}`' for h in heads)}. Each head is trained with seeds "
-        f"{list(seeds)} for {train['epochs']} epochs (Adam, learning rate {train['lr']}, batch "
-        f"{train['batch_size']}, weight decay {train['weight_decay']}) on the whole training "
-        "set with the object centred (the *main runs*, which every section compares unless it "
-        f"says otherwise); for the learning curve also on the fractions {train['fractions']} "
-        "of the training set (the same number of optimizer steps), and for the augmentation "
-        f"ablation with random shifts of up to {train['shift']} pixels. "
+        f"{list(seeds)} for {train['epochs']} epochs (Adam with its own learning rate, chosen "
+        f"on the validation split: see \"Learning rates\"; {train['schedule']} schedule, "
+        f"batch {train['batch_size']}{', full batches only' if train['drop_last'] else ''}, "
+        f"weight decay {train['weight_decay']}) on the whole training set with the object "
+        "centred (the *main runs*, which every section compares unless it says otherwise); "
+        f"for the learning curve also on the fractions {train['fractions']} of the training "
+        f"set (the same number of optimizer steps){_ablation_phrase(train['shift'])}. "
+        f"{dataset['validation_images']:,} "
+        "images held out of the training set make every choice; the test set makes none. "
         f"Every number is the mean over the {len(seeds)} seeds, with ± the standard deviation "
         f"and [the {level} Student-t confidence interval] (not clipped to the metric's range, so "
         "an accuracy interval can pass 100% when seeds disagree); every run's values are in "
         "`results.csv` (one row per head, fraction, training shift and seed), the main runs' in "
         "`summary.csv`. Metric definitions: `docs/study.md` (\"Metrics\").",
-        "",
-    ]
-
-
-def claim_sentences(claims: pd.DataFrame, overall: pd.DataFrame) -> str:
-    """One plain paragraph per claim, quoting the write-up; every number from ``claims``."""
-    by_metric = {c.metric: c for c in CLAIMS}
-    paragraphs = []
-    for _, row in overall.iterrows():
-        rows = claims[claims.claim == row["claim"]]
-        quote = by_metric[rows.metric.iloc[0]].quote
-        parts = []
-        for metric, group in rows.groupby("metric", sort=False):
-            settings = group["setting"].nunique() if "setting" in group else 1
-            measured = "; ".join(
-                (f"{r.setting}: " if settings > 1 else "") +
-                f"`{r['head']}` {format_number(r.head_mean, metric)} vs "
-                f"{format_number(r.baseline_mean, metric)} ({r.baseline}), improvement "
-                f"{format_improvement(r.improvement, r.ci_low, r.ci_high, metric)}, {r.verdict}"
-                for _, r in group.iterrows())
-            parts.append(f"`{metric}` ({by_metric[metric].unit}): {measured}")
-        paragraphs.append(f"- **{row['claim'].capitalize()}: {row['verdict']}.** "
-                          f"(\"{quote}\") " + ". ".join(parts) + ".")
-    return "\n".join(paragraphs)
-
-
-def _claims_shown(claims: pd.DataFrame, level: str) -> pd.DataFrame:
-    """The claims table as the report shows it: values in display units, one column for the
-    improvement and its interval."""
-    shown = claims.copy()
-    shown["pooling head"] = [format_number(v, m)
-                             for v, m in zip(claims.head_mean, claims.metric, strict=True)]
-    shown["baseline value"] = [format_number(v, m)
-                               for v, m in zip(claims.baseline_mean, claims.metric, strict=True)]
-    shown[f"improvement [{level} CI]"] = [
-        format_improvement(d, lo, hi, m)
-        for d, lo, hi, m in zip(claims.improvement, claims.ci_low, claims.ci_high, claims.metric,
-                                strict=True)]
-    return shown[["claim", "setting", "metric", "head", "pooling head", "baseline",
-                  "baseline value", f"improvement [{level} CI]", "verdict"]]
-
-
-_HOW_CLAIMS_ARE_JUDGED = (
-    "Claims that depend on training are tested again on the smaller training sets of the "
-    "learning curve and on the models trained with random shifts (column `setting`). A claim "
-    "is supported when it holds for every pooling head in every setting and metric, "
-    "contradicted when it holds in none and some row is contradicted, not supported when no "
-    "row differs clearly, and mixed otherwise; column `rows` counts the comparisons behind "
-    "each verdict. The intervals are per comparison, not corrected for the number of "
-    "comparisons: one supported row among many is weak evidence.")
-
-
-def claims_section(claims: pd.DataFrame, overall: pd.DataFrame, heads: Sequence[str],
-                   level: str) -> list[str]:
-    """What the numbers say about the write-up's claims: verdicts, sentences, the table."""
-    lines = ["## What the numbers say about the write-up's claims", ""]
-    if not ("dense" in heads and len(heads) > 1):
-        return [*lines, "The run has no `dense` baseline (or no pooling head), so the claims "
-                "are not tested here; add `dense` and a pooling head to `heads`.", ""]
-    return [
-        *lines,
-        f"Each pooling head is compared with `dense`; for the class-activation-map claim, "
-        f"where `dense` has no map, with a map that always peaks at the canvas centre, on "
-        f"randomly shifted images (see \"Class activation maps\"). A claim holds for a head "
-        f"when the {level} Welch-t interval of the improvement lies above zero; \"no clear "
-        f"difference\" means the interval contains zero (not that the heads are equal); "
-        f"\"contradicted\" means the pooling head is reliably worse. " + _HOW_CLAIMS_ARE_JUDGED,
-        "",
-        markdown_table(overall),
-        "",
-        claim_sentences(claims, overall),
-        "",
-        markdown_table(_claims_shown(claims, level)),
         "",
     ]
 
@@ -248,8 +193,9 @@ def curve_section(curve_aggregate: pd.DataFrame, heads: Sequence[str],
         "images for every head and seed), each for the same number of optimizer steps as on "
         "the whole set, so a smaller set is seen more often, as it would be in practice. The "
         "overfitting gap is measured on the images the run trained on. From the whole training "
-        f"set to the smallest fraction the gap goes {change}; the claims table tests, per "
-        "fraction, whether a pooling head's gap is smaller than `dense`'s.",
+        f"set to the smallest fraction the gap goes {change}. The claims table judges "
+        "overfitting by test accuracy and test loss at each fraction; the gap is secondary, as "
+        "a head that fits its training set less also has a smaller gap.",
         "",
         markdown_table(table),
         "",
@@ -335,28 +281,81 @@ def provenance_section(setup: StudySetup) -> list[str]:
     ]
 
 
-def compose_report(*, tables: StudyTables, grid: pd.DataFrame, step_times: pd.DataFrame,
-                   claims: pd.DataFrame, overall: pd.DataFrame, figures: Mapping[str, str],
-                   records: RunRecords, speed_run: Mapping[str, Any],
-                   heads: Sequence[str], confidence: float) -> str:
-    """The report as Markdown, from ``study_tables``, the shift ``grid`` of every run, the
-    speed stage's ``step_times`` and record, the claims, the figures (paths relative to the
-    report) and the train and evaluate stages' run records."""
-    setup = study_setup(records)
+def learning_rate_section(tuning: pd.DataFrame, heads: Sequence[str],
+                          figures: Mapping[str, str]) -> list[str]:
+    """Section "Learning rates": the tune stage's validation accuracy per rate, the choice."""
+    table = (tuning.assign(val=tuning["val_accuracy"].map(lambda v: f"{v * 100:.1f}%")
+                           + tuning["chosen"].map(lambda c: " (chosen)" if c else ""))
+             .pivot(index="head", columns="lr", values="val").reindex(list(heads)))
+    table.columns = [f"lr {c:g}" for c in table.columns]
+    return ["## Learning rates", "",
+            "Each head's learning rate is the one whose run (the whole training set, centred, "
+            "a seed not among the reported ones) ends with the best validation accuracy: one "
+            "rate for every head would favour the heads it happens to suit.", "",
+            markdown_table(table.reset_index()), "", *_edge_note(tuning),
+            f"![Learning rates]({figures['tuning']})", ""]
+
+
+def _edge_note(tuning: pd.DataFrame) -> list[str]:
+    """A paragraph naming the heads whose chosen rate is an end of the grid, if any."""
+    edges = chosen_at_grid_edge(tuning)
+    if not edges:
+        return ["Every chosen rate lies inside the grid.", ""]
+    return ["At an end of the grid, so the best rate may lie beyond it (widen "
+            "`tune.learning_rates` to check): "
+            + "; ".join(f"`{head}` (the {end})" for head, end in edges.items()) + ".", ""]
+
+
+def factorial_section(aggregate: pd.DataFrame, heads: Sequence[str]) -> list[str]:
+    """Section "Spatial pooling or head capacity": the {flatten, global average} x {no hidden
+    layer, hidden layer} table of test accuracy, when its four heads ran."""
+    cells = {key: head for key, head in FACTORIAL.items() if head in heads}
+    if len(cells) < len(FACTORIAL):
+        missing = [h for h in FACTORIAL.values() if h not in heads]
+        return ["## Spatial pooling or head capacity", "",
+                f"Add {', '.join(f'`{h}`' for h in missing)} to `heads` to separate the "
+                "effect of pooling from that of the hidden layer.", ""]
+    rows = aggregate[aggregate.metric.isin(["test_accuracy", "params_head"])] \
+        .set_index(["head", "metric"])
+    table = pd.DataFrame([{"map": pooling, **{
+        ("hidden layer" if hidden else "no hidden layer"):
+        f"`{head}`: {format_stat(rows.loc[(head, 'test_accuracy')], 'test_accuracy')}, "
+        f"{int(rows.loc[(head, 'params_head'), 'mean']):,} parameters"
+        for (p, hidden), head in cells.items() if p == pooling}}
+        for pooling in ("flatten", "global average")])
+    return ["## Spatial pooling or head capacity", "",
+            "Test accuracy (main runs) of the four heads that cross the map's treatment "
+            "(flatten or global average) with the head's capacity (a hidden layer or not): "
+            "down a column, pooling alone changes; along a row, the hidden layer alone.", "",
+            markdown_table(table), ""]
+
+
+def compose_report(*, collected: CollectedResults, tables: StudyTables,
+                   comparisons: pd.DataFrame, verdicts: pd.DataFrame,
+                   figures: Mapping[str, str], heads: Sequence[str],
+                   settings: ReportParams) -> str:
+    """The report as Markdown, from everything the stages wrote (``collected``), the tables
+    and comparisons made from it, and the figures (paths relative to the report)."""
+    setup = study_setup(collected.records)
     seeds = sorted(tables.main.seed.unique().tolist())
-    level, max_shift = f"{confidence:.0%}", setup.evaluate["max_shift"]
+    level, max_shift = f"{settings.confidence:.0%}", setup.evaluate["max_shift"]
+    learning_rates = collected.records["train"]["learning_rates"]
     sections = [
         header_section(setup, heads, seeds, level),
-        claims_section(claims, overall, heads, level),
+        summary_section(comparisons, verdicts),
+        claims_section(comparisons, verdicts, heads, figures, settings.alpha, level),
+        learning_rate_section(collected.tuning, heads, figures),
         parameters_section(tables.main, heads, figures),
+        factorial_section(tables.aggregate, heads),
         accuracy_section(tables.aggregate, heads, figures),
         curve_section(tables.curve_aggregate, heads, figures, setup.train["fractions"]),
-        translation_section(tables, main_runs(grid), heads, figures, max_shift,
-                            total_stride(setup.model["widths"]), confidence),
+        translation_section(tables, main_runs(collected.grid), heads, figures, max_shift,
+                            total_stride(setup.model["widths"]), settings.confidence),
         ablation_section(tables.ablation_aggregate, heads, figures, max_shift),
         cam_section(tables.aggregate, heads, figures, tables.main),
-        sum_pooling_section(tables.aggregate, heads, setup.feature_map, setup.train["lr"]),
-        speed_section(tables.aggregate, step_times, speed_run, heads, figures, confidence),
+        sum_pooling_section(tables.aggregate, heads, setup.feature_map, learning_rates),
+        speed_section(tables.aggregate, collected.step_times, collected.speed_run, heads,
+                      figures, settings.confidence),
         published_section(setup.dataset["name"], tables.aggregate, heads),
         provenance_section(setup),
     ]

@@ -1,0 +1,255 @@
+"""The study's pre-declared comparisons (protocol version 2; ``docs/study.md``, section
+"Statistics and verdicts"): one head against a baseline head on one metric, ending in
+``better``, ``worse``, ``equivalent`` or ``inconclusive``.
+
+What is decided, and why:
+
+- **Paired by seed.** Heads share, per seed, the initial backbone weights, the data order and the
+  evaluation offsets (the speed stage pairs its rounds), so seed ``i`` of the head is compared
+  with seed ``i`` of the baseline: a paired t-test (``scipy.stats.ttest_rel``) and the paired-t
+  interval of the mean difference. Pairing removes the seed-to-seed variation that both heads
+  share, which an unpaired (Welch) comparison would count as noise.
+- **Equivalence within a declared margin (TOST).** "No significant difference" is not evidence
+  of equality; a head is ``equivalent`` only when two one-sided paired t-tests
+  (``statsmodels.stats.weightstats.ttost_paired``) reject a difference of at least the margin.
+  Margins are absolute (metric units) or relative (times: tested on log values, so the ratio
+  head/baseline must lie within ``[1/(1+m), 1+m]``).
+- **Multiplicity.** Each claim's primary metrics form one family, adjusted by Holm (family-wise
+  error); secondary metrics get Benjamini-Hochberg q-values (false discovery rate). Difference
+  and equivalence p-values are adjusted as two separate families of the same tests
+  (``judge_family``); ``verdict`` only ever reads adjusted values.
+- **Minimum detectable difference.** Every comparison reports the smallest improvement that a
+  two-sided paired t-test with its ``n`` pairs and observed spread detects with 80% power
+  (``statsmodels.stats.power.TTestPower``), so an ``inconclusive`` verdict says how large an
+  effect the data could have found.
+- **Exact comparisons.** A metric declared exact (parameter counts) is the same for every seed:
+  no test, ``exact=True``, verdict by its sign. Whether a metric is exact is declared, never
+  read from the data: two seeds of a measured metric can agree by chance (accuracy moves in
+  steps of one test image), and one seed has no spread at all, yet neither is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
+
+__all__ = [
+    "Comparison",
+    "Margin",
+    "bh_q_values",
+    "compare_paired",
+    "comparison_row",
+    "holm",
+    "judge_family",
+    "verdict",
+]
+
+_POWER = 0.8
+# A spread of the paired differences this small relative to the values is rounding, not noise.
+_ZERO_SPREAD = 16 * np.finfo(float).eps
+
+
+@dataclass(frozen=True)
+class Margin:
+    """An equivalence margin: ``value`` in the metric's own units (``relative=False``, e.g. 0.01
+    for one accuracy point) or as a fraction of the baseline (``relative=True``, e.g. 0.10 for
+    time: equivalent when the ratio head/baseline lies within ``[1/(1+0.10), 1+0.10]``, i.e. the
+    mean log ratio within ``±log(1.10)``)."""
+
+    value: float
+    relative: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.value) and self.value >= 0):
+            raise ValueError(f"a margin must be finite and >= 0, got {self.value!r}")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One head against its baseline on one metric, paired by seed (or by round for timing)."""
+
+    n: int
+    head_mean: float
+    baseline_mean: float
+    improvement: float
+    ci_low: float
+    ci_high: float
+    p_difference: float
+    p_equivalence: float
+    mde: float
+    exact: bool
+
+
+def _pairs(h: np.ndarray, b: np.ndarray, margin: Margin) -> tuple[np.ndarray, np.ndarray]:
+    """The two sides as tested (log values for a relative margin), checked."""
+    if len(h) != len(b):
+        raise ValueError(f"head and baseline must pair up: {len(h)} head values, "
+                         f"{len(b)} baseline values")
+    if len(h) == 0:
+        raise ValueError("no pairs to compare: 0 head values, 0 baseline values")
+    if not (np.isfinite(h).all() and np.isfinite(b).all()):
+        raise ValueError("head and baseline values must be finite")
+    if margin.relative:
+        if (h <= 0).any() or (b <= 0).any():
+            raise ValueError("a relative margin needs values > 0 on both sides")
+        return np.log(h), np.log(b)
+    return h, b
+
+
+def _has_spread(h: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the paired difference varies between pairs beyond float rounding."""
+    d = h - b
+    scale = max(float(np.abs(h).max()), float(np.abs(b).max()), 1.0)
+    return bool(np.ptp(d) > _ZERO_SPREAD * scale)
+
+
+def _improvement(mean_log_or_diff: float, *, lower_is_better: bool, relative: bool) -> float:
+    """Signed so that positive is better; for a relative margin a ratio minus one."""
+    signed = -mean_log_or_diff if lower_is_better else mean_log_or_diff
+    return math.expm1(signed) if relative else signed
+
+
+def _mde(d: np.ndarray, alpha: float, relative: bool) -> float:
+    """Smallest |improvement| a two-sided paired t-test detects with 80% power, or nan."""
+    try:
+        effect = TTestPower().solve_power(effect_size=None, nobs=len(d), alpha=alpha,
+                                          power=_POWER, alternative="two-sided")
+    except (ValueError, RuntimeError, ZeroDivisionError):
+        return math.nan
+    effect = float(np.squeeze(effect))
+    if not math.isfinite(effect):
+        return math.nan
+    on_scale = effect * float(d.std(ddof=1))
+    return math.expm1(on_scale) if relative else on_scale
+
+
+def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is_better: bool,
+                   margin: Margin, confidence: float = 0.95, alpha_for_mde: float = 0.05,
+                   exact: bool = False) -> Comparison:
+    """Compare ``head`` with ``baseline`` (element ``i`` = the same seed or round) on one metric.
+
+    With an absolute margin the paired differences ``head - baseline`` are tested; with a
+    relative one their log ratios, and ``improvement``, its interval and ``mde`` are ratios
+    minus one (``baseline/head - 1`` when lower is better, ``head/baseline - 1`` otherwise).
+    ``exact``: the metric is declared exact (a count); its difference must then be the same for
+    every pair. A single pair of a measured metric gets nan statistics (inconclusive).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    raw_h, raw_b = np.asarray(head, dtype=float).ravel(), np.asarray(baseline, dtype=float).ravel()
+    h, b = _pairs(raw_h, raw_b, margin)
+    sign = {"lower_is_better": lower_is_better, "relative": margin.relative}
+    d = h - b
+    improvement = _improvement(float(d.mean()), **sign)
+    common = {"n": len(d), "head_mean": float(raw_h.mean()),
+              "baseline_mean": float(raw_b.mean()), "improvement": improvement}
+    if exact:
+        if _has_spread(h, b):
+            raise ValueError("a metric declared exact differs between pairs: "
+                             f"differences {d.tolist()}")
+        return Comparison(**common, ci_low=improvement, ci_high=improvement,
+                          p_difference=math.nan, p_equivalence=math.nan, mde=math.nan,
+                          exact=True)
+    if len(d) < 2:  # no spread to test against
+        return Comparison(**common, ci_low=math.nan, ci_high=math.nan, p_difference=math.nan,
+                          p_equivalence=math.nan, mde=math.nan, exact=False)
+    bound = math.log1p(margin.value) if margin.relative else margin.value
+    with warnings.catch_warnings():
+        # a difference without spread (seeds that agree) makes both libraries warn; their
+        # answers (p = 0 for a constant non-zero difference, nan for none) are the right ones
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_rel(h, b)
+        ci = test.confidence_interval(confidence_level=confidence)
+        p_equivalence = float(ttost_paired(h, b, low=-bound, upp=bound)[0])
+    ends = sorted(_improvement(float(end), **sign) for end in (ci.low, ci.high))
+    return Comparison(**common, ci_low=ends[0], ci_high=ends[1],
+                      p_difference=float(test.pvalue), p_equivalence=p_equivalence,
+                      mde=_mde(d, alpha_for_mde, margin.relative), exact=False)
+
+
+def comparison_row(head: Sequence[float], baseline: Sequence[float], *, lower_is_better: bool,
+                   margin: Margin, confidence: float = 0.95, alpha_for_mde: float = 0.05,
+                   exact: bool = False) -> dict:
+    """``compare_paired`` as a plain dict, one row of a comparisons frame."""
+    return dataclasses.asdict(compare_paired(head, baseline, lower_is_better=lower_is_better,
+                                             margin=margin, confidence=confidence,
+                                             alpha_for_mde=alpha_for_mde, exact=exact))
+
+
+def _decide(improvement: float, exact: bool, p_difference: float, p_equivalence: float,
+            alpha: float) -> str:
+    """The verdict rule of ``verdict``, on plain values (nan p-values never reject)."""
+    if exact:
+        if improvement > 0:
+            return "better"
+        return "worse" if improvement < 0 else "equivalent"
+    if p_difference < alpha and improvement > 0:
+        return "better"
+    if p_difference < alpha and improvement < 0:
+        return "worse"
+    if p_equivalence < alpha:
+        return "equivalent"
+    return "inconclusive"
+
+
+def verdict(comparison: Comparison, p_difference: float, p_equivalence: float,
+            alpha: float = 0.05) -> str:
+    """``better``/``worse``/``equivalent``/``inconclusive`` from already ADJUSTED p-values.
+
+    A significant difference wins over equivalence; an exact comparison is judged by its sign.
+    """
+    return _decide(comparison.improvement, comparison.exact, p_difference, p_equivalence, alpha)
+
+
+def _adjust(p_values: Sequence[float], method: str) -> np.ndarray:
+    """``multipletests`` over the finite entries only; nan entries stay nan."""
+    p = np.asarray(p_values, dtype=float).ravel()
+    out = np.full(p.shape, np.nan)
+    keep = ~np.isnan(p)
+    if keep.any():
+        out[keep] = multipletests(p[keep], method=method)[1]
+    return out
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-adjusted p-values; nan entries are left nan and are not part of the family."""
+    return _adjust(p_values, "holm")
+
+
+def bh_q_values(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg q-values; nan entries are left nan and are not part of the family."""
+    return _adjust(p_values, "fdr_bh")
+
+
+_ADJUSTERS = {"holm": holm, "bh": bh_q_values}
+
+
+def judge_family(comparisons: pd.DataFrame, *, adjust: str, alpha: float = 0.05) -> pd.DataFrame:
+    """The frame's rows as ONE family: adjusted p-values (``"holm"`` or ``"bh"``) and verdicts.
+
+    Difference and equivalence p-values are adjusted separately; exact rows are left out of
+    both families (their adjusted values are nan) and keep their exact verdict.
+    """
+    if adjust not in _ADJUSTERS:
+        raise ValueError(f"adjust must be one of {sorted(_ADJUSTERS)}, got {adjust!r}")
+    out = comparisons.copy()
+    exact = out["exact"].astype(bool).to_numpy()
+    for column in ("p_difference", "p_equivalence"):
+        p = np.where(exact, np.nan, out[column].to_numpy(dtype=float))
+        out[f"{column}_adjusted"] = _ADJUSTERS[adjust](p)
+    out["verdict"] = [
+        _decide(float(imp), bool(ex), float(p_d), float(p_e), alpha)
+        for imp, ex, p_d, p_e in zip(out["improvement"], exact, out["p_difference_adjusted"],
+                                    out["p_equivalence_adjusted"], strict=True)
+    ]
+    return out

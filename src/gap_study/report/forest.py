@@ -1,0 +1,95 @@
+"""Figures of the verdicts and of the choices made before them: the forest plot of every
+primary comparison, and each head's validation accuracy per learning rate (the tune stage)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from gap_study.report.formatting import RELATIVE
+
+__all__ = ["VERDICT_COLOURS", "forest_rows", "plot_forest", "plot_tuning"]
+
+VERDICT_COLOURS = {"better": "#1b9e77", "worse": "#d95f02", "equivalent": "#7570b3",
+                   "inconclusive": "#999999"}
+_PERCENT = frozenset({"test_accuracy", "consistency_exact", "pointing_accuracy_shifted",
+                      "overfit_gap", "shift_accuracy_mean"})
+
+
+def _scale(metric: str) -> tuple[float, str]:
+    """How a metric's improvement is drawn: its factor and axis label."""
+    if metric in RELATIVE:
+        return 100.0, "improvement (% of the baseline's time)"
+    if metric in _PERCENT:
+        return 100.0, "improvement (points)"
+    return 1.0, "improvement"
+
+
+def _forest_panel(ax: plt.Axes, rows: pd.DataFrame, metric: str,
+                  labels: Mapping[str, str]) -> None:
+    factor, xlabel = _scale(metric)
+    y = range(len(rows))[::-1]
+    for yi, row in zip(y, rows.itertuples(), strict=True):
+        colour = VERDICT_COLOURS[row.verdict]
+        ax.errorbar(row.improvement * factor, yi, xerr=[[(row.improvement - row.ci_low) * factor],
+                                                        [(row.ci_high - row.improvement) * factor]],
+                    fmt="o", color=colour, capsize=3)
+    margin = rows["margin"].iloc[0] * factor
+    ax.axvline(0, color="black", linewidth=0.8)
+    for edge in (-margin, margin):
+        ax.axvline(edge, color="black", linewidth=0.8, linestyle=":")
+    ax.set_yticks(list(y), [f"{r['head']} vs {r.baseline}" + (f" ({r.setting.split(' (')[0]})"
+                                                              if r.setting else "")
+                            for _, r in rows.iterrows()], fontsize=7)
+    ax.set(xlabel=xlabel, title=labels.get(metric, metric))
+
+
+def forest_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons the forest plot shows: the primary ones that were tested (not exact
+    counts, and with an interval: a single seed has none)."""
+    if comparisons.empty:
+        return comparisons
+    return comparisons[(comparisons.role == "primary") & ~comparisons.exact.astype(bool)
+                       & comparisons.ci_low.notna()]
+
+
+def plot_forest(comparisons: pd.DataFrame, labels: Mapping[str, str]) -> plt.Figure:
+    """Every primary comparison of ``forest_rows``: improvement and its interval, the
+    equivalence margins dotted, coloured by verdict; one panel per metric."""
+    rows = forest_rows(comparisons)
+    if rows.empty:
+        raise ValueError("no tested primary comparison to plot (forest_rows is empty)")
+    metrics = list(dict.fromkeys(rows["metric"]))
+    heights = [max(1.5, 0.28 * (rows["metric"] == m).sum() + 0.8) for m in metrics]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, sum(heights) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        _forest_panel(ax, rows[rows["metric"] == metric], metric, labels)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v)
+               for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles, loc="upper center", ncols=4, fontsize=8, frameon=False)
+    fig.suptitle("Every primary comparison (dotted: the equivalence margin)", y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def plot_tuning(tuning: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
+    """Final validation accuracy per learning rate, one line per head, the chosen rate
+    circled."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    data = tuning.assign(accuracy=tuning["val_accuracy"] * 100)
+    palette = dict(zip(heads, sns.color_palette("colorblind", len(heads)), strict=True))
+    sns.lineplot(data, x="lr", y="accuracy", hue="head", hue_order=list(heads), marker="o",
+                 palette=palette, ax=ax)
+    chosen = data[data["chosen"]]
+    ax.scatter(chosen["lr"], chosen["accuracy"], s=160, facecolors="none", edgecolors="black",
+               label="chosen")
+    ax.set_xscale("log")
+    ax.set(xlabel="Adam learning rate (log scale)", ylabel="validation accuracy (%)",
+           title="Learning rate per head, chosen on the validation split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
