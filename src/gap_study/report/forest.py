@@ -25,6 +25,8 @@ def _scale(metric: str) -> tuple[float, str]:
         return 100.0, "improvement (% of the baseline's time)"
     if metric in _PERCENT:
         return 100.0, "improvement (points)"
+    if metric.endswith("_loss"):
+        return 1.0, "improvement (nats of cross-entropy)"
     return 1.0, "improvement"
 
 
@@ -41,8 +43,10 @@ def _forest_panel(ax: plt.Axes, rows: pd.DataFrame, metric: str,
     ax.axvline(0, color="black", linewidth=0.8)
     for edge in (-margin, margin):
         ax.axvline(edge, color="black", linewidth=0.8, linestyle=":")
-    ax.set_yticks(list(y), [f"{r['head']} vs {r.baseline}" + (f" ({r.setting.split(' (')[0]})"
-                                                              if r.setting else "")
+    # the setting only where it varies (the learning curve's fractions), shortened
+    varies = rows["setting"].nunique() > 1
+    ax.set_yticks(list(y), [f"{r['head']} vs {r.baseline}"
+                            + (f" ({r.setting.split(' (')[0]})" if varies else "")
                             for _, r in rows.iterrows()], fontsize=7)
     ax.set(xlabel=xlabel, title=labels.get(metric, metric))
 
@@ -64,15 +68,19 @@ def plot_forest(comparisons: pd.DataFrame, labels: Mapping[str, str]) -> plt.Fig
         raise ValueError("no tested primary comparison to plot (forest_rows is empty)")
     metrics = list(dict.fromkeys(rows["metric"]))
     heights = [max(1.5, 0.28 * (rows["metric"] == m).sum() + 0.8) for m in metrics]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, sum(heights) + 0.6), squeeze=False,
+    total = sum(heights) + 0.9  # inches: the panels, then title and legend above them
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, total), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     for ax, metric in zip(axes[:, 0], metrics, strict=True):
         _forest_panel(ax, rows[rows["metric"] == metric], metric, labels)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v)
                for v, c in VERDICT_COLOURS.items()]
-    fig.legend(handles=handles, loc="upper center", ncols=4, fontsize=8, frameon=False)
-    fig.suptitle("Every primary comparison (dotted: the equivalence margin)", y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    # title and legend at fixed distances (in inches) from the top, the panels below them
+    fig.suptitle("Every primary comparison (dotted: the equivalence margin)",
+                 y=1 - 0.1 / total, va="top")
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.4 / total),
+               ncols=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / total))
     return fig
 
 

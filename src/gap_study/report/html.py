@@ -22,8 +22,10 @@ _HTML_PAGE = """<!DOCTYPE html>
 <style>
 body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px;
        margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #222; }}
-table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; }}
+.table-wrap {{ overflow-x: auto; margin: 1rem 0; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left;
+          white-space: nowrap; }}
 th {{ background: #f3f3f3; }}
 tr:nth-child(even) td {{ background: #fafafa; }}
 img {{ max-width: 100%; height: auto; display: block; margin: 1rem 0; }}
@@ -51,6 +53,9 @@ def markdown_to_html(text: str, base_dir: str | Path) -> str:
         return f'src="data:image/png;base64,{encoded}"'
 
     body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    # a wide table scrolls sideways in its own box instead of wrapping every cell
+    body = body.replace("<table>", '<div class="table-wrap"><table>').replace(
+        "</table>", "</table></div>")
     title_match = re.search(r"<h1>(.*?)</h1>", body)
     title = re.sub("<[^>]+>", "", title_match.group(1)) if title_match else "Report"
     return _HTML_PAGE.format(title=title, body=body)

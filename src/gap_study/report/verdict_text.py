@@ -83,22 +83,23 @@ def _comparison_table(rows: pd.DataFrame, level: str) -> pd.DataFrame:
     def p_value(value: float) -> str:
         return "" if math.isnan(value) else f"{value:.3g}"
 
+    # the verdict and the effect first: on a narrow screen the p-values scroll out of sight
     return pd.DataFrame({
         "claim": rows.claim, "metric": rows.metric, "setting": rows.setting,
         "head": rows["head"], "baseline": rows.baseline,
+        "verdict": [f"{v} ({n})" if n else v for v, n in zip(rows.verdict, rows.note,
+                                                             strict=True)],
+        f"improvement [{level} CI]": [format_improvement(d, lo, hi, m) for d, lo, hi, m in
+                                      zip(rows.improvement, rows.ci_low, rows.ci_high,
+                                          rows.metric, strict=True)],
         "head value": [format_number(v, m) for v, m in zip(rows.head_mean, rows.metric,
                                                             strict=True)],
         "baseline value": [format_number(v, m) for v, m in zip(rows.baseline_mean, rows.metric,
                                                                 strict=True)],
-        f"improvement [{level} CI]": [format_improvement(d, lo, hi, m) for d, lo, hi, m in
-                                      zip(rows.improvement, rows.ci_low, rows.ci_high,
-                                          rows.metric, strict=True)],
         "p (adjusted)": [p_value(v) for v in rows.p_difference_adjusted],
         "p equivalent (adjusted)": [p_value(v) for v in rows.p_equivalence_adjusted],
         "detectable": ["" if math.isnan(v) else format_improvement(v, math.nan, math.nan, m)
                        for v, m in zip(rows.mde, rows.metric, strict=True)],
-        "verdict": [f"{v} ({n})" if n else v for v, n in zip(rows.verdict, rows.note,
-                                                             strict=True)],
     })
 
 

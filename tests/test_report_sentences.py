@@ -1,10 +1,12 @@
-"""gap_study.report.verdict_text: the report's one-minute summary, computed from the
-comparisons."""
+"""The report's computed sentences: the one-minute summary (gap_study.report.verdict_text)
+and the sum-pooling conclusion (gap_study.report.pooling_text)."""
 
 import pandas as pd
+import pytest
 
 from gap_study.report.claims import claim_verdicts
 from gap_study.report.forest import forest_rows
+from gap_study.report.pooling_text import sum_pooling_section
 from gap_study.report.verdict_text import claims_section, summary_section
 
 
@@ -44,3 +46,33 @@ def test_with_one_seed_the_claims_section_says_why_there_is_no_forest_plot():
     text = "\n".join(claims_section(one_seed, claim_verdicts(one_seed), ["dense", "gap"],
                                     figures={}, alpha=0.05, level="95%"))
     assert "a paired test needs at least two seeds" in text and "forest" not in text
+
+
+def _aggregate(scaled_accuracy):
+    """Means and stds of gap, gsp_scaled and gsp on three metrics."""
+    means = {"gap": (0.984, 0.687, 0.763), "gsp": (0.985, 0.571, 0.659),
+             "gsp_scaled": (scaled_accuracy, 0.686, 0.761)}
+    return pd.DataFrame([{"head": head, "metric": metric, "mean": value, "std": 0.01}
+                         for head, values in means.items()
+                         for metric, value in zip(("test_accuracy", "consistency_exact",
+                                                   "shift_accuracy_mean"), values,
+                                                  strict=True)])
+
+
+FEATURE_MAP = {"shape": [64, 5, 5], "sum_over_average": {"ratio_mean": 25.0,
+                                                         "max_relative_deviation": 1e-7}}
+RATES = {"gap": 0.003, "gsp": 0.003, "gsp_scaled": 0.003}
+
+
+@pytest.mark.parametrize(("scaled_accuracy", "expected"), [
+    (0.985, "`gsp_scaled` reproduces `gap` (at most 0.2 points apart"),
+    (0.960, "`gsp_scaled` does not reproduce `gap` here (2.4 points apart on these metrics, "
+            "beyond the 1-point margin)"),
+])
+def test_the_sum_pooling_conclusion_is_computed_from_the_three_heads(scaled_accuracy,
+                                                                      expected):
+    text = "\n".join(sum_pooling_section(_aggregate(scaled_accuracy),
+                                         ["gap", "gsp", "gsp_scaled"], FEATURE_MAP, RATES,
+                                         margin=0.01))
+    assert expected in text
+    assert "`gap` (learning rate 0.003): test accuracy 98.4 ± 1.0%" in text
