@@ -25,10 +25,11 @@ repro: $(STAMP)  ## run the whole pipeline (dvc repro) on the default data set
 test: $(STAMP) lint  ## lint, then the whole test suite (slow end-to-end tests included)
 	python -m pytest
 
-bench: $(STAMP)  ## benchmarks, not tests: pooling ops, training-loop overhead, FLOP/s (~3.5 min)
+bench: $(STAMP)  ## benchmarks, not tests: pooling ops, training-loop overhead, FLOP/s, downsampling (~4.5 min)
 	python benchmarks/bench_pooling.py $(BENCH_ARGS)
 	python benchmarks/bench_harness.py $(BENCH_ARGS)
 	python benchmarks/bench_compute.py $(BENCH_ARGS)
+	python benchmarks/bench_downsample.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	ruff check src tests notebooks benchmarks

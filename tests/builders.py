@@ -23,6 +23,7 @@ import yaml
 
 from gap_study import sources
 from gap_study.architecture import ModelConfig
+from gap_study.params import ModelParams
 from gap_study.sources import (
     IDX_TEST_IMAGES,
     IDX_TEST_LABELS,
@@ -161,6 +162,11 @@ def tiny_config(head: str, image_size: int = 32) -> ModelConfig:
     """A two-block model with 4 and 8 channels (and 16 hidden units for dense)."""
     return ModelConfig(head=head, in_channels=1, image_size=image_size, num_classes=10,
                        widths=(4, 8), dense_hidden=16)
+
+
+# the model section of tiny_config, as params.yaml would give it
+TINY_MODEL = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0, dropout=0.5,
+                         downsample="max", blur_size=3, padding="zeros")
 
 
 def train_small(data, head: str = "gap", *, seed: int = 0, epochs: int = 2, **variant):

@@ -6,10 +6,10 @@ import time
 
 import pytest
 import torch
-from builders import free_port
+from builders import TINY_MODEL, free_port
 
 from gap_study.engine import EngineError, _warn_about_trimming, local_workers, open_engine
-from gap_study.params import ComputeParams, ModelParams, TrainParams
+from gap_study.params import ComputeParams, TrainParams
 from gap_study.paths import RunId
 from gap_study.train import train_task
 
@@ -45,8 +45,7 @@ def test_local_cluster_gives_the_same_bytes_as_this_process_and_retries_a_failed
                            drop_last=True, weight_decay=0.0,
                            fractions=[1.0], shift=[0, 2])
     runs = [("gmp", RunId(1.0, 0, 0)), ("dense", RunId(1.0, 2, 1))]
-    architecture = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0,
-                               dropout=0.5)
+    architecture = TINY_MODEL
     shared = {"data": small.without_test(), "architecture": architecture,
               "settings": settings, "learning_rates": {"gmp": 0.01, "dense": 0.003},
               "device": "cpu"}

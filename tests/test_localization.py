@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from gap_study.heads import DenseHead, NINHead, PooledLinearHead
+from gap_study.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
 from gap_study.localization import (
     class_activation_maps,
+    grad_cam,
+    ink_maps,
     pointing_accuracy,
     pointing_centre_prior,
     pointing_chance,
@@ -63,3 +65,41 @@ def test_centre_prior_counts_the_boxes_holding_the_canvas_centre():
     # on a 4x4 canvas the centre pixel is (2, 2); boxes are (top, left, bottom, right), exclusive
     boxes = torch.tensor([[1, 1, 3, 3], [0, 0, 2, 2], [2, 2, 4, 4], [0, 2, 2, 4]])
     assert pointing_centre_prior(boxes, 4) == 0.5  # the first and third hold (2, 2)
+
+
+FEATURES = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(0),
+                       dtype=torch.float64)
+CLASSES = torch.tensor([0, 1, 2, 3, 0])
+
+
+@pytest.mark.parametrize(("pool", "factor"), [("gap", 1 / 36), ("gsp", 1.0)])
+def test_grad_cam_of_a_head_linear_on_pooled_features_is_its_cam_up_to_a_positive_factor(
+        pool, factor):
+    model = IdentityFeatures(PooledLinearHead(pool, channels=3, num_classes=4)).double()
+    cams = class_activation_maps(model, FEATURES, CLASSES)
+    torch.testing.assert_close(grad_cam(model, FEATURES, CLASSES), cams.clamp(min=0) * factor)
+
+
+def test_grad_cam_of_the_linear_head_weights_channels_by_their_mean_classifier_weight():
+    # score_c = sum_kxy W[c, k, x, y] f_k(x, y) + b_c, so a_k = mean_xy W[c, k, x, y]
+    head = LinearHead(in_features=3 * 36, num_classes=4).double()
+    weights = head.fc.weight.detach().reshape(4, 3, 6, 6).mean(dim=(2, 3))[CLASSES]
+    expected = torch.einsum("nk,nkxy->nxy", weights, FEATURES).clamp(min=0)
+    torch.testing.assert_close(grad_cam(IdentityFeatures(head), FEATURES, CLASSES), expected)
+
+
+def test_grad_cam_exists_for_the_dense_head_and_is_computed_in_batches():
+    model = IdentityFeatures(DenseHead(in_features=3 * 36, hidden=7, num_classes=4)).double()
+    maps = grad_cam(model, FEATURES, CLASSES)
+    assert maps.shape == (5, 6, 6) and bool((maps >= 0).all()) and float(maps.max()) > 0
+    torch.testing.assert_close(grad_cam(model, FEATURES, CLASSES, batch_size=2), maps)
+
+
+def test_ink_map_peaks_on_the_object_of_a_blank_canvas_whatever_its_class():
+    canvas = torch.zeros(2, 1, 10, 10)
+    canvas[0, 0, 1:4, 6:9] = 1.0
+    canvas[1, 0, 7:9, 2:4] = 0.5
+    maps = ink_maps(canvas)
+    assert maps.shape == (2, 10, 10)
+    assert pointing_accuracy(maps, torch.tensor([[1, 6, 4, 9], [7, 2, 9, 4]])) == 1.0
+    assert pointing_accuracy(maps, torch.tensor([[4, 0, 10, 6], [0, 4, 6, 10]])) == 0.0

@@ -1,12 +1,13 @@
-"""The report's computed sentences: the one-minute summary (gap_study.report.verdict_text)
-and the sum-pooling conclusion (gap_study.report.pooling_text)."""
+"""The report's computed sentences: the one-minute summary (gap_study.report.verdict_text),
+the sum-pooling conclusion and the ink map's comparison (gap_study.report.pooling_text)."""
 
 import pandas as pd
 import pytest
 
 from gap_study.report.claims import claim_verdicts
 from gap_study.report.forest import forest_rows
-from gap_study.report.pooling_text import sum_pooling_section
+from gap_study.report.pooling_text import cam_section, sum_pooling_section
+from gap_study.report.text import _downsampling_phrase
 from gap_study.report.verdict_text import claims_section, summary_section
 
 
@@ -76,3 +77,39 @@ def test_the_sum_pooling_conclusion_is_computed_from_the_three_heads(scaled_accu
                                          margin=0.01))
     assert expected in text
     assert "`gap` (learning rate 0.003): test accuracy 98.4 ± 1.0%" in text
+
+
+def _pointing(gradcam: dict[str, float], ink: float) -> pd.DataFrame:
+    rows = []
+    for head, level in gradcam.items():
+        for metric, mean in [("pointing_gradcam", level), ("pointing_gradcam_shifted", level),
+                             ("pointing_accuracy", level), ("pointing_accuracy_shifted", level),
+                             ("pointing_ink_shifted", ink), ("pointing_chance", 0.2),
+                             ("pointing_centre_prior_shifted", 0.6)]:
+            rows.append({"head": head, "metric": metric, "n": 5, "mean": mean, "std": 0.01,
+                         "ci_low": mean - 0.01, "ci_high": mean + 0.01})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("gradcam", "expected"), [
+    ({"dense": 0.80, "gap": 0.90}, "in 99.0% of cases, above every head's Grad-CAM"),
+    ({"dense": 0.80, "gap": 0.995}, "not above every head's Grad-CAM (`gap` 99.5%)"),
+])
+def test_the_ink_map_sentence_compares_it_with_the_best_heads_grad_cam(gradcam, expected):
+    lines = cam_section(_pointing(gradcam, 0.99), ["dense", "gap"],
+                        {"pointing": "p.png", "cam_overlays": "c.png"}, pd.DataFrame())
+    (at,) = [i for i, x in enumerate(lines) if x.startswith("Grad-CAM (Selvaraju")]
+    assert expected in lines[at]
+    table = next(x for x in lines[at:] if x.startswith("| head"))
+    assert "Grad-CAM, shifted images" in table and "ink map, shifted images" in table
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ({"downsample": "max", "blur_size": 3, "padding": "zeros"},
+     "2x2 max-pooling between blocks and zero padding"),
+    ({"downsample": "blurmax", "blur_size": 5, "padding": "circular"},
+     "anti-aliased max-pooling (2x2 max at stride 1, then a 5x5 binomial filter at stride 2) "
+     "between blocks and circular padding"),
+])
+def test_the_header_describes_the_backbones_downsampling_and_padding(model, expected):
+    assert _downsampling_phrase(model) == expected

@@ -40,7 +40,7 @@ EPOCH_SECONDS = [0.3, 0.1, 0.2]
 
 
 def _metrics_row(head: str, run: RunId, rng: np.random.Generator) -> dict[str, object]:
-    """A ``metrics.csv`` row; grid and CAM metrics only on the whole training set, CAM
+    """A ``metrics.csv`` row; grid and map metrics only on the whole training set, CAM
     metrics only for heads with maps."""
     full, cam = run.fraction == 1.0, head != "dense"
     row = {"head": head, **run.as_dict(), "train_images": round(80 * run.fraction),
@@ -54,9 +54,11 @@ def _metrics_row(head: str, run: RunId, rng: np.random.Generator) -> dict[str, o
         row[metric] = rng.uniform(0.1, 0.9) if full else np.nan
     for metric in ("pointing_accuracy", "pointing_accuracy_shifted"):
         row[metric] = rng.uniform(0.5, 1.0) if full and cam else np.nan
+    for metric in ("pointing_gradcam", "pointing_gradcam_shifted"):  # every head has one
+        row[metric] = rng.uniform(0.5, 1.0) if full else np.nan
     for metric, level in [("pointing_chance", 0.25), ("pointing_centre_prior", 1.0),
-                          ("pointing_centre_prior_shifted", 0.5)]:
-        row[metric] = level if full and cam else np.nan
+                          ("pointing_centre_prior_shifted", 0.5), ("pointing_ink_shifted", 0.98)]:
+        row[metric] = level if full else np.nan
     return row
 
 
@@ -87,7 +89,8 @@ def _records() -> tuple[dict, dict]:
              "runs": {f"{head}/{run.stem}": WORKER for head in HEADS for run in RUNS},
              "learning_rates": LEARNING_RATES,
              "dataset": {**DATASET, "test_images": 0},  # the train stage drops the test split
-             "model": {"widths": [8, 16], "dense_hidden": 10},
+             "model": {"widths": [8, 16], "dense_hidden": 10, "downsample": "max",
+                       "blur_size": 3, "padding": "zeros"},
              "train": {"epochs": 3, "batch_size": 16, "schedule": "cosine",
                        "drop_last": True, "weight_decay": 0.0,
                        "fractions": [0.5, 1.0], "shift": [0, 2], "seeds": [0, 1]}}
@@ -225,7 +228,7 @@ def test_sum_pooling_section_quotes_the_evaluation_record(layout):
 
 def test_stride_comes_from_the_backbone_widths(layout):
     text = _report(layout)  # widths [8, 16]: one max-pool, stride 2, within the shift grid
-    assert "The backbone subsamples by 2 (its max-pools)" in text
+    assert "The backbone subsamples by 2 (its downsampling layers)" in text
     assert "| shifts by multiples of 2 px" in text
 
 

@@ -4,7 +4,6 @@ study tables and the headline metrics."""
 import math
 
 import pandas as pd
-import pytest
 
 from gap_study.report.tables import (
     HEADLINE_METRICS,
@@ -17,7 +16,7 @@ from gap_study.report.tables import (
     headline_metrics,
     main_runs,
     phase_accuracy,
-    stride_alignment,
+    phase_table,
     study_tables,
 )
 
@@ -95,19 +94,6 @@ def test_head_order_sorts_heads_as_listed_and_other_columns_as_usual():
         ("gap", 0), ("gap", 1), ("dense", 0), ("dense", 1)]
 
 
-def test_stride_alignment_separates_shifts_by_whole_cells_from_the_others():
-    grid = pd.DataFrame([{"head": "gap", "seed": 0, "dx": dx, "dy": dy,
-                          "accuracy": 1.0 if (dx, dy) == (0, 0) else
-                          0.9 if dx % 2 == 0 and dy % 2 == 0 else 0.3}
-                         for dx in range(-2, 3) for dy in range(-2, 3)])
-    table = stride_alignment(grid, stride=2)
-    assert table.to_dict("records") == [{"head": "gap", "seed": 0,
-                                         "other_shift_accuracy": pytest.approx(0.3),
-                                         "aligned_shift_accuracy": pytest.approx(0.9)}]
-
-
-
-
 def test_phase_accuracy_splits_each_runs_grid_into_whole_cell_and_other_shifts():
     offsets = [(dx, dy) for dy in range(-2, 3) for dx in range(-2, 3)]
     grid = pd.DataFrame([{"head": "gap", "fraction": 1.0, "train_shift": 0, "seed": 0,
@@ -117,6 +103,20 @@ def test_phase_accuracy_splits_each_runs_grid_into_whole_cell_and_other_shifts()
     table = phase_accuracy(grid, stride=2)
     assert table[["aligned_shift_accuracy", "other_shift_accuracy"]].values.tolist() == \
         [[1.0, 0.25]]  # the centre, at 1.0 too, counts in neither
+
+
+def test_phase_table_averages_each_phase_per_seed_then_over_seeds():
+    def accuracy(dx, dy, seed):
+        return 0.9 if dx % 2 == 0 and dy % 2 == 0 else 0.5 + 0.1 * seed if dy % 2 == 0 else 0.2
+    grid = pd.DataFrame([{"head": head, "seed": seed, "dx": dx, "dy": dy,
+                          "accuracy": accuracy(dx, dy, seed) if head == "gap" else 1.0}
+                         for head in ("dense", "gap") for seed in (0, 1)
+                         for dx in range(-2, 3) for dy in range(-2, 3)])
+    table = phase_table(grid, stride=2, heads=["gap", "dense"])
+    assert list(table.columns) == ["head", "(0,0)", "(1,0)", "(0,1)", "(1,1)"]
+    assert table.set_index("head").to_dict("index") == {
+        "gap": {"(0,0)": 90.0, "(1,0)": 55.0, "(0,1)": 20.0, "(1,1)": 20.0},
+        "dense": {"(0,0)": 100.0, "(1,0)": 100.0, "(0,1)": 100.0, "(1,1)": 100.0}}
 
 
 def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged_with_that_end():

@@ -1,10 +1,10 @@
 """The speed stage's measurement: heads timed in turns, one row per head and round."""
 
 import torch
-from builders import tiny_config
+from builders import TINY_MODEL, tiny_config
 
 from gap_study import speed
-from gap_study.params import ModelParams, SpeedParams, TrainParams
+from gap_study.params import SpeedParams, TrainParams
 from gap_study.speed import alternate, interleaved_step_times, measure_step_times, training_step
 
 
@@ -42,7 +42,7 @@ def test_the_stage_times_every_head_with_the_runs_thread_count_then_restores_our
 
     monkeypatch.setattr(speed, "interleaved_step_times", spy)
     torch.set_num_threads(2)
-    model = ModelParams(widths=[4, 8], dense_hidden=16, dropout=0.5, gem_p=3.0, lse_r=10.0)
+    model = TINY_MODEL
     train = TrainParams(seeds=[0], epochs=1, batch_size=32, schedule="cosine", drop_last=True,
                         weight_decay=0.0, fractions=[1.0], shift=[0])
     times = measure_step_times(["dense", "gap"], model, small, train,

@@ -9,14 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders import TINY_MODEL
 
-from gap_study.params import ModelParams, TrainParams
+from gap_study.params import TrainParams
 from gap_study.paths import RunId
 from gap_study.train import train_task
 from gap_study.tune import TuningRun, choose_learning_rates, tune_task, tuning_table
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHITECTURE = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0, dropout=0.5)
+ARCHITECTURE = TINY_MODEL
 SETTINGS = TrainParams(seeds=[0], epochs=2, batch_size=32, schedule="cosine", drop_last=True,
                        weight_decay=0.0, fractions=[0.5, 1.0], shift=[0])
 

@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 __all__ = [
+    "BLUR_SIZES",
+    "DOWNSAMPLES",
     "FACTORIAL",
     "FLATTEN_HEAD_NAMES",
     "HEAD_NAMES",
+    "PADDINGS",
     "POOLED_HEAD_NAMES",
     "DatasetShape",
     "ModelConfig",
@@ -42,6 +45,12 @@ _CLASS_MAP_HEADS = frozenset((*POOLED_HEAD_NAMES, "nin", "gsp_scaled"))
 FACTORIAL: dict[tuple[str, bool], str] = {
     ("flatten", False): "linear", ("flatten", True): "dense",
     ("global average", False): "gap", ("global average", True): "gap_hidden"}
+
+# the mechanism factors (docs/study.md, "The mechanism of translation robustness"): how the
+# backbone halves its map between blocks, the binomial filter's size, and how every layer pads
+DOWNSAMPLES: tuple[str, ...] = ("max", "blurmax")
+BLUR_SIZES: tuple[int, ...] = (3, 5)
+PADDINGS: tuple[str, ...] = ("zeros", "circular", "reflect")
 
 
 def _check(head: str) -> str:
@@ -100,9 +109,17 @@ class ModelConfig:
     gem_p: float = 3.0  # initial exponent of the gem head's learnable p
     lse_r: float = 10.0  # temperature of the lse head
     dropout: float = 0.5  # dense_dropout's dropout probability
+    downsample: str = "max"  # between blocks: one of DOWNSAMPLES
+    blur_size: int = 3  # blurmax's filter size: one of BLUR_SIZES
+    padding: str = "zeros"  # every convolution's and pooling's padding: one of PADDINGS
 
     def __post_init__(self) -> None:
         _check(self.head)
+        for name, allowed in (("downsample", DOWNSAMPLES), ("blur_size", BLUR_SIZES),
+                              ("padding", PADDINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; allowed: "
+                                 f"{', '.join(map(str, allowed))}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
 
     def to_dict(self) -> dict:

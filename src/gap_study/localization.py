@@ -3,8 +3,8 @@
 A head whose class score is linear in pooled feature maps has a class activation map (Zhou et
 al. 2016), ``M_c(x, y) = sum_k w_ck f_k(x, y)``; the head module gives its weights
 (``class_map_weights()``), and ``gap_study.architecture.has_class_map`` says which heads have
-one. Pointing accuracy is judged against two references that need no model: chance and the
-centre prior.
+one. Grad-CAM (Selvaraju et al. 2017) exists for every head. Pointing accuracy is judged against
+three references that need no model: chance, the centre prior and the class-agnostic ink map.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from gap_study.canvas import random_offsets, shift, shift_each
 __all__ = [
     "cam_examples",
     "class_activation_maps",
+    "grad_cam",
+    "ink_maps",
     "localization_metrics",
     "pointing_accuracy",
     "pointing_centre_prior",
@@ -43,8 +45,40 @@ def class_activation_maps(model: nn.Module, images: Tensor, classes: Tensor,
         features = model.features(images[i:i + batch_size])  # (n, C, h, w)
         chosen = weights[classes[i:i + batch_size]]  # (n, C)
         maps.append(torch.einsum("nc,nchw->nhw", chosen, features))
-    cams = torch.cat(maps)[:, None]
-    return F.interpolate(cams, size=images.shape[-2:], mode="bilinear",
+    return _to_image_size(torch.cat(maps), images)
+
+
+def grad_cam(model: nn.Module, images: Tensor, classes: Tensor, batch_size: int = 512) -> Tensor:
+    """Grad-CAM of class ``classes[i]`` for image ``i``, bilinearly upsampled: ``(N, H, W)``.
+
+    ``ReLU(sum_k a_k f_k)`` on the backbone's last map ``f``, ``a_k`` the class score's gradient
+    with respect to ``f_k`` averaged over positions. Any head has one; for a head linear on
+    globally averaged features ``a_k = w_ck / (h*w)``, so it is ``ReLU(CAM) / (h*w)``. A map
+    that is zero everywhere peaks at the first pixel.
+    """
+    model.eval()
+    maps = []
+    for i in range(0, len(images), batch_size):
+        with torch.no_grad():
+            features = model.features(images[i:i + batch_size])
+        features = features.detach().requires_grad_()
+        with torch.enable_grad():
+            scores = model.head(features).gather(1, classes[i:i + batch_size, None]).sum()
+            (gradient,) = torch.autograd.grad(scores, features)
+        weights = gradient.mean(dim=(2, 3))  # (n, C)
+        maps.append(F.relu(torch.einsum("nc,nchw->nhw", weights, features.detach())))
+    return _to_image_size(torch.cat(maps), images)
+
+
+def ink_maps(images: Tensor) -> Tensor:
+    """The class-agnostic reference map: the image summed over channels and blurred by a 3x3
+    mean, ``(N, H, W)``. On a blank canvas its maximum lies on the object, whatever the class."""
+    return F.avg_pool2d(images.sum(dim=1, keepdim=True), 3, stride=1, padding=1,
+                        count_include_pad=False)[:, 0]
+
+
+def _to_image_size(maps: Tensor, images: Tensor) -> Tensor:
+    return F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear",
                          align_corners=False)[:, 0]
 
 
@@ -79,24 +113,29 @@ def pointing_centre_prior(boxes: Tensor, image_size: int) -> float:
 def localization_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
                          max_shift: int, seed: int, batch_size: int = 512, *,
                          with_maps: bool = True) -> dict[str, float]:
-    """Pointing accuracy of the true class's CAM on centred images and on images moved by
-    random offsets in ``[-S, S]^2`` (drawn from ``seed``; boxes move with them), with two
-    references: the chance level, and a map always peaking at the canvas centre, on the same
-    centred and moved images. Without ``with_maps`` (a head without CAM) only the references
-    are computed and the CAM values are ``nan``."""
+    """Pointing accuracy of the true class's CAM and Grad-CAM on centred images and on images
+    moved by random offsets in ``[-S, S]^2`` (drawn from ``seed``; boxes move with them), with
+    three references on the same images: the chance level, a map always peaking at the canvas
+    centre, and the ink map. Without ``with_maps`` (a head without CAM) the CAM values are
+    ``nan``; Grad-CAM is computed for every head."""
     size = images.shape[-1]
     dx, dy = random_offsets(len(images), max_shift, torch.Generator().manual_seed(seed))
+    moved_images = shift_each(images, dx, dy)
     moved_boxes = boxes + torch.stack([dy, dx, dy, dx], dim=1).to(boxes.device)
-    references = {"pointing_chance": pointing_chance(boxes, size),
-                  "pointing_centre_prior": pointing_centre_prior(boxes, size),
-                  "pointing_centre_prior_shifted": pointing_centre_prior(moved_boxes, size)}
+    row = {
+        "pointing_gradcam": pointing_accuracy(grad_cam(model, images, labels, batch_size), boxes),
+        "pointing_gradcam_shifted": pointing_accuracy(
+            grad_cam(model, moved_images, labels, batch_size), moved_boxes),
+        "pointing_chance": pointing_chance(boxes, size),
+        "pointing_centre_prior": pointing_centre_prior(boxes, size),
+        "pointing_centre_prior_shifted": pointing_centre_prior(moved_boxes, size),
+        "pointing_ink_shifted": pointing_accuracy(ink_maps(moved_images), moved_boxes)}
     if not with_maps:
-        return {"pointing_accuracy": math.nan, "pointing_accuracy_shifted": math.nan,
-                **references}
+        return {"pointing_accuracy": math.nan, "pointing_accuracy_shifted": math.nan, **row}
     centred = pointing_accuracy(class_activation_maps(model, images, labels, batch_size), boxes)
-    moved = class_activation_maps(model, shift_each(images, dx, dy), labels, batch_size)
+    moved = class_activation_maps(model, moved_images, labels, batch_size)
     return {"pointing_accuracy": centred,
-            "pointing_accuracy_shifted": pointing_accuracy(moved, moved_boxes), **references}
+            "pointing_accuracy_shifted": pointing_accuracy(moved, moved_boxes), **row}
 
 
 def cam_examples(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor, *,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from gap_study.architecture import HEAD_NAMES, ModelConfig
+from gap_study.downsample import make_downsample
 from gap_study.heads import make_head
 
 __all__ = [
@@ -26,19 +27,22 @@ __all__ = [
 ]
 
 
-def make_backbone(in_channels: int, widths: tuple[int, ...]) -> nn.Sequential:
-    """VGG-style blocks ``conv3x3 -> BatchNorm -> ReLU``, a 2x2 max-pool between blocks.
+def make_backbone(config: ModelConfig) -> nn.Sequential:
+    """VGG-style blocks ``conv3x3 -> BatchNorm -> ReLU``, the map halved between blocks by
+    ``config.downsample`` (``gap_study.downsample``), every layer padded in ``config.padding``.
 
     ``(N, in_channels, S, S) -> (N, widths[-1], S / 2**(len(widths)-1), ...)``.
     The last block is not pooled, so the heads see the largest map the backbone makes.
     """
     layers: list[nn.Module] = []
-    channels = in_channels
-    for i, width in enumerate(widths):
+    channels = config.in_channels
+    for i, width in enumerate(config.widths):
         if i > 0:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(make_downsample(config.downsample, channels, config.blur_size,
+                                          config.padding))
         layers += [
-            nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(channels, width, kernel_size=3, padding=1, bias=False,
+                      padding_mode=config.padding),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         ]
@@ -59,7 +63,7 @@ class ClassifierNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.features = make_backbone(config.in_channels, config.widths)
+        self.features = make_backbone(config)
         self.head = make_head(config)
         _, height, width = config.feature_map_shape
         # the factor by which gsp_scaled's classifier weights are scaled; 1 for every other head

@@ -25,7 +25,15 @@ from pydantic import (
     model_validator,
 )
 
-from gap_study.architecture import HEAD_NAMES, DatasetShape, ModelConfig, total_stride
+from gap_study.architecture import (
+    BLUR_SIZES,
+    DOWNSAMPLES,
+    HEAD_NAMES,
+    PADDINGS,
+    DatasetShape,
+    ModelConfig,
+    total_stride,
+)
 from gap_study.paths import RunId
 from gap_study.splits import steps_per_epoch
 
@@ -126,13 +134,18 @@ class ModelParams(_Section):
     gem_p: PositiveFloat
     lse_r: PositiveFloat
     dropout: Annotated[float, Field(ge=0, lt=1)]
+    downsample: Literal[DOWNSAMPLES]
+    blur_size: Literal[BLUR_SIZES]
+    padding: Literal[PADDINGS]
 
     def to_config(self, head: str, dataset: DatasetShape) -> ModelConfig:
         """The model of ``head`` with these settings, sized for ``dataset``'s images."""
         return ModelConfig(head=head, in_channels=dataset.in_channels,
                            image_size=dataset.image_size, num_classes=dataset.num_classes,
                            widths=tuple(self.widths), dense_hidden=self.dense_hidden,
-                           gem_p=self.gem_p, lse_r=self.lse_r, dropout=self.dropout)
+                           gem_p=self.gem_p, lse_r=self.lse_r, dropout=self.dropout,
+                           downsample=self.downsample, blur_size=self.blur_size,
+                           padding=self.padding)
 
 
 Fraction = Annotated[float, Field(gt=0, le=1)]

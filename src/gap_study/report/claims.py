@@ -79,6 +79,8 @@ PROTOCOL: tuple[ClaimTest, ...] = (
     ClaimTest("faster training", "time_to_target", True, "time", True),
     ClaimTest("feature maps tied to classes", "pointing_accuracy_shifted", False, "accuracy", True,
          ("ref:pointing_centre_prior_shifted",)),
+    ClaimTest("feature maps tied to classes", "pointing_gradcam_shifted", False, "accuracy", False,
+         ("dense", "ref:pointing_ink_shifted")),
 )
 
 
@@ -145,7 +147,8 @@ def _jobs(results: pd.DataFrame, step_times: pd.DataFrame, heads: Sequence[str],
 
 
 # What a reference level is called where a head's name would stand.
-REFERENCE_NAMES = {"pointing_centre_prior_shifted": "centre prior"}
+REFERENCE_NAMES = {"pointing_centre_prior_shifted": "centre prior",
+                   "pointing_ink_shifted": "ink map"}
 
 
 def _baseline_name(baseline: str) -> str:

@@ -35,6 +35,8 @@ _FORMATS = {
     "train_images": (1, 0, ""),
     "pointing_accuracy_shifted": (100, 1, "%"), "pointing_chance": (100, 1, "%"),
     "pointing_centre_prior": (100, 1, "%"), "pointing_centre_prior_shifted": (100, 1, "%"),
+    "pointing_gradcam": (100, 1, "%"), "pointing_gradcam_shifted": (100, 1, "%"),
+    "pointing_ink_shifted": (100, 1, "%"),
     "consistency_exact": (100, 1, "%"), "flip_rate_all_pairs": (100, 1, "%"),
     "time_to_target": (1, 2, " s"), "val_accuracy": (100, 1, "%"),
 }

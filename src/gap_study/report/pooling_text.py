@@ -13,7 +13,7 @@ import pandas as pd
 from gap_study.architecture import has_class_map, pools_globally
 from gap_study.report.formatting import grouped_stat_table, markdown_table, stat_table
 from gap_study.report.stats import summarize
-from gap_study.report.tables import StudyTables, stride_alignment
+from gap_study.report.tables import StudyTables, phase_accuracy, phase_table
 
 __all__ = ["ablation_section", "cam_section", "sum_pooling_section", "translation_section"]
 
@@ -35,20 +35,27 @@ def _alignment_lines(grid: pd.DataFrame, stride: int, max_shift: int, heads: Seq
         return [f"(The shift grid does not reach the backbone's stride of {stride} pixels, so "
                 "shifts by whole feature-map cells are not separated from the others.)", ""]
     metrics = ["aligned_shift_accuracy", "other_shift_accuracy"]
-    summary = summarize(stride_alignment(grid, stride), "head", metrics, confidence)
+    summary = summarize(phase_accuracy(grid, stride), "head", metrics, confidence)
     means = summary.pivot(index="head", columns="metric", values="mean")
     drops = ", ".join(f"`{h}` {means.loc[h, metrics[0]] * 100:.1f}% vs "
                       f"{means.loc[h, metrics[1]] * 100:.1f}%" for h in heads)
     return [
-        f"The backbone subsamples by {stride} (its max-pools), so a shift of the image by a "
-        f"multiple of {stride} pixels moves the feature map by whole cells, which global "
-        "pooling ignores, while any other shift changes the map itself. Accuracy at shifts by "
+        f"The backbone subsamples by {stride} (its downsampling layers), so a shift of the "
+        f"image by a multiple of {stride} pixels moves the feature map by whole cells, which "
+        "global pooling ignores, while any other shift changes the map itself. Accuracy at "
+        "shifts by "
         f"whole cells vs all other non-zero shifts: {drops}. Global pooling makes the head "
         "invariant to shifts of the feature map, not of the image (compare Zhang 2019 and "
         "Kayhan & van Gemert 2020 in `docs/study.md`).",
         "",
         markdown_table(stat_table(summary, metrics, [f"shifts by multiples of {stride} px",
                                                      "all other shifts"], heads)),
+        "",
+        f"By phase `(dx mod {stride}, dy mod {stride})` of the non-zero offsets (test accuracy, "
+        "%, mean over seeds); phase (0,0) holds the whole-cell shifts, and a backbone that "
+        "commuted with every shift would make all columns equal:",
+        "",
+        markdown_table(phase_table(grid, stride, heads)),
         "",
     ]
 
@@ -158,14 +165,47 @@ _CAM_EXPLAINED = (
     "images.")
 
 
+def _gradcam_lines(aggregate: pd.DataFrame, heads: Sequence[str]) -> list[str]:
+    """Grad-CAM pointing of every head, against the centre prior and the ink map on the same
+    shifted images, and what the ink map says about the test itself."""
+    gradcam = aggregate[aggregate.metric == "pointing_gradcam_shifted"].set_index("head")["mean"]
+    ink = aggregate[aggregate.metric == "pointing_ink_shifted"]["mean"]
+    shown = [h for h in heads if h in gradcam.index]
+    if not shown or ink.empty:
+        return []
+    best = gradcam.loc[shown].idxmax()
+    ink_level, best_level = float(ink.mean()), float(gradcam.loc[best])
+    comparison = ("above every head's Grad-CAM" if ink_level > best_level else
+                  f"not above every head's Grad-CAM (`{best}` {best_level * 100:.1f}%)")
+    return [
+        "Grad-CAM (Selvaraju et al. 2017) gives every head a map, `dense` included: "
+        "`ReLU(sum_k a_k f_k)`, `a_k` the true class score's gradient with respect to map `k` "
+        "averaged over positions; for `gap` it is the CAM up to a positive factor. The *ink "
+        "map* is a reference that knows nothing of classes: the image blurred by a 3x3 mean. "
+        f"On the shifted images it points at the object in {ink_level * 100:.1f}% of cases, "
+        f"{comparison}: with one object on a blank canvas, pointing at the object shows that "
+        "a map finds the ink, not that it is tied to the class. Comparisons of these maps "
+        "with `dense` and with the ink map are secondary rows of the claims table.",
+        "",
+        markdown_table(stat_table(aggregate, ["pointing_gradcam", "pointing_gradcam_shifted",
+                                              "pointing_ink_shifted",
+                                              "pointing_centre_prior_shifted"],
+                                  ["Grad-CAM, centred images", "Grad-CAM, shifted images",
+                                   "ink map, shifted images", "centre prior, shifted images"],
+                                  shown)),
+        "",
+    ]
+
+
 def cam_section(aggregate: pd.DataFrame, heads: Sequence[str], figures: Mapping[str, str],
                 per_seed: pd.DataFrame) -> list[str]:
     """Section "Class activation maps": pointing accuracy against chance and the centre
-    prior, and the example maps."""
+    prior, Grad-CAM of every head against the ink map, and the example maps."""
     with_cam = [h for h in heads if has_class_map(h)]
     lines = ["## Class activation maps", ""]
     if not with_cam:
-        return [*lines, "No head in this run has class activation maps.", ""]
+        return [*lines, "No head in this run has class activation maps.", "",
+                *_gradcam_lines(aggregate, heads)]
     without = [h for h in heads if h not in with_cam]
     lines += [_CAM_EXPLAINED, ""]
     flatten = [h for h in without if not pools_globally(h)]
@@ -185,6 +225,7 @@ def cam_section(aggregate: pd.DataFrame, heads: Sequence[str], figures: Mapping[
                                   ["centred images", "randomly shifted images",
                                    "centre prior, shifted images", "chance"], with_cam)),
         "",
+        *_gradcam_lines(aggregate, heads),
         f"![Pointing accuracy]({figures['pointing']})",
         "",
         f"![Class activation maps]({figures['cam_overlays']})",

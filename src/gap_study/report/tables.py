@@ -35,8 +35,8 @@ __all__ = [
     "headline_metrics",
     "main_runs",
     "phase_accuracy",
+    "phase_table",
     "radius_table",
-    "stride_alignment",
     "study_tables",
     "time_to_target",
     "with_derived_metrics",
@@ -49,7 +49,8 @@ SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accura
                    "shift_accuracy_worst", "consistency_exact", "flip_rate_all_pairs",
                    "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
                    "pointing_accuracy", "pointing_accuracy_shifted", "pointing_chance",
-                   "pointing_centre_prior", "pointing_centre_prior_shifted", "time_to_target",
+                   "pointing_centre_prior", "pointing_centre_prior_shifted", "pointing_gradcam",
+                   "pointing_gradcam_shifted", "pointing_ink_shifted", "time_to_target",
                    "seconds_per_epoch", "images_per_second")
 CURVE_METRICS = ("train_images", "train_accuracy", "test_accuracy", "overfit_gap", "loss_gap")
 ABLATION_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "shift_accuracy_worst",
@@ -58,7 +59,7 @@ HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accur
                     "test_loss", "overfit_gap", "loss_gap", "shift_accuracy_mean",
                     "shift_accuracy_worst", "consistency_exact", "flip_rate_all_pairs",
                     "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
-                    "pointing_accuracy", "pointing_accuracy_shifted")
+                    "pointing_accuracy", "pointing_accuracy_shifted", "pointing_gradcam_shifted")
 
 # The stages' run records: ``{"train": train/run.json, "evaluate": eval/run.json}``.
 RunRecords = dict[str, dict[str, Any]]
@@ -198,22 +199,19 @@ def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: f
     return runs.assign(time_to_target=seconds).reset_index()
 
 
-def stride_alignment(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
-    """Accuracy per head and seed at the shifts that move the object by whole feature-map cells
-    (``dx`` and ``dy`` multiples of the backbone's ``stride``, the centre excluded) and at all
-    other non-zero shifts.
+def phase_table(grid: pd.DataFrame, stride: int, heads: Sequence[str]) -> pd.DataFrame:
+    """Test accuracy (%, mean over seeds, one decimal) per head and phase ``(dx mod stride,
+    dy mod stride)`` of the non-zero offsets: one row per head, one column per phase.
 
-    Global pooling is invariant to shifts of the *feature map*; a shift of the image by a
-    non-multiple of the stride changes the map itself (the max-pools subsample), so a gap
-    between the two columns shows that invariance ends at the pooling, not at the image.
-    """
+    Phase ``(0, 0)`` holds the whole-cell shifts; a backbone equivariant to every shift would
+    give every column the same accuracy."""
     moved = grid[(grid.dx != 0) | (grid.dy != 0)]
-    aligned = (moved.dx % stride == 0) & (moved.dy % stride == 0)
-    return (moved.assign(aligned=aligned)
-            .groupby(["head", "seed", "aligned"], as_index=False)["accuracy"].mean()
-            .pivot(index=["head", "seed"], columns="aligned", values="accuracy")
-            .rename(columns={True: "aligned_shift_accuracy", False: "other_shift_accuracy"})
-            .reset_index().rename_axis(columns=None))
+    phases = moved.assign(px=moved.dx % stride, py=moved.dy % stride)
+    per_seed = phases.groupby(["head", "seed", "py", "px"], as_index=False)["accuracy"].mean()
+    mean = per_seed.groupby(["head", "py", "px"])["accuracy"].mean() * 100
+    wide = mean.unstack(["py", "px"]).reindex(list(heads)).round(1)
+    wide.columns = [f"({px},{py})" for py, px in wide.columns]
+    return wide.reset_index()
 
 
 def study_tables(results: pd.DataFrame, grid: pd.DataFrame,

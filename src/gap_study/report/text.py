@@ -102,6 +102,14 @@ def _ablation_phrase(shifts: Sequence[int]) -> str:
     return f", and for the augmentation ablation with random shifts of up to {list(shifts)} pixels"
 
 
+def _downsampling_phrase(model: dict) -> str:
+    pooling = ("2x2 max-pooling" if model["downsample"] == "max" else
+               f"anti-aliased max-pooling (2x2 max at stride 1, then a {model['blur_size']}x"
+               f"{model['blur_size']} binomial filter at stride 2)")
+    padding = {"zeros": "zero"}.get(model["padding"], model["padding"])
+    return f"{pooling} between blocks and {padding} padding"
+
+
 def header_section(setup: StudySetup, heads: Sequence[str], seeds: Sequence[int],
                    level: str) -> list[str]:
     """The title and what was run: data, backbone, heads, seeds, training, how to read numbers."""
@@ -113,8 +121,8 @@ def header_section(setup: StudySetup, heads: Sequence[str], seeds: Sequence[int]
         f"{dataset['test_images']:,} test images of {dataset['image_size']}x"
         f"{dataset['image_size']} pixels ({dataset['in_channels']} channel(s)), "
         f"{dataset['num_classes']} classes, the object centred on a zero background. "
-        f"Backbone: conv3x3-BN-ReLU blocks of widths {model['widths']} with 2x2 max-pooling "
-        f"between blocks; `dense` head hidden size {model['dense_hidden']}. "
+        f"Backbone: conv3x3-BN-ReLU blocks of widths {model['widths']} with "
+        f"{_downsampling_phrase(model)}; `dense` head hidden size {model['dense_hidden']}. "
         f"Heads: {', '.join(f'`{h}`' for h in heads)}. Each head is trained with seeds "
         f"{list(seeds)} for {train['epochs']} epochs (Adam with its own learning rate, chosen "
         f"on the validation split: see \"Learning rates\"; {train['schedule']} schedule, "
