@@ -61,8 +61,11 @@ def head_bars(ax: plt.Axes, data: pd.DataFrame, y: str, heads: Sequence[str],
     colour and no legend; with ``hue`` bars per value of that column side by side."""
     colours = {"hue": "head", "palette": head_palette(heads), "legend": False} if hue is None \
         else {"hue": hue}
-    return sns.barplot(data, x="head", y=y, order=heads, errorbar=_t_errorbar(confidence),
-                       capsize=0.15, ax=ax, **colours)
+    sns.barplot(data, x="head", y=y, order=heads, errorbar=_t_errorbar(confidence),
+                capsize=0.15, ax=ax, **colours)
+    # slanted names: eight heads side by side would run into each other
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    return ax
 
 
 def _head_lines(ax: plt.Axes, data: pd.DataFrame, x: str, y: str, heads: Sequence[str],
