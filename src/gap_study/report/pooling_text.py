@@ -43,10 +43,9 @@ def _alignment_lines(grid: pd.DataFrame, stride: int, max_shift: int, heads: Seq
         f"The backbone subsamples by {stride} (its downsampling layers), so a shift of the "
         f"image by a multiple of {stride} pixels moves the feature map by whole cells, which "
         "global pooling ignores, while any other shift changes the map itself. Accuracy at "
-        "shifts by "
-        f"whole cells vs all other non-zero shifts: {drops}. Global pooling makes the head "
-        "invariant to shifts of the feature map, not of the image (compare Zhang 2019 and "
-        "Kayhan & van Gemert 2020 in `docs/study.md`).",
+        f"shifts by whole cells vs all other non-zero shifts: {drops}. Global pooling makes "
+        "the head invariant to shifts of the feature map, not of the image (compare Zhang "
+        "2019 and Kayhan & van Gemert 2020 in `docs/study.md`).",
         "",
         markdown_table(stat_table(summary, metrics, [f"shifts by multiples of {stride} px",
                                                      "all other shifts"], heads)),
