@@ -40,6 +40,18 @@ def test_blurmax_equals_the_binomial_formula(blur_size, padding):
     layer = BlurMaxPool2d(3, blur_size, padding).double()
     expected = blurmax_by_formula(x.numpy(), blur_size, padding)
     np.testing.assert_allclose(layer(x).numpy(), expected, rtol=0, atol=1e-12)
+    with torch.no_grad():  # evaluation takes the other path to the 2x2 max
+        np.testing.assert_allclose(layer(x).numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_blurmax_gives_the_same_bits_with_and_without_gradients(padding):
+    x = torch.randn(4, 8, 20, 20, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)
+    layer = BlurMaxPool2d(8, 3, padding)
+    with torch.inference_mode():
+        evaluated = layer(x)
+    assert torch.equal(layer(x.requires_grad_()), evaluated)
 
 
 def test_blurmax_halves_the_map_and_keeps_its_filter_out_of_the_state_dict():
