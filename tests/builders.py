@@ -233,6 +233,8 @@ def tiny_repository(repo: Path, heads: list[str], **sections: dict) -> Path:
                            shift=[0, 2])
     params["tune"].update(learning_rates=[0.001, 0.01])
     params["evaluate"]["max_shift"] = 2
+    mechanism_heads = [h for h in params["mechanism"]["heads"] if h in heads] or heads[:1]
+    params["mechanism"].update(heads=mechanism_heads, test_images=60)
     for name, values in sections.items():
         params[name].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -244,7 +246,10 @@ def tiny_repository(repo: Path, heads: list[str], **sections: dict) -> Path:
 
 
 def deterministic_outputs(repo: Path) -> dict[str, bytes]:
-    """Every deterministic output per head: model weights and evaluation metrics."""
+    """Every deterministic output per head: model weights and evaluation metrics, the
+    mechanism experiment's included."""
     files = [*sorted((repo / "models").glob("*/*.pt")),
-             *sorted((repo / "reports" / "eval").glob("*/metrics.csv"))]
+             *sorted((repo / "reports" / "eval").glob("*/metrics.csv")),
+             *sorted((repo / "models_mechanism").glob("*/*/*.pt")),
+             repo / "reports" / "mechanism" / "runs.csv"]
     return {p.relative_to(repo).as_posix(): p.read_bytes() for p in files}

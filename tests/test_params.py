@@ -120,15 +120,19 @@ def test_model_params_give_the_config_of_a_head_sized_for_the_data(params_raw):
 @pytest.mark.parametrize("scheduler", ["local", "synchronous", "tcp://10.0.0.5:8786",
                                        "tls://scheduler.example.org:8786", "127.0.0.1:8786"])
 def test_schedulers_are_local_synchronous_or_an_address(params_raw, scheduler):
-    params_raw["compute"]["scheduler"] = scheduler
-    assert parse_params(params_raw).compute.scheduler == scheduler
+    assert parse_params(_with(params_raw, "compute.scheduler", scheduler)).compute.scheduler \
+        == scheduler
 
 
 @pytest.mark.parametrize(("scheduler", "hint"), [("locall", "did you mean 'local'?"),
                                                  ("tcp://", "tcp://10.0.0.5:8786"),
                                                  ("my cluster", "'synchronous'")])
 def test_a_bad_scheduler_says_what_is_allowed(params_raw, scheduler, hint):
-    params_raw["compute"]["scheduler"] = scheduler
     with pytest.raises(ParamsError, match=f"compute.scheduler = '{scheduler}': must be") as info:
-        parse_params(params_raw)
+        parse_params(_with(params_raw, "compute.scheduler", scheduler))
     assert hint in str(info.value)
+
+
+def test_a_mechanism_head_outside_heads_is_named_with_the_fix(params_raw):
+    with pytest.raises(ParamsError, match=r"mechanism.heads has gmp, not in heads.*add them"):
+        parse_params(_with(params_raw, "heads", ["dense", "gap"]))

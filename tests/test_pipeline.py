@@ -37,12 +37,14 @@ SECTIONS = ("## In one minute", "## The claims, tested", "## Learning rates",
             "## Spatial pooling or head capacity", "## Parameters",
             "## Accuracy and overfitting", "## Learning curve",
             "## Translation robustness", "### Training with random shifts",
-            "### Prediction stability", "## Class activation maps",
+            "### Prediction stability", "## Why global pooling is not shift invariant",
+            "## Class activation maps",
             "## Global sum vs global average pooling", "## Training speed",
             "## Published numbers", "## Provenance")
 CLAIMS = ("fewer parameters", "less overfitting", "more translation robust", "faster training",
           "feature maps tied to classes")
-FIGURES = ["accuracy.png", "cam_overlays.png", "forest.png", "fraction_curve.png", "params.png",
+FIGURES = ["accuracy.png", "cam_overlays.png", "forest.png", "fraction_curve.png",
+           "mechanism_heatmaps.png", "params.png",
            "pointing.png", "shift_heatmaps.png", "shift_radius.png", "shift_training.png",
            "stability.png", "time.png", "training_curves.png", "tuning.png"]
 
@@ -120,6 +122,27 @@ def test_results_have_a_row_per_run_and_grid_metrics_only_for_the_whole_training
     assert results.loc[results.fraction == 1, "shift_accuracy_mean"].notna().all()
 
 
+def test_the_mechanism_crosses_its_heads_with_every_cell_and_reuses_the_main_runs(reports):
+    import numpy as np
+
+    mechanism = yaml.safe_load((reports.parent / "params.yaml").read_text())["mechanism"]
+    runs = pd.read_csv(reports / "mechanism" / "runs.csv")
+    assert sorted(zip(runs["head"], runs.downsample, runs.padding, runs.seed, strict=True)) \
+        == sorted((h, d, p, s) for h in mechanism["heads"] for d in mechanism["downsample"]
+                  for p in mechanism["padding"] for s in TINY_SEEDS)
+    main = runs[(runs.downsample == "max") & (runs.padding == "zeros")]
+    assert (main.source == "main run").all() and (runs.test_images == 60).all()
+    # the model section's cell is the train stage's runs: on the images the mechanism scores,
+    # its grid predictions are the evaluate stage's
+    with np.load(reports / "mechanism" / "grid_predictions.npz") as ours:
+        index = ours["test_index"]
+        for head in mechanism["heads"]:
+            with np.load(reports / "eval" / head / "grid_predictions.npz") as evaluated:
+                for seed in TINY_SEEDS:
+                    assert np.array_equal(ours[f"{head}-max-zeros-seed_{seed}"],
+                                          evaluated[f"fraction_1-shift_0-seed_{seed}"][index])
+
+
 def test_the_speed_stage_timed_every_head_in_every_round(reports):
     times = pd.read_csv(reports / "speed" / "step_times.csv")
     rounds = yaml.safe_load((ROOT / "params.yaml").read_text())["speed"]["rounds"]
@@ -168,8 +191,8 @@ def test_each_head_has_its_checkpoints_shift_grid_and_executed_notebooks(repo, r
         assert sorted(p.name for p in (repo[0] / "models" / head).iterdir()) == sorted(
             f"fraction_{f:g}-shift_{t}-seed_{s}.pt" for f, t in TINY_VARIANTS for s in TINY_SEEDS)
     executed = sorted(p.name for p in (reports / "notebooks").glob("*.ipynb"))
-    assert executed == ["evaluate.ipynb", "prepare_data.ipynb", "report.ipynb", "speed.ipynb",
-                        "train.ipynb", "tune.ipynb"]
+    assert executed == ["evaluate.ipynb", "mechanism.ipynb", "prepare_data.ipynb",
+                        "report.ipynb", "speed.ipynb", "train.ipynb", "tune.ipynb"]
     nb = nbformat.read(reports / "notebooks" / "train.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
@@ -200,7 +223,8 @@ def test_runs_give_the_same_bytes_in_the_stage_process_and_on_a_local_cluster(re
     repo, before = repo
     _set_scheduler(repo, where)
     try:  # where runs compute is no dependency: --force makes them run here
-        run_command(["dvc", "repro", "--force", "--single-item", "train", "evaluate"], repo)
+        run_command(["dvc", "repro", "--force", "--single-item", "train", "evaluate",
+                     "mechanism"], repo)
     finally:
         _set_scheduler(repo, scheduler)
     assert deterministic_outputs(repo) == before
@@ -269,14 +293,14 @@ def test_interrupted_training_resumes_to_byte_identical_results(repo):
 def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
     repo, _ = repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["evaluate"]["max_shift"] = 1
+    params["evaluate"]["seed"] = 1  # max_shift would rerun the mechanism's scoring too
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = run_command(["dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in result.stdout.splitlines()
            if line.startswith("Running stage")}
     assert ran == {"evaluate", "report"}
-    grid = pd.read_csv(repo / "reports" / "eval" / "gap" / "shift_grid.csv")
-    assert len(grid) == 2 * len(TINY_SEEDS) * 3 * 3
+    record = json.loads((repo / "reports" / "eval" / "run.json").read_text())
+    assert record["evaluate"]["seed"] == 1
 
 
 def test_a_notebook_error_fails_its_stage_shows_the_error_and_keeps_the_notebook(repo):

@@ -250,6 +250,19 @@ class ReportParams(_Section):
 HeadName = Literal[HEAD_NAMES]  # type: ignore[valid-type]
 
 
+class MechanismParams(_Section):
+    """The mechanism experiment (``gap_study.mechanism``): ``heads`` trained as the main runs
+    under every ``downsample`` x ``padding`` cell and scored on the shift grid of
+    ``test_images`` test images (``None``: all). The first value of each list is the reference
+    the report measures the others against."""
+
+    heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(_unique)]
+    downsample: Annotated[list[Literal[DOWNSAMPLES]], Field(min_length=1),
+                          AfterValidator(_unique)]
+    padding: Annotated[list[Literal[PADDINGS]], Field(min_length=1), AfterValidator(_unique)]
+    test_images: PositiveInt | None
+
+
 class Params(_Section):
     data: DataParams
     model: ModelParams
@@ -257,6 +270,7 @@ class Params(_Section):
     train: TrainParams
     tune: TuneParams
     evaluate: EvaluateParams
+    mechanism: MechanismParams
     speed: SpeedParams
     report: ReportParams
     device: Annotated[str, AfterValidator(_check_device)]
@@ -280,6 +294,10 @@ class Params(_Section):
             raise ValueError(f"tune.seed = {self.tune.seed} is also in train.seeds: the "
                              "learning rates must be chosen on runs the study does not "
                              "report; pick a seed outside train.seeds")
+        if missing := [h for h in self.mechanism.heads if h not in self.heads]:
+            raise ValueError(f"mechanism.heads has {', '.join(missing)}, not in heads: each "
+                             "head's learning rate comes from the tune stage, which tunes "
+                             "`heads`; add them to heads or drop them from mechanism.heads")
         if data.canvas_size // total_stride(self.model.widths) < 1:
             raise ValueError(f"model.widths has {len(self.model.widths)} blocks, too many for "
                              f"data.canvas.{data.name} = {data.canvas_size}: each block after "

@@ -116,6 +116,38 @@ class Layout:
         return self.root / "reports" / "eval" / "run.json"
 
     @property
+    def mechanism_reports(self) -> Path:
+        """The mechanism experiment (``gap_study.mechanism``): one file per kind for all runs."""
+        return self.root / "reports" / "mechanism"
+
+    @property
+    def mechanism_runs(self) -> Path:
+        """One row per head, cell and seed: the run's metrics on the shift grid."""
+        return self.mechanism_reports / "runs.csv"
+
+    @property
+    def mechanism_grid(self) -> Path:
+        return self.mechanism_reports / "shift_grid.csv"
+
+    @property
+    def mechanism_predictions(self) -> Path:
+        """Each run's grid predictions, ``int8 (images, offsets)``, by ``head-cell-seed_s``."""
+        return self.mechanism_reports / "grid_predictions.npz"
+
+    @property
+    def mechanism_history(self) -> Path:
+        return self.mechanism_reports / "history.csv"
+
+    @property
+    def mechanism_run(self) -> Path:
+        return self.mechanism_reports / "run.json"
+
+    def mechanism_checkpoint(self, cell: str, head: str, run: RunId) -> Path:
+        """A run the mechanism stage trained (the ``model`` section's cell has none here: it is
+        the train stage's)."""
+        return self.root / "models_mechanism" / cell / head / f"{run.stem}.pt"
+
+    @property
     def tune_reports(self) -> Path:
         return self.root / "reports" / "tune"
 

@@ -1,0 +1,165 @@
+"""The mechanism experiment (``docs/study.md``, "The mechanism of translation robustness"): the
+heads of ``mechanism.heads`` trained as the main runs are (the whole training set, centred, every
+seed of ``train.seeds``) under every cell of ``mechanism.downsample`` x ``mechanism.padding``,
+and every run scored on the same shift grid of the same test images.
+
+The cell of the ``model`` section is the main study itself: its runs are the train stage's
+checkpoints, evaluated here again, not trained twice. Nothing here writes files: the stage
+writes what ``mechanism_task`` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gap_study.architecture import total_stride
+from gap_study.canvas import CanvasDataset, to_float
+from gap_study.checkpoints import checkpoint_payload, model_from_payload
+from gap_study.metrics import (
+    all_pairs_flip_rate,
+    exact_consistency,
+    grid_accuracy,
+    shift_grid_predictions,
+)
+from gap_study.models import ClassifierNet, fold_batch_norm
+from gap_study.params import MechanismParams, ModelParams, TrainParams
+from gap_study.paths import RunId
+from gap_study.phases import phase_split
+from gap_study.provenance import worker_facts
+from gap_study.runtime import resolve_device, to_device
+from gap_study.splits import stratified_subsample
+from gap_study.train import train_run
+
+__all__ = [
+    "Cell",
+    "MechanismResult",
+    "MechanismRun",
+    "grid_images",
+    "mechanism_runs",
+    "mechanism_task",
+    "score_grid",
+]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of the factors: how the backbone halves its map, how every layer pads."""
+
+    downsample: str
+    padding: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.downsample}-{self.padding}"
+
+    def model(self, base: ModelParams) -> ModelParams:
+        """``base`` (the ``model`` section) with this cell's factors."""
+        return base.model_copy(update={"downsample": self.downsample, "padding": self.padding})
+
+
+@dataclass(frozen=True)
+class MechanismRun:
+    """One run of the experiment: a head in a cell, trained as the main run ``run``. ``main``:
+    the cell is the ``model`` section's, so the run is the train stage's checkpoint."""
+
+    head: str
+    cell: Cell
+    run: RunId
+    main: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.head}-{self.cell.name}-seed_{self.run.seed}"
+
+
+def mechanism_runs(settings: MechanismParams, model: ModelParams,
+                   train: TrainParams) -> list[MechanismRun]:
+    """Every run of the experiment, the most expensive first.
+
+    1. A blurred and circularly padded step costs up to 2.6 times a plain one
+       (``benchmarks/bench_downsample.py``); handing the workers the long runs first and the
+       short ones last lets them finish together.
+    """
+    own = Cell(model.downsample, model.padding)
+    cells = [Cell(d, p) for d in settings.downsample for p in settings.padding]
+    cost = {"blurmax": 2, "max": 0}
+    cells.sort(key=lambda cell: (cell == own, -cost[cell.downsample] - (cell.padding != "zeros")))
+    return [MechanismRun(head, cell, RunId(train.full_fraction, train.base_shift, seed),
+                         main=cell == own)
+            for cell in cells for head in settings.heads for seed in train.seeds]
+
+
+def grid_images(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:
+    """Indices of the test images every run is scored on: a class-stratified subsample of
+    ``count`` (``None``: all), fixed by ``seed``, in the test set's order."""
+    index, _ = stratified_subsample(np.arange(len(labels)), labels, count, seed)
+    return index
+
+
+def score_grid(predictions: np.ndarray, labels: np.ndarray, max_shift: int,
+               stride: int) -> tuple[dict[str, float], pd.DataFrame]:
+    """One run's metrics from its predictions on the shift grid (``int8 (images, offsets)``):
+    accuracy on centred images, exact consistency, the all-pairs flip rate, mean accuracy over
+    the grid, and accuracy at whole-cell and at other non-zero shifts; and the grid's accuracy
+    per offset."""
+    grid = grid_accuracy(predictions, labels, max_shift)
+    centred = grid[(grid.dx == 0) & (grid.dy == 0)]["accuracy"].item()
+    row = {"test_accuracy": centred, "consistency_exact": exact_consistency(predictions),
+           "flip_rate_all_pairs": all_pairs_flip_rate(predictions, max_shift),
+           "shift_accuracy_mean": float(grid.accuracy.mean()), **phase_split(grid, stride)}
+    return row, grid
+
+
+@dataclass(frozen=True)
+class MechanismResult:
+    """What a task returns: the run's metrics (a row of ``runs.csv``), its grid accuracy per
+    offset, its grid predictions, and for a trained run its checkpoint and history."""
+
+    row: dict[str, object]
+    grid: pd.DataFrame
+    predictions: np.ndarray
+    checkpoint: dict[str, Any] | None
+    history: pd.DataFrame | None
+    worker: dict[str, object]
+
+
+def mechanism_task(item: tuple[MechanismRun, dict[str, Any] | None], *, data: CanvasDataset,
+                   architecture: ModelParams, settings: TrainParams,
+                   learning_rates: Mapping[str, float], test_index: Sequence[int],
+                   max_shift: int, batch_size: int, device: str) -> MechanismResult:
+    """One run as a task of ``gap_study.engine``: ``item`` is the run and, for a run of the
+    ``model`` section's cell, the train stage's checkpoint; any other run is trained here (on
+    ``data`` without its test split, with the head's tuned learning rate). Then the run is
+    scored on the shift grid of the test images ``test_index``."""
+    run, payload = item
+    torch_device = resolve_device(device)
+    history = None
+    if payload is None:
+        model: ClassifierNet
+        model, history = train_run(run.cell.model(architecture).to_config(run.head, data),
+                                   data.without_test(), run.run, settings,
+                                   learning_rates[run.head], device=torch_device,
+                                   progress=False)
+        payload = checkpoint_payload(model)
+    else:
+        model = model_from_payload(payload, torch_device)
+    index = np.asarray(test_index)
+    images = to_device(to_float(data.x_test[index]), torch_device)
+    predictions = shift_grid_predictions(fold_batch_norm(model), images, max_shift, batch_size)
+    row, grid = score_grid(predictions, data.y_test[index], max_shift,
+                           total_stride(architecture.widths))
+    keys = {"head": run.head, "downsample": run.cell.downsample, "padding": run.cell.padding,
+            "seed": run.run.seed}
+    return MechanismResult(
+        row={**keys, "source": "main run" if run.main else "trained here",
+             "test_images": len(index), **row},
+        grid=grid.assign(**keys), predictions=predictions,
+        checkpoint=None if run.main else payload,
+        history=None if history is None else history.assign(**keys), worker=worker_facts(
+            torch_device))
+
