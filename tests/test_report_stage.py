@@ -146,6 +146,32 @@ def _write_tuning(layout: Layout) -> None:
     pd.DataFrame(rows).to_csv(layout.tuning, index=False)
 
 
+MECHANISM = {"heads": ["dense", "gap"], "downsample": ["max", "blurmax"],
+             "padding": ["zeros", "circular"], "test_images": 20}
+
+
+def _write_mechanism(layout: Layout, rng: np.random.Generator) -> None:
+    """The mechanism stage's files: each head in each cell, two seeds, and its record."""
+    layout.mechanism_reports.mkdir(parents=True)
+    keys = [{"head": h, "downsample": d, "padding": p, "seed": seed}
+            for h in MECHANISM["heads"] for d in MECHANISM["downsample"]
+            for p in MECHANISM["padding"] for seed in (0, 1)]
+    pd.DataFrame([{**key, "source": "trained here", "test_images": 20,
+                   **{m: rng.uniform(0.3, 1.0) for m in (
+                       "test_accuracy", "consistency_exact", "flip_rate_all_pairs",
+                       "shift_accuracy_mean", "aligned_shift_accuracy",
+                       "other_shift_accuracy")}} for key in keys]).to_csv(
+        layout.mechanism_runs, index=False)
+    offsets = [(dx, dy) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
+               for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)]
+    pd.DataFrame([{"dx": dx, "dy": dy, "radius": max(abs(dx), abs(dy)),
+                   "accuracy": rng.uniform(0.2, 1.0), **key}
+                  for key in keys for dx, dy in offsets]).to_csv(layout.mechanism_grid,
+                                                                 index=False)
+    layout.mechanism_run.write_text(json.dumps({"mechanism": MECHANISM,
+                                                "environment": ENVIRONMENT}))
+
+
 @pytest.fixture
 def layout(tmp_path) -> Layout:
     layout, rng = Layout(tmp_path), np.random.default_rng(0)
@@ -156,6 +182,7 @@ def layout(tmp_path) -> Layout:
     layout.eval_run.write_text(json.dumps(evaluate))
     _write_speed(layout)
     _write_tuning(layout)
+    _write_mechanism(layout, rng)
     return layout
 
 
@@ -163,7 +190,8 @@ def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
     collected = collect_results(layout, HEADS)
     assert isinstance(collected, CollectedResults)
     assert collected._fields == ("results", "grid", "history", "records", "cams",
-                                 "step_times", "speed_run", "tuning")
+                                 "step_times", "speed_run", "tuning", "mechanism",
+                                 "mechanism_grid")
     results = collected.results
     assert list(dict.fromkeys(results["head"])) == HEADS
     assert len(results) == len(HEADS) * len(RUNS)
@@ -177,6 +205,8 @@ def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
     assert collected.step_times.groupby("head")["seconds_per_step"].min().to_dict() == {
         head: min(times) for head, times in STEP_SECONDS.items()}
     assert collected.speed_run["threads_per_run"] == 1
+    assert len(collected.mechanism) == 2 * 4 * 2  # heads x cells x seeds
+    assert collected.records["mechanism"]["mechanism"] == MECHANISM
 
 
 def _study(layout: Layout):
@@ -189,9 +219,9 @@ def _study(layout: Layout):
     return collected, results, tables, comparisons
 
 
-FIGURES = ["accuracy", "cam_overlays", "forest", "fraction_curve", "params", "pointing",
-           "shift_heatmaps", "shift_radius", "shift_training", "stability", "time",
-           "training_curves", "tuning"]
+FIGURES = ["accuracy", "cam_overlays", "forest", "fraction_curve", "mechanism_heatmaps",
+           "params", "pointing", "shift_heatmaps", "shift_radius", "shift_training", "stability",
+           "time", "training_curves", "tuning"]
 
 
 def _report(layout: Layout) -> str:
@@ -209,13 +239,15 @@ def test_report_has_every_section_and_cites_docs_study_md(layout):
                     "## Spatial pooling or head capacity", "## Parameters",
                     "## Accuracy and overfitting", "## Learning curve",
                     "## Translation robustness", "### Prediction stability",
-                    "### Training with random shifts", "## Class activation maps",
+                    "### Training with random shifts",
+                    "## Why global pooling is not shift invariant", "## Class activation maps",
                     "## Global sum vs global average pooling", "## Training speed",
                     "## Published numbers", "## Provenance"):
         assert text.count(section) == 1
     assert "STUDY.md" not in text
     assert "Metric definitions: `docs/study.md` (\"Metrics\")." in text
-    assert "None of the published results in `docs/study.md` is on `digits`" in text
+    assert "None of the published test errors in `docs/study.md` is on `digits`" in text
+    assert "Zhang 2019, ImageNet ResNet-50" in text  # the mechanism's rows, on any data set
     assert "Heads: `dense`, `gsp`, `gap`." in text and "git commit `abc123`" in text
     assert "Training runs computed on node1 (test CPU, AVX2, 1 thread(s)): 18 runs." in text
 

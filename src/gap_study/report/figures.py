@@ -16,6 +16,7 @@ import seaborn as sns
 from gap_study.architecture import has_class_map
 from gap_study.io import atomic_path
 from gap_study.report.forest import forest_rows, plot_forest, plot_tuning
+from gap_study.report.mechanism import cells_in_order
 from gap_study.report.stats import t_interval
 from gap_study.report.tables import CollectedResults, StudyTables, main_runs
 from gap_study.report.verdict_text import METRIC_LABELS
@@ -26,6 +27,7 @@ __all__ = [
     "plot_accuracy_and_gap",
     "plot_cam_overlays",
     "plot_fraction_curve",
+    "plot_mechanism_heatmaps",
     "plot_param_counts",
     "plot_pointing",
     "plot_shift_by_radius",
@@ -140,18 +142,39 @@ def plot_shift_by_radius(by_radius: pd.DataFrame, heads: Sequence[str],
     return fig
 
 
+def _heatmap_panel(ax: plt.Axes, grid: pd.DataFrame, title: str, colorbar: bool) -> None:
+    """Accuracy (%) over the offsets of ``grid`` (``dx, dy, accuracy``), mean over its rows."""
+    table = grid.groupby(["dy", "dx"])["accuracy"].mean().unstack("dx") * 100
+    step = max(1, len(table) // 8)  # at most ~9 tick labels per axis
+    sns.heatmap(table, vmin=0, vmax=100, cmap="viridis", square=True, ax=ax,
+                xticklabels=step, yticklabels=step,
+                cbar=colorbar, cbar_kws={"label": "test accuracy (%)"})
+    ax.set(title=title, xlabel="dx (pixels, + = right)", ylabel="dy (pixels, + = down)")
+
+
 def plot_shift_heatmaps(grid: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
     """Test accuracy for every offset ``(dx, dy)``, mean over seeds, one panel per head."""
     fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads) + 1, 3.6), squeeze=False)
-    mean = grid.groupby(["head", "dy", "dx"], as_index=False)["accuracy"].mean()
     for ax, head in zip(axes[0], heads, strict=True):
-        table = mean[mean["head"] == head].pivot(index="dy", columns="dx", values="accuracy") * 100
-        step = max(1, len(table) // 8)  # at most ~9 tick labels per axis
-        sns.heatmap(table, vmin=0, vmax=100, cmap="viridis", square=True, ax=ax,
-                    xticklabels=step, yticklabels=step,
-                    cbar=head == heads[-1], cbar_kws={"label": "test accuracy (%)"})
-        ax.set(title=head, xlabel="dx (pixels, + = right)", ylabel="dy (pixels, + = down)")
+        _heatmap_panel(ax, grid[grid["head"] == head], head, colorbar=head == heads[-1])
     fig.suptitle("Accuracy for each shift of the object")
+    fig.tight_layout()
+    return fig
+
+
+def plot_mechanism_heatmaps(grid: pd.DataFrame, heads: Sequence[str],
+                            cells: Sequence[tuple[str, str]]) -> plt.Figure:
+    """The mechanism experiment's accuracy per offset, mean over seeds: one row per head, one
+    column per ``(downsample, padding)`` cell, side by side on one colour scale."""
+    fig, axes = plt.subplots(len(heads), len(cells), squeeze=False,
+                             figsize=(3.3 * len(cells) + 1, 3.2 * len(heads)))
+    for row, head in zip(axes, heads, strict=True):
+        for ax, (downsample, padding) in zip(row, cells, strict=True):
+            chosen = grid[(grid["head"] == head) & (grid["downsample"] == downsample)
+                          & (grid["padding"] == padding)]
+            _heatmap_panel(ax, chosen, f"{head}: {downsample}, {padding}",
+                           colorbar=ax is row[-1])
+    fig.suptitle("Accuracy for each shift of the object, per head and backbone")
     fig.tight_layout()
     return fig
 
@@ -337,6 +360,10 @@ def study_figures(collected: CollectedResults, tables: StudyTables,
     if collected.cams:
         figures["pointing"] = plot_pointing(per_seed, heads, confidence)
         figures["cam_overlays"] = plot_cam_overlays(collected.cams, heads)
+    mechanism = collected.records["mechanism"]["mechanism"]
+    figures["mechanism_heatmaps"] = plot_mechanism_heatmaps(
+        collected.mechanism_grid, [h for h in heads if h in mechanism["heads"]],
+        cells_in_order(mechanism))
     if len(forest_rows(comparisons)):
         figures["forest"] = plot_forest(comparisons, METRIC_LABELS)
     return figures

@@ -15,6 +15,7 @@ import pandas as pd
 from gap_study.architecture import total_stride
 from gap_study.params import TrainParams
 from gap_study.paths import Layout
+from gap_study.phases import whole_cell_shifts
 from gap_study.report.stats import summarize
 from gap_study.splits import steps_per_epoch
 
@@ -61,7 +62,8 @@ HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accur
                     "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
                     "pointing_accuracy", "pointing_accuracy_shifted", "pointing_gradcam_shifted")
 
-# The stages' run records: ``{"train": train/run.json, "evaluate": eval/run.json}``.
+# The stages' run records: ``{"train": train/run.json, "evaluate": eval/run.json,
+# "mechanism": mechanism/run.json}``.
 RunRecords = dict[str, dict[str, Any]]
 
 
@@ -76,6 +78,8 @@ class CollectedResults(NamedTuple):
     step_times: pd.DataFrame  # the speed stage: head, round, seconds_per_step
     speed_run: dict[str, Any]  # the speed stage's run record
     tuning: pd.DataFrame  # the tune stage: head, lr, val_accuracy, val_loss, chosen
+    mechanism: pd.DataFrame  # the mechanism stage: one row per head, cell and seed
+    mechanism_grid: pd.DataFrame  # its accuracy per offset: head, cell, seed, dx, dy, ...
 
 
 class StudyTables(NamedTuple):
@@ -124,10 +128,13 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
         results=results.sort_values(RUN_KEYS, key=head_order(heads), ignore_index=True),
         grid=pd.concat(grids, ignore_index=True), history=history, cams=cams,
         records={"train": json.loads(layout.train_run.read_text()),
-                 "evaluate": json.loads(layout.eval_run.read_text())},
+                 "evaluate": json.loads(layout.eval_run.read_text()),
+                 "mechanism": json.loads(layout.mechanism_run.read_text())},
         step_times=pd.read_csv(layout.step_times),
         speed_run=json.loads(layout.speed_run.read_text()),
-        tuning=pd.read_csv(layout.tuning))
+        tuning=pd.read_csv(layout.tuning),
+        mechanism=pd.read_csv(layout.mechanism_runs),
+        mechanism_grid=pd.read_csv(layout.mechanism_grid))
 
 
 def with_derived_metrics(collected: CollectedResults, *, time_target: float) -> pd.DataFrame:
@@ -174,9 +181,8 @@ def phase_accuracy(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
     whole feature-map cells (``aligned_shift_accuracy``: ``dx`` and ``dy`` multiples of the
     backbone's ``stride``, the centre excluded) and at all other non-zero shifts
     (``other_shift_accuracy``): one row per run (``RUN_KEYS``)."""
-    moved = grid[(grid.dx != 0) | (grid.dy != 0)]
-    aligned = (moved.dx % stride == 0) & (moved.dy % stride == 0)
-    table = (moved.assign(aligned=aligned)
+    aligned = whole_cell_shifts(grid, stride)
+    table = (grid.loc[aligned.index].assign(aligned=aligned)
              .groupby([*RUN_KEYS, "aligned"], as_index=False)["accuracy"].mean()
              .pivot(index=RUN_KEYS, columns="aligned", values="accuracy")
              .rename(columns={True: "aligned_shift_accuracy", False: "other_shift_accuracy"})

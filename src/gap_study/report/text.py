@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from gap_study.architecture import FACTORIAL, total_stride
+from gap_study.architecture import FACTORIAL, FLATTEN_HEAD_NAMES, total_stride
 from gap_study.params import ReportParams
 from gap_study.report.formatting import (
     format_number,
@@ -19,6 +19,7 @@ from gap_study.report.formatting import (
     markdown_table,
     stat_table,
 )
+from gap_study.report.mechanism import mechanism_published_rows, mechanism_section
 from gap_study.report.pooling_text import (
     ablation_section,
     cam_section,
@@ -248,24 +249,37 @@ def speed_section(aggregate: pd.DataFrame, step_times: pd.DataFrame,
     ]
 
 
-def published_section(dataset: str, aggregate: pd.DataFrame,
-                      heads: Sequence[str]) -> list[str]:
-    """Section "Published numbers": ``PUBLISHED`` on this data set next to this study's."""
+def published_section(dataset: str, aggregate: pd.DataFrame, heads: Sequence[str],
+                      mechanism_rows: Sequence[Mapping[str, str]] = ()) -> list[str]:
+    """Section "Published numbers": ``PUBLISHED`` on this data set next to this study's, and
+    the mechanism experiment beside the shift-robustness papers (``mechanism_rows``)."""
     lines = ["## Published numbers", ""]
     rows = PUBLISHED.get(dataset)
     if not rows:
-        return [*lines, f"None of the published results in `docs/study.md` is on `{dataset}` "
-                "(NIN on CIFAR-10/100, SVHN and MNIST; CAM on ILSVRC; Zhang 2019 on ImageNet; "
-                "the write-up's own reference on Cats vs Dogs), so no row here is comparable; "
-                "switch `data.name` to a data set they used to compare.", ""]
-    errors = aggregate[aggregate.metric == "test_accuracy"].set_index("head")["mean"]
-    table = pd.DataFrame(
-        [{"source": source, "metric": metric, "value": f"{value:.2%}"}
-         for source, metric, value in rows]
-        + [{"source": f"this study: `{h}` (mean over seeds)", "metric": "test error",
-            "value": f"{1 - errors[h]:.2%}"} for h in heads])
-    return [*lines, "Different backbones and training budgets: compare the ordering of heads, "
-            "not the absolute errors.", "", markdown_table(table), ""]
+        lines += [f"None of the published test errors in `docs/study.md` is on `{dataset}` "
+                  "(NIN on CIFAR-10/100, SVHN and MNIST; CAM on ILSVRC; the write-up's own "
+                  "reference on Cats vs Dogs), so no error rate here is comparable; switch "
+                  "`data.name` to a data set they used to compare.", ""]
+    else:
+        errors = aggregate[aggregate.metric == "test_accuracy"].set_index("head")["mean"]
+        table = pd.DataFrame(
+            [{"source": source, "metric": metric, "value": f"{value:.2%}"}
+             for source, metric, value in rows]
+            + [{"source": f"this study: `{h}` (mean over seeds)", "metric": "test error",
+                "value": f"{1 - errors[h]:.2%}"} for h in heads])
+        lines += ["Different backbones and training budgets: compare the ordering of heads, "
+                  "not the absolute errors.", "", markdown_table(table), ""]
+    if mechanism_rows:
+        lines += ["Shift robustness beside the mechanism experiment (section \"Why global "
+                  "pooling is not shift invariant\"). The papers shift natural ImageNet images "
+                  "(Zhang by cropping, up to 31 pixels per axis, pretrained networks; Azulay & "
+                  "Weiss one diagonal pixel on a black canvas), while this study moves one small "
+                  "object on an empty canvas over every offset of the grid and trains small "
+                  "networks from scratch; exact consistency averages over every pair of "
+                  "offsets instead of sampling one, and the all-pairs flip rate counts "
+                  "horizontal, vertical and diagonal neighbours. Compare directions and rough "
+                  "sizes.", "", markdown_table(pd.DataFrame(list(mechanism_rows))), ""]
+    return lines
 
 
 def provenance_section(setup: StudySetup) -> list[str]:
@@ -348,6 +362,9 @@ def compose_report(*, collected: CollectedResults, tables: StudyTables,
     seeds = sorted(tables.main.seed.unique().tolist())
     level, max_shift = f"{settings.confidence:.0%}", setup.evaluate["max_shift"]
     learning_rates = collected.records["train"]["learning_rates"]
+    mechanism = collected.records["mechanism"]["mechanism"]
+    mechanism_heads = [h for h in heads if h in mechanism["heads"]]
+    pooled = [h for h in mechanism_heads if h not in FLATTEN_HEAD_NAMES]
     sections = [
         header_section(setup, heads, seeds, level),
         summary_section(comparisons, verdicts),
@@ -360,12 +377,16 @@ def compose_report(*, collected: CollectedResults, tables: StudyTables,
         translation_section(tables, main_runs(collected.grid), heads, figures, max_shift,
                             total_stride(setup.model["widths"]), settings.confidence),
         ablation_section(tables.ablation_aggregate, heads, figures, max_shift),
+        mechanism_section(collected.mechanism, mechanism, setup.model, mechanism_heads,
+                          pooled, figures, settings.confidence),
         cam_section(tables.aggregate, heads, figures, tables.main),
         sum_pooling_section(tables.aggregate, heads, setup.feature_map, learning_rates,
                             settings.margins.accuracy),
         speed_section(tables.aggregate, collected.step_times, collected.speed_run, heads,
                       figures, settings.confidence),
-        published_section(setup.dataset["name"], tables.aggregate, heads),
+        published_section(setup.dataset["name"], tables.aggregate, heads,
+                          mechanism_published_rows(collected.mechanism, mechanism,
+                                                   setup.model["blur_size"], pooled)),
         provenance_section(setup),
     ]
     return "\n".join(line for section in sections for line in section)
