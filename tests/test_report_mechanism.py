@@ -21,7 +21,7 @@ CELLS = {
     ("gap", "max", "circular"): (0.99, 0.80, 0.72),     # padding closes 1 - 19/20 = 5%
     ("gap", "blurmax", "zeros"): (0.96, 0.91, 0.90),    # blur closes 1 - 5/20 = 75%
     ("gap", "blurmax", "circular"): (0.99, 0.99, 0.995),  # both close 100%
-    ("dense", "max", "zeros"): (0.40, 0.35, 0.20),
+    ("dense", "max", "zeros"): (0.30, 0.35, 0.20),      # loses accuracy with distance
     ("dense", "max", "circular"): (0.40, 0.36, 0.19),
     ("dense", "blurmax", "zeros"): (0.45, 0.44, 0.31),
     ("dense", "blurmax", "circular"): (0.46, 0.45, 0.35),
@@ -75,6 +75,7 @@ def test_the_section_places_dense_and_checks_the_literature(runs):
         "`circular`), against up to 99.5% for the pooling heads" in text
     assert "+20.0 pts, larger than the 1.7 to 3.1 points Zhang (2019) reports" in text
     assert "that expectation did not hold here" in text  # 99.5% is within a point
+    assert "Its phase gap is negative (30.0% at whole-cell shifts, 35.0% at the others)" in text
     assert "removing it did little for shifts here" in text
     assert "![Accuracy per shift in every cell](figures/m.png)" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| `")]

@@ -141,10 +141,14 @@ def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]])
         lines.append(f"On its own, {' and '.join(little)} closes less than {_share(LITTLE)} "
                      "of it: little, by the threshold declared before the runs.")
     extra = both - blur
-    lines.append(f"Added to `{d1}`, `{p1}` padding closes a further {_share(extra)}, "
-                 f"{'more' if extra > pad else 'no more'} than on its own: "
-                 + ("the factors interact (padding matters once the subsampling no longer "
-                    "aliases)." if extra > pad + LITTLE / 2 else "they add up roughly."))
+    if abs(extra - pad) < LITTLE / 2:
+        how = "about as much as on its own: the two add up"
+    elif extra > pad:
+        how = ("more than on its own: the factors interact (padding matters once the "
+               "subsampling no longer aliases)")
+    else:
+        how = "less than on its own: the blur already does part of what padding did"
+    lines.append(f"Added to `{d1}`, `{p1}` padding closes a further {_share(extra)}, {how}.")
     return lines
 
 
@@ -163,6 +167,15 @@ def _dense_lines(gaps: pd.DataFrame, pooled: Sequence[str], dense: Sequence[str]
         if pooled_best is not None:
             text += f", against up to {_pct(pooled_best)} for the pooling heads"
         lines.append(text + ".")
+        reference = gaps.loc[(head, *cells[0])]
+        if reference.phase_gap < 0:
+            aligned = _pct(reference.aligned_shift_accuracy, "test_accuracy")
+            other = _pct(reference.other_shift_accuracy, "test_accuracy")
+            lines.append(
+                f"Its phase gap is negative ({aligned} at whole-cell shifts, {other} at the "
+                "others): the whole-cell shifts of this grid are its largest, and "
+                f"`{head}` loses accuracy with distance, whatever the phase. The same makes the "
+                "pooling heads' phase gaps a lower bound on what the other phases cost them.")
     return lines
 
 
