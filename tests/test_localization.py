@@ -103,3 +103,11 @@ def test_ink_map_peaks_on_the_object_of_a_blank_canvas_whatever_its_class():
     assert maps.shape == (2, 10, 10)
     assert pointing_accuracy(maps, torch.tensor([[1, 6, 4, 9], [7, 2, 9, 4]])) == 1.0
     assert pointing_accuracy(maps, torch.tensor([[4, 0, 10, 6], [0, 4, 6, 10]])) == 0.0
+
+
+def test_a_map_with_the_same_value_everywhere_points_nowhere():
+    flat = torch.zeros(2, 4, 4)  # a Grad-CAM whose ReLU cut everything; argmax says (0, 0)
+    assert pointing_accuracy(flat, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3]])) == 0.0
+    peaked = flat.clone()
+    peaked[:, 0, 0] = 1.0
+    assert pointing_accuracy(peaked, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3]])) == 0.5

@@ -84,13 +84,17 @@ def _to_image_size(maps: Tensor, images: Tensor) -> Tensor:
 
 def pointing_accuracy(cams: Tensor, boxes: Tensor) -> float:
     """Fraction of maps whose maximum falls inside the object's box ``(top, left, bottom,
-    right)``, bottom/right exclusive."""
+    right)``, bottom/right exclusive. A map with the same value everywhere (a Grad-CAM that is
+    zero throughout) points nowhere and counts as a miss, even on a box holding the first
+    pixel, where its ``argmax`` lands."""
     n, _, w = cams.shape
-    peak = cams.reshape(n, -1).argmax(dim=1)
+    flat = cams.reshape(n, -1)
+    peak = flat.argmax(dim=1)
     y, x = peak // w, peak % w
     boxes = boxes.to(cams.device)
     inside = (boxes[:, 0] <= y) & (y < boxes[:, 2]) & (boxes[:, 1] <= x) & (x < boxes[:, 3])
-    return inside.sum().item() / n
+    points = flat.amax(dim=1) > flat.amin(dim=1)
+    return (inside & points).sum().item() / n
 
 
 def pointing_chance(boxes: Tensor, image_size: int) -> float:
