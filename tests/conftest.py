@@ -28,7 +28,8 @@ def params_raw() -> dict:
 def digits():
     from gap_study.prepare import prepare_dataset
 
-    return prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25, split_seed=0)
+    return prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25, split_seed=0,
+                           two_objects=40)
 
 
 @pytest.fixture(scope="session")
