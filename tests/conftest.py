@@ -19,8 +19,9 @@ def root() -> Path:
     return ROOT
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def params_raw() -> dict:
+    """params.yaml as read, fresh for each test: some tests change it in place."""
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
