@@ -19,8 +19,9 @@ def root() -> Path:
     return ROOT
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def params_raw() -> dict:
+    """params.yaml as read, fresh for each test: some tests change it in place."""
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
@@ -28,7 +29,8 @@ def params_raw() -> dict:
 def digits():
     from gap_study.prepare import prepare_dataset
 
-    return prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25, split_seed=0)
+    return prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25, split_seed=0,
+                           two_objects=40)
 
 
 @pytest.fixture(scope="session")

@@ -118,14 +118,28 @@ def test_prepared_data_round_trips_through_npz_without_pickle(tmp_path, digits):
     save_prepared(path, digits)
     loaded = load_prepared(path)
     assert loaded.name == "digits" and loaded.num_classes == 10
-    for field in ("x_train", "y_train", "box_train", "x_test", "y_test", "box_test"):
+    for field in ("x_train", "y_train", "box_train", "x_test", "y_test", "box_test", "x_pair",
+                  "y_pair", "box_pair"):
         np.testing.assert_array_equal(getattr(loaded, field), getattr(digits, field))
+        assert getattr(loaded, field).dtype == getattr(digits, field).dtype
+    assert loaded.x_pair.shape == (40, 1, 32, 32) and loaded.box_pair.shape == (40, 2, 4)
     assert [p.name for p in path.parent.iterdir()] == ["dataset.npz"]  # no temporary left
 
 
 def test_loading_a_missing_data_set_says_which_stage_makes_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dvc repro prepare"):
         load_prepared(tmp_path / "dataset.npz")
+
+
+def test_loading_a_data_set_written_before_two_object_canvases_asks_to_prepare_again(
+        tmp_path, digits):
+    path = tmp_path / "dataset.npz"
+    save_prepared(path, digits)
+    with np.load(path) as npz:
+        old = {key: npz[key] for key in npz.files if not key.endswith("_pair")}
+    np.savez(path, **old)
+    with pytest.raises(ValueError, match=r"no x_pair, y_pair, box_pair.*dvc repro prepare"):
+        load_prepared(path)
 
 
 def test_to_float_scales_uint8_to_unit_range_and_keeps_zero_background():

@@ -1,5 +1,6 @@
 """The evaluation stage's decisions: which metrics each run gets, and whose maps are shown."""
 
+import dataclasses
 import math
 
 import pytest
@@ -17,12 +18,14 @@ from gap_study.evaluate import (
     example_maps,
     feature_map_record,
 )
+from gap_study.localization import TWO_OBJECT_METRICS
 from gap_study.models import build_model
 from gap_study.params import EvaluateParams
 from gap_study.paths import RunId
 
 SETTINGS = EvaluateParams(max_shift=2, batch_size=64, seed=0)
-GRID_METRICS = ["shift_accuracy_mean", "consistency", "flip_rate", "pointing_accuracy"]
+GRID_METRICS = ["shift_accuracy_mean", "consistency", "flip_rate", "pointing_accuracy",
+                *TWO_OBJECT_METRICS]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,18 @@ def test_dense_gets_the_pointing_references_but_no_map_of_its_own(data):
     assert math.isnan(row["pointing_accuracy"]) and math.isnan(row["pointing_accuracy_shifted"])
     assert row["pointing_centre_prior"] == 1.0  # every centred digit holds the canvas centre
     assert example_cams(_model("dense"), data, SETTINGS) is None
+    assert math.isnan(row["pointing_two_objects"])
+    assert 0 <= row["pointing_gradcam_two_objects"] <= 1  # Grad-CAM: every head has one
+    assert 0 < row["pointing_ink_two_objects"] <= 0.5
+
+
+def test_without_two_object_canvases_the_two_object_metrics_are_nan(small):
+    none = dataclasses.replace(small, x_pair=small.x_pair[:0], y_pair=small.y_pair[:0],
+                               box_pair=small.box_pair[:0])
+    row = evaluate_run(_model("gap"), RunId(1.0, 0, 0), EvaluationData.on(none, torch.device(
+        "cpu")), SETTINGS, full_fraction=1.0).row
+    assert all(math.isnan(row[metric]) for metric in TWO_OBJECT_METRICS)
+    assert 0 <= row["pointing_accuracy"] <= 1  # the single-object metrics are unaffected
 
 
 def test_each_heads_tables_keep_its_runs_order_and_stack_the_grids_of_its_full_runs(data):

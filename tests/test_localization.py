@@ -1,17 +1,21 @@
 """Class activation maps and pointing accuracy on models whose maps are known exactly."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from gap_study.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
 from gap_study.localization import (
+    TWO_OBJECT_METRICS,
     class_activation_maps,
     grad_cam,
     ink_maps,
     pointing_accuracy,
     pointing_centre_prior,
     pointing_chance,
+    two_object_metrics,
 )
 
 
@@ -103,3 +107,57 @@ def test_ink_map_peaks_on_the_object_of_a_blank_canvas_whatever_its_class():
     assert maps.shape == (2, 10, 10)
     assert pointing_accuracy(maps, torch.tensor([[1, 6, 4, 9], [7, 2, 9, 4]])) == 1.0
     assert pointing_accuracy(maps, torch.tensor([[4, 0, 10, 6], [0, 4, 6, 10]])) == 0.0
+
+
+def _two_objects():
+    """One 8x8 canvas with two channels: class 0's object (channel 0, ink 1.0) in box
+    ``(1, 1, 3, 3)``, class 1's (channel 1, ink 0.5) in box ``(5, 4, 7, 7)``."""
+    canvas = torch.zeros(1, 2, 8, 8)
+    canvas[0, 0, 1:3, 1:3] = 1.0
+    canvas[0, 1, 5:7, 4:7] = 0.5
+    return canvas, torch.tensor([[0, 1]]), torch.tensor([[[1, 1, 3, 3], [5, 4, 7, 7]]])
+
+
+def _reading(weights):
+    """A ``gap`` head on the image itself whose class ``c`` reads the channels by
+    ``weights[c]``."""
+    head = PooledLinearHead("gap", channels=2, num_classes=2)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor(weights))
+    return IdentityFeatures(head)
+
+
+def test_two_object_pointing_asks_each_class_map_for_its_own_box():
+    images, labels, boxes = _two_objects()
+    own = two_object_metrics(_reading([[1.0, 0.0], [0.0, 1.0]]), images, labels, boxes)
+    assert own["pointing_two_objects"] == own["pointing_gradcam_two_objects"] == 1.0
+    swapped = two_object_metrics(_reading([[0.0, 1.0], [1.0, 0.0]]), images, labels, boxes)
+    assert swapped["pointing_two_objects"] == swapped["pointing_gradcam_two_objects"] == 0.0
+    # both classes' maps peak on class 0's object: a hit for class 0, a miss for class 1
+    model = _reading([[1.0, 0.0], [1.0, 0.0]])
+    maps = class_activation_maps(model, images.repeat(2, 1, 1, 1), labels[0])
+    assert pointing_accuracy(maps[:1], boxes[0, :1]) == 1.0
+    assert pointing_accuracy(maps[1:], boxes[0, 1:]) == 0.0
+    assert two_object_metrics(model, images, labels, boxes)["pointing_two_objects"] == 0.5
+
+
+def test_two_object_references_the_ink_map_at_most_half_the_centre_prior_and_chance():
+    images, labels, boxes = _two_objects()
+    row = two_object_metrics(_reading([[1.0, 0.0], [0.0, 1.0]]), images, labels, boxes,
+                             with_maps=False)
+    assert math.isnan(row["pointing_two_objects"])  # a head without CAM
+    assert row["pointing_gradcam_two_objects"] == 1.0  # Grad-CAM exists for every head
+    assert row["pointing_ink_two_objects"] == 0.5  # one peak, on the object with more ink
+    assert row["pointing_centre_prior_two_objects"] == 0.0  # (4, 4) is in neither box
+    assert row["pointing_chance_two_objects"] == pytest.approx((4 + 6) / (2 * 64))
+    empty = two_object_metrics(_reading([[1.0, 0.0], [0.0, 1.0]]), images[:0], labels[:0],
+                               boxes[:0])
+    assert set(empty) == set(TWO_OBJECT_METRICS) and all(map(math.isnan, empty.values()))
+
+
+def test_a_map_with_the_same_value_everywhere_points_nowhere():
+    flat = torch.zeros(2, 4, 4)  # a Grad-CAM whose ReLU cut everything; argmax says (0, 0)
+    assert pointing_accuracy(flat, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3]])) == 0.0
+    peaked = flat.clone()
+    peaked[:, 0, 0] = 1.0
+    assert pointing_accuracy(peaked, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3]])) == 0.5

@@ -32,18 +32,24 @@ def test_prepare_stage_reads_real_format_data_sets_from_data_root(tmp_path_facto
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return run_command(["dvc", "repro", "prepare"], repo, check=False, **env)
 
-    # 20 images, two a class: half of them are the validation split, one of each class
-    assert prepare("mnist", max_train=20, validation_fraction=0.5).returncode == 0
+    # 20 images, two a class: half of them are the validation split, one of each class; the
+    # images are noise that fills the whole 28x28 square, so two never fit apart on 44 pixels
+    assert prepare("mnist", max_train=20, validation_fraction=0.5,
+                   two_objects=0).returncode == 0
     with np.load(repo / "data" / "prepared" / "dataset.npz", allow_pickle=False) as npz:
         assert npz["x_train"].shape == npz["x_val"].shape == npz["x_test"].shape
         assert npz["x_test"].shape == (10, 1, 44, 44)
         assert str(npz["name"]) == "mnist"
-    assert prepare("cifar10", max_train=None).returncode == 0
+    # two 32x32 photos do not fit apart on 48 pixels: refused before the notebook runs
+    refused = prepare("cifar10", max_train=None, two_objects=400)
+    assert refused.returncode != 0
+    assert "set data.two_objects: 0 for cifar10" in refused.stdout + refused.stderr
+    assert prepare("cifar10", two_objects=0).returncode == 0
     with np.load(repo / "data" / "prepared" / "dataset.npz", allow_pickle=False) as npz:
         assert npz["x_train"].shape[1:] == (3, 48, 48)
 
     # nothing in data.root and no downloads allowed: the stage fails saying what to put where
-    failed = prepare("fashion_mnist")
+    failed = prepare("fashion_mnist", two_objects=400)
     assert failed.returncode != 0
     shown = failed.stdout + failed.stderr
     assert "DatasetError" in shown and str(repo / "seeded" / "fashion_mnist") in shown

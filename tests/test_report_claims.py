@@ -36,8 +36,12 @@ def _results(overrides: dict | None = None) -> pd.DataFrame:
                        "consistency_exact": 0.5 if head.startswith("dense") else 0.9,
                        "pointing_accuracy_shifted": np.nan if head.startswith("dense") else 0.8,
                        "pointing_centre_prior_shifted": 0.6,
+                       "pointing_gradcam_two_objects": 0.55 if head.startswith("dense") else 0.75,
+                       "pointing_two_objects": np.nan if head.startswith("dense") else 0.75,
+                       "pointing_ink_two_objects": 0.45,
                        "time_to_target": 10.0 if head.startswith("dense") else 4.0}
                 row["consistency_exact"] += 0.01 * rng.standard_normal()
+                row["pointing_gradcam_two_objects"] += 0.01 * rng.standard_normal()
                 row["time_to_target"] *= 1 + 0.02 * rng.standard_normal()
                 for (h, f, metric), values in (overrides or {}).items():
                     if (h, f) == (head, fraction):
@@ -105,6 +109,23 @@ def test_verdicts_follow_the_evidence(comparisons):
     pointing = comparisons[comparisons.metric == "pointing_accuracy_shifted"]
     assert set(pointing.baseline) == {"centre prior"}  # the reference, named for readers
     assert set(pointing.verdict) == {"better"}  # 0.8 against a centre prior of 0.6
+    assert set(pointing.role) == {"secondary"}  # one object: any map that finds ink hits it
+
+
+def test_the_map_claim_rests_on_grad_cam_pointing_at_each_class_on_two_object_canvases(
+        comparisons):
+    claim = comparisons[comparisons.claim == "feature maps tied to classes"]
+    primary = claim[claim.role == "primary"]
+    assert set(primary.metric) == {"pointing_gradcam_two_objects"}
+    # Grad-CAM: the same method for every head, so dense is a baseline; and the ink map
+    assert sorted(zip(primary["head"], primary.baseline, strict=True)) == [
+        ("gap", "dense"), ("gap", "ink map"), ("gmp", "dense"), ("gmp", "ink map")]
+    assert set(primary.verdict) == {"better"}  # 75% against dense's 55% and the ink's 45%
+    cam = claim[claim.metric == "pointing_two_objects"]
+    assert set(cam.role) == {"secondary"} and set(cam.baseline) == {"ink map"}
+    # single objects stay secondary (these results have no shifted Grad-CAM column)
+    assert set(claim[claim.role == "secondary"].metric) == {"pointing_two_objects",
+                                                             "pointing_accuracy_shifted"}
 
 
 def test_a_head_worse_than_its_baseline_is_worse_and_a_noisy_one_inconclusive():

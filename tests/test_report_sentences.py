@@ -25,7 +25,7 @@ def test_the_summary_names_the_largest_decided_row_not_a_larger_inconclusive_one
         _row("gap", "dense_dropout", -0.030, "worse"),
     ])
     (line,) = [x for x in summary_section(comparisons, claim_verdicts(comparisons))
-               if x.startswith("- **")]
+               if x.startswith("- **Less overfitting")]
     assert "test loss — **fails**: 2 worse, 1 inconclusive of 3 comparisons" in line
     assert "largest decided: `gap` vs `dense`, all training images (1,000), centred: " in line
 
@@ -34,8 +34,20 @@ def test_with_nothing_decided_the_summary_names_the_largest_effect():
     comparisons = pd.DataFrame([_row("gap", "dense", 0.02, "inconclusive"),
                                 _row("gmp", "dense", -0.04, "inconclusive")])
     (line,) = [x for x in summary_section(comparisons, claim_verdicts(comparisons))
-               if x.startswith("- **")]
+               if x.startswith("- **Less overfitting")]
     assert "**undecided**" in line and "; largest: `gmp` vs `dense`: " in line
+
+
+def test_the_summary_says_which_claims_could_not_be_tested_and_on_which_metric():
+    comparisons = pd.DataFrame([_row("gap", "dense", 0.02, "inconclusive")])
+    lines = [x for x in summary_section(comparisons, claim_verdicts(comparisons))
+             if x.startswith("- **")]
+    assert [line.split("**")[1] for line in lines] == [
+        "Fewer parameters", "Less overfitting", "More translation robust", "Faster training",
+        "Feature maps tied to classes"]  # every claim, in the protocol's order
+    assert lines[-1].endswith("not tested here: no comparison of its primary metrics "
+                              "(`pointing_gradcam_two_objects`) could be made.")
+    assert "not tested" not in lines[1]
 
 
 def test_with_one_seed_the_claims_section_says_why_there_is_no_forest_plot():
@@ -102,6 +114,49 @@ def test_the_ink_map_sentence_compares_it_with_the_best_heads_grad_cam(gradcam, 
     assert expected in lines[at]
     table = next(x for x in lines[at:] if x.startswith("| head"))
     assert "Grad-CAM, shifted images" in table and "ink map, shifted images" in table
+
+
+def _two_objects(gradcam: dict[str, float], ink: float) -> pd.DataFrame:
+    """``_pointing`` plus the two-object metrics: each head's Grad-CAM, its CAM (none for
+    ``dense``) and the references, the same for every head."""
+    rows = []
+    for head, level in gradcam.items():
+        for metric, mean in [("pointing_gradcam_two_objects", level),
+                             ("pointing_two_objects", float("nan") if head == "dense" else level),
+                             ("pointing_ink_two_objects", ink),
+                             ("pointing_centre_prior_two_objects", 0.2),
+                             ("pointing_chance_two_objects", 0.15)]:
+            rows.append({"head": head, "metric": metric, "n": 5, "mean": mean, "std": 0.01,
+                         "ci_low": mean - 0.01, "ci_high": mean + 0.01})
+    return pd.concat([_pointing(gradcam, 0.99), pd.DataFrame(rows)], ignore_index=True)
+
+
+@pytest.mark.parametrize(("gradcam", "ink", "expected"), [
+    ({"dense": 0.40, "gap": 0.80, "gmp": 0.44}, 0.42,
+     "Grad-CAM, highest first: `gap` 80.0%, `gmp` 44.0%, `dense` 40.0%; above the ink map: "
+     "`gap` and `gmp`; not above it: `dense`. Above `dense`'s 40.0%: `gap` and `gmp`."),
+    ({"dense": 0.60, "gap": 0.30}, 0.45,
+     "highest first: `dense` 60.0%, `gap` 30.0%; above the ink map: `dense`; not above it: "
+     "`gap`. Above `dense`'s 60.0%: no other head."),
+    ({"dense": 0.30, "gap": 0.35}, 0.45, "above the ink map: no head."),
+])
+def test_the_two_object_sentence_is_computed_from_the_maps_and_the_ink_map(gradcam, ink,
+                                                                          expected):
+    lines = cam_section(_two_objects(gradcam, ink), list(gradcam),
+                        {"pointing": "p.png", "cam_overlays": "c.png"}, pd.DataFrame())
+    at = lines.index("### Two objects on a canvas")
+    assert expected in lines[at + 2]
+    assert f"Here the ink map scores {ink * 100:.1f}%, the centre prior 20.0% and chance " \
+           "15.0%" in lines[at + 2]
+    table = lines[at + 4]
+    assert table.startswith("| head") and "| ink map" in table and "n/a" in table  # dense: CAM
+
+
+def test_without_two_object_canvases_the_section_says_the_primary_test_did_not_run():
+    lines = cam_section(_pointing({"dense": 0.8, "gap": 0.9}, 0.99), ["dense", "gap"],
+                        {"pointing": "p.png", "cam_overlays": "c.png"}, pd.DataFrame())
+    at = lines.index("### Two objects on a canvas")
+    assert "`data.two_objects` is 0" in lines[at + 2] and "did not run" in lines[at + 2]
 
 
 @pytest.mark.parametrize(("model", "expected"), [

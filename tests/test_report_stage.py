@@ -57,8 +57,13 @@ def _metrics_row(head: str, run: RunId, rng: np.random.Generator) -> dict[str, o
     for metric in ("pointing_gradcam", "pointing_gradcam_shifted"):  # every head has one
         row[metric] = rng.uniform(0.5, 1.0) if full else np.nan
     for metric, level in [("pointing_chance", 0.25), ("pointing_centre_prior", 1.0),
-                          ("pointing_centre_prior_shifted", 0.5), ("pointing_ink_shifted", 0.98)]:
+                          ("pointing_centre_prior_shifted", 0.5), ("pointing_ink_shifted", 0.98),
+                          ("pointing_ink_two_objects", 0.45),
+                          ("pointing_centre_prior_two_objects", 0.2),
+                          ("pointing_chance_two_objects", 0.15)]:
         row[metric] = level if full else np.nan
+    row["pointing_two_objects"] = rng.uniform(0.5, 1.0) if full and cam else np.nan
+    row["pointing_gradcam_two_objects"] = rng.uniform(0.5, 1.0) if full else np.nan
     return row
 
 
@@ -78,7 +83,7 @@ WORKER = {"host": "node1", "cpu": "test CPU", "cpu_capability": "AVX2", "torch_t
 
 
 DATASET = {"name": "digits", "train_images": 80, "validation_images": 8, "test_images": 20,
-           "image_size": 8, "in_channels": 1, "num_classes": 4}
+           "two_object_canvases": 12, "image_size": 8, "in_channels": 1, "num_classes": 4}
 
 
 def _records() -> tuple[dict, dict]:
@@ -88,7 +93,8 @@ def _records() -> tuple[dict, dict]:
              "compute": {"scheduler": "local", "threads_per_run": 1, "workers": None},
              "runs": {f"{head}/{run.stem}": WORKER for head in HEADS for run in RUNS},
              "learning_rates": LEARNING_RATES,
-             "dataset": {**DATASET, "test_images": 0},  # the train stage drops the test split
+             # the train stage drops the test split and the two-object canvases
+             "dataset": {**DATASET, "test_images": 0, "two_object_canvases": 0},
              "model": {"widths": [8, 16], "dense_hidden": 10, "downsample": "max",
                        "blur_size": 3, "padding": "zeros"},
              "train": {"epochs": 3, "batch_size": 16, "schedule": "cosine",
@@ -241,6 +247,7 @@ def test_report_has_every_section_and_cites_docs_study_md(layout):
                     "## Translation robustness", "### Prediction stability",
                     "### Training with random shifts",
                     "## Why global pooling is not shift invariant", "## Class activation maps",
+                    "### Two objects on a canvas",
                     "## Global sum vs global average pooling", "## Training speed",
                     "## Published numbers", "## Provenance"):
         assert text.count(section) == 1
@@ -314,3 +321,4 @@ def test_the_report_counts_the_test_images_the_evaluate_stage_used(layout):
     # the train stage's record has no test split; the report must not say "0 test images"
     setup = study_setup(collect_results(layout, HEADS).records)
     assert setup.dataset["test_images"] == 20
+    assert "; 12 two-object canvases made of test objects." in _report(layout)

@@ -54,11 +54,14 @@ def test_a_tuning_trial_trains_the_main_run_with_its_rate_and_tune_seed(small):
 
 
 def _scrambled_test_split(data):
-    """``data`` with its test images and labels replaced by noise."""
+    """``data`` with its test images and labels, and its two-object canvases (made of test
+    objects), replaced by noise."""
     rng = np.random.default_rng(1)
     return dataclasses.replace(
         data, x_test=rng.integers(0, 256, data.x_test.shape, dtype=np.uint8),
-        y_test=rng.permutation(data.y_test))
+        y_test=rng.permutation(data.y_test),
+        x_pair=rng.integers(0, 256, data.x_pair.shape, dtype=np.uint8),
+        y_pair=rng.permutation(data.y_pair))
 
 
 @pytest.mark.parametrize("stage", ["tune", "train"])
@@ -89,9 +92,14 @@ def test_the_stages_that_choose_or_train_hand_their_tasks_no_test_split(notebook
     assert "test" not in code.replace("without_test", "")  # no other use of the test split
 
 
-def test_without_test_empties_the_test_split_and_keeps_the_rest(small):
+def test_without_test_empties_the_test_split_and_its_two_object_canvases_and_keeps_the_rest(
+        small):
     kept = small.without_test()
     assert len(kept.x_test) == len(kept.y_test) == len(kept.box_test) == 0
+    assert len(small.y_pair) > 0  # made of test objects: they go with the test split
+    assert len(kept.x_pair) == len(kept.y_pair) == len(kept.box_pair) == 0
     assert kept.x_test.shape[1:] == small.x_test.shape[1:]
+    assert kept.x_pair.shape[1:] == small.x_pair.shape[1:]
+    assert kept.summary()["two_object_canvases"] == 0
     np.testing.assert_array_equal(kept.x_val, small.x_val)
     np.testing.assert_array_equal(kept.x_train, small.x_train)

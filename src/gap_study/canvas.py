@@ -43,6 +43,10 @@ class CanvasDataset:
     ``x_*``: ``uint8 (N, C, H, W)``; ``y_*``: ``int64 (N,)``; ``box_*``: ``int64 (N, 4)``, each
     object's tight bounding box on the canvas as ``(top, left, bottom, right)``, bottom/right
     exclusive.
+
+    ``x_pair``: ``uint8 (M, C, H, W)`` two-object canvases made of test objects
+    (``gap_study.two_objects``), with ``y_pair``: ``int64 (M, 2)`` their two classes and
+    ``box_pair``: ``int64 (M, 2, 4)`` their two boxes, in the same order.
     """
 
     name: str
@@ -55,6 +59,9 @@ class CanvasDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     box_test: np.ndarray
+    x_pair: np.ndarray
+    y_pair: np.ndarray
+    box_pair: np.ndarray
     num_classes: int
 
     @property
@@ -69,14 +76,16 @@ class CanvasDataset:
         """Name, sizes and shape, for run records."""
         return {"name": self.name, "train_images": len(self.y_train),
                 "validation_images": len(self.y_val), "test_images": len(self.y_test),
-                "image_size": self.image_size, "in_channels": self.in_channels,
-                "num_classes": self.num_classes}
+                "two_object_canvases": len(self.y_pair), "image_size": self.image_size,
+                "in_channels": self.in_channels, "num_classes": self.num_classes}
 
     def without_test(self) -> CanvasDataset:
-        """This data set with an empty test split: what the stages that train or choose get,
-        so that nothing they do can depend on a test image."""
+        """This data set with an empty test split and no two-object canvases (they are made of
+        test objects): what the stages that train or choose get, so that nothing they do can
+        depend on a test image."""
         return replace(self, x_test=self.x_test[:0], y_test=self.y_test[:0],
-                       box_test=self.box_test[:0])
+                       box_test=self.box_test[:0], x_pair=self.x_pair[:0],
+                       y_pair=self.y_pair[:0], box_pair=self.box_pair[:0])
 
 
 def shift(images: ArrayT, dx: int, dy: int) -> ArrayT:
@@ -170,6 +179,10 @@ def load_prepared(path: str | Path) -> CanvasDataset:
         raise FileNotFoundError(f"{path} does not exist: run the 'prepare' stage "
                                 "(`dvc repro prepare`) to create it")
     with np.load(path, allow_pickle=False) as npz:
+        missing = [f.name for f in fields(CanvasDataset) if f.name not in npz.files]
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(missing)}: an older prepare stage wrote "
+                             "it; run the 'prepare' stage again (`dvc repro prepare`)")
         values = {f.name: npz[f.name] for f in fields(CanvasDataset)}
     values["name"] = str(values["name"])
     values["num_classes"] = int(values["num_classes"])

@@ -2,9 +2,10 @@
 class activation map examples (``docs/study.md``, "Metrics").
 
 Every run gets accuracy, loss and the overfitting gap on centred images; the runs trained on
-the whole training set also get the shift grid, consistency, the flip rate and, for heads with
-a class activation map, pointing accuracy. Nothing here writes files: the stage writes what
-``evaluate_run`` returns.
+the whole training set also get the shift grid, consistency, the flip rate and pointing
+accuracy (the class activation map's for heads that have one, Grad-CAM's for every head), on
+single objects and on the two-object canvases. Nothing here writes files: the stage writes
+what ``evaluate_run`` returns.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 from gap_study.architecture import ModelConfig, has_class_map, total_stride
 from gap_study.canvas import CanvasDataset, to_float
 from gap_study.checkpoints import model_from_payload
-from gap_study.localization import cam_examples, localization_metrics
+from gap_study.localization import cam_examples, localization_metrics, two_object_metrics
 from gap_study.metrics import (
     all_pairs_flip_rate,
     consistency,
@@ -58,13 +59,17 @@ GRID_COLUMNS = ["fraction", "train_shift", "seed", "dx", "dy", "radius", "accura
 @dataclass(frozen=True)
 class EvaluationData:
     """The prepared data set as float tensors on the evaluation device, copied once per stage
-    (``labels_train``: the training labels as NumPy, to find each fraction's images)."""
+    (``labels_train``: the training labels as NumPy, to find each fraction's images; the
+    ``*_pair`` tensors: the two-object canvases, their classes and boxes)."""
 
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
     box_test: Tensor
+    x_pair: Tensor
+    y_pair: Tensor
+    box_pair: Tensor
     labels_train: np.ndarray
 
     @classmethod
@@ -74,6 +79,9 @@ class EvaluationData:
                    x_test=to_device(to_float(dataset.x_test), device),
                    y_test=to_device(torch.as_tensor(dataset.y_test), device),
                    box_test=to_device(torch.as_tensor(dataset.box_test), device),
+                   x_pair=to_device(to_float(dataset.x_pair), device),
+                   y_pair=to_device(torch.as_tensor(dataset.y_pair), device),
+                   box_pair=to_device(torch.as_tensor(dataset.box_pair), device),
                    labels_train=dataset.y_train)
 
 
@@ -92,8 +100,9 @@ class RunEvaluation:
 
 def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
                  settings: EvaluateParams, *, full_fraction: float) -> RunEvaluation:
-    """Every metric of one run; the translation and map metrics only when the run trained on
-    ``full_fraction`` of the training set (the main runs and the shift ablation)."""
+    """Every metric of one run; the translation and map metrics (two-object pointing included)
+    only when the run trained on ``full_fraction`` of the training set (the main runs and the
+    shift ablation)."""
     # the metrics run on an equivalent model with BatchNorm folded into the convolutions: one
     # pass over each feature map fewer
     fast = fold_batch_norm(model)
@@ -109,6 +118,7 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
         return RunEvaluation(row, None)
     predictions = shift_grid_predictions(fast, data.x_test, settings.max_shift, batch)
     grid = grid_accuracy(predictions, data.y_test.cpu().numpy(), settings.max_shift)
+    with_maps = has_class_map(model.config.head)
     row.update({
         **shift_summary(grid),
         "consistency_exact": exact_consistency(predictions),
@@ -116,7 +126,9 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
         "consistency": consistency(fast, data.x_test, settings.max_shift, settings.seed, batch),
         "flip_rate": flip_rate(fast, data.x_test, batch),
         **localization_metrics(fast, data.x_test, data.y_test, data.box_test, settings.max_shift,
-                               settings.seed, batch, with_maps=has_class_map(model.config.head)),
+                               settings.seed, batch, with_maps=with_maps),
+        **two_object_metrics(fast, data.x_pair, data.y_pair, data.box_pair, batch,
+                             with_maps=with_maps),
     })
     return RunEvaluation(row, grid.assign(**run.as_dict()), predictions=predictions)
 

@@ -5,6 +5,8 @@ al. 2016), ``M_c(x, y) = sum_k w_ck f_k(x, y)``; the head module gives its weigh
 (``class_map_weights()``), and ``gap_study.architecture.has_class_map`` says which heads have
 one. Grad-CAM (Selvaraju et al. 2017) exists for every head. Pointing accuracy is judged against
 three references that need no model: chance, the centre prior and the class-agnostic ink map.
+On canvases holding two objects of different classes (``gap_study.two_objects``) each class's
+map must point at its own object, which the ink map can do for at most one of the two.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 from gap_study.canvas import random_offsets, shift, shift_each
 
 __all__ = [
+    "TWO_OBJECT_METRICS",
     "cam_examples",
     "class_activation_maps",
     "grad_cam",
@@ -27,6 +30,7 @@ __all__ = [
     "pointing_accuracy",
     "pointing_centre_prior",
     "pointing_chance",
+    "two_object_metrics",
 ]
 
 
@@ -84,13 +88,17 @@ def _to_image_size(maps: Tensor, images: Tensor) -> Tensor:
 
 def pointing_accuracy(cams: Tensor, boxes: Tensor) -> float:
     """Fraction of maps whose maximum falls inside the object's box ``(top, left, bottom,
-    right)``, bottom/right exclusive."""
+    right)``, bottom/right exclusive. A map with the same value everywhere (a Grad-CAM that is
+    zero throughout) points nowhere and counts as a miss, even on a box holding the first
+    pixel, where its ``argmax`` lands."""
     n, _, w = cams.shape
-    peak = cams.reshape(n, -1).argmax(dim=1)
+    flat = cams.reshape(n, -1)
+    peak = flat.argmax(dim=1)
     y, x = peak // w, peak % w
     boxes = boxes.to(cams.device)
     inside = (boxes[:, 0] <= y) & (y < boxes[:, 2]) & (boxes[:, 1] <= x) & (x < boxes[:, 3])
-    return inside.sum().item() / n
+    points = flat.amax(dim=1) > flat.amin(dim=1)
+    return (inside & points).sum().item() / n
 
 
 def pointing_chance(boxes: Tensor, image_size: int) -> float:
@@ -136,6 +144,35 @@ def localization_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes
     moved = class_activation_maps(model, moved_images, labels, batch_size)
     return {"pointing_accuracy": centred,
             "pointing_accuracy_shifted": pointing_accuracy(moved, moved_boxes), **row}
+
+
+TWO_OBJECT_METRICS = ("pointing_two_objects", "pointing_gradcam_two_objects",
+                      "pointing_ink_two_objects", "pointing_centre_prior_two_objects",
+                      "pointing_chance_two_objects")
+
+
+def two_object_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
+                       batch_size: int = 512, *, with_maps: bool = True) -> dict[str, float]:
+    """Pointing on canvases holding two objects of different classes (``images`` ``(M, C, H,
+    W)``, ``labels`` ``(M, 2)``, ``boxes`` ``(M, 2, 4)``): for each canvas and each of its two
+    classes, whether that class's map peaks inside that class's own box; means over canvas x
+    class. The CAM (``nan`` without ``with_maps``) and Grad-CAM, with three references on the
+    same canvases: the ink map, which has one peak for both classes and so scores at most one
+    half, the centre prior and chance. Without canvases every value is ``nan``."""
+    if len(images) == 0:
+        return dict.fromkeys(TWO_OBJECT_METRICS, math.nan)
+    size = images.shape[-1]
+    each = images.repeat_interleave(2, dim=0)  # each canvas twice: once per class it holds
+    classes, own = labels.reshape(-1), boxes.reshape(-1, 4)
+    cam = (pointing_accuracy(class_activation_maps(model, each, classes, batch_size), own)
+           if with_maps else math.nan)
+    return {"pointing_two_objects": cam,
+            "pointing_gradcam_two_objects": pointing_accuracy(
+                grad_cam(model, each, classes, batch_size), own),
+            "pointing_ink_two_objects": pointing_accuracy(
+                ink_maps(images).repeat_interleave(2, dim=0), own),
+            "pointing_centre_prior_two_objects": pointing_centre_prior(own, size),
+            "pointing_chance_two_objects": pointing_chance(own, size)}
 
 
 def cam_examples(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor, *,

@@ -56,6 +56,9 @@ __all__ = [
 DATA_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 # Side of each data set's object before it is placed on the canvas (digits: data.digits_size).
 NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
+# Data sets whose object fills its whole image (a photo): two of them lie apart on a canvas
+# only if it has room for both side by side and one pixel between (gap_study.two_objects).
+FILLS_IMAGE = ("cifar10",)
 
 
 class ParamsError(ValueError):
@@ -100,6 +103,7 @@ class DataParams(_Section):
     split_seed: NonNegativeInt
     max_train: PositiveInt | None
     max_test: PositiveInt | None
+    two_objects: NonNegativeInt  # two-object canvases made of test objects; 0 = none
 
     @model_validator(mode="after")
     def _object_fits(self) -> DataParams:
@@ -110,6 +114,13 @@ class DataParams(_Section):
             raise ValueError(f"data.canvas.{self.name} = {self.canvas_size} is smaller than "
                              f"the {self.object_size}x{self.object_size} {self.name} object: "
                              f"it must be at least {self.object_size}")
+        needed = 2 * self.object_size + 1
+        if self.two_objects and self.name in FILLS_IMAGE and self.canvas_size < needed:
+            raise ValueError(f"data.two_objects = {self.two_objects}: two {self.object_size}x"
+                             f"{self.object_size} {self.name} photos fill their images and "
+                             f"cannot lie apart on the {self.canvas_size}-pixel canvas "
+                             f"(data.canvas.{self.name}; they need {needed}); set "
+                             f"data.two_objects: 0 for {self.name}")
         return self
 
     @property

@@ -1,5 +1,6 @@
 """The study's data set, prepared: a source's images centred on a canvas, split and
-subsampled as ``params.yaml`` says (``docs/study.md``, "Data").
+subsampled as ``params.yaml`` says, and two-object canvases made of its test objects
+(``docs/study.md``, "Data").
 
 The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
 network), upsampled and centred on a ``canvas`` x ``canvas`` image; MNIST, Fashion-MNIST and
@@ -18,6 +19,7 @@ from gap_study.canvas import CanvasDataset, object_boxes, place_on_canvas
 from gap_study.params import DataParams
 from gap_study.sources import load_raw
 from gap_study.splits import stratified_split, stratified_subsample
+from gap_study.two_objects import two_object_canvases
 
 __all__ = ["digits_objects", "prepare_dataset", "prepare_study_dataset"]
 
@@ -37,17 +39,23 @@ def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
 def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fraction: float = 0.25,
                     validation_fraction: float = 0.1, split_seed: int = 0,
                     root: str | Path = "data/raw", download: bool = True,
-                    max_train: int | None = None, max_test: int | None = None) -> CanvasDataset:
+                    max_train: int | None = None, max_test: int | None = None,
+                    two_objects: int = 0) -> CanvasDataset:
     """A data set's train/validation/test split with every object centred on a ``canvas``
-    square.
+    square, and ``two_objects`` two-object canvases made of the test split.
 
     ``digits``: the embedded digits upsampled to ``digits_size``, split (stratified, fixed by
     ``split_seed``, independent of training seeds) with ``test_fraction`` for testing.
     ``mnist``, ``fashion_mnist``, ``cifar10``: the official split, from verified files in
     ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
     stratified subsample seeded by ``split_seed``; then a stratified ``validation_fraction``
-    of the training images becomes the validation split.
+    of the training images becomes the validation split. The two-object canvases
+    (``gap_study.two_objects.two_object_canvases``) hold two test objects of different classes
+    each, at positions drawn from ``split_seed``.
     """
+    if two_objects < 0:  # checked before any data is read
+        raise ValueError(f"data.two_objects = {two_objects}: the number of two-object "
+                         "canvases must be 0 (none) or more")
     if name == "digits":
         objects, labels = digits_objects(digits_size)
         train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)
@@ -68,10 +76,14 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
     x_val, y_val = place_on_canvas(x_train[val_idx], canvas), y_train[val_idx]
     x_train, y_train = place_on_canvas(x_train[train_idx], canvas), y_train[train_idx]
     x_test = place_on_canvas(x_test, canvas)
+    box_test = object_boxes(x_test)
+    x_pair, y_pair, box_pair = two_object_canvases(x_test, y_test, box_test, two_objects,
+                                                   split_seed)
     return CanvasDataset(name=name, x_train=x_train, y_train=y_train,
                          box_train=object_boxes(x_train), x_val=x_val, y_val=y_val,
                          box_val=object_boxes(x_val), x_test=x_test, y_test=y_test,
-                         box_test=object_boxes(x_test), num_classes=num_classes)
+                         box_test=box_test, x_pair=x_pair, y_pair=y_pair, box_pair=box_pair,
+                         num_classes=num_classes)
 
 
 def prepare_study_dataset(settings: DataParams, root: str | Path) -> CanvasDataset:
@@ -82,4 +94,5 @@ def prepare_study_dataset(settings: DataParams, root: str | Path) -> CanvasDatas
         test_fraction=settings.test_fraction,
         validation_fraction=settings.validation_fraction, split_seed=settings.split_seed,
         root=Path(root) / settings.root, download=settings.download,
-        max_train=settings.max_train, max_test=settings.max_test)
+        max_train=settings.max_train, max_test=settings.max_test,
+        two_objects=settings.two_objects)

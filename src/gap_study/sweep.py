@@ -57,7 +57,7 @@ __all__ = [
 SWEEP_METRICS = ("test_accuracy", "test_loss", "overfit_gap", "shift_accuracy_mean",
                  "consistency_exact", "flip_rate_all_pairs", "aligned_shift_accuracy",
                  "other_shift_accuracy", "consistency", "flip_rate", "pointing_accuracy",
-                 "seconds_per_epoch")
+                 "pointing_gradcam_two_objects", "seconds_per_epoch")
 GROUP_KEYS = ["data", "settings", "head", "fraction", "train_shift"]
 # Params (dotted keys; a section name covers all of it) that do not change what a run's result
 # means, so experiments differing only in them are pooled: which seeds and heads an experiment

@@ -77,8 +77,15 @@ PROTOCOL: tuple[ClaimTest, ...] = (
     ClaimTest("more translation robust", "flip_rate", True, "consistency", False),
     ClaimTest("faster training", "seconds_per_step", True, "time", True, runs="speed"),
     ClaimTest("faster training", "time_to_target", True, "time", True),
-    ClaimTest("feature maps tied to classes", "pointing_accuracy_shifted", False, "accuracy", True,
-         ("ref:pointing_centre_prior_shifted",)),
+    # two objects of different classes per canvas: a class's map must find its own object, which
+    # the class-agnostic ink map does for at most one of the two; Grad-CAM scores every head
+    ClaimTest("feature maps tied to classes", "pointing_gradcam_two_objects", False, "accuracy",
+              True, ("dense", "ref:pointing_ink_two_objects")),
+    ClaimTest("feature maps tied to classes", "pointing_two_objects", False, "accuracy", False,
+              ("ref:pointing_ink_two_objects",)),
+    # one object on a blank canvas: any map that finds ink points at it
+    ClaimTest("feature maps tied to classes", "pointing_accuracy_shifted", False, "accuracy",
+              False, ("ref:pointing_centre_prior_shifted",)),
     ClaimTest("feature maps tied to classes", "pointing_gradcam_shifted", False, "accuracy", False,
          ("dense", "ref:pointing_ink_shifted")),
 )
@@ -148,7 +155,7 @@ def _jobs(results: pd.DataFrame, step_times: pd.DataFrame, heads: Sequence[str],
 
 # What a reference level is called where a head's name would stand.
 REFERENCE_NAMES = {"pointing_centre_prior_shifted": "centre prior",
-                   "pointing_ink_shifted": "ink map"}
+                   "pointing_ink_shifted": "ink map", "pointing_ink_two_objects": "ink map"}
 
 
 def _baseline_name(baseline: str) -> str:

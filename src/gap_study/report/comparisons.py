@@ -1,4 +1,4 @@
-"""The study's pre-declared comparisons (protocol version 2; ``docs/study.md``, section
+"""The study's pre-declared comparisons (protocol version 3; ``docs/study.md``, section
 "Statistics and verdicts"): one head against a baseline head on one metric, ending in
 ``better``, ``worse``, ``equivalent`` or ``inconclusive``.
 

@@ -16,7 +16,7 @@ __all__ = ["VERDICT_COLOURS", "forest_rows", "plot_forest", "plot_tuning"]
 VERDICT_COLOURS = {"better": "#1b9e77", "worse": "#d95f02", "equivalent": "#7570b3",
                    "inconclusive": "#999999"}
 _PERCENT = frozenset({"test_accuracy", "consistency_exact", "pointing_accuracy_shifted",
-                      "overfit_gap", "shift_accuracy_mean"})
+                      "pointing_gradcam_two_objects", "overfit_gap", "shift_accuracy_mean"})
 
 
 def _scale(metric: str) -> tuple[float, str]:

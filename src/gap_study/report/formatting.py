@@ -36,7 +36,10 @@ _FORMATS = {
     "pointing_accuracy_shifted": (100, 1, "%"), "pointing_chance": (100, 1, "%"),
     "pointing_centre_prior": (100, 1, "%"), "pointing_centre_prior_shifted": (100, 1, "%"),
     "pointing_gradcam": (100, 1, "%"), "pointing_gradcam_shifted": (100, 1, "%"),
-    "pointing_ink_shifted": (100, 1, "%"),
+    "pointing_ink_shifted": (100, 1, "%"), "pointing_two_objects": (100, 1, "%"),
+    "pointing_gradcam_two_objects": (100, 1, "%"), "pointing_ink_two_objects": (100, 1, "%"),
+    "pointing_centre_prior_two_objects": (100, 1, "%"),
+    "pointing_chance_two_objects": (100, 1, "%"),
     "consistency_exact": (100, 1, "%"), "flip_rate_all_pairs": (100, 1, "%"),
     "time_to_target": (1, 2, " s"), "val_accuracy": (100, 1, "%"),
 }

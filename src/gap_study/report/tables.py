@@ -51,8 +51,10 @@ SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accura
                    "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
                    "pointing_accuracy", "pointing_accuracy_shifted", "pointing_chance",
                    "pointing_centre_prior", "pointing_centre_prior_shifted", "pointing_gradcam",
-                   "pointing_gradcam_shifted", "pointing_ink_shifted", "time_to_target",
-                   "seconds_per_epoch", "images_per_second")
+                   "pointing_gradcam_shifted", "pointing_ink_shifted", "pointing_two_objects",
+                   "pointing_gradcam_two_objects", "pointing_ink_two_objects",
+                   "pointing_centre_prior_two_objects", "pointing_chance_two_objects",
+                   "time_to_target", "seconds_per_epoch", "images_per_second")
 CURVE_METRICS = ("train_images", "train_accuracy", "test_accuracy", "overfit_gap", "loss_gap")
 ABLATION_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "shift_accuracy_worst",
                     "consistency", "flip_rate", "pointing_accuracy", "pointing_accuracy_shifted")
@@ -60,7 +62,8 @@ HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accur
                     "test_loss", "overfit_gap", "loss_gap", "shift_accuracy_mean",
                     "shift_accuracy_worst", "consistency_exact", "flip_rate_all_pairs",
                     "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
-                    "pointing_accuracy", "pointing_accuracy_shifted", "pointing_gradcam_shifted")
+                    "pointing_accuracy", "pointing_accuracy_shifted", "pointing_gradcam_shifted",
+                    "pointing_two_objects", "pointing_gradcam_two_objects")
 
 # The stages' run records: ``{"train": train/run.json, "evaluate": eval/run.json,
 # "mechanism": mechanism/run.json}``.

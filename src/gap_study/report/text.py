@@ -115,13 +115,15 @@ def header_section(setup: StudySetup, heads: Sequence[str], seeds: Sequence[int]
                    level: str) -> list[str]:
     """The title and what was run: data, backbone, heads, seeds, training, how to read numbers."""
     dataset, model, train = setup.dataset, setup.model, setup.train
+    pairs = dataset.get("two_object_canvases", 0)  # absent from records before they existed
     return [
         "# Global pooling vs a dense classifier head: results",
         "",
         f"Data set **{dataset['name']}**: {dataset['train_images']:,} training and "
         f"{dataset['test_images']:,} test images of {dataset['image_size']}x"
         f"{dataset['image_size']} pixels ({dataset['in_channels']} channel(s)), "
-        f"{dataset['num_classes']} classes, the object centred on a zero background. "
+        f"{dataset['num_classes']} classes, the object centred on a zero background"
+        f"{f'; {pairs:,} two-object canvases made of test objects' if pairs else ''}. "
         f"Backbone: conv3x3-BN-ReLU blocks of widths {model['widths']} with "
         f"{_downsampling_phrase(model)}; `dense` head hidden size {model['dense_hidden']}. "
         f"Heads: {', '.join(f'`{h}`' for h in heads)}. Each head is trained with seeds "

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from gap_study.report.claims import QUOTES, heads_under_test
+from gap_study.report.claims import PROTOCOL, QUOTES, heads_under_test
 from gap_study.report.formatting import (
     RELATIVE,
     format_improvement,
@@ -30,6 +30,9 @@ METRIC_LABELS = {
     "consistency": "consistency of two random shifts", "flip_rate": "4-direction 1-pixel flips",
     "seconds_per_step": "time per training step", "time_to_target": "time to the target",
     "pointing_accuracy_shifted": "pointing accuracy on shifted images",
+    "pointing_gradcam_two_objects": "Grad-CAM pointing at each class's own object on "
+                                    "two-object canvases",
+    "pointing_two_objects": "CAM pointing at each class's own object on two-object canvases",
 }
 
 
@@ -62,19 +65,26 @@ def _metric_sentence(metric: str, rows: pd.DataFrame, verdict: Mapping[str, obje
 
 def summary_section(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]:
     """"In one minute": one sentence per claim, per primary metric its verdict and the largest
-    effect; the words are computed from ``claim_verdicts``, never typed in."""
+    effect, or that none of its primary comparisons could be made; the words are computed from
+    ``claim_verdicts``, never typed in."""
     lines = ["## In one minute", ""]
     if verdicts.empty:
         return [*lines, "No claim could be tested: `heads` needs `dense` (and `dense_dropout`) "
                 "and at least one pooling head.", ""]
     primary = comparisons[comparisons.role == "primary"]
-    for claim, group in verdicts.groupby("claim", sort=False):
+    for claim, quote in QUOTES.items():
+        group = verdicts[verdicts.claim == claim]
+        if group.empty:  # e.g. the map claim without two-object canvases
+            metrics = ", ".join(f"`{test.metric}`" for test in PROTOCOL
+                                if test.claim == claim and test.primary)
+            lines.append(f"- **{claim.capitalize()}** (\"{quote}\"): not tested here: no "
+                         f"comparison of its primary metrics ({metrics}) could be made.")
+            continue
         parts = [_metric_sentence(row.metric, primary[(primary.claim == claim)
                                                       & (primary.metric == row.metric)],
                                   row._asdict())
                  for row in group.itertuples(index=False)]
-        lines.append(f"- **{claim.capitalize()}** (\"{QUOTES[claim]}\"): " + "; ".join(parts)
-                     + ".")
+        lines.append(f"- **{claim.capitalize()}** (\"{quote}\"): " + "; ".join(parts) + ".")
     return [*lines, ""]
 
 
