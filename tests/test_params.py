@@ -23,9 +23,11 @@ def _with(params_raw, dotted, value):
 
 def test_the_projects_params_yaml_is_valid(root):
     params = load_params(root / "params.yaml")
-    # the primary tests' baselines, the factorial's four heads and the sum-pooling experiment
-    assert {"dense", "dense_dropout", "linear", "gap", "gap_hidden", "gmp", "gsp",
-            "gsp_scaled"} <= set(params.heads)
+    # the primary tests' baselines, the factorial's four heads and the mechanism's heads
+    assert {"dense", "dense_dropout", "linear", "gap", "gap_hidden", "gmp"} <= set(params.heads)
+    assert {"dense", "gap", "gmp"} <= set(params.mechanism.heads)
+    assert {"max", "blurmax"} <= set(params.mechanism.downsample)
+    assert {"zeros", "circular"} <= set(params.mechanism.padding)
     assert len(params.train.seeds) >= 5  # protocol v2: at least five seeds per primary test
     assert params.tune.seed not in params.train.seeds
 
