@@ -52,6 +52,11 @@ def cells_in_order(settings: Mapping[str, Sequence[str]]) -> list[tuple[str, str
     return [(d, p) for d in settings["downsample"] for p in settings["padding"]]
 
 
+def _levels(cells: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The downsampling and padding levels of ``cells``, reference first."""
+    return list(dict.fromkeys(d for d, _ in cells)), list(dict.fromkeys(p for _, p in cells))
+
+
 def phase_gaps(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds of each head and cell's metrics, with ``phase_gap`` (whole-cell minus
     other shifts): one row per head and cell."""
@@ -123,8 +128,7 @@ def _closure_lines(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) 
 def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) -> list[str]:
     """Which factor closes more of ``head``'s phase gap on its own, and whether padding adds
     more on top of anti-aliasing than alone (2 x 2 designs only)."""
-    downsamples = list(dict.fromkeys(d for d, _ in cells))
-    paddings = list(dict.fromkeys(p for _, p in cells))
+    downsamples, paddings = _levels(cells)
     if len(downsamples) != 2 or len(paddings) != 2:
         return []
     (d0, d1), (p0, p1) = downsamples, paddings
@@ -187,8 +191,7 @@ def _dense_lines(gaps: pd.DataFrame, pooled: Sequence[str], dense: Sequence[str]
 def _expectation_lines(gaps: pd.DataFrame, pooled: Sequence[str],
                        cells: list[tuple[str, str]]) -> list[str]:
     """The literature's expectations, checked against the pooling heads' numbers."""
-    downsamples = list(dict.fromkeys(d for d, _ in cells))
-    paddings = list(dict.fromkeys(p for _, p in cells))
+    downsamples, paddings = _levels(cells)
     if not pooled or len(downsamples) < 2 or len(paddings) < 2:
         return []
     d0, d1, p0, p1 = downsamples[0], downsamples[1], paddings[0], paddings[1]
@@ -271,7 +274,7 @@ def mechanism_published_rows(runs: pd.DataFrame, settings: Mapping[str, Sequence
     "Black" flip rates beside this study's."""
     cells = cells_in_order(settings)
     gaps = phase_gaps(runs)
-    downsamples = list(dict.fromkeys(d for d, _ in cells))
+    downsamples, _ = _levels(cells)
     rows = [{"source": f"Zhang 2019, ImageNet {net}: consistency without / with a Bin-5 blur",
              "metric": "consistency (two random shifts up to 31 px, cropping)",
              "value": f"{a:.2%} -> {b:.2%} ({_points(b - a)})"}
