@@ -131,7 +131,7 @@ def test_the_mechanism_crosses_its_heads_with_every_cell_and_reuses_the_main_run
         == sorted((h, d, p, s) for h in mechanism["heads"] for d in mechanism["downsample"]
                   for p in mechanism["padding"] for s in TINY_SEEDS)
     main = runs[(runs.downsample == "max") & (runs.padding == "zeros")]
-    assert (main.source == "main run").all() and (runs.test_images == 60).all()
+    assert (main.source == "main run").all() and (runs.test_images == 30).all()
     # the model section's cell is the train stage's runs: on the images the mechanism scores,
     # its grid predictions are the evaluate stage's
     with np.load(reports / "mechanism" / "grid_predictions.npz") as ours:

@@ -98,3 +98,14 @@ def test_published_rows_set_zhangs_gains_and_azulays_flip_rates_beside_ours(runs
     assert values["this study: `gap`, `max` -> `blurmax` (binomial filter of size 3, zeros "
                   "padding)"] == "70.00% -> 90.00% (+20.0 pts)"
     assert values["this study: `gap`, `max`, `zeros`"] == "0.12"
+
+
+def test_a_single_cell_is_described_without_comparisons(runs):
+    alone = runs[(runs.downsample == "max") & (runs.padding == "zeros")]
+    settings = {**SETTINGS, "downsample": ["max"], "padding": ["zeros"]}
+    text = "\n".join(mechanism_section(alone, settings, MODEL, ["dense", "gap"], ["gap"], {},
+                                        0.95))
+    assert "a phase gap of 20.0 points; exact consistency 70.0%.\n" in text
+    assert "closes" not in text and "What the literature expected" not in text
+    assert mechanism_published_rows(alone, settings, 3, ["gap"])[-1]["source"] == \
+        "this study: `gap`, `max`, `zeros`"

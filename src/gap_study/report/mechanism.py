@@ -118,11 +118,14 @@ def _closure_lines(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) 
              f"{_pct(gaps.loc[(head, *cell)].other_shift_accuracy, 'test_accuracy')}, exact "
              f"consistency {_pct(gaps.loc[(head, *cell)].consistency_exact)})"
              for cell, share in closed.items()]
-    return [f"`{head}`, reference cell ({_cell(*reference)}): "
+    text = (f"`{head}`, reference cell ({_cell(*reference)}): "
             f"{_pct(base.aligned_shift_accuracy, 'test_accuracy')} accurate at whole-cell "
             f"shifts and {_pct(base.other_shift_accuracy, 'test_accuracy')} at the others, a "
             f"phase gap of {base.phase_gap * 100:.1f} points; exact consistency "
-            f"{_pct(base.consistency_exact)}. " + "; ".join(parts) + "."]
+            f"{_pct(base.consistency_exact)}.")
+    if parts:  # a single cell has nothing to compare with
+        text += " " + "; ".join(parts) + "."
+    return [text]
 
 
 def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) -> list[str]:
