@@ -15,6 +15,7 @@ __all__ = [
     "RELATIVE",
     "format_improvement",
     "format_number",
+    "format_percent",
     "format_stat",
     "grouped_stat_table",
     "markdown_table",
@@ -53,6 +54,11 @@ def format_number(value: float, metric: str, difference: bool = False) -> str:
     if difference and unit == "%":
         unit = " pts"
     return f"{value * scale:,.{decimals}f}{unit}"
+
+
+def format_percent(value: float) -> str:
+    """A share as a percentage with one decimal: ``0.675`` -> ``67.5%``."""
+    return f"{value * 100:.1f}%"
 
 
 def format_improvement(diff: float, low: float, high: float, metric: str) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from gap_study.report.formatting import format_number, markdown_table
+from gap_study.report.formatting import format_percent, markdown_table
 from gap_study.report.stats import summarize
 
 __all__ = [
@@ -78,10 +78,6 @@ def _points(value: float) -> str:
     return f"{value * 100:+.1f} pts"
 
 
-def _pct(value: float, metric: str = "consistency_exact") -> str:
-    return format_number(value, metric)
-
-
 def _mean_interval(row: pd.Series) -> str:
     """``mean [low, high]%``: the factor table has five metric columns, too many for the
     ``mean ± std [CI]`` of the other tables on one screen."""
@@ -109,20 +105,20 @@ def _closure_lines(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) 
     base = gaps.loc[(head, *reference)]
     if base.phase_gap <= 0:
         return [f"`{head}` has no phase gap to close in the reference cell "
-                f"({_cell(*reference)}): {_pct(base.aligned_shift_accuracy, 'test_accuracy')} "
-                f"at whole-cell shifts, {_pct(base.other_shift_accuracy, 'test_accuracy')} at "
+                f"({_cell(*reference)}): {format_percent(base.aligned_shift_accuracy)} "
+                f"at whole-cell shifts, {format_percent(base.other_shift_accuracy)} at "
                 "the others."]
     closed = {cell: 1 - gaps.loc[(head, *cell)].phase_gap / base.phase_gap
               for cell in cells[1:]}
     parts = [f"{_cell(*cell)} closes {_share(share)} of it (other shifts "
-             f"{_pct(gaps.loc[(head, *cell)].other_shift_accuracy, 'test_accuracy')}, exact "
-             f"consistency {_pct(gaps.loc[(head, *cell)].consistency_exact)})"
+             f"{format_percent(gaps.loc[(head, *cell)].other_shift_accuracy)}, exact "
+             f"consistency {format_percent(gaps.loc[(head, *cell)].consistency_exact)})"
              for cell, share in closed.items()]
     text = (f"`{head}`, reference cell ({_cell(*reference)}): "
-            f"{_pct(base.aligned_shift_accuracy, 'test_accuracy')} accurate at whole-cell "
-            f"shifts and {_pct(base.other_shift_accuracy, 'test_accuracy')} at the others, a "
+            f"{format_percent(base.aligned_shift_accuracy)} accurate at whole-cell "
+            f"shifts and {format_percent(base.other_shift_accuracy)} at the others, a "
             f"phase gap of {base.phase_gap * 100:.1f} points; exact consistency "
-            f"{_pct(base.consistency_exact)}.")
+            f"{format_percent(base.consistency_exact)}.")
     if parts:  # a single cell has nothing to compare with
         text += " " + "; ".join(parts) + "."
     return [text]
@@ -174,15 +170,15 @@ def _dense_lines(gaps: pd.DataFrame, pooled: Sequence[str], dense: Sequence[str]
         best_cell = own.idxmax()
         pooled_best = max(gaps.loc[p].consistency_exact.max() for p in pooled) if pooled else None
         text = (f"`{head}` keeps each position's own weights, so no cell makes it invariant: "
-                f"exact consistency {_pct(own.loc[cells[0]])} in the reference cell and at most "
-                f"{_pct(own.max())} ({_cell(*best_cell)})")
+                f"exact consistency {format_percent(own.loc[cells[0]])} in the reference cell and "
+                f"at most {format_percent(own.max())} ({_cell(*best_cell)})")
         if pooled_best is not None:
-            text += f", against up to {_pct(pooled_best)} for the pooling heads"
+            text += f", against up to {format_percent(pooled_best)} for the pooling heads"
         lines.append(text + ".")
         reference = gaps.loc[(head, *cells[0])]
         if reference.phase_gap < 0:
-            aligned = _pct(reference.aligned_shift_accuracy, "test_accuracy")
-            other = _pct(reference.other_shift_accuracy, "test_accuracy")
+            aligned = format_percent(reference.aligned_shift_accuracy)
+            other = format_percent(reference.other_shift_accuracy)
             lines.append(
                 f"Its phase gap is negative ({aligned} at whole-cell shifts, {other} at the "
                 "others): the whole-cell shifts of this grid are its largest, and "
@@ -209,7 +205,7 @@ def _expectation_lines(gaps: pd.DataFrame, pooled: Sequence[str],
         best = own.loc[(d1, p1)].consistency_exact
         text = (f"- `{head}`: `{d1}` changes exact consistency by {_points(gain)}, {size} the "
                 f"{low * 100:.1f} to {high * 100:.1f} points Zhang (2019) reports on ImageNet. "
-                f"With `{d1}` and `{p1}` padding it reaches {_pct(best)}: ")
+                f"With `{d1}` and `{p1}` padding it reaches {format_percent(best)}: ")
         if best >= 1 - NEAR_INVARIANT:
             text += (f"within {NEAR_INVARIANT * 100:.0f} point of exact invariance, where the "
                      "literature expects the ReLUs to keep re-aliasing a blurred network (Zhang "

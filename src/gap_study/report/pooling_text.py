@@ -11,7 +11,12 @@ from typing import Any
 import pandas as pd
 
 from gap_study.architecture import has_class_map, pools_globally
-from gap_study.report.formatting import grouped_stat_table, markdown_table, stat_table
+from gap_study.report.formatting import (
+    format_percent,
+    grouped_stat_table,
+    markdown_table,
+    stat_table,
+)
 from gap_study.report.stats import summarize
 from gap_study.report.tables import StudyTables, phase_accuracy, phase_table
 
@@ -203,10 +208,6 @@ _TWO_OBJECTS = ["pointing_two_objects", "pointing_gradcam_two_objects",
                 "pointing_chance_two_objects"]
 
 
-def _percent(value: float) -> str:
-    return f"{value * 100:.1f}%"
-
-
 def _two_object_lines(aggregate: pd.DataFrame, heads: Sequence[str]) -> list[str]:
     """Subsection "Two objects on a canvas": each head's maps (Grad-CAM for all, CAM where
     there is one) pointing at each class's own object, against the ink map, the centre prior
@@ -221,7 +222,7 @@ def _two_object_lines(aggregate: pd.DataFrame, heads: Sequence[str]) -> list[str
                 "map claim's primary test did not run.", ""]
     ink, centre, chance = (float(means[m].mean()) for m in _TWO_OBJECTS[2:])
     ranked = list(gradcam.sort_values(ascending=False, kind="stable").index)
-    ranking = ", ".join(f"`{h}` {_percent(gradcam[h])}" for h in ranked)
+    ranking = ", ".join(f"`{h}` {format_percent(gradcam[h])}" for h in ranked)
     above = [h for h in ranked if gradcam[h] > ink]
     below = [h for h in ranked if h not in above]
     ink_words = f"above the ink map: {_names(above) if above else 'no head'}"
@@ -230,7 +231,7 @@ def _two_object_lines(aggregate: pd.DataFrame, heads: Sequence[str]) -> list[str
     dense = ""
     if "dense" in gradcam.index:
         beat = [h for h in shown if h != "dense" and gradcam[h] > gradcam["dense"]]
-        dense = (f" Above `dense`'s {_percent(gradcam['dense'])}: "
+        dense = (f" Above `dense`'s {format_percent(gradcam['dense'])}: "
                  f"{_names(beat) if beat else 'no other head'}.")
     return [
         *lines,
@@ -238,8 +239,8 @@ def _two_object_lines(aggregate: pd.DataFrame, heads: Sequence[str]) -> list[str
         "(`data.two_objects`, seeded by `data.split_seed`); for each canvas and each of its two "
         "classes, that class's map should peak inside that class's own box. The ink map has one "
         "peak for both classes, so it scores at most 50%; a map tied to the classes can score "
-        f"up to 100%. Here the ink map scores {_percent(ink)}, the centre prior "
-        f"{_percent(centre)} and chance {_percent(chance)}. Grad-CAM, highest first: "
+        f"up to 100%. Here the ink map scores {format_percent(ink)}, the centre prior "
+        f"{format_percent(centre)} and chance {format_percent(chance)}. Grad-CAM, highest first: "
         f"{ranking}; {ink_words}.{dense} Grad-CAM against `dense` and against the ink map is "
         "the claim's primary test (the claims table says which differences the seeds "
         "support); the CAM against the ink map is secondary.",
