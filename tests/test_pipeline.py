@@ -112,7 +112,9 @@ def test_summary_has_one_row_per_head_and_seed_of_the_main_runs(reports):
 
 
 def test_results_have_a_row_per_run_and_grid_metrics_only_for_the_whole_training_set(reports):
-    results = pd.read_csv(reports / "results.csv")
+    everything = pd.read_csv(reports / "results.csv")
+    results = everything[everything.part == "main"]
+    assert (results.test_images == results.test_images.max()).all()
     assert sorted(zip(results["head"], results.fraction, results.train_shift, results.seed,
                       strict=True)) == sorted((h, f, t, s) for h in HEADS
                                               for f, t in TINY_VARIANTS for s in TINY_SEEDS)
@@ -132,6 +134,11 @@ def test_the_mechanism_crosses_its_heads_with_every_cell_and_reuses_the_main_run
                   for p in mechanism["padding"] for s in TINY_SEEDS)
     main = runs[(runs.downsample == "max") & (runs.padding == "zeros")]
     assert (main.source == "main run").all() and (runs.test_images == 30).all()
+    # the report's results.csv holds them, unchanged, as its part "mechanism"
+    results = pd.read_csv(reports / "results.csv")
+    pd.testing.assert_frame_equal(
+        results[results.part == "mechanism"][runs.columns].reset_index(drop=True), runs,
+        check_dtype=False)
     # the model section's cell is the train stage's runs: on the images the mechanism scores,
     # its grid predictions are the evaluate stage's
     with np.load(reports / "mechanism" / "grid_predictions.npz") as ours:

@@ -10,6 +10,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 from builders import TINY_SEEDS, command_env, run_command, tiny_repository
 
 pytestmark = [pytest.mark.slow, pytest.mark.queue]
@@ -44,6 +45,9 @@ def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_
     pooled = pd.read_csv(repo / "reports" / "sweep" / "results.csv")
     assert pooled.experiment.nunique() == len(TINY_SEEDS)
     assert sorted(pooled.seed.unique()) == TINY_SEEDS
-    assert len(pooled) == 3 * len(TINY_SEEDS)  # three variants per seed, each once
+    mechanism = yaml.safe_load((repo / "params.yaml").read_text())["mechanism"]
+    cells = len(mechanism["downsample"]) * len(mechanism["padding"])
+    assert (pooled.part == "main").sum() == 3 * len(TINY_SEEDS)  # 3 variants per seed, once
+    assert (pooled.part == "mechanism").sum() == cells * len(TINY_SEEDS)  # gap alone
     summary = pd.read_csv(repo / "reports" / "sweep" / "summary.csv")
     assert (summary.n == len(TINY_SEEDS)).all()

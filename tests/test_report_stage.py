@@ -18,8 +18,11 @@ from gap_study.paths import Layout, RunId
 from gap_study.report.claims import claim_comparisons, claim_verdicts
 from gap_study.report.figures import save_figures, study_figures
 from gap_study.report.tables import (
+    RESULT_KEYS,
+    RUN_KEYS,
     CollectedResults,
     collect_results,
+    results_table,
     study_tables,
     with_derived_metrics,
 )
@@ -159,7 +162,8 @@ MECHANISM = {"heads": ["dense", "gap"], "downsample": ["max", "blurmax"],
 def _write_mechanism(layout: Layout, rng: np.random.Generator) -> None:
     """The mechanism stage's files: each head in each cell, two seeds, and its record."""
     layout.mechanism_reports.mkdir(parents=True)
-    keys = [{"head": h, "downsample": d, "padding": p, "seed": seed}
+    keys = [{"head": h, "downsample": d, "padding": p, "fraction": 1.0, "train_shift": 0,
+             "seed": seed}
             for h in MECHANISM["heads"] for d in MECHANISM["downsample"]
             for p in MECHANISM["padding"] for seed in (0, 1)]
     pd.DataFrame([{**key, "source": "trained here", "test_images": 20,
@@ -213,6 +217,26 @@ def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
     assert collected.speed_run["threads_per_run"] == 1
     assert len(collected.mechanism) == 2 * 4 * 2  # heads x cells x seeds
     assert collected.records["mechanism"]["mechanism"] == MECHANISM
+
+
+def test_results_table_holds_every_run_of_both_parts_once(layout):
+    collected = collect_results(layout, HEADS)
+    results = with_derived_metrics(collected, time_target=SETTINGS.time_target)
+    table = results_table(results, collected)
+    assert list(table.columns[:len(RESULT_KEYS)]) == RESULT_KEYS
+    assert not table.duplicated(RESULT_KEYS).any()
+    main = table[table.part == "main"]
+    # the main runs: the model section's cell, every test image, the derived metrics kept
+    assert (main.downsample == "max").all() and (main.padding == "zeros").all()
+    assert (main.test_images == DATASET["test_images"]).all()
+    pd.testing.assert_frame_equal(main[results.columns].reset_index(drop=True), results,
+                                  check_dtype=False)
+    # the mechanism's runs: runs.csv as the stage wrote it, beside main runs of the same keys
+    mechanism = table[table.part == "mechanism"].reset_index(drop=True)
+    runs = pd.read_csv(layout.mechanism_runs)
+    pd.testing.assert_frame_equal(mechanism[runs.columns], runs, check_dtype=False)
+    assert len(table) == len(results) + len(runs)
+    assert not main.merge(mechanism, on=RUN_KEYS).empty  # same run keys, told apart by part
 
 
 def _study(layout: Layout):

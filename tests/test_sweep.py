@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pandas as pd
 import pytest
@@ -155,6 +156,42 @@ def test_the_same_run_under_other_settings_is_kept_twice(params):
     b, _ = _experiment("b", _with(params, **{"train.lr": 0.01}), [0])
     runs = sw.pool_runs([a, b])
     assert len(runs) == 6 and runs.groupby("settings").size().tolist() == [3, 3]
+
+
+def _with_mechanism(results: pd.DataFrame, seeds) -> pd.DataFrame:
+    """``results`` as the report writes it: part ``main`` on the default backbone, plus the
+    mechanism's runs of ``gap`` in two cells (the main cell again, scored on fewer images)."""
+    main = results.assign(part="main", downsample="max", padding="zeros")
+    mechanism = pd.DataFrame([
+        {"part": "mechanism", "downsample": downsample, "padding": "zeros", "head": "gap",
+         "fraction": 1.0, "train_shift": 0, "seed": seed, "test_accuracy": 0.5}
+        for downsample in ("max", "blurmax") for seed in seeds])
+    return pd.concat([main, mechanism], ignore_index=True)
+
+
+def test_mechanism_runs_pool_apart_from_main_runs_with_the_same_keys(params):
+    frames = [sw.label_runs(_with_mechanism(_results(seeds), seeds), experiment=name,
+                            rev=name, params=_with(params, **{"train.seeds": seeds}))
+              for name, seeds in [("a", [0, 1]), ("b", [1, 2])]]
+    runs = sw.pool_runs(frames)
+    # seed 1 is in both experiments: counted once in each part and cell, never merged across
+    assert len(runs) == 3 * 3 + 2 * 3
+    summary = sw.sweep_summary(runs).query("metric == 'test_accuracy'")
+    mechanism = summary[summary.part == "mechanism"]
+    assert sorted(mechanism.downsample) == ["blurmax", "max"]
+    assert (mechanism["mean"] == 0.5).all() and (mechanism["n"] == 3).all()
+    main = summary[(summary.part == "main") & (summary.fraction == 1.0)
+                   & (summary.train_shift == 0)]
+    assert main["mean"].item() == pytest.approx(0.91)  # seeds 0, 1, 2: 0.90, 0.91, 0.92
+    text = sw.sweep_table(runs)
+    assert re.search(r"\| mechanism +\| blurmax +\| zeros +\| gap +\|", text)
+
+
+def test_results_from_before_the_part_column_are_main_runs_of_their_backbone(params):
+    runs = sw.label_runs(_results([0]), experiment="old", rev="old",
+                         params=_with(params, **{"model.padding": "circular"}))
+    assert (runs.part == "main").all() and (runs.padding == "circular").all()
+    assert (runs.downsample == params["model"]["downsample"]).all()
 
 
 def test_settings_differences_mark_missing_keys_and_ignore_the_data_name(params):

@@ -117,7 +117,8 @@ def score_grid(predictions: np.ndarray, labels: np.ndarray, max_shift: int,
 
 @dataclass(frozen=True)
 class MechanismResult:
-    """What a task returns: the run's metrics (a row of ``runs.csv``), its grid accuracy per
+    """What a task returns: the run's metrics (a row of ``runs.csv``, keyed by head, cell, and
+    the fraction, training shift and seed of the main run it repeats), its grid accuracy per
     offset, its grid predictions, and for a trained run its checkpoint and history."""
 
     row: dict[str, object]
@@ -154,7 +155,7 @@ def mechanism_task(item: tuple[MechanismRun, dict[str, Any] | None], *, data: Ca
     row, grid = score_grid(predictions, data.y_test[index], max_shift,
                            total_stride(architecture.widths))
     keys = {"head": run.head, "downsample": run.cell.downsample, "padding": run.cell.padding,
-            "seed": run.run.seed}
+            **run.run.as_dict()}
     return MechanismResult(
         row={**keys, "source": "main run" if run.main else "trained here",
              "test_images": len(index), **row},

@@ -11,11 +11,12 @@ then reports over all of them::
 
 Runs are pooled only within identical settings: an experiment's settings are its params
 except ``IGNORED_PARAMS`` (where that rule is stated, with its reasons) and the canvases of the
-other data sets. Runs of experiments with the same settings and the same head, training
-fraction and training shift are pooled across experiments, so seeds trained by different
-experiments (in parallel) count as seeds of one study; experiments with other settings (say
-``train.epochs``) form their own group, with their own tables. A run found in two experiments
-with the same settings (same head, fraction, shift and seed) is counted once.
+other data sets. Runs of experiments with the same settings and the same part (the main runs
+or the mechanism experiment's), backbone, head, training fraction and training shift are
+pooled across experiments, so seeds trained by different experiments (in parallel) count as
+seeds of one study; experiments with other settings (say ``train.epochs``) form their own
+group, with their own tables. A run found in two experiments
+with the same settings (same part, backbone, head, fraction, shift and seed) is counted once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import pandas as pd
 from gap_study.io import write_csv, write_text
 from gap_study.report.formatting import grouped_stat_table
 from gap_study.report.stats import summarize
-from gap_study.report.tables import RUN_KEYS
+from gap_study.report.tables import RESULT_KEYS
 
 __all__ = [
     "IGNORED_PARAMS",
@@ -58,18 +59,20 @@ SWEEP_METRICS = ("test_accuracy", "test_loss", "overfit_gap", "shift_accuracy_me
                  "consistency_exact", "flip_rate_all_pairs", "aligned_shift_accuracy",
                  "other_shift_accuracy", "consistency", "flip_rate", "pointing_accuracy",
                  "pointing_gradcam_two_objects", "seconds_per_epoch")
-GROUP_KEYS = ["data", "settings", "head", "fraction", "train_shift"]
+GROUP_KEYS = ["data", "settings", *RESULT_KEYS[:-1]]  # a run's keys but its seed
 # Params (dotted keys; a section name covers all of it) that do not change what a run's result
-# means, so experiments differing only in them are pooled: which seeds and heads an experiment
-# trains (a run's numbers depend on its own seed and head alone), where the data files are
-# cached and whether they may be downloaded (the files are hash-checked), and how the
-# numbers are computed or reported (device, compute and evaluation batch size change the
-# speed and at most the last bits of floating point, never a random draw; the speed section
-# times training steps, no run; the report section sets the confidence level, which the sweep
-# takes from --confidence). Everything else, including train.fractions and train.shift, is a
-# setting: the largest fraction decides which runs get the translation and CAM metrics, and
-# pooling too little is safe where pooling too much is not.
-IGNORED_PARAMS = ("train.seeds", "heads", "device", "compute", "data.root", "data.download",
+# means, so experiments differing only in them are pooled: which seeds, heads and mechanism
+# cells an experiment trains (a run's numbers depend on its own seed, head and cell alone),
+# where the data files are cached and whether they may be downloaded (the files are
+# hash-checked), and how the numbers are computed or reported (device, compute and evaluation
+# batch size change the speed and at most the last bits of floating point, never a random
+# draw; the speed section times training steps, no run; the report section sets the
+# confidence level, which the sweep takes from --confidence). Everything else, including
+# train.fractions and train.shift, is a setting: the largest fraction decides which runs get
+# the translation and CAM metrics, and pooling too little is safe where pooling too much is
+# not.
+IGNORED_PARAMS = ("train.seeds", "heads", "mechanism.heads", "mechanism.downsample",
+                  "mechanism.padding", "device", "compute", "data.root", "data.download",
                   "evaluate.batch_size", "speed", "report")
 UNSET = "(unset)"  # a key an experiment's params do not have, in settings_differences
 SETTINGS_FRONT = ["experiment", "rev", "data", "settings"]
@@ -135,7 +138,13 @@ def settings_id(settings: Mapping[str, Any]) -> str:
 def label_runs(results: pd.DataFrame, *, experiment: str, rev: str,
                params: Mapping[str, Any]) -> pd.DataFrame:
     """One experiment's ``results.csv`` frame with ``experiment, rev, data, settings`` (its
-    name, revision, ``data.name`` and ``settings_id``) in front: a new frame."""
+    name, revision, ``data.name`` and ``settings_id``) in front: a new frame. A
+    ``results.csv`` from before the ``part`` column holds the main runs alone, on the backbone
+    of its ``model`` params: its rows get those keys."""
+    if "part" not in results:
+        model = params.get("model", {})
+        results = results.assign(part="main", downsample=model.get("downsample", "max"),
+                                 padding=model.get("padding", "zeros"))
     labels = {"experiment": experiment, "rev": rev, "data": params["data"]["name"],
               "settings": settings_id(run_settings(params))}
     rest = [c for c in results.columns if c not in labels]
@@ -145,16 +154,18 @@ def label_runs(results: pd.DataFrame, *, experiment: str, rev: str,
 def pool_runs(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """The runs of every experiment (frames from ``label_runs``) in one frame, each run once:
     sorted by experiment name (then revision, then the experiment's own row order), a run
-    repeated with the same ``data, settings, head, fraction, train_shift, seed`` kept only
-    from the first experiment that has it. Raises ``ValueError`` when there are no frames."""
+    repeated with the same ``data``, ``settings`` and ``RESULT_KEYS`` (part, backbone, head,
+    fraction, training shift, seed) kept only from the first experiment that has it. Raises
+    ``ValueError`` when there are no frames."""
     frame = pd.concat(list(frames), ignore_index=True)
     frame = frame.sort_values(["experiment", "rev"], kind="stable", ignore_index=True)
-    # Same settings (every param that defines a run's result) and the same head, fraction,
-    # shift and seed: the same seeded, deterministic training and evaluation, i.e. one run
-    # computed twice (a rerun, or overlapping seed lists), identical but for its timings.
-    # Counting it twice would add a fake seed. Keeping the first by experiment name makes the
-    # choice (and seconds_per_epoch) independent of the order experiments are listed in.
-    return frame.drop_duplicates(["data", "settings", *RUN_KEYS], ignore_index=True)
+    # Same settings (every param that defines a run's result) and the same part, backbone,
+    # head, fraction, shift and seed: the same seeded, deterministic training and evaluation,
+    # i.e. one run computed twice (a rerun, or overlapping seed lists), identical but for its
+    # timings. Counting it twice would add a fake seed. Keeping the first by experiment name
+    # makes the choice (and seconds_per_epoch) independent of the order experiments are
+    # listed in.
+    return frame.drop_duplicates(["data", "settings", *RESULT_KEYS], ignore_index=True)
 
 
 def _cell(value: Any) -> str:
@@ -219,8 +230,9 @@ def collect_sweep(repo: str | Path = ".", revs: pd.DataFrame | None = None) -> S
 
 
 def sweep_summary(frame: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """``summarize`` over seeds per data set, settings, head, training fraction and training
-    shift: one row per group and metric with ``n, mean, std, ci_low, ci_high``."""
+    """``summarize`` over seeds per data set, settings and run keys but the seed (``GROUP_KEYS``:
+    part, backbone, head, training fraction and training shift): one row per group and metric
+    with ``n, mean, std, ci_low, ci_high``."""
     metrics = [m for m in SWEEP_METRICS if m in frame]
     return summarize(frame, GROUP_KEYS, metrics, confidence)
 
@@ -240,8 +252,9 @@ def sweep_table(frame: pd.DataFrame, confidence: float = 0.95,
                 settings: pd.DataFrame | None = None) -> str:
     """The sweep as Markdown text: one section per data set and settings group (headed
     ``## <data> (<n> seeds)``, with ``, settings <id>`` after the data set where it has more
-    than one group), each with one table row per head x fraction x shift. With ``settings``
-    (a ``settings_frame``) each section names the keys whose values differ between groups."""
+    than one group), each with one table row per part x backbone x head x fraction x shift.
+    With ``settings`` (a ``settings_frame``) each section names the keys whose values differ
+    between groups."""
     summary = sweep_summary(frame, confidence)
     heads = list(dict.fromkeys(frame["head"]))
     metrics = [m for m in SWEEP_METRICS if m in frame]

@@ -5,7 +5,8 @@ of translation robustness"), and its rows of the published-numbers comparison.
 The reference cell is the first value of ``mechanism.downsample`` and of ``mechanism.padding``.
 A head's *phase gap* is its accuracy at whole-cell shifts minus its accuracy at every other
 shift; a cell *closes* the share ``1 - gap(cell) / gap(reference)`` of it. Every number comes
-from ``reports/mechanism/runs.csv`` (one row per head, cell and seed), means over seeds.
+from the mechanism stage's ``reports/mechanism/runs.csv`` (one row per head, cell and seed; the
+report stage copies it into ``reports/results.csv`` as part ``mechanism``), means over seeds.
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def mechanism_section(runs: pd.DataFrame, settings: Mapping[str, Sequence[str]],
         "others) measures what the other shifts cost. Table: mean "
         f"[{confidence:.0%} interval] over seeds of test accuracy on centred images, exact "
         "consistency, the all-pairs flip rate and accuracy at whole-cell and at other shifts; "
-        "per-run numbers in `reports/mechanism/runs.csv`.", "",
+        "per-run numbers in `results.csv`, part `mechanism`.", "",
         markdown_table(factor_table(runs, heads, cells, confidence)), ""]
     for head in pooled:
         lines += [*_closure_lines(gaps, head, cells), ""]

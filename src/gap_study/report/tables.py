@@ -23,6 +23,7 @@ __all__ = [
     "ABLATION_METRICS",
     "CURVE_METRICS",
     "HEADLINE_METRICS",
+    "RESULT_KEYS",
     "RUN_KEYS",
     "SUMMARY_METRICS",
     "CollectedResults",
@@ -38,12 +39,16 @@ __all__ = [
     "phase_accuracy",
     "phase_table",
     "radius_table",
+    "results_table",
     "study_tables",
     "time_to_target",
     "with_derived_metrics",
 ]
 
 RUN_KEYS = ["head", "fraction", "train_shift", "seed"]
+# a row of ``results.csv``: which part of the study the run belongs to, the backbone's
+# downsampling and padding, then the run within its part
+RESULT_KEYS = ["part", "downsample", "padding", *RUN_KEYS]
 
 SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accuracy",
                    "overfit_gap", "train_loss", "test_loss", "loss_gap", "shift_accuracy_mean",
@@ -153,6 +158,27 @@ def with_derived_metrics(collected: CollectedResults, *, time_target: float) -> 
                            steps_per_epoch=per_epoch)
     return (collected.results.merge(phases, on=RUN_KEYS, how="left", validate="one_to_one")
             .merge(times, on=RUN_KEYS, how="left", validate="one_to_one"))
+
+
+def results_table(results: pd.DataFrame, collected: CollectedResults) -> pd.DataFrame:
+    """``reports/results.csv``: every run of the study, one row each, keyed by ``RESULT_KEYS``.
+
+    Part ``main``: ``results`` (the evaluate stage's runs, with the derived metrics), the
+    ``model`` section's downsampling and padding, scored on every test image. Part
+    ``mechanism``: the mechanism stage's runs, every cell scored on its ``test_images``
+    subsample; its rows of the ``model`` section's own cell are main runs scored again on
+    those images, so their numbers differ from the same runs' ``main`` rows.
+    """
+    model = collected.records["train"]["model"]
+    main = results.assign(part="main", downsample=model["downsample"],
+                          padding=model["padding"],
+                          test_images=collected.records["evaluate"]["dataset"]["test_images"])
+    parts = [main, collected.mechanism.assign(part="mechanism")]
+    # integer columns stay integers where the other part has no value (written as empty)
+    table = pd.concat([part.astype({c: "Int64" for c in part.select_dtypes("integer")})
+                       for part in parts], ignore_index=True)
+    front = [*RESULT_KEYS, "test_images"]
+    return table[front + [c for c in table.columns if c not in front]]
 
 
 def main_runs(frame: pd.DataFrame) -> pd.DataFrame:

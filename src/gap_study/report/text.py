@@ -139,7 +139,8 @@ def header_section(setup: StudySetup, heads: Sequence[str], seeds: Sequence[int]
         f"Every number is the mean over the {len(seeds)} seeds, with ± the standard deviation "
         f"and [the {level} Student-t confidence interval] (not clipped to the metric's range, so "
         "an accuracy interval can pass 100% when seeds disagree); every run's values are in "
-        "`results.csv` (one row per head, fraction, training shift and seed), the main runs' in "
+        "`results.csv` (part `main`: one row per head, fraction, training shift and seed; part "
+        "`mechanism`: the mechanism experiment's runs), the main runs' in "
         "`summary.csv`. Metric definitions: `docs/study.md` (\"Metrics\").",
         "",
     ]
