@@ -70,6 +70,21 @@ def test_local_cluster_gives_the_same_bytes_as_this_process_and_retries_a_failed
     assert set(trim.values()) == {None}  # glibc keeps its heap: see engine.MALLOC_TRIM
 
 
+def _started_at(item):
+    return item, time.monotonic()  # one clock for every process of this machine
+
+
+@pytest.mark.parametrize("scheduler", ["synchronous", "local"])
+def test_tasks_start_costliest_first_and_come_back_in_the_items_order(scheduler):
+    items = [3, 9, 1, 7, 5]
+    with open_engine(_compute(scheduler, workers=1)) as engine:
+        results = engine.map(_started_at, items, shared={}, name="order",
+                             cost=lambda item: item)
+    assert [item for item, _ in results] == items
+    started = [item for item, _ in sorted(results, key=lambda result: result[1])]
+    assert started == sorted(items, reverse=True)
+
+
 def test_an_address_where_no_scheduler_answers_fails_at_once_naming_it():
     address = f"tcp://127.0.0.1:{free_port()}"
     start = time.monotonic()

@@ -15,6 +15,7 @@ and a task that raises is retried once before the stage fails.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -64,38 +65,65 @@ def _with_threads(fn: Callable[..., R], threads: int, *args: Any, **kwargs: Any)
 
 @dataclass
 class Engine:
-    """Where a stage's tasks run: a Dask ``client``, or this process when it is ``None``."""
+    """Where a stage's tasks run: a Dask ``client``, or this process when it is ``None``.
+    ``window``: how many tasks may be on the workers at once (``None``: all of them)."""
 
     client: Any  # distributed.Client | None
     threads_per_run: int
+    window: int | None = None
 
     def map(self, fn: Callable[..., R], items: Sequence[T], *, shared: Mapping[str, Any],
-            name: str, label: Callable[[T], str] = str) -> list[R]:
-        """``[fn(item, **shared) for item in items]``, one task per item, in ``items``' order.
+            name: str, label: Callable[[T], str] = str,
+            cost: Callable[[T], float] | None = None) -> list[R]:
+        """``[fn(item, **shared) for item in items]``, one task per item, results in ``items``'
+        order.
 
         ``shared`` (the data set, settings) goes to every worker once, not once per task;
-        ``name`` and ``label(item)`` name the tasks and the progress lines.
+        ``name`` and ``label(item)`` name the tasks and the progress lines; ``cost(item)``
+        (any comparable estimate; default: the items' order) decides which tasks start
+        first: the costliest.
+
+        1. Costliest first, and on a local cluster each task handed out only when a worker
+           is free (``window``): submitted all at once, Dask assigns every task to a worker
+           up front and the workers end up to a long task apart (the tune stage's two
+           workers finished 4.9 s apart, ``benchmarks/README.md``, "Dask workers"); handed
+           out one by one, longest first, the last tasks are short and the workers finish
+           together. Dask's ``priority`` carries the order to any other scheduler.
         """
+        order = (sorted(range(len(items)), key=lambda i: cost(items[i]), reverse=True)
+                 if cost is not None else list(range(len(items))))
         if self.client is None:
-            results = []
-            for done, item in enumerate(items, start=1):
-                results.append(_with_threads(fn, self.threads_per_run, item, **shared))
-                print(f"{name}: {label(item)} done ({done}/{len(items)})", flush=True)
+            results: list[Any] = [None] * len(items)
+            for done, i in enumerate(order, start=1):
+                results[i] = _with_threads(fn, self.threads_per_run, items[i], **shared)
+                print(f"{name}: {label(items[i])} done ({done}/{len(items)})", flush=True)
             return results
         from distributed import as_completed
 
         sent = {key: self.client.scatter(value, broadcast=True) for key, value in shared.items()}
         # unique keys: two stages sharing a scheduler must never share a task
         stage = uuid.uuid4().hex[:8]
-        futures = [self.client.submit(_with_threads, fn, self.threads_per_run, item, **sent,
-                                      key=f"{name}-{label(item)}-{stage}", retries=RETRIES,
-                                      pure=False) for item in items]
-        position = {future.key: i for i, future in enumerate(futures)}
-        results: list[Any] = [None] * len(items)
-        for done, future in enumerate(as_completed(futures), start=1):
+        position: dict[str, int] = {}
+
+        def submit(rank: int) -> Any:
+            i = order[rank]
+            future = self.client.submit(_with_threads, fn, self.threads_per_run, items[i],
+                                        **sent, key=f"{name}-{label(items[i])}-{stage}",
+                                        priority=len(items) - rank, retries=RETRIES,
+                                        pure=False)
+            position[future.key] = i
+            return future
+
+        window = len(items) if self.window is None else self.window
+        waiting = iter(range(len(items)))
+        running = as_completed([submit(rank) for rank in itertools.islice(waiting, window)])
+        results = [None] * len(items)
+        for done, future in enumerate(running, start=1):
             i = position[future.key]
             results[i] = future.result()
             print(f"{name}: {label(items[i])} done ({done}/{len(items)})", flush=True)
+            if (rank := next(waiting, None)) is not None:
+                running.add(submit(rank))
         return results
 
 
@@ -115,7 +143,7 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
                 LocalCluster(n_workers=local_workers(settings), threads_per_worker=1,
                              processes=True, host="127.0.0.1", dashboard_address=None,
                              silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-            yield Engine(client, settings.threads_per_run)
+            yield Engine(client, settings.threads_per_run, window=local_workers(settings))
         return
     try:
         client = Client(settings.scheduler, timeout=CONNECT_TIMEOUT)
