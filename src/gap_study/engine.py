@@ -119,11 +119,13 @@ class Engine:
         running = as_completed([submit(rank) for rank in itertools.islice(waiting, window)])
         results = [None] * len(items)
         for done, future in enumerate(running, start=1):
+            # 2. the next task goes out before this one's result comes back: the freed worker
+            #    waits for the scheduler alone, not for the transfer
+            if (rank := next(waiting, None)) is not None:
+                running.add(submit(rank))
             i = position[future.key]
             results[i] = future.result()
             print(f"{name}: {label(items[i])} done ({done}/{len(items)})", flush=True)
-            if (rank := next(waiting, None)) is not None:
-                running.add(submit(rank))
         return results
 
 
