@@ -76,10 +76,11 @@ def _started_at(item):
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "local"])
 def test_tasks_start_costliest_first_and_come_back_in_the_items_order(scheduler):
+    # one label for every item: each is still its own task
     items = [3, 9, 1, 7, 5]
     with open_engine(_compute(scheduler, workers=1)) as engine:
         results = engine.map(_started_at, items, shared={}, name="order",
-                             cost=lambda item: item)
+                             label=lambda item: "one label", cost=lambda item: item)
     assert [item for item, _ in results] == items
     started = [item for item, _ in sorted(results, key=lambda result: result[1])]
     assert started == sorted(items, reverse=True)

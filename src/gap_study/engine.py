@@ -85,10 +85,10 @@ class Engine:
 
         1. Costliest first, and on a local cluster each task handed out only when a worker
            is free (``window``): submitted all at once, Dask assigns every task to a worker
-           up front and the workers end up to a long task apart (the tune stage's two
-           workers finished 4.9 s apart, ``benchmarks/README.md``, "Dask workers"); handed
-           out one by one, longest first, the last tasks are short and the workers finish
-           together. Dask's ``priority`` carries the order to any other scheduler.
+           up front and the workers may end a long task apart (once 4.9 s in the tune stage,
+           ``benchmarks/README.md``, "Dask workers"); handed out one by one, longest first,
+           the last tasks are short and the workers finish together. Dask's ``priority``
+           carries the order to any other scheduler.
         """
         order = (sorted(range(len(items)), key=lambda i: cost(items[i]), reverse=True)
                  if cost is not None else list(range(len(items))))
@@ -101,14 +101,15 @@ class Engine:
         from distributed import as_completed
 
         sent = {key: self.client.scatter(value, broadcast=True) for key, value in shared.items()}
-        # unique keys: two stages sharing a scheduler must never share a task
+        # unique keys: two stages sharing a scheduler, or two items with one label, must never
+        # share a task (Dask computes a key once)
         stage = uuid.uuid4().hex[:8]
         position: dict[str, int] = {}
 
         def submit(rank: int) -> Any:
             i = order[rank]
             future = self.client.submit(_with_threads, fn, self.threads_per_run, items[i],
-                                        **sent, key=f"{name}-{label(items[i])}-{stage}",
+                                        **sent, key=f"{name}-{label(items[i])}-{i}-{stage}",
                                         priority=len(items) - rank, retries=RETRIES,
                                         pure=False)
             position[future.key] = i
