@@ -32,7 +32,7 @@ bench: $(STAMP)  ## benchmarks, not tests: pooling ops, training-loop overhead, 
 	python benchmarks/bench_downsample.py $(BENCH_ARGS)
 
 lint: $(STAMP)
-	ruff check src tests notebooks benchmarks
+	ruff check src tests notebooks benchmarks scaling
 
 lab: $(STAMP)  ## JupyterLab on the notebooks
 	jupyter lab notebooks/

@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads-per-run", type=int, default=1,
                         help="torch threads per run: compute.threads_per_run (default 1)")
     parser.add_argument("--port", type=int, default=8786, help="the scheduler's port")
+    parser.add_argument("--dashboard-port", type=int, default=8787,
+                        help="the scheduler's dashboard port; 0: any free one")
     parser.add_argument("--gpus", type=int, default=0,
                         help="GPUs per job (adds --gres=gpu:N); then runs use CUDA")
     args = parser.parse_args(argv)
@@ -51,7 +53,8 @@ def make_cluster(args: argparse.Namespace) -> Any:
     return SLURMCluster(
         cores=args.cores, processes=args.cores // args.threads_per_run, memory=args.memory,
         walltime=args.walltime, queue=args.queue, account=args.account,
-        job_extra_directives=extra, scheduler_options={"port": args.port},
+        job_extra_directives=extra,
+        scheduler_options={"port": args.port, "dashboard_address": f":{args.dashboard_port}"},
         # one run at a time per worker; a run's own threads are set by the study
         worker_extra_args=["--nthreads", "1"],
         # Dask's default MALLOC_TRIM_THRESHOLD_ slows training steps several times over

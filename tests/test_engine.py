@@ -1,8 +1,11 @@
 """The Dask engine: the same results in this process and on a local cluster, threads per run,
 retries, and a clear error for a scheduler that is not there."""
 
+import contextlib
 import os
+import socket
 import time
+import warnings
 
 import pytest
 import torch
@@ -84,6 +87,22 @@ def test_tasks_start_costliest_first_and_come_back_in_the_items_order(scheduler)
     assert [item for item, _ in results] == items
     started = [item for item, _ in sorted(results, key=lambda result: result[1])]
     assert started == sorted(items, reverse=True)
+
+
+def test_the_local_cluster_needs_no_free_port_8787():
+    # Dask's HTTP servers default to port 8787, often another cluster's dashboard
+    with contextlib.ExitStack() as stack:
+        taken = stack.enter_context(socket.socket())
+        with contextlib.suppress(OSError):  # something else holds it already: as good
+            taken.bind(("127.0.0.1", 8787))
+            taken.listen()
+        caught = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always")
+        with open_engine(_compute("local", workers=1)) as engine:
+            port = engine.client.scheduler_info()["services"]["dashboard"]
+            assert engine.map(abs, [-2], shared={}, name="abs") == [2]
+    assert port != 8787
+    assert not [warning for warning in caught if "already in use" in str(warning.message)]
 
 
 def test_an_address_where_no_scheduler_answers_fails_at_once_naming_it():

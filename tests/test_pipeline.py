@@ -59,7 +59,8 @@ def scheduler(tmp_path_factory):
     address = f"tcp://127.0.0.1:{free_port()}"
     logs = tmp_path_factory.mktemp("dask")
     processes = [_start(["dask", "scheduler", "--host", "127.0.0.1", "--port",
-                         address.rsplit(":", 1)[1], "--no-dashboard"], logs / "scheduler.log")]
+                         address.rsplit(":", 1)[1], "--no-dashboard",
+                         "--dashboard-address", "127.0.0.1:0"], logs / "scheduler.log")]
     processes += [_start(["dask", "worker", address, "--nthreads", "1", "--nworkers", "1",
                           "--no-dashboard", "--name", f"worker-{i}"], logs / f"worker-{i}.log")
                   for i in range(2)]

@@ -145,6 +145,9 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
         with dask.config.set({f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM}": None}), \
                 LocalCluster(n_workers=local_workers(settings), threads_per_worker=1,
                              processes=True, host="127.0.0.1", dashboard_address=None,
+                             # no dashboard, and the scheduler's HTTP server (health checks)
+                             # on any free port: 8787 may be another cluster's
+                             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                              silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield Engine(client, settings.threads_per_run, window=local_workers(settings))
         return
