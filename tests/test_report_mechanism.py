@@ -1,6 +1,8 @@
-"""The report's section on the mechanism experiment (gap_study.report.mechanism): the factor
-table and the sentences computed from the numbers, on hand-made runs whose phase gaps are
-known."""
+"""The report's section on the mechanism experiment (gap_study.report.mechanism and
+mechanism_distance): the factor table, the table by distance and the sentences computed from
+the numbers, on hand-made runs and shift grids whose gaps and effects are known."""
+
+import itertools
 
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from gap_study.report.mechanism import (
     mechanism_section,
     phase_gaps,
 )
+from gap_study.report.mechanism_distance import radius_bands, same_radius_phase_gap
 
 SETTINGS = {"heads": ["dense", "gap"], "downsample": ["max", "blurmax"],
             "padding": ["zeros", "circular"]}
@@ -42,9 +45,37 @@ def runs() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _section(runs) -> str:
-    return "\n".join(mechanism_section(runs, SETTINGS, MODEL, ["dense", "gap"], ["gap"],
-                                       {"mechanism_heatmaps": "figures/m.png"}, 0.95))
+# the shift grid (half-width 5, total stride 4): accuracy by radius in every cell, whole-cell
+# shifts (all at radius 4) 10 points above the other shifts of radius 4, and extra accuracy at
+# the grid's edge (radius 5) per head and factor level
+STRIDE = 4
+BY_RADIUS = {0: 0.99, 1: 0.80, 2: 0.78, 3: 0.70, 4: 0.80, 5: 0.60}
+WHOLE_CELL = 0.10
+EDGE = {("gap", "circular"): 0.10, ("dense", "circular"): 0.02, ("dense", "blurmax"): 0.05}
+
+
+def _grid(edge=EDGE, where=5) -> pd.DataFrame:
+    rows = []
+    for head, (downsample, padding), seed in itertools.product(
+            ["dense", "gap"], cells_in_order(SETTINGS), range(3)):
+        # circular runs wobble by seed, so paired differences have a spread
+        wobble = (seed - 1) * 0.01 if padding == "circular" else 0.0
+        for dx, dy in itertools.product(range(-5, 6), repeat=2):
+            radius = max(abs(dx), abs(dy))
+            whole = radius > 0 and dx % STRIDE == 0 and dy % STRIDE == 0
+            accuracy = BY_RADIUS[radius] + WHOLE_CELL * whole + wobble
+            if radius == where:
+                accuracy += edge.get((head, padding), 0) + edge.get((head, downsample), 0)
+            rows.append({"dx": dx, "dy": dy, "radius": radius, "accuracy": accuracy,
+                         "head": head, "downsample": downsample, "padding": padding,
+                         "fraction": 1.0, "train_shift": 0, "seed": seed})
+    return pd.DataFrame(rows)
+
+
+def _section(runs, grid=None) -> str:
+    grid = _grid() if grid is None else grid
+    return "\n".join(mechanism_section(runs, grid, STRIDE, SETTINGS, MODEL, ["dense", "gap"],
+                                       ["gap"], {"mechanism_heatmaps": "figures/m.png"}, 0.95))
 
 
 def test_the_reference_cell_is_the_first_of_each_list():
@@ -75,19 +106,22 @@ def test_the_section_places_dense_and_checks_the_literature(runs):
         "`circular`), against up to 99.5% for the pooling heads" in text
     assert "+20.0 pts, larger than the 1.7 to 3.1 points Zhang (2019) reports" in text
     assert "that expectation did not hold here" in text  # 99.5% is within a point
-    assert "Its phase gap is negative (30.0% at whole-cell shifts, 35.0% at the others)" in text
-    assert "removing it did little for shifts here" in text
+    assert "Its phase gap is negative (30.0% at whole-cell shifts, 35.0% at the others): " \
+        "whole-cell shifts move the object by 4 pixels or more" in text
+    assert "`circular` padding alone closes 5% of the phase gap (little, by the declared " \
+        "threshold)" in text
     assert "![Accuracy per shift in every cell](figures/m.png)" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert len(table_rows) == 8  # every head in every cell
+    assert len(table_rows) == 16  # every head in every cell, in both tables
 
 
 def test_a_blurred_network_short_of_invariance_is_said_to_match_the_literature(runs):
     runs.loc[(runs["head"] == "gap") & (runs.downsample == "blurmax")
              & (runs.padding == "circular"), "consistency_exact"] = 0.95
     text = _section(runs)
-    assert "5.0 points short of invariance, as the literature expects" in text
-    assert "did not hold" not in text
+    assert "it reaches 95.0% [95.0, 95.0]: 5.0 points short of invariance, as the " \
+        "literature expects" in text
+    assert "that expectation did not hold" not in text
 
 
 def test_published_rows_set_zhangs_gains_and_azulays_flip_rates_beside_ours(runs):
@@ -103,9 +137,65 @@ def test_published_rows_set_zhangs_gains_and_azulays_flip_rates_beside_ours(runs
 def test_a_single_cell_is_described_without_comparisons(runs):
     alone = runs[(runs.downsample == "max") & (runs.padding == "zeros")]
     settings = {**SETTINGS, "downsample": ["max"], "padding": ["zeros"]}
-    text = "\n".join(mechanism_section(alone, settings, MODEL, ["dense", "gap"], ["gap"], {},
-                                        0.95))
+    grid = _grid()
+    grid = grid[(grid.downsample == "max") & (grid.padding == "zeros")]
+    text = "\n".join(mechanism_section(alone, grid, STRIDE, settings, MODEL, ["dense", "gap"],
+                                        ["gap"], {}, 0.95))
     assert "a phase gap of 20.0 points; exact consistency 70.0%.\n" in text
     assert "closes" not in text and "What the literature expected" not in text
     assert mechanism_published_rows(alone, settings, 3, ["gap"])[-1]["source"] == \
         "this study: `gap`, `max`, `zeros`"
+
+
+def test_radius_bands_split_the_radius_of_the_whole_cell_shifts():
+    bands = radius_bands(_grid(), STRIDE)
+    assert list(bands.columns) == ["head", "downsample", "padding", "seed", "1", "2", "3",
+                                   "4 whole-cell", "4 other", "5"]
+    run = bands.set_index(["head", "downsample", "padding", "seed"]).loc[("gap", "max",
+                                                                         "zeros", 0)]
+    assert run["4 whole-cell"] == pytest.approx(0.90)
+    assert run["4 other"] == pytest.approx(0.80)
+    assert run["3"] == pytest.approx(0.70)
+
+
+def test_the_same_radius_phase_gap_compares_shifts_of_one_distance():
+    gaps = same_radius_phase_gap(_grid(), STRIDE)
+    assert gaps.to_numpy() == pytest.approx([WHOLE_CELL] * len(gaps))
+    assert len(gaps) == 2 * 4 * 3  # heads x cells x seeds
+    small = _grid().query("radius < 4")  # no whole-cell shift on the grid
+    assert same_radius_phase_gap(small, STRIDE).empty
+
+
+def test_the_section_shows_accuracy_by_distance_and_the_same_radius_gap(runs):
+    text = _section(runs)
+    header = next(line for line in text.splitlines() if "4 whole-cell" in line)
+    assert "| 4 other " in header and "same-radius phase gap" in header
+    rows = [line for line in text.splitlines() if line.startswith("| `gap`   | max ")]
+    row = rows[-1]  # the reference cell's row of the table by distance
+    assert "| 90.0 " in row and "| 10.0 [10.0, 10.0] " in row
+
+
+def test_the_section_says_where_padding_acts_and_checks_the_border_expectation(runs):
+    text = _section(runs)
+    assert "`circular` padding (against `zeros`) acts most at radius 5, the grid's largest, " \
+        "where the object comes closest to the canvas border: there it changes `gap`'s " \
+        "accuracy by +10.0 pts [+7.5, +12.5] with `max` and +10.0 pts [+7.5, +12.5] with " \
+        "`blurmax`; at the other radii by +0.0 pts to +0.0 pts (paired by seed)." in text
+    assert "absolute position near the borders: that held here, where `circular` padding " \
+        "acts most at the grid's edge (radius 5: +10.0 pts [+7.5, +12.5] with `max`)." in text
+
+
+def test_padding_that_acts_away_from_the_border_is_said_not_to_match(runs):
+    text = _section(runs, _grid(where=1))
+    assert "acts most at radius 1:" in text
+    assert "here `circular` padding acts most at radius 1, not at the grid's edge" in text
+    assert "near the borders: that held here" not in text
+
+
+def test_a_flatten_head_that_gains_at_the_largest_shifts_is_said_to_contradict(runs):
+    text = _section(runs)
+    assert "At the largest shifts (radius 5), `dense` is 60.0% accurate in the reference " \
+        "cell and 67.0% in `blurmax`, `circular` (+7.0 pts [+4.5, +9.5], paired by seed)" in text
+    assert "gain from none of the factors at large shifts: that did not hold here" in text
+    flat = _section(runs, _grid(edge={("gap", "circular"): 0.10}))
+    assert "gain from none of the factors at large shifts: that held here" in flat

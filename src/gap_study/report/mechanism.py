@@ -4,9 +4,10 @@ of translation robustness"), and its rows of the published-numbers comparison.
 
 The reference cell is the first value of ``mechanism.downsample`` and of ``mechanism.padding``.
 A head's *phase gap* is its accuracy at whole-cell shifts minus its accuracy at every other
-shift; a cell *closes* the share ``1 - gap(cell) / gap(reference)`` of it. Every number comes
+shift; a cell *closes* the share ``1 - gap(cell) / gap(reference)`` of it. These numbers come
 from the mechanism stage's ``reports/mechanism/runs.csv`` (one row per head, cell and seed; the
-report stage copies it into ``reports/results.csv`` as part ``mechanism``), means over seeds.
+report stage copies it into ``reports/results.csv`` as part ``mechanism``), means over seeds;
+those by distance (``gap_study.report.mechanism_distance``) from its ``shift_grid.csv``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from gap_study.report.formatting import format_percent, markdown_table
-from gap_study.report.stats import summarize
+from gap_study.report.mechanism_distance import (
+    GAP_COLUMN,
+    Effect,
+    accuracy_by_radius,
+    factor_effect,
+    radius_table,
+)
+from gap_study.report.stats import summarize, t_interval
 
 __all__ = [
     "MECHANISM_METRICS",
@@ -161,10 +169,51 @@ def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]])
     return lines
 
 
-def _dense_lines(gaps: pd.DataFrame, pooled: Sequence[str], dense: Sequence[str],
-                 cells: list[tuple[str, str]]) -> list[str]:
+def _padding_effects(by_radius: pd.DataFrame, head: str, cells: list[tuple[str, str]],
+                     confidence: float) -> dict[str, dict[str, list[Effect]]]:
+    """Per non-reference padding level, per downsampling level: the paired effect of that
+    padding against the reference padding on ``head``'s accuracy at each radius."""
+    downsamples, paddings = _levels(cells)
+    return {padding: {d: factor_effect(by_radius, head, (d, paddings[0]), (d, padding),
+                                       confidence) for d in downsamples}
+            for padding in paddings[1:]}
+
+
+def _peak_radius(effects: dict[str, list[Effect]]) -> int:
+    """The radius where a padding's effect, averaged over the downsampling levels, is
+    largest in size."""
+    by_radius = pd.DataFrame([{"radius": e.radius, "mean": e.mean}
+                              for own in effects.values() for e in own])
+    return int(by_radius.groupby("radius")["mean"].mean().abs().idxmax())
+
+
+def _padding_lines(by_radius: pd.DataFrame, head: str, cells: list[tuple[str, str]],
+                   confidence: float) -> list[str]:
+    """Where on the grid each padding level acts for ``head``: its effect at the radius where
+    it is largest, with each downsampling, and the range of its effects elsewhere."""
+    reference = _levels(cells)[1][0]
+    edge = int(by_radius.radius.max())
+    lines = []
+    for padding, effects in _padding_effects(by_radius, head, cells, confidence).items():
+        peak = _peak_radius(effects)
+        where = (f"radius {peak}, the grid's largest, where the object comes closest to the "
+                 "canvas border" if peak == edge else f"radius {peak}")
+        at_peak = " and ".join(f"{e.points()} with `{d}`" for d, own in effects.items()
+                               for e in own if e.radius == peak)
+        others = [e.mean for own in effects.values() for e in own if e.radius != peak]
+        text = (f"`{padding}` padding (against `{reference}`) acts most at {where}: there it "
+                f"changes `{head}`'s accuracy by {at_peak}")
+        if others:
+            text += f"; at the other radii by {_points(min(others))} to {_points(max(others))}"
+        lines.append(text + " (paired by seed).")
+    return lines
+
+
+def _dense_lines(gaps: pd.DataFrame, by_radius: pd.DataFrame, stride: int,
+                 pooled: Sequence[str], dense: Sequence[str], cells: list[tuple[str, str]],
+                 confidence: float) -> list[str]:
     """Where the flatten heads stand: their consistency in the reference cell and at best,
-    against the pooling heads'."""
+    against the pooling heads', and their accuracy at the largest shifts."""
     lines = []
     for head in dense:
         own = gaps.loc[head].consistency_exact
@@ -182,14 +231,41 @@ def _dense_lines(gaps: pd.DataFrame, pooled: Sequence[str], dense: Sequence[str]
             other = format_percent(reference.other_shift_accuracy)
             lines.append(
                 f"Its phase gap is negative ({aligned} at whole-cell shifts, {other} at the "
-                "others): the whole-cell shifts of this grid are its largest, and "
-                f"`{head}` loses accuracy with distance, whatever the phase. The same makes the "
-                "pooling heads' phase gaps a lower bound on what the other phases cost them.")
+                f"others): whole-cell shifts move the object by {stride} pixels or more, and "
+                f"`{head}` loses accuracy with distance, whatever the phase (table by "
+                "distance).")
+        lines.append(_dense_edge_line(by_radius, head, cells, confidence))
     return lines
 
 
-def _expectation_lines(gaps: pd.DataFrame, pooled: Sequence[str],
-                       cells: list[tuple[str, str]]) -> list[str]:
+def _dense_edge_line(by_radius: pd.DataFrame, head: str, cells: list[tuple[str, str]],
+                     confidence: float) -> str:
+    """``head``'s accuracy at the grid's largest radius in the reference cell and in the cell
+    that changes it most, against the literature's expectation that no factor helps a
+    flatten head there."""
+    edge = int(by_radius.radius.max())
+    effects = {cell: next(e for e in factor_effect(by_radius, head, cells[0], cell, confidence)
+                          if e.radius == edge) for cell in cells[1:]}
+    own = by_radius[(by_radius["head"] == head) & (by_radius.radius == edge)].groupby(
+        ["downsample", "padding"])["accuracy"].mean()
+    text = (f"At the largest shifts (radius {edge}), `{head}` is "
+            f"{format_percent(own.loc[cells[0]])} accurate in the reference cell")
+    if not effects:
+        return text + "."
+    best = max(effects, key=lambda cell: effects[cell].mean)
+    effect = effects[best]
+    text += (f" and {format_percent(own.loc[best])} in {_cell(*best)} ({effect.points()}, "
+             "paired by seed). The literature expects a flatten head to gain from none of the "
+             "factors at large shifts: ")
+    if effect.low > 0:
+        return text + ("that did not hold here, although it stays far below its accuracy on "
+                       "centred images.")
+    return text + "that held here (no cell's gain there is clear of the seeds' spread)."
+
+
+def _expectation_lines(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.DataFrame,
+                       pooled: Sequence[str], cells: list[tuple[str, str]],
+                       confidence: float) -> list[str]:
     """The literature's expectations, checked against the pooling heads' numbers."""
     downsamples, paddings = _levels(cells)
     if not pooled or len(downsamples) < 2 or len(paddings) < 2:
@@ -204,9 +280,12 @@ def _expectation_lines(gaps: pd.DataFrame, pooled: Sequence[str],
         gain = own.loc[(d1, p0)].consistency_exact - own.loc[(d0, p0)].consistency_exact
         size = "larger than" if gain > high else "smaller than" if gain < low else "within"
         best = own.loc[(d1, p1)].consistency_exact
+        seeds = runs[(runs["head"] == head) & (runs.downsample == d1) & (runs.padding == p1)]
+        best_low, best_high = t_interval(seeds.consistency_exact.to_numpy(), confidence)
         text = (f"- `{head}`: `{d1}` changes exact consistency by {_points(gain)}, {size} the "
                 f"{low * 100:.1f} to {high * 100:.1f} points Zhang (2019) reports on ImageNet. "
-                f"With `{d1}` and `{p1}` padding it reaches {format_percent(best)}: ")
+                f"With `{d1}` and `{p1}` padding it reaches {format_percent(best)} "
+                f"[{best_low * 100:.1f}, {best_high * 100:.1f}]: ")
         if best >= 1 - NEAR_INVARIANT:
             text += (f"within {NEAR_INVARIANT * 100:.0f} point of exact invariance, where the "
                      "literature expects the ReLUs to keep re-aliasing a blurred network (Zhang "
@@ -217,24 +296,40 @@ def _expectation_lines(gaps: pd.DataFrame, pooled: Sequence[str],
         base = own.loc[(d0, p0)].phase_gap
         if base > 0:
             padding_alone = 1 - own.loc[(d0, p1)].phase_gap / base
-            text += f" `{p1}` padding alone closes {_share(padding_alone)} of the phase gap: "
-            text += ("Kayhan & van Gemert (2020) show that zero padding lets a network read "
-                     "absolute position, but removing it did little for shifts here."
-                     if padding_alone < LITTLE else
-                     "zero padding's border cue (Kayhan & van Gemert 2020) matters here.")
+            text += (f" `{p1}` padding alone closes {_share(padding_alone)} of the phase gap "
+                     f"({'little' if padding_alone < LITTLE else 'more than a little'}, by "
+                     "the declared threshold).")
+        effects = _padding_effects(by_radius, head, cells, confidence)[p1]
+        peak, edge = _peak_radius(effects), int(by_radius.radius.max())
+        at_edge = next(e for e in effects[d0] if e.radius == edge)
+        text += (" Kayhan & van Gemert (2020) show that zero padding lets a network read "
+                 "absolute position near the borders: ")
+        if peak != edge:
+            text += (f"here `{p1}` padding acts most at radius {peak}, not at the grid's edge "
+                     f"(radius {edge}: {at_edge.points()} with `{d0}`).")
+        elif at_edge.low > 0:
+            text += (f"that held here, where `{p1}` padding acts most at the grid's edge "
+                     f"(radius {edge}: {at_edge.points()} with `{d0}`).")
+        else:
+            text += (f"`{p1}` padding acts most at the grid's edge here too (radius {edge}), "
+                     f"but with `{d0}` its effect there ({at_edge.points()}) is not clear of "
+                     "the seeds' spread.")
         lines.append(text)
     return lines
 
 
-def mechanism_section(runs: pd.DataFrame, settings: Mapping[str, Sequence[str]],
-                      model: Mapping[str, object], heads: Sequence[str], pooled: Sequence[str],
-                      figures: Mapping[str, str], confidence: float) -> list[str]:
+def mechanism_section(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
+                      settings: Mapping[str, Sequence[str]], model: Mapping[str, object],
+                      heads: Sequence[str], pooled: Sequence[str], figures: Mapping[str, str],
+                      confidence: float) -> list[str]:
     """Section "Why global pooling is not shift invariant" from the mechanism stage's
-    ``runs`` and its ``mechanism`` params ``settings`` (``model``: the study's model section;
-    ``heads``: the experiment's heads in report order; ``pooled``: those that pool globally,
-    the others being flatten baselines)."""
+    ``runs`` and ``grid`` (accuracy per offset and run) and its ``mechanism`` params
+    ``settings`` (``stride``: the backbone's total stride; ``model``: the study's model
+    section; ``heads``: the experiment's heads in report order; ``pooled``: those that pool
+    globally, the others being flatten baselines)."""
     cells = cells_in_order(settings)
     gaps = phase_gaps(runs)
+    by_radius = accuracy_by_radius(grid)
     dense = [h for h in heads if h not in pooled]
     seeds = runs["seed"].nunique()
     images = int(runs["test_images"].iloc[0])
@@ -254,13 +349,21 @@ def mechanism_section(runs: pd.DataFrame, settings: Mapping[str, Sequence[str]],
         f"[{confidence:.0%} interval] over seeds of test accuracy on centred images, exact "
         "consistency, the all-pairs flip rate and accuracy at whole-cell and at other shifts; "
         "per-run numbers in `results.csv`, part `mechanism`.", "",
-        markdown_table(factor_table(runs, heads, cells, confidence)), ""]
+        markdown_table(factor_table(runs, heads, cells, confidence)), "",
+        "By distance: accuracy (%, mean over seeds) at each shift radius `max(|dx|, |dy|)`. A "
+        "radius that holds whole-cell shifts is split into those and the others, which move "
+        "the object by whole cells along one axis and by part of a cell along the other; the "
+        f"*{GAP_COLUMN}* (whole-cell minus other shifts of those radii, points, mean "
+        f"[{confidence:.0%} interval]) is what that part of a cell costs at one distance.", "",
+        markdown_table(radius_table(grid, stride, heads, cells, confidence)), ""]
     for head in pooled:
         lines += [*_closure_lines(gaps, head, cells), ""]
         if verdict := _factor_verdict(gaps, head, cells):
             lines += [" ".join(verdict), ""]
-    lines += [*_dense_lines(gaps, pooled, dense, cells), ""]
-    expectations = _expectation_lines(gaps, pooled, cells)
+        if padding := _padding_lines(by_radius, head, cells, confidence):
+            lines += [" ".join(padding), ""]
+    lines += [*_dense_lines(gaps, by_radius, stride, pooled, dense, cells, confidence), ""]
+    expectations = _expectation_lines(gaps, runs, by_radius, pooled, cells, confidence)
     if expectations:
         lines += ["What the literature expected, and what held here:", "", *expectations, ""]
     if "mechanism_heatmaps" in figures:

@@ -1,0 +1,129 @@
+"""Where on the shift grid the mechanism's factors act: accuracy by shift radius, the radii
+that hold whole-cell shifts split into those and the others (``docs/study.md``, "The mechanism
+experiment", "By distance").
+
+The phase gap of ``gap_study.report.mechanism`` sets whole-cell shifts against every other
+shift, but on a grid of half-width ``S`` below ``2 s`` the whole-cell shifts all lie at radius
+``s``, so it mixes the sampling phase with the distance moved. Here both are kept apart: the
+*same-radius phase gap* compares whole-cell shifts with the other shifts of the same radii, and
+a factor's effect is given per radius. Runs of one seed start from the same weights and see the
+same batches in every cell (no factor adds a learned or random parameter), so a factor's
+effect is a paired difference by seed, with a Student-t interval of the differences.
+
+Input: the mechanism stage's ``shift_grid.csv`` (accuracy per offset and run). Descriptive, as
+the rest of the section: no tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from gap_study.report.stats import t_interval
+
+__all__ = ["Effect", "accuracy_by_radius", "factor_effect", "radius_bands", "radius_table",
+           "same_radius_phase_gap"]
+
+RUN = ["head", "downsample", "padding", "seed"]
+CELL = ["head", "downsample", "padding"]
+GAP_COLUMN = "same-radius phase gap"
+
+
+def _whole_cell(moved: pd.DataFrame, stride: int) -> pd.Series:
+    return (moved.dx % stride == 0) & (moved.dy % stride == 0)
+
+
+def radius_bands(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
+    """Each run's mean accuracy per band of the non-zero offsets: a radius ``max(|dx|, |dy|)``,
+    or for a radius that holds whole-cell shifts two bands, ``"r whole-cell"`` and
+    ``"r other"``. One row per run (``RUN``), the bands in radius order."""
+    moved = grid[grid.radius > 0]
+    whole = _whole_cell(moved, stride)
+    radius = moved.radius.astype(str)
+    split = moved.radius.isin(moved.radius[whole])
+    band = radius.where(~split, radius + np.where(whole, " whole-cell", " other"))
+    per_run = (moved.assign(band=band).groupby([*RUN, "band"], sort=False)["accuracy"].mean()
+               .unstack("band"))
+    order = sorted(per_run.columns, key=lambda b: (int(b.split()[0]), b.endswith("other")))
+    return per_run[order].reset_index().rename_axis(columns=None)
+
+
+def same_radius_phase_gap(grid: pd.DataFrame, stride: int) -> pd.Series:
+    """Per run (``RUN``): mean accuracy at the whole-cell shifts minus mean accuracy at the
+    other shifts of the radii that hold whole-cell shifts; empty when the grid has none."""
+    moved = grid[grid.radius > 0]
+    whole = _whole_cell(moved, stride)
+    ring = moved.radius.isin(moved.radius[whole])
+    by_run = moved[ring].assign(whole=whole[ring]).groupby([*RUN, "whole"])["accuracy"].mean()
+    if by_run.empty:
+        return by_run
+    wide = by_run.unstack("whole")
+    return (wide[True] - wide[False]).rename("phase_gap")
+
+
+def accuracy_by_radius(grid: pd.DataFrame) -> pd.DataFrame:
+    """Each run's mean accuracy per radius (the centre is radius 0): ``RUN``, ``radius``,
+    ``accuracy``."""
+    return grid.groupby([*RUN, "radius"], as_index=False)["accuracy"].mean()
+
+
+def _mean_interval(values: np.ndarray, confidence: float) -> str:
+    low, high = t_interval(values, confidence)
+    return f"{values.mean() * 100:.1f} [{low * 100:.1f}, {high * 100:.1f}]"
+
+
+def radius_table(grid: pd.DataFrame, stride: int, heads: Sequence[str],
+                 cells: Sequence[tuple[str, str]], confidence: float) -> pd.DataFrame:
+    """Head x cell rows: accuracy per band (``radius_bands``, %, mean over seeds) and the
+    same-radius phase gap (points, mean [interval] over seeds) when the grid has whole-cell
+    shifts."""
+    bands = radius_bands(grid, stride).set_index(CELL)
+    gaps = same_radius_phase_gap(grid, stride)
+    rows = []
+    for head in heads:
+        for cell in cells:
+            key = (head, *cell)
+            row = {"head": f"`{head}`", "downsample": cell[0], "padding": cell[1]}
+            row.update({band: f"{value * 100:.1f}" for band, value in
+                        bands.loc[key].drop(columns="seed").mean().items()})
+            if not gaps.empty:
+                row[GAP_COLUMN] = _mean_interval(gaps.loc[key].to_numpy(), confidence)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A factor's paired effect at one radius: mean difference of accuracy by seed (``level``
+    minus ``reference``) and its interval, as shares."""
+
+    radius: int
+    mean: float
+    low: float
+    high: float
+
+    def points(self) -> str:
+        return (f"{self.mean * 100:+.1f} pts [{self.low * 100:+.1f}, "
+                f"{self.high * 100:+.1f}]")
+
+
+def factor_effect(by_radius: pd.DataFrame, head: str, reference: tuple[str, str],
+                  level: tuple[str, str], confidence: float) -> list[Effect]:
+    """The effect of moving ``head`` from cell ``reference`` to cell ``level`` (both
+    ``(downsample, padding)``) at each non-zero radius, from ``accuracy_by_radius`` rows;
+    seeds present in both cells pair up."""
+    def cell(downsample: str, padding: str) -> pd.DataFrame:
+        own = by_radius[(by_radius["head"] == head) & (by_radius.downsample == downsample)
+                        & (by_radius.padding == padding) & (by_radius.radius > 0)]
+        return own.pivot(index="seed", columns="radius", values="accuracy")
+
+    difference = (cell(*level) - cell(*reference)).dropna()
+    effects = []
+    for radius in difference.columns:
+        values = difference[radius].to_numpy()
+        low, high = t_interval(values, confidence)
+        effects.append(Effect(int(radius), float(values.mean()), low, high))
+    return effects
