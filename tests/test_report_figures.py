@@ -1,4 +1,5 @@
-"""gap_study.report.figures: the shared per-head bar helper."""
+"""gap_study.report.figures: the shared per-head bar helper; report.forest: the equivalence
+margins the forest plot draws."""
 
 import matplotlib
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from gap_study.report.figures import head_bars
+from gap_study.report.forest import plot_forest
 from gap_study.report.stats import t_interval
 
 VALUES = {"dense": [1.0, 2.0, 3.0], "gap": [4.0, 5.0, 6.0], "gsp": [7.0, 8.0, 10.0]}
@@ -55,4 +57,22 @@ def test_head_bars_draw_no_interval_for_a_single_value():
     fig, ax = plt.subplots()
     head_bars(ax, one, "value", ["dense", "gap", "gsp"], 0.95)
     assert all(np.isnan(line.get_ydata()).all() for line in ax.lines)
+    plt.close(fig)
+
+
+def _comparison(metric: str, margin: float) -> dict:
+    return {"claim": "c", "metric": metric, "role": "primary", "setting": "s", "head": "gap",
+            "baseline": "dense", "margin": margin, "improvement": 0.02, "ci_low": -0.01,
+            "ci_high": 0.05, "exact": False, "verdict": "inconclusive"}
+
+
+def test_the_forest_plot_draws_a_time_margin_where_its_ratio_test_ends():
+    # a time is equivalent within a ratio of [1/1.1, 1.1]: improvements -9.1% to +10%
+    rows = pd.DataFrame([_comparison("seconds_per_step", 0.10),
+                         _comparison("test_accuracy", 0.01)])
+    fig = plot_forest(rows, {})
+    dotted = [sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":")
+              for ax in fig.axes]
+    assert dotted[0] == pytest.approx([100 * (1 / 1.1 - 1), 10.0])
+    assert dotted[1] == pytest.approx([-1.0, 1.0])
     plt.close(fig)

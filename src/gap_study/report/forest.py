@@ -3,6 +3,7 @@ primary comparison, and each head's validation accuracy per learning rate (the t
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -11,7 +12,7 @@ import seaborn as sns
 
 from gap_study.report.formatting import RELATIVE
 
-__all__ = ["VERDICT_COLOURS", "forest_rows", "plot_forest", "plot_tuning"]
+__all__ = ["VERDICT_COLOURS", "forest_rows", "margin_edges", "plot_forest", "plot_tuning"]
 
 VERDICT_COLOURS = {"better": "#1b9e77", "worse": "#d95f02", "equivalent": "#7570b3",
                    "inconclusive": "#999999"}
@@ -39,16 +40,25 @@ def _forest_panel(ax: plt.Axes, rows: pd.DataFrame, metric: str,
         ax.errorbar(row.improvement * factor, yi, xerr=[[(row.improvement - row.ci_low) * factor],
                                                         [(row.ci_high - row.improvement) * factor]],
                     fmt="o", color=colour, capsize=3)
-    margin = rows["margin"].iloc[0] * factor
     ax.axvline(0, color="black", linewidth=0.8)
-    for edge in (-margin, margin):
-        ax.axvline(edge, color="black", linewidth=0.8, linestyle=":")
+    for edge in margin_edges(rows["margin"].iloc[0], metric):
+        ax.axvline(edge * factor, color="black", linewidth=0.8, linestyle=":")
     # the setting only where it varies (the learning curve's fractions), shortened
     varies = rows["setting"].nunique() > 1
     ax.set_yticks(list(y), [f"{r['head']} vs {r.baseline}"
                             + (f" ({r.setting.split(' (')[0]})" if varies else "")
                             for _, r in rows.iterrows()], fontsize=7)
-    ax.set(xlabel=xlabel, title=labels.get(metric, metric))
+    # a long metric name wraps: the panels are 8 inches wide, about 60 characters of title
+    ax.set(xlabel=xlabel, title=textwrap.fill(labels.get(metric, metric), 60))
+
+
+def margin_edges(margin: float, metric: str) -> tuple[float, float]:
+    """Where equivalence ends on the improvement axis: ``-margin`` and ``margin``, or for a
+    time (tested as a ratio within ``[1 / (1 + margin), 1 + margin]``, improvement the ratio
+    minus one) ``1 / (1 + margin) - 1`` and ``margin``: -9.1% and +10% for a 10% margin."""
+    if metric in RELATIVE:
+        return 1 / (1 + margin) - 1, margin
+    return -margin, margin
 
 
 def forest_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
