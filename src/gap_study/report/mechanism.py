@@ -19,9 +19,10 @@ import pandas as pd
 from gap_study.report.formatting import format_percent, markdown_table
 from gap_study.report.mechanism_distance import (
     GAP_COLUMN,
-    Effect,
     accuracy_by_radius,
-    factor_effect,
+    border_expectation,
+    flatten_edge_line,
+    padding_lines,
     radius_table,
 )
 from gap_study.report.stats import summarize, t_interval
@@ -169,46 +170,6 @@ def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]])
     return lines
 
 
-def _padding_effects(by_radius: pd.DataFrame, head: str, cells: list[tuple[str, str]],
-                     confidence: float) -> dict[str, dict[str, list[Effect]]]:
-    """Per non-reference padding level, per downsampling level: the paired effect of that
-    padding against the reference padding on ``head``'s accuracy at each radius."""
-    downsamples, paddings = _levels(cells)
-    return {padding: {d: factor_effect(by_radius, head, (d, paddings[0]), (d, padding),
-                                       confidence) for d in downsamples}
-            for padding in paddings[1:]}
-
-
-def _peak_radius(effects: dict[str, list[Effect]]) -> int:
-    """The radius where a padding's effect, averaged over the downsampling levels, is
-    largest in size."""
-    by_radius = pd.DataFrame([{"radius": e.radius, "mean": e.mean}
-                              for own in effects.values() for e in own])
-    return int(by_radius.groupby("radius")["mean"].mean().abs().idxmax())
-
-
-def _padding_lines(by_radius: pd.DataFrame, head: str, cells: list[tuple[str, str]],
-                   confidence: float) -> list[str]:
-    """Where on the grid each padding level acts for ``head``: its effect at the radius where
-    it is largest, with each downsampling, and the range of its effects elsewhere."""
-    reference = _levels(cells)[1][0]
-    edge = int(by_radius.radius.max())
-    lines = []
-    for padding, effects in _padding_effects(by_radius, head, cells, confidence).items():
-        peak = _peak_radius(effects)
-        where = (f"radius {peak}, the grid's largest, where the object comes closest to the "
-                 "canvas border" if peak == edge else f"radius {peak}")
-        at_peak = " and ".join(f"{e.points()} with `{d}`" for d, own in effects.items()
-                               for e in own if e.radius == peak)
-        others = [e.mean for own in effects.values() for e in own if e.radius != peak]
-        text = (f"`{padding}` padding (against `{reference}`) acts most at {where}: there it "
-                f"changes `{head}`'s accuracy by {at_peak}")
-        if others:
-            text += f"; at the other radii by {_points(min(others))} to {_points(max(others))}"
-        lines.append(text + " (paired by seed).")
-    return lines
-
-
 def _dense_lines(gaps: pd.DataFrame, by_radius: pd.DataFrame, stride: int,
                  pooled: Sequence[str], dense: Sequence[str], cells: list[tuple[str, str]],
                  confidence: float) -> list[str]:
@@ -234,33 +195,8 @@ def _dense_lines(gaps: pd.DataFrame, by_radius: pd.DataFrame, stride: int,
                 f"others): whole-cell shifts move the object by {stride} pixels or more, and "
                 f"`{head}` loses accuracy with distance, whatever the phase (table by "
                 "distance).")
-        lines.append(_dense_edge_line(by_radius, head, cells, confidence))
+        lines.append(flatten_edge_line(by_radius, head, cells, confidence))
     return lines
-
-
-def _dense_edge_line(by_radius: pd.DataFrame, head: str, cells: list[tuple[str, str]],
-                     confidence: float) -> str:
-    """``head``'s accuracy at the grid's largest radius in the reference cell and in the cell
-    that changes it most, against the literature's expectation that no factor helps a
-    flatten head there."""
-    edge = int(by_radius.radius.max())
-    effects = {cell: next(e for e in factor_effect(by_radius, head, cells[0], cell, confidence)
-                          if e.radius == edge) for cell in cells[1:]}
-    own = by_radius[(by_radius["head"] == head) & (by_radius.radius == edge)].groupby(
-        ["downsample", "padding"])["accuracy"].mean()
-    text = (f"At the largest shifts (radius {edge}), `{head}` is "
-            f"{format_percent(own.loc[cells[0]])} accurate in the reference cell")
-    if not effects:
-        return text + "."
-    best = max(effects, key=lambda cell: effects[cell].mean)
-    effect = effects[best]
-    text += (f" and {format_percent(own.loc[best])} in {_cell(*best)} ({effect.points()}, "
-             "paired by seed). The literature expects a flatten head to gain from none of the "
-             "factors at large shifts: ")
-    if effect.low > 0:
-        return text + ("that did not hold here, although it stays far below its accuracy on "
-                       "centred images.")
-    return text + "that held here (no cell's gain there is clear of the seeds' spread)."
 
 
 def _expectation_lines(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.DataFrame,
@@ -291,29 +227,18 @@ def _expectation_lines(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.Dat
                      "literature expects the ReLUs to keep re-aliasing a blurred network (Zhang "
                      "2019; Azulay & Weiss 2019): that expectation did not hold here.")
         else:
-            text += (f"{(1 - best) * 100:.1f} points short of invariance, as the literature "
+            text += (f"{(1 - best) * 100:.2f} points short of invariance, as the literature "
                      "expects of a blurred network whose ReLUs re-alias.")
+        if best_low < 1 - NEAR_INVARIANT <= best_high:
+            text = text[:-1] + (f" (the interval spans the declared {NEAR_INVARIANT * 100:.0f}-"
+                                "point threshold: the call rests on the mean).")
         base = own.loc[(d0, p0)].phase_gap
         if base > 0:
             padding_alone = 1 - own.loc[(d0, p1)].phase_gap / base
             text += (f" `{p1}` padding alone closes {_share(padding_alone)} of the phase gap "
                      f"({'little' if padding_alone < LITTLE else 'more than a little'}, by "
                      "the declared threshold).")
-        effects = _padding_effects(by_radius, head, cells, confidence)[p1]
-        peak, edge = _peak_radius(effects), int(by_radius.radius.max())
-        at_edge = next(e for e in effects[d0] if e.radius == edge)
-        text += (" Kayhan & van Gemert (2020) show that zero padding lets a network read "
-                 "absolute position near the borders: ")
-        if peak != edge:
-            text += (f"here `{p1}` padding acts most at radius {peak}, not at the grid's edge "
-                     f"(radius {edge}: {at_edge.points()} with `{d0}`).")
-        elif at_edge.low > 0:
-            text += (f"that held here, where `{p1}` padding acts most at the grid's edge "
-                     f"(radius {edge}: {at_edge.points()} with `{d0}`).")
-        else:
-            text += (f"`{p1}` padding acts most at the grid's edge here too (radius {edge}), "
-                     f"but with `{d0}` its effect there ({at_edge.points()}) is not clear of "
-                     "the seeds' spread.")
+        text += " " + border_expectation(by_radius, head, cells, confidence)
         lines.append(text)
     return lines
 
@@ -345,30 +270,44 @@ def mechanism_section(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
         "A backbone of total stride `s` moves its map "
         "by whole cells when the object moves by multiples of `s`; global pooling ignores such "
         "a move, and the *phase gap* (accuracy at whole-cell shifts minus accuracy at the "
-        "others) measures what the other shifts cost. Table: mean "
+        "others) measures what the other shifts cost. Whole-cell shifts lie only at radii "
+        "that are multiples of `s`, so the phase gap also sets those distances against the "
+        "others; the table by distance below keeps the two apart. Table: mean "
         f"[{confidence:.0%} interval] over seeds of test accuracy on centred images, exact "
         "consistency, the all-pairs flip rate and accuracy at whole-cell and at other shifts; "
         "per-run numbers in `results.csv`, part `mechanism`.", "",
         markdown_table(factor_table(runs, heads, cells, confidence)), "",
-        "By distance: accuracy (%, mean over seeds) at each shift radius `max(|dx|, |dy|)`. A "
-        "radius that holds whole-cell shifts is split into those and the others, which move "
-        "the object by whole cells along one axis and by part of a cell along the other; the "
-        f"*{GAP_COLUMN}* (whole-cell minus other shifts of those radii, points, mean "
-        f"[{confidence:.0%} interval]) is what that part of a cell costs at one distance.", "",
-        markdown_table(radius_table(grid, stride, heads, cells, confidence)), ""]
+        *_distance_lines(grid, stride, heads, cells, confidence)]
     for head in pooled:
         lines += [*_closure_lines(gaps, head, cells), ""]
         if verdict := _factor_verdict(gaps, head, cells):
             lines += [" ".join(verdict), ""]
-        if padding := _padding_lines(by_radius, head, cells, confidence):
+        if padding := padding_lines(by_radius, head, cells, confidence):
             lines += [" ".join(padding), ""]
     lines += [*_dense_lines(gaps, by_radius, stride, pooled, dense, cells, confidence), ""]
     expectations = _expectation_lines(gaps, runs, by_radius, pooled, cells, confidence)
     if expectations:
-        lines += ["What the literature expected, and what held here:", "", *expectations, ""]
+        lines += ["What the literature expected, and how the numbers here compare:", "",
+                  *expectations, ""]
     if "mechanism_heatmaps" in figures:
         lines += [f"![Accuracy per shift in every cell]({figures['mechanism_heatmaps']})", ""]
     return lines
+
+
+def _distance_lines(grid: pd.DataFrame, stride: int, heads: Sequence[str],
+                    cells: list[tuple[str, str]], confidence: float) -> list[str]:
+    """The table by distance and the paragraph that introduces it."""
+    table = radius_table(grid, stride, heads, cells, confidence)
+    text = "By distance: accuracy (%, mean over seeds) at each shift radius `max(|dx|, |dy|)`."
+    if GAP_COLUMN in table:
+        text += (" A radius that holds whole-cell shifts is split into those and the others, "
+                 "which move the object by whole cells along one axis and by part of a cell "
+                 f"along the other; the *{GAP_COLUMN}* (whole-cell minus other shifts of those "
+                 f"radii, points, mean [{confidence:.0%} interval]) is what that part of a cell "
+                 "costs at one distance.")
+    else:
+        text += f" The grid holds no whole-cell shift (none is a multiple of {stride} pixels)."
+    return [text, "", markdown_table(table), ""]
 
 
 def mechanism_published_rows(runs: pd.DataFrame, settings: Mapping[str, Sequence[str]],
