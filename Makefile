@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install repro test lint lab bench clean
+.PHONY: install repro test lint lab bench bench-engine clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ bench: $(STAMP)  ## benchmarks, not tests: pooling ops, training-loop overhead, 
 	python benchmarks/bench_harness.py $(BENCH_ARGS)
 	python benchmarks/bench_compute.py $(BENCH_ARGS)
 	python benchmarks/bench_downsample.py $(BENCH_ARGS)
+
+bench-engine: $(STAMP)  ## the whole study in-process vs on the local cluster, in turns (~20 min)
+	python benchmarks/bench_engine.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	ruff check src tests notebooks benchmarks scaling

@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import io
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -31,6 +30,7 @@ from gap_study.sources import (
     IDX_TRAIN_LABELS,
 )
 from gap_study.train import train_one_seed
+from gap_study.workspace import copy_project
 
 
 def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
@@ -206,13 +206,9 @@ def run_command(args: list[str], cwd: Path, check: bool = True, **extra_env: str
 
 
 def copy_repository(target: Path) -> None:
-    """The files git would commit (tracked, or new and not ignored), nothing generated."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, target / name)
+    """The files git would commit (tracked, or new and not ignored), nothing generated, and
+    no ``dvc.lock``: the copy's pipeline has not run."""
+    copy_project(ROOT, target)
     (target / "dvc.lock").unlink(missing_ok=True)
 
 
