@@ -3,6 +3,7 @@ retries, and a clear error for a scheduler that is not there."""
 
 import contextlib
 import os
+import signal
 import socket
 import time
 import warnings
@@ -71,6 +72,23 @@ def test_local_cluster_gives_the_same_bytes_as_this_process_and_retries_a_failed
         assert local.worker["torch_threads"] == 1
     assert workers == 2 and retried == ["passed"]
     assert set(trim.values()) == {None}  # glibc keeps its heap: see engine.MALLOC_TRIM
+
+
+def _dies_the_first_time(item, *, marker, offset):
+    """Kills its worker process unless ``marker`` exists, creating it."""
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item + offset
+
+
+def test_a_worker_that_dies_holding_the_shared_values_is_replaced_and_they_are_sent_again(
+        tmp_path):
+    # one worker: it holds every shared value when it dies, so they must come back
+    with open_engine(_compute("local", workers=1)) as engine:
+        results = engine.map(_dies_the_first_time, [1, 2],
+                             shared={"marker": tmp_path / "marker", "offset": 10}, name="dies")
+    assert results == [11, 12]
 
 
 def _started_at(item):

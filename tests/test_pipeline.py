@@ -241,13 +241,15 @@ def test_runs_give_the_same_bytes_in_the_stage_process_and_on_a_local_cluster(re
 
 
 def test_a_worker_killed_mid_run_is_replaced_and_the_stage_gives_the_same_bytes(repo,
-                                                                                scheduler):
+                                                                                scheduler,
+                                                                                tmp_path):
     repo, before = repo
-    with Client(scheduler, timeout="30s") as client:
+    log = tmp_path / "train.log"
+    with Client(scheduler, timeout="30s") as client, log.open("w") as output:
         pids = client.run(os.getpid)
         stage = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"],
-                                 cwd=repo, env=command_env(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+                                 cwd=repo, env=command_env(), stdout=output,
+                                 stderr=subprocess.STDOUT)
         deadline, busy = time.monotonic() + 240, []
         while not busy and stage.poll() is None and time.monotonic() < deadline:
             busy = [worker for worker, keys in client.processing().items()
@@ -255,7 +257,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_stage_gives_the_same_bytes(
             time.sleep(0.02)
         assert busy, "the stage ended before a worker was seen training"
         os.kill(pids[busy[0]], signal.SIGKILL)  # in the middle of a run
-        assert stage.wait(timeout=300) == 0
+        assert stage.wait(timeout=300) == 0, log.read_text()[-4000:]
         client.wait_for_workers(2, timeout=120)
         assert pids[busy[0]] not in client.run(os.getpid).values()  # a new process
     assert _weights(deterministic_outputs(repo)) == _weights(before)

@@ -10,7 +10,8 @@ cluster started (README, "Scaling out").
 Every task seeds itself and runs with ``compute.threads_per_run`` torch threads, so a run
 gives the same bytes on any worker of any scheduler; the stage writes what the tasks return.
 A worker that dies mid-task is replaced and its task run again (Dask's own rescheduling),
-and a task that raises is retried once before the stage fails.
+the values every task shares included, and a task that raises is retried once before the
+stage fails.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def local_workers(settings: ComputeParams) -> int:
     return settings.workers or max(1, CPU_COUNT // settings.threads_per_run)
 
 
+def _shared_value(value: T) -> T:
+    """A value every task of a stage needs, as a task's result (``Engine.map``, 3.)."""
+    return value
+
+
 def _with_threads(fn: Callable[..., R], threads: int, *args: Any, **kwargs: Any) -> R:
     """``fn(*args, **kwargs)`` with ``threads`` torch threads, as every task runs."""
     with torch_threads(threads):
@@ -100,10 +106,19 @@ class Engine:
             return results
         from distributed import as_completed
 
-        sent = {key: self.client.scatter(value, broadcast=True) for key, value in shared.items()}
         # unique keys: two stages sharing a scheduler, or two items with one label, must never
         # share a task (Dask computes a key once)
         stage = uuid.uuid4().hex[:8]
+        # 3. the shared values go out as tasks that return them, not scattered: scattered data
+        #    dies with the worker that holds it (and Dask's memory manager keeps no more
+        #    copies of it than it sees a use for), while a task's result lost with its worker
+        #    is computed again from the spec the scheduler keeps. Each value still travels
+        #    once to the scheduler and once to each worker that needs it; the warning about
+        #    large graphs is for values sent once per task.
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1TB"}):
+            sent = {key: self.client.submit(_shared_value, value, pure=False,
+                                            key=f"shared-{name}-{key}-{stage}")
+                    for key, value in shared.items()}
         position: dict[str, int] = {}
 
         def submit(rank: int) -> Any:
