@@ -59,7 +59,7 @@ def local_workers(settings: ComputeParams) -> int:
 
 
 def _shared_value(value: T) -> T:
-    """A value every task of a stage needs, as a task's result (``Engine.map``, 3.)."""
+    """A value every task of a stage needs, as a task's result (``Engine.map``, 2.)."""
     return value
 
 
@@ -109,7 +109,7 @@ class Engine:
         # unique keys: two stages sharing a scheduler, or two items with one label, must never
         # share a task (Dask computes a key once)
         stage = uuid.uuid4().hex[:8]
-        # 3. the shared values go out as tasks that return them, not scattered: scattered data
+        # 2. the shared values go out as tasks that return them, not scattered: scattered data
         #    dies with the worker that holds it (and Dask's memory manager keeps no more
         #    copies of it than it sees a use for), while a task's result lost with its worker
         #    is computed again from the spec the scheduler keeps. Each value still travels
@@ -135,7 +135,7 @@ class Engine:
         running = as_completed([submit(rank) for rank in itertools.islice(waiting, window)])
         results = [None] * len(items)
         for done, future in enumerate(running, start=1):
-            # 2. the next task goes out before this one's result comes back: the freed worker
+            # 3. the next task goes out before this one's result comes back: the freed worker
             #    waits for the scheduler alone, not for the transfer
             if (rank := next(waiting, None)) is not None:
                 running.add(submit(rank))

@@ -22,6 +22,7 @@ from gap_study.report.mechanism_distance import (
     accuracy_by_radius,
     border_expectation,
     flatten_edge_line,
+    levels,
     padding_lines,
     radius_table,
 )
@@ -60,11 +61,6 @@ PUBLISHED_MECHANISM = {
 def cells_in_order(settings: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
     """The ``(downsample, padding)`` cells of the ``mechanism`` params, reference first."""
     return [(d, p) for d in settings["downsample"] for p in settings["padding"]]
-
-
-def _levels(cells: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
-    """The downsampling and padding levels of ``cells``, reference first."""
-    return list(dict.fromkeys(d for d, _ in cells)), list(dict.fromkeys(p for _, p in cells))
 
 
 def phase_gaps(runs: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +133,7 @@ def _closure_lines(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) 
 def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) -> list[str]:
     """Which factor closes more of ``head``'s phase gap on its own, and whether padding adds
     more on top of anti-aliasing than alone (2 x 2 designs only)."""
-    downsamples, paddings = _levels(cells)
+    downsamples, paddings = levels(cells)
     if len(downsamples) != 2 or len(paddings) != 2:
         return []
     (d0, d1), (p0, p1) = downsamples, paddings
@@ -203,7 +199,7 @@ def _expectation_lines(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.Dat
                        pooled: Sequence[str], cells: list[tuple[str, str]],
                        confidence: float) -> list[str]:
     """The literature's expectations, checked against the pooling heads' numbers."""
-    downsamples, paddings = _levels(cells)
+    downsamples, paddings = levels(cells)
     if not pooled or len(downsamples) < 2 or len(paddings) < 2:
         return []
     d0, d1, p0, p1 = downsamples[0], downsamples[1], paddings[0], paddings[1]
@@ -316,7 +312,7 @@ def mechanism_published_rows(runs: pd.DataFrame, settings: Mapping[str, Sequence
     "Black" flip rates beside this study's."""
     cells = cells_in_order(settings)
     gaps = phase_gaps(runs)
-    downsamples, _ = _levels(cells)
+    downsamples, _ = levels(cells)
     rows = [{"source": f"Zhang 2019, ImageNet {net}: consistency without / with a Bin-5 blur",
              "metric": "consistency (two random shifts up to 31 px, cropping)",
              "value": f"{a:.2%} -> {b:.2%} ({_points(b - a)})"}

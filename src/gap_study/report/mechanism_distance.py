@@ -25,8 +25,8 @@ import pandas as pd
 from gap_study.report.stats import t_interval
 
 __all__ = ["Effect", "accuracy_by_radius", "border_expectation", "factor_effect",
-           "flatten_edge_line", "largest_mean_radius", "padding_effects", "padding_lines",
-           "radius_bands", "radius_table", "same_radius_phase_gap"]
+           "flatten_edge_line", "largest_mean_radius", "levels", "padding_effects",
+           "padding_lines", "radius_bands", "radius_table", "same_radius_phase_gap"]
 
 RUN = ["head", "downsample", "padding", "seed"]
 CELL = ["head", "downsample", "padding"]
@@ -149,6 +149,11 @@ def factor_effect(by_radius: pd.DataFrame, head: str, reference: tuple[str, str]
     return effects
 
 
+def levels(cells: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """The downsampling and padding levels of ``cells``, reference first."""
+    return list(dict.fromkeys(d for d, _ in cells)), list(dict.fromkeys(p for _, p in cells))
+
+
 def _cell(cell: tuple[str, str]) -> str:
     return f"`{cell[0]}`, `{cell[1]}`"
 
@@ -158,8 +163,7 @@ def padding_effects(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple[st
     """Per non-reference padding level, per downsampling level: the paired effect of that
     padding against the reference padding (the first) on ``head``'s accuracy at each
     radius."""
-    downsamples = list(dict.fromkeys(d for d, _ in cells))
-    paddings = list(dict.fromkeys(p for _, p in cells))
+    downsamples, paddings = levels(cells)
     return {padding: {d: factor_effect(by_radius, head, (d, paddings[0]), (d, padding),
                                        confidence) for d in downsamples}
             for padding in paddings[1:]}
@@ -207,7 +211,7 @@ def border_expectation(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple
     """Kayhan & van Gemert's (2020) border cue set beside where ``head``'s second padding
     level acts: consistent when its largest mean effect is at the grid's edge and, with the
     reference downsampling, its interval there lies above zero."""
-    downsample, padding = cells[0][0], list(dict.fromkeys(p for _, p in cells))[1]
+    downsample, padding = cells[0][0], levels(cells)[1][1]
     effects = padding_effects(by_radius, head, cells, confidence)[padding]
     peak, edge = largest_mean_radius(effects), int(by_radius.radius.max())
     text = ("Kayhan & van Gemert (2020) show that zero padding lets a network read absolute "
