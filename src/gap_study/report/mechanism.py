@@ -21,6 +21,7 @@ from gap_study.report.mechanism_distance import (
     GAP_COLUMN,
     accuracy_by_radius,
     border_expectation,
+    cell_text,
     flatten_edge_line,
     levels,
     padding_lines,
@@ -71,10 +72,6 @@ def phase_gaps(runs: pd.DataFrame) -> pd.DataFrame:
     return means.assign(phase_gap=means.aligned_shift_accuracy - means.other_shift_accuracy)
 
 
-def _cell(downsample: str, padding: str) -> str:
-    return f"`{downsample}`, `{padding}`"
-
-
 def _share(value: float) -> str:
     return f"{value:.0%}"
 
@@ -111,16 +108,16 @@ def _closure_lines(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) 
     base = gaps.loc[(head, *reference)]
     if base.phase_gap <= 0:
         return [f"`{head}` has no phase gap to close in the reference cell "
-                f"({_cell(*reference)}): {format_percent(base.aligned_shift_accuracy)} "
+                f"({cell_text(*reference)}): {format_percent(base.aligned_shift_accuracy)} "
                 f"at whole-cell shifts, {format_percent(base.other_shift_accuracy)} at "
                 "the others."]
     closed = {cell: 1 - gaps.loc[(head, *cell)].phase_gap / base.phase_gap
               for cell in cells[1:]}
-    parts = [f"{_cell(*cell)} closes {_share(share)} of it (other shifts "
+    parts = [f"{cell_text(*cell)} closes {_share(share)} of it (other shifts "
              f"{format_percent(gaps.loc[(head, *cell)].other_shift_accuracy)}, exact "
              f"consistency {format_percent(gaps.loc[(head, *cell)].consistency_exact)})"
              for cell, share in closed.items()]
-    text = (f"`{head}`, reference cell ({_cell(*reference)}): "
+    text = (f"`{head}`, reference cell ({cell_text(*reference)}): "
             f"{format_percent(base.aligned_shift_accuracy)} accurate at whole-cell "
             f"shifts and {format_percent(base.other_shift_accuracy)} at the others, a "
             f"phase gap of {base.phase_gap * 100:.1f} points; exact consistency "
@@ -178,7 +175,7 @@ def _dense_lines(gaps: pd.DataFrame, by_radius: pd.DataFrame, stride: int,
         pooled_best = max(gaps.loc[p].consistency_exact.max() for p in pooled) if pooled else None
         text = (f"`{head}` keeps each position's own weights, so no cell makes it invariant: "
                 f"exact consistency {format_percent(own.loc[cells[0]])} in the reference cell and "
-                f"at most {format_percent(own.max())} ({_cell(*best_cell)})")
+                f"at most {format_percent(own.max())} ({cell_text(*best_cell)})")
         if pooled_best is not None:
             text += f", against up to {format_percent(pooled_best)} for the pooling heads"
         lines.append(text + ".")
@@ -256,13 +253,13 @@ def mechanism_section(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
     images = int(runs["test_images"].iloc[0])
     own = (model["downsample"], model["padding"])
     reference = ("the study's own backbone" if cells[0] == own else
-                 f"not the study's backbone, which is {_cell(*own)}")
+                 f"not the study's backbone, which is {cell_text(*own)}")
     lines = [
         "## Why global pooling is not shift invariant", "",
         f"The heads {', '.join(f'`{h}`' for h in heads)} trained as the main runs are (all "
         f"training images, centred, {seeds} seeds) in every cell of downsampling x padding; "
         f"every run is scored on the shift grid of the same {images} test images, so the "
-        f"cells compare directly (the reference cell, {_cell(*cells[0])}, is {reference}). "
+        f"cells compare directly (the reference cell, {cell_text(*cells[0])}, is {reference}). "
         "A backbone of total stride `s` moves its map "
         "by whole cells when the object moves by multiples of `s`; global pooling ignores such "
         "a move, and the *phase gap* (accuracy at whole-cell shifts minus accuracy at the "
@@ -332,7 +329,7 @@ def mechanism_published_rows(runs: pd.DataFrame, settings: Mapping[str, Sequence
                                    f"{reference[1]} padding)",
                          "metric": "exact consistency (every pair of grid offsets)",
                          "value": f"{before:.2%} -> {after:.2%} ({_points(after - before)})"})
-        rows.append({"source": f"this study: `{head}`, {_cell(*reference)}",
+        rows.append({"source": f"this study: `{head}`, {cell_text(*reference)}",
                      "metric": "all-pairs 1-pixel flip rate (incl. diagonals)",
                      "value": f"{own.loc[reference].flip_rate_all_pairs:.2f}"})
     return rows

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from gap_study.phases import whole_cell_shifts
 from gap_study.report.stats import t_interval
 
-__all__ = ["Effect", "accuracy_by_radius", "border_expectation", "factor_effect",
+__all__ = ["Effect", "accuracy_by_radius", "border_expectation", "cell_text", "factor_effect",
            "flatten_edge_line", "largest_mean_radius", "levels", "padding_effects",
            "padding_lines", "radius_bands", "radius_table", "same_radius_phase_gap"]
 
@@ -33,16 +34,12 @@ CELL = ["head", "downsample", "padding"]
 GAP_COLUMN = "same-radius phase gap"
 
 
-def _whole_cell(moved: pd.DataFrame, stride: int) -> pd.Series:
-    return (moved.dx % stride == 0) & (moved.dy % stride == 0)
-
-
 def radius_bands(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
     """Each run's mean accuracy per band of the non-zero offsets: a radius ``max(|dx|, |dy|)``,
     or for a radius that holds whole-cell shifts two bands, ``"r whole-cell"`` and
     ``"r other"``. One row per run (``RUN``), the bands in radius order."""
-    moved = grid[grid.radius > 0]
-    whole = _whole_cell(moved, stride)
+    whole = whole_cell_shifts(grid, stride)
+    moved = grid.loc[whole.index]
     radius = moved.radius.astype(str)
     split = moved.radius.isin(moved.radius[whole])
     band = radius.where(~split, radius + np.where(whole, " whole-cell", " other"))
@@ -55,8 +52,8 @@ def radius_bands(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
 def same_radius_phase_gap(grid: pd.DataFrame, stride: int) -> pd.Series:
     """Per run (``RUN``): mean accuracy at the whole-cell shifts minus mean accuracy at the
     other shifts of the radii that hold whole-cell shifts; empty when the grid has none."""
-    moved = grid[grid.radius > 0]
-    whole = _whole_cell(moved, stride)
+    whole = whole_cell_shifts(grid, stride)
+    moved = grid.loc[whole.index]
     ring = moved.radius.isin(moved.radius[whole])
     by_run = moved[ring].assign(whole=whole[ring]).groupby([*RUN, "whole"])["accuracy"].mean()
     wide = by_run.unstack("whole") if not by_run.empty else pd.DataFrame()
@@ -154,8 +151,9 @@ def levels(cells: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(d for d, _ in cells)), list(dict.fromkeys(p for _, p in cells))
 
 
-def _cell(cell: tuple[str, str]) -> str:
-    return f"`{cell[0]}`, `{cell[1]}`"
+def cell_text(downsample: str, padding: str) -> str:
+    """A cell as the report's sentences name it: ```max`, `zeros```."""
+    return f"`{downsample}`, `{padding}`"
 
 
 def padding_effects(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple[str, str]],
@@ -250,13 +248,13 @@ def flatten_edge_line(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple[
     if not effects:
         return text + "."
     text += ("; the other cells change that by " + ", ".join(
-        f"{effect.points()} ({_cell(cell)})" for cell, effect in effects.items())
+        f"{effect.points()} ({cell_text(*cell)})" for cell, effect in effects.items())
         + ", paired by seed. The design expected a head that keeps each position's own "
         "weights to gain from none of the factors at large shifts")
     gains = [cell for cell, effect in effects.items() if effect.clear_gain]
     if gains:
         best = max(gains, key=lambda cell: effects[cell].mean)
-        return text + (f"; not so here, where {_cell(best)} lifts it to "
+        return text + (f"; not so here, where {cell_text(*best)} lifts it to "
                        f"{own.loc[(*best, edge)] * 100:.1f}%, still far from its centred "
                        "accuracy.")
     if all(np.isnan(effect.low) for effect in effects.values()):
