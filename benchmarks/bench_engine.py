@@ -20,7 +20,6 @@ from its own workers'.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import subprocess
@@ -34,6 +33,8 @@ import torch
 import yaml
 from _common import describe_machine, print_table
 
+from gap_study.engine import local_workers
+from gap_study.params import ComputeParams
 from gap_study.runtime import resolve_device
 from gap_study.speed import alternate
 from gap_study.workspace import copy_project
@@ -65,8 +66,7 @@ def label(compute: dict[str, object]) -> str:
         return f"in-process, {threads}"
     if compute["scheduler"] != "local":
         return f"{compute['scheduler']}, {threads} per run"
-    workers = compute["workers"] or max(1, (os.cpu_count() or 1) // compute["threads_per_run"])
-    return f"local cluster, {workers} worker(s) x {threads}"
+    return f"local cluster, {local_workers(ComputeParams(**compute))} worker(s) x {threads}"
 
 
 def make_copy(target: Path, compute: dict[str, object], device: str, quick: bool) -> None:
