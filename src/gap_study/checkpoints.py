@@ -19,10 +19,8 @@ from gap_study.runtime import resolve_device
 
 __all__ = [
     "checkpoint_payload",
-    "load_checkpoint",
     "model_from_payload",
     "read_checkpoint",
-    "save_checkpoint",
     "write_checkpoint",
 ]
 
@@ -44,11 +42,6 @@ def write_checkpoint(path: str | Path, payload: Payload) -> None:
         torch.save(payload, fh)
 
 
-def save_checkpoint(path: str | Path, model: ClassifierNet) -> None:
-    """Save config and weights of ``model`` (``write_checkpoint`` of its payload)."""
-    write_checkpoint(path, checkpoint_payload(model))
-
-
 def read_checkpoint(path: str | Path) -> Payload:
     """The payload of a checkpoint file, tensors on the CPU."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -60,8 +53,3 @@ def model_from_payload(payload: Payload, device: str | torch.device = "cpu") -> 
     model = build_model(ModelConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device=device, memory_format=torch.channels_last).eval()
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> ClassifierNet:
-    """Rebuild the model saved by ``save_checkpoint``, in eval mode, on ``device``."""
-    return model_from_payload(read_checkpoint(path), device)
