@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gap_study.params import load_params
-from gap_study.runtime import resolve_device
-from gap_study.speed import alternate, time_block
+from gap_study.pipeline.params import load_params
+from gap_study.pipeline.runtime import resolve_device
+from gap_study.stages.speed import alternate, time_block
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 

@@ -1,6 +1,6 @@
 """Achieved training FLOP/s of each head's model, against a large matmul on the same device.
 
-For every head in ``gap_study.architecture.HEAD_NAMES`` the study's default model (widths
+For every head in ``gap_study.nets.architecture.HEAD_NAMES`` the study's default model (widths
 16, 32, 64; dense hidden 500) takes one training step on the default study's input (batch 64,
 1 channel, the digits canvas of ``params.yaml``, 10 classes): forward, cross-entropy, backward, no
 optimizer. ``FlopCounterMode`` counts the step's FLOPs, the step is timed, and efficiency is
@@ -32,9 +32,9 @@ from _common import (
 )
 from torch.utils.flop_counter import FlopCounterMode
 
-from gap_study.architecture import HEAD_NAMES, ModelConfig
-from gap_study.models import build_model, param_count
-from gap_study.runtime import seed_everything
+from gap_study.nets.architecture import HEAD_NAMES, ModelConfig
+from gap_study.nets.models import build_model, param_count
+from gap_study.pipeline.runtime import seed_everything
 
 BATCH, CHANNELS, CLASSES = 64, 1, 10
 SIZE, _ = study_digits_input()  # the default study's digits canvas

@@ -27,9 +27,9 @@ from _common import (
 )
 from kornia.filters import MaxBlurPool2D
 
-from gap_study.architecture import BLUR_SIZES, PADDINGS, ModelConfig
-from gap_study.downsample import make_downsample
-from gap_study.models import build_model
+from gap_study.nets.architecture import BLUR_SIZES, PADDINGS, ModelConfig
+from gap_study.nets.downsample import make_downsample
+from gap_study.nets.models import build_model
 
 BATCH = 64
 VARIANTS = [("max", 3, padding) for padding in PADDINGS] + [

@@ -33,11 +33,11 @@ import torch
 import yaml
 from _common import describe_machine, print_table
 
-from gap_study.engine import local_workers
-from gap_study.params import ComputeParams
-from gap_study.runtime import resolve_device
-from gap_study.speed import alternate
-from gap_study.workspace import copy_project
+from gap_study.pipeline.engine import local_workers
+from gap_study.pipeline.params import ComputeParams
+from gap_study.pipeline.runtime import resolve_device
+from gap_study.pipeline.workspace import copy_project
+from gap_study.stages.speed import alternate
 
 ROOT = Path(__file__).resolve().parents[1]
 # a study of a few seconds per stage that still runs every stage's code (as the tests' tiny one)

@@ -1,4 +1,4 @@
-"""Overhead of the project's training function, ``gap_study.train.fit``, over a minimal loop.
+"""Overhead of the project's training function, ``gap_study.stages.train.fit``, over a minimal loop.
 
 Both sides train the same architecture, built fresh from the same seed, on the same tensors
 (the digits set on the default study's canvas from ``params.yaml``, channels_last as
@@ -34,13 +34,13 @@ from _common import (
 )
 from torch import Tensor, nn
 
-from gap_study.architecture import ModelConfig
-from gap_study.canvas import to_float
-from gap_study.models import build_model
-from gap_study.prepare import prepare_dataset
-from gap_study.runtime import seed_everything
-from gap_study.speed import alternate, sync
-from gap_study.train import fit
+from gap_study.data.canvas import to_float
+from gap_study.data.prepare import prepare_dataset
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.models import build_model
+from gap_study.pipeline.runtime import seed_everything
+from gap_study.stages.speed import alternate, sync
+from gap_study.stages.train import fit
 
 LIMIT = 1.10
 HEADS = ("dense", "gap", "gmp")

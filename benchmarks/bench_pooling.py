@@ -1,4 +1,5 @@
-"""Time each ``gap_study.pooling`` op against the torch formulations that compute the same thing.
+"""Time each ``gap_study.nets.pooling`` op against the torch formulations that compute the same
+thing.
 
 For every op, shape, memory layout and pass (forward; forward + backward) the table gives our
 op's time, the fastest torch form's, which form that was, ``ratio = ours / fastest`` and
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from _common import interleaved_times, parse_args, print_table, setup, watch_contention
 from torch import Tensor
 
-from gap_study.pooling import (
+from gap_study.nets.pooling import (
     global_avg_pool,
     global_avgmax_pool,
     global_gem_pool,

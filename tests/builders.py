@@ -20,17 +20,17 @@ import numpy as np
 import requests
 import yaml
 
-from gap_study import sources
-from gap_study.architecture import ModelConfig
-from gap_study.params import ModelParams
-from gap_study.sources import (
+from gap_study.data import sources
+from gap_study.data.sources import (
     IDX_TEST_IMAGES,
     IDX_TEST_LABELS,
     IDX_TRAIN_IMAGES,
     IDX_TRAIN_LABELS,
 )
-from gap_study.train import train_one_seed
-from gap_study.workspace import copy_project
+from gap_study.nets.architecture import ModelConfig
+from gap_study.pipeline.params import ModelParams
+from gap_study.pipeline.workspace import copy_project
+from gap_study.stages.train import train_one_seed
 
 
 def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:

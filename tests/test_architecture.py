@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gap_study.architecture import (
+from gap_study.nets.architecture import (
     FACTORIAL,
     HEAD_NAMES,
     ModelConfig,
@@ -12,7 +12,7 @@ from gap_study.architecture import (
     pools_globally,
     total_stride,
 )
-from gap_study.models import build_model
+from gap_study.nets.models import build_model
 
 
 def test_backbone_halves_the_map_between_blocks_and_keeps_the_last():

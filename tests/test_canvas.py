@@ -3,7 +3,7 @@ import pytest
 import torch
 from builders import put, small_cifar_tarball, use_files
 
-from gap_study.canvas import (
+from gap_study.data.canvas import (
     load_prepared,
     object_boxes,
     place_on_canvas,
@@ -13,8 +13,8 @@ from gap_study.canvas import (
     shift_margin,
     to_float,
 )
-from gap_study.prepare import prepare_dataset
-from gap_study.sources import CIFAR10_TARBALL
+from gap_study.data.prepare import prepare_dataset
+from gap_study.data.sources import CIFAR10_TARBALL
 
 
 def test_shift_moves_content_right_and_down_with_zero_fill():

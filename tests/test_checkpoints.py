@@ -2,14 +2,14 @@
 
 import torch
 
-from gap_study.architecture import ModelConfig
-from gap_study.checkpoints import (
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.checkpoints import (
     checkpoint_payload,
     model_from_payload,
     read_checkpoint,
     write_checkpoint,
 )
-from gap_study.models import build_model
+from gap_study.nets.models import build_model
 
 
 def _model(head: str, seed: int = 0):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.special import comb
 
-from gap_study.architecture import ModelConfig
-from gap_study.canvas import shift
-from gap_study.downsample import BlurMaxPool2d, make_downsample
-from gap_study.models import build_model
+from gap_study.data.canvas import shift
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.downsample import BlurMaxPool2d, make_downsample
+from gap_study.nets.models import build_model
 
 NUMPY_PAD = {"zeros": "constant", "circular": "wrap", "reflect": "reflect"}
 

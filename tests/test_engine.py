@@ -12,10 +12,10 @@ import pytest
 import torch
 from builders import TINY_MODEL, free_port
 
-from gap_study.engine import EngineError, _warn_about_trimming, local_workers, open_engine
-from gap_study.params import ComputeParams, TrainParams
-from gap_study.paths import RunId
-from gap_study.train import train_task
+from gap_study.pipeline.engine import EngineError, _warn_about_trimming, local_workers, open_engine
+from gap_study.pipeline.params import ComputeParams, TrainParams
+from gap_study.pipeline.paths import RunId
+from gap_study.stages.train import train_task
 
 
 def _compute(scheduler="synchronous", threads=1, workers=None):

@@ -7,8 +7,12 @@ import pytest
 import torch
 from builders import tiny_config
 
-from gap_study.checkpoints import checkpoint_payload, model_from_payload
-from gap_study.evaluate import (
+from gap_study.measures.localization import TWO_OBJECT_METRICS
+from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
+from gap_study.nets.models import build_model
+from gap_study.pipeline.params import EvaluateParams
+from gap_study.pipeline.paths import RunId
+from gap_study.stages.evaluate import (
     EvaluationData,
     cam_example_run,
     evaluate_run,
@@ -18,10 +22,6 @@ from gap_study.evaluate import (
     example_maps,
     feature_map_record,
 )
-from gap_study.localization import TWO_OBJECT_METRICS
-from gap_study.models import build_model
-from gap_study.params import EvaluateParams
-from gap_study.paths import RunId
 
 SETTINGS = EvaluateParams(max_shift=2, batch_size=64, seed=0)
 GRID_METRICS = ["shift_accuracy_mean", "consistency", "flip_rate", "pointing_accuracy",

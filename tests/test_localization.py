@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gap_study.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
-from gap_study.localization import (
+from gap_study.measures.localization import (
     TWO_OBJECT_METRICS,
     class_activation_maps,
     grad_cam,
@@ -17,6 +16,7 @@ from gap_study.localization import (
     pointing_chance,
     two_object_metrics,
 )
+from gap_study.nets.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
 
 
 class IdentityFeatures(nn.Module):

@@ -1,4 +1,4 @@
-"""The mechanism experiment (gap_study.mechanism): which runs it makes, which test images it
+"""The mechanism experiment (gap_study.stages.mechanism): which runs it makes, which test images it
 scores, the metrics of one run's shift grid, and a run as a task, trained or taken from the
 train stage."""
 
@@ -7,8 +7,11 @@ import pytest
 import torch
 from builders import TINY_MODEL
 
-from gap_study.checkpoints import checkpoint_payload
-from gap_study.mechanism import (
+from gap_study.measures.metrics import grid_offsets
+from gap_study.nets.checkpoints import checkpoint_payload
+from gap_study.pipeline.params import MechanismParams, TrainParams
+from gap_study.pipeline.paths import RunId
+from gap_study.stages.mechanism import (
     Cell,
     MechanismRun,
     grid_images,
@@ -16,10 +19,7 @@ from gap_study.mechanism import (
     mechanism_task,
     score_grid,
 )
-from gap_study.metrics import grid_offsets
-from gap_study.params import MechanismParams, TrainParams
-from gap_study.paths import RunId
-from gap_study.train import train_run
+from gap_study.stages.train import train_run
 
 PLAN = MechanismParams(heads=["dense", "gap"], downsample=["max", "blurmax"],
                        padding=["zeros", "circular"], test_images=40)

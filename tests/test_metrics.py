@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from gap_study.canvas import random_offsets
-from gap_study.metrics import (
+from gap_study.data.canvas import random_offsets
+from gap_study.measures.metrics import (
     accuracy_by_radius,
     all_pairs_flip_rate,
     consistency,
@@ -17,7 +17,6 @@ from gap_study.metrics import (
     grid_offsets,
     loss_and_accuracy,
     overfitting_metrics,
-    shift_accuracy_grid,
     shift_grid_predictions,
     shift_summary,
 )
@@ -53,6 +52,14 @@ def test_overfitting_gap_is_train_minus_test_accuracy():
     assert metrics["overfit_gap"] == 0.5
     assert metrics["loss_gap"] == pytest.approx(metrics["test_loss"] - metrics["train_loss"])
     assert metrics["loss_gap"] > 0
+
+
+def shift_accuracy_grid(model: nn.Module, images: Tensor, labels: Tensor, max_shift: int,
+                        batch_size: int = 512) -> pd.DataFrame:
+    """Accuracy with every image moved by each integer ``(dx, dy)`` in ``[-S, S]^2``: one row
+    per offset, ``dx, dy, radius, accuracy``: the evaluate stage's two steps in one."""
+    predictions = shift_grid_predictions(model, images, max_shift, batch_size)
+    return grid_accuracy(predictions, labels.cpu().numpy(), max_shift)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4, 1000])

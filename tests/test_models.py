@@ -1,16 +1,15 @@
 import pytest
 import torch
 
-from gap_study.architecture import HEAD_NAMES, ModelConfig, feature_map_shape
-from gap_study.heads import DenseHead
-from gap_study.models import (
+from gap_study.nets.architecture import HEAD_NAMES, ModelConfig, feature_map_shape
+from gap_study.nets.heads import DenseHead
+from gap_study.nets.models import (
     build_model,
     dense_head_param_count,
     fold_batch_norm,
     head_param_count,
     param_count,
     pooled_head_param_count,
-    study_head_param_count,
 )
 
 
@@ -20,6 +19,25 @@ def test_dense_head_reproduces_the_writeups_7x7x64_to_500_example():
     assert head.classifier.hidden.bias.numel() == 500
     assert dense_head_param_count(64, 7, 7, 500, 10) == param_count(head)
     assert dense_head_param_count(64, 7, 7, 500, 10) == 1_568_000 + 500 + 500 * 10 + 10
+
+
+def study_head_param_count(head: str, channels: int, height: int, width: int, hidden: int,
+                           num_classes: int) -> int:
+    """Trainable head parameters by the table of ``docs/study.md`` ("Heads"), for any head:
+    the oracle the built models are checked against."""
+    formulas = {
+        "dense": lambda: dense_head_param_count(channels, height, width, hidden, num_classes),
+        "linear": lambda: pooled_head_param_count(channels * height * width, num_classes),
+        "avg2x2_dense": lambda: dense_head_param_count(channels, height // 2, width // 2,
+                                                       hidden, num_classes),
+        "gap_hidden": lambda: dense_head_param_count(channels, 1, 1, hidden, num_classes),
+        "avgmax": lambda: pooled_head_param_count(2 * channels, num_classes),
+        "gem": lambda: pooled_head_param_count(channels, num_classes) + 1,  # the learnable p
+    }
+    formulas["dense_dropout"] = formulas["dense"]  # dropout has no parameters
+    if head not in HEAD_NAMES:
+        raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")
+    return formulas.get(head, lambda: pooled_head_param_count(channels, num_classes))()
 
 
 def test_resnet50_sized_gap_head_has_the_published_2049000_parameters():

@@ -121,7 +121,7 @@ def test_stage_declares_exactly_the_params_its_notebook_reads(name, stage, noteb
 def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, notebook):
     nb = nbformat.read(notebook, as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    modules = _module_closure(_gap_study_imports(code) | {"gap_study.run_notebook"})
+    modules = _module_closure(_gap_study_imports(code) | {"gap_study.pipeline.run_notebook"})
     expected = {_module_file(m).relative_to(ROOT).as_posix() for m in modules}
     declared = {d for d in stage["deps"] if d.startswith("src/")}
     assert declared == expected, name

@@ -3,9 +3,9 @@ import copy
 import pytest
 import yaml
 
-from gap_study.architecture import ModelConfig
-from gap_study.params import ParamsError, load_params, parse_params
-from gap_study.paths import RunId
+from gap_study.nets.architecture import ModelConfig
+from gap_study.pipeline.params import ParamsError, load_params, parse_params
+from gap_study.pipeline.paths import RunId
 
 
 def _with(params_raw, dotted, value):

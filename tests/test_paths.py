@@ -1,6 +1,6 @@
 import pytest
 
-from gap_study.paths import Layout, RunId
+from gap_study.pipeline.paths import Layout, RunId
 
 
 @pytest.mark.parametrize("run", [RunId(0.1, 0, 0), RunId(1.0, 4, 12), RunId(0.25, 2, 3)])

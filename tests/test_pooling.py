@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gap_study.architecture import POOLED_HEAD_NAMES
-from gap_study.pooling import (
+from gap_study.nets.architecture import POOLED_HEAD_NAMES
+from gap_study.nets.pooling import (
     AVG_POOL2D_MIN_CHANNELS,
     GLOBAL_POOLS,
     MAX_POOL2D_MIN_BYTES,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from builders import md5_hash, run_command, small_cifar_tarball, small_idx_files, tiny_repository
 
-from gap_study.sources import CIFAR10_TARBALL, HASH_OVERRIDES_ENV
+from gap_study.data.sources import CIFAR10_TARBALL, HASH_OVERRIDES_ENV
 
 pytestmark = pytest.mark.slow
 

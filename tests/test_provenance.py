@@ -2,7 +2,7 @@ import subprocess
 
 import torch
 
-from gap_study.provenance import cpu_name, git_commit, run_environment, run_record
+from gap_study.pipeline.provenance import cpu_name, git_commit, run_environment, run_record
 
 
 def _git(repo, *args):

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gap_study.params import ReportParams
-from gap_study.paths import Layout, RunId
+from gap_study.pipeline.params import ReportParams
+from gap_study.pipeline.paths import Layout, RunId
 from gap_study.report.claims import claim_comparisons, claim_verdicts
 from gap_study.report.figures import save_figures, study_figures
 from gap_study.report.tables import (

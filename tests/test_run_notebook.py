@@ -6,8 +6,8 @@ import nbformat
 import pytest
 import yaml
 
-from gap_study.params import ParamsError
-from gap_study.run_notebook import main, notebook_parameters
+from gap_study.pipeline.params import ParamsError
+from gap_study.pipeline.run_notebook import main, notebook_parameters
 
 
 def test_notebook_receives_the_params_sections_it_declares(root):
@@ -65,7 +65,7 @@ def test_a_failing_cell_fails_the_run_and_keeps_the_executed_notebook(root, tmp_
 def test_the_stage_runner_validates_params_without_importing_torch_or_iri_grammars():
     # Every stage starts this runner before its kernel: what it imports is paid once per
     # stage (torch and jsonschema's IRI grammar took 4 s of each stage's 18 s here).
-    probe = ("import sys, gap_study.run_notebook; "
+    probe = ("import sys, gap_study.pipeline.run_notebook; "
              "print(sorted(m for m in ('torch', 'rfc3987_syntax', 'lark') "
              "if sys.modules.get(m) is not None))")
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

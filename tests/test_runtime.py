@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gap_study import runtime
-from gap_study.runtime import resolve_device, seed_everything, to_device
+from gap_study.pipeline import runtime
+from gap_study.pipeline.runtime import resolve_device, seed_everything, to_device
 
 
 @pytest.mark.parametrize("cuda", [True, False])
@@ -40,5 +40,5 @@ def test_images_go_to_the_device_channels_last_and_other_tensors_stay_contiguous
 def test_cublas_is_configured_for_deterministic_kernels_on_import():
     import os
 
-    assert runtime.__name__ == "gap_study.runtime"  # imported above
+    assert runtime.__name__ == "gap_study.pipeline.runtime"  # imported above
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

@@ -29,9 +29,9 @@ from builders import (
     use_files,
 )
 
-from gap_study import sources
-from gap_study.file_formats import read_cifar_binary, read_idx
-from gap_study.sources import (
+from gap_study.data import sources
+from gap_study.data.file_formats import read_cifar_binary, read_idx
+from gap_study.data.sources import (
     CIFAR10_TARBALL,
     IDX_TEST_IMAGES,
     IDX_TEST_LABELS,

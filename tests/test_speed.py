@@ -3,9 +3,14 @@
 import torch
 from builders import TINY_MODEL, tiny_config
 
-from gap_study import speed
-from gap_study.params import SpeedParams, TrainParams
-from gap_study.speed import alternate, interleaved_step_times, measure_step_times, training_step
+from gap_study.pipeline.params import SpeedParams, TrainParams
+from gap_study.stages import speed
+from gap_study.stages.speed import (
+    alternate,
+    interleaved_step_times,
+    measure_step_times,
+    training_step,
+)
 
 
 def test_heads_take_turns_and_the_order_reverses_every_other_round():

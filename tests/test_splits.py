@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gap_study.splits import (
+from gap_study.data.splits import (
     fraction_subset,
     steps_per_epoch,
     stratified_split,

@@ -3,9 +3,9 @@ import torch
 from builders import tiny_config, train_small
 from torch import nn
 
-from gap_study.params import TrainParams
-from gap_study.paths import RunId
-from gap_study.train import fit, matched_epochs, train_run
+from gap_study.pipeline.params import TrainParams
+from gap_study.pipeline.paths import RunId
+from gap_study.stages.train import fit, matched_epochs, train_run
 
 
 def _weights(model):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from builders import TINY_MODEL
 
-from gap_study.params import TrainParams
-from gap_study.paths import RunId
-from gap_study.train import train_task
-from gap_study.tune import TuningRun, choose_learning_rates, tune_task, tuning_table
+from gap_study.pipeline.params import TrainParams
+from gap_study.pipeline.paths import RunId
+from gap_study.stages.train import train_task
+from gap_study.stages.tune import TuningRun, choose_learning_rates, tune_task, tuning_table
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = TINY_MODEL

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from gap_study import prepare
-from gap_study.canvas import object_boxes, place_on_canvas, to_float
-from gap_study.localization import ink_maps, pointing_accuracy
-from gap_study.params import ParamsError, parse_params
-from gap_study.prepare import prepare_dataset
-from gap_study.two_objects import crop, fits, place_pair, two_object_canvases
+from gap_study.data import prepare
+from gap_study.data.canvas import object_boxes, place_on_canvas, to_float
+from gap_study.data.prepare import prepare_dataset
+from gap_study.data.two_objects import crop, fits, place_pair, two_object_canvases
+from gap_study.measures.localization import ink_maps, pointing_accuracy
+from gap_study.pipeline.params import ParamsError, parse_params
 
 
 def _apart(a, b) -> bool:

@@ -1,8 +1,8 @@
-"""gap_study.workspace: copies of the project for the end-to-end tests and benchmarks."""
+"""gap_study.pipeline.workspace: copies of the project for the end-to-end tests and benchmarks."""
 
 import subprocess
 
-from gap_study.workspace import copy_project
+from gap_study.pipeline.workspace import copy_project
 
 
 def test_a_project_copy_holds_what_git_would_commit_and_nothing_ignored(tmp_path):

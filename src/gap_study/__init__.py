@@ -1,18 +1,16 @@
 """gap-study: what replacing a CNN's dense classifier head with global pooling does, measured.
 
-The protocol is ``docs/study.md``; the modules, in the order the pipeline uses them:
+The protocol is ``docs/study.md``. The subpackages, by role:
 
-- data: ``sources`` (verified downloads) and ``file_formats`` (IDX, CIFAR-10 binary) read a
-  data set; ``splits`` picks stratified subsets; ``prepare`` centres it on a ``canvas``.
-- model: ``architecture`` (torch-free: head names, which heads have class maps, the
-  backbone's stride, ``ModelConfig``), ``pooling`` (global pooling ops), ``models``.
-- a run: ``runtime`` (device, seeding), ``train`` (the loop), ``checkpoints``.
-- evaluation: ``metrics`` (accuracy, shift grid, stability), ``localization`` (class
-  activation maps), ``evaluate`` (which metrics each run gets).
-- report: the ``report`` package (statistics, claims, figures, text); ``sweep`` pools
-  experiments.
-- plumbing: ``params`` (validated ``params.yaml``), ``paths`` (file layout), ``io`` (atomic
-  writes), ``provenance`` (run records), ``run_notebook`` (the stage runner).
+- ``data``: data sets, splits, the canvas, two-object canvases (the prepare stage).
+- ``nets``: architecture, global pooling, heads, downsampling, models, checkpoints.
+- ``measures``: accuracy and the shift grid, class activation maps, phases.
+- ``stages``: the logic of tune, train, evaluate, mechanism and speed.
+- ``report``: the report stage: statistics, verdicts, figures, the report.
+- ``pipeline``: params, file layout, I/O, run records, the Dask engine, the notebook runner.
+
+``sweep`` pools the results of several experiments (``python -m gap_study.sweep``). No
+package imports its modules in ``__init__``: importing one module loads only what it needs.
 """
 
 __version__ = "0.1.0"

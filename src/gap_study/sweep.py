@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import dvc.api
 import pandas as pd
 
-from gap_study.io import write_csv, write_text
+from gap_study.pipeline.io import write_csv, write_text
 from gap_study.report.formatting import grouped_stat_table
 from gap_study.report.stats import summarize
 from gap_study.report.tables import RESULT_KEYS

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from gap_study.architecture import POOLED_HEAD_NAMES
+from gap_study.nets.architecture import POOLED_HEAD_NAMES
 from gap_study.report.comparisons import Margin, comparison_row, judge_family
 
 __all__ = [

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from gap_study.architecture import has_class_map
-from gap_study.io import atomic_path
+from gap_study.nets.architecture import has_class_map
+from gap_study.pipeline.io import atomic_path
 from gap_study.report.forest import forest_rows, plot_forest, plot_tuning
 from gap_study.report.mechanism import cells_in_order
 from gap_study.report.stats import t_interval

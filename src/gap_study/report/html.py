@@ -9,7 +9,7 @@ from pathlib import Path
 
 import markdown
 
-from gap_study.io import write_text
+from gap_study.pipeline.io import write_text
 
 __all__ = ["markdown_to_html", "write_report"]
 

@@ -1,6 +1,6 @@
 """Section "Why global pooling is not shift invariant": the mechanism experiment's factor table
-and the sentences its numbers support (``gap_study.mechanism``; ``docs/study.md``, "The mechanism
-of translation robustness"), and its rows of the published-numbers comparison.
+and the sentences its numbers support (``gap_study.stages.mechanism``; ``docs/study.md``,
+"The mechanism of translation robustness"), and its rows of the published-numbers comparison.
 
 The reference cell is the first value of ``mechanism.downsample`` and of ``mechanism.padding``.
 A head's *phase gap* is its accuracy at whole-cell shifts minus its accuracy at every other

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gap_study.phases import whole_cell_shifts
+from gap_study.measures.phases import whole_cell_shifts
 from gap_study.report.stats import t_interval
 
 __all__ = ["Effect", "accuracy_by_radius", "border_expectation", "cell_text", "factor_effect",

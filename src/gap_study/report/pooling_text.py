@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from gap_study.architecture import has_class_map, pools_globally
+from gap_study.nets.architecture import has_class_map, pools_globally
 from gap_study.report.formatting import (
     format_percent,
     grouped_stat_table,

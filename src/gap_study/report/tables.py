@@ -12,12 +12,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from gap_study.architecture import total_stride
-from gap_study.params import TrainParams
-from gap_study.paths import Layout
-from gap_study.phases import whole_cell_shifts
+from gap_study.data.splits import steps_per_epoch
+from gap_study.measures.phases import whole_cell_shifts
+from gap_study.nets.architecture import total_stride
+from gap_study.pipeline.params import TrainParams
+from gap_study.pipeline.paths import Layout
 from gap_study.report.stats import summarize
-from gap_study.splits import steps_per_epoch
 
 __all__ = [
     "ABLATION_METRICS",

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from gap_study.architecture import FACTORIAL, FLATTEN_HEAD_NAMES, total_stride
-from gap_study.params import ReportParams
+from gap_study.nets.architecture import FACTORIAL, FLATTEN_HEAD_NAMES, total_stride
+from gap_study.pipeline.params import ReportParams
 from gap_study.report.formatting import (
     format_number,
     format_stat,

@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import dask
 
-from gap_study.params import ComputeParams
-from gap_study.runtime import torch_threads
+from gap_study.pipeline.params import ComputeParams
+from gap_study.pipeline.runtime import torch_threads
 
 __all__ = ["Engine", "EngineError", "local_workers", "open_engine"]
 

@@ -4,7 +4,7 @@ subsampled as ``params.yaml`` says, and two-object canvases made of its test obj
 
 The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
 network), upsampled and centred on a ``canvas`` x ``canvas`` image; MNIST, Fashion-MNIST and
-CIFAR-10 come from verified files (``gap_study.sources``).
+CIFAR-10 come from verified files (``gap_study.data.sources``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gap_study.canvas import CanvasDataset, object_boxes, place_on_canvas
-from gap_study.params import DataParams
-from gap_study.sources import load_raw
-from gap_study.splits import stratified_split, stratified_subsample
-from gap_study.two_objects import two_object_canvases
+from gap_study.data.canvas import CanvasDataset, object_boxes, place_on_canvas
+from gap_study.data.sources import load_raw
+from gap_study.data.splits import stratified_split, stratified_subsample
+from gap_study.data.two_objects import two_object_canvases
+from gap_study.pipeline.params import DataParams
 
 __all__ = ["digits_objects", "prepare_dataset", "prepare_study_dataset"]
 
@@ -50,7 +50,7 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
     ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
     stratified subsample seeded by ``split_seed``; then a stratified ``validation_fraction``
     of the training images becomes the validation split. The two-object canvases
-    (``gap_study.two_objects.two_object_canvases``) hold two test objects of different classes
+    (``gap_study.data.two_objects.two_object_canvases``) hold two test objects of different classes
     each, at positions drawn from ``split_seed``.
     """
     if two_objects < 0:  # checked before any data is read

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gap_study.canvas import random_offsets, shift, shift_each
+from gap_study.data.canvas import random_offsets, shift, shift_each
 
 __all__ = [
     "accuracy_by_radius",
@@ -24,7 +24,6 @@ __all__ = [
     "loss_and_accuracy",
     "overfitting_metrics",
     "predict_logits",
-    "shift_accuracy_grid",
     "shift_grid_predictions",
     "shift_summary",
 ]
@@ -96,14 +95,6 @@ def grid_accuracy(predictions: np.ndarray, labels: np.ndarray, max_shift: int) -
     grid["radius"] = np.maximum(grid.dx.abs(), grid.dy.abs())
     grid["accuracy"] = (predictions == np.asarray(labels)[:, None]).mean(axis=0)
     return grid
-
-
-def shift_accuracy_grid(model: nn.Module, images: Tensor, labels: Tensor, max_shift: int,
-                        batch_size: int = 512) -> pd.DataFrame:
-    """Accuracy with every image moved by each integer ``(dx, dy)`` in ``[-S, S]^2``: one row
-    per offset, ``dx, dy, radius, accuracy``."""
-    predictions = shift_grid_predictions(model, images, max_shift, batch_size)
-    return grid_accuracy(predictions, labels.cpu().numpy(), max_shift)
 
 
 def exact_consistency(predictions: np.ndarray) -> float:

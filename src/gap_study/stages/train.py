@@ -2,8 +2,8 @@
 training of one run of the study (``docs/study.md``, "Training").
 
 Same data, config and seed on the same machine give bit-identical weights: the seed fixes
-the initial weights and the minibatch order, and ``gap_study.runtime.seed_everything`` rules
-out nondeterministic kernels.
+the initial weights and the minibatch order, and
+``gap_study.pipeline.runtime.seed_everything`` rules out nondeterministic kernels.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm  # the text bar: it streams to the terminal under papermill too
 
-from gap_study.architecture import ModelConfig
-from gap_study.canvas import CanvasDataset, random_offsets, shift_each, to_float
-from gap_study.checkpoints import checkpoint_payload
-from gap_study.metrics import loss_and_accuracy
-from gap_study.models import ClassifierNet, build_model
-from gap_study.params import ModelParams, TrainParams
-from gap_study.paths import RunId
-from gap_study.provenance import worker_facts
-from gap_study.runtime import resolve_device, seed_everything, to_device
-from gap_study.splits import fraction_subset, steps_per_epoch
+from gap_study.data.canvas import CanvasDataset, random_offsets, shift_each, to_float
+from gap_study.data.splits import fraction_subset, steps_per_epoch
+from gap_study.measures.metrics import loss_and_accuracy
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.checkpoints import checkpoint_payload
+from gap_study.nets.models import ClassifierNet, build_model
+from gap_study.pipeline.params import ModelParams, TrainParams
+from gap_study.pipeline.paths import RunId
+from gap_study.pipeline.provenance import worker_facts
+from gap_study.pipeline.runtime import resolve_device, seed_everything, to_device
 
 __all__ = [
     "TrainedRun",
@@ -183,7 +183,7 @@ def train_run(config: ModelConfig, data: CanvasDataset, run: RunId, settings: Tr
 @dataclass(frozen=True)
 class TrainedRun:
     """What a training task returns: the checkpoint's payload, the run's history and where
-    it ran (``gap_study.provenance.worker_facts``)."""
+    it ran (``gap_study.pipeline.provenance.worker_facts``)."""
 
     checkpoint: dict[str, Any]
     history: pd.DataFrame
@@ -193,7 +193,7 @@ class TrainedRun:
 def train_task(item: tuple[str, RunId], *, data: CanvasDataset, architecture: ModelParams,
                settings: TrainParams, learning_rates: Mapping[str, float],
                device: str) -> TrainedRun:
-    """One run of one head, ``item = (head, run)``, as a task of ``gap_study.engine``:
+    """One run of one head, ``item = (head, run)``, as a task of ``gap_study.pipeline.engine``:
     ``train_run`` of the head's model sized for ``data``, with the head's learning rate, on
     the device ``device`` names where the task runs, without a progress bar (the engine
     reports each finished run)."""

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from gap_study.canvas import CanvasDataset
-from gap_study.params import ModelParams, TrainParams
-from gap_study.paths import RunId
-from gap_study.provenance import worker_facts
-from gap_study.runtime import resolve_device
-from gap_study.train import train_run
+from gap_study.data.canvas import CanvasDataset
+from gap_study.pipeline.params import ModelParams, TrainParams
+from gap_study.pipeline.paths import RunId
+from gap_study.pipeline.provenance import worker_facts
+from gap_study.pipeline.runtime import resolve_device
+from gap_study.stages.train import train_run
 
 __all__ = ["TuningRun", "choose_learning_rates", "tune_task", "tuning_table"]
 
@@ -38,8 +38,8 @@ class TuningRun:
 
 def tune_task(item: tuple[str, float], *, data: CanvasDataset, architecture: ModelParams,
               settings: TrainParams, seed: int, device: str) -> TuningRun:
-    """``item = (head, learning rate)`` as a task of ``gap_study.engine``: the head's main run
-    with that rate and ``seed``."""
+    """``item = (head, learning rate)`` as a task of ``gap_study.pipeline.engine``: the head's
+    main run with that rate and ``seed``."""
     head, lr = item
     torch_device = resolve_device(device)
     run = RunId(settings.full_fraction, settings.base_shift, seed)

@@ -237,7 +237,7 @@ class GlobalAvgMaxPool(GlobalPool):
 
 
 # The pooling module of each pooling head, keyed by head name
-# (gap_study.architecture.POOLED_HEAD_NAMES, in the same order).
+# (gap_study.nets.architecture.POOLED_HEAD_NAMES, in the same order).
 GLOBAL_POOLS: dict[str, type[GlobalPool]] = {
     "gap": GlobalAvgPool,
     "gmp": GlobalMaxPool,

@@ -1,7 +1,7 @@
 """Run a pipeline notebook through papermill with its parameters taken from ``params.yaml``.
 
-    python -m gap_study.run_notebook notebooks/train.ipynb reports/notebooks/train_gap.ipynb \\
-        -p head gap
+    python -m gap_study.pipeline.run_notebook notebooks/train.ipynb \\
+        reports/notebooks/train_gap.ipynb -p head gap
 
 Each parameter of the notebook's ``parameters`` cell that names a top-level key of
 ``params.yaml`` (``train``, ``model``, ``device`` ...) receives that key's value; ``-p NAME VALUE``
@@ -28,7 +28,7 @@ import papermill  # noqa: E402
 import yaml  # noqa: E402
 from papermill.exceptions import PapermillExecutionError  # noqa: E402
 
-from gap_study.params import ParamsError, load_params  # noqa: E402
+from gap_study.pipeline.params import ParamsError, load_params  # noqa: E402
 
 __all__ = ["main", "notebook_parameters"]
 
@@ -49,7 +49,7 @@ def notebook_parameters(notebook: str | Path, params_file: str | Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gap_study.run_notebook",
+    parser = argparse.ArgumentParser(prog="python -m gap_study.pipeline.run_notebook",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("notebook", type=Path, help="source notebook")
     parser.add_argument("output", type=Path, help="where to write the executed notebook")

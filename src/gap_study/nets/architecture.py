@@ -1,6 +1,6 @@
 """The study's model in names and numbers, without torch: which heads exist, which of them have
 class activation maps, the backbone's geometry, and ``ModelConfig``, from which
-``gap_study.models`` builds a network.
+``gap_study.nets.models`` builds a network.
 
 Torch-free so that validating ``params.yaml`` (before every stage's kernel starts), the
 report and the sweep can use it without importing torch. Definitions: ``docs/study.md``,
@@ -85,7 +85,7 @@ def feature_map_shape(image_size: int, widths: Sequence[int]) -> tuple[int, int,
 
 
 class DatasetShape(Protocol):
-    """What a model needs to know of its data: a ``gap_study.canvas.CanvasDataset`` has it."""
+    """What a model needs to know of its data: a ``gap_study.data.canvas.CanvasDataset`` has it."""
 
     @property
     def in_channels(self) -> int: ...

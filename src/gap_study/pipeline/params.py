@@ -25,7 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from gap_study.architecture import (
+from gap_study.data.splits import steps_per_epoch
+from gap_study.nets.architecture import (
     BLUR_SIZES,
     DOWNSAMPLES,
     HEAD_NAMES,
@@ -34,8 +35,7 @@ from gap_study.architecture import (
     ModelConfig,
     total_stride,
 )
-from gap_study.paths import RunId
-from gap_study.splits import steps_per_epoch
+from gap_study.pipeline.paths import RunId
 
 __all__ = [
     "ComputeParams",
@@ -57,7 +57,7 @@ DATA_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 # Side of each data set's object before it is placed on the canvas (digits: data.digits_size).
 NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 # Data sets whose object fills its whole image (a photo): two of them lie apart on a canvas
-# only if it has room for both side by side and one pixel between (gap_study.two_objects).
+# only if it has room for both side by side and one pixel between (gap_study.data.two_objects).
 FILLS_IMAGE = ("cifar10",)
 
 
@@ -209,7 +209,8 @@ class TrainParams(_Section):
 
 
 class TuneParams(_Section):
-    """The learning rate of each head, chosen on the validation split (``gap_study.tune``)."""
+    """The learning rate of each head, chosen on the validation split
+    (``gap_study.stages.tune``)."""
 
     learning_rates: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1),
                               AfterValidator(_unique)]
@@ -223,7 +224,7 @@ class EvaluateParams(_Section):
 
 
 class ComputeParams(_Section):
-    """Where and how each run computes (``gap_study.engine``). Not part of a run's meaning:
+    """Where and how each run computes (``gap_study.pipeline.engine``). Not part of a run's meaning:
     the sweep pools across it, and only ``threads_per_run`` (which may change the last bits of
     a result) makes a stage rerun."""
 
@@ -233,7 +234,7 @@ class ComputeParams(_Section):
 
 
 class SpeedParams(_Section):
-    """The interleaved timing of one training step per head (``gap_study.speed``)."""
+    """The interleaved timing of one training step per head (``gap_study.stages.speed``)."""
 
     rounds: Annotated[int, Field(ge=2)]
     blocks: PositiveInt
@@ -262,7 +263,7 @@ HeadName = Literal[HEAD_NAMES]  # type: ignore[valid-type]
 
 
 class MechanismParams(_Section):
-    """The mechanism experiment (``gap_study.mechanism``): ``heads`` trained as the main runs
+    """The mechanism experiment (``gap_study.stages.mechanism``): ``heads`` trained as the main runs
     under every ``downsample`` x ``padding`` cell and scored on the shift grid of
     ``test_images`` test images (``None``: all). The first value of each list is the reference
     the report measures the others against."""
@@ -366,3 +367,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from None
     return parse_params(raw, source=str(path))
+

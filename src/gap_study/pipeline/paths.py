@@ -117,7 +117,8 @@ class Layout:
 
     @property
     def mechanism_reports(self) -> Path:
-        """The mechanism experiment (``gap_study.mechanism``): one file per kind for all runs."""
+        """The mechanism experiment (``gap_study.stages.mechanism``): one file per kind for all
+        runs."""
         return self.root / "reports" / "mechanism"
 
     @property

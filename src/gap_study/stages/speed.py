@@ -19,12 +19,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from gap_study.architecture import ModelConfig
-from gap_study.canvas import CanvasDataset, to_float
-from gap_study.models import build_model
-from gap_study.params import ModelParams, SpeedParams, TrainParams
-from gap_study.runtime import seed_everything, to_device, torch_threads
-from gap_study.train import optimizer_for
+from gap_study.data.canvas import CanvasDataset, to_float
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.models import build_model
+from gap_study.pipeline.params import ModelParams, SpeedParams, TrainParams
+from gap_study.pipeline.runtime import seed_everything, to_device, torch_threads
+from gap_study.stages.train import optimizer_for
 
 __all__ = [
     "alternate",
@@ -66,7 +66,7 @@ def alternate(names: list[str], round_index: int) -> list[str]:
 def training_step(config: ModelConfig, data: CanvasDataset, *, batch_size: int, lr: float,
                   seed: int, device: torch.device,
                   schedule: str = "constant") -> Callable[[], None]:
-    """One optimizer step of ``config``'s model per call, as ``gap_study.train.fit`` takes it
+    """One optimizer step of ``config``'s model per call, as ``gap_study.stages.train.fit`` takes it
     (train mode, cross-entropy, the same optimizer and schedule), on the next ``batch_size``
     training images of a seeded order; the images are on ``device`` before the clock
     starts."""

@@ -1,7 +1,7 @@
 """Data sets on a canvas: the object sits in the middle of a larger zero background so it
 can move (``shift``, ``shift_each``) without leaving the image (``docs/study.md``, "Data").
 
-``gap_study.prepare`` puts a data set's objects on the canvas; the prepare stage saves the
+``gap_study.data.prepare`` puts a data set's objects on the canvas; the prepare stage saves the
 result (``save_prepared``) and the later stages read it (``load_prepared``).
 Images are stored as ``uint8`` ``(N, C, H, W)``; ``to_float`` scales them to ``[0, 1]``.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gap_study.io import write_arrays
+from gap_study.pipeline.io import write_arrays
 
 __all__ = [
     "CanvasDataset",
@@ -45,7 +45,7 @@ class CanvasDataset:
     exclusive.
 
     ``x_pair``: ``uint8 (M, C, H, W)`` two-object canvases made of test objects
-    (``gap_study.two_objects``), with ``y_pair``: ``int64 (M, 2)`` their two classes and
+    (``gap_study.data.two_objects``), with ``y_pair``: ``int64 (M, 2)`` their two classes and
     ``box_pair``: ``int64 (M, 2, 4)`` their two boxes, in the same order.
     """
 

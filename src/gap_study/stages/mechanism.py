@@ -17,23 +17,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gap_study.architecture import total_stride
-from gap_study.canvas import CanvasDataset, to_float
-from gap_study.checkpoints import checkpoint_payload, model_from_payload
-from gap_study.metrics import (
+from gap_study.data.canvas import CanvasDataset, to_float
+from gap_study.data.splits import stratified_subsample
+from gap_study.measures.metrics import (
     all_pairs_flip_rate,
     exact_consistency,
     grid_accuracy,
     shift_grid_predictions,
 )
-from gap_study.models import ClassifierNet, fold_batch_norm
-from gap_study.params import MechanismParams, ModelParams, TrainParams
-from gap_study.paths import RunId
-from gap_study.phases import phase_split
-from gap_study.provenance import worker_facts
-from gap_study.runtime import resolve_device, to_device
-from gap_study.splits import stratified_subsample
-from gap_study.train import train_run
+from gap_study.measures.phases import phase_split
+from gap_study.nets.architecture import total_stride
+from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
+from gap_study.nets.models import ClassifierNet, fold_batch_norm
+from gap_study.pipeline.params import MechanismParams, ModelParams, TrainParams
+from gap_study.pipeline.paths import RunId
+from gap_study.pipeline.provenance import worker_facts
+from gap_study.pipeline.runtime import resolve_device, to_device
+from gap_study.stages.train import train_run
 
 __all__ = [
     "Cell",
@@ -133,7 +133,7 @@ def mechanism_task(item: tuple[MechanismRun, dict[str, Any] | None], *, data: Ca
                    architecture: ModelParams, settings: TrainParams,
                    learning_rates: Mapping[str, float], test_index: Sequence[int],
                    max_shift: int, batch_size: int, device: str) -> MechanismResult:
-    """One run as a task of ``gap_study.engine``: ``item`` is the run and, for a run of the
+    """One run as a task of ``gap_study.pipeline.engine``: ``item`` is the run and, for a run of the
     ``model`` section's cell, the train stage's checkpoint; any other run is trained here (on
     ``data`` without its test split, with the head's tuned learning rate). Then the run is
     scored on the shift grid of the test images ``test_index``."""

@@ -1,4 +1,4 @@
-"""A small VGG-style backbone with interchangeable classifier heads (``gap_study.heads``;
+"""A small VGG-style backbone with interchangeable classifier heads (``gap_study.nets.heads``;
 ``docs/study.md``, "Heads"), BatchNorm folding for evaluation, and parameter counts with
 the study's formulas."""
 
@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from gap_study.architecture import HEAD_NAMES, ModelConfig
-from gap_study.downsample import make_downsample
-from gap_study.heads import make_head
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.downsample import make_downsample
+from gap_study.nets.heads import make_head
 
 __all__ = [
     "ClassifierNet",
@@ -23,13 +23,12 @@ __all__ = [
     "head_param_count",
     "param_count",
     "pooled_head_param_count",
-    "study_head_param_count",
 ]
 
 
 def make_backbone(config: ModelConfig) -> nn.Sequential:
     """VGG-style blocks ``conv3x3 -> BatchNorm -> ReLU``, the map halved between blocks by
-    ``config.downsample`` (``gap_study.downsample``), every layer padded in ``config.padding``.
+    ``config.downsample`` (``gap_study.nets.downsample``), every layer padded in ``config.padding``.
 
     ``(N, in_channels, S, S) -> (N, widths[-1], S / 2**(len(widths)-1), ...)``.
     The last block is not pooled, so the heads see the largest map the backbone makes.
@@ -132,21 +131,3 @@ def dense_head_param_count(channels: int, height: int, width: int, hidden: int,
 def pooled_head_param_count(channels: int, num_classes: int) -> int:
     """``docs/study.md`` formula for ``gap``/``gmp``/``gsp``/``lse``/``nin``: ``C*K + K``."""
     return channels * num_classes + num_classes
-
-
-def study_head_param_count(head: str, channels: int, height: int, width: int, hidden: int,
-                           num_classes: int) -> int:
-    """Trainable head parameters by the table of ``docs/study.md`` ("Heads"), for any head."""
-    formulas = {
-        "dense": lambda: dense_head_param_count(channels, height, width, hidden, num_classes),
-        "linear": lambda: pooled_head_param_count(channels * height * width, num_classes),
-        "avg2x2_dense": lambda: dense_head_param_count(channels, height // 2, width // 2,
-                                                       hidden, num_classes),
-        "gap_hidden": lambda: dense_head_param_count(channels, 1, 1, hidden, num_classes),
-        "avgmax": lambda: pooled_head_param_count(2 * channels, num_classes),
-        "gem": lambda: pooled_head_param_count(channels, num_classes) + 1,  # the learnable p
-    }
-    formulas["dense_dropout"] = formulas["dense"]  # dropout has no parameters
-    if head not in HEAD_NAMES:
-        raise ValueError(f"unknown head {head!r}; allowed: {', '.join(HEAD_NAMES)}")
-    return formulas.get(head, lambda: pooled_head_param_count(channels, num_classes))()

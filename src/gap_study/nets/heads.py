@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from gap_study.architecture import ModelConfig
-from gap_study.pooling import GlobalAvgPool, global_avg_pool, make_global_pool
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.pooling import GlobalAvgPool, global_avg_pool, make_global_pool
 
 __all__ = [
     "DenseHead",

@@ -19,11 +19,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from gap_study.architecture import ModelConfig, has_class_map, total_stride
-from gap_study.canvas import CanvasDataset, to_float
-from gap_study.checkpoints import model_from_payload
-from gap_study.localization import cam_examples, localization_metrics, two_object_metrics
-from gap_study.metrics import (
+from gap_study.data.canvas import CanvasDataset, to_float
+from gap_study.data.splits import fraction_subset
+from gap_study.measures.localization import cam_examples, localization_metrics, two_object_metrics
+from gap_study.measures.metrics import (
     all_pairs_flip_rate,
     consistency,
     exact_consistency,
@@ -33,13 +32,14 @@ from gap_study.metrics import (
     shift_grid_predictions,
     shift_summary,
 )
-from gap_study.models import ClassifierNet, fold_batch_norm, head_param_count, param_count
-from gap_study.params import EvaluateParams
-from gap_study.paths import RunId
-from gap_study.pooling import sum_vs_average
-from gap_study.provenance import worker_facts
-from gap_study.runtime import resolve_device, to_device
-from gap_study.splits import fraction_subset
+from gap_study.nets.architecture import ModelConfig, has_class_map, total_stride
+from gap_study.nets.checkpoints import model_from_payload
+from gap_study.nets.models import ClassifierNet, fold_batch_norm, head_param_count, param_count
+from gap_study.nets.pooling import sum_vs_average
+from gap_study.pipeline.params import EvaluateParams
+from gap_study.pipeline.paths import RunId
+from gap_study.pipeline.provenance import worker_facts
+from gap_study.pipeline.runtime import resolve_device, to_device
 
 __all__ = [
     "EvaluationData",
@@ -136,7 +136,7 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
 def evaluate_task(item: tuple[RunId, dict[str, Any]], *, data: CanvasDataset,
                   settings: EvaluateParams, device: str, full_fraction: float,
                   example_run: RunId) -> RunEvaluation:
-    """One run as a task of ``gap_study.engine``: ``item`` is the run and its checkpoint's
+    """One run as a task of ``gap_study.pipeline.engine``: ``item`` is the run and its checkpoint's
     payload; ``evaluate_run`` on the device ``device`` names where the task runs, plus the
     class activation map examples when the run is ``example_run``."""
     run, payload = item

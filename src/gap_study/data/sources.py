@@ -8,7 +8,7 @@ hash and only then renames it into place, so the cache never holds a partial or 
 file. Mirrors are tried in order; without a network the loader fails at once with a
 ``DatasetError`` saying which files to put where, their hashes and where to get them.
 
-Formats (``gap_study.file_formats``): MNIST and Fashion-MNIST are gzipped IDX files; CIFAR-10
+Formats (``gap_study.data.file_formats``): MNIST and Fashion-MNIST are gzipped IDX files; CIFAR-10
 is read from its *binary* release. Published hashes and mirrors: ``docs/study.md``, "Data".
 
 Arrays: images ``uint8 (N, C, H, W)``, labels ``int64 (N,)``.
@@ -31,7 +31,7 @@ import numpy as np
 import pooch
 import requests
 
-from gap_study.file_formats import (
+from gap_study.data.file_formats import (
     CIFAR10_TARBALL,
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,

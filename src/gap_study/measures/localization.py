@@ -2,10 +2,10 @@
 
 A head whose class score is linear in pooled feature maps has a class activation map (Zhou et
 al. 2016), ``M_c(x, y) = sum_k w_ck f_k(x, y)``; the head module gives its weights
-(``class_map_weights()``), and ``gap_study.architecture.has_class_map`` says which heads have
+(``class_map_weights()``), and ``gap_study.nets.architecture.has_class_map`` says which heads have
 one. Grad-CAM (Selvaraju et al. 2017) exists for every head. Pointing accuracy is judged against
 three references that need no model: chance, the centre prior and the class-agnostic ink map.
-On canvases holding two objects of different classes (``gap_study.two_objects``) each class's
+On canvases holding two objects of different classes (``gap_study.data.two_objects``) each class's
 map must point at its own object, which the ink map can do for at most one of the two.
 """
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gap_study.canvas import random_offsets, shift, shift_each
+from gap_study.data.canvas import random_offsets, shift, shift_each
 
 __all__ = [
     "TWO_OBJECT_METRICS",

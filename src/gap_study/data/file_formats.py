@@ -40,7 +40,6 @@ class DatasetError(RuntimeError):
 # number of dimensions: 3 for images (N, H, W), 1 for labels (N,).
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
-_IDX_UINT8 = 0x08
 
 
 def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from gap_study.architecture import ModelConfig
-from gap_study.io import atomic_path
-from gap_study.models import ClassifierNet, build_model
-from gap_study.runtime import resolve_device
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.models import ClassifierNet, build_model
+from gap_study.pipeline.io import atomic_path
+from gap_study.pipeline.runtime import resolve_device
 
 __all__ = [
     "checkpoint_payload",
