@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from gap_study.nets.architecture import ModelConfig
-from gap_study.pipeline.params import ParamsError, load_params, parse_params
+from gap_study.pipeline.params import ParamsError, load_params, or_params_yaml, parse_params
 from gap_study.pipeline.paths import RunId
 
 
@@ -138,3 +138,23 @@ def test_a_bad_scheduler_says_what_is_allowed(params_raw, scheduler, hint):
 def test_a_mechanism_head_outside_heads_is_named_with_the_fix(params_raw):
     with pytest.raises(ParamsError, match=r"mechanism.heads has gmp, not in heads.*add them"):
         parse_params(_with(params_raw, "heads", ["dense", "gap"]))
+
+
+def test_a_notebook_run_by_hand_reads_the_sections_papermill_did_not_inject(
+        params_raw, tmp_path, monkeypatch):
+    raw = _with(params_raw, "train.epochs", 3)  # as after `dvc exp run -S train.epochs=3`
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # where JupyterLab runs a notebook
+    train, heads, device = or_params_yaml(train=None, heads=["gap"], device=None)
+    assert train == parse_params(raw).model_dump(mode="json")["train"]
+    assert train["epochs"] == 3 and heads == ["gap"] and device == raw["device"]
+    with pytest.raises(ParamsError, match=r"params\.yaml has no section trian; its sections"):
+        or_params_yaml(trian=None)
+
+
+def test_injected_sections_are_used_as_they_are_without_reading_params_yaml(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no project here: reading params.yaml would fail
+    assert or_params_yaml(heads=["gap"], device="cpu") == (["gap"], "cpu")

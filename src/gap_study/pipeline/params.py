@@ -35,7 +35,7 @@ from gap_study.nets.architecture import (
     ModelConfig,
     total_stride,
 )
-from gap_study.pipeline.paths import RunId
+from gap_study.pipeline.paths import RunId, find_project_root
 
 __all__ = [
     "ComputeParams",
@@ -50,6 +50,7 @@ __all__ = [
     "TrainParams",
     "TuneParams",
     "load_params",
+    "or_params_yaml",
     "parse_params",
 ]
 
@@ -368,3 +369,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from None
     return parse_params(raw, source=str(path))
 
+
+def or_params_yaml(**sections: Any) -> tuple[Any, ...]:
+    """The given sections, in order, each ``None`` replaced by that section of the project's
+    ``params.yaml`` (validated, as ``run_notebook`` injects it).
+
+    A notebook's ``parameters`` cell sets every section to ``None``: papermill injects the
+    values when a stage runs, and a notebook opened in JupyterLab reads them here, so that
+    ``params.yaml`` holds the only copy of every default."""
+    missing = [name for name, value in sections.items() if value is None]
+    if not missing:
+        return tuple(sections.values())
+    settings = load_params(find_project_root() / "params.yaml").model_dump(mode="json")
+    unknown = sorted(set(missing) - set(settings))
+    if unknown:
+        raise ParamsError(f"params.yaml has no section {', '.join(unknown)}; "
+                          f"its sections are: {', '.join(settings)}")
+    return tuple(settings[name] if value is None else value for name, value in sections.items())
