@@ -1,11 +1,14 @@
+import dataclasses
+
 import pytest
 import torch
 from builders import tiny_config, train_small
 from torch import nn
 
+from gap_study.pipeline import runtime
 from gap_study.pipeline.params import TrainParams
 from gap_study.pipeline.paths import RunId
-from gap_study.stages.train import fit, matched_epochs, train_run
+from gap_study.stages.train import fit, matched_epochs, train_one_seed, train_run
 
 
 def _weights(model):
@@ -21,6 +24,21 @@ def test_same_seed_gives_bit_identical_weights_and_history(small, head):
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     quality = ["seed", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     assert history1[quality].equals(history2[quality])
+
+
+@pytest.mark.parametrize("head, variant", [
+    ("dense", {}), ("gap", {"downsample": "blurmax", "padding": "circular"})])
+def test_filling_new_tensors_under_determinism_changes_no_weight(small, monkeypatch, head,
+                                                                 variant):
+    config = dataclasses.replace(tiny_config(head, small.image_size), **variant)
+    trained = []
+    for fill in (True, False):
+        monkeypatch.setattr(runtime, "FILL_UNINITIALIZED_MEMORY", fill)
+        model, _ = train_one_seed(config, small, seed=0, epochs=1, batch_size=32, lr=0.01,
+                                  device="cpu", progress=False)
+        assert torch.utils.deterministic.fill_uninitialized_memory is fill
+        trained.append(_weights(model))
+    assert all(torch.equal(trained[0][k], v) for k, v in trained[1].items())
 
 
 def test_different_seeds_give_different_weights(small):

@@ -20,6 +20,12 @@ from torch import Tensor
 # cuBLAS needs this to be deterministic; it must be set before CUDA initialises.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+# Deterministic mode also fills every new uninitialised tensor with NaN (or the integer
+# maximum), a debugging aid that shows a kernel reading memory it never wrote. No kernel a
+# run uses does that: the weights are bit-identical without the fills (a test pins it), and
+# the fills are a fifth of a training step's time (benchmarks/README.md).
+FILL_UNINITIALIZED_MEMORY = False
+
 __all__ = ["resolve_device", "seed_everything", "to_device", "torch_threads"]
 
 
@@ -35,11 +41,13 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and require deterministic kernels."""
+    """Seed Python, NumPy and torch, and require deterministic kernels (without filling new
+    tensors: ``FILL_UNINITIALIZED_MEMORY``)."""
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (the legacy global RNG, in case a library draws on it)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = FILL_UNINITIALIZED_MEMORY
     torch.backends.cudnn.benchmark = False
 
 
