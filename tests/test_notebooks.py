@@ -135,3 +135,9 @@ def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, 
     declared = {d for d in stage["deps"] if d.startswith("src/")}
     assert declared == expected, name
     assert notebook.relative_to(ROOT).as_posix() in stage["deps"]
+
+
+def test_dvc_lock_names_only_stages_of_dvc_yaml():
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    stale = sorted(set(lock["stages"]) - set(DVC["stages"]))
+    assert stale == [], f"dvc.lock holds stages dvc.yaml no longer has: {stale}"
