@@ -127,7 +127,8 @@ DATASETS: dict[str, DatasetSpec] = {
             IDX_TEST_IMAGES: "md5:bef4ecab320f06d8554ea6380940ec79",
             IDX_TEST_LABELS: "md5:bb300cfdad3c16e7a12a480ee83cd310",
         },
-        # Zalando's S3 bucket named in the README, then the same files in the authors' repo.
+        # Zalando's S3 bucket named in Fashion-MNIST's README, then the same files in the
+        # authors' repository.
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                  "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
                  "data/fashion/"),

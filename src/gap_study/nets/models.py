@@ -98,8 +98,9 @@ def fold_batch_norm(model: ClassifierNet) -> ClassifierNet:
 
     Same function as ``model`` in eval mode, ``(N, C_in, S, S) -> (N, K)``: outputs agree up to
     float rounding (about 1e-6). It is evaluation's model because a BatchNorm in eval mode is
-    a separate pass over every feature map (README, "Performance", has what that costs). Count
-    parameters on ``model``: folding removes BatchNorm's and adds convolution biases.
+    a separate pass over every feature map (docs/operations.md, "Performance", has what that
+    costs). Count parameters on ``model``: folding removes BatchNorm's and adds convolution
+    biases.
     """
     folded = copy.deepcopy(model).eval()
     kept: list[nn.Module] = []

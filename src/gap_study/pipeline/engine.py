@@ -5,7 +5,7 @@ one task, whatever computes it.
 single-threaded worker processes for the stage and stops it after; ``synchronous`` runs every
 task in this process, one after another (for debugging, or a notebook run cell by cell); an
 address (``tcp://host:8786``) connects to a running scheduler, e.g. one a SLURM or Kubernetes
-cluster started (README, "Scaling out").
+cluster started (docs/operations.md, "Scaling out").
 
 Every task seeds itself and runs with ``compute.threads_per_run`` torch threads, so a run
 gives the same bytes on any worker of any scheduler; the stage writes what the tasks return.
@@ -41,7 +41,7 @@ RETRIES = 1  # a task that raises runs once more before the stage fails
 # freed block over 64 KiB back to the kernel (and stops it from adapting its mmap threshold):
 # each temporary of a training step then costs fresh page faults, several times the step's
 # arithmetic (benchmarks/README.md, "Dask workers"). The local cluster's workers start without
-# it; for other clusters README "Scaling out" says how, and the engine warns.
+# it; for other clusters docs/operations.md, "Scaling out", says how, and the engine warns.
 MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 
@@ -172,7 +172,7 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
         raise EngineError(
             f"no Dask scheduler answers at compute.scheduler = {settings.scheduler!r} "
             f"({error}). Start one there (`dask scheduler`, then `dask worker "
-            f"{settings.scheduler}` on each machine; README, \"Scaling out\") or set "
+            f"{settings.scheduler}` on each machine; docs/operations.md, \"Scaling out\") or set "
             "compute.scheduler to local or synchronous.") from None
     with client:
         _warn_about_trimming(client, settings.scheduler)
@@ -187,4 +187,4 @@ def _warn_about_trimming(client: Any, address: str) -> None:
         print(f"warning: {len(trimming)} worker(s) of {address} run with {MALLOC_TRIM}="
               f"{next(iter(trimming.values()))}, which makes training several times slower; "
               "start them with DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_"
-              "=None (README, \"Scaling out\")", file=sys.stderr, flush=True)
+              "=None (docs/operations.md, \"Scaling out\")", file=sys.stderr, flush=True)

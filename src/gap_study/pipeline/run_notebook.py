@@ -20,8 +20,8 @@ from typing import Any
 # papermill imports nbformat, which imports jsonschema, which imports rfc3987_syntax when it is
 # installed (JupyterLab's dependencies install it) to check "iri" string formats, something
 # notebook validation never asks for. Building that module's grammar is slow and would be done
-# at every stage's start (README, "Performance"): marking the module absent makes jsonschema
-# skip that one format check.
+# at every stage's start (docs/operations.md, "Performance"): marking the module absent makes
+# jsonschema skip that one format check.
 sys.modules.setdefault("rfc3987_syntax", None)
 
 import papermill  # noqa: E402
