@@ -141,3 +141,18 @@ def test_dvc_lock_names_only_stages_of_dvc_yaml():
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
     stale = sorted(set(lock["stages"]) - set(DVC["stages"]))
     assert stale == [], f"dvc.lock holds stages dvc.yaml no longer has: {stale}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_run_by_hand_a_notebook_starts_with_the_sections_of_params_yaml(path, monkeypatch):
+    from gap_study.pipeline.params import load_params
+
+    nb = nbformat.read(path, as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    monkeypatch.chdir(ROOT / "notebooks")  # where JupyterLab runs it
+    namespace: dict = {}
+    for cell in nb.cells[first:first + 2]:  # the parameters cell and the one reading params.yaml
+        exec(compile(cell.source, str(path), "exec"), namespace)
+    settings = load_params(ROOT / "params.yaml").model_dump(mode="json")
+    sections = [name for name in parameters_cell(nb) if name in settings]
+    assert sections and {n: namespace[n] for n in sections} == {n: settings[n] for n in sections}
