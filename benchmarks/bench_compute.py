@@ -41,7 +41,7 @@ SIZE, _ = study_digits_input()  # the default study's digits canvas
 
 
 def make_step(head: str, device: torch.device) -> tuple[Callable[[], None], int]:
-    """A training step of ``head``'s default model (as ``train_one_seed`` builds it) on a
+    """A training step of ``head``'s default model (as ``train_run`` builds it) on a
     random batch; and the model's trainable parameter count."""
     config = ModelConfig(head=head, in_channels=CHANNELS, image_size=SIZE, num_classes=CLASSES)
     model = build_model(config).to(device=device, memory_format=torch.channels_last).train()

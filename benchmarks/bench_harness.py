@@ -2,7 +2,7 @@
 
 Both sides train the same architecture, built fresh from the same seed, on the same tensors
 (the digits set on the default study's canvas from ``params.yaml``, channels_last as
-``train_one_seed`` puts them), with
+``train_run`` puts them), with
 Adam, cross-entropy and ``randperm`` minibatches of the same size for the same number of
 steps, and evaluate the test set in eval mode after every epoch, as ``fit`` does. They run in
 one process, alternating over several rounds. A third loop, the bare one plus ``fit``'s
@@ -38,6 +38,7 @@ from gap_study.data.canvas import to_float
 from gap_study.data.prepare import prepare_dataset
 from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.models import build_model
+from gap_study.pipeline.params import TrainParams
 from gap_study.pipeline.runtime import seed_everything
 from gap_study.stages.speed import alternate, sync
 from gap_study.stages.train import fit
@@ -52,7 +53,7 @@ Trainer = Callable[..., object]
 
 
 def load_tensors(device: torch.device) -> tuple[Tensors, int, int]:
-    """The digits tensors on ``device``, as ``train_one_seed`` makes them; channels, size."""
+    """The digits tensors on ``device``, as ``train_run`` makes them; channels, size."""
     canvas, digits_size = study_digits_input()
     data = prepare_dataset("digits", canvas=canvas, digits_size=digits_size)
     tensors = (to_float(data.x_train).to(device, memory_format=torch.channels_last),
@@ -63,7 +64,7 @@ def load_tensors(device: torch.device) -> tuple[Tensors, int, int]:
 
 
 def fresh_model(config: ModelConfig, device: torch.device) -> nn.Module:
-    """The model ``train_one_seed`` would start from: seeded, channels_last, on ``device``."""
+    """The model ``train_run`` would start from: seeded, channels_last, on ``device``."""
     seed_everything(SEED)
     return build_model(config).to(device=device, memory_format=torch.channels_last)
 
@@ -105,9 +106,11 @@ def bare_fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor,
 
 def harness_fit(model: nn.Module, *tensors: Tensor, epochs: int, batch_size: int, lr: float,
                 generator: torch.Generator) -> None:
-    """The project's loop, as ``train_one_seed`` calls it (without the progress bar)."""
-    fit(model, *tensors, epochs=epochs, batch_size=batch_size, lr=lr, generator=generator,
-        progress=False)
+    """The project's loop, as ``train_run`` calls it (without the progress bar)."""
+    settings = TrainParams(seeds=[SEED], epochs=epochs, batch_size=batch_size,
+                           schedule="constant", drop_last=False, weight_decay=0.0,
+                           fractions=[1.0], shift=[0])
+    fit(model, *tensors, settings, lr=lr, epochs=epochs, generator=generator, progress=False)
 
 
 TRAINERS: dict[str, Trainer] = {"harness": harness_fit, "bare": bare_fit,

@@ -28,9 +28,10 @@ from gap_study.data.sources import (
     IDX_TRAIN_LABELS,
 )
 from gap_study.nets.architecture import ModelConfig
-from gap_study.pipeline.params import ModelParams
+from gap_study.pipeline.params import ModelParams, TrainParams
+from gap_study.pipeline.paths import RunId
 from gap_study.pipeline.workspace import copy_project
-from gap_study.stages.train import train_one_seed
+from gap_study.stages.train import train_run
 
 
 def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
@@ -169,10 +170,19 @@ TINY_MODEL = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0, 
                          downsample="max", blur_size=3, padding="zeros")
 
 
-def train_small(data, head: str = "gap", *, seed: int = 0, epochs: int = 2, **variant):
-    """``train_one_seed`` of ``tiny_config(head)`` on ``data``, batch 32, learning rate 0.01."""
-    return train_one_seed(tiny_config(head, data.image_size), data, seed=seed, epochs=epochs,
-                          batch_size=32, lr=0.01, device="cpu", progress=False, **variant)
+def tiny_settings(epochs: int = 2, *, schedule: str = "constant") -> TrainParams:
+    """The ``train`` section of the tiny runs: batch 32, no weight decay, every batch kept."""
+    return TrainParams(seeds=[0], epochs=epochs, batch_size=32, schedule=schedule,
+                       drop_last=False, weight_decay=0.0, fractions=[1.0], shift=[0])
+
+
+def train_small(data, head: str = "gap", *, seed: int = 0, epochs: int = 2,
+                fraction: float = 1.0, train_shift: int = 0, config: ModelConfig | None = None):
+    """``train_run`` of ``tiny_config(head)`` (or ``config``) on ``data``: ``tiny_settings``,
+    learning rate 0.01, on the CPU."""
+    return train_run(config or tiny_config(head, data.image_size), data,
+                     RunId(fraction, train_shift, seed), tiny_settings(epochs), 0.01,
+                     device="cpu", progress=False)
 
 
 # ---------------------------------------------------------------------------------------

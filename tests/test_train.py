@@ -2,13 +2,17 @@ import dataclasses
 
 import pytest
 import torch
-from builders import tiny_config, train_small
+from builders import tiny_config, tiny_settings, train_small
 from torch import nn
 
 from gap_study.pipeline import runtime
 from gap_study.pipeline.params import TrainParams
 from gap_study.pipeline.paths import RunId
-from gap_study.stages.train import fit, matched_epochs, train_one_seed, train_run
+from gap_study.stages.train import fit, matched_epochs, train_run
+
+
+def _settings(batch_size: int) -> TrainParams:
+    return tiny_settings().model_copy(update={"batch_size": batch_size})
 
 
 def _weights(model):
@@ -34,8 +38,7 @@ def test_filling_new_tensors_under_determinism_changes_no_weight(small, monkeypa
     trained = []
     for fill in (True, False):
         monkeypatch.setattr(runtime, "FILL_UNINITIALIZED_MEMORY", fill)
-        model, _ = train_one_seed(config, small, seed=0, epochs=1, batch_size=32, lr=0.01,
-                                  device="cpu", progress=False)
+        model, _ = train_small(small, epochs=1, config=config)
         assert torch.utils.deterministic.fill_uninitialized_memory is fill
         trained.append(_weights(model))
     assert all(torch.equal(trained[0][k], v) for k, v in trained[1].items())
@@ -100,7 +103,7 @@ def test_training_shift_moves_each_image_by_its_own_offset_within_the_bound():
     images[:, :, 5, 5] = 1.0  # a dot in the centre
     labels = torch.zeros(64, dtype=torch.long)
     model = _Positions()
-    fit(model, images, labels, images[:4], labels[:4], epochs=3, batch_size=16, lr=0.1,
+    fit(model, images, labels, images[:4], labels[:4], _settings(16), lr=0.1, epochs=3,
         train_shift=2, generator=torch.Generator().manual_seed(0), progress=False)
     offsets = torch.cat(model.seen) - 5
     assert offsets.abs().max() == 2  # within [-2, 2]^2 ...
@@ -111,7 +114,7 @@ def test_training_shift_moves_each_image_by_its_own_offset_within_the_bound():
 def test_history_has_a_row_every_eval_every_epochs_and_after_the_last():
     images, labels = torch.rand(20, 1, 6, 6), torch.arange(20) % 2
     model = _Positions()
-    history = fit(model, images, labels, images, labels, epochs=5, batch_size=8, lr=0.1,
+    history = fit(model, images, labels, images, labels, _settings(8), lr=0.1, epochs=5,
                   eval_every=2, generator=torch.Generator().manual_seed(0), progress=False)
     assert history.epoch.tolist() == [2, 4, 5]
     # running train metrics cover every minibatch since the previous row: 3 per epoch

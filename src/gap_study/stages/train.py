@@ -36,7 +36,6 @@ __all__ = [
     "fit",
     "matched_epochs",
     "optimizer_for",
-    "train_one_seed",
     "train_run",
     "train_task",
 ]
@@ -68,25 +67,27 @@ def matched_epochs(epochs: int, full_size: int, subset_size: int, batch_size: in
     return math.ceil(steps / max(1, steps_per_epoch(subset_size, batch_size, drop_last)))
 
 
-def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor, *,
-        epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0,
-        schedule: str = "constant", drop_last: bool = False, train_shift: int = 0,
+def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val: Tensor,
+        settings: TrainParams, *, lr: float, epochs: int, train_shift: int = 0,
         eval_every: int = 1, generator: torch.Generator, progress: bool = True,
         desc: str = "train") -> pd.DataFrame:
     """Train ``model`` in place on tensors already on its device; return its history.
 
-    ``train_shift > 0`` moves each training image by its own random offset in
-    ``[-train_shift, train_shift]^2`` (zero fill), redrawn every time the image is used. A
-    history row every ``eval_every`` epochs and after the last: ``epoch``, running ``train_loss,
+    ``settings`` gives the batch size, weight decay, schedule and ``drop_last``; ``epochs`` is
+    the run's own number of passes (``matched_epochs`` of ``settings.epochs``). ``train_shift
+    > 0`` moves each training image by its own random offset in ``[-train_shift,
+    train_shift]^2`` (zero fill), redrawn every time the image is used. A history row every
+    ``eval_every`` epochs and after the last: ``epoch``, running ``train_loss,
     train_accuracy`` (train mode), ``val_loss, val_accuracy`` (eval mode, on ``x_val``),
     ``epoch_seconds, images_per_second`` (the training passes alone)."""
-    device, n = x_train.device, len(x_train)
-    per_epoch = steps_per_epoch(n, batch_size, drop_last)
+    device, n, batch_size = x_train.device, len(x_train), settings.batch_size
+    per_epoch = steps_per_epoch(n, batch_size, settings.drop_last)
     if per_epoch == 0:
         raise ValueError(f"{n} training images make no full batch of {batch_size}: lower "
                          "train.batch_size or turn off train.drop_last")
-    optimizer, scheduler = optimizer_for(model, lr=lr, weight_decay=weight_decay,
-                                         schedule=schedule, total_steps=epochs * per_epoch)
+    optimizer, scheduler = optimizer_for(model, lr=lr, weight_decay=settings.weight_decay,
+                                         schedule=settings.schedule,
+                                         total_steps=epochs * per_epoch)
     history, seen = [], 0
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -130,54 +131,38 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
     return pd.DataFrame(history)
 
 
-def train_one_seed(config: ModelConfig, data: CanvasDataset, *, seed: int, epochs: int,
-                   batch_size: int, lr: float, weight_decay: float = 0.0,
-                   schedule: str = "constant", drop_last: bool = False, fraction: float = 1.0,
-                   train_shift: int = 0, device: str | torch.device = "auto",
-                   progress: bool = True) -> tuple[ClassifierNet, pd.DataFrame]:
-    """Build ``config``'s model from ``seed`` and train it on ``data``; return model and history.
+def train_run(config: ModelConfig, data: CanvasDataset, run: RunId, settings: TrainParams,
+              lr: float, *, device: str | torch.device = "auto",
+              progress: bool = True) -> tuple[ClassifierNet, pd.DataFrame]:
+    """Train one run of the study: build ``config``'s model from ``run.seed`` and train it on
+    ``run``'s fraction of ``data``, with its training shift, the learning rate ``lr`` (the
+    head's, from the tune stage) and the ``train`` settings; return model and history.
 
-    ``fraction < 1`` trains on ``fraction_subset`` of the training set, for
-    ``matched_epochs`` (the same number of optimizer steps as ``epochs`` on all of it);
-    ``train_shift`` is the largest random shift of a training image (see ``fit``). The
-    validation split is evaluated about ``epochs`` times, however many epochs the run takes;
-    the test split is never touched. History columns: ``fraction, train_shift, seed`` and
-    those of ``fit``.
+    A fraction below 1 trains on ``fraction_subset`` of the training set, for
+    ``matched_epochs`` (the same number of optimizer steps as ``settings.epochs`` on all of
+    it). The validation split is evaluated about ``settings.epochs`` times, however many
+    epochs the run takes; the test split is never touched. History columns: ``fraction,
+    train_shift, seed`` and those of ``fit``.
     """
     device = resolve_device(device) if isinstance(device, str) else device
-    seed_everything(seed)
+    seed_everything(run.seed)
     # channels_last is the faster convolution layout on CPU and on CUDA alike.
     model = build_model(config).to(device=device, memory_format=torch.channels_last)
-    keep = fraction_subset(data.y_train, fraction)
+    keep = fraction_subset(data.y_train, run.fraction)
     x_train = to_device(to_float(data.x_train[keep]), device)
     x_val = to_device(to_float(data.x_val), device)
     y_train = to_device(torch.as_tensor(data.y_train[keep]), device)
     y_val = to_device(torch.as_tensor(data.y_val), device)
-    generator = torch.Generator().manual_seed(seed)
-    run_epochs = matched_epochs(epochs, len(data.y_train), len(keep), batch_size, drop_last)
-    history = fit(model, x_train, y_train, x_val, y_val, epochs=run_epochs,
-                  batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                  drop_last=drop_last, train_shift=train_shift,
-                  eval_every=max(1, run_epochs // epochs), generator=generator,
-                  progress=progress,
-                  desc=f"{config.head} fraction {fraction:g} shift {train_shift} seed {seed}")
-    history.insert(0, "seed", seed)
-    history.insert(0, "train_shift", train_shift)
-    history.insert(0, "fraction", fraction)
+    epochs = matched_epochs(settings.epochs, len(data.y_train), len(keep), settings.batch_size,
+                            settings.drop_last)
+    history = fit(model, x_train, y_train, x_val, y_val, settings, lr=lr, epochs=epochs,
+                  train_shift=run.train_shift, eval_every=max(1, epochs // settings.epochs),
+                  generator=torch.Generator().manual_seed(run.seed), progress=progress,
+                  desc=f"{config.head} {run.stem}")
+    history.insert(0, "seed", run.seed)
+    history.insert(0, "train_shift", run.train_shift)
+    history.insert(0, "fraction", run.fraction)
     return model.eval(), history
-
-
-def train_run(config: ModelConfig, data: CanvasDataset, run: RunId, settings: TrainParams,
-              lr: float, *, device: str | torch.device = "auto",
-              progress: bool = True) -> tuple[ClassifierNet, pd.DataFrame]:
-    """Train one run of the study: ``config``'s model on ``run``'s fraction of ``data``, with
-    its training shift and seed, the learning rate ``lr`` (the head's, from the tune stage)
-    and the ``train`` settings of ``params.yaml``."""
-    return train_one_seed(config, data, seed=run.seed, epochs=settings.epochs,
-                          batch_size=settings.batch_size, lr=lr,
-                          weight_decay=settings.weight_decay, schedule=settings.schedule,
-                          drop_last=settings.drop_last, fraction=run.fraction,
-                          train_shift=run.train_shift, device=device, progress=progress)
 
 
 @dataclass(frozen=True)
