@@ -25,7 +25,8 @@ repro: $(STAMP)  ## run the whole pipeline (dvc repro) on the default data set
 test: $(STAMP) lint  ## lint, then the whole test suite (slow end-to-end tests included)
 	python -m pytest
 
-bench: $(STAMP)  ## benchmarks, not tests: pooling ops, training-loop overhead, FLOP/s, downsampling (~4.5 min)
+bench: $(STAMP)  ## benchmarks, not tests: the study's distance to the limit, pooling ops, training-loop overhead, FLOP/s, downsampling (~6 min)
+	python benchmarks/bench_limit.py $(BENCH_ARGS)
 	python benchmarks/bench_pooling.py $(BENCH_ARGS)
 	python benchmarks/bench_harness.py $(BENCH_ARGS)
 	python benchmarks/bench_compute.py $(BENCH_ARGS)
