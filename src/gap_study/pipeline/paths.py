@@ -159,7 +159,18 @@ class Layout:
 
     @property
     def tuning(self) -> Path:
+        """One row per head and rate: the means over the tuning seeds, and the choice."""
         return self.tune_reports / "tuning.csv"
+
+    @property
+    def tuning_runs(self) -> Path:
+        """One row per head, rate and tuning seed: that run's final validation loss."""
+        return self.tune_reports / "tuning_runs.csv"
+
+    @property
+    def tune_choices(self) -> Path:
+        """One row per head: the chosen rate, whether it is fragile or at a bound."""
+        return self.tune_reports / "choices.csv"
 
     @property
     def tune_history(self) -> Path:
