@@ -29,7 +29,7 @@ def test_the_projects_params_yaml_is_valid(root):
     assert {"max", "blurmax"} <= set(params.mechanism.downsample)
     assert {"zeros", "circular"} <= set(params.mechanism.padding)
     assert len(params.train.seeds) >= 5  # protocol v2: at least five seeds per primary test
-    # protocol v3: the rates are chosen over two or more seeds, none of them reported
+    # protocol version 4: the rates are chosen over two or more seeds, none of them reported
     assert len(params.tune.seeds) >= 2
     assert not set(params.tune.seeds) & set(params.train.seeds)
 

@@ -1,6 +1,6 @@
 """The tune stage and the rule behind every choice the study makes: on the validation split,
 never on the test split; by mean validation loss over tuning seeds, on a grid that extends
-itself past an end where a head's best rate sits (protocol v3)."""
+itself past an end where a head's best rate sits (protocol version 4)."""
 
 import dataclasses
 import math

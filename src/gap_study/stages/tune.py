@@ -1,5 +1,5 @@
 """Each head's learning rate, chosen on the validation split (``docs/study.md``, "Training",
-protocol v3).
+protocol version 4).
 
 Every head trains its main run (the whole training set, centred) with each rate of its grid and
 each seed of ``tune.seeds`` (none of them a reported seed), and keeps the rate whose runs end
