@@ -12,12 +12,13 @@ resample makes the bootstrap distribution. Three choices, and why:
 2. The same resampled images also serve every resampled seed. Seeds and images are crossed
    factors (every seed's model is scored on every image), not nested ones, so the images'
    own effect on the difference is shared by all seeds. Drawing images afresh for each seed
-   (the nested two-stage bootstrap of Davison & Hinkley 1997, section 3.8) would average that
-   shared effect over the seeds as if it were independent noise and shrink its variance about
-   ``seeds`` times. Resampling rows and columns independently is the bootstrap for crossed
-   designs (McCullagh 2000, "Resampling and exchangeable arrays", Bernoulli; Owen 2007, "The
-   pigeonhole bootstrap", Annals of Applied Statistics). It gets the seed and image main
-   effects right and counts their interaction up to three times over: mildly conservative.
+   (the two-stage bootstrap for nested, hierarchical data; Davison & Hinkley 1997) would
+   average that shared effect over the seeds as if it were independent noise and shrink its
+   variance about ``seeds`` times. Resampling rows and columns independently is the
+   bootstrap for crossed designs (Owen 2007, "The pigeonhole bootstrap", Annals of Applied
+   Statistics 1(2); no bootstrap is exact there: McCullagh 2000, Bernoulli 6). It gets the
+   seed and image main effects right and counts their interaction up to three times over:
+   mildly conservative.
 3. Percentile intervals and p-values that invert them (``BootstrapDistribution``): a row's
    decision can never disagree with the interval printed beside it. Bootstrap-t would need a
    standard error within every resample, and with 5 seeds that estimate is itself too noisy
