@@ -26,10 +26,10 @@ def _table(rng, s, u, e, delta=0.0, seeds=SEEDS, images=IMAGES):
 
 
 @cache
-def _simulate(s, u, e, delta=0.0, margin=None):
+def _simulate(s, u, e, delta=0.0, margin=0.5):
     """For ``TABLES`` tables with these components: whether the 95% bootstrap interval and the
     95% t-interval over the seeds' means hold ``delta``, their widths, and the bootstrap's
-    p-value for no difference (or, with a margin, its TOST p-value)."""
+    p-values for no difference (``p``) and for equivalence within ``margin`` (``tost``)."""
     rng = np.random.default_rng(12345)
     rows = []
     for k in range(TABLES):
@@ -38,12 +38,12 @@ def _simulate(s, u, e, delta=0.0, margin=None):
         low, high = result.interval(0.05)
         means = difference.mean(axis=1)
         half = stats.t.ppf(0.975, SEEDS - 1) * means.std(ddof=1) / math.sqrt(SEEDS)
-        p = result.p_value() if margin is None else result.tost_p_value(margin)
         rows.append((low <= delta <= high, high - low, abs(means.mean() - delta) <= half,
-                     2 * half, p))
-    covered, width, t_covered, t_width, p = map(np.array, zip(*rows, strict=True))
+                     2 * half, result.p_value(), result.tost_p_value(margin)))
+    covered, width, t_covered, t_width, p, tost = map(np.array, zip(*rows, strict=True))
     return {"coverage": covered.mean(), "width": np.median(width),
-            "t_coverage": t_covered.mean(), "t_width": np.median(t_width), "p": p}
+            "t_coverage": t_covered.mean(), "t_width": np.median(t_width), "p": p,
+            "tost": tost}
 
 
 # images dominate, as on digits: the seeds' effect small, each image's effect shared by all seeds
@@ -52,8 +52,11 @@ IMAGES_DOMINATE = (0.05, 1.0, 0.5)
 
 def test_the_95_percent_interval_covers_the_true_difference_95_percent_of_the_time():
     assert _simulate(*IMAGES_DOMINATE)["coverage"] == pytest.approx(0.95, abs=TOLERANCE)
-    shifted = _simulate(*IMAGES_DOMINATE, delta=0.3)  # the interval moves with the difference
-    assert shifted["coverage"] == pytest.approx(0.95, abs=TOLERANCE)
+    # a table shifted by 0.3 gives the same resamples shifted by 0.3: the same coverage
+    difference = _table(np.random.default_rng(5), *IMAGES_DOMINATE)
+    zeros = np.zeros_like(difference)
+    np.testing.assert_allclose(two_stage(zeros, difference + 0.3).resampled,
+                               two_stage(zeros, difference).resampled + 0.3, atol=1e-12)
 
 
 def test_when_images_vary_and_seeds_do_not_the_interval_widens_where_the_t_interval_cannot():
@@ -94,9 +97,9 @@ def test_a_large_difference_gets_the_smallest_p_value_the_resamples_can_show():
 
 def test_equivalence_is_rejected_at_the_margins_edge_about_alpha_of_the_time():
     # tost: H0 "the difference is at least the margin" holds with equality here
-    at_edge = _simulate(*IMAGES_DOMINATE, delta=0.2, margin=0.2)["p"]
+    at_edge = _simulate(*IMAGES_DOMINATE, delta=0.2, margin=0.2)["tost"]
     assert np.mean(at_edge < 0.05) <= 0.05 + TOLERANCE
-    inside = _simulate(*IMAGES_DOMINATE, delta=0.0, margin=0.5)["p"]  # 4 standard errors
+    inside = _simulate(*IMAGES_DOMINATE)["tost"]  # no difference, margin 0.5: 5 standard errors
     assert np.mean(inside < 0.05) > 0.95
 
 
