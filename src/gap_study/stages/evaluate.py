@@ -34,6 +34,7 @@ from gap_study.measures.metrics import (
     all_pairs_flip_rate,
     all_pairs_flips_per_image,
     consistency_per_image,
+    exact_consistency,
     exact_consistency_per_image,
     flip_rate_per_image,
     grid_accuracy,
@@ -146,9 +147,10 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
                                   with_maps=with_maps)
     row.update({
         **shift_summary(grid),
-        # 4. a mean of the per-image values is the metric itself where it is the same float
-        "consistency_exact": float(per_image["consistency_exact"].mean()),
+        "consistency_exact": exact_consistency(predictions),
         "flip_rate_all_pairs": all_pairs_flip_rate(predictions, settings.max_shift),
+        # 4. the shifted passes run once: the metric is the share or mean of their per-image
+        # values, as consistency() and flip_rate() compute it
         "consistency": share(per_image["consistency"]),
         "flip_rate": float(per_image["flip_rate"].mean()),
         **localization_summary(pointing, data.box_test, data.x_test.shape[-1]),
