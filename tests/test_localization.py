@@ -14,6 +14,8 @@ from gap_study.measures.localization import (
     pointing_accuracy,
     pointing_centre_prior,
     pointing_chance,
+    pointing_hits,
+    two_object_hits,
     two_object_metrics,
 )
 from gap_study.nets.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
@@ -161,3 +163,24 @@ def test_a_map_with_the_same_value_everywhere_points_nowhere():
     peaked = flat.clone()
     peaked[:, 0, 0] = 1.0
     assert pointing_accuracy(peaked, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3]])) == 0.5
+
+
+def test_two_object_hits_are_per_object_canvas_major_and_average_to_the_metrics():
+    images, labels, boxes = _two_objects()
+    model = _reading([[1.0, 0.0], [1.0, 0.0]])  # both maps peak on class 0's object
+    hits = two_object_hits(model, images, labels, boxes)
+    assert hits["pointing_two_objects"].tolist() == [True, False]  # entry 2 i + j
+    assert hits["pointing_ink_two_objects"].tolist() == [True, False]
+    row = two_object_metrics(model, images, labels, boxes)
+    assert {name: values.mean() for name, values in hits.items()} \
+        == {name: row[name] for name in hits}
+    assert "pointing_two_objects" not in two_object_hits(model, images, labels, boxes,
+                                                         with_maps=False)
+    assert two_object_hits(model, images[:0], labels[:0], boxes[:0]) == {}
+
+
+def test_pointing_hits_mark_each_map_whose_peak_is_in_its_box():
+    peaked = torch.zeros(3, 4, 4)
+    peaked[:2, 0, 0] = 1.0  # the third map is flat: it points nowhere
+    hits = pointing_hits(peaked, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3], [0, 0, 4, 4]]))
+    assert hits.dtype == bool and hits.tolist() == [True, False, False]

@@ -108,6 +108,11 @@ class Layout:
     def grid_predictions(self, head: str) -> Path:
         return self.eval_reports(head) / "grid_predictions.npz"
 
+    def per_image(self, head: str) -> Path:
+        """Each run's per-image values by ``<run stem>/<metric>``, the mean of each the metric
+        of that name in ``metrics.csv`` (``gap_study.stages.evaluate.per_image_values``)."""
+        return self.eval_reports(head) / "per_image.npz"
+
     def cam_examples(self, head: str) -> Path:
         return self.eval_reports(head) / "cam_examples.npz"
 
