@@ -1,4 +1,4 @@
-"""The paired bootstrap of protocol v3 on synthetic tables with known variance components.
+"""The paired bootstrap of protocol version 4 on synthetic tables with known variance components.
 
 A table is ``delta + s * seed effect + u * image effect + e * seed x image noise``, each effect
 standard normal: the difference ``b - a`` of two heads on 5 seeds x 100 images, whose true mean
