@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gap_study.data.canvas import random_offsets, shift, shift_each
-from gap_study.measures.metrics import share
+from gap_study.measures.metrics import predict_logits, share
 
 __all__ = [
     "TWO_OBJECT_METRICS",
+    "alone",
     "cam_examples",
     "centre_prior_hits",
     "class_activation_maps",
@@ -39,6 +40,7 @@ __all__ = [
     "pointing_centre_prior",
     "pointing_chance",
     "pointing_hits",
+    "recognised_alone",
     "two_object_hits",
     "two_object_metrics",
     "two_object_summary",
@@ -200,7 +202,36 @@ def localization_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes
 
 TWO_OBJECT_METRICS = ("pointing_two_objects", "pointing_gradcam_two_objects",
                       "pointing_ink_two_objects", "pointing_centre_prior_two_objects",
-                      "pointing_chance_two_objects")
+                      "pointing_chance_two_objects", "recognised_two_objects",
+                      *(f"{name}_recognised" for name in ("pointing_two_objects",
+                                                         "pointing_gradcam_two_objects",
+                                                         "pointing_ink_two_objects")))
+# the pointing metrics also scored on the objects the model recognises alone (``_recognised``)
+_CONDITIONED = ("pointing_two_objects", "pointing_gradcam_two_objects", "pointing_ink_two_objects")
+
+
+def alone(images: Tensor, boxes: Tensor) -> Tensor:
+    """Each object of each two-object canvas alone at its position, ``(2M, C, H, W)``, entry
+    ``2 i + j`` for canvas i's object j: the canvas with every pixel outside that object's box
+    set to 0. The boxes never touch and each holds exactly its object
+    (``gap_study.data.two_objects``), so this is the object on a blank canvas where it lies."""
+    size = images.shape[-1]
+    rows = torch.arange(size, device=images.device)
+    own = boxes.reshape(-1, 4)
+    inside_rows = (rows >= own[:, :1]) & (rows < own[:, 2:3])  # (2M, H)
+    inside_cols = (rows >= own[:, 1:2]) & (rows < own[:, 3:4])  # (2M, W)
+    mask = (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]
+    return images.repeat_interleave(2, dim=0) * mask
+
+
+def recognised_alone(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
+                     batch_size: int = 512) -> np.ndarray:
+    """``bool (2M,)``: whether ``model`` classifies each object of each two-object canvas
+    correctly when it is shown ``alone`` at its position (``docs/study.md``, "Metrics": the
+    map claim's pointing counts only objects the model recognises, so that a head that cannot
+    recognise a moved object does not lose pointing for it)."""
+    logits = predict_logits(model, alone(images, boxes), batch_size)
+    return (logits.argmax(dim=1) == labels.reshape(-1)).cpu().numpy()
 
 
 def two_object_hits(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
@@ -208,8 +239,9 @@ def two_object_hits(model: nn.Module, images: Tensor, labels: Tensor, boxes: Ten
     """Per object on canvases holding two objects of different classes (``images`` ``(M, C, H,
     W)``, ``labels`` ``(M, 2)``, ``boxes`` ``(M, 2, 4)``), by metric name, ``bool (2M,)`` each,
     entry ``2 i + j`` for canvas i's object j: whether that object's class's Grad-CAM and, with
-    ``with_maps``, CAM peak inside its own box, and whether the ink map and the centre prior
-    do. Without canvases there are none."""
+    ``with_maps``, CAM peak inside its own box, whether the ink map and the centre prior do,
+    and whether the model recognises the object alone (``recognised_alone``). Without canvases
+    there are none."""
     if len(images) == 0:
         return {}
     size = images.shape[-1]
@@ -218,6 +250,7 @@ def two_object_hits(model: nn.Module, images: Tensor, labels: Tensor, boxes: Ten
     hits = ({"pointing_two_objects": pointing_hits(
         class_activation_maps(model, each, classes, batch_size), own)} if with_maps else {})
     return {**hits,
+            "recognised_two_objects": recognised_alone(model, images, labels, boxes, batch_size),
             "pointing_gradcam_two_objects": pointing_hits(
                 grad_cam(model, each, classes, batch_size), own),
             "pointing_ink_two_objects": pointing_hits(
@@ -228,14 +261,20 @@ def two_object_hits(model: nn.Module, images: Tensor, labels: Tensor, boxes: Ten
 def two_object_summary(hits: dict[str, np.ndarray], boxes: Tensor,
                        image_size: int) -> dict[str, float]:
     """The run's two-object metrics (``TWO_OBJECT_METRICS``) from ``two_object_hits``: the
-    share of each, the chance level of the ``(M, 2, 4)`` boxes, ``nan`` for the CAM of a head
-    without one, and every value ``nan`` without canvases."""
+    share of each, the chance level of the ``(M, 2, 4)`` boxes, the share of objects
+    recognised alone, and each pointing share over those objects alone (``_recognised``);
+    ``nan`` for the CAM of a head without one, or with no object recognised, and every value
+    ``nan`` without canvases."""
     if len(boxes) == 0:
         return dict.fromkeys(TWO_OBJECT_METRICS, math.nan)
     shares = {name: share(hits[name]) if name in hits else math.nan
-              for name in TWO_OBJECT_METRICS[:-1]}
+              for name in TWO_OBJECT_METRICS[:4]}
+    recognised = hits["recognised_two_objects"]
     return {**shares,
-            "pointing_chance_two_objects": pointing_chance(boxes.reshape(-1, 4), image_size)}
+            "pointing_chance_two_objects": pointing_chance(boxes.reshape(-1, 4), image_size),
+            "recognised_two_objects": share(recognised),
+            **{f"{name}_recognised": share(hits[name][recognised]) if name in hits
+               else math.nan for name in _CONDITIONED}}
 
 
 def two_object_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
