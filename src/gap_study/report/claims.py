@@ -186,7 +186,8 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
         rows.append({"claim": test.claim, "metric": test.metric,
                      "role": "primary" if test.primary else "secondary", "setting": setting,
                      "fraction": fraction, "head": head, "baseline": _baseline_name(baseline),
-                     "margin": margin.value, **row})
+                     "margin": margin.value, "lower_is_better": test.lower_is_better,
+                     "relative": margin.relative, **row})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
