@@ -16,10 +16,10 @@ import seaborn as sns
 from gap_study.architecture import has_class_map
 from gap_study.io import atomic_path
 from gap_study.report.forest import forest_rows, plot_forest, plot_tuning
+from gap_study.report.formatting import METRIC_LABELS
 from gap_study.report.mechanism import cells_in_order
 from gap_study.report.stats import t_interval
 from gap_study.report.tables import CollectedResults, StudyTables, main_runs
-from gap_study.report.verdict_text import METRIC_LABELS
 
 __all__ = [
     "head_bars",
@@ -142,41 +142,51 @@ def plot_shift_by_radius(by_radius: pd.DataFrame, heads: Sequence[str],
     return fig
 
 
-def _heatmap_panel(ax: plt.Axes, grid: pd.DataFrame, title: str, colorbar: bool) -> None:
+def _heatmap_panel(ax: plt.Axes, grid: pd.DataFrame, title: str) -> None:
     """Accuracy (%) over the offsets of ``grid`` (``dx, dy, accuracy``), mean over its rows."""
     table = grid.groupby(["dy", "dx"])["accuracy"].mean().unstack("dx") * 100
-    step = max(1, len(table) // 8)  # at most ~9 tick labels per axis
+    step = max(1, len(table) // 6)  # at most ~7 tick labels per axis
     sns.heatmap(table, vmin=0, vmax=100, cmap="viridis", square=True, ax=ax,
-                xticklabels=step, yticklabels=step,
-                cbar=colorbar, cbar_kws={"label": "test accuracy (%)"})
-    ax.set(title=title, xlabel="dx (pixels, + = right)", ylabel="dy (pixels, + = down)")
+                xticklabels=step, yticklabels=step, cbar=False)
+    ax.set(title=title, xlabel="dx (px, + = right)", ylabel="dy (px, + = down)")
+
+
+def _heatmap_grid(panels: Sequence[tuple[str, pd.DataFrame]], columns: int,
+                  title: str) -> plt.Figure:
+    """One heatmap per ``(title, grid)`` panel, ``columns`` to a row (a figure the page shows
+    at about its own size, so its labels stay legible), one colour bar for all."""
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns + 0.9, 3.0 * rows + 0.5),
+                             squeeze=False, layout="constrained")
+    for ax, (name, grid) in zip(axes.flat, panels, strict=False):
+        _heatmap_panel(ax, grid, name)
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    scale = plt.cm.ScalarMappable(norm=plt.Normalize(0, 100), cmap="viridis")
+    fig.colorbar(scale, ax=axes, shrink=0.8, label="test accuracy (%)")
+    fig.suptitle(title)
+    return fig
 
 
 def plot_shift_heatmaps(grid: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
-    """Test accuracy for every offset ``(dx, dy)``, mean over seeds, one panel per head."""
-    fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads) + 1, 3.6), squeeze=False)
-    for ax, head in zip(axes[0], heads, strict=True):
-        _heatmap_panel(ax, grid[grid["head"] == head], head, colorbar=head == heads[-1])
-    fig.suptitle("Accuracy for each shift of the object")
-    fig.tight_layout()
-    return fig
+    """Test accuracy for every offset ``(dx, dy)``, mean over seeds, one panel per head, at
+    most three to a row."""
+    return _heatmap_grid([(head, grid[grid["head"] == head]) for head in heads],
+                         min(3, len(heads)), "Accuracy for each shift of the object")
 
 
 def plot_mechanism_heatmaps(grid: pd.DataFrame, heads: Sequence[str],
                             cells: Sequence[tuple[str, str]]) -> plt.Figure:
-    """The mechanism experiment's accuracy per offset, mean over seeds: one row per head, one
-    column per ``(downsample, padding)`` cell, side by side on one colour scale."""
-    fig, axes = plt.subplots(len(heads), len(cells), squeeze=False,
-                             figsize=(3.3 * len(cells) + 1, 3.2 * len(heads)))
-    for row, head in zip(axes, heads, strict=True):
-        for ax, (downsample, padding) in zip(row, cells, strict=True):
-            chosen = grid[(grid["head"] == head) & (grid["downsample"] == downsample)
-                          & (grid["padding"] == padding)]
-            _heatmap_panel(ax, chosen, f"{head}: {downsample}, {padding}",
-                           colorbar=ax is row[-1])
-    fig.suptitle("Accuracy for each shift of the object, per head and backbone")
-    fig.tight_layout()
-    return fig
+    """The mechanism experiment's accuracy per offset, mean over seeds: per head, one panel
+    per ``(downsample, padding)`` cell, a row per downsampling and a column per padding (at
+    most three), all on one colour scale."""
+    paddings = list(dict.fromkeys(p for _, p in cells))
+    panels = [(f"{head}: {downsample}, {padding}",
+               grid[(grid["head"] == head) & (grid["downsample"] == downsample)
+                    & (grid["padding"] == padding)])
+              for head in heads for downsample, padding in cells]
+    return _heatmap_grid(panels, min(3, len(paddings)),
+                         "Accuracy for each shift of the object, per head and backbone")
 
 
 def plot_step_times(step_times: pd.DataFrame, heads: Sequence[str],
