@@ -317,6 +317,8 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
                comparisons[comparisons.role == "secondary"], level) if len(comparisons)
            else None,
            "learning_curve": curve.table if curve else None,
+           "whole_cell_shifts": translation.alignment.table if translation.alignment
+           else None,
            "phase_accuracy": translation.alignment.phases if translation.alignment else None,
            "shift_training": ablation.table if ablation else None,
            **mech.csv,

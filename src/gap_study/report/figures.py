@@ -148,22 +148,28 @@ def _heatmap_panel(ax: plt.Axes, grid: pd.DataFrame, title: str) -> None:
     step = max(1, len(table) // 6)  # at most ~7 tick labels per axis
     sns.heatmap(table, vmin=0, vmax=100, cmap="viridis", square=True, ax=ax,
                 xticklabels=step, yticklabels=step, cbar=False)
+    ax.tick_params(axis="y", labelrotation=0)
     ax.set(title=title, xlabel="dx (px, + = right)", ylabel="dy (px, + = down)")
 
 
-def _heatmap_grid(panels: Sequence[tuple[str, pd.DataFrame]], columns: int,
-                  title: str) -> plt.Figure:
+def _heatmap_grid(panels: Sequence[tuple[str, pd.DataFrame]], columns: int, title: str,
+                  size: float = 3.1) -> plt.Figure:
     """One heatmap per ``(title, grid)`` panel, ``columns`` to a row (a figure the page shows
-    at about its own size, so its labels stay legible), one colour bar for all."""
+    at about its own size, so that its labels stay legible), axis labels on the outer panels
+    only, one colour bar for all."""
     rows = math.ceil(len(panels) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.1 * columns + 0.9, 3.0 * rows + 0.5),
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 0.9, size * rows + 0.5),
                              squeeze=False, layout="constrained")
-    for ax, (name, grid) in zip(axes.flat, panels, strict=False):
+    for i, (ax, (name, grid)) in enumerate(zip(axes.flat, panels, strict=False)):
         _heatmap_panel(ax, grid, name)
+        if i % columns:
+            ax.set_ylabel("")
+        if i + columns < len(panels):
+            ax.set_xlabel("")
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
     scale = plt.cm.ScalarMappable(norm=plt.Normalize(0, 100), cmap="viridis")
-    fig.colorbar(scale, ax=axes, shrink=0.8, label="test accuracy (%)")
+    fig.colorbar(scale, ax=axes, shrink=min(0.8, 2.5 / rows), label="test accuracy (%)")
     fig.suptitle(title)
     return fig
 
@@ -177,16 +183,15 @@ def plot_shift_heatmaps(grid: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
 
 def plot_mechanism_heatmaps(grid: pd.DataFrame, heads: Sequence[str],
                             cells: Sequence[tuple[str, str]]) -> plt.Figure:
-    """The mechanism experiment's accuracy per offset, mean over seeds: per head, one panel
-    per ``(downsample, padding)`` cell, a row per downsampling and a column per padding (at
-    most three), all on one colour scale."""
-    paddings = list(dict.fromkeys(p for _, p in cells))
+    """The mechanism experiment's accuracy per offset, mean over seeds: one row per head, one
+    panel per ``(downsample, padding)`` cell (at most four to a row), all on one colour
+    scale."""
     panels = [(f"{head}: {downsample}, {padding}",
                grid[(grid["head"] == head) & (grid["downsample"] == downsample)
                     & (grid["padding"] == padding)])
               for head in heads for downsample, padding in cells]
-    return _heatmap_grid(panels, min(3, len(paddings)),
-                         "Accuracy for each shift of the object, per head and backbone")
+    return _heatmap_grid(panels, min(4, len(cells)),
+                         "Accuracy for each shift of the object, per head and backbone", 2.6)
 
 
 def plot_step_times(step_times: pd.DataFrame, heads: Sequence[str],
