@@ -221,7 +221,7 @@ class SumPooling:
 
     @property
     def reproduces(self) -> bool:
-        return self.scaled is not None and self.scaled < self.margin * 100
+        return bool(self.scaled is not None and self.scaled < self.margin * 100)
 
 
 def sum_pooling_facts(aggregate: pd.DataFrame, heads: Sequence[str],
@@ -240,10 +240,10 @@ def sum_pooling_facts(aggregate: pd.DataFrame, heads: Sequence[str],
     compared = [m for m in _SUM_METRICS if all((h, m) in stats.index for h in trio)]
 
     def largest_gap(head: str) -> float:
-        return max(abs(stats.loc[(head, m), "mean"] - stats.loc[("gap", m), "mean"]) * 100
-                   for m in compared)
+        return float(max(abs(stats.loc[(head, m), "mean"] - stats.loc[("gap", m), "mean"]) * 100
+                         for m in compared))
 
-    results = {h: (learning_rates[h], [(_SUM_METRICS[m], stats.loc[(h, m), "mean"],
-                                        stats.loc[(h, m), "std"]) for m in compared])
+    results = {h: (learning_rates[h], [(_SUM_METRICS[m], float(stats.loc[(h, m), "mean"]),
+                                        float(stats.loc[(h, m), "std"])) for m in compared])
                for h in ("gap", "gsp_scaled", "gsp")}
     return SumPooling(*base, results, largest_gap("gsp_scaled"), largest_gap("gsp"), margin)
