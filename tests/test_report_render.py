@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from test_report_stage import _facts, layout  # noqa: F401 - the fixture, for the tests below
 
 from gap_study.report.html import markdown_to_html
@@ -23,6 +24,7 @@ from gap_study.report.mechanism_distance import Effect
 from gap_study.report.render import environment, render_report, write_tables
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "report_small.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_small_studys_report_matches_its_reviewed_snapshot(layout):  # noqa: F811
@@ -104,3 +106,11 @@ def test_effects_are_signed_points_with_their_interval_or_none_for_one_seed():
     assert effect(Effect(5, -0.0001, -0.02, 0.01)) == "+0.0 pts [-2.0, +1.0]"  # never -0.0
     assert effect(Effect(5, 0.05, math.nan, math.nan)) == "+5.0 pts (one seed: no interval)"
     assert environment().filters["names"](["a", "b", "c"]) == "`a`, `b` and `c`"
+
+
+def test_the_report_stage_depends_on_its_template_and_writes_its_tables():
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
+    templates = sorted((ROOT / "src/gap_study/report/templates").iterdir())
+    assert [p.relative_to(ROOT).as_posix() for p in templates] == [
+        d for d in stage["deps"] if d.startswith("src/") and not d.endswith(".py")]
+    assert "reports/tables" in stage["outs"]
