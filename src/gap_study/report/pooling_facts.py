@@ -39,7 +39,6 @@ class Translation:
     over_grid: pd.DataFrame
     alignment: Alignment | None  # None when the grid does not reach the stride
     stability: pd.DataFrame
-    flip_rates: dict[str, float]
 
 
 def _radius_table(by_radius: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
@@ -65,15 +64,13 @@ def translation_facts(tables: StudyTables, grid: pd.DataFrame, heads: Sequence[s
             {h: (float(means.loc[h, metrics[0]]), float(means.loc[h, metrics[1]]))
              for h in heads},
             phase_table(grid, stride, heads))
-    flips = aggregate[aggregate.metric == "flip_rate"].set_index("head")["mean"]
     return Translation(
         max_shift, stride, _radius_table(tables.by_radius, heads),
         stat_table(aggregate, ["shift_accuracy_mean", "shift_accuracy_worst"],
                    ["mean over the grid", "worst offset"], heads),
         alignment,
         stat_table(aggregate, ["consistency", "flip_rate"],
-                   ["consistency", "1-pixel flip rate"], heads),
-        {h: float(flips[h]) for h in heads})
+                   ["consistency", "1-pixel flip rate"], heads))
 
 
 @dataclass(frozen=True)
