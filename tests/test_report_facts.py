@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from gap_study.report.claims import claim_verdicts
-from gap_study.report.facts import claim_facts
+from gap_study.report.facts import claim_facts, secondary_facts
 from gap_study.report.forest import forest_rows
 from gap_study.report.pooling_facts import cam_facts, sum_pooling_facts
 
@@ -168,3 +168,17 @@ def test_two_object_pointing_ranks_the_maps_against_the_ink_map_and_dense(
 def test_without_two_object_canvases_there_are_no_two_object_facts():
     assert cam_facts(_pointing({"dense": 0.8, "gap": 0.9}, 0.99), ["dense", "gap"]) \
         .two_objects is None
+
+
+def test_secondary_comparisons_a_tested_head_loses_are_named():
+    rows = pd.DataFrame([
+        {**_row("gap", "ink map", -0.231, "worse"), "role": "secondary",
+         "metric": "pointing_gradcam_shifted", "ci_low": -0.313, "ci_high": -0.148},
+        {**_row("gmp", "dense", 0.02, "better"), "role": "secondary"},
+        {**_row("gap", "dense", 0.02, "better")},  # primary: not counted here
+    ])
+    facts = secondary_facts(rows)
+    assert facts.counts == {"better": 1, "worse": 1}
+    assert facts.worse == [("gap", "ink map", "Grad-CAM pointing on shifted images",
+                            "-23.1 pts [-31.3 pts, -14.8 pts]")]
+    assert secondary_facts(pd.DataFrame()).counts == {}

@@ -45,8 +45,8 @@ from gap_study.report.tables import (
     main_runs,
 )
 
-__all__ = ["PUBLISHED", "ClaimFacts", "MetricVerdict", "ReportFacts", "build_facts",
-           "claim_facts", "comparison_table"]
+__all__ = ["PUBLISHED", "ClaimFacts", "MetricVerdict", "ReportFacts", "Secondary",
+           "build_facts", "claim_facts", "comparison_table", "secondary_facts"]
 
 # Published numbers (``docs/study.md``, "Published numbers") that a run on the same data set
 # can be compared with.
@@ -125,6 +125,26 @@ def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[Claim
                                        if t.claim == claim and t.primary]
         claims.append(ClaimFacts(claim, quote, metrics, untested))
     return claims
+
+
+@dataclass(frozen=True)
+class Secondary:
+    """The secondary comparisons: how many came out which way, and those a tested head lost
+    (``worse``: head, baseline, metric's name, improvement [CI])."""
+
+    counts: dict[str, int]
+    worse: list[tuple[str, str, str, str]]
+
+
+def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
+    rows = comparisons[comparisons.role == "secondary"] if len(comparisons) else comparisons
+    counts = rows["verdict"].value_counts() if len(rows) else pd.Series(dtype=int)
+    worse = rows[rows["verdict"] == "worse"] if len(rows) else rows
+    return Secondary(
+        {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
+        [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric),
+          format_improvement(r.improvement, r.ci_low, r.ci_high, r.metric))
+         for r in worse.itertuples()])
 
 
 def comparison_table(rows: pd.DataFrame, level: str) -> pd.DataFrame:
@@ -267,6 +287,7 @@ class ReportFacts:
     claims: list[ClaimFacts]
     tested_heads: list[str]
     verdicts: pd.DataFrame
+    secondary: Secondary
     learning_rates: pd.DataFrame
     grid_edges: dict[str, str]
     parameters: pd.DataFrame
@@ -329,7 +350,8 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         figures=dict(figures), dataset=evaluate["dataset"], train_record=train,
         evaluate_record=evaluate, workers=_workers(train["runs"]),
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
-        verdicts=verdicts, learning_rates=_learning_rates(collected.tuning, heads),
+        verdicts=verdicts, secondary=secondary_facts(comparisons),
+        learning_rates=_learning_rates(collected.tuning, heads),
         grid_edges=chosen_at_grid_edge(collected.tuning),
         parameters=_parameters(tables.main, heads),
         factorial=_factorial(tables.aggregate, heads),

@@ -57,6 +57,7 @@ METRIC_LABELS = {
     "consistency": "consistency of two random shifts", "flip_rate": "4-direction 1-pixel flips",
     "seconds_per_step": "time per training step", "time_to_target": "time to the target",
     "pointing_accuracy_shifted": "pointing accuracy on shifted images",
+    "pointing_gradcam_shifted": "Grad-CAM pointing on shifted images",
     "pointing_gradcam_two_objects": "Grad-CAM pointing at each class's own object on "
                                     "two-object canvases",
     "pointing_two_objects": "CAM pointing at each class's own object on two-object canvases",
