@@ -77,7 +77,7 @@ def contents(text: str) -> str:
     lines = []
     for hashes, title in re.findall(r"^(##+) (.+)$", text, flags=re.MULTILINE):
         if len(hashes) <= 3:
-            indent = "  " * (len(hashes) - 2)
+            indent = "    " * (len(hashes) - 2)  # 4 spaces: Python-Markdown nests at 4
             lines.append(f"{indent}- [{title}](#{slugify(title, '-')})")
     return "\n".join(lines)
 
