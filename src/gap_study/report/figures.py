@@ -251,16 +251,20 @@ def plot_shift_training(by_radius: pd.DataFrame, heads: Sequence[str],
                             trained=by_radius["train_shift"].map(
                                 lambda s: "centred" if s == 0 else f"shifts up to {s} px"))
     styles = list(dict.fromkeys(data.sort_values("train_shift")["trained"]))
-    fig, axes = plt.subplots(1, len(heads), figsize=(3.4 * len(heads) + 1, 3.8), sharey=True,
-                             squeeze=False)
-    for ax, head in zip(axes[0], heads, strict=True):
+    columns = min(3, len(heads))  # at most three to a row: legible at the page's width
+    rows = math.ceil(len(heads) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns + 1, 3.4 * rows + 0.4),
+                             sharey=True, squeeze=False)
+    for ax, head in zip(axes.flat, heads, strict=False):
         sns.lineplot(data[data["head"] == head], x="radius", y="accuracy", hue="trained",
                      hue_order=styles, marker="o", errorbar=_t_errorbar(confidence), ax=ax,
                      palette=sns.color_palette("rocket", len(styles)), legend=head == heads[-1])
         ax.set(title=head, xlabel="shift radius at test (pixels)", ylabel="test accuracy (%)",
                ylim=(0, 100.5))
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][-1].legend(title="trained with", loc="lower left", fontsize=8)
+    for ax in axes.flat[len(heads):]:
+        ax.set_axis_off()
+    axes.flat[len(heads) - 1].legend(title="trained with", loc="lower left", fontsize=8)
     fig.suptitle("Training with random shifts: accuracy when the object moves")
     fig.tight_layout()
     return fig
@@ -328,13 +332,14 @@ def plot_cam_overlays(cams: Mapping[str, Mapping[str, np.ndarray]],
     object's box in white, the CAM maximum as a red cross."""
     shown = [h for h in heads if h in cams]
     count = len(cams[shown[0]]["labels"])
-    fig, axes = plt.subplots(len(shown), 2 * count, figsize=(1.6 * 2 * count, 1.75 * len(shown)),
+    # panels small enough that the page shows the figure at about 0.8 of its pixels
+    fig, axes = plt.subplots(len(shown), 2 * count, figsize=(1.3 * 2 * count, 1.6 * len(shown)),
                              squeeze=False)
     for r, (row, head) in enumerate(zip(axes, shown, strict=True)):
         data = cams[head]
         dx, dy = (int(v) for v in data["shift"])
         panels = [("", data["images"], data["cams"], data["boxes"]),
-                  (f" moved ({dx:+d}, {dy:+d})", data["shifted_images"], data["shifted_cams"],
+                  (f"\nmoved ({dx:+d}, {dy:+d})", data["shifted_images"], data["shifted_cams"],
                    data["shifted_boxes"])]
         for j in range(count):
             for k, (suffix, images, maps, boxes) in enumerate(panels):
@@ -343,7 +348,7 @@ def plot_cam_overlays(cams: Mapping[str, Mapping[str, np.ndarray]],
                 if j == 0 and k == 0:
                     ax.set_ylabel(head, fontsize=10)
                 if r == 0:
-                    ax.set_title(f"class {int(data['labels'][j])}{suffix}", fontsize=8)
+                    ax.set_title(f"class {int(data['labels'][j])}{suffix}", fontsize=10)
     fig.suptitle("Class activation maps of the true class (red +: maximum, white: object)")
     fig.tight_layout()
     return fig
