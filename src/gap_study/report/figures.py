@@ -21,25 +21,11 @@ from gap_study.report.mechanism import cells_in_order
 from gap_study.report.stats import t_interval
 from gap_study.report.tables import CollectedResults, StudyTables, main_runs
 
-__all__ = [
-    "head_bars",
-    "head_palette",
-    "plot_accuracy_and_gap",
-    "plot_cam_overlays",
-    "plot_fraction_curve",
-    "plot_mechanism_heatmaps",
-    "plot_param_counts",
-    "plot_pointing",
-    "plot_shift_by_radius",
-    "plot_shift_heatmaps",
-    "plot_shift_training",
-    "plot_stability",
-    "plot_step_times",
-    "plot_training_curves",
-    "save_figure",
-    "save_figures",
-    "study_figures",
-]
+__all__ = ["head_bars", "head_palette", "plot_accuracy_and_gap", "plot_cam_overlays",
+           "plot_fraction_curve", "plot_mechanism_heatmaps", "plot_param_counts", "plot_pointing",
+           "plot_shift_by_radius", "plot_shift_heatmaps", "plot_shift_training", "plot_stability",
+           "plot_step_times", "plot_training_curves", "save_figure", "save_figures",
+           "study_figures"]
 
 
 def head_palette(heads: Sequence[str]) -> dict[str, tuple[float, float, float]]:
