@@ -36,9 +36,12 @@ def test_the_small_studys_report_matches_its_reviewed_snapshot(layout):  # noqa:
     assert text == SNAPSHOT.read_text()
 
 
-def test_every_table_the_text_links_to_is_written_beside_it(layout, tmp_path):  # noqa: F811
+def test_every_table_the_text_links_to_is_written_beside_it_and_no_other(layout, tmp_path):  # noqa: F811
     facts = _facts(layout)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "from_an_earlier_study.csv").write_text("head\n")
     paths = write_tables(facts, tmp_path / "tables")
+    assert sorted((tmp_path / "tables").iterdir()) == sorted(paths.values())
     links = set(re.findall(r"\]\((tables/[\w.]+\.csv)\)", render_report(facts)))
     assert links == {f"tables/{path.name}" for path in paths.values()}
     assert all(path.read_text().startswith("head,") or path.read_text().startswith("claim,")

@@ -109,8 +109,12 @@ def render_report(facts: ReportFacts) -> str:
 
 
 def write_tables(facts: ReportFacts, folder: str | Path) -> dict[str, Path]:
-    """Write ``facts.csv`` as ``<folder>/<name>.csv``; returns the paths by name."""
+    """Write ``facts.csv`` as ``<folder>/<name>.csv`` and remove any other CSV there (a table
+    of an earlier run's report, e.g. one whose study trained with shifts); returns the paths
+    by name."""
     paths = {name: Path(folder) / f"{name}.csv" for name in facts.csv}
     for name, frame in facts.csv.items():
         write_csv(paths[name], frame)
+    for stale in set(Path(folder).glob("*.csv")) - set(paths.values()):
+        stale.unlink()
     return paths
