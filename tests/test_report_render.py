@@ -63,10 +63,15 @@ def test_sections_the_study_did_not_run_are_left_out_not_described(layout):  # n
     facts = dataclasses.replace(_facts(layout), curve=None, ablation=None)
     text = render_report(facts)
     assert "## Learning curve" not in text and "Training with random shifts" not in text
-    assert "(no augmentation ablation" not in text  # the record still says [0, 2]
+    assert "No augmentation ablation" not in text  # the record still says [0, 2]
     no_shift = dataclasses.replace(facts, train_record={
         **facts.train_record, "train": {**facts.train_record["train"], "shift": [0]}})
-    assert "(no augmentation ablation: `train.shift` has one value)" in render_report(no_shift)
+    assert "No augmentation ablation (`train.shift` has one value)." in render_report(no_shift)
+    one_fraction = dataclasses.replace(facts, train_record={
+        **facts.train_record, "train": {**facts.train_record["train"], "fractions": [1.0]}})
+    text = render_report(one_fraction)
+    assert "No learning curve (`train.fractions` has no fraction below 1)." in text
+    assert "of the training images (the same number" not in text
 
 
 def test_without_gsp_the_measured_sum_over_average_moves_to_what_was_run(layout):  # noqa: F811
