@@ -137,6 +137,7 @@ class Secondary:
 
 
 def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
+    """The secondary rows of ``comparisons`` counted by verdict, and those a head lost."""
     rows = comparisons[comparisons.role == "secondary"] if len(comparisons) else comparisons
     counts = rows["verdict"].value_counts() if len(rows) else pd.Series(dtype=int)
     worse = rows[rows["verdict"] == "worse"] if len(rows) else rows

@@ -29,7 +29,8 @@ from gap_study.report.mechanism_distance import (
 from gap_study.report.stats import summarize, t_interval
 
 __all__ = ["LITTLE", "MECHANISM_METRICS", "NEAR_INVARIANT", "PUBLISHED_MECHANISM",
-           "MechanismFacts", "cells_in_order", "mechanism_facts", "phase_gaps"]
+           "MechanismFacts", "cells_in_order", "factor_table", "mechanism_facts", "phase_gaps",
+           "published_rows", "zhang_range"]
 
 Cell = tuple[str, str]
 MECHANISM_METRICS = ("test_accuracy", "consistency_exact", "flip_rate_all_pairs",
