@@ -320,6 +320,13 @@ class MechanismFacts:
     expectations: list[Expectation]
     zhang: tuple[float, float] = field(default_factory=zhang_range)
     csv: dict[str, pd.DataFrame] = field(default_factory=dict)
+    little: float = LITTLE
+    near_invariant: float = NEAR_INVARIANT
+
+    @property
+    def near_invariant_points(self) -> str:
+        """``NEAR_INVARIANT`` in points, as the report writes the threshold: ``1``."""
+        return f"{self.near_invariant * 100:g}"
 
 
 def mechanism_facts(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
