@@ -320,6 +320,7 @@ class MechanismFacts:
     expectations: list[Expectation]
     zhang: tuple[float, float] = field(default_factory=zhang_range)
     csv: dict[str, pd.DataFrame] = field(default_factory=dict)
+    azulay: tuple[float, float] = PUBLISHED_MECHANISM["azulay_black_flip"]
     little: float = LITTLE
     near_invariant: float = NEAR_INVARIANT
 
