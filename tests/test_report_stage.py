@@ -70,6 +70,11 @@ def _metrics_row(head: str, run: RunId, rng: np.random.Generator) -> dict[str, o
         row[metric] = level if full else np.nan
     row["pointing_two_objects"] = rng.uniform(0.5, 1.0) if full and cam else np.nan
     row["pointing_gradcam_two_objects"] = rng.uniform(0.5, 1.0) if full else np.nan
+    # protocol 4: the same scores on the objects a head recognises alone
+    row["recognised_two_objects"] = rng.uniform(0.3, 1.0) if full else np.nan
+    row["pointing_two_objects_recognised"] = rng.uniform(0.5, 1.0) if full and cam else np.nan
+    row["pointing_gradcam_two_objects_recognised"] = rng.uniform(0.5, 1.0) if full else np.nan
+    row["pointing_ink_two_objects_recognised"] = 0.45 if full else np.nan
     return row
 
 

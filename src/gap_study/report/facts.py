@@ -105,8 +105,8 @@ def _metric_verdict(rows: pd.DataFrame, verdict: Mapping[str, Any]) -> MetricVer
         "" if rows["exact"].all() else _margin_text(metric, rows["margin"].iloc[0]),
         bool(len(decided)),
         f"`{row['head']}` vs `{row.baseline}`{setting}: "
-        f"{format_improvement(row.improvement, row.ci_low, row.ci_high, row.metric)}",
-        str(row.verdict))
+        f"{format_improvement(row.improvement, row.adjusted_low, row.adjusted_high, row.metric)}",
+        _verdict_word(row))
 
 
 def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[ClaimFacts]:
@@ -144,23 +144,32 @@ def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
     return Secondary(
         {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
         [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric),
-          format_improvement(r.improvement, r.ci_low, r.ci_high, r.metric))
+          format_improvement(r.improvement, r.adjusted_low, r.adjusted_high, r.metric))
          for r in worse.itertuples()])
 
 
-def comparison_table(rows: pd.DataFrame, level: str) -> pd.DataFrame:
-    """The comparisons in display units, the verdict and the effect first."""
+def _verdict_word(row: Any) -> str:
+    """A row's verdict, with ``trivial difference`` for an equivalent row whose difference
+    is real but inside the margin, and its note (``underfits``)."""
+    word = "equivalent (trivial difference)" if bool(row.trivial) else str(row.verdict)
+    return f"{word} ({row.note})" if getattr(row, "note", "") else word
+
+
+def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons in display units, the verdict and the effect first, with the adjusted
+    interval each verdict read (``comparisons.csv`` keeps the unadjusted ones too)."""
     def p_value(value: float) -> str:
         return "" if math.isnan(value) else f"{value:.3g}"
 
     return pd.DataFrame({
         "claim": rows.claim, "metric": rows.metric, "setting": rows.setting,
         "head": rows["head"], "baseline": rows.baseline,
-        "verdict": [f"{v} ({n})" if n else v for v, n in zip(rows.verdict, rows.note,
-                                                             strict=True)],
-        f"improvement [{level} CI]": [format_improvement(d, lo, hi, m) for d, lo, hi, m in
-                                      zip(rows.improvement, rows.ci_low, rows.ci_high,
-                                          rows.metric, strict=True)],
+        "verdict": [_verdict_word(row) for row in rows.itertuples()],
+        "improvement [adjusted interval]": [
+            format_improvement(d, lo, hi, m) for d, lo, hi, m in
+            zip(rows.improvement, rows.adjusted_low, rows.adjusted_high, rows.metric,
+                strict=True)],
+
         "head value": [format_number(v, m) for v, m in zip(rows.head_mean, rows.metric,
                                                             strict=True)],
         "baseline value": [format_number(v, m) for v, m in zip(rows.baseline_mean, rows.metric,
@@ -332,12 +341,10 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
     errors, published = _published(evaluate["dataset"]["name"], tables.aggregate, heads,
                                     published_rows(mech, collected.mechanism,
                                                    train["model"]["blur_size"]))
-    level = f"{confidence:.0%}"
     csv = {"primary_comparisons": comparison_table(
-               comparisons[comparisons.role == "primary"], level) if len(comparisons) else None,
+               comparisons[comparisons.role == "primary"]) if len(comparisons) else None,
            "secondary_comparisons": comparison_table(
-               comparisons[comparisons.role == "secondary"], level) if len(comparisons)
-           else None,
+               comparisons[comparisons.role == "secondary"]) if len(comparisons) else None,
            "learning_curve": curve.table if curve else None,
            "whole_cell_shifts": translation.alignment.table if translation.alignment
            else None,

@@ -41,7 +41,10 @@ _FORMATS = {
     "pointing_ink_shifted": (100, 1, "%"), "pointing_two_objects": (100, 1, "%"),
     "pointing_gradcam_two_objects": (100, 1, "%"), "pointing_ink_two_objects": (100, 1, "%"),
     "pointing_centre_prior_two_objects": (100, 1, "%"),
-    "pointing_chance_two_objects": (100, 1, "%"),
+    "pointing_chance_two_objects": (100, 1, "%"), "recognised_two_objects": (100, 1, "%"),
+    "pointing_gradcam_two_objects_recognised": (100, 1, "%"),
+    "pointing_two_objects_recognised": (100, 1, "%"),
+    "pointing_ink_two_objects_recognised": (100, 1, "%"),
     "consistency_exact": (100, 1, "%"), "flip_rate_all_pairs": (100, 1, "%"),
     "time_to_target": (1, 2, " s"), "val_accuracy": (100, 1, "%"),
 }
@@ -61,6 +64,8 @@ METRIC_LABELS = {
     "pointing_gradcam_two_objects": "Grad-CAM pointing at each class's own object on "
                                     "two-object canvases",
     "pointing_two_objects": "CAM pointing at each class's own object on two-object canvases",
+    "pointing_gradcam_two_objects_recognised": "Grad-CAM pointing at each class's own object "
+                                               "on two-object canvases, objects recognised alone",
 }
 # metrics compared as ratios (a relative margin): an improvement is a fraction of the baseline
 RELATIVE = frozenset({"seconds_per_step", "time_to_target"})

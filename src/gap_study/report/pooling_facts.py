@@ -131,6 +131,9 @@ class TwoObjects:
     dense: float | None
     above_dense: list[str]
     table: pd.DataFrame
+    # protocol 4's primary metric: per head, the share of objects it recognises alone at their
+    # position and Grad-CAM's pointing over those (``nan`` where it recognises none)
+    recognised: list[tuple[str, float, float]]
 
 
 @dataclass(frozen=True)
@@ -173,12 +176,32 @@ def _two_objects(aggregate: pd.DataFrame, heads: Sequence[str]) -> TwoObjects | 
     ink, centre, chance = (float(means[m].mean()) for m in _TWO_OBJECTS[2:])
     ranked = list(gradcam.sort_values(ascending=False, kind="stable").index)
     dense = float(gradcam["dense"]) if "dense" in gradcam.index else None
+    recognised = [m for m in _RECOGNISED if m in set(aggregate.metric)]
     return TwoObjects(
         ink, centre, chance, [(h, float(gradcam[h])) for h in ranked],
         [h for h in ranked if gradcam[h] > ink], [h for h in ranked if not gradcam[h] > ink],
         dense, [h for h in shown if h != "dense" and dense is not None and gradcam[h] > dense],
-        stat_table(aggregate, _TWO_OBJECTS,
-                   ["CAM", "Grad-CAM", "ink map", "centre prior", "chance"], shown))
+        stat_table(aggregate, [*_TWO_OBJECTS, *recognised],
+                   ["CAM", "Grad-CAM", "ink map", "centre prior", "chance",
+                    *(_RECOGNISED[m] for m in recognised)], shown),
+        _recognised(aggregate, shown))
+
+
+# the protocol-4 columns and their names in the table, where the evaluation has them
+_RECOGNISED = {"recognised_two_objects": "recognised alone",
+               "pointing_gradcam_two_objects_recognised": "Grad-CAM, recognised objects",
+               "pointing_ink_two_objects_recognised": "ink map, recognised objects"}
+
+
+def _recognised(aggregate: pd.DataFrame, shown: Sequence[str]) -> list[tuple[str, float, float]]:
+    """``(head, share recognised, Grad-CAM pointing on those)`` per head in ``shown`` order."""
+    means = (aggregate[aggregate.metric.isin(list(_RECOGNISED))].set_index(["head", "metric"])
+             ["mean"].unstack())
+    if not {"recognised_two_objects", "pointing_gradcam_two_objects_recognised"} <= set(means):
+        return []
+    return [(h, float(means.loc[h, "recognised_two_objects"]),
+             float(means.loc[h, "pointing_gradcam_two_objects_recognised"]))
+            for h in shown if h in means.index]
 
 
 def cam_facts(aggregate: pd.DataFrame, heads: Sequence[str]) -> CamFacts:
