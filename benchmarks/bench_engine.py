@@ -45,7 +45,7 @@ QUICK = {"heads": ["dense", "gap"],
          "data": {"max_train": 400, "max_test": 150, "two_objects": 40},
          "model": {"widths": [8, 16]},
          "train": {"seeds": [0, 1], "epochs": 2, "fractions": [0.5, 1.0]},
-         "tune": {"learning_rates": [0.001, 0.01]},
+         "tune": {"learning_rates": [0.001, 0.01], "lr_min": 0.001, "lr_max": 0.01},
          "evaluate": {"max_shift": 2},
          "mechanism": {"heads": ["gap"], "test_images": 30},
          "speed": {"rounds": 3, "blocks": 2}}

@@ -237,7 +237,8 @@ def tiny_repository(repo: Path, heads: list[str], **sections: dict) -> Path:
     params["model"].update(widths=[4, 8], dense_hidden=16)
     params["train"].update(seeds=TINY_SEEDS, epochs=2, batch_size=64, fractions=[0.5, 1.0],
                            shift=[0, 2])
-    params["tune"].update(learning_rates=[0.001, 0.01])
+    # bounds at the grid: two rates x tune.seeds per head, never extended
+    params["tune"].update(learning_rates=[0.001, 0.01], lr_min=0.001, lr_max=0.01)
     params["evaluate"]["max_shift"] = 2
     # one head in the four cells is enough end to end; the report's sentences have unit tests
     params["mechanism"].update(heads=["gap"] if "gap" in heads else heads[:1], test_images=30)

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from builders import tiny_config
@@ -10,6 +11,7 @@ from builders import tiny_config
 from gap_study.measures.localization import TWO_OBJECT_METRICS
 from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
 from gap_study.nets.models import build_model
+from gap_study.pipeline.io import write_arrays
 from gap_study.pipeline.params import EvaluateParams
 from gap_study.pipeline.paths import RunId
 from gap_study.stages.evaluate import (
@@ -21,11 +23,17 @@ from gap_study.stages.evaluate import (
     example_cams,
     example_maps,
     feature_map_record,
+    per_image_values,
 )
 
 SETTINGS = EvaluateParams(max_shift=2, batch_size=64, seed=0)
 GRID_METRICS = ["shift_accuracy_mean", "consistency", "flip_rate", "pointing_accuracy",
                 *TWO_OBJECT_METRICS]
+CAM_POINTING = {"pointing_accuracy", "pointing_accuracy_shifted", "pointing_two_objects"}
+# metrics whose run value is computed apart from its per-image values: their mean may differ
+# in the last bits. test_loss is float32 summed in another order (relative error at most about
+# N * 2^-24 = 6e-6 for 100 images); the others are float64 means of means
+ROUNDED = {"test_loss": 1e-5, "shift_accuracy_mean": 1e-12, "flip_rate_all_pairs": 1e-12}
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +127,53 @@ def test_a_task_evaluates_a_checkpoint_where_it_runs_and_adds_the_examples_of_it
     assert example.row == direct.row and example.grid.equals(direct.grid)
     assert example.examples["cams"].shape == (4, 32, 32) and other.examples is None
     assert example.worker["cpu"] and example.worker["torch_threads"] >= 1
+
+
+@pytest.mark.parametrize("head", ["gap", "dense"])
+def test_every_per_image_array_averages_to_the_metric_of_its_name(data, head):
+    result = evaluate_run(_model(head), RunId(1.0, 0, 0), data, SETTINGS, full_fraction=1.0)
+    for metric, values in result.per_image.items():
+        if metric in ROUNDED:
+            assert float(values.mean()) == pytest.approx(result.row[metric], rel=ROUNDED[metric])
+        else:  # the run's metric is this very mean, or a share of the same hits
+            assert float(values.mean()) == result.row[metric], metric
+
+
+def test_per_image_arrays_have_one_value_per_test_image_or_two_object_canvas_object(data):
+    per_image = evaluate_run(_model("gap"), RunId(1.0, 0, 0), data, SETTINGS,
+                             full_fraction=1.0).per_image
+    objects = 2 * len(data.x_pair)
+    for metric, values in per_image.items():
+        assert values.shape == ((objects,) if metric.endswith("_two_objects")
+                                else (len(data.x_test),)), metric
+    assert per_image["test_accuracy"].dtype == np.bool_
+    assert per_image["test_loss"].dtype == np.float32
+    assert per_image["consistency_exact"].dtype == np.float64
+    assert {"consistency", "flip_rate", "pointing_gradcam_shifted",
+            "pointing_gradcam_two_objects"} | CAM_POINTING <= set(per_image)
+
+
+def test_a_run_on_part_of_the_training_set_keeps_per_image_test_outcomes_only(data):
+    result = evaluate_run(_model("gap"), RunId(0.5, 0, 1), data, SETTINGS, full_fraction=1.0)
+    assert set(result.per_image) == {"test_accuracy", "test_loss"}
+
+
+def test_a_head_without_maps_keeps_no_cam_pointing_values_but_its_grad_cams(data):
+    per_image = evaluate_run(_model("dense"), RunId(1.0, 0, 0), data, SETTINGS,
+                             full_fraction=1.0).per_image
+    assert not CAM_POINTING & set(per_image)
+    assert {"pointing_gradcam", "pointing_gradcam_two_objects"} <= set(per_image)
+
+
+def test_the_per_image_file_keys_each_array_by_run_stem_and_metric(data, tmp_path):
+    items = [("gap", RunId(0.5, 0, 0)), ("dense", RunId(1.0, 0, 0)), ("gap", RunId(1.0, 0, 3))]
+    results = [evaluate_run(_model(head), run, data, SETTINGS, full_fraction=1.0)
+               for head, run in items]
+    arrays = per_image_values(results, [run for _, run in items], "gap")
+    write_arrays(tmp_path / "per_image.npz", arrays)
+    with np.load(tmp_path / "per_image.npz", allow_pickle=False) as stored:
+        assert set(stored.files) == set(arrays)
+        assert {key.split("/")[0] for key in stored.files} \
+            == {"fraction_0.5-shift_0-seed_0", "fraction_1-shift_0-seed_3"}
+        np.testing.assert_array_equal(stored["fraction_1-shift_0-seed_3/test_accuracy"],
+                                      results[2].per_image["test_accuracy"])

@@ -8,12 +8,16 @@ from torch import nn
 
 from gap_study.measures.localization import (
     TWO_OBJECT_METRICS,
+    alone,
     class_activation_maps,
     grad_cam,
     ink_maps,
     pointing_accuracy,
     pointing_centre_prior,
     pointing_chance,
+    pointing_hits,
+    recognised_alone,
+    two_object_hits,
     two_object_metrics,
 )
 from gap_study.nets.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
@@ -161,3 +165,75 @@ def test_a_map_with_the_same_value_everywhere_points_nowhere():
     peaked = flat.clone()
     peaked[:, 0, 0] = 1.0
     assert pointing_accuracy(peaked, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3]])) == 0.5
+
+
+def test_two_object_hits_are_per_object_canvas_major_and_average_to_the_metrics():
+    images, labels, boxes = _two_objects()
+    model = _reading([[1.0, 0.0], [1.0, 0.0]])  # both maps peak on class 0's object
+    hits = two_object_hits(model, images, labels, boxes)
+    assert hits["pointing_two_objects"].tolist() == [True, False]  # entry 2 i + j
+    assert hits["pointing_ink_two_objects"].tolist() == [True, False]
+    row = two_object_metrics(model, images, labels, boxes)
+    assert {name: values.mean() for name, values in hits.items()} \
+        == {name: row[name] for name in hits}
+    assert "pointing_two_objects" not in two_object_hits(model, images, labels, boxes,
+                                                         with_maps=False)
+    assert two_object_hits(model, images[:0], labels[:0], boxes[:0]) == {}
+
+
+def test_pointing_hits_mark_each_map_whose_peak_is_in_its_box():
+    peaked = torch.zeros(3, 4, 4)
+    peaked[:2, 0, 0] = 1.0  # the third map is flat: it points nowhere
+    hits = pointing_hits(peaked, torch.tensor([[0, 0, 2, 2], [1, 1, 3, 3], [0, 0, 4, 4]]))
+    assert hits.dtype == bool and hits.tolist() == [True, False, False]
+
+
+def _unbiased(weights):
+    """``_reading`` without the classifier's bias: the class is the channel with more ink."""
+    model = _reading(weights)
+    with torch.no_grad():
+        model.head.fc.bias.zero_()
+    return model
+
+
+def test_each_object_alone_is_the_canvas_with_only_its_own_box_kept():
+    images, _, boxes = _two_objects()
+    single = alone(images, boxes)
+    assert single.shape == (2, 2, 8, 8)
+    expected = torch.zeros(2, 2, 8, 8)
+    expected[0, 0, 1:3, 1:3] = 1.0  # canvas 0, object 0: class 0's ink, nothing else
+    expected[1, 1, 5:7, 4:7] = 0.5  # canvas 0, object 1
+    assert torch.equal(single, expected)
+    assert torch.equal(single.sum(dim=0, keepdim=True), images)  # the two make the canvas
+
+
+@pytest.mark.parametrize("weights, recognised", [
+    ([[1.0, 0.0], [0.0, 1.0]], [True, True]),  # each class reads its own channel
+    ([[0.0, 1.0], [1.0, 0.0]], [False, False]),  # each reads the other's
+    ([[1.0, 0.0], [1.0, 0.0]], [True, False]),  # both read channel 0: a tie goes to class 0
+])
+def test_an_object_counts_as_recognised_when_the_model_classifies_it_alone(weights, recognised):
+    images, labels, boxes = _two_objects()
+    assert recognised_alone(_unbiased(weights), images, labels, boxes).tolist() == recognised
+
+
+def test_pointing_on_recognised_objects_leaves_the_others_out():
+    images, labels, boxes = _two_objects()
+    # both maps peak on class 0's object, which alone is recognised: 1 of 2 hits overall,
+    # 1 of 1 among the recognised objects; the ink map hits that object too
+    row = two_object_metrics(_unbiased([[1.0, 0.0], [1.0, 0.0]]), images, labels, boxes)
+    assert row["recognised_two_objects"] == 0.5
+    assert row["pointing_two_objects"] == row["pointing_gradcam_two_objects"] == 0.5
+    assert row["pointing_two_objects_recognised"] == 1.0
+    assert row["pointing_gradcam_two_objects_recognised"] == 1.0
+    assert row["pointing_ink_two_objects_recognised"] == 1.0
+    # nothing recognised: the conditioned scores are undefined, not zero
+    none = two_object_metrics(_unbiased([[0.0, 1.0], [1.0, 0.0]]), images, labels, boxes)
+    assert none["recognised_two_objects"] == 0.0
+    assert math.isnan(none["pointing_gradcam_two_objects_recognised"])
+    # a head without CAM has no conditioned CAM score either
+    no_cam = two_object_metrics(_unbiased([[1.0, 0.0], [0.0, 1.0]]), images, labels, boxes,
+                                with_maps=False)
+    assert math.isnan(no_cam["pointing_two_objects_recognised"])
+    assert no_cam["pointing_gradcam_two_objects_recognised"] == 1.0
+

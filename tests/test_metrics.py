@@ -10,13 +10,19 @@ from gap_study.data.canvas import random_offsets
 from gap_study.measures.metrics import (
     accuracy_by_radius,
     all_pairs_flip_rate,
+    all_pairs_flips_per_image,
     consistency,
+    consistency_per_image,
     exact_consistency,
+    exact_consistency_per_image,
     flip_rate,
+    flip_rate_per_image,
     grid_accuracy,
     grid_offsets,
+    image_outcomes,
     loss_and_accuracy,
     overfitting_metrics,
+    shift_accuracy_per_image,
     shift_grid_predictions,
     shift_summary,
 )
@@ -140,3 +146,49 @@ def test_the_grid_predictions_give_the_grid_accuracy_and_follow_the_offsets():
     grid = grid_accuracy(predictions, np.zeros(3, dtype=np.int64), max_shift=1)
     assert grid.accuracy.tolist() == [1, 1, 0, 1, 1, 0, 1, 1, 0]
     assert exact_consistency(predictions) == pytest.approx((2 / 3) ** 2 + (1 / 3) ** 2)
+
+
+def test_per_image_outcomes_are_each_images_correctness_and_cross_entropy():
+    images, labels = _dot_images(4), torch.tensor([0, 0, 1, 0])
+    correct, loss = image_outcomes(LeftOrRight(), images, labels)
+    assert correct.dtype == np.bool_ and correct.tolist() == [True, True, False, True]
+    assert loss.dtype == np.float32
+    # logits (1, 0): log(1 + e^-1) for class 0, log(1 + e) for class 1
+    np.testing.assert_allclose(loss, [math.log1p(math.exp(-1))] * 2 + [math.log1p(math.e)]
+                               + [math.log1p(math.exp(-1))], rtol=1e-6)
+    run_loss, run_accuracy = loss_and_accuracy(LeftOrRight(), images, labels)
+    assert correct.mean() == run_accuracy and loss.mean() == pytest.approx(run_loss, rel=1e-6)
+
+
+def test_per_image_consistency_and_flips_average_to_the_run_metrics_exactly():
+    images = _dot_images(200)
+    images[::3] = _dot_images(67, col=0)  # a third never flips
+    same = consistency_per_image(LeftOrRight(), images, max_shift=1, seed=7)
+    assert same.dtype == np.bool_ and same.shape == (200,)
+    assert same.mean() == consistency(LeftOrRight(), images, max_shift=1, seed=7)
+    flips = flip_rate_per_image(LeftOrRight(), images)
+    assert sorted(set(flips.tolist())) == [0.0, 0.25]  # column 0 never flips, column 2 once
+    assert flips.mean() == flip_rate(LeftOrRight(), images)
+
+
+def test_a_mean_of_quarters_is_the_float_flips_over_four_n_gives():
+    # flip_rate is the mean of the per-image quarters only because this holds for any counts
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 7, 450, 1000, 4501):
+        flips = rng.integers(0, 5, n)
+        assert float((flips / 4).mean()) == int(flips.sum()) / (4 * n)
+
+
+def test_per_image_grid_metrics_average_to_the_run_metrics():
+    # image 0: always class 1; image 1: class 0 at 8 of 9 offsets, class 2 at the corner
+    predictions = _predictions([[1] * 9, [0] * 8 + [2]])
+    per_image = exact_consistency_per_image(predictions)
+    assert per_image.tolist() == pytest.approx([1.0, (8 / 9) ** 2 + (1 / 9) ** 2])
+    assert per_image.mean() == exact_consistency(predictions)
+    flips = all_pairs_flips_per_image(predictions, max_shift=1)
+    assert flips[0] == 0 and flips[1] == pytest.approx(3 / 20)  # the corner's 3 neighbours
+    assert flips.mean() == pytest.approx(all_pairs_flip_rate(predictions, 1), rel=1e-12)
+    accuracy = shift_accuracy_per_image(predictions, np.array([1, 0]))
+    assert accuracy.tolist() == pytest.approx([1.0, 8 / 9])
+    grid = grid_accuracy(predictions, np.array([1, 0]), max_shift=1)
+    assert accuracy.mean() == pytest.approx(shift_summary(grid)["shift_accuracy_mean"], rel=1e-12)

@@ -132,7 +132,7 @@ def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, 
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     modules = _module_closure(_gap_study_imports(code) | {"gap_study.pipeline.run_notebook"})
     expected = {_module_file(m).relative_to(ROOT).as_posix() for m in modules}
-    declared = {d for d in stage["deps"] if d.startswith("src/")}
+    declared = {d for d in stage["deps"] if d.startswith("src/") and d.endswith(".py")}
     assert declared == expected, name
     assert notebook.relative_to(ROOT).as_posix() in stage["deps"]
 

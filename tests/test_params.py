@@ -29,7 +29,9 @@ def test_the_projects_params_yaml_is_valid(root):
     assert {"max", "blurmax"} <= set(params.mechanism.downsample)
     assert {"zeros", "circular"} <= set(params.mechanism.padding)
     assert len(params.train.seeds) >= 5  # protocol v2: at least five seeds per primary test
-    assert params.tune.seed not in params.train.seeds
+    # protocol version 4: the rates are chosen over two or more seeds, none of them reported
+    assert len(params.tune.seeds) >= 2
+    assert not set(params.tune.seeds) & set(params.train.seeds)
 
 
 @pytest.mark.parametrize("dotted, value, expected", [
@@ -37,7 +39,16 @@ def test_the_projects_params_yaml_is_valid(root):
     ("train.epochs", 0, r"train\.epochs = 0"),
     ("train.batch_size", 0, r"train\.batch_size = 0"),
     ("tune.learning_rates", [0.0], r"tune\.learning_rates\[0\] = 0\.0: .*greater than 0"),
-    ("tune.seed", 0, r"tune\.seed = 0 is also in train\.seeds: .* pick a seed outside"),
+    ("tune.seeds", [100, 0, 1], r"tune\.seeds has \[0, 1\], also in train\.seeds: .* "
+                                r"replace them in tune\.seeds with seeds outside train\.seeds"),
+    ("tune.seeds", [100], r"tune\.seeds = \[100\]: List should have at least 2 items"),
+    ("tune.seeds", [100, 100], r"tune\.seeds .*repeated: \[100\]"),
+    ("tune.seed", 100, r"tune\.seed: unknown key \(did you mean 'seeds'\?\)"),
+    ("tune.lr_max", 0.003, r"tune\.lr_min = 0\.0001 and tune\.lr_max = 0\.003 must hold the "
+                           r"starting grid tune\.learning_rates \(0\.001 to 0\.01\): set "
+                           r"lr_min <= 0\.001 and lr_max >= 0\.01"),
+    ("tune.lr_min", 0.002, r"tune\.lr_min = 0\.002 and tune\.lr_max = 0\.1 must hold"),
+    ("tune.lr_min", 0, r"tune\.lr_min = 0: .*greater than 0"),
     ("train.schedule", "linear", r"train\.schedule = 'linear': not allowed"),
     ("data.validation_fraction", 1.0, r"data\.validation_fraction = 1\.0"),
     ("report.margins", {"accuracy": 0.01}, r"report\.margins\.consistency: Field required"),

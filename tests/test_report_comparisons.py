@@ -16,6 +16,7 @@ from gap_study.report.comparisons import (
     compare_paired,
     comparison_row,
     holm,
+    interval_at,
     judge_family,
     verdict,
 )
@@ -167,7 +168,8 @@ def test_verdict_rules_on_hand_made_comparisons():
     assert verdict(_made(-0.02), 0.01, 0.9) == "worse"
     assert verdict(_made(0.001), 0.6, 0.01) == "equivalent"  # not different and equivalent
     assert verdict(_made(0.02), 0.2, 0.3) == "inconclusive"
-    assert verdict(_made(0.02), 0.01, 0.01) == "better"  # a difference wins over equivalence
+    # inside the margin is equivalent even where the difference test rejects (protocol 4)
+    assert verdict(_made(0.02), 0.01, 0.01) == "equivalent"
     assert verdict(_made(0.02), math.nan, math.nan) == "inconclusive"
     assert verdict(_made(0.02), 0.04, 0.9, alpha=0.01) == "inconclusive"
 
@@ -201,6 +203,11 @@ def family():
         "p_equivalence": [0.5, 0.2, 0.001, np.nan],
         "improvement": [0.02, -0.01, 0.001, 1_156_860.0],
         "exact": [False, False, False, True],
+        "lower_is_better": [False, False, False, True],
+        "relative": False,
+        "difference": [0.02, -0.01, 0.001, -1_156_860.0],  # no spread given: no intervals
+        "standard_error": np.nan,
+        "df": 4.0,
     })
 
 
@@ -217,7 +224,9 @@ def test_judge_family_bh_q_values_and_verdicts(family):
     judged = judge_family(family, adjust="bh")
     np.testing.assert_allclose(judged["p_difference_adjusted"], [0.03, 0.04, 0.04, np.nan])
     np.testing.assert_allclose(judged["p_equivalence_adjusted"], [0.5, 0.3, 0.003, np.nan])
-    assert judged["verdict"].tolist() == ["better", "worse", "better", "better"]
+    # sum's difference is significant but its interval lies inside the margin: trivial
+    assert judged["verdict"].tolist() == ["better", "worse", "equivalent", "better"]
+    assert judged["trivial"].tolist() == [False, False, True, False]
 
 
 def test_judge_family_rejects_an_unknown_adjustment(family):
@@ -230,6 +239,60 @@ def test_comparison_rows_build_a_frame_that_judge_family_accepts():
             comparison_row([650], [1_157_510], lower_is_better=True, margin=Margin(0),
                            exact=True)]
     assert set(rows[0]) == {f.name for f in dataclasses.fields(Comparison)}
-    judged = judge_family(pd.DataFrame(rows), adjust="holm")
+    judged = judge_family(pd.DataFrame(rows).assign(lower_is_better=True, relative=False),
+                          adjust="holm")
     assert judged["p_difference_adjusted"].iloc[0] == pytest.approx(rows[0]["p_difference"])
     assert judged["verdict"].tolist() == ["better", "better"]
+
+
+def _judged(differences, *, margin: float, adjust: str = "holm", relative: bool = False,
+            seed: int = 0, noise=0.004) -> pd.DataFrame:
+    """One family of comparisons: per row, five seeds of a head ``differences[i]`` above a
+    baseline, the paired differences with spread ``noise`` (or ``noise[i]``), compared
+    higher-is-better within ``margin``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for difference, spread in zip(differences, np.broadcast_to(noise, len(differences)),
+                                  strict=True):
+        baseline = 0.9 + rng.normal(0, 0.01, 5)
+        head = baseline + difference + rng.normal(0, spread, 5)
+        if relative:
+            baseline, head = np.exp(baseline), np.exp(head)
+        rows.append(comparison_row(head, baseline, lower_is_better=False,
+                                   margin=Margin(margin, relative=relative)))
+    frame = pd.DataFrame(rows).assign(lower_is_better=False, relative=relative, margin=margin)
+    return judge_family(frame, adjust=adjust)
+
+
+def test_each_outcome_of_the_decision_rule_on_hand_made_families():
+    # the last row is noisy: its interval spans zero and reaches beyond the margin
+    judged = _judged([0.003, 0.0, 0.05, -0.05, 0.0], margin=0.01,
+                     noise=[0.001, 0.001, 0.004, 0.004, 0.02])
+    assert judged["verdict"].tolist() == ["equivalent", "equivalent", "better", "worse",
+                                          "inconclusive"]
+    # a real difference smaller than the margin is equivalent, and marked trivial
+    assert judged["trivial"].tolist() == [True, False, False, False, False]
+    assert judged.loc[0, "adjusted_low"] > 0 and judged.loc[1, "adjusted_low"] < 0
+    # better and worse: the adjusted interval reaches beyond the margin and excludes zero
+    assert judged.loc[2, "adjusted_high"] > 0.01 and judged.loc[2, "adjusted_low"] > 0
+    assert judged.loc[3, "adjusted_low"] < -0.01 and judged.loc[3, "adjusted_high"] < 0
+
+
+@pytest.mark.parametrize("adjust", ["holm", "bh"])
+@pytest.mark.parametrize("relative", [False, True])
+def test_the_adjusted_interval_lies_inside_the_margin_exactly_when_a_row_is_equivalent(
+        adjust, relative):
+    margin = 0.01
+    inside_margin = (1 / (1 + margin) - 1, margin) if relative else (-margin, margin)
+    for seed in range(8):
+        differences = np.random.default_rng(100 + seed).uniform(-0.03, 0.03, 6)
+        judged = _judged(differences, margin=margin, adjust=adjust, relative=relative,
+                         seed=seed)
+        inside = ((judged.adjusted_low > inside_margin[0])
+                  & (judged.adjusted_high < inside_margin[1]))
+        assert (inside == (judged.verdict == "equivalent")).all(), judged
+        # adjusting only ever widens the interval beyond the unadjusted 1 - 2 alpha one
+        for row in judged.itertuples():
+            low, high = interval_at(row, 0.05, lower_is_better=False, relative=relative)
+            assert row.adjusted_low <= low + 1e-12 and row.adjusted_high >= high - 1e-12
+

@@ -63,7 +63,8 @@ def test_head_bars_draw_no_interval_for_a_single_value():
 def _comparison(metric: str, margin: float) -> dict:
     return {"claim": "c", "metric": metric, "role": "primary", "setting": "s", "head": "gap",
             "baseline": "dense", "margin": margin, "improvement": 0.02, "ci_low": -0.01,
-            "ci_high": 0.05, "exact": False, "verdict": "inconclusive"}
+            "ci_high": 0.05, "adjusted_low": -0.02, "adjusted_high": 0.06, "exact": False,
+            "verdict": "inconclusive"}
 
 
 def test_the_forest_plot_draws_a_time_margin_where_its_ratio_test_ends():

@@ -21,4 +21,10 @@ def test_html_report_is_one_file_with_images_embedded(tmp_path):
 def test_write_report_writes_the_markdown_and_its_html_beside_it(tmp_path):
     write_report(tmp_path / "report.md", tmp_path / "report.html", "# Results\n\nText.\n")
     assert (tmp_path / "report.md").read_text() == "# Results\n\nText.\n"
-    assert "<h1>Results</h1>" in (tmp_path / "report.html").read_text()
+    assert '<h1 id="results">Results</h1>' in (tmp_path / "report.html").read_text()
+
+
+def test_every_heading_gets_the_id_a_contents_link_points_at(tmp_path):
+    text = "# Title\n\n- [The claims, tested](#the-claims-tested)\n\n## The claims, tested\n"
+    html = markdown_to_html(text, tmp_path)
+    assert '<a href="#the-claims-tested">' in html and '<h2 id="the-claims-tested">' in html

@@ -1,5 +1,5 @@
 """The light report modules stay light: ``gap_study.sweep`` and the report stage's tables,
-claims and text do not pull in plotting or torch, and the figures need no torch."""
+claims, facts and template do not pull in plotting or torch, and the figures need no torch."""
 
 import os
 import subprocess
@@ -25,7 +25,8 @@ def test_importing_sweep_leaves_out_matplotlib_seaborn_and_torch():
 
 
 def test_report_modules_but_figures_import_neither_plotting_nor_torch():
-    modules = ("stats", "tables", "claims", "formatting", "text", "pooling_text", "html")
+    modules = ("stats", "bootstrap", "tables", "claims", "formatting", "mechanism",
+               "mechanism_distance", "pooling_facts", "facts", "render", "html")
     assert _loaded_after("\n".join(f"import gap_study.report.{m}" for m in modules)) == []
 
 

@@ -1,6 +1,6 @@
-"""The report's section on the mechanism experiment (gap_study.report.mechanism and
-mechanism_distance): the factor table, the table by distance and the sentences computed from
-the numbers, on hand-made runs and shift grids whose gaps and effects are known."""
+"""The mechanism experiment's facts (gap_study.report.mechanism and mechanism_distance): the
+phase gaps, what each cell closes, where padding acts, the flatten baseline and the literature's
+expectations, on hand-made runs and shift grids whose gaps and effects are known."""
 
 import itertools
 
@@ -9,9 +9,9 @@ import pytest
 
 from gap_study.report.mechanism import (
     cells_in_order,
-    mechanism_published_rows,
-    mechanism_section,
+    mechanism_facts,
     phase_gaps,
+    published_rows,
 )
 from gap_study.report.mechanism_distance import radius_bands, same_radius_phase_gap
 
@@ -75,10 +75,9 @@ def _grid(edge=EDGE, where=5, seeds=(0, 1, 2)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _section(runs, grid=None) -> str:
+def _facts(runs, grid=None):
     grid = _grid() if grid is None else grid
-    return "\n".join(mechanism_section(runs, grid, STRIDE, SETTINGS, MODEL, ["dense", "gap"],
-                                       ["gap"], {"mechanism_heatmaps": "figures/m.png"}, 0.95))
+    return mechanism_facts(runs, grid, STRIDE, SETTINGS, MODEL, ["dense", "gap"], ["gap"], 0.95)
 
 
 def test_the_reference_cell_is_the_first_of_each_list():
@@ -92,49 +91,54 @@ def test_phase_gaps_are_whole_cell_minus_other_shift_accuracy(runs):
     assert gaps.loc[("gap", "blurmax", "zeros")].phase_gap == pytest.approx(0.05)
 
 
-def test_the_section_says_how_much_of_the_gap_each_factor_closes(runs):
-    text = _section(runs)
-    assert "a phase gap of 20.0 points" in text
-    assert "`blurmax`, `zeros` closes 75%" in text
-    assert "`max`, `circular` closes 5%" in text
-    assert "`blurmax`, `circular` closes 100%" in text
-    assert "`blurmax` (the downsampling) closes more of `gap`'s phase gap than `circular`" in text
-    assert "On its own, `circular` padding closes less than 25%" in text
-    assert "the factors interact" in text  # 25% more on top of the blur vs 5% alone
+def test_each_cell_closes_its_share_of_the_reference_cells_phase_gap(runs):
+    (closure,) = _facts(runs).closures
+    assert (closure.head, closure.gap, closure.consistency) == ("gap", pytest.approx(0.20),
+                                                                pytest.approx(0.70))
+    shares = {cell: share for cell, share, _, _ in closure.closed}
+    assert shares == pytest.approx({("max", "circular"): 0.05, ("blurmax", "zeros"): 0.75,
+                                    ("blurmax", "circular"): 1.0})
 
 
-def test_the_section_places_dense_and_checks_the_literature(runs):
-    text = _section(runs)
-    assert "exact consistency 20.0% in the reference cell and at most 35.0% (`blurmax`, " \
-        "`circular`), against up to 99.5% for the pooling heads" in text
-    assert "+20.0 pts, larger than the 1.7 to 3.1 points Zhang (2019) reports" in text
-    assert "that expectation did not hold here" in text  # 99.5% is within a point
-    assert "Its phase gap is negative (30.0% at whole-cell shifts, 35.0% at the others): " \
-        "whole-cell shifts move the object by 4 pixels or more" in text
-    assert "`circular` padding alone closes 5% of the phase gap (little, by the declared " \
-        "threshold)" in text
-    assert "![Accuracy per shift in every cell](figures/m.png)" in text
-    table_rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert len(table_rows) == 16  # every head in every cell, in both tables
+def test_the_factor_verdict_says_which_closes_more_and_whether_they_interact(runs):
+    verdict = _facts(runs).verdicts["gap"]
+    assert (verdict.downsample, verdict.padding) == ("blurmax", "circular")
+    assert (verdict.blur, verdict.pad, verdict.both) == pytest.approx((0.75, 0.05, 1.0))
+    assert verdict.little == ["padding"]  # 5% < 25%: little, by the declared threshold
+    assert verdict.extra == pytest.approx(0.25) and verdict.interaction == "more"
 
 
-def test_a_blurred_network_short_of_invariance_is_said_to_match_the_literature(runs):
+def test_the_flatten_head_is_placed_against_the_pooling_heads(runs):
+    (dense,) = _facts(runs).flatten
+    assert (dense.reference, dense.best, dense.pooled_best) == pytest.approx((0.20, 0.35, 0.995))
+    assert dense.best_cell == ("blurmax", "circular")
+    assert dense.negative_gap == pytest.approx((0.30, 0.35))  # loses accuracy with distance
+    assert "dense" not in _facts(runs).verdicts
+
+
+def test_the_literature_is_checked_against_the_pooling_heads(runs):
+    (expectation,) = _facts(runs).expectations
+    assert expectation.gain == pytest.approx(0.20) and expectation.size == "larger than"
+    assert _facts(runs).zhang == pytest.approx((0.0167, 0.0314), abs=1e-4)
+    assert expectation.best == pytest.approx(0.995) and expectation.near_invariant
+    assert expectation.padding_alone == pytest.approx(0.05)
+
+
+def test_a_blurred_network_short_of_invariance_is_not_near_invariant(runs):
     runs.loc[(runs["head"] == "gap") & (runs.downsample == "blurmax")
              & (runs.padding == "circular"), "consistency_exact"] = 0.95
-    text = _section(runs)
-    assert "it reaches 95.0% [95.0, 95.0]: 5.00 points short of invariance, as the " \
-        "literature expects" in text
-    assert "that expectation did not hold" not in text
+    (expectation,) = _facts(runs).expectations
+    assert expectation.best == pytest.approx(0.95)
+    assert not expectation.near_invariant and not expectation.spans_threshold
 
 
 def test_published_rows_set_zhangs_gains_and_azulays_flip_rates_beside_ours(runs):
-    rows = mechanism_published_rows(runs, SETTINGS, 3, ["gap"])
-    values = {row["source"]: row["value"] for row in rows}
+    values = {row["source"]: row["value"] for row in published_rows(_facts(runs), runs, 3)}
     assert values["Zhang 2019, ImageNet ResNet-50: consistency without / with a Bin-5 blur"] \
         == "89.20% -> 91.31% (+2.1 pts)"
-    assert values["this study: `gap`, `max` -> `blurmax` (binomial filter of size 3, zeros "
+    assert values["this study: gap, max -> blurmax (binomial filter of size 3, zeros "
                   "padding)"] == "70.00% -> 90.00% (+20.0 pts)"
-    assert values["this study: `gap`, `max`, `zeros`"] == "0.12"
+    assert values["this study: gap, max, zeros"] == "0.12"
 
 
 def test_a_single_cell_is_described_without_comparisons(runs):
@@ -142,12 +146,11 @@ def test_a_single_cell_is_described_without_comparisons(runs):
     settings = {**SETTINGS, "downsample": ["max"], "padding": ["zeros"]}
     grid = _grid()
     grid = grid[(grid.downsample == "max") & (grid.padding == "zeros")]
-    text = "\n".join(mechanism_section(alone, grid, STRIDE, settings, MODEL, ["dense", "gap"],
-                                        ["gap"], {}, 0.95))
-    assert "a phase gap of 20.0 points; exact consistency 70.0%.\n" in text
-    assert "closes" not in text and "What the literature expected" not in text
-    assert mechanism_published_rows(alone, settings, 3, ["gap"])[-1]["source"] == \
-        "this study: `gap`, `max`, `zeros`"
+    facts = mechanism_facts(alone, grid, STRIDE, settings, MODEL, ["dense", "gap"], ["gap"],
+                            0.95)
+    assert facts.closures[0].gap == pytest.approx(0.20) and facts.closures[0].closed == []
+    assert facts.verdicts == {} and facts.expectations == [] and facts.paddings == {"gap": []}
+    assert published_rows(facts, alone, 3)[-1]["source"] == "this study: gap, max, zeros"
 
 
 def test_radius_bands_split_the_radius_of_the_whole_cell_shifts():
@@ -169,69 +172,66 @@ def test_the_same_radius_phase_gap_compares_shifts_of_one_distance():
     assert same_radius_phase_gap(small, STRIDE).empty
 
 
-def test_the_section_shows_accuracy_by_distance_and_the_same_radius_gap(runs):
-    text = _section(runs)
-    header = next(line for line in text.splitlines() if "4 whole-cell" in line)
-    assert "| 4 other " in header and "same-radius phase gap" in header
-    rows = [line for line in text.splitlines() if line.startswith("| `gap`   | max ")]
-    row = rows[-1]  # the reference cell's row of the table by distance
-    assert "| 90.0 " in row and "| 10.0 [10.0, 10.0] " in row
+def test_the_tables_by_cell_and_by_distance_hold_every_head_in_every_cell(runs):
+    facts = _facts(runs)
+    assert len(facts.table) == 8 and len(facts.csv["mechanism_factors"]) == 8
+    distance = facts.csv["mechanism_by_distance"].set_index(["head", "downsample", "padding"])
+    row = distance.loc[("gap", "max", "zeros")]
+    assert row["4 whole-cell"] == "90.0" and row["4 other"] == "80.0"
+    assert row["same-radius phase gap"] == "10.0 [10.0, 10.0]"
+    assert facts.has_whole_cell_shifts
 
 
-def test_the_section_says_where_padding_acts_and_checks_the_border_expectation(runs):
-    text = _section(runs)
-    assert "`circular` padding (against `zeros`) has its largest mean effect at radius 5, the " \
-        "grid's largest, where the object comes closest to the canvas border: there it " \
-        "changes `gap`'s accuracy by +10.0 pts [+7.5, +12.5] with `max` and +12.0 pts " \
-        "[+9.5, +14.5] with `blurmax`; at the other radii by +0.0 to +0.0 pts on average " \
-        "(paired by seed)." in text
-    assert "near the borders: consistent with that, `circular` padding's largest mean effect " \
-        "is at the grid's edge, where the object comes closest to the border (radius 5: " \
-        "+10.0 pts [+7.5, +12.5] with `max`)." in text
+def test_padding_acts_most_at_the_border_and_the_border_cue_holds(runs):
+    (where,) = _facts(runs).paddings["gap"]
+    assert (where.padding, where.reference, where.peak, where.at_grid_edge) == \
+        ("circular", "zeros", 5, True)
+    effects = {downsample: effect for downsample, effect in where.at_peak}
+    assert (effects["max"].mean, effects["max"].low, effects["max"].high) == \
+        pytest.approx((0.10, 0.075, 0.125), abs=1e-3)
+    assert effects["blurmax"].mean == pytest.approx(0.12)
+    assert where.others == pytest.approx((0.0, 0.0))
+    border = _facts(runs).expectations[0].border
+    assert (border.outcome, border.edge, border.peak) == ("gain", 5, 5)
 
 
-def test_padding_that_acts_away_from_the_border_is_said_so(runs):
-    text = _section(runs, _grid(where=1))
-    assert "has its largest mean effect at radius 1:" in text
-    assert "here `circular` padding's largest mean effect is at radius 1, not at the grid's " \
-        "edge (radius 5: +0.0 pts [-2.5, +2.5] with `max`)." in text
-    assert "consistent with that, `circular`" not in text
+def test_padding_that_acts_away_from_the_border_does_not_support_the_border_cue(runs):
+    facts = _facts(runs, _grid(where=1))
+    assert facts.paddings["gap"][0].peak == 1 and not facts.paddings["gap"][0].at_grid_edge
+    border = facts.expectations[0].border
+    assert (border.outcome, border.peak) == ("elsewhere", 1)
+    assert (border.at_edge.low, border.at_edge.high) == pytest.approx((-0.025, 0.025), abs=1e-3)
 
 
-def test_a_border_effect_within_the_seeds_spread_or_below_zero_is_said_so(runs):
-    small = _section(runs, _grid(edge={("gap", "max", "circular"): 0.01,
-                                       ("gap", "blurmax", "circular"): 0.01}))
-    assert "largest mean effect is at the grid's edge here too, but with `max` it is not " \
-        "clear of the seeds' spread (radius 5: +1.0 pts [-1.5, +3.5] with `max`)." in small
-    lower = _section(runs, _grid(edge={("gap", "max", "circular"): -0.10,
-                                       ("gap", "blurmax", "circular"): -0.10}))
-    assert "here `circular` padding lowers accuracy at the grid's edge (radius 5: -10.0 pts " \
-        "[-12.5, -7.5] with `max`)." in lower
+def test_a_border_effect_within_the_seeds_spread_or_below_zero_is_told_apart(runs):
+    small = _facts(runs, _grid(edge={("gap", "max", "circular"): 0.01,
+                                     ("gap", "blurmax", "circular"): 0.01}))
+    assert small.expectations[0].border.outcome == "unclear"
+    lower = _facts(runs, _grid(edge={("gap", "max", "circular"): -0.10,
+                                     ("gap", "blurmax", "circular"): -0.10}))
+    assert lower.expectations[0].border.outcome == "loss"
 
 
 def test_a_flatten_head_is_checked_at_the_largest_shifts_in_every_cell(runs):
-    text = _section(runs)
-    assert "At the largest shifts (radius 5), `dense` is 60.0% accurate in the reference cell " \
-        "(99.0% on centred images); the other cells change that by +0.0 pts [-2.5, +2.5] " \
-        "(`max`, `circular`), +5.0 pts [+5.0, +5.0] (`blurmax`, `zeros`), +7.0 pts " \
-        "[+4.5, +9.5] (`blurmax`, `circular`), paired by seed." in text
-    assert "to gain from none of the factors at large shifts; not so here, where `blurmax`, " \
-        "`circular` lifts it to 67.0%" in text
-    flat = _section(runs, _grid(edge={("gap", "max", "circular"): 0.10}))
-    assert "to gain from none of the factors at large shifts, and the data are consistent " \
-        "with that: no cell's interval there lies above zero." in flat
+    (dense,) = _facts(runs).flatten
+    assert (dense.edge, dense.edge_accuracy, dense.centred_accuracy) == \
+        (5, pytest.approx(0.60), pytest.approx(0.99))
+    assert {cell: effect.mean for cell, effect in dense.edge_effects} == pytest.approx(
+        {("max", "circular"): 0.0, ("blurmax", "zeros"): 0.05, ("blurmax", "circular"): 0.07})
+    assert dense.outcome == "gain" and dense.gain_cell == ("blurmax", "circular")
+    assert dense.gain_accuracy == pytest.approx(0.67)
+    (flat,) = _facts(runs, _grid(edge={("gap", "max", "circular"): 0.10})).flatten
+    assert flat.outcome == "consistent" and flat.gain_cell is None
 
 
 def test_one_seed_gives_means_without_intervals_and_no_verdict(runs):
-    one = runs[runs.seed == 0]
-    text = _section(one, _grid(seeds=(0,)))
-    assert "(one seed: no interval)" in text
-    assert "; one seed cannot tell." in text
-    row = [line for line in text.splitlines() if line.startswith("| `gap`   | max ")][-1]
-    assert row.rstrip(" |").endswith("| 10.0")  # the same-radius gap, no interval
+    facts = _facts(runs[runs.seed == 0], _grid(seeds=(0,)))
+    assert facts.flatten[0].outcome == "one seed"
+    distance = facts.csv["mechanism_by_distance"].set_index(["head", "downsample", "padding"])
+    assert distance.loc[("gap", "max", "zeros"), "same-radius phase gap"] == "10.0"
 
 
 def test_a_grid_without_whole_cell_shifts_has_no_same_radius_gap(runs):
-    text = _section(runs, _grid().query("radius <= 3"))
-    assert "The grid holds no whole-cell shift (none is a multiple of 4 pixels)." in text
-    assert "same-radius phase gap" not in text
+    facts = _facts(runs, _grid().query("radius <= 3"))
+    assert not facts.has_whole_cell_shifts
+    assert "same-radius phase gap" not in facts.csv["mechanism_by_distance"]

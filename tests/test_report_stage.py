@@ -1,9 +1,11 @@
 """The report stage on a small hand-made study in ``tmp_path`` (no training, no torch): the
-typed ``collect_results``, the report's text and every figure."""
+typed ``collect_results``, the report's facts and text, and every figure. The whole report of
+this study is compared with a reviewed snapshot in ``test_report_render``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -16,7 +18,9 @@ import pytest
 from gap_study.pipeline.params import ReportParams
 from gap_study.pipeline.paths import Layout, RunId
 from gap_study.report.claims import claim_comparisons, claim_verdicts
+from gap_study.report.facts import ReportFacts, build_facts
 from gap_study.report.figures import save_figures, study_figures
+from gap_study.report.render import render_report
 from gap_study.report.tables import (
     RESULT_KEYS,
     RUN_KEYS,
@@ -26,7 +30,6 @@ from gap_study.report.tables import (
     study_tables,
     with_derived_metrics,
 )
-from gap_study.report.text import compose_report, study_setup
 
 HEADS = ["dense", "gsp", "gap"]  # not alphabetical: outputs follow this order
 SETTINGS = ReportParams(confidence=0.95, alpha=0.05, time_target=0.5,
@@ -67,6 +70,11 @@ def _metrics_row(head: str, run: RunId, rng: np.random.Generator) -> dict[str, o
         row[metric] = level if full else np.nan
     row["pointing_two_objects"] = rng.uniform(0.5, 1.0) if full and cam else np.nan
     row["pointing_gradcam_two_objects"] = rng.uniform(0.5, 1.0) if full else np.nan
+    # protocol 4: the same scores on the objects a head recognises alone
+    row["recognised_two_objects"] = rng.uniform(0.3, 1.0) if full else np.nan
+    row["pointing_two_objects_recognised"] = rng.uniform(0.5, 1.0) if full and cam else np.nan
+    row["pointing_gradcam_two_objects_recognised"] = rng.uniform(0.5, 1.0) if full else np.nan
+    row["pointing_ink_two_objects_recognised"] = 0.45 if full else np.nan
     return row
 
 
@@ -254,19 +262,23 @@ FIGURES = ["accuracy", "cam_overlays", "forest", "fraction_curve", "mechanism_he
            "time", "training_curves", "tuning"]
 
 
-def _report(layout: Layout) -> str:
-    """The report text of the hand-made study, figures named as the stage names them."""
+def _facts(layout: Layout, figures: Sequence[str] = FIGURES) -> ReportFacts:
+    """The report's facts of the hand-made study, figures named as the stage names them."""
     collected, _, tables, comparisons = _study(layout)
-    return compose_report(collected=collected, tables=tables, comparisons=comparisons,
-                          verdicts=claim_verdicts(comparisons),
-                          figures={n: f"figures/{n}.png" for n in FIGURES}, heads=HEADS,
-                          settings=SETTINGS)
+    return build_facts(collected=collected, tables=tables, comparisons=comparisons,
+                       verdicts=claim_verdicts(comparisons),
+                       figures={n: f"figures/{n}.png" for n in figures}, heads=HEADS,
+                       settings=SETTINGS)
 
 
-def test_report_has_every_section_and_cites_docs_study_md(layout):
+def _report(layout: Layout) -> str:
+    return render_report(_facts(layout))
+
+
+def test_report_has_every_section_the_study_ran_and_cites_docs_study_md(layout):
     text = _report(layout)
-    for section in ("## In one minute", "## The claims, tested", "## Learning rates",
-                    "## Spatial pooling or head capacity", "## Parameters",
+    for section in ("## In one minute", "## Contents", "## What was run",
+                    "## The claims, tested", "## Learning rates", "## Parameters",
                     "## Accuracy and overfitting", "## Learning curve",
                     "## Translation robustness", "### Prediction stability",
                     "### Training with random shifts",
@@ -274,25 +286,34 @@ def test_report_has_every_section_and_cites_docs_study_md(layout):
                     "### Two objects on a canvas",
                     "## Global sum vs global average pooling", "## Training speed",
                     "## Published numbers", "## Provenance"):
-        assert text.count(section) == 1
+        assert text.count(section + "\n") == 1, section
+    assert "## Spatial pooling or head capacity" not in text  # linear, gap_hidden did not run
     assert "STUDY.md" not in text
     assert "Metric definitions: `docs/study.md` (\"Metrics\")." in text
     assert "None of the published test errors in `docs/study.md` is on `digits`" in text
-    assert "Zhang 2019, ImageNet ResNet-50" in text  # the mechanism's rows, on any data set
-    assert "Heads: `dense`, `gsp`, `gap`." in text and "git commit `abc123`" in text
+    assert "Heads: `dense`, `gsp` and `gap`," in text and "git commit `abc123`" in text
     assert "Training runs computed on node1 (test CPU, AVX2, 1 thread(s)): 18 runs." in text
 
 
-def test_sum_pooling_section_quotes_the_evaluation_record(layout):
-    text = _report(layout)
-    assert ("on random 4x4x16 maps (this backbone's last map) sum / average = 16.0000 = 4·4, "
-            "the largest relative deviation from 16 being 2.5e-06 ") in text
+def test_the_mechanisms_published_rows_are_in_the_published_numbers_on_any_data_set(layout):
+    published = _facts(layout).csv["published_numbers"]
+    assert "Zhang 2019, ImageNet ResNet-50: consistency without / with a Bin-5 blur" \
+        in published["source"].tolist()
+    assert "this study: gap, max, zeros" in published["source"].tolist()
+
+
+def test_sum_pooling_quotes_the_evaluation_record(layout):
+    facts = _facts(layout).sum_pooling
+    assert (facts.channels, facts.height, facts.width) == (16, 4, 4)
+    assert (facts.ratio, facts.deviation) == (16.00004, 2.5e-06)
+    assert facts.shown and facts.results is None  # gsp ran, gsp_scaled did not
 
 
 def test_stride_comes_from_the_backbone_widths(layout):
-    text = _report(layout)  # widths [8, 16]: one max-pool, stride 2, within the shift grid
-    assert "The backbone subsamples by 2 (its downsampling layers)" in text
-    assert "| shifts by multiples of 2 px" in text
+    translation = _facts(layout).translation  # widths [8, 16]: one max-pool, stride 2
+    assert translation.stride == 2 and translation.alignment is not None
+    assert list(translation.alignment.table.columns) == ["head", "shifts by multiples of 2 px",
+                                                         "all other shifts"]
 
 
 def test_study_figures_draws_every_figure_and_saves_them(layout, tmp_path):
@@ -310,9 +331,9 @@ def test_speed_is_judged_on_the_step_times_of_the_rounds_not_on_epoch_times(layo
     assert speed.loc["gap", "baseline_mean"] == pytest.approx(0.030)
     assert speed.loc["gap", "n"] == 3  # rounds
     assert (speed["setting"] == "training steps timed in turns, 3 rounds").all()
-    text = _report(layout)
-    assert "| dense  | 30.00 ± 1.00 [27.52, 32.48] ms |" in text
-    assert "2.90x" in text  # dense / gap, best rounds: 29 ms / 10 ms
+    speed = _facts(layout).speed.table.set_index("head")
+    assert speed.loc["dense", "per step, over rounds"] == "30.00 ± 1.00 [27.52, 32.48] ms"
+    assert speed.loc["gap", "dense / head (best rounds)"] == "2.90x"  # 29 ms / 10 ms
 
 
 def test_time_to_target_takes_the_first_epoch_at_the_target_times_the_step_time(layout):
@@ -330,19 +351,21 @@ def test_the_summary_opens_the_report_with_one_line_per_claim_and_its_verdicts(l
     assert [line.split("**")[1] for line in claims] == [
         "Fewer parameters", "Less overfitting", "More translation robust", "Faster training",
         "Feature maps tied to classes"]
-    assert "trainable head parameters — **holds**" in summary
+    assert "trainable head parameters **holds** (2 better of 2)" in summary
+    assert len(summary.split()) <= 120  # the first screen: summary, then the forest plot
+    assert summary.rstrip().endswith("![Every primary comparison](figures/forest.png)")
 
 
 def test_the_learning_rate_table_marks_each_heads_choice(layout):
-    section = _report(layout).split("## Learning rates")[1].split("## ")[0]
-    rows = {line.split("|")[1].strip(): line for line in section.splitlines()
-            if line.startswith("| ") and "head" not in line}
-    assert list(rows) == HEADS
-    assert rows["gsp"].count("(chosen)") == 1 and "90.0% (chosen)" in rows["gsp"]
+    rows = _facts(layout).learning_rates.set_index("head")
+    assert list(rows.index) == HEADS
+    assert rows.loc["gsp"].tolist().count("90.0% (chosen)") == 1
+    assert "(chosen)" not in rows.loc["gsp", "lr 0.001"]
 
 
 def test_the_report_counts_the_test_images_the_evaluate_stage_used(layout):
     # the train stage's record has no test split; the report must not say "0 test images"
-    setup = study_setup(collect_results(layout, HEADS).records)
-    assert setup.dataset["test_images"] == 20
-    assert "; 12 two-object canvases made of test objects." in _report(layout)
+    assert _facts(layout).dataset["test_images"] == 20
+    text = _report(layout)
+    assert "80 training and 20 test images of 8x8 pixels" in text
+    assert "; 12 two-object canvases made of test objects." in text

@@ -1,6 +1,12 @@
 """What a model predicts and how well (``docs/study.md``, "Metrics"): accuracy, loss, the
 overfitting gap, the shift accuracy grid, consistency and the 1-pixel flip rate. Every function
 takes a model and tensors and returns values; nothing is written.
+
+A metric that is a mean over test images also has its per-image values (the ``*_per_image``
+functions and ``image_outcomes``), for intervals that resample the test images. Where the mean
+of the per-image values gives the very float the run's metric always had, the metric is that
+mean; elsewhere (loss, the all-pairs flip rate) the metric keeps its own computation and the
+per-image mean agrees with it up to float rounding.
 """
 
 from __future__ import annotations
@@ -16,17 +22,30 @@ from gap_study.data.canvas import random_offsets, shift, shift_each
 __all__ = [
     "accuracy_by_radius",
     "all_pairs_flip_rate",
+    "all_pairs_flips_per_image",
     "consistency",
+    "consistency_per_image",
     "exact_consistency",
+    "exact_consistency_per_image",
     "flip_rate",
+    "flip_rate_per_image",
     "grid_accuracy",
     "grid_offsets",
+    "image_outcomes",
     "loss_and_accuracy",
     "overfitting_metrics",
     "predict_logits",
+    "share",
+    "shift_accuracy_per_image",
     "shift_grid_predictions",
     "shift_summary",
 ]
+
+
+def share(hits: np.ndarray) -> float:
+    """The share of ``True`` in a ``bool`` array: the count over the length, as every
+    share-of-images metric here has always been computed (``nan`` for no images)."""
+    return int(hits.sum()) / len(hits) if len(hits) else float("nan")
 
 
 @torch.inference_mode()
@@ -43,6 +62,17 @@ def loss_and_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
     loss = F.cross_entropy(logits, labels).item()
     correct = (logits.argmax(dim=1) == labels).sum().item()
     return loss, correct / len(labels)
+
+
+def image_outcomes(model: nn.Module, images: Tensor, labels: Tensor,
+                   batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: whether the top-1 class is right (``bool (N,)``) and the cross-entropy
+    (``float32 (N,)``); their means are ``loss_and_accuracy``'s accuracy (exactly) and loss
+    (up to float32 rounding: torch sums in another order)."""
+    logits = predict_logits(model, images, batch_size)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    return ((logits.argmax(dim=1) == labels).cpu().numpy(),
+            loss.to(torch.float32).cpu().numpy())
 
 
 def overfitting_metrics(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor,
@@ -97,26 +127,56 @@ def grid_accuracy(predictions: np.ndarray, labels: np.ndarray, max_shift: int) -
     return grid
 
 
-def exact_consistency(predictions: np.ndarray) -> float:
-    """The probability that two offsets drawn uniformly (independently) from the whole grid
-    give an image the same class, averaged over images: ``mean_i sum_c (n_ic / M)^2``, with
-    ``n_ic`` the offsets of M at which image i is predicted class c."""
+def shift_accuracy_per_image(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's accuracy over the whole grid, ``float64 (N,)``: its mean over images is
+    ``shift_summary``'s mean accuracy up to float rounding (a mean of means, summed in
+    another order)."""
+    return (predictions == np.asarray(labels)[:, None]).mean(axis=1)
+
+
+def exact_consistency_per_image(predictions: np.ndarray) -> np.ndarray:
+    """Each image's ``sum_c (n_ic / M)^2``, ``float64 (N,)``: the probability that two offsets
+    drawn uniformly (independently) from the grid give image i the same class, with ``n_ic``
+    the offsets of M at which image i is predicted class c."""
     n, m = predictions.shape
     counts = np.zeros((n, int(predictions.max()) + 1))
     np.add.at(counts, (np.arange(n)[:, None], predictions.astype(np.int64)), 1)
-    return float(((counts / m) ** 2).sum(axis=1).mean())
+    return ((counts / m) ** 2).sum(axis=1)
+
+
+def exact_consistency(predictions: np.ndarray) -> float:
+    """The mean over images of ``exact_consistency_per_image``."""
+    return float(exact_consistency_per_image(predictions).mean())
+
+
+def _neighbour_pairs(predictions: np.ndarray, max_shift: int) -> list[tuple[np.ndarray, ...]]:
+    """The grid's 1-pixel neighbours (horizontal, vertical and both diagonals) as pairs of
+    ``(N, rows, columns)`` views."""
+    side = 2 * max_shift + 1
+    grid = predictions.reshape(len(predictions), side, side)  # (N, dy, dx)
+    return [(grid[:, :, 1:], grid[:, :, :-1]), (grid[:, 1:, :], grid[:, :-1, :]),
+            (grid[:, 1:, 1:], grid[:, :-1, :-1]), (grid[:, 1:, :-1], grid[:, :-1, 1:])]
 
 
 def all_pairs_flip_rate(predictions: np.ndarray, max_shift: int) -> float:
     """The share of 1-pixel neighbours anywhere on the grid (horizontal, vertical and both
     diagonals) whose predicted classes differ, over all images."""
-    side = 2 * max_shift + 1
-    grid = predictions.reshape(len(predictions), side, side)  # (N, dy, dx)
-    pairs = [(grid[:, :, 1:], grid[:, :, :-1]), (grid[:, 1:, :], grid[:, :-1, :]),
-             (grid[:, 1:, 1:], grid[:, :-1, :-1]), (grid[:, 1:, :-1], grid[:, :-1, 1:])]
+    pairs = _neighbour_pairs(predictions, max_shift)
     differ = sum(int((a != b).sum()) for a, b in pairs)
     total = sum(a.size for a, _ in pairs)
     return differ / total if total else float("nan")
+
+
+def all_pairs_flips_per_image(predictions: np.ndarray, max_shift: int) -> np.ndarray:
+    """Each image's share of differing 1-pixel neighbours on the grid, ``float64 (N,)``; every
+    image has as many pairs, so the mean over images is ``all_pairs_flip_rate`` up to float
+    rounding. ``nan`` for a grid of one offset."""
+    pairs = _neighbour_pairs(predictions, max_shift)
+    differ = sum((a != b).reshape(len(a), -1).sum(axis=1) for a, b in pairs)
+    per_image = sum(a.shape[1] * a.shape[2] for a, _ in pairs)
+    if not per_image:
+        return np.full(len(predictions), np.nan)
+    return differ / per_image
 
 
 def accuracy_by_radius(grid: pd.DataFrame) -> pd.DataFrame:
@@ -135,27 +195,42 @@ def shift_summary(grid: pd.DataFrame) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def consistency(model: nn.Module, images: Tensor, max_shift: int, seed: int,
-                batch_size: int = 512) -> float:
-    """Zhang (2019): probability that two independent random shifts of the same image (offsets
-    uniform in ``[-S, S]^2``, drawn from ``seed``) get the same predicted class, right or wrong.
-    """
+def consistency_per_image(model: nn.Module, images: Tensor, max_shift: int, seed: int,
+                          batch_size: int = 512) -> np.ndarray:
+    """Whether two independent random shifts of each image (offsets uniform in ``[-S, S]^2``,
+    drawn from ``seed``) get the same predicted class, right or wrong: ``bool (N,)``."""
     generator = torch.Generator().manual_seed(seed)
     first = random_offsets(len(images), max_shift, generator)
     second = random_offsets(len(images), max_shift, generator)
     predict = [predict_logits(model, shift_each(images, dx, dy), batch_size).argmax(dim=1)
                for dx, dy in (first, second)]
-    return (predict[0] == predict[1]).sum().item() / len(images)
+    return (predict[0] == predict[1]).cpu().numpy()
+
+
+def consistency(model: nn.Module, images: Tensor, max_shift: int, seed: int,
+                batch_size: int = 512) -> float:
+    """Zhang (2019): probability that two independent random shifts of the same image get the
+    same predicted class, right or wrong: the share of ``consistency_per_image``."""
+    return share(consistency_per_image(model, images, max_shift, seed, batch_size))
 
 
 ONE_PIXEL_MOVES = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 @torch.inference_mode()
-def flip_rate(model: nn.Module, images: Tensor, batch_size: int = 512) -> float:
-    """Azulay & Weiss (2019): probability that the top-1 class changes when the object moves by
-    one pixel, averaged over the four directions (right, left, down, up)."""
+def flip_rate_per_image(model: nn.Module, images: Tensor, batch_size: int = 512) -> np.ndarray:
+    """The share of the four 1-pixel moves (right, left, down, up) that change each image's
+    top-1 class: ``float64 (N,)``, multiples of 1/4."""
     centred = predict_logits(model, images, batch_size).argmax(dim=1)
     flips = sum((predict_logits(model, shift(images, dx, dy), batch_size).argmax(dim=1)
-                 != centred).sum().item() for dx, dy in ONE_PIXEL_MOVES)
-    return flips / (len(ONE_PIXEL_MOVES) * len(images))
+                 != centred).to(torch.int64) for dx, dy in ONE_PIXEL_MOVES)
+    return flips.cpu().numpy() / len(ONE_PIXEL_MOVES)
+
+
+def flip_rate(model: nn.Module, images: Tensor, batch_size: int = 512) -> float:
+    """Azulay & Weiss (2019): probability that the top-1 class changes when the object moves by
+    one pixel, averaged over the four directions: the mean of ``flip_rate_per_image``.
+
+    The mean is exact: quarters sum without rounding, and one division by N remains, so it is
+    the float ``flips / (4 N)`` always gave."""
+    return float(flip_rate_per_image(model, images, batch_size).mean())

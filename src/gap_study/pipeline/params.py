@@ -210,12 +210,23 @@ class TrainParams(_Section):
 
 
 class TuneParams(_Section):
-    """The learning rate of each head, chosen on the validation split
-    (``gap_study.stages.tune``)."""
+    """The learning rate of each head, chosen on the validation split (``gap_study.stages.tune``):
+    ``learning_rates`` is the starting grid, extended by half-decades within the bounds."""
 
-    learning_rates: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1),
-                              AfterValidator(_unique)]
-    seed: NonNegativeInt
+    learning_rates: Annotated[list[PositiveFloat], Field(min_length=1), AfterValidator(_unique)]
+    lr_min: PositiveFloat
+    lr_max: PositiveFloat
+    # 2+: the choice averages over them, and their spread tells a fragile choice
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=2), AfterValidator(_unique)]
+
+    @model_validator(mode="after")
+    def _bounds_hold_the_grid(self) -> TuneParams:
+        low, high = min(self.learning_rates), max(self.learning_rates)
+        if not self.lr_min <= low <= high <= self.lr_max:
+            raise ValueError(f"tune.lr_min = {self.lr_min:g} and tune.lr_max = {self.lr_max:g} "
+                             f"must hold the starting grid tune.learning_rates ({low:g} to "
+                             f"{high:g}): set lr_min <= {low:g} and lr_max >= {high:g}")
+        return self
 
 
 class EvaluateParams(_Section):
@@ -303,10 +314,10 @@ class Params(_Section):
                 f"train.shift = {max(self.train.shift)} would push the object off the canvas: "
                 f"a {data.object_size}-pixel {data.name} object on a {data.canvas_size}-pixel "
                 f"canvas (data.canvas.{data.name}) can move at most {data.shift_room}")
-        if self.tune.seed in self.train.seeds:
-            raise ValueError(f"tune.seed = {self.tune.seed} is also in train.seeds: the "
-                             "learning rates must be chosen on runs the study does not "
-                             "report; pick a seed outside train.seeds")
+        if shared := sorted(set(self.tune.seeds) & set(self.train.seeds)):
+            raise ValueError(f"tune.seeds has {shared}, also in train.seeds: the learning rates "
+                             "must be chosen on runs the study does not report; replace them "
+                             "in tune.seeds with seeds outside train.seeds")
         if missing := [h for h in self.mechanism.heads if h not in self.heads]:
             raise ValueError(f"mechanism.heads has {', '.join(missing)}, not in heads: each "
                              "head's learning rate comes from the tune stage, which tunes "

@@ -108,6 +108,11 @@ class Layout:
     def grid_predictions(self, head: str) -> Path:
         return self.eval_reports(head) / "grid_predictions.npz"
 
+    def per_image(self, head: str) -> Path:
+        """Each run's per-image values by ``<run stem>/<metric>``, the mean of each the metric
+        of that name in ``metrics.csv`` (``gap_study.stages.evaluate.per_image_values``)."""
+        return self.eval_reports(head) / "per_image.npz"
+
     def cam_examples(self, head: str) -> Path:
         return self.eval_reports(head) / "cam_examples.npz"
 
@@ -159,7 +164,18 @@ class Layout:
 
     @property
     def tuning(self) -> Path:
+        """One row per head and rate: the means over the tuning seeds, and the choice."""
         return self.tune_reports / "tuning.csv"
+
+    @property
+    def tuning_runs(self) -> Path:
+        """One row per head, rate and tuning seed: that run's final validation loss."""
+        return self.tune_reports / "tuning_runs.csv"
+
+    @property
+    def tune_choices(self) -> Path:
+        """One row per head: the chosen rate, whether it is fragile or at a bound."""
+        return self.tune_reports / "choices.csv"
 
     @property
     def tune_history(self) -> Path:

@@ -6,11 +6,17 @@ matplotlib-free ones stay light for ``gap_study.sweep``):
 - ``stats``: Student-t and Welch-t intervals, ``summarize`` over seeds.
 - ``tables``: every head's outputs collected into typed tables; main runs, learning curve,
   ablation; the headline metrics for ``dvc metrics``.
+- ``comparisons``: paired tests, equivalence, the multiplicity adjustments and the decision
+  rule with its adjusted intervals.
+- ``bootstrap``: the paired two-stage bootstrap over seeds and test images.
 - ``claims``: the write-up's claims and the rules that turn intervals into verdicts.
-- ``formatting``: display units, ``mean ± std [CI]`` cells and Markdown tables.
-- ``figures``: every plot (matplotlib/seaborn) and saving them.
-- ``text``: the report's sections and ``compose_report``; ``pooling_text``: its sections on
-  translation robustness, class activation maps and sum pooling.
+- ``formatting``: display units, metric names, ``mean ± std [CI]`` cells, Markdown tables.
+- ``facts``: ``ReportFacts``, everything the report states, computed; ``pooling_facts``: its
+  facts on translation, class activation maps and sum pooling; ``mechanism`` (with
+  ``mechanism_distance``): the mechanism experiment's facts.
+- ``render``: the report from ``templates/report.md.j2``, which holds all its prose, and its
+  wide tables as CSV files.
+- ``figures`` and ``forest``: every plot (matplotlib/seaborn) and saving them.
 - ``html``: the self-contained HTML twin of the Markdown report.
 """
 

@@ -1,4 +1,4 @@
-"""The study's pre-declared comparisons (protocol version 3; ``docs/study.md``, section
+"""The study's pre-declared comparisons (protocol version 4; ``docs/study.md``, section
 "Statistics and verdicts"): one head against a baseline head on one metric, ending in
 ``better``, ``worse``, ``equivalent`` or ``inconclusive``.
 
@@ -18,6 +18,14 @@ What is decided, and why:
   error); secondary metrics get Benjamini-Hochberg q-values (false discovery rate). Difference
   and equivalence p-values are adjusted as two separate families of the same tests
   (``judge_family``); ``verdict`` only ever reads adjusted values.
+- **One decision rule, and the interval it uses** (Lakens 2017). A row is ``equivalent`` when
+  its adjusted equivalence test rejects, that is when its adjusted ``1 - 2 alpha`` interval
+  lies inside the margin, even if that interval excludes zero (a real difference smaller than
+  the margin: ``trivial`` marks it); ``better`` or ``worse`` when it is not equivalent and the
+  adjusted difference test rejects; ``inconclusive`` otherwise. The adjusted interval is the
+  ``1 - 2 alpha'`` interval at the row's own adjusted level ``alpha' = alpha * p / p_adjusted``
+  (the level at which its raw equivalence p-value decides as the adjusted one does at
+  ``alpha``), so the interval shown beside a verdict is the one the verdict read.
 - **Minimum detectable difference.** Every comparison reports the smallest improvement that a
   two-sided paired t-test with its ``n`` pairs and observed spread detects with 80% power
   (``statsmodels.stats.power.TTestPower``), so an ``inconclusive`` verdict says how large an
@@ -50,6 +58,7 @@ __all__ = [
     "compare_paired",
     "comparison_row",
     "holm",
+    "interval_at",
     "judge_family",
     "verdict",
 ]
@@ -88,6 +97,11 @@ class Comparison:
     p_equivalence: float
     mde: float
     exact: bool
+    # the paired difference on the tested scale (log values for a relative margin): its mean,
+    # standard error and degrees of freedom, from which ``interval_at`` gives any level
+    difference: float = math.nan
+    standard_error: float = math.nan
+    df: float = math.nan
 
 
 def _pairs(h: np.ndarray, b: np.ndarray, margin: Margin) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +188,27 @@ def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is
     ends = sorted(_improvement(float(end), **sign) for end in (ci.low, ci.high))
     return Comparison(**common, ci_low=ends[0], ci_high=ends[1],
                       p_difference=float(test.pvalue), p_equivalence=p_equivalence,
-                      mde=_mde(d, alpha_for_mde, margin.relative), exact=False)
+                      mde=_mde(d, alpha_for_mde, margin.relative), exact=False,
+                      difference=float(d.mean()),
+                      standard_error=float(d.std(ddof=1) / math.sqrt(len(d))),
+                      df=float(len(d) - 1))
+
+
+def interval_at(row: Comparison | pd.Series, tail: float, *, lower_is_better: bool,
+                relative: bool) -> tuple[float, float]:
+    """The paired-t interval of ``row``'s improvement that leaves ``tail`` in each tail (the
+    ``1 - 2 tail`` interval), in improvement units: what the one-sided tests of TOST at level
+    ``tail`` see. ``nan`` for an exact row or one without spread."""
+    se, df = float(row.standard_error), float(row.df)
+    sign = {"lower_is_better": lower_is_better, "relative": relative}
+    if se == 0:  # differences without spread: every level's interval is the point
+        point = _improvement(float(row.difference), **sign)
+        return point, point
+    if not (math.isfinite(se) and math.isfinite(df) and df > 0 and 0 < tail < 0.5):
+        return math.nan, math.nan
+    half = float(stats.t.ppf(1 - tail, df)) * se
+    ends = sorted(_improvement(float(row.difference) + s * half, **sign) for s in (-1, 1))
+    return ends[0], ends[1]
 
 
 def comparison_row(head: Sequence[float], baseline: Sequence[float], *, lower_is_better: bool,
@@ -193,12 +227,14 @@ def _decide(improvement: float, exact: bool, p_difference: float, p_equivalence:
         if improvement > 0:
             return "better"
         return "worse" if improvement < 0 else "equivalent"
+    # 1. inside the margin is equivalent, even where the difference test also rejects: a
+    #    difference smaller than the margin is too small to matter (a "trivial" one)
+    if p_equivalence < alpha:
+        return "equivalent"
     if p_difference < alpha and improvement > 0:
         return "better"
     if p_difference < alpha and improvement < 0:
         return "worse"
-    if p_equivalence < alpha:
-        return "equivalent"
     return "inconclusive"
 
 
@@ -206,7 +242,8 @@ def verdict(comparison: Comparison, p_difference: float, p_equivalence: float,
             alpha: float = 0.05) -> str:
     """``better``/``worse``/``equivalent``/``inconclusive`` from already ADJUSTED p-values.
 
-    A significant difference wins over equivalence; an exact comparison is judged by its sign.
+    Equivalence (the adjusted interval inside the margin) wins over a significant difference;
+    an exact comparison is judged by its sign.
     """
     return _decide(comparison.improvement, comparison.exact, p_difference, p_equivalence, alpha)
 
@@ -235,7 +272,10 @@ _ADJUSTERS = {"holm": holm, "bh": bh_q_values}
 
 
 def judge_family(comparisons: pd.DataFrame, *, adjust: str, alpha: float = 0.05) -> pd.DataFrame:
-    """The frame's rows as ONE family: adjusted p-values (``"holm"`` or ``"bh"``) and verdicts.
+    """The frame's rows as ONE family: adjusted p-values (``"holm"`` or ``"bh"``), the
+    adjusted intervals the verdicts read (``adjusted_low``, ``adjusted_high``; the frame needs
+    ``lower_is_better`` and ``relative`` columns) and verdicts, with ``trivial`` marking an
+    equivalent row whose adjusted difference test also rejects.
 
     Difference and equivalence p-values are adjusted separately; exact rows are left out of
     both families (their adjusted values are nan) and keep their exact verdict.
@@ -252,4 +292,22 @@ def judge_family(comparisons: pd.DataFrame, *, adjust: str, alpha: float = 0.05)
         for imp, ex, p_d, p_e in zip(out["improvement"], exact, out["p_difference_adjusted"],
                                     out["p_equivalence_adjusted"], strict=True)
     ]
+    ends = [_adjusted_interval(row, alpha) for row in out.itertuples()]
+    out["adjusted_low"] = [low for low, _ in ends]
+    out["adjusted_high"] = [high for _, high in ends]
+    out["trivial"] = ((out["verdict"] == "equivalent") & ~exact
+                      & (out["p_difference_adjusted"] < alpha))
     return out
+
+
+def _adjusted_interval(row: object, alpha: float) -> tuple[float, float]:
+    """The row's ``1 - 2 alpha'`` interval at its adjusted level ``alpha' = alpha * p /
+    p_adjusted`` (equivalence p-values): its raw TOST rejects at ``alpha'`` exactly when the
+    adjusted one rejects at ``alpha``, so the interval lies inside the margin exactly when the
+    row is equivalent. An exact row's interval is its value."""
+    if row.exact:
+        return float(row.improvement), float(row.improvement)
+    p, adjusted = float(row.p_equivalence), float(row.p_equivalence_adjusted)
+    tail = alpha * p / adjusted if math.isfinite(p) and adjusted > 0 else math.nan
+    return interval_at(row, tail, lower_is_better=bool(row.lower_is_better),
+                       relative=bool(row.relative))

@@ -16,30 +16,16 @@ import seaborn as sns
 from gap_study.nets.architecture import has_class_map
 from gap_study.pipeline.io import atomic_path
 from gap_study.report.forest import forest_rows, plot_forest, plot_tuning
+from gap_study.report.formatting import METRIC_LABELS
 from gap_study.report.mechanism import cells_in_order
 from gap_study.report.stats import t_interval
 from gap_study.report.tables import CollectedResults, StudyTables, main_runs
-from gap_study.report.verdict_text import METRIC_LABELS
 
-__all__ = [
-    "head_bars",
-    "head_palette",
-    "plot_accuracy_and_gap",
-    "plot_cam_overlays",
-    "plot_fraction_curve",
-    "plot_mechanism_heatmaps",
-    "plot_param_counts",
-    "plot_pointing",
-    "plot_shift_by_radius",
-    "plot_shift_heatmaps",
-    "plot_shift_training",
-    "plot_stability",
-    "plot_step_times",
-    "plot_training_curves",
-    "save_figure",
-    "save_figures",
-    "study_figures",
-]
+__all__ = ["head_bars", "head_palette", "plot_accuracy_and_gap", "plot_cam_overlays",
+           "plot_fraction_curve", "plot_mechanism_heatmaps", "plot_param_counts", "plot_pointing",
+           "plot_shift_by_radius", "plot_shift_heatmaps", "plot_shift_training", "plot_stability",
+           "plot_step_times", "plot_training_curves", "save_figure", "save_figures",
+           "study_figures"]
 
 
 def head_palette(heads: Sequence[str]) -> dict[str, tuple[float, float, float]]:
@@ -142,41 +128,56 @@ def plot_shift_by_radius(by_radius: pd.DataFrame, heads: Sequence[str],
     return fig
 
 
-def _heatmap_panel(ax: plt.Axes, grid: pd.DataFrame, title: str, colorbar: bool) -> None:
+def _heatmap_panel(ax: plt.Axes, grid: pd.DataFrame, title: str) -> None:
     """Accuracy (%) over the offsets of ``grid`` (``dx, dy, accuracy``), mean over its rows."""
     table = grid.groupby(["dy", "dx"])["accuracy"].mean().unstack("dx") * 100
-    step = max(1, len(table) // 8)  # at most ~9 tick labels per axis
+    step = max(1, len(table) // 6)  # at most ~7 tick labels per axis
     sns.heatmap(table, vmin=0, vmax=100, cmap="viridis", square=True, ax=ax,
-                xticklabels=step, yticklabels=step,
-                cbar=colorbar, cbar_kws={"label": "test accuracy (%)"})
-    ax.set(title=title, xlabel="dx (pixels, + = right)", ylabel="dy (pixels, + = down)")
+                xticklabels=step, yticklabels=step, cbar=False)
+    ax.tick_params(axis="y", labelrotation=0)
+    ax.set(title=title, xlabel="dx (px, + = right)", ylabel="dy (px, + = down)")
+
+
+def _heatmap_grid(panels: Sequence[tuple[str, pd.DataFrame]], columns: int, title: str,
+                  size: float = 3.1) -> plt.Figure:
+    """One heatmap per ``(title, grid)`` panel, ``columns`` to a row (a figure the page shows
+    at about its own size, so that its labels stay legible), axis labels on the outer panels
+    only, one colour bar for all."""
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns + 0.9, size * rows + 0.5),
+                             squeeze=False, layout="constrained")
+    for i, (ax, (name, grid)) in enumerate(zip(axes.flat, panels, strict=False)):
+        _heatmap_panel(ax, grid, name)
+        if i % columns:
+            ax.set_ylabel("")
+        if i + columns < len(panels):
+            ax.set_xlabel("")
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    scale = plt.cm.ScalarMappable(norm=plt.Normalize(0, 100), cmap="viridis")
+    fig.colorbar(scale, ax=axes, shrink=min(0.8, 2.5 / rows), label="test accuracy (%)")
+    fig.suptitle(title)
+    return fig
 
 
 def plot_shift_heatmaps(grid: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
-    """Test accuracy for every offset ``(dx, dy)``, mean over seeds, one panel per head."""
-    fig, axes = plt.subplots(1, len(heads), figsize=(3.6 * len(heads) + 1, 3.6), squeeze=False)
-    for ax, head in zip(axes[0], heads, strict=True):
-        _heatmap_panel(ax, grid[grid["head"] == head], head, colorbar=head == heads[-1])
-    fig.suptitle("Accuracy for each shift of the object")
-    fig.tight_layout()
-    return fig
+    """Test accuracy for every offset ``(dx, dy)``, mean over seeds, one panel per head, at
+    most three to a row."""
+    return _heatmap_grid([(head, grid[grid["head"] == head]) for head in heads],
+                         min(3, len(heads)), "Accuracy for each shift of the object")
 
 
 def plot_mechanism_heatmaps(grid: pd.DataFrame, heads: Sequence[str],
                             cells: Sequence[tuple[str, str]]) -> plt.Figure:
     """The mechanism experiment's accuracy per offset, mean over seeds: one row per head, one
-    column per ``(downsample, padding)`` cell, side by side on one colour scale."""
-    fig, axes = plt.subplots(len(heads), len(cells), squeeze=False,
-                             figsize=(3.3 * len(cells) + 1, 3.2 * len(heads)))
-    for row, head in zip(axes, heads, strict=True):
-        for ax, (downsample, padding) in zip(row, cells, strict=True):
-            chosen = grid[(grid["head"] == head) & (grid["downsample"] == downsample)
-                          & (grid["padding"] == padding)]
-            _heatmap_panel(ax, chosen, f"{head}: {downsample}, {padding}",
-                           colorbar=ax is row[-1])
-    fig.suptitle("Accuracy for each shift of the object, per head and backbone")
-    fig.tight_layout()
-    return fig
+    panel per ``(downsample, padding)`` cell (at most four to a row), all on one colour
+    scale."""
+    panels = [(f"{head}: {downsample}, {padding}",
+               grid[(grid["head"] == head) & (grid["downsample"] == downsample)
+                    & (grid["padding"] == padding)])
+              for head in heads for downsample, padding in cells]
+    return _heatmap_grid(panels, min(4, len(cells)),
+                         "Accuracy for each shift of the object, per head and backbone", 2.6)
 
 
 def plot_step_times(step_times: pd.DataFrame, heads: Sequence[str],
@@ -236,16 +237,20 @@ def plot_shift_training(by_radius: pd.DataFrame, heads: Sequence[str],
                             trained=by_radius["train_shift"].map(
                                 lambda s: "centred" if s == 0 else f"shifts up to {s} px"))
     styles = list(dict.fromkeys(data.sort_values("train_shift")["trained"]))
-    fig, axes = plt.subplots(1, len(heads), figsize=(3.4 * len(heads) + 1, 3.8), sharey=True,
-                             squeeze=False)
-    for ax, head in zip(axes[0], heads, strict=True):
+    columns = min(3, len(heads))  # at most three to a row: legible at the page's width
+    rows = math.ceil(len(heads) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns + 1, 3.4 * rows + 0.4),
+                             sharey=True, squeeze=False)
+    for ax, head in zip(axes.flat, heads, strict=False):
         sns.lineplot(data[data["head"] == head], x="radius", y="accuracy", hue="trained",
                      hue_order=styles, marker="o", errorbar=_t_errorbar(confidence), ax=ax,
                      palette=sns.color_palette("rocket", len(styles)), legend=head == heads[-1])
         ax.set(title=head, xlabel="shift radius at test (pixels)", ylabel="test accuracy (%)",
                ylim=(0, 100.5))
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0][-1].legend(title="trained with", loc="lower left", fontsize=8)
+    for ax in axes.flat[len(heads):]:
+        ax.set_axis_off()
+    axes.flat[len(heads) - 1].legend(title="trained with", loc="lower left", fontsize=8)
     fig.suptitle("Training with random shifts: accuracy when the object moves")
     fig.tight_layout()
     return fig
@@ -313,13 +318,14 @@ def plot_cam_overlays(cams: Mapping[str, Mapping[str, np.ndarray]],
     object's box in white, the CAM maximum as a red cross."""
     shown = [h for h in heads if h in cams]
     count = len(cams[shown[0]]["labels"])
-    fig, axes = plt.subplots(len(shown), 2 * count, figsize=(1.6 * 2 * count, 1.75 * len(shown)),
+    # panels small enough that the page shows the figure at about 0.8 of its pixels
+    fig, axes = plt.subplots(len(shown), 2 * count, figsize=(1.3 * 2 * count, 1.6 * len(shown)),
                              squeeze=False)
     for r, (row, head) in enumerate(zip(axes, shown, strict=True)):
         data = cams[head]
         dx, dy = (int(v) for v in data["shift"])
         panels = [("", data["images"], data["cams"], data["boxes"]),
-                  (f" moved ({dx:+d}, {dy:+d})", data["shifted_images"], data["shifted_cams"],
+                  (f"\nmoved ({dx:+d}, {dy:+d})", data["shifted_images"], data["shifted_cams"],
                    data["shifted_boxes"])]
         for j in range(count):
             for k, (suffix, images, maps, boxes) in enumerate(panels):
@@ -328,7 +334,7 @@ def plot_cam_overlays(cams: Mapping[str, Mapping[str, np.ndarray]],
                 if j == 0 and k == 0:
                     ax.set_ylabel(head, fontsize=10)
                 if r == 0:
-                    ax.set_title(f"class {int(data['labels'][j])}{suffix}", fontsize=8)
+                    ax.set_title(f"class {int(data['labels'][j])}{suffix}", fontsize=10)
     fig.suptitle("Class activation maps of the true class (red +: maximum, white: object)")
     fig.tight_layout()
     return fig

@@ -17,7 +17,8 @@ __all__ = ["VERDICT_COLOURS", "forest_rows", "margin_edges", "plot_forest", "plo
 VERDICT_COLOURS = {"better": "#1b9e77", "worse": "#d95f02", "equivalent": "#7570b3",
                    "inconclusive": "#999999"}
 _PERCENT = frozenset({"test_accuracy", "consistency_exact", "pointing_accuracy_shifted",
-                      "pointing_gradcam_two_objects", "overfit_gap", "shift_accuracy_mean"})
+                      "pointing_gradcam_two_objects", "pointing_gradcam_two_objects_recognised",
+                      "overfit_gap", "shift_accuracy_mean"})
 
 
 def _scale(metric: str) -> tuple[float, str]:
@@ -37,8 +38,10 @@ def _forest_panel(ax: plt.Axes, rows: pd.DataFrame, metric: str,
     y = range(len(rows))[::-1]
     for yi, row in zip(y, rows.itertuples(), strict=True):
         colour = VERDICT_COLOURS[row.verdict]
-        ax.errorbar(row.improvement * factor, yi, xerr=[[(row.improvement - row.ci_low) * factor],
-                                                        [(row.ci_high - row.improvement) * factor]],
+        # the adjusted interval: the one the verdict read (inside the margin = equivalent)
+        low, high = row.adjusted_low, row.adjusted_high
+        ax.errorbar(row.improvement * factor, yi, xerr=[[(row.improvement - low) * factor],
+                                                        [(high - row.improvement) * factor]],
                     fmt="o", color=colour, capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
     for edge in margin_edges(rows["margin"].iloc[0], metric):
@@ -67,7 +70,7 @@ def forest_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
     if comparisons.empty:
         return comparisons
     return comparisons[(comparisons.role == "primary") & ~comparisons.exact.astype(bool)
-                       & comparisons.ci_low.notna()]
+                       & comparisons.adjusted_low.notna()]
 
 
 def plot_forest(comparisons: pd.DataFrame, labels: Mapping[str, str]) -> plt.Figure:

@@ -1,6 +1,6 @@
-"""Numbers as the report shows them: each metric's display units (``_FORMATS``), a value or a
-difference in those units, ``mean ± std [CI]`` cells, head x metric tables of them, and
-frames as Markdown tables."""
+"""Numbers as the report shows them: each metric's display units (``_FORMATS``) and name
+(``METRIC_LABELS``), a value or a difference in those units, ``mean ± std [CI]`` cells, head
+x metric tables of them, and frames as Markdown tables."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pandas as pd
 from gap_study.report.tables import head_order
 
 __all__ = [
+    "METRIC_LABELS",
     "RELATIVE",
     "format_improvement",
     "format_number",
@@ -40,9 +41,31 @@ _FORMATS = {
     "pointing_ink_shifted": (100, 1, "%"), "pointing_two_objects": (100, 1, "%"),
     "pointing_gradcam_two_objects": (100, 1, "%"), "pointing_ink_two_objects": (100, 1, "%"),
     "pointing_centre_prior_two_objects": (100, 1, "%"),
-    "pointing_chance_two_objects": (100, 1, "%"),
+    "pointing_chance_two_objects": (100, 1, "%"), "recognised_two_objects": (100, 1, "%"),
+    "pointing_gradcam_two_objects_recognised": (100, 1, "%"),
+    "pointing_two_objects_recognised": (100, 1, "%"),
+    "pointing_ink_two_objects_recognised": (100, 1, "%"),
     "consistency_exact": (100, 1, "%"), "flip_rate_all_pairs": (100, 1, "%"),
     "time_to_target": (1, 2, " s"), "val_accuracy": (100, 1, "%"),
+}
+# how the report names the metrics of the claims' comparisons
+METRIC_LABELS = {
+    "params_head": "trainable head parameters", "params_total": "whole-model parameters",
+    "test_accuracy": "test accuracy", "test_loss": "test loss",
+    "overfit_gap": "train - test accuracy", "loss_gap": "test - train loss",
+    "consistency_exact": "exact consistency over the shift grid",
+    "shift_accuracy_mean": "accuracy over the shift grid",
+    "other_shift_accuracy": "accuracy at shifts that are not whole feature-map cells",
+    "flip_rate_all_pairs": "class changes between neighbouring grid offsets",
+    "consistency": "consistency of two random shifts", "flip_rate": "4-direction 1-pixel flips",
+    "seconds_per_step": "time per training step", "time_to_target": "time to the target",
+    "pointing_accuracy_shifted": "pointing accuracy on shifted images",
+    "pointing_gradcam_shifted": "Grad-CAM pointing on shifted images",
+    "pointing_gradcam_two_objects": "Grad-CAM pointing at each class's own object on "
+                                    "two-object canvases",
+    "pointing_two_objects": "CAM pointing at each class's own object on two-object canvases",
+    "pointing_gradcam_two_objects_recognised": "Grad-CAM pointing at each class's own object "
+                                               "on two-object canvases, objects recognised alone",
 }
 # metrics compared as ratios (a relative margin): an improvement is a fraction of the baseline
 RELATIVE = frozenset({"seconds_per_step", "time_to_target"})

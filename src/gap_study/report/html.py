@@ -43,7 +43,8 @@ pre {{ background: #f6f6f6; padding: 0.6rem; overflow-x: auto; }}
 def markdown_to_html(text: str, base_dir: str | Path) -> str:
     """A single self-contained HTML page: Markdown rendered, local PNGs embedded as data URIs."""
     base_dir = Path(base_dir)
-    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    # toc: every heading gets the id the report's contents list links to
+    body = markdown.markdown(text, extensions=["tables", "fenced_code", "toc"])
 
     def embed(match: re.Match) -> str:
         src = match.group(1)
@@ -56,7 +57,7 @@ def markdown_to_html(text: str, base_dir: str | Path) -> str:
     # a wide table scrolls sideways in its own box instead of wrapping every cell
     body = body.replace("<table>", '<div class="table-wrap"><table>').replace(
         "</table>", "</table></div>")
-    title_match = re.search(r"<h1>(.*?)</h1>", body)
+    title_match = re.search(r"<h1[^>]*>(.*?)</h1>", body)
     title = re.sub("<[^>]+>", "", title_match.group(1)) if title_match else "Report"
     return _HTML_PAGE.format(title=title, body=body)
 

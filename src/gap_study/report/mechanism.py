@@ -1,48 +1,43 @@
-"""Section "Why global pooling is not shift invariant": the mechanism experiment's factor table
-and the sentences its numbers support (``gap_study.stages.mechanism``; ``docs/study.md``,
-"The mechanism of translation robustness"), and its rows of the published-numbers comparison.
+"""The mechanism experiment in the report (``gap_study.stages.mechanism``; ``docs/study.md``, "The
+mechanism of translation robustness"): its numbers as facts for the report's template.
 
 The reference cell is the first value of ``mechanism.downsample`` and of ``mechanism.padding``.
 A head's *phase gap* is its accuracy at whole-cell shifts minus its accuracy at every other
-shift; a cell *closes* the share ``1 - gap(cell) / gap(reference)`` of it. These numbers come
-from the mechanism stage's ``reports/mechanism/runs.csv`` (one row per head, cell and seed; the
-report stage copies it into ``reports/results.csv`` as part ``mechanism``), means over seeds;
-those by distance (``gap_study.report.mechanism_distance``) from its ``shift_grid.csv``.
+shift; a cell *closes* the share ``1 - gap(cell) / gap(reference)`` of it. By distance
+(``gap_study.report.mechanism_distance``), the *same-radius phase gap* compares whole-cell shifts
+with the other shifts of the same radii, and a factor's effect is a paired difference by seed
+at each radius. Inputs: the mechanism stage's ``runs.csv`` (one row per head, cell and seed)
+and ``shift_grid.csv`` (accuracy per offset and run); means over seeds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
-from gap_study.report.formatting import format_percent, markdown_table
 from gap_study.report.mechanism_distance import (
-    GAP_COLUMN,
+    Effect,
     accuracy_by_radius,
-    border_expectation,
-    cell_text,
-    flatten_edge_line,
+    factor_effect,
+    largest_mean_radius,
     levels,
-    padding_lines,
+    padding_effects,
     radius_table,
 )
 from gap_study.report.stats import summarize, t_interval
 
-__all__ = [
-    "MECHANISM_METRICS",
-    "PUBLISHED_MECHANISM",
-    "cells_in_order",
-    "mechanism_published_rows",
-    "mechanism_section",
-    "phase_gaps",
-]
+__all__ = ["LITTLE", "MECHANISM_METRICS", "NEAR_INVARIANT", "PUBLISHED_MECHANISM",
+           "MechanismFacts", "cells_in_order", "factor_table", "mechanism_facts", "phase_gaps",
+           "published_rows", "zhang_range"]
 
+Cell = tuple[str, str]
 MECHANISM_METRICS = ("test_accuracy", "consistency_exact", "flip_rate_all_pairs",
                      "aligned_shift_accuracy", "other_shift_accuracy")
 _LABELS = ("test accuracy", "exact consistency", "all-pairs flip rate",
            "whole-cell shifts", "other shifts")
-# a share of the phase gap below this is "little": the threshold the sentences use to say
+# a share of the phase gap below this is "little": the threshold the report uses to say
 # whether a factor matters, declared here rather than chosen after seeing the numbers
 LITTLE = 0.25
 # within this of 1, a consistency is "within a point of exact invariance"
@@ -59,7 +54,7 @@ PUBLISHED_MECHANISM = {
 }
 
 
-def cells_in_order(settings: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
+def cells_in_order(settings: Mapping[str, Sequence[str]]) -> list[Cell]:
     """The ``(downsample, padding)`` cells of the ``mechanism`` params, reference first."""
     return [(d, p) for d in settings["downsample"] for p in settings["padding"]]
 
@@ -72,264 +67,325 @@ def phase_gaps(runs: pd.DataFrame) -> pd.DataFrame:
     return means.assign(phase_gap=means.aligned_shift_accuracy - means.other_shift_accuracy)
 
 
-def _share(value: float) -> str:
-    return f"{value:.0%}"
-
-
-def _points(value: float) -> str:
-    """A difference of two shares, signed, in points."""
-    return f"{value * 100:+.1f} pts"
-
-
-def _mean_interval(row: pd.Series) -> str:
-    """``mean [low, high]%``: the factor table has five metric columns, too many for the
-    ``mean ± std [CI]`` of the other tables on one screen."""
-    return f"{row['mean'] * 100:.1f} [{row['ci_low'] * 100:.1f}, {row['ci_high'] * 100:.1f}]%"
-
-
-def factor_table(runs: pd.DataFrame, heads: Sequence[str], cells: Sequence[tuple[str, str]],
+def factor_table(runs: pd.DataFrame, heads: Sequence[str], cells: Sequence[Cell],
                  confidence: float) -> pd.DataFrame:
-    """Head x cell rows of ``mean [CI]`` over seeds for ``MECHANISM_METRICS`` (percentages)."""
+    """Head x cell rows of ``mean [low, high]%`` over seeds for ``MECHANISM_METRICS``."""
     aggregate = summarize(runs, ["head", "downsample", "padding"], MECHANISM_METRICS,
                           confidence).set_index(["head", "downsample", "padding", "metric"])
     rows = []
     for head in heads:
         for downsample, padding in cells:
-            row = {"head": f"`{head}`", "downsample": downsample, "padding": padding}
+            row = {"head": head, "downsample": downsample, "padding": padding}
             for metric, label in zip(MECHANISM_METRICS, _LABELS, strict=True):
-                row[label] = _mean_interval(aggregate.loc[(head, downsample, padding, metric)])
+                s = aggregate.loc[(head, downsample, padding, metric)]
+                row[label] = (f"{s['mean'] * 100:.1f} [{s['ci_low'] * 100:.1f}, "
+                              f"{s['ci_high'] * 100:.1f}]%")
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _closure_lines(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) -> list[str]:
-    """What each cell does to ``head``'s phase gap, against the reference cell."""
-    reference = cells[0]
-    base = gaps.loc[(head, *reference)]
-    if base.phase_gap <= 0:
-        return [f"`{head}` has no phase gap to close in the reference cell "
-                f"({cell_text(*reference)}): {format_percent(base.aligned_shift_accuracy)} "
-                f"at whole-cell shifts, {format_percent(base.other_shift_accuracy)} at "
-                "the others."]
-    closed = {cell: 1 - gaps.loc[(head, *cell)].phase_gap / base.phase_gap
-              for cell in cells[1:]}
-    parts = [f"{cell_text(*cell)} closes {_share(share)} of it (other shifts "
-             f"{format_percent(gaps.loc[(head, *cell)].other_shift_accuracy)}, exact "
-             f"consistency {format_percent(gaps.loc[(head, *cell)].consistency_exact)})"
-             for cell, share in closed.items()]
-    text = (f"`{head}`, reference cell ({cell_text(*reference)}): "
-            f"{format_percent(base.aligned_shift_accuracy)} accurate at whole-cell "
-            f"shifts and {format_percent(base.other_shift_accuracy)} at the others, a "
-            f"phase gap of {base.phase_gap * 100:.1f} points; exact consistency "
-            f"{format_percent(base.consistency_exact)}.")
-    if parts:  # a single cell has nothing to compare with
-        text += " " + "; ".join(parts) + "."
-    return [text]
+@dataclass(frozen=True)
+class Closure:
+    """A pooling head's phase gap in the reference cell and the share each other cell closes
+    (``closed``: cell, share, other-shift accuracy, exact consistency)."""
+
+    head: str
+    aligned: float
+    other: float
+    gap: float
+    consistency: float
+    closed: list[tuple[Cell, float, float, float]]
 
 
-def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[tuple[str, str]]) -> list[str]:
-    """Which factor closes more of ``head``'s phase gap on its own, and whether padding adds
-    more on top of anti-aliasing than alone (2 x 2 designs only)."""
+def _closure(gaps: pd.DataFrame, head: str, cells: list[Cell]) -> Closure:
+    base = gaps.loc[(head, *cells[0])]
+    closed = [] if base.phase_gap <= 0 else [
+        (cell, 1 - gaps.loc[(head, *cell)].phase_gap / base.phase_gap,
+         gaps.loc[(head, *cell)].other_shift_accuracy, gaps.loc[(head, *cell)].consistency_exact)
+        for cell in cells[1:]]
+    return Closure(head, base.aligned_shift_accuracy, base.other_shift_accuracy, base.phase_gap,
+                   base.consistency_exact, closed)
+
+
+@dataclass(frozen=True)
+class FactorVerdict:
+    """In a 2 x 2 design: the share of a head's phase gap the second downsampling closes on
+    its own (``blur``), the second padding (``pad``), both (``both``); ``interaction`` is
+    ``"add"``, ``"more"`` or ``"less"``: what the padding adds on top of the blur, against
+    what it does alone."""
+
+    head: str
+    downsample: str
+    padding: str
+    blur: float
+    pad: float
+    both: float
+    little: list[str]  # "downsample" and/or "padding": those closing less than ``LITTLE``
+
+    @property
+    def extra(self) -> float:
+        return self.both - self.blur
+
+    @property
+    def interaction(self) -> str:
+        if abs(self.extra - self.pad) < LITTLE / 2:
+            return "add"
+        return "more" if self.extra > self.pad else "less"
+
+
+def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[Cell]) -> FactorVerdict | None:
     downsamples, paddings = levels(cells)
     if len(downsamples) != 2 or len(paddings) != 2:
-        return []
+        return None
     (d0, d1), (p0, p1) = downsamples, paddings
     base = gaps.loc[(head, d0, p0)].phase_gap
     if base <= 0:
-        return []
+        return None
 
     def closed(d: str, p: str) -> float:
         return 1 - gaps.loc[(head, d, p)].phase_gap / base
 
     blur, pad, both = closed(d1, p0), closed(d0, p1), closed(d1, p1)
-    leader = (f"`{d1}` (the downsampling) closes more of `{head}`'s phase gap than `{p1}` "
-              "padding" if blur > pad else
-              f"`{p1}` padding closes more of `{head}`'s phase gap than `{d1}` downsampling")
-    little = [name for name, share in ((f"`{d1}`", blur), (f"`{p1}` padding", pad))
-              if share < LITTLE]
-    lines = [f"{leader} ({_share(blur)} vs {_share(pad)} on its own; {_share(both)} together)."]
-    if little:
-        lines.append(f"On its own, {' and '.join(little)} closes less than {_share(LITTLE)} "
-                     "of it: little, by the threshold declared before the runs.")
-    extra = both - blur
-    if abs(extra - pad) < LITTLE / 2:
-        how = "about as much as on its own: the two add up"
-    elif extra > pad:
-        how = ("more than on its own: the factors interact (padding matters once the "
-               "subsampling no longer aliases)")
-    else:
-        how = "less than on its own: the blur already does part of what padding did"
-    lines.append(f"Added to `{d1}`, `{p1}` padding closes a further {_share(extra)}, {how}.")
-    return lines
+    little = [name for name, share in (("downsample", blur), ("padding", pad)) if share < LITTLE]
+    return FactorVerdict(head, d1, p1, blur, pad, both, little)
 
 
-def _dense_lines(gaps: pd.DataFrame, by_radius: pd.DataFrame, stride: int,
-                 pooled: Sequence[str], dense: Sequence[str], cells: list[tuple[str, str]],
-                 confidence: float) -> list[str]:
-    """Where the flatten heads stand: their consistency in the reference cell and at best,
-    against the pooling heads', and their accuracy at the largest shifts."""
-    lines = []
-    for head in dense:
-        own = gaps.loc[head].consistency_exact
-        best_cell = own.idxmax()
-        pooled_best = max(gaps.loc[p].consistency_exact.max() for p in pooled) if pooled else None
-        text = (f"`{head}` keeps each position's own weights, so no cell makes it invariant: "
-                f"exact consistency {format_percent(own.loc[cells[0]])} in the reference cell and "
-                f"at most {format_percent(own.max())} ({cell_text(*best_cell)})")
-        if pooled_best is not None:
-            text += f", against up to {format_percent(pooled_best)} for the pooling heads"
-        lines.append(text + ".")
-        reference = gaps.loc[(head, *cells[0])]
-        if reference.phase_gap < 0:
-            aligned = format_percent(reference.aligned_shift_accuracy)
-            other = format_percent(reference.other_shift_accuracy)
-            lines.append(
-                f"Its phase gap is negative ({aligned} at whole-cell shifts, {other} at the "
-                f"others): whole-cell shifts move the object by {stride} pixels or more, and "
-                f"`{head}` loses accuracy with distance, whatever the phase (table by "
-                "distance).")
-        lines.append(flatten_edge_line(by_radius, head, cells, confidence))
-    return lines
+@dataclass(frozen=True)
+class PaddingWhere:
+    """Where a padding level acts on a head: its effects at the radius of its largest mean
+    effect, per downsampling, and the range of its mean effects at the other radii."""
+
+    head: str
+    padding: str
+    reference: str
+    peak: int
+    at_grid_edge: bool
+    at_peak: list[tuple[str, Effect]]
+    others: tuple[float, float] | None
 
 
-def _expectation_lines(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.DataFrame,
-                       pooled: Sequence[str], cells: list[tuple[str, str]],
-                       confidence: float) -> list[str]:
-    """The literature's expectations, checked against the pooling heads' numbers."""
-    downsamples, paddings = levels(cells)
-    if not pooled or len(downsamples) < 2 or len(paddings) < 2:
-        return []
-    d0, d1, p0, p1 = downsamples[0], downsamples[1], paddings[0], paddings[1]
-    gains = PUBLISHED_MECHANISM["zhang_consistency_gain"]
-    low = min(b - a for a, b in gains.values())
-    high = max(b - a for a, b in gains.values())
-    lines = []
-    for head in pooled:
-        own = gaps.loc[head]
-        gain = own.loc[(d1, p0)].consistency_exact - own.loc[(d0, p0)].consistency_exact
-        size = "larger than" if gain > high else "smaller than" if gain < low else "within"
-        best = own.loc[(d1, p1)].consistency_exact
-        seeds = runs[(runs["head"] == head) & (runs.downsample == d1) & (runs.padding == p1)]
-        best_low, best_high = t_interval(seeds.consistency_exact.to_numpy(), confidence)
-        text = (f"- `{head}`: `{d1}` changes exact consistency by {_points(gain)}, {size} the "
-                f"{low * 100:.1f} to {high * 100:.1f} points Zhang (2019) reports on ImageNet. "
-                f"With `{d1}` and `{p1}` padding it reaches {format_percent(best)} "
-                f"[{best_low * 100:.1f}, {best_high * 100:.1f}]: ")
-        if best >= 1 - NEAR_INVARIANT:
-            text += (f"within {NEAR_INVARIANT * 100:.0f} point of exact invariance, where the "
-                     "literature expects the ReLUs to keep re-aliasing a blurred network (Zhang "
-                     "2019; Azulay & Weiss 2019): that expectation did not hold here.")
-        else:
-            text += (f"{(1 - best) * 100:.2f} points short of invariance, as the literature "
-                     "expects of a blurred network whose ReLUs re-alias.")
-        if best_low < 1 - NEAR_INVARIANT <= best_high:
-            text = text[:-1] + (f" (the interval spans the declared {NEAR_INVARIANT * 100:.0f}-"
-                                "point threshold: the call rests on the mean).")
-        base = own.loc[(d0, p0)].phase_gap
-        if base > 0:
-            padding_alone = 1 - own.loc[(d0, p1)].phase_gap / base
-            text += (f" `{p1}` padding alone closes {_share(padding_alone)} of the phase gap "
-                     f"({'little' if padding_alone < LITTLE else 'more than a little'}, by "
-                     "the declared threshold).")
-        text += " " + border_expectation(by_radius, head, cells, confidence)
-        lines.append(text)
-    return lines
+def _padding_where(by_radius: pd.DataFrame, head: str, cells: list[Cell],
+                   confidence: float) -> list[PaddingWhere]:
+    edge = int(by_radius.radius.max())
+    found = []
+    for padding, effects in padding_effects(by_radius, head, cells, confidence).items():
+        peak = largest_mean_radius(effects)
+        if peak is None:
+            continue
+        others = [e.mean for own in effects.values() for e in own if e.radius != peak]
+        found.append(PaddingWhere(
+            head, padding, cells[0][1], peak, peak == edge,
+            [(d, e) for d, own in effects.items() for e in own if e.radius == peak],
+            (min(others), max(others)) if others else None))
+    return found
 
 
-def mechanism_section(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
-                      settings: Mapping[str, Sequence[str]], model: Mapping[str, object],
-                      heads: Sequence[str], pooled: Sequence[str], figures: Mapping[str, str],
-                      confidence: float) -> list[str]:
-    """Section "Why global pooling is not shift invariant" from the mechanism stage's
-    ``runs`` and ``grid`` (accuracy per offset and run) and its ``mechanism`` params
-    ``settings`` (``stride``: the backbone's total stride; ``model``: the study's model
-    section; ``heads``: the experiment's heads in report order; ``pooled``: those that pool
-    globally, the others being flatten baselines)."""
+@dataclass(frozen=True)
+class Border:
+    """Kayhan & van Gemert's border cue against where the second padding acts:
+    ``outcome`` is ``"unpaired"``, ``"elsewhere"`` (largest mean effect away from the edge),
+    ``"gain"``, ``"loss"`` or ``"unclear"`` (at the edge, interval across zero)."""
+
+    padding: str
+    downsample: str
+    edge: int
+    peak: int | None
+    at_edge: Effect | None
+    outcome: str
+
+
+def _border(by_radius: pd.DataFrame, head: str, cells: list[Cell],
+            confidence: float) -> Border:
+    downsample, padding = cells[0][0], levels(cells)[1][1]
+    effects = padding_effects(by_radius, head, cells, confidence)[padding]
+    peak, edge = largest_mean_radius(effects), int(by_radius.radius.max())
+    if peak is None:
+        return Border(padding, downsample, edge, None, None, "unpaired")
+    at_edge = next(e for e in effects[downsample] if e.radius == edge)
+    outcome = ("elsewhere" if peak != edge else "gain" if at_edge.clear_gain
+               else "loss" if at_edge.clear_loss else "unclear")
+    return Border(padding, downsample, edge, peak, at_edge, outcome)
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The literature's expectations for a pooling head: the consistency gain of the second
+    downsampling beside Zhang's, the best cell's consistency against exact invariance, what
+    the padding alone closes, and the border cue."""
+
+    head: str
+    downsample: str
+    padding: str
+    gain: float
+    size: str  # "larger than", "smaller than" or "within" Zhang's range
+    best: float
+    best_low: float
+    best_high: float
+    padding_alone: float | None
+    border: Border
+
+    @property
+    def near_invariant(self) -> bool:
+        return bool(self.best >= 1 - NEAR_INVARIANT)
+
+    @property
+    def spans_threshold(self) -> bool:
+        return bool(self.best_low < 1 - NEAR_INVARIANT <= self.best_high)
+
+
+def zhang_range() -> tuple[float, float]:
+    """The smallest and largest consistency gain Zhang (2019) reports."""
+    gains = [b - a for a, b in PUBLISHED_MECHANISM["zhang_consistency_gain"].values()]
+    return min(gains), max(gains)
+
+
+def _expectation(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.DataFrame, head: str,
+                 cells: list[Cell], confidence: float) -> Expectation:
+    (d0, d1), (p0, p1) = (lv[:2] for lv in levels(cells))
+    low, high = zhang_range()
+    own = gaps.loc[head]
+    gain = own.loc[(d1, p0)].consistency_exact - own.loc[(d0, p0)].consistency_exact
+    seeds = runs[(runs["head"] == head) & (runs.downsample == d1) & (runs.padding == p1)]
+    best_low, best_high = t_interval(seeds.consistency_exact.to_numpy(), confidence)
+    base = own.loc[(d0, p0)].phase_gap
+    return Expectation(
+        head, d1, p1, gain, "larger than" if gain > high else "smaller than" if gain < low
+        else "within", own.loc[(d1, p1)].consistency_exact, best_low, best_high,
+        1 - own.loc[(d0, p1)].phase_gap / base if base > 0 else None,
+        _border(by_radius, head, cells, confidence))
+
+
+@dataclass(frozen=True)
+class FlattenHead:
+    """A flatten head in the experiment: its consistency (reference cell, best cell, the
+    pooling heads' best), a negative phase gap, and its accuracy at the grid's edge with
+    what each other cell changes there (``outcome``: ``"none"`` without pairs, ``"gain"``,
+    ``"one seed"`` or ``"consistent"`` with no gain)."""
+
+    head: str
+    reference: float
+    best: float
+    best_cell: Cell
+    pooled_best: float | None
+    negative_gap: tuple[float, float] | None  # (whole-cell, other) when the gap is negative
+    edge: int
+    edge_accuracy: float
+    centred_accuracy: float
+    edge_effects: list[tuple[Cell, Effect]]
+    gain_cell: Cell | None
+    gain_accuracy: float | None
+    outcome: str
+
+
+def _flatten_head(gaps: pd.DataFrame, by_radius: pd.DataFrame, head: str,
+                  pooled: Sequence[str], cells: list[Cell], confidence: float) -> FlattenHead:
+    consistency = gaps.loc[head].consistency_exact
+    reference = gaps.loc[(head, *cells[0])]
+    edge = int(by_radius.radius.max())
+    own = by_radius[by_radius["head"] == head].groupby(
+        ["downsample", "padding", "radius"])["accuracy"].mean()
+    effects = [(cell, e) for cell in cells[1:]
+               for e in factor_effect(by_radius, head, cells[0], cell, confidence)
+               if e.radius == edge]
+    gains = [(cell, e) for cell, e in effects if e.clear_gain]
+    gain_cell = max(gains, key=lambda pair: pair[1].mean)[0] if gains else None
+    outcome = ("none" if not effects else "gain" if gains
+               else "one seed" if all(e.low != e.low for _, e in effects) else "consistent")
+    return FlattenHead(
+        head, consistency.loc[cells[0]], consistency.max(), consistency.idxmax(),
+        max(gaps.loc[p].consistency_exact.max() for p in pooled) if pooled else None,
+        (reference.aligned_shift_accuracy, reference.other_shift_accuracy)
+        if reference.phase_gap < 0 else None,
+        edge, own.loc[(*cells[0], edge)], own.loc[(*cells[0], 0)], effects, gain_cell,
+        own.loc[(*gain_cell, edge)] if gain_cell else None, outcome)
+
+
+@dataclass(frozen=True)
+class MechanismFacts:
+    """What the report says about the mechanism experiment."""
+
+    heads: list[str]
+    pooled: list[str]
+    cells: list[Cell]
+    own_cell: Cell
+    seeds: int
+    images: int
+    stride: int
+    table: pd.DataFrame  # head x cell: exact consistency, whole-cell and other shifts
+    has_whole_cell_shifts: bool
+    closures: list[Closure]
+    verdicts: dict[str, FactorVerdict]
+    paddings: dict[str, list[PaddingWhere]]
+    flatten: list[FlattenHead]
+    expectations: list[Expectation]
+    zhang: tuple[float, float] = field(default_factory=zhang_range)
+    csv: dict[str, pd.DataFrame] = field(default_factory=dict)
+    azulay: tuple[float, float] = PUBLISHED_MECHANISM["azulay_black_flip"]
+    little: float = LITTLE
+    near_invariant: float = NEAR_INVARIANT
+
+    @property
+    def near_invariant_points(self) -> str:
+        """``NEAR_INVARIANT`` in points, as the report writes the threshold: ``1``."""
+        return f"{self.near_invariant * 100:g}"
+
+
+def mechanism_facts(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
+                    settings: Mapping[str, Sequence[str]], model: Mapping[str, object],
+                    heads: Sequence[str], pooled: Sequence[str],
+                    confidence: float) -> MechanismFacts:
+    """The facts of the mechanism stage's ``runs`` and ``grid`` for ``heads`` (report order;
+    ``pooled``: those that pool globally, the others being flatten baselines), from its
+    params ``settings``, the backbone's total ``stride`` and the study's ``model`` section."""
     cells = cells_in_order(settings)
-    gaps = phase_gaps(runs)
-    by_radius = accuracy_by_radius(grid)
-    dense = [h for h in heads if h not in pooled]
-    seeds = runs["seed"].nunique()
-    images = int(runs["test_images"].iloc[0])
-    own = (model["downsample"], model["padding"])
-    reference = ("the study's own backbone" if cells[0] == own else
-                 f"not the study's backbone, which is {cell_text(*own)}")
-    lines = [
-        "## Why global pooling is not shift invariant", "",
-        f"The heads {', '.join(f'`{h}`' for h in heads)} trained as the main runs are (all "
-        f"training images, centred, {seeds} seeds) in every cell of downsampling x padding; "
-        f"every run is scored on the shift grid of the same {images} test images, so the "
-        f"cells compare directly (the reference cell, {cell_text(*cells[0])}, is {reference}). "
-        "A backbone of total stride `s` moves its map "
-        "by whole cells when the object moves by multiples of `s`; global pooling ignores such "
-        "a move, and the *phase gap* (accuracy at whole-cell shifts minus accuracy at the "
-        "others) measures what the other shifts cost. Whole-cell shifts lie only at radii "
-        "that are multiples of `s`, so the phase gap also sets those distances against the "
-        "others; the table by distance below keeps the two apart. Table: mean "
-        f"[{confidence:.0%} interval] over seeds of test accuracy on centred images, exact "
-        "consistency, the all-pairs flip rate and accuracy at whole-cell and at other shifts; "
-        "per-run numbers in `results.csv`, part `mechanism`.", "",
-        markdown_table(factor_table(runs, heads, cells, confidence)), "",
-        *_distance_lines(grid, stride, heads, cells, confidence)]
-    for head in pooled:
-        lines += [*_closure_lines(gaps, head, cells), ""]
-        if verdict := _factor_verdict(gaps, head, cells):
-            lines += [" ".join(verdict), ""]
-        if padding := padding_lines(by_radius, head, cells, confidence):
-            lines += [" ".join(padding), ""]
-    lines += [*_dense_lines(gaps, by_radius, stride, pooled, dense, cells, confidence), ""]
-    expectations = _expectation_lines(gaps, runs, by_radius, pooled, cells, confidence)
-    if expectations:
-        lines += ["What the literature expected, and how the numbers here compare:", "",
-                  *expectations, ""]
-    if "mechanism_heatmaps" in figures:
-        lines += [f"![Accuracy per shift in every cell]({figures['mechanism_heatmaps']})", ""]
-    return lines
+    gaps, by_radius = phase_gaps(runs), accuracy_by_radius(grid)
+    factors = factor_table(runs, heads, cells, confidence)
+    distance = radius_table(grid, stride, heads, cells, confidence)
+    two_by_two = all(len(lv) >= 2 for lv in levels(cells))
+    return MechanismFacts(
+        heads=list(heads), pooled=list(pooled), cells=cells,
+        own_cell=(str(model["downsample"]), str(model["padding"])),
+        seeds=int(runs["seed"].nunique()), images=int(runs["test_images"].iloc[0]),
+        stride=stride,
+        table=factors[["head", "downsample", "padding", "exact consistency",
+                       "whole-cell shifts", "other shifts"]],
+        has_whole_cell_shifts="same-radius phase gap" in distance,
+        closures=[_closure(gaps, h, cells) for h in pooled],
+        verdicts={h: v for h in pooled if (v := _factor_verdict(gaps, h, cells))},
+        paddings={h: _padding_where(by_radius, h, cells, confidence) for h in pooled},
+        flatten=[_flatten_head(gaps, by_radius, h, pooled, cells, confidence)
+                 for h in heads if h not in pooled],
+        expectations=[_expectation(gaps, runs, by_radius, h, cells, confidence)
+                      for h in pooled] if two_by_two else [],
+        csv={"mechanism_factors": factors, "mechanism_by_distance": distance})
 
 
-def _distance_lines(grid: pd.DataFrame, stride: int, heads: Sequence[str],
-                    cells: list[tuple[str, str]], confidence: float) -> list[str]:
-    """The table by distance and the paragraph that introduces it."""
-    table = radius_table(grid, stride, heads, cells, confidence)
-    text = "By distance: accuracy (%, mean over seeds) at each shift radius `max(|dx|, |dy|)`."
-    if GAP_COLUMN in table:
-        text += (" A radius that holds whole-cell shifts is split into those and the others, "
-                 "which move the object by whole cells along one axis and by part of a cell "
-                 f"along the other; the *{GAP_COLUMN}* (whole-cell minus other shifts of those "
-                 f"radii, points, mean [{confidence:.0%} interval]) is what that part of a cell "
-                 "costs at one distance.")
-    else:
-        text += f" The grid holds no whole-cell shift (none is a multiple of {stride} pixels)."
-    return [text, "", markdown_table(table), ""]
-
-
-def mechanism_published_rows(runs: pd.DataFrame, settings: Mapping[str, Sequence[str]],
-                             blur_size: int, pooled: Sequence[str]) -> list[dict[str, str]]:
+def published_rows(facts: MechanismFacts, runs: pd.DataFrame,
+                   blur_size: int) -> list[dict[str, str]]:
     """Rows of the published-numbers table: Zhang's consistency gains and Azulay & Weiss's
-    "Black" flip rates beside this study's."""
-    cells = cells_in_order(settings)
+    "Black" flip rates beside this study's pooling heads in the reference cell."""
     gaps = phase_gaps(runs)
-    downsamples, _ = levels(cells)
     rows = [{"source": f"Zhang 2019, ImageNet {net}: consistency without / with a Bin-5 blur",
              "metric": "consistency (two random shifts up to 31 px, cropping)",
-             "value": f"{a:.2%} -> {b:.2%} ({_points(b - a)})"}
+             "value": f"{a:.2%} -> {b:.2%} ({(b - a) * 100:+.1f} pts)"}
             for net, (a, b) in PUBLISHED_MECHANISM["zhang_consistency_gain"].items()]
     low, high = PUBLISHED_MECHANISM["azulay_black_flip"]
     rows.append({"source": "Azulay & Weiss 2019, \"Black\": VGG16, ResNet50, DenseNet121",
                  "metric": "P(class changes), diagonal 1-pixel shift on a black canvas",
                  "value": f"{low:.2f}-{high:.2f}"})
-    reference = cells[0]
-    for head in pooled:
+    reference, downsamples = facts.cells[0], levels(facts.cells)[0]
+    for head in facts.pooled:
         own = gaps.loc[head]
         if len(downsamples) > 1:
             before = own.loc[reference].consistency_exact
             after = own.loc[(downsamples[1], reference[1])].consistency_exact
-            rows.append({"source": f"this study: `{head}`, `{reference[0]}` -> "
-                                   f"`{downsamples[1]}` (binomial filter of size {blur_size}, "
-                                   f"{reference[1]} padding)",
+            rows.append({"source": f"this study: {head}, {reference[0]} -> {downsamples[1]} "
+                                   f"(binomial filter of size {blur_size}, {reference[1]} "
+                                   "padding)",
                          "metric": "exact consistency (every pair of grid offsets)",
-                         "value": f"{before:.2%} -> {after:.2%} ({_points(after - before)})"})
-        rows.append({"source": f"this study: `{head}`, {cell_text(*reference)}",
+                         "value": f"{before:.2%} -> {after:.2%} "
+                                  f"({(after - before) * 100:+.1f} pts)"})
+        rows.append({"source": f"this study: {head}, {reference[0]}, {reference[1]}",
                      "metric": "all-pairs 1-pixel flip rate (incl. diagonals)",
                      "value": f"{own.loc[reference].flip_rate_all_pairs:.2f}"})
     return rows

@@ -11,7 +11,7 @@ same batches in every cell (no factor adds a learned or random parameter), so a 
 effect is a paired difference by seed, with a Student-t interval of the differences.
 
 Input: the mechanism stage's ``shift_grid.csv`` (accuracy per offset and run). Descriptive, as
-the rest of the section: no tests.
+the rest of the mechanism's facts (``gap_study.report.mechanism``): no tests.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import pandas as pd
 from gap_study.measures.phases import whole_cell_shifts
 from gap_study.report.stats import t_interval
 
-__all__ = ["Effect", "accuracy_by_radius", "border_expectation", "cell_text", "factor_effect",
-           "flatten_edge_line", "largest_mean_radius", "levels", "padding_effects",
-           "padding_lines", "radius_bands", "radius_table", "same_radius_phase_gap"]
+__all__ = ["Effect", "accuracy_by_radius", "factor_effect", "largest_mean_radius", "levels",
+           "padding_effects", "radius_bands", "radius_table", "same_radius_phase_gap"]
 
 RUN = ["head", "downsample", "padding", "seed"]
 CELL = ["head", "downsample", "padding"]
@@ -68,10 +67,6 @@ def accuracy_by_radius(grid: pd.DataFrame) -> pd.DataFrame:
     return grid.groupby([*RUN, "radius"], as_index=False)["accuracy"].mean()
 
 
-def _signed(share: float) -> str:
-    """A difference of shares in points, signed, one decimal, never "-0.0"."""
-    return f"{round(share * 100, 1) + 0.0:+.1f}"
-
 
 def _mean_interval(values: np.ndarray, confidence: float) -> str:
     low, high = t_interval(values, confidence)
@@ -91,7 +86,7 @@ def radius_table(grid: pd.DataFrame, stride: int, heads: Sequence[str],
     for head in heads:
         for cell in cells:
             key = (head, *cell)
-            row = {"head": f"`{head}`", "downsample": cell[0], "padding": cell[1]}
+            row = {"head": head, "downsample": cell[0], "padding": cell[1]}
             own = bands[(bands["head"] == head) & (bands.downsample == cell[0])
                         & (bands.padding == cell[1])].drop(columns=RUN)
             row.update({band: f"{value * 100:.1f}" for band, value in own.mean().items()})
@@ -121,10 +116,6 @@ class Effect:
     def clear_loss(self) -> bool:
         return bool(self.high < 0)
 
-    def points(self) -> str:
-        if np.isnan(self.low):
-            return f"{_signed(self.mean)} pts (one seed: no interval)"
-        return f"{_signed(self.mean)} pts [{_signed(self.low)}, {_signed(self.high)}]"
 
 
 def factor_effect(by_radius: pd.DataFrame, head: str, reference: tuple[str, str],
@@ -151,10 +142,6 @@ def levels(cells: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(d for d, _ in cells)), list(dict.fromkeys(p for _, p in cells))
 
 
-def cell_text(downsample: str, padding: str) -> str:
-    """A cell as the report's sentences name it: ```max`, `zeros```."""
-    return f"`{downsample}`, `{padding}`"
-
 
 def padding_effects(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple[str, str]],
                     confidence: float) -> dict[str, dict[str, list[Effect]]]:
@@ -177,87 +164,4 @@ def largest_mean_radius(effects: dict[str, list[Effect]]) -> int | None:
     return int(means.groupby("radius")["mean"].mean().abs().idxmax())
 
 
-def padding_lines(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple[str, str]],
-                  confidence: float) -> list[str]:
-    """Where on the grid each padding level acts for ``head``: its effect at the radius of
-    its largest mean effect, with each downsampling, and the range of its mean effects at
-    the other radii. A largest mean is picked by its size, so its interval is wider than it
-    reads: the sentence gives the other radii's means beside it."""
-    reference = cells[0][1]
-    edge = int(by_radius.radius.max())
-    lines = []
-    for padding, effects in padding_effects(by_radius, head, cells, confidence).items():
-        peak = largest_mean_radius(effects)
-        if peak is None:
-            continue
-        where = (f"radius {peak}, the grid's largest, where the object comes closest to the "
-                 "canvas border" if peak == edge else f"radius {peak}")
-        at_peak = " and ".join(f"{e.points()} with `{d}`" for d, own in effects.items()
-                               for e in own if e.radius == peak)
-        others = [e.mean for own in effects.values() for e in own if e.radius != peak]
-        text = (f"`{padding}` padding (against `{reference}`) has its largest mean effect at "
-                f"{where}: there it changes `{head}`'s accuracy by {at_peak}")
-        if others:
-            text += (f"; at the other radii by {_signed(min(others))} to "
-                     f"{_signed(max(others))} pts on average")
-        lines.append(text + " (paired by seed).")
-    return lines
 
-
-def border_expectation(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple[str, str]],
-                       confidence: float) -> str:
-    """Kayhan & van Gemert's (2020) border cue set beside where ``head``'s second padding
-    level acts: consistent when its largest mean effect is at the grid's edge and, with the
-    reference downsampling, its interval there lies above zero."""
-    downsample, padding = cells[0][0], levels(cells)[1][1]
-    effects = padding_effects(by_radius, head, cells, confidence)[padding]
-    peak, edge = largest_mean_radius(effects), int(by_radius.radius.max())
-    text = ("Kayhan & van Gemert (2020) show that zero padding lets a network read absolute "
-            "position near the borders: ")
-    if peak is None:
-        return text + "no seed pairs up across the cells here."
-    at_edge = next(e for e in effects[downsample] if e.radius == edge)
-    where = f"(radius {edge}: {at_edge.points()} with `{downsample}`)"
-    if peak != edge:
-        return text + (f"here `{padding}` padding's largest mean effect is at radius {peak}, "
-                       f"not at the grid's edge {where}.")
-    if at_edge.clear_gain:
-        return text + (f"consistent with that, `{padding}` padding's largest mean effect is at "
-                       f"the grid's edge, where the object comes closest to the border {where}.")
-    if at_edge.clear_loss:
-        return text + f"here `{padding}` padding lowers accuracy at the grid's edge {where}."
-    return text + (f"`{padding}` padding's largest mean effect is at the grid's edge here too, "
-                   f"but with `{downsample}` it is not clear of the seeds' spread {where}.")
-
-
-def flatten_edge_line(by_radius: pd.DataFrame, head: str, cells: Sequence[tuple[str, str]],
-                      confidence: float) -> str:
-    """A flatten head at the grid's largest radius: its accuracy in the reference cell
-    (beside its centred accuracy), what every other cell changes there (paired by seed), and
-    the design's expectation that, keeping each position's own weights, it gains from no
-    factor at large shifts."""
-    edge = int(by_radius.radius.max())
-    own = by_radius[by_radius["head"] == head].groupby(
-        ["downsample", "padding", "radius"])["accuracy"].mean()
-    text = (f"At the largest shifts (radius {edge}), `{head}` is "
-            f"{own.loc[(*cells[0], edge)] * 100:.1f}% accurate in the reference cell "
-            f"({own.loc[(*cells[0], 0)] * 100:.1f}% on centred images)")
-    effects = {cell: effect for cell in cells[1:]
-               for effect in factor_effect(by_radius, head, cells[0], cell, confidence)
-               if effect.radius == edge}
-    if not effects:
-        return text + "."
-    text += ("; the other cells change that by " + ", ".join(
-        f"{effect.points()} ({cell_text(*cell)})" for cell, effect in effects.items())
-        + ", paired by seed. The design expected a head that keeps each position's own "
-        "weights to gain from none of the factors at large shifts")
-    gains = [cell for cell, effect in effects.items() if effect.clear_gain]
-    if gains:
-        best = max(gains, key=lambda cell: effects[cell].mean)
-        return text + (f"; not so here, where {cell_text(*best)} lifts it to "
-                       f"{own.loc[(*best, edge)] * 100:.1f}%, still far from its centred "
-                       "accuracy.")
-    if all(np.isnan(effect.low) for effect in effects.values()):
-        return text + "; one seed cannot tell."
-    return text + (", and the data are consistent with that: no cell's interval there lies "
-                   "above zero.")

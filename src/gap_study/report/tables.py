@@ -59,6 +59,8 @@ SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accura
                    "pointing_gradcam_shifted", "pointing_ink_shifted", "pointing_two_objects",
                    "pointing_gradcam_two_objects", "pointing_ink_two_objects",
                    "pointing_centre_prior_two_objects", "pointing_chance_two_objects",
+                   "recognised_two_objects", "pointing_gradcam_two_objects_recognised",
+                   "pointing_two_objects_recognised", "pointing_ink_two_objects_recognised",
                    "time_to_target", "seconds_per_epoch", "images_per_second")
 CURVE_METRICS = ("train_images", "train_accuracy", "test_accuracy", "overfit_gap", "loss_gap")
 ABLATION_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "shift_accuracy_worst",
@@ -68,7 +70,8 @@ HEADLINE_METRICS = ("params_total", "params_head", "train_accuracy", "test_accur
                     "shift_accuracy_worst", "consistency_exact", "flip_rate_all_pairs",
                     "consistency", "flip_rate", "aligned_shift_accuracy", "other_shift_accuracy",
                     "pointing_accuracy", "pointing_accuracy_shifted", "pointing_gradcam_shifted",
-                    "pointing_two_objects", "pointing_gradcam_two_objects")
+                    "pointing_two_objects", "pointing_gradcam_two_objects",
+                    "recognised_two_objects", "pointing_gradcam_two_objects_recognised")
 
 # The stages' run records: ``{"train": train/run.json, "evaluate": eval/run.json,
 # "mechanism": mechanism/run.json}``.

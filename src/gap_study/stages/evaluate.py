@@ -4,8 +4,10 @@ class activation map examples (``docs/study.md``, "Metrics").
 Every run gets accuracy, loss and the overfitting gap on centred images; the runs trained on
 the whole training set also get the shift grid, consistency, the flip rate and pointing
 accuracy (the class activation map's for heads that have one, Grad-CAM's for every head), on
-single objects and on the two-object canvases. Nothing here writes files: the stage writes
-what ``evaluate_run`` returns.
+single objects and on the two-object canvases. Every metric that is a mean over test images
+(over objects on the two-object canvases) also keeps its per-image values, for intervals that
+resample the test images (``docs/study.md``, "Statistics and verdicts"). Nothing here writes
+files: the stage writes what ``evaluate_run`` returns.
 """
 
 from __future__ import annotations
@@ -21,14 +23,25 @@ from torch import Tensor
 
 from gap_study.data.canvas import CanvasDataset, to_float
 from gap_study.data.splits import fraction_subset
-from gap_study.measures.localization import cam_examples, localization_metrics, two_object_metrics
+from gap_study.measures.localization import (
+    cam_examples,
+    localization_hits,
+    localization_summary,
+    two_object_hits,
+    two_object_summary,
+)
 from gap_study.measures.metrics import (
     all_pairs_flip_rate,
-    consistency,
+    all_pairs_flips_per_image,
+    consistency_per_image,
     exact_consistency,
-    flip_rate,
+    exact_consistency_per_image,
+    flip_rate_per_image,
     grid_accuracy,
+    image_outcomes,
     overfitting_metrics,
+    share,
+    shift_accuracy_per_image,
     shift_grid_predictions,
     shift_summary,
 )
@@ -51,6 +64,7 @@ __all__ = [
     "example_cams",
     "feature_map_record",
     "grid_predictions",
+    "per_image_values",
 ]
 
 GRID_COLUMNS = ["fraction", "train_shift", "seed", "dx", "dy", "radius", "accuracy"]
@@ -96,17 +110,20 @@ class RunEvaluation:
     examples: dict[str, np.ndarray] | None = None
     worker: dict[str, object] | None = None  # where it ran (provenance.worker_facts)
     predictions: np.ndarray | None = None  # int8 (test images, grid offsets): the classes
+    # metric name -> that metric's value per test image (per object on the two-object
+    # canvases), whose mean is the metric in ``row`` (``per_image_values``)
+    per_image: dict[str, np.ndarray] | None = None
 
 
 def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
                  settings: EvaluateParams, *, full_fraction: float) -> RunEvaluation:
     """Every metric of one run; the translation and map metrics (two-object pointing included)
     only when the run trained on ``full_fraction`` of the training set (the main runs and the
-    shift ablation)."""
-    # the metrics run on an equivalent model with BatchNorm folded into the convolutions: one
-    # pass over each feature map fewer
+    shift ablation). Each metric with per-image values keeps them (``RunEvaluation``)."""
+    # 1. the metrics run on an equivalent model with BatchNorm folded into the convolutions:
+    # one pass over each feature map fewer
     fast = fold_batch_norm(model)
-    # the overfitting gap is measured on the part of the training set the run saw
+    # 2. the overfitting gap is measured on the part of the training set the run saw
     seen = torch.as_tensor(fraction_subset(data.labels_train, run.fraction),
                            device=data.x_train.device)
     batch = settings.batch_size
@@ -114,23 +131,46 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
            "params_total": param_count(model), "params_head": head_param_count(model),
            **overfitting_metrics(fast, data.x_train[seen], data.y_train[seen], data.x_test,
                                  data.y_test, batch)}
+    # 3. one more pass over the 450 test images: cheaper than a second path to the run's
+    # metrics, which stay computed as before
+    correct, loss = image_outcomes(fast, data.x_test, data.y_test, batch)
+    per_image = {"test_accuracy": correct, "test_loss": loss}
     if run.fraction != full_fraction:
-        return RunEvaluation(row, None)
+        return RunEvaluation(row, None, per_image=per_image)
     predictions = shift_grid_predictions(fast, data.x_test, settings.max_shift, batch)
     grid = grid_accuracy(predictions, data.y_test.cpu().numpy(), settings.max_shift)
+    per_image.update(_translation_per_image(fast, data, settings, predictions))
     with_maps = has_class_map(model.config.head)
+    pointing = localization_hits(fast, data.x_test, data.y_test, data.box_test,
+                                 settings.max_shift, settings.seed, batch, with_maps=with_maps)
+    two_objects = two_object_hits(fast, data.x_pair, data.y_pair, data.box_pair, batch,
+                                  with_maps=with_maps)
     row.update({
         **shift_summary(grid),
         "consistency_exact": exact_consistency(predictions),
         "flip_rate_all_pairs": all_pairs_flip_rate(predictions, settings.max_shift),
-        "consistency": consistency(fast, data.x_test, settings.max_shift, settings.seed, batch),
-        "flip_rate": flip_rate(fast, data.x_test, batch),
-        **localization_metrics(fast, data.x_test, data.y_test, data.box_test, settings.max_shift,
-                               settings.seed, batch, with_maps=with_maps),
-        **two_object_metrics(fast, data.x_pair, data.y_pair, data.box_pair, batch,
-                             with_maps=with_maps),
+        # 4. the shifted passes run once: the metric is the share or mean of their per-image
+        # values, as consistency() and flip_rate() compute it
+        "consistency": share(per_image["consistency"]),
+        "flip_rate": float(per_image["flip_rate"].mean()),
+        **localization_summary(pointing, data.box_test, data.x_test.shape[-1]),
+        **two_object_summary(two_objects, data.box_pair, data.x_pair.shape[-1]),
     })
-    return RunEvaluation(row, grid.assign(**run.as_dict()), predictions=predictions)
+    return RunEvaluation(row, grid.assign(**run.as_dict()), predictions=predictions,
+                         per_image={**per_image, **pointing, **two_objects})
+
+
+def _translation_per_image(model: ClassifierNet, data: EvaluationData, settings: EvaluateParams,
+                           predictions: np.ndarray) -> dict[str, np.ndarray]:
+    """The translation metrics' per-image values, by metric name: from the grid's
+    ``predictions`` and from the random shifts and 1-pixel moves of the test images."""
+    return {
+        "shift_accuracy_mean": shift_accuracy_per_image(predictions, data.y_test.cpu().numpy()),
+        "consistency_exact": exact_consistency_per_image(predictions),
+        "flip_rate_all_pairs": all_pairs_flips_per_image(predictions, settings.max_shift),
+        "consistency": consistency_per_image(model, data.x_test, settings.max_shift,
+                                             settings.seed, settings.batch_size),
+        "flip_rate": flip_rate_per_image(model, data.x_test, settings.batch_size)}
 
 
 def evaluate_task(item: tuple[RunId, dict[str, Any]], *, data: CanvasDataset,
@@ -164,6 +204,18 @@ def grid_predictions(results: Sequence[RunEvaluation], runs: Sequence[RunId],
     stage's ``grid_predictions.npz``."""
     return {run.stem: result.predictions for run, result in zip(runs, results, strict=True)
             if result.row["head"] == head and result.predictions is not None}
+
+
+def per_image_values(results: Sequence[RunEvaluation], runs: Sequence[RunId],
+                     head: str) -> dict[str, np.ndarray]:
+    """``head``'s per-image values for the stage's ``per_image.npz``, keyed ``<run
+    stem>/<metric>`` (``fraction_1-shift_0-seed_3/test_accuracy``): one value per test image
+    (per object, ``2 * canvas + j``, for the ``*_two_objects`` metrics), whose mean is the
+    metric of that name in ``metrics.csv``."""
+    return {f"{run.stem}/{metric}": values
+            for run, result in zip(runs, results, strict=True)
+            if result.row["head"] == head and result.per_image is not None
+            for metric, values in result.per_image.items()}
 
 
 def example_maps(results: Sequence[RunEvaluation], head: str) -> dict[str, np.ndarray] | None:

@@ -1,0 +1,374 @@
+"""The report's facts: one typed object (``ReportFacts``) holding every number, verdict word,
+table and figure path the report states, computed from the stages' outputs. The prose is in
+``templates/report.md.j2`` (rendered by ``gap_study.report.render``); nothing here assembles
+a sentence. The translation, map and sum-pooling facts are in ``pooling_facts``, the
+mechanism experiment's in ``mechanism``."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from gap_study.nets.architecture import FACTORIAL, FLATTEN_HEAD_NAMES, total_stride
+from gap_study.pipeline.params import ReportParams
+from gap_study.report.claims import PROTOCOL, QUOTES, heads_under_test
+from gap_study.report.formatting import (
+    METRIC_LABELS,
+    RELATIVE,
+    format_improvement,
+    format_number,
+    format_stat,
+    grouped_stat_table,
+    stat_table,
+)
+from gap_study.report.mechanism import MechanismFacts, mechanism_facts, published_rows
+from gap_study.report.pooling_facts import (
+    Ablation,
+    CamFacts,
+    SumPooling,
+    Translation,
+    ablation_facts,
+    cam_facts,
+    sum_pooling_facts,
+    translation_facts,
+)
+from gap_study.report.stats import summarize
+from gap_study.report.tables import (
+    CollectedResults,
+    StudyTables,
+    chosen_at_grid_edge,
+    main_runs,
+)
+
+__all__ = ["PUBLISHED", "ClaimFacts", "MetricVerdict", "ReportFacts", "Secondary",
+           "build_facts", "claim_facts", "comparison_table", "secondary_facts"]
+
+# Published numbers (``docs/study.md``, "Published numbers") that a run on the same data set
+# can be compared with.
+PUBLISHED = {
+    "cifar10": [("Network in Network, Lin et al. 2014, Table 5: NIN + fully connected",
+                 "test error", 0.1159),
+                ("Network in Network, Lin et al. 2014, Table 5: NIN + GAP", "test error",
+                 0.1041),
+                ("Lin et al. 2014, conventional CNN + fully connected", "test error", 0.1756),
+                ("Lin et al. 2014, conventional CNN + GAP", "test error", 0.1646)],
+    "mnist": [("Network in Network, Lin et al. 2014: NIN + GAP", "test error", 0.0047)],
+}
+_COUNTS = ("better", "worse", "equivalent", "inconclusive")
+
+
+@dataclass(frozen=True)
+class MetricVerdict:
+    """A claim's primary metric: its verdict word, the counts of its comparisons' verdicts,
+    the equivalence margin (empty for exact counts) and the comparison with the largest effect
+    among those decided better or worse (among all when none is: ``decided`` false)."""
+
+    metric: str
+    label: str
+    verdict: str
+    tests: int
+    counts: dict[str, int]
+    margin: str
+    decided: bool
+    strongest: str  # "`gap` vs `dense`, setting: +1.0 pts [0.5, 1.5]"
+    strongest_verdict: str
+
+
+@dataclass(frozen=True)
+class ClaimFacts:
+    name: str
+    quote: str
+    metrics: list[MetricVerdict]
+    untested: list[str]  # its primary metrics, when none could be compared
+
+
+def _margin_text(metric: str, margin: float) -> str:
+    if metric in RELATIVE:
+        return f"±{margin:.0%}"
+    return f"±{format_number(margin, metric, difference=True)}"
+
+
+def _metric_verdict(rows: pd.DataFrame, verdict: Mapping[str, Any]) -> MetricVerdict:
+    metric = str(verdict["metric"])
+    decided = rows[rows["verdict"].isin(["better", "worse"])]
+    pool = decided if len(decided) else rows
+    row = pool.loc[pool["improvement"].abs().idxmax()]
+    setting = f", {row.setting}" if rows["setting"].nunique() > 1 else ""
+    return MetricVerdict(
+        metric, METRIC_LABELS.get(metric, metric), str(verdict["verdict"]),
+        int(verdict["tests"]), {w: int(verdict[w]) for w in _COUNTS if verdict[w]},
+        "" if rows["exact"].all() else _margin_text(metric, rows["margin"].iloc[0]),
+        bool(len(decided)),
+        f"`{row['head']}` vs `{row.baseline}`{setting}: "
+        f"{format_improvement(row.improvement, row.adjusted_low, row.adjusted_high, row.metric)}",
+        _verdict_word(row))
+
+
+def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[ClaimFacts]:
+    """Every claim of ``QUOTES`` in order, with the verdicts of its primary metrics (from
+    ``claim_verdicts``), or the primary metrics no comparison could be made on."""
+    if verdicts.empty:
+        return []
+    primary = comparisons[comparisons.role == "primary"]
+    claims = []
+    for claim, quote in QUOTES.items():
+        group = verdicts[verdicts.claim == claim]
+        metrics = [_metric_verdict(primary[(primary.claim == claim)
+                                           & (primary.metric == row.metric)], row._asdict())
+                   for row in group.itertuples(index=False)]
+        untested = [] if metrics else [t.metric for t in PROTOCOL
+                                       if t.claim == claim and t.primary]
+        claims.append(ClaimFacts(claim, quote, metrics, untested))
+    return claims
+
+
+@dataclass(frozen=True)
+class Secondary:
+    """The secondary comparisons: how many came out which way, and those a tested head lost
+    (``worse``: head, baseline, metric's name, improvement [CI])."""
+
+    counts: dict[str, int]
+    worse: list[tuple[str, str, str, str]]
+
+
+def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
+    """The secondary rows of ``comparisons`` counted by verdict, and those a head lost."""
+    rows = comparisons[comparisons.role == "secondary"] if len(comparisons) else comparisons
+    counts = rows["verdict"].value_counts() if len(rows) else pd.Series(dtype=int)
+    worse = rows[rows["verdict"] == "worse"] if len(rows) else rows
+    return Secondary(
+        {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
+        [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric),
+          format_improvement(r.improvement, r.adjusted_low, r.adjusted_high, r.metric))
+         for r in worse.itertuples()])
+
+
+def _verdict_word(row: Any) -> str:
+    """A row's verdict, with ``trivial difference`` for an equivalent row whose difference
+    is real but inside the margin, and its note (``underfits``)."""
+    word = "equivalent (trivial difference)" if bool(row.trivial) else str(row.verdict)
+    return f"{word} ({row.note})" if getattr(row, "note", "") else word
+
+
+def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons in display units, the verdict and the effect first, with the adjusted
+    interval each verdict read (``comparisons.csv`` keeps the unadjusted ones too)."""
+    def p_value(value: float) -> str:
+        return "" if math.isnan(value) else f"{value:.3g}"
+
+    return pd.DataFrame({
+        "claim": rows.claim, "metric": rows.metric, "setting": rows.setting,
+        "head": rows["head"], "baseline": rows.baseline,
+        "verdict": [_verdict_word(row) for row in rows.itertuples()],
+        "improvement [adjusted interval]": [
+            format_improvement(d, lo, hi, m) for d, lo, hi, m in
+            zip(rows.improvement, rows.adjusted_low, rows.adjusted_high, rows.metric,
+                strict=True)],
+
+        "head value": [format_number(v, m) for v, m in zip(rows.head_mean, rows.metric,
+                                                            strict=True)],
+        "baseline value": [format_number(v, m) for v, m in zip(rows.baseline_mean, rows.metric,
+                                                                strict=True)],
+        "p (adjusted)": [p_value(v) for v in rows.p_difference_adjusted],
+        "p equivalent (adjusted)": [p_value(v) for v in rows.p_equivalence_adjusted],
+        "detectable": ["" if math.isnan(v) else format_improvement(v, math.nan, math.nan, m)
+                       for v, m in zip(rows.mde, rows.metric, strict=True)],
+    })
+
+
+def _parameters(per_seed: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
+    table = (per_seed.groupby("head", sort=False)[["params_total", "params_head"]].first()
+             .reindex(list(heads)).reset_index())
+    table["head share"] = [f"{h / t:.2%}" for h, t in
+                           zip(table.params_head, table.params_total, strict=True)]
+    table["params_total"] = table.params_total.map("{:,}".format)
+    table["params_head"] = table.params_head.map("{:,}".format)
+    table.columns = ["head", "whole model", "head only", "head share"]
+    return table
+
+
+def _factorial(aggregate: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame | None:
+    """{flatten, global average} x {no hidden layer, hidden layer}: test accuracy and head
+    parameters; ``None`` unless all four heads ran."""
+    if not set(FACTORIAL.values()) <= set(heads):
+        return None
+    rows = aggregate[aggregate.metric.isin(["test_accuracy", "params_head"])] \
+        .set_index(["head", "metric"])
+    return pd.DataFrame([{"map": pooling, **{
+        ("hidden layer" if hidden else "no hidden layer"):
+        f"`{head}`: {format_stat(rows.loc[(head, 'test_accuracy')], 'test_accuracy')}, "
+        f"{int(rows.loc[(head, 'params_head'), 'mean']):,} parameters"
+        for (p, hidden), head in FACTORIAL.items() if p == pooling}}
+        for pooling in ("flatten", "global average")])
+
+
+def _learning_rates(tuning: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
+    table = (tuning.assign(val=tuning["val_accuracy"].map(lambda v: f"{v * 100:.1f}%")
+                           + tuning["chosen"].map(lambda c: " (chosen)" if c else ""))
+             .pivot(index="head", columns="lr", values="val").reindex(list(heads)))
+    table.columns = [f"lr {c:g}" for c in table.columns]
+    return table.reset_index()
+
+
+@dataclass(frozen=True)
+class Curve:
+    """The learning curve: each head's overfitting gap on the whole set and the smallest
+    fraction, and the table (a CSV)."""
+
+    gaps: dict[str, tuple[float, float]]
+    table: pd.DataFrame
+
+
+def _curve(curve_aggregate: pd.DataFrame, heads: Sequence[str]) -> Curve | None:
+    if curve_aggregate["fraction"].nunique() < 2:
+        return None
+    table = grouped_stat_table(
+        curve_aggregate, ["head", "fraction"], ["train_images", "test_accuracy", "overfit_gap",
+                                                "loss_gap"],
+        ["training images", "test accuracy", "overfitting gap", "loss gap"], heads)
+    table["fraction"] = [f"{float(f):.0%}" for f in table["fraction"]]
+    gap = curve_aggregate[curve_aggregate.metric == "overfit_gap"]
+    smallest = gap[gap.fraction == gap.fraction.min()].set_index("head")["mean"]
+    largest = gap[gap.fraction == gap.fraction.max()].set_index("head")["mean"]
+    return Curve({h: (float(largest[h]), float(smallest[h])) for h in heads}, table)
+
+
+@dataclass(frozen=True)
+class Speed:
+    rounds: int
+    run: dict[str, Any]  # the speed stage's run record
+    table: pd.DataFrame
+    epochs: pd.DataFrame  # the training runs' epoch times (a CSV)
+
+
+def _speed(aggregate: pd.DataFrame, step_times: pd.DataFrame, run: Mapping[str, Any],
+           heads: Sequence[str], confidence: float) -> Speed:
+    summary = summarize(step_times, "head", ["seconds_per_step"], confidence)
+    best = step_times.groupby("head")["seconds_per_step"].min()
+    table = stat_table(summary, ["seconds_per_step"], ["per step, over rounds"], heads)
+    table["best round"] = [format_number(best[h], "seconds_per_step") for h in heads]
+    if "dense" in best:
+        table["dense / head (best rounds)"] = [f"{best['dense'] / best[h]:.2f}x" for h in heads]
+    return Speed(int(step_times["round"].nunique()), dict(run), table,
+                 stat_table(aggregate, ["seconds_per_epoch", "images_per_second"],
+                            ["seconds per epoch", "training images per second"], heads))
+
+
+def _published(dataset: str, aggregate: pd.DataFrame, heads: Sequence[str],
+               mechanism_rows: list[dict[str, str]]) -> tuple[dict[str, float], pd.DataFrame]:
+    """This study's test error per head when a published error is on ``dataset``, and every
+    published number beside this study's (a CSV)."""
+    rows = PUBLISHED.get(dataset, [])
+    errors = 1 - aggregate[aggregate.metric == "test_accuracy"].set_index("head")["mean"]
+    ours = {h: float(errors[h]) for h in heads} if rows else {}
+    table = pd.DataFrame(
+        [{"source": s, "metric": m, "value": f"{v:.2%}"} for s, m, v in rows]
+        + [{"source": f"this study: {h} (mean over seeds)", "metric": "test error",
+            "value": f"{e:.2%}"} for h, e in ours.items()] + mechanism_rows)
+    return ours, table
+
+
+def _workers(workers: Mapping[str, Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """``(host, cpu, instruction set, threads, runs)`` for each kind of worker."""
+    kinds = Counter((w["host"], w["cpu"], w["cpu_capability"], w["torch_threads"])
+                    for w in workers.values())
+    return [(*kind, count) for kind, count in sorted(kinds.items())]
+
+
+@dataclass(frozen=True)
+class ReportFacts:
+    """Everything the report states. ``records`` are the train and evaluate stages' run
+    records (data set, model, training, evaluation, environment); ``csv`` the tables written
+    beside the report, by file stem."""
+
+    heads: list[str]
+    seeds: list[int]
+    settings: ReportParams
+    figures: dict[str, str]
+    dataset: dict[str, Any]
+    train_record: dict[str, Any]
+    evaluate_record: dict[str, Any]
+    workers: list[tuple[Any, ...]]
+    claims: list[ClaimFacts]
+    tested_heads: list[str]
+    verdicts: pd.DataFrame
+    secondary: Secondary
+    learning_rates: pd.DataFrame
+    grid_edges: dict[str, str]
+    parameters: pd.DataFrame
+    factorial: pd.DataFrame | None
+    accuracy: pd.DataFrame
+    curve: Curve | None
+    translation: Translation
+    ablation: Ablation | None
+    mechanism: MechanismFacts
+    cams: CamFacts
+    sum_pooling: SumPooling
+    speed: Speed
+    published_errors: dict[str, float]
+    csv: dict[str, pd.DataFrame]
+
+    @property
+    def level(self) -> str:
+        return f"{self.settings.confidence:.0%}"
+
+
+def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons: pd.DataFrame,
+                verdicts: pd.DataFrame, figures: Mapping[str, str], heads: Sequence[str],
+                settings: ReportParams) -> ReportFacts:
+    """The report's facts from everything the stages wrote (``collected``), the tables and
+    comparisons made from it, and the figures (paths relative to the report)."""
+    train, evaluate = collected.records["train"], collected.records["evaluate"]
+    heads, confidence = list(heads), settings.confidence
+    stride = total_stride(train["model"]["widths"])
+    mechanism = collected.records["mechanism"]["mechanism"]
+    in_mechanism = [h for h in heads if h in mechanism["heads"]]
+    pooled = [h for h in in_mechanism if h not in FLATTEN_HEAD_NAMES]
+    mech = mechanism_facts(collected.mechanism, collected.mechanism_grid, stride, mechanism,
+                           train["model"], in_mechanism, pooled, confidence)
+    translation = translation_facts(tables, main_runs(collected.grid), heads,
+                                    evaluate["evaluate"]["max_shift"], stride, confidence)
+    ablation, curve = ablation_facts(tables.ablation_aggregate, heads), \
+        _curve(tables.curve_aggregate, heads)
+    cams = cam_facts(tables.aggregate, heads)
+    speed = _speed(tables.aggregate, collected.step_times, collected.speed_run, heads,
+                   confidence)
+    errors, published = _published(evaluate["dataset"]["name"], tables.aggregate, heads,
+                                    published_rows(mech, collected.mechanism,
+                                                   train["model"]["blur_size"]))
+    csv = {"primary_comparisons": comparison_table(
+               comparisons[comparisons.role == "primary"]) if len(comparisons) else None,
+           "secondary_comparisons": comparison_table(
+               comparisons[comparisons.role == "secondary"]) if len(comparisons) else None,
+           "learning_curve": curve.table if curve else None,
+           "whole_cell_shifts": translation.alignment.table if translation.alignment
+           else None,
+           "phase_accuracy": translation.alignment.phases if translation.alignment else None,
+           "shift_training": ablation.table if ablation else None,
+           **mech.csv,
+           "two_object_pointing": cams.two_objects.table if cams.two_objects else None,
+           "epoch_times": speed.epochs, "published_numbers": published}
+    return ReportFacts(
+        heads=heads, seeds=sorted(tables.main.seed.unique().tolist()), settings=settings,
+        figures=dict(figures), dataset=evaluate["dataset"], train_record=train,
+        evaluate_record=evaluate, workers=_workers(train["runs"]),
+        claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
+        verdicts=verdicts, secondary=secondary_facts(comparisons),
+        learning_rates=_learning_rates(collected.tuning, heads),
+        grid_edges=chosen_at_grid_edge(collected.tuning),
+        parameters=_parameters(tables.main, heads),
+        factorial=_factorial(tables.aggregate, heads),
+        accuracy=stat_table(tables.aggregate,
+                            ["train_accuracy", "test_accuracy", "overfit_gap", "loss_gap"],
+                            ["train accuracy", "test accuracy", "overfitting gap", "loss gap"],
+                            heads),
+        curve=curve, translation=translation, ablation=ablation, mechanism=mech, cams=cams,
+        sum_pooling=sum_pooling_facts(tables.aggregate, heads, evaluate["feature_map"],
+                                      train["learning_rates"], settings.margins.accuracy),
+        speed=speed, published_errors=errors,
+        csv={name: frame for name, frame in csv.items() if frame is not None})

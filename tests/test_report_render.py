@@ -1,0 +1,124 @@
+"""The report's template (gap_study.report.render, templates/report.md.j2): the whole report of
+the small hand-made study of ``test_report_stage`` against a reviewed snapshot, the branches
+the template takes when parts of a study did not run, the table of contents and its anchors,
+and the links to the tables written beside the report.
+
+After a deliberate change of the report, rewrite the snapshot with
+``UPDATE_REPORT_SNAPSHOT=1 pytest tests/test_report_render.py``, then read it before committing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from test_report_stage import _facts, layout  # noqa: F401 - the fixture, for the tests below
+
+from gap_study.report.html import markdown_to_html
+from gap_study.report.mechanism_distance import Effect
+from gap_study.report.render import environment, render_report, write_tables
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "report_small.md"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_small_studys_report_matches_its_reviewed_snapshot(layout):  # noqa: F811
+    text = render_report(_facts(layout))
+    if os.environ.get("UPDATE_REPORT_SNAPSHOT"):
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(text)
+        pytest.skip("snapshot rewritten: read it, then commit it")
+    assert text == SNAPSHOT.read_text()
+
+
+def test_every_table_the_text_links_to_is_written_beside_it_and_no_other(layout, tmp_path):  # noqa: F811
+    facts = _facts(layout)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "from_an_earlier_study.csv").write_text("head\n")
+    paths = write_tables(facts, tmp_path / "tables")
+    assert sorted((tmp_path / "tables").iterdir()) == sorted(paths.values())
+    links = set(re.findall(r"\]\((tables/[\w.]+\.csv)\)", render_report(facts)))
+    assert links == {f"tables/{path.name}" for path in paths.values()}
+    assert all(path.read_text().startswith("head,") or path.read_text().startswith("claim,")
+               or path.read_text().startswith("source,") for path in paths.values())
+
+
+def test_the_contents_link_every_section_to_the_ids_the_html_gives_them(layout):  # noqa: F811
+    text = render_report(_facts(layout))
+    contents = text.split("## Contents")[1].split("\n## ")[0]
+    anchors = re.findall(r"\]\(#([\w-]+)\)", contents)
+    sections = re.findall(r"^##+ (.+)$", text.split("## Contents")[1], flags=re.MULTILINE)
+    assert len(anchors) == len(sections) and len(anchors) > 10
+    html = markdown_to_html(text.replace("](figures/", "](data:figures/"), ".")
+    ids = set(re.findall(r'<h[23] id="([\w-]+)"', html))
+    assert set(anchors) <= ids
+
+
+def test_sections_the_study_did_not_run_are_left_out_not_described(layout):  # noqa: F811
+    facts = dataclasses.replace(_facts(layout), curve=None, ablation=None)
+    text = render_report(facts)
+    assert "## Learning curve" not in text and "Training with random shifts" not in text
+    assert "No augmentation ablation" not in text  # the record still says [0, 2]
+    no_shift = dataclasses.replace(facts, train_record={
+        **facts.train_record, "train": {**facts.train_record["train"], "shift": [0]}})
+    assert "No augmentation ablation (`train.shift` has one value)." in render_report(no_shift)
+    one_fraction = dataclasses.replace(facts, train_record={
+        **facts.train_record, "train": {**facts.train_record["train"], "fractions": [1.0]}})
+    text = render_report(one_fraction)
+    assert "No learning curve (`train.fractions` has no fraction below 1)." in text
+    assert "of the training images (the same number" not in text
+
+
+def test_without_gsp_the_measured_sum_over_average_moves_to_what_was_run(layout):  # noqa: F811
+    facts = _facts(layout)
+    facts = dataclasses.replace(facts, sum_pooling=dataclasses.replace(facts.sum_pooling,
+                                                                       shown=False))
+    text = render_report(facts)
+    assert "## Global sum vs global average pooling" not in text
+    setup = text.split("## What was run")[1].split("\n## ")[0]
+    assert "sum / average = 16.0000 = 4·4" in setup
+
+
+def test_the_setup_describes_the_backbones_downsampling_and_padding(layout):  # noqa: F811
+    facts = _facts(layout)
+    record = {**facts.train_record, "model": {**facts.train_record["model"],
+                                              "downsample": "blurmax", "blur_size": 5,
+                                              "padding": "circular"}}
+    text = render_report(dataclasses.replace(facts, train_record=record))
+    assert ("anti-aliased max-pooling (2x2 max at stride 1, then a 5x5 binomial filter at "
+            "stride 2) between blocks and circular padding") in text
+    assert "2x2 max-pooling between blocks and zero padding" in render_report(facts)
+
+
+def test_with_one_seed_the_report_says_why_there_is_no_forest_plot(layout):  # noqa: F811
+    facts = _facts(layout)
+    text = render_report(dataclasses.replace(
+        facts, figures={k: v for k, v in facts.figures.items() if k != "forest"}))
+    assert "a paired test needs at least two seeds" in text and "forest" not in text
+
+
+def test_without_a_tested_claim_the_report_says_what_heads_it_needs(layout):  # noqa: F811
+    text = render_report(dataclasses.replace(_facts(layout), claims=[]))
+    assert "No claim could be tested: `heads` needs `dense`" in text
+    assert "No claim could be tested here: add `dense` and a pooling head" in text
+
+
+def test_effects_are_signed_points_with_their_interval_or_none_for_one_seed():
+    effect = environment().filters["effect"]
+    assert effect(Effect(5, 0.1, 0.075, 0.125)) == "+10.0 pts [+7.5, +12.5]"
+    assert effect(Effect(5, -0.0001, -0.02, 0.01)) == "+0.0 pts [-2.0, +1.0]"  # never -0.0
+    assert effect(Effect(5, 0.05, math.nan, math.nan)) == "+5.0 pts (one seed: no interval)"
+    assert environment().filters["names"](["a", "b", "c"]) == "`a`, `b` and `c`"
+
+
+def test_the_report_stage_depends_on_its_template_and_writes_its_tables():
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
+    templates = sorted((ROOT / "src/gap_study/report/templates").iterdir())
+    assert [p.relative_to(ROOT).as_posix() for p in templates] == [
+        d for d in stage["deps"] if d.startswith("src/") and not d.endswith(".py")]
+    assert "reports/tables" in stage["outs"]
