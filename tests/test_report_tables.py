@@ -10,7 +10,6 @@ from gap_study.report.tables import (
     SUMMARY_METRICS,
     StudyTables,
     ablation_runs,
-    chosen_at_grid_edge,
     curve_runs,
     head_order,
     headline_metrics,
@@ -117,13 +116,3 @@ def test_phase_table_averages_each_phase_per_seed_then_over_seeds():
     assert table.set_index("head").to_dict("index") == {
         "gap": {"(0,0)": 90.0, "(1,0)": 55.0, "(0,1)": 20.0, "(1,1)": 20.0},
         "dense": {"(0,0)": 100.0, "(1,0)": 100.0, "(0,1)": 100.0, "(1,1)": 100.0}}
-
-
-def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged_with_that_end():
-    tuning = pd.DataFrame({"head": ["gap"] * 3 + ["dense"] * 3 + ["gmp"] * 3,
-                           "lr": [0.001, 0.003, 0.01] * 3,
-                           "chosen": [False, False, True, True, False, False,
-                                      False, True, False]})
-    assert chosen_at_grid_edge(tuning) == {"gap": "largest", "dense": "smallest"}
-    single = pd.DataFrame({"head": ["gap"], "lr": [0.001], "chosen": [True]})
-    assert chosen_at_grid_edge(single) == {}

@@ -41,7 +41,6 @@ from gap_study.report.stats import summarize
 from gap_study.report.tables import (
     CollectedResults,
     StudyTables,
-    chosen_at_grid_edge,
     main_runs,
 )
 
@@ -208,11 +207,31 @@ def _factorial(aggregate: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame | 
 
 
 def _learning_rates(tuning: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
-    table = (tuning.assign(val=tuning["val_accuracy"].map(lambda v: f"{v * 100:.1f}%")
+    """Per head (rows) and rate tried (columns): the final validation loss, mean over the
+    tuning seeds, the chosen rate marked; empty where a head did not try a rate."""
+    table = (tuning.assign(val=tuning["val_loss"].map(lambda v: f"{v:.4f}")
                            + tuning["chosen"].map(lambda c: " (chosen)" if c else ""))
-             .pivot(index="head", columns="lr", values="val").reindex(list(heads)))
+             .pivot(index="head", columns="lr", values="val").reindex(list(heads))
+             .fillna(""))
     table.columns = [f"lr {c:g}" for c in table.columns]
     return table.reset_index()
+
+
+@dataclass(frozen=True)
+class TuneFlags:
+    """The heads whose choice the tuning seeds could move (``fragile``: a neighbouring rate's
+    mean loss within the chosen rate's spread over seeds) and those whose rate sits at a bound
+    of ``tune`` (``at_bound``: the grid could not extend past it)."""
+
+    fragile: list[str]
+    at_bound: list[tuple[str, float]]
+
+
+def _tune_flags(choices: pd.DataFrame, heads: Sequence[str]) -> TuneFlags:
+    rows = choices.set_index("head").reindex([h for h in heads if h in set(choices["head"])])
+    return TuneFlags([str(h) for h in rows.index[rows["fragile"].astype(bool)]],
+                     [(str(h), float(rows.loc[h, "lr"]))
+                      for h in rows.index[rows["at_bound"].astype(bool)]])
 
 
 @dataclass(frozen=True)
@@ -299,7 +318,7 @@ class ReportFacts:
     verdicts: pd.DataFrame
     secondary: Secondary
     learning_rates: pd.DataFrame
-    grid_edges: dict[str, str]
+    tune_flags: TuneFlags
     parameters: pd.DataFrame
     factorial: pd.DataFrame | None
     accuracy: pd.DataFrame
@@ -360,7 +379,7 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
         verdicts=verdicts, secondary=secondary_facts(comparisons),
         learning_rates=_learning_rates(collected.tuning, heads),
-        grid_edges=chosen_at_grid_edge(collected.tuning),
+        tune_flags=_tune_flags(collected.tune_choices, heads),
         parameters=_parameters(tables.main, heads),
         factorial=_factorial(tables.aggregate, heads),
         accuracy=stat_table(tables.aggregate,

@@ -349,7 +349,7 @@ def study_figures(collected: CollectedResults, tables: StudyTables,
     needs two seeds)."""
     per_seed = tables.main
     figures = {
-        "tuning": plot_tuning(collected.tuning, heads),
+        "tuning": plot_tuning(collected.tuning_runs, collected.tuning, heads),
         "params": plot_param_counts(per_seed.drop_duplicates("head"), heads),
         "accuracy": plot_accuracy_and_gap(per_seed, heads, confidence),
         "training_curves": plot_training_curves(main_runs(collected.history), heads, confidence),

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 
 from gap_study.report.formatting import RELATIVE
 
@@ -97,20 +96,32 @@ def plot_forest(comparisons: pd.DataFrame, labels: Mapping[str, str]) -> plt.Fig
     return fig
 
 
-def plot_tuning(tuning: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
-    """Final validation accuracy per learning rate, one line per head, the chosen rate
-    circled."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    data = tuning.assign(accuracy=tuning["val_accuracy"] * 100)
-    palette = dict(zip(heads, sns.color_palette("colorblind", len(heads)), strict=True))
-    sns.lineplot(data, x="lr", y="accuracy", hue="head", hue_order=list(heads), marker="o",
-                 palette=palette, ax=ax)
-    chosen = data[data["chosen"]]
-    ax.scatter(chosen["lr"], chosen["accuracy"], s=160, facecolors="none", edgecolors="black",
-               label="chosen")
-    ax.set_xscale("log")
-    ax.set(xlabel="Adam learning rate (log scale)", ylabel="validation accuracy (%)",
-           title="Learning rate per head, chosen on the validation split")
-    ax.legend(fontsize=8)
+def plot_tuning(runs: pd.DataFrame, tuning: pd.DataFrame, heads: Sequence[str]) -> plt.Figure:
+    """Final validation loss against the learning rate, one panel per head: a line per
+    tuning seed, their mean dashed, the chosen rate circled (``docs/study.md``, "Training")."""
+    shown = [h for h in heads if h in set(runs["head"])]
+    columns = min(3, len(shown))
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharex=True,
+                             squeeze=False)
+    for ax, head in zip(axes.flat, shown, strict=False):
+        ours = runs[runs["head"] == head]
+        for seed, seed_runs in ours.groupby("seed"):
+            ax.plot(seed_runs["lr"], seed_runs["val_loss"], marker="o", linewidth=1,
+                    label=f"seed {seed}")
+        mean = tuning[tuning["head"] == head].sort_values("lr")
+        ax.plot(mean["lr"], mean["val_loss"], color="black", linestyle="--", linewidth=1,
+                label="mean")
+        chosen = mean[mean["chosen"].astype(bool)]
+        ax.scatter(chosen["lr"], chosen["val_loss"], s=140, facecolors="none",
+                   edgecolors="black", zorder=3, label="chosen")
+        ax.set_xscale("log")
+        ax.set_title(head, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=6)
+    fig.supxlabel("Adam learning rate (log scale)", fontsize=9)
+    fig.supylabel("final validation loss (nats)", fontsize=9)
     fig.tight_layout()
     return fig

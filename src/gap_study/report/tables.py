@@ -30,7 +30,6 @@ __all__ = [
     "RunRecords",
     "StudyTables",
     "ablation_runs",
-    "chosen_at_grid_edge",
     "collect_results",
     "curve_runs",
     "head_order",
@@ -88,7 +87,9 @@ class CollectedResults(NamedTuple):
     cams: dict[str, dict[str, np.ndarray]]  # CAM examples per head that has them
     step_times: pd.DataFrame  # the speed stage: head, round, seconds_per_step
     speed_run: dict[str, Any]  # the speed stage's run record
-    tuning: pd.DataFrame  # the tune stage: head, lr, val_accuracy, val_loss, chosen
+    tuning: pd.DataFrame  # the tune stage per head and rate: means over seeds, chosen
+    tuning_runs: pd.DataFrame  # per head, rate and tuning seed: val_loss, val_accuracy
+    tune_choices: pd.DataFrame  # per head: lr, val_loss, spread, fragile, at_bound, ...
     mechanism: pd.DataFrame  # the mechanism stage: one row per head, cell and seed
     mechanism_grid: pd.DataFrame  # its accuracy per offset: head, cell, seed, dx, dy, ...
 
@@ -144,6 +145,8 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
         step_times=pd.read_csv(layout.step_times),
         speed_run=json.loads(layout.speed_run.read_text()),
         tuning=pd.read_csv(layout.tuning),
+        tuning_runs=pd.read_csv(layout.tuning_runs),
+        tune_choices=pd.read_csv(layout.tune_choices),
         mechanism=pd.read_csv(layout.mechanism_runs),
         mechanism_grid=pd.read_csv(layout.mechanism_grid))
 
@@ -307,14 +310,3 @@ def headline_metrics(results: pd.DataFrame,
                                                      "flip_rate_all_pairs")}
             for shift, runs in ablation[ablation["head"] == head].groupby("train_shift")}
     return out
-
-
-def chosen_at_grid_edge(tuning: pd.DataFrame) -> dict[str, str]:
-    """Heads of ``tuning_table`` whose chosen rate is the grid's ``"smallest"`` or
-    ``"largest"``: their best rate may lie outside the grid. A grid of one rate flags nothing."""
-    rates = sorted(tuning["lr"].unique())
-    if len(rates) < 2:
-        return {}
-    edges = {rates[0]: "smallest", rates[-1]: "largest"}
-    chosen = tuning[tuning["chosen"] & tuning["lr"].isin(edges)]
-    return {head: edges[lr] for head, lr in zip(chosen["head"], chosen["lr"], strict=True)}
