@@ -167,6 +167,13 @@ def test_metrics_json_has_every_head_and_exact_head_parameters(reports):
     assert metrics["gsp"]["seeds"] == len(TINY_SEEDS)
 
 
+def test_claims_json_holds_a_verdict_for_every_claim_the_report_tests(reports):
+    claims = json.loads((reports / "claims.json").read_text())
+    assert sorted(claims) == sorted(CLAIMS)
+    words = {"holds", "fails", "no difference", "mixed", "undecided"}
+    assert {v["verdict"] for metrics in claims.values() for v in metrics.values()} <= words
+
+
 def test_report_has_every_section_claim_and_setting(reports):
     text = (reports / "report.md").read_text()
     assert [section for section in SECTIONS if section not in text] == []

@@ -1,6 +1,8 @@
 """gap_study.report.claims: the declared tests on hand-made results, their families and the
 verdict per claim and metric."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,7 @@ from gap_study.report.claims import (
     PROTOCOL,
     claim_comparisons,
     claim_verdicts,
+    claims_record,
     heads_under_test,
     setting_label,
 )
@@ -189,3 +192,16 @@ def test_setting_label_names_the_training_data_and_shifts():
     assert setting_label(1.0, 0) == "all training images, centred"
     assert setting_label(0.1, 3, 135) == "10% of the training images (135), " \
         "random shifts up to 3 px"
+
+
+def test_the_claims_record_gives_each_primary_metric_its_verdict_and_largest_effect(
+        comparisons):
+    record = claims_record(comparisons, claim_verdicts(comparisons))
+    verdicts = claim_verdicts(comparisons)
+    assert {(c, m) for c, metrics in record.items() for m in metrics} \
+        == set(zip(verdicts.claim, verdicts.metric, strict=True))
+    steps = record["faster training"]["seconds_per_step"]
+    assert steps["verdict"] == "holds" and steps["better"] == steps["tests"] == 2
+    assert steps["largest"] == "gap vs dense" and steps["largest_verdict"] == "better"
+    assert steps["adjusted_low"] <= steps["effect"] <= steps["adjusted_high"]
+    assert json.loads(json.dumps(record)) == record  # plain JSON: DVC reads it as metrics

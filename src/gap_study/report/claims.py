@@ -26,6 +26,7 @@ __all__ = [
     "ClaimTest",
     "claim_comparisons",
     "claim_verdicts",
+    "claims_record",
     "heads_under_test",
     "setting_label",
 ]
@@ -246,3 +247,29 @@ def claim_verdicts(comparisons: pd.DataFrame) -> pd.DataFrame:
                      "better": better, "worse": worse, "equivalent": equivalent,
                      "inconclusive": counts.get("inconclusive", 0)})
     return pd.DataFrame(rows)
+
+
+def claims_record(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, dict]:
+    """``reports/claims.json``, the verdicts as DVC metrics: per claim and primary metric, the
+    verdict word, how many comparisons came out which way, and the comparison with the largest
+    effect among those decided (among all when none is): its effect (``improvement``, raw
+    units; a ratio minus one for times) and the adjusted interval its verdict read."""
+    record: dict[str, dict] = {}
+    primary = comparisons[comparisons.role == "primary"] if len(comparisons) else comparisons
+    for row in verdicts.itertuples(index=False):
+        rows = primary[(primary.claim == row.claim) & (primary.metric == row.metric)]
+        decided = rows[rows["verdict"].isin(["better", "worse"])]
+        pool = decided if len(decided) else rows
+        top = pool.loc[pool["improvement"].abs().idxmax()]
+        setting = f", {top.setting}" if rows["setting"].nunique() > 1 else ""
+        record.setdefault(row.claim, {})[row.metric] = {
+            "verdict": row.verdict,
+            **{word: int(getattr(row, word)) for word in ("tests", "better", "worse",
+                                                          "equivalent", "inconclusive")},
+            "largest": f"{top['head']} vs {top.baseline}{setting}",
+            "largest_verdict": str(top.verdict),
+            "effect": float(top.improvement),
+            "adjusted_low": float(top.adjusted_low),
+            "adjusted_high": float(top.adjusted_high)}
+    return record
+
