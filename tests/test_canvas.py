@@ -4,6 +4,7 @@ import torch
 from builders import put, small_cifar_tarball, use_files
 
 from gap_study.data.canvas import (
+    PreparedDataError,
     load_prepared,
     object_boxes,
     place_on_canvas,
@@ -140,6 +141,27 @@ def test_loading_a_data_set_written_before_two_object_canvases_asks_to_prepare_a
     np.savez(path, **old)
     with pytest.raises(ValueError, match=r"no x_pair, y_pair, box_pair.*dvc repro prepare"):
         load_prepared(path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped"])
+def test_a_damaged_data_set_is_refused_naming_the_file_and_the_safe_fix(tmp_path, digits,
+                                                                        damage):
+    path = tmp_path / "data" / "prepared" / "dataset.npz"
+    save_prepared(path, digits)
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":  # numpy's own error advises allow_pickle=True, the unsafe fix
+        data = bytearray(b"this is not an npz file\n" * 40)
+    elif damage == "truncated":  # numpy's own error: BadZipFile, no path
+        data = data[:len(data) // 2]
+    else:  # a byte inside an array: the archive's CRC-32 catches it
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PreparedDataError) as caught:
+        load_prepared(path)
+    message = str(caught.value)
+    assert str(path) in message and "allow_pickle" not in message
+    assert "dvc checkout data/prepared/dataset.npz" in message
+    assert "dvc repro -f -s prepare" in message
 
 
 def test_to_float_scales_uint8_to_unit_range_and_keeps_zero_background():
