@@ -7,6 +7,7 @@ import pytest
 import torch
 from builders import tiny_config
 
+from gap_study.measures.finite import NonFiniteError
 from gap_study.measures.localization import TWO_OBJECT_METRICS
 from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
 from gap_study.nets.models import build_model
@@ -119,3 +120,13 @@ def test_a_task_evaluates_a_checkpoint_where_it_runs_and_adds_the_examples_of_it
     assert example.row == direct.row and example.grid.equals(direct.grid)
     assert example.examples["cams"].shape == (4, 32, 32) and other.examples is None
     assert example.worker["cpu"] and example.worker["torch_threads"] >= 1
+
+
+def test_a_checkpoint_whose_losses_are_not_finite_fails_its_task_naming_the_run(small):
+    payload = checkpoint_payload(_model("gap"))
+    weight = next(k for k in payload["state_dict"] if k.endswith("weight"))
+    payload["state_dict"][weight] = torch.full_like(payload["state_dict"][weight], math.nan)
+    with pytest.raises(NonFiniteError, match=r"run gap/fraction_0.5-shift_0-seed_3: train_loss, "
+                       r"test_loss not finite"):
+        evaluate_task((RunId(0.5, 0, 3), payload), data=small, settings=SETTINGS, device="cpu",
+                      full_fraction=1.0, example_run=RunId(1.0, 0, 0))

@@ -19,10 +19,12 @@ import pandas as pd
 
 from gap_study.data.canvas import CanvasDataset, to_float
 from gap_study.data.splits import stratified_subsample
+from gap_study.measures.finite import require_finite
 from gap_study.measures.metrics import (
     all_pairs_flip_rate,
     exact_consistency,
     grid_accuracy,
+    predict_logits,
     shift_grid_predictions,
 )
 from gap_study.measures.phases import phase_split
@@ -151,7 +153,10 @@ def mechanism_task(item: tuple[MechanismRun, dict[str, Any] | None], *, data: Ca
         model = model_from_payload(payload, torch_device)
     index = np.asarray(test_index)
     images = to_device(to_float(data.x_test[index]), torch_device)
-    predictions = shift_grid_predictions(fold_batch_norm(model), images, max_shift, batch_size)
+    folded = fold_batch_norm(model)
+    # 1. the centred logits must be finite: the grid keeps only their argmax, which NaN hides
+    require_finite({"logits": predict_logits(folded, images, batch_size)}, run=run.label)
+    predictions = shift_grid_predictions(folded, images, max_shift, batch_size)
     row, grid = score_grid(predictions, data.y_test[index], max_shift,
                            total_stride(architecture.widths))
     keys = {"head": run.head, "downsample": run.cell.downsample, "padding": run.cell.padding,
