@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from gap_study.data.canvas import (
     shift_margin,
     to_float,
 )
-from gap_study.data.prepare import prepare_dataset
+from gap_study.data.prepare import DataSizeWarning, prepare_dataset
 from gap_study.data.sources import CIFAR10_TARBALL
 
 
@@ -112,6 +114,25 @@ def test_a_real_data_set_is_placed_on_its_canvas_from_local_files(tmp_path, monk
 def test_preparing_too_few_images_for_the_validation_split_names_the_keys_to_change():
     with pytest.raises(ValueError, match=r"data\.validation_fraction = 0\.1.*data\.max_train"):
         prepare_dataset("digits", canvas=24, digits_size=16, max_train=20)
+
+
+def test_caps_above_the_data_set_are_warned_about_not_silently_ignored():
+    with pytest.warns(DataSizeWarning) as caught:
+        prepared = prepare_dataset("digits", canvas=32, digits_size=16, max_train=5000,
+                                   max_test=40, two_objects=50)
+    messages = [str(w.message) for w in caught]
+    assert messages == [
+        "data.max_train = 5000 is more than the 1347 training images of digits: all 1347 are "
+        "kept",
+        "data.two_objects = 50 is more than the 40 test images of digits it is made of: objects "
+        "repeat across canvases; set it to at most 40"]
+    assert len(prepared.y_train) + len(prepared.y_val) == 1347 and len(prepared.x_pair) == 50
+
+
+def test_the_default_study_sizes_raise_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataSizeWarning)
+        prepare_dataset("digits", canvas=20, digits_size=10, test_fraction=0.25, two_objects=400)
 
 
 def test_prepared_data_round_trips_through_npz_without_pickle(tmp_path, digits):

@@ -31,7 +31,7 @@ from gap_study.measures.phases import phase_split
 from gap_study.nets.architecture import total_stride
 from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
 from gap_study.nets.models import ClassifierNet, fold_batch_norm
-from gap_study.pipeline.params import MechanismParams, ModelParams, TrainParams
+from gap_study.pipeline.params import MechanismParams, ModelParams, ParamsError, TrainParams
 from gap_study.pipeline.paths import RunId
 from gap_study.pipeline.provenance import worker_facts
 from gap_study.pipeline.runtime import resolve_device, to_device
@@ -98,7 +98,12 @@ def mechanism_runs(settings: MechanismParams, model: ModelParams,
 
 def grid_images(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:
     """Indices of the test images every run is scored on: a class-stratified subsample of
-    ``count`` (``None``: all), fixed by ``seed``, in the test set's order."""
+    ``count`` (``None``: all), fixed by ``seed``, in the test set's order. A ``count`` above
+    the test set is refused (``ParamsError``), never quietly cut to it."""
+    if count is not None and count > len(labels):
+        raise ParamsError(
+            f"mechanism.test_images = {count} is more than the {len(labels)} test images of the "
+            f"prepared data set: set it to at most {len(labels)}, or null for all of them")
     index, _ = stratified_subsample(np.arange(len(labels)), labels, count, seed)
     return index
 
