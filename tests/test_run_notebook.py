@@ -1,3 +1,4 @@
+import errno
 import os
 import shutil
 import signal
@@ -127,6 +128,16 @@ def test_ctrl_c_prints_one_line_saying_how_to_resume(root, tmp_path, capsys, mon
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted: ")
     assert "run `dvc repro` again to resume" in lines[0]
+
+
+def test_a_full_disk_saving_the_executed_notebook_says_disk_full_with_the_path(
+        root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run_notebook.papermill, "execute_notebook",
+                        _fail_with(OSError(errno.ENOSPC, "No space left on device")))
+    assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: disk full: could not write {tmp_path / 'out.ipynb'} (No space left on device); "
+        "free space and run the stage again")
 
 
 @pytest.mark.slow

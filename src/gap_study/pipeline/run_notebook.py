@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import os
 import re
 import shutil
@@ -116,6 +117,13 @@ def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
         )
     except PapermillExecutionError as exc:
         print("\n" + _failure(exc, notebook, output), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # 5. The executed notebook is saved after every cell: a full disk stops it there.
+        if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        print(f"\nerror: disk full: could not write {output} ({exc.strerror}); free space "
+              "and run the stage again", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # 2. One line, not papermill's and asyncio's tracebacks: what stopped and how to resume.
