@@ -158,10 +158,10 @@ def test_ctrl_c_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
     kernel = int(runner.stdout.readline().split()[1])
     os.killpg(runner.pid, signal.SIGINT)
     _, err = runner.communicate(timeout=60)
-    assert runner.returncode == 130
+    assert runner.returncode == 130, err
     assert err.strip().splitlines() == [
         "interrupted: slow.ipynb stopped before it finished; the stages that finished are kept: "
-        "run `dvc repro` again to resume from this one"]
+        "run `dvc repro` again to resume from this one"], err
     for _ in range(50):  # the kernel is gone, not left running the cell
         if not os.path.exists(f"/proc/{kernel}"):
             break
