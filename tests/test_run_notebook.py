@@ -25,7 +25,8 @@ CHAINED = [
     "\nThe above exception was the direct cause of the following exception:\n",
     "\x1b[31mRuntimeError\x1b[39m                    Traceback (most recent call last)",
     "\x1b[31mRuntimeError\x1b[39m: [enforce fail at inline_container.cc:672] . unexpected pos "
-    "99072 vs 98968\nframe #0: c10::ThrowEnforceNotMet",
+    "99072 vs 98968\nException raised from write_record at inline_container.cc:672\n"
+    "frame #0: c10::ThrowEnforceNotMet",
 ]
 
 
@@ -108,10 +109,11 @@ def _fail_with(error):
     return execute
 
 
-def test_a_failing_cell_prints_its_error_and_root_cause_in_three_lines(root, tmp_path, capsys,
-                                                                       monkeypatch):
-    error = PapermillExecutionError(4, 5, "write_checkpoint(...)", "RuntimeError",
-                                    CHAINED[-1].split(": ", 1)[1], CHAINED)
+def test_a_failing_cell_prints_its_error_and_root_cause_without_torchs_backtrace(
+        root, tmp_path, capsys, monkeypatch):
+    evalue = CHAINED[-1].split("\x1b[39m: ", 1)[1]  # as papermill has it: with the backtrace
+    error = PapermillExecutionError(4, 5, "write_checkpoint(...)", "RuntimeError", evalue,
+                                    CHAINED)
     monkeypatch.setattr(run_notebook.papermill, "execute_notebook", _fail_with(error))
     assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb")]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
@@ -119,6 +121,17 @@ def test_a_failing_cell_prints_its_error_and_root_cause_in_three_lines(root, tmp
         "[enforce fail at inline_container.cc:672] . unexpected pos 99072 vs 98968",
         "       caused by OSError: [Errno 28] No space left on device",
         f"       the executed notebook, failing cell included, is kept at {tmp_path / 'out.ipynb'}"]
+
+
+def test_a_failing_cells_message_is_kept_whole(root, tmp_path, capsys, monkeypatch):
+    # a project error may span lines: every problem of params.yaml, a file's expected hash
+    error = PapermillExecutionError(1, 2, "prepare()", "DatasetError",
+                                    "data/raw/mnist has no train-images\n  expected md5:8d4f", [])
+    monkeypatch.setattr(run_notebook.papermill, "execute_notebook", _fail_with(error))
+    assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb")]) == 1
+    err = capsys.readouterr().err
+    assert "DatasetError: data/raw/mnist has no train-images\n  expected md5:8d4f\n" in err
+    assert "caused by" not in err
 
 
 def test_ctrl_c_prints_one_line_saying_how_to_resume(root, tmp_path, capsys, monkeypatch):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -61,6 +62,7 @@ class IpcKernelManager(AsyncKernelManager):
 
 # 3. POSIX only: Windows has no Unix-socket transport for ZeroMQ.
 _KERNEL = ({"kernel_manager_class": IpcKernelManager} if os.name == "posix" else {})
+_CPP_TRACE = re.compile(r"Exception raised from |frame #\d+:")
 _CHAINED = ("The above exception was the direct cause of the following exception:",
             "During handling of the above exception, another exception occurred:")
 
@@ -94,8 +96,10 @@ def root_cause(traceback: list[str]) -> str | None:
 
 def _failure(exc: PapermillExecutionError, notebook: Path, output: Path) -> str:
     """A few lines for a failing cell: the error, its root cause, where the notebook is kept."""
-    # 1. The first line of the message only: torch appends C++ backtraces to some.
-    evalue = exc.evalue.splitlines()[0] if exc.evalue else ""
+    # 1. The whole message (the project's errors may list several problems), less the C++
+    #    backtrace torch appends to some: its "Exception raised from ..." and "frame #N" lines.
+    evalue = "\n".join(itertools.takewhile(lambda line: not _CPP_TRACE.match(line),
+                                           (exc.evalue or "").splitlines()))
     lines = [f"error: {notebook} failed in cell [{exc.exec_count}] with {exc.ename}: {evalue}"]
     if (cause := root_cause(exc.traceback)) is not None:
         lines.append(f"       caused by {cause}")
