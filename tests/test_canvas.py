@@ -1,9 +1,12 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from builders import put, small_cifar_tarball, use_files
 
 from gap_study.data.canvas import (
+    PreparedDataError,
     load_prepared,
     object_boxes,
     place_on_canvas,
@@ -13,7 +16,7 @@ from gap_study.data.canvas import (
     shift_margin,
     to_float,
 )
-from gap_study.data.prepare import prepare_dataset
+from gap_study.data.prepare import DataSizeWarning, prepare_dataset
 from gap_study.data.sources import CIFAR10_TARBALL
 
 
@@ -113,6 +116,25 @@ def test_preparing_too_few_images_for_the_validation_split_names_the_keys_to_cha
         prepare_dataset("digits", canvas=24, digits_size=16, max_train=20)
 
 
+def test_caps_above_the_data_set_are_warned_about_not_silently_ignored():
+    with pytest.warns(DataSizeWarning) as caught:
+        prepared = prepare_dataset("digits", canvas=32, digits_size=16, max_train=5000,
+                                   max_test=40, two_objects=50)
+    messages = [str(w.message) for w in caught]
+    assert messages == [
+        "data.max_train = 5000 is more than the 1347 training images of digits: all 1347 are "
+        "kept",
+        "data.two_objects = 50 is more than the 40 test images of digits it is made of: objects "
+        "repeat across canvases; set it to at most 40"]
+    assert len(prepared.y_train) + len(prepared.y_val) == 1347 and len(prepared.x_pair) == 50
+
+
+def test_the_default_study_sizes_raise_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataSizeWarning)
+        prepare_dataset("digits", canvas=20, digits_size=10, test_fraction=0.25, two_objects=400)
+
+
 def test_prepared_data_round_trips_through_npz_without_pickle(tmp_path, digits):
     path = tmp_path / "sub" / "dataset.npz"
     save_prepared(path, digits)
@@ -140,6 +162,27 @@ def test_loading_a_data_set_written_before_two_object_canvases_asks_to_prepare_a
     np.savez(path, **old)
     with pytest.raises(ValueError, match=r"no x_pair, y_pair, box_pair.*dvc repro prepare"):
         load_prepared(path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped"])
+def test_a_damaged_data_set_is_refused_naming_the_file_and_the_safe_fix(tmp_path, digits,
+                                                                        damage):
+    path = tmp_path / "data" / "prepared" / "dataset.npz"
+    save_prepared(path, digits)
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":  # numpy's own error advises allow_pickle=True, the unsafe fix
+        data = bytearray(b"this is not an npz file\n" * 40)
+    elif damage == "truncated":  # numpy's own error: BadZipFile, no path
+        data = data[:len(data) // 2]
+    else:  # a byte inside an array: the archive's CRC-32 catches it
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PreparedDataError) as caught:
+        load_prepared(path)
+    message = str(caught.value)
+    assert str(path) in message and "allow_pickle" not in message
+    assert "dvc checkout data/prepared/dataset.npz" in message
+    assert "dvc repro -f -s prepare" in message
 
 
 def test_to_float_scales_uint8_to_unit_range_and_keeps_zero_background():

@@ -1,15 +1,24 @@
 """Checkpoints: what goes in, what comes back, and equal weights in equal bytes."""
 
+import builtins
+import hashlib
+
+import pytest
 import torch
 
+from gap_study.nets import checkpoints
 from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.checkpoints import (
+    CheckpointError,
     checkpoint_payload,
+    file_sha256,
     model_from_payload,
     read_checkpoint,
+    record_key,
     write_checkpoint,
 )
 from gap_study.nets.models import build_model
+from gap_study.pipeline.io import DiskFullError, write_json
 
 
 def _model(head: str, seed: int = 0):
@@ -49,3 +58,71 @@ def test_equal_weights_give_byte_identical_checkpoints_and_other_weights_do_not(
     _save(tmp_path / "c.pt", _model("gmp", seed=1))
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "seed_3.pt").read_bytes()
     assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "c.pt").read_bytes()
+
+
+def _project(tmp_path):
+    """A project root (``dvc.yaml`` and ``params.yaml``) with one trained checkpoint recorded in
+    ``reports/train/run.json`` as the train stage records it."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    path = tmp_path / "models" / "dense" / "fraction_1-shift_0-seed_0.pt"
+    digest = write_checkpoint(path, checkpoint_payload(_model("dense")))
+    record = tmp_path / "reports" / "train" / "run.json"
+    write_json(record, {"checkpoints": {record_key(path, tmp_path): digest}})
+    return path, record
+
+
+def test_write_checkpoint_returns_the_sha256_of_the_bytes_it_wrote(tmp_path):
+    path = tmp_path / "a.pt"
+    digest = write_checkpoint(path, checkpoint_payload(_model("gap")))
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest() == file_sha256(path)
+
+
+def test_a_recorded_checkpoint_reads_back(tmp_path):
+    path, record = _project(tmp_path)
+    assert read_checkpoint(path, record)["config"]["head"] == "dense"
+
+
+def test_one_flipped_byte_is_refused_naming_the_file_and_the_fix(tmp_path):
+    path, record = _project(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    read_checkpoint(path)  # torch.load does not notice: without the record it loads silently
+    with pytest.raises(CheckpointError, match=r"models/dense/fraction_1-shift_0-seed_0\.pt has "
+                       r"changed.*dvc checkout models/dense/fraction_1-shift_0-seed_0\.pt.*"
+                       r"dvc repro -f -s train"):
+        read_checkpoint(path, record)
+
+
+def test_a_truncated_checkpoint_is_refused_naming_the_file(tmp_path):
+    path, record = _project(tmp_path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"models/dense/fraction_1-shift_0-seed_0\.pt has "
+                       r"changed"):
+        read_checkpoint(path, record)
+    # unrecorded, torch's own error (OSError: [Errno 22] Invalid argument) gets the path
+    with pytest.raises(CheckpointError, match=r"fraction_1-shift_0-seed_0\.pt is damaged "
+                       r"\(truncated or not a checkpoint.*dvc repro -f -s train"):
+        read_checkpoint(path)
+
+
+def test_a_checkpoint_its_run_record_does_not_name_is_refused(tmp_path):
+    path, record = _project(tmp_path)
+    other = path.with_name("fraction_1-shift_0-seed_1.pt")
+    write_checkpoint(other, checkpoint_payload(_model("dense", seed=1)))
+    with pytest.raises(CheckpointError, match=r"run record .*run\.json has no SHA-256 for it"):
+        read_checkpoint(other, record)
+    record.unlink()
+    with pytest.raises(CheckpointError, match=r"run record .*run\.json is missing"):
+        read_checkpoint(path, record)
+
+
+def test_a_full_disk_while_saving_says_disk_full_with_the_path(tmp_path, monkeypatch):
+    # /dev/full fails every write with ENOSPC: torch.save reports it as "unexpected pos"
+    monkeypatch.setattr(checkpoints, "open", lambda *_: builtins.open("/dev/full", "wb"),
+                        raising=False)
+    path = tmp_path / "models" / "seed_0.pt"
+    with pytest.raises(DiskFullError, match=r"disk full: could not write .*models/seed_0\.pt"):
+        write_checkpoint(path, checkpoint_payload(_model("dense")))
+    assert list(path.parent.iterdir()) == []  # neither the file nor a temporary is left

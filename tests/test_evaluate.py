@@ -8,6 +8,7 @@ import pytest
 import torch
 from builders import tiny_config
 
+from gap_study.measures.finite import NonFiniteError
 from gap_study.measures.localization import TWO_OBJECT_METRICS
 from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
 from gap_study.nets.models import build_model
@@ -177,3 +178,13 @@ def test_the_per_image_file_keys_each_array_by_run_stem_and_metric(data, tmp_pat
             == {"fraction_0.5-shift_0-seed_0", "fraction_1-shift_0-seed_3"}
         np.testing.assert_array_equal(stored["fraction_1-shift_0-seed_3/test_accuracy"],
                                       results[2].per_image["test_accuracy"])
+
+
+def test_a_checkpoint_whose_losses_are_not_finite_fails_its_task_naming_the_run(small):
+    payload = checkpoint_payload(_model("gap"))
+    weight = next(k for k in payload["state_dict"] if k.endswith("weight"))
+    payload["state_dict"][weight] = torch.full_like(payload["state_dict"][weight], math.nan)
+    with pytest.raises(NonFiniteError, match=r"run gap/fraction_0.5-shift_0-seed_3: train_loss, "
+                       r"test_loss not finite"):
+        evaluate_task((RunId(0.5, 0, 3), payload), data=small, settings=SETTINGS, device="cpu",
+                      full_fraction=1.0, example_run=RunId(1.0, 0, 0))

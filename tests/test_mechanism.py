@@ -2,14 +2,18 @@
 scores, the metrics of one run's shift grid, and a run as a task, trained or taken from the
 train stage."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from builders import TINY_MODEL
 
+from gap_study.measures.finite import NonFiniteError
 from gap_study.measures.metrics import grid_offsets
 from gap_study.nets.checkpoints import checkpoint_payload
-from gap_study.pipeline.params import MechanismParams, TrainParams
+from gap_study.nets.models import build_model
+from gap_study.pipeline.params import MechanismParams, ParamsError, TrainParams
 from gap_study.pipeline.paths import RunId
 from gap_study.stages.mechanism import (
     Cell,
@@ -51,6 +55,14 @@ def test_grid_images_are_a_fixed_stratified_subsample_or_all():
     assert np.array_equal(chosen, grid_images(labels, 40, seed=3))
     assert not np.array_equal(chosen, grid_images(labels, 40, seed=4))
     assert np.array_equal(grid_images(labels, None, seed=3), np.arange(100))
+
+
+def test_more_grid_images_than_the_test_set_holds_are_refused_naming_the_key():
+    labels = np.repeat(np.arange(4), 25)
+    assert len(grid_images(labels, 100, seed=0)) == 100  # exactly all is fine
+    with pytest.raises(ParamsError, match=r"mechanism\.test_images = 1000 is more than the 100 "
+                       r"test images .* at most 100, or null"):
+        grid_images(labels, 1000, seed=0)
 
 
 def test_score_grid_separates_whole_cell_from_other_shifts():
@@ -97,3 +109,13 @@ def test_a_main_run_is_scored_from_its_checkpoint_without_training(small):
     assert result.checkpoint is None and result.history is None
     assert result.row["source"] == "main run"
     assert result.row["test_accuracy"] == result.grid.query("dx == 0 and dy == 0").accuracy.item()
+
+
+def test_a_main_run_whose_logits_are_not_finite_fails_naming_the_run(small):
+    torch.manual_seed(0)
+    payload = checkpoint_payload(build_model(TINY_MODEL.to_config("gap", small)))
+    weight = next(k for k in payload["state_dict"] if k.endswith("weight"))
+    payload["state_dict"][weight][0] = math.inf
+    run = MechanismRun("gap", Cell("max", "zeros"), RunId(1.0, 0, 2), main=True)
+    with pytest.raises(NonFiniteError, match=rf"run {run.label}: logits not finite"):
+        _task((run, payload), small)

@@ -72,10 +72,11 @@ def test_a_notebook_with_outputs_or_a_copied_default_is_caught():
 
 
 def _stages():
-    """``(stage name, stage dict, notebook path)`` for every stage of dvc.yaml."""
+    """``(stage name, stage dict, notebook path)`` for every stage of dvc.yaml that runs a
+    notebook (all but ``check``)."""
     for name, stage in DVC["stages"].items():
-        notebook = re.search(r"(notebooks/\S+\.ipynb)", stage["cmd"]).group(1)
-        yield name, stage, ROOT / notebook
+        if (found := re.search(r"(notebooks/\S+\.ipynb)", stage["cmd"])) is not None:
+            yield name, stage, ROOT / found.group(1)
 
 
 def _module_file(module: str) -> Path:
@@ -135,6 +136,20 @@ def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, 
     declared = {d for d in stage["deps"] if d.startswith("src/") and d.endswith(".py")}
     assert declared == expected, name
     assert notebook.relative_to(ROOT).as_posix() in stage["deps"]
+
+
+def test_the_check_stage_runs_first_on_the_whole_params_yaml_and_every_module_it_imports():
+    check = DVC["stages"]["check"]
+    assert check["cmd"] == "python -m gap_study.pipeline.check"
+    modules = _module_closure({"gap_study.pipeline.check"})
+    assert set(check["deps"]) == {"params.yaml"} | {
+        _module_file(m).relative_to(ROOT).as_posix() for m in modules}
+    assert check["outs"] == ["reports/params_checked.txt"]
+    assert "params" not in check  # the whole file: a renamed key must reach it, not DVC
+    later = [name for name, stage in DVC["stages"].items()
+             if "reports/params_checked.txt" not in stage.get("deps", [])]
+    assert later == ["check"], "every other stage must depend on the check stage's stamp"
+    assert len(list(_stages())) == len(DVC["stages"]) - 1
 
 
 def test_dvc_lock_names_only_stages_of_dvc_yaml():

@@ -88,6 +88,34 @@ def test_bad_params_are_rejected_with_the_key_and_what_is_allowed(params_raw, do
         parse_params(_with(params_raw, dotted, value))
 
 
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("train.batch_size", "64", r"train\.batch_size = '64': Input should be a valid integer"),
+    ("train.epochs", 10.0, r"train\.epochs = 10\.0: Input should be a valid integer"),
+    ("train.drop_last", "yes", r"train\.drop_last = 'yes': Input should be a valid boolean"),
+    ("train.weight_decay", "0", r"train\.weight_decay = '0': Input should be a valid number"),
+    ("train.seeds", ["0"], r"train\.seeds\[0\] = '0': Input should be a valid integer"),
+    ("model.dropout", True, r"model\.dropout = True: Input should be a valid number"),
+    ("data.max_train", "100", r"data\.max_train = '100'"),
+    ("data.root", 5, r"data\.root = 5: Input should be a valid string"),
+])
+def test_a_value_of_the_wrong_type_is_refused_not_converted(params_raw, dotted, value,
+                                                            expected):
+    # strict mode: before, "64" became 64 here while dvc.lock stored '64'
+    with pytest.raises(ParamsError, match=expected):
+        parse_params(_with(params_raw, dotted, value))
+
+
+def test_every_section_accepts_what_params_yaml_writes(params_raw):
+    # YAML ints for float fields, lists for the list fields, null for optional ones
+    raw = _with(_with(_with(params_raw, "train.weight_decay", 0), "model.gem_p", 3),
+                "report.margins", {"accuracy": 0.01, "consistency": 0.01, "loss": 1, "time": 0.1})
+    params = parse_params(_with(raw, "data.max_train", None))
+    assert params.train.weight_decay == 0.0 and isinstance(params.model.gem_p, float)
+    assert params.report.margins.loss == 1.0 and params.data.max_train is None
+    # and what the stage runner injects (the sections dumped as JSON) validates again
+    assert parse_params(params.model_dump(mode="json")) == params
+
+
 def test_every_problem_is_reported_at_once(params_raw):
     raw = _with(_with(params_raw, "train.epochs", -1), "heads", ["gapp"])
     with pytest.raises(ParamsError) as excinfo:

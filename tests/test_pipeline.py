@@ -312,7 +312,7 @@ def test_interrupted_training_resumes_to_byte_identical_results(repo):
     assert deterministic_outputs(repo) == before
 
 
-def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
+def test_changing_an_evaluation_param_reruns_only_check_evaluate_and_report(repo):
     repo, _ = repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["seed"] = 1  # max_shift would rerun the mechanism's scoring too
@@ -320,7 +320,7 @@ def test_changing_an_evaluation_param_reruns_only_evaluate_and_report(repo):
     result = run_command(["dvc", "repro"], repo)
     ran = {line.split("'")[1] for line in result.stdout.splitlines()
            if line.startswith("Running stage")}
-    assert ran == {"evaluate", "report"}
+    assert ran == {"check", "evaluate", "report"}  # check: any edit of params.yaml
     record = json.loads((repo / "reports" / "eval" / "run.json").read_text())
     assert record["evaluate"]["seed"] == 1
 

@@ -1,13 +1,33 @@
+import errno
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import nbformat
 import pytest
 import yaml
+from papermill.exceptions import PapermillExecutionError
 
+from gap_study.pipeline import run_notebook
 from gap_study.pipeline.params import ParamsError
-from gap_study.pipeline.run_notebook import main, notebook_parameters
+from gap_study.pipeline.run_notebook import main, notebook_parameters, root_cause
+
+# What papermill's PapermillExecutionError.traceback holds for a chained error: IPython's
+# coloured parts, the first exception's last line before the separator.
+CHAINED = [
+    "\x1b[31m------------------------------------------------------\x1b[39m",
+    "\x1b[31mOSError\x1b[39m                         Traceback (most recent call last)",
+    "\x1b[36mCell\x1b[39m \x1b[32mIn[5]\x1b[39m, line 3\n----> 3 write_checkpoint(...)",
+    "\x1b[31mOSError\x1b[39m: [Errno 28] No space left on device",
+    "\nThe above exception was the direct cause of the following exception:\n",
+    "\x1b[31mRuntimeError\x1b[39m                    Traceback (most recent call last)",
+    "\x1b[31mRuntimeError\x1b[39m: [enforce fail at inline_container.cc:672] . unexpected pos "
+    "99072 vs 98968\nException raised from write_record at inline_container.cc:672\n"
+    "frame #0: c10::ThrowEnforceNotMet",
+]
 
 
 def test_notebook_receives_the_params_sections_it_declares(root):
@@ -42,21 +62,25 @@ def test_a_missing_notebook_is_named(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_failing_cell_fails_the_run_and_keeps_the_executed_notebook(root, tmp_path, capsys):
+def test_a_failing_cell_fails_the_run_and_keeps_the_executed_notebook(root, tmp_path, capfd):
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
     nb = nbformat.v4.new_notebook(metadata=nbformat.read(
         root / "notebooks" / "train.ipynb", as_version=4).metadata)
     params_cell = nbformat.v4.new_code_cell('device = "cpu"')
     params_cell.metadata["tags"] = ["parameters"]
     nb.cells = [params_cell, nbformat.v4.new_code_cell("x = 1"),
-                nbformat.v4.new_code_cell("raise RuntimeError('the data is bad: ' + device)")]
+                nbformat.v4.new_code_cell("try:\n    {}['disk']\nexcept KeyError as e:\n"
+                                          "    raise RuntimeError('the data is bad: ' + device) "
+                                          "from e")]
     nbformat.write(nb, tmp_path / "broken.ipynb")
     output = tmp_path / "executed" / "broken.ipynb"
     code = main([str(tmp_path / "broken.ipynb"), str(output),
                  "--params-file", str(tmp_path / "params.yaml")])
     assert code == 1
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the kernel's own stderr included
     assert "failed in cell" in err and "RuntimeError: the data is bad: auto" in err
+    assert "caused by KeyError: 'disk'" in err
+    assert "without encryption" not in err  # the kernel talks over Unix sockets, not TCP
     executed = nbformat.read(output, as_version=4)
     errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors and errors[0].ename == "RuntimeError"
@@ -71,3 +95,88 @@ def test_the_stage_runner_validates_params_without_importing_torch_or_iri_gramma
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                            check=True).stdout
     assert shown.strip() == "[]"
+
+
+def test_the_root_cause_of_a_chained_error_is_its_first_exception():
+    assert root_cause(CHAINED) == "OSError: [Errno 28] No space left on device"
+    assert root_cause(CHAINED[-2:]) is None  # unchained: the error is its own cause
+
+
+def _fail_with(error):
+    def execute(*_args, **_kwargs):
+        raise error
+
+    return execute
+
+
+def test_a_failing_cell_prints_its_error_and_root_cause_without_torchs_backtrace(
+        root, tmp_path, capsys, monkeypatch):
+    evalue = CHAINED[-1].split("\x1b[39m: ", 1)[1]  # as papermill has it: with the backtrace
+    error = PapermillExecutionError(4, 5, "write_checkpoint(...)", "RuntimeError", evalue,
+                                    CHAINED)
+    monkeypatch.setattr(run_notebook.papermill, "execute_notebook", _fail_with(error))
+    assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {root / 'notebooks' / 'train.ipynb'} failed in cell [5] with RuntimeError: "
+        "[enforce fail at inline_container.cc:672] . unexpected pos 99072 vs 98968",
+        "       caused by OSError: [Errno 28] No space left on device",
+        f"       the executed notebook, failing cell included, is kept at {tmp_path / 'out.ipynb'}"]
+
+
+def test_a_failing_cells_message_is_kept_whole(root, tmp_path, capsys, monkeypatch):
+    # a project error may span lines: every problem of params.yaml, a file's expected hash
+    error = PapermillExecutionError(1, 2, "prepare()", "DatasetError",
+                                    "data/raw/mnist has no train-images\n  expected md5:8d4f", [])
+    monkeypatch.setattr(run_notebook.papermill, "execute_notebook", _fail_with(error))
+    assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb")]) == 1
+    err = capsys.readouterr().err
+    assert "DatasetError: data/raw/mnist has no train-images\n  expected md5:8d4f\n" in err
+    assert "caused by" not in err
+
+
+def test_ctrl_c_prints_one_line_saying_how_to_resume(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run_notebook.papermill, "execute_notebook",
+                        _fail_with(KeyboardInterrupt()))
+    assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb")]) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: ")
+    assert "run `dvc repro` again to resume" in lines[0]
+
+
+def test_a_full_disk_saving_the_executed_notebook_says_disk_full_with_the_path(
+        root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run_notebook.papermill, "execute_notebook",
+                        _fail_with(OSError(errno.ENOSPC, "No space left on device")))
+    assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: disk full: could not write {tmp_path / 'out.ipynb'} (No space left on device); "
+        "free space and run the stage again")
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    nb = nbformat.v4.new_notebook(metadata=nbformat.read(
+        root / "notebooks" / "train.ipynb", as_version=4).metadata)
+    params_cell = nbformat.v4.new_code_cell("seconds = 60")
+    params_cell.metadata["tags"] = ["parameters"]
+    nb.cells = [params_cell, nbformat.v4.new_code_cell(
+        "import os, time\nprint('kernel', os.getpid(), flush=True)\ntime.sleep(seconds)")]
+    nbformat.write(nb, tmp_path / "slow.ipynb")
+    # its own process group, as a terminal's Ctrl-C signals the foreground group
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "gap_study.pipeline.run_notebook", "slow.ipynb", "out.ipynb"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    kernel = int(runner.stdout.readline().split()[1])
+    os.killpg(runner.pid, signal.SIGINT)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "interrupted: slow.ipynb stopped before it finished; the stages that finished are kept: "
+        "run `dvc repro` again to resume from this one"], err
+    for _ in range(50):  # the kernel is gone, not left running the cell
+        if not os.path.exists(f"/proc/{kernel}"):
+            break
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{kernel}")

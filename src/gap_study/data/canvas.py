@@ -8,6 +8,7 @@ Images are stored as ``uint8`` ``(N, C, H, W)``; ``to_float`` scales them to ``[
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +21,7 @@ from gap_study.pipeline.io import write_arrays
 
 __all__ = [
     "CanvasDataset",
+    "PreparedDataError",
     "load_prepared",
     "object_boxes",
     "place_on_canvas",
@@ -172,18 +174,46 @@ def save_prepared(path: str | Path, dataset: CanvasDataset) -> None:
     write_arrays(path, arrays)
 
 
+class PreparedDataError(ValueError):
+    """``dataset.npz`` is damaged, not a prepared data set, or from an older prepare stage; the
+    message names the file and the fix."""
+
+
+# What np.load raises on a damaged file: garbage reads as a pickle it refuses (its message
+# suggests allow_pickle=True, the unsafe fix), a truncated archive as BadZipFile or EOFError.
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+_PREPARE_FIX = ("restore it with `dvc checkout data/prepared/dataset.npz`, or make it again "
+                "with `dvc repro -f -s prepare`")
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every ``CanvasDataset`` field of the ``.npz`` at ``path``."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [f.name for f in fields(CanvasDataset) if f.name not in npz.files]
+            if missing:
+                raise PreparedDataError(
+                    f"{path} has no {', '.join(missing)}: an older prepare stage wrote it; run "
+                    "the 'prepare' stage again (`dvc repro prepare`)")
+            return {f.name: npz[f.name] for f in fields(CanvasDataset)}
+    except PreparedDataError:
+        raise
+    except _DAMAGED as error:
+        # 1. Never numpy's own message: for garbage it advises allow_pickle=True.
+        cause = type(error).__name__
+        raise PreparedDataError(f"{path} is damaged or not a prepared data set ({cause}: "
+                                f"truncated, overwritten or not an .npz); {_PREPARE_FIX}"
+                                ) from None
+
+
 def load_prepared(path: str | Path) -> CanvasDataset:
-    """Read a data set written by ``save_prepared``; a missing file says which stage makes it."""
+    """Read a data set written by ``save_prepared``; a missing file says which stage makes it,
+    a damaged one (``PreparedDataError``) names the file and how to restore it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the 'prepare' stage "
                                 "(`dvc repro prepare`) to create it")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [f.name for f in fields(CanvasDataset) if f.name not in npz.files]
-        if missing:
-            raise ValueError(f"{path} has no {', '.join(missing)}: an older prepare stage wrote "
-                             "it; run the 'prepare' stage again (`dvc repro prepare`)")
-        values = {f.name: npz[f.name] for f in fields(CanvasDataset)}
+    values: dict[str, object] = dict(_read_arrays(path))
     values["name"] = str(values["name"])
-    values["num_classes"] = int(values["num_classes"])
-    return CanvasDataset(**values)
+    values["num_classes"] = int(values["num_classes"])  # type: ignore[call-overload]
+    return CanvasDataset(**values)  # type: ignore[arg-type]

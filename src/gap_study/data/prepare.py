@@ -9,6 +9,7 @@ CIFAR-10 come from verified files (``gap_study.data.sources``).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,30 @@ from gap_study.data.splits import stratified_split, stratified_subsample
 from gap_study.data.two_objects import two_object_canvases
 from gap_study.pipeline.params import DataParams
 
-__all__ = ["digits_objects", "prepare_dataset", "prepare_study_dataset"]
+__all__ = ["DataSizeWarning", "digits_objects", "prepare_dataset", "prepare_study_dataset"]
+
+
+class DataSizeWarning(UserWarning):
+    """A ``data`` value beyond what the data set holds: the study runs, on less than asked."""
+
+
+def warn_beyond_data(name: str, train_images: int, test_images: int, max_train: int | None,
+                     max_test: int | None, two_objects: int) -> None:
+    """Warn (``DataSizeWarning``) for each of ``data.max_train``, ``data.max_test`` and
+    ``data.two_objects`` above the ``train_images`` and ``test_images`` of data set ``name``."""
+    # 1. Warnings, not errors: the values are caps, and a larger cap keeps every image; but a
+    #    user who asked for more must learn that they did not get it.
+    for key, value, size, kind in (("max_train", max_train, train_images, "training"),
+                                   ("max_test", max_test, test_images, "test")):
+        if value is not None and value > size:
+            warnings.warn(f"data.{key} = {value} is more than the {size} {kind} images of "
+                          f"{name}: all {size} are kept", DataSizeWarning, stacklevel=3)
+    if two_objects > test_images:
+        # 2. The canvases draw their objects with replacement: more canvases than test objects
+        #    repeat objects, and the two-object metrics have fewer independent samples.
+        warnings.warn(f"data.two_objects = {two_objects} is more than the {test_images} test "
+                      f"images of {name} it is made of: objects repeat across canvases; set it "
+                      f"to at most {test_images}", DataSizeWarning, stacklevel=3)
 
 
 def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +90,8 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
         raw = load_raw(name, root, download=download)
         x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
         num_classes = raw.num_classes
+    warn_beyond_data(name, len(y_train), min(len(y_test), max_test or len(y_test)), max_train,
+                     max_test, two_objects)
     x_train, y_train = stratified_subsample(x_train, y_train, max_train, split_seed)
     x_test, y_test = stratified_subsample(x_test, y_test, max_test, split_seed)
     try:

@@ -1,12 +1,15 @@
 """Writing stage outputs safely: every file goes to a temporary name beside its target and is
 renamed into place only once complete, so a killed stage never leaves a truncated output
-that the next stage would read.
+that the next stage would read. A write that fails for want of space raises ``DiskFullError``
+naming the file, instead of an errno buried in the notebook or torch's ``unexpected pos``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,12 +19,46 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["atomic_path", "write_arrays", "write_csv", "write_json", "write_text"]
+__all__ = [
+    "DiskFullError",
+    "atomic_path",
+    "write_arrays",
+    "write_csv",
+    "write_json",
+    "write_text",
+]
 
 # mkstemp creates files readable by the owner only; give outputs the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+
+# The errnos of a full disk (ENOSPC) or an exhausted quota (EDQUOT).
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(OSError):
+    """An output could not be written because its disk (or quota) is full."""
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def _disk_full(path: Path, error: BaseException) -> DiskFullError | None:
+    """A ``DiskFullError`` for ``path`` when ``error`` is a failed write for want of space."""
+    # 1. torch.save reports a short write as "[enforce fail at inline_container.cc] ...
+    #    unexpected pos N vs M": the file object's write failed, in practice for want of space.
+    torch_short_write = isinstance(error, RuntimeError) and "unexpected pos" in str(error)
+    if not (isinstance(error, OSError) and error.errno in _NO_SPACE) and not torch_short_write:
+        return None
+    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return DiskFullError(errno.ENOSPC, f"disk full: could not write {path} "
+                         f"({_free_space(path.parent)} in {path.parent}; {cause}). Free space "
+                         "and run the stage again")
 
 
 @contextmanager
@@ -40,6 +77,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        if (full := _disk_full(path, error)) is not None:
+            raise full from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

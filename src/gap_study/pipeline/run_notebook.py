@@ -7,13 +7,22 @@ Each parameter of the notebook's ``parameters`` cell that names a top-level key 
 ``params.yaml`` (``train``, ``model``, ``device`` ...) receives that key's value; ``-p NAME VALUE``
 sets the others (``VALUE`` is read as YAML). ``params.yaml`` is validated first, so a bad value
 fails at once, before a kernel starts. A failing cell ends the command with exit status 1 and
-a one-paragraph summary; the executed notebook, failing cell included, stays at OUTPUT.
+a few lines naming the error and its root cause (the first exception of a chain, e.g. the
+``OSError: [Errno 28]`` under torch's ``unexpected pos``); the executed notebook, failing cell
+included, stays at OUTPUT. Ctrl-C ends it with exit status 130 and one line saying how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import errno
+import itertools
+import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +35,36 @@ sys.modules.setdefault("rfc3987_syntax", None)
 
 import papermill  # noqa: E402
 import yaml  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from papermill.exceptions import PapermillExecutionError  # noqa: E402
+from traitlets import CaselessStrEnum  # noqa: E402
 
 from gap_study.pipeline.params import ParamsError, load_params  # noqa: E402
 
-__all__ = ["main", "notebook_parameters"]
+__all__ = ["IpcKernelManager", "main", "notebook_parameters", "root_cause"]
+
+# IPython colours its tracebacks; a chain's parts are separated by one of these lines.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+class IpcKernelManager(AsyncKernelManager):
+    """A kernel that talks to the runner over Unix sockets in Jupyter's runtime folder (owner
+    only) rather than TCP on 127.0.0.1: no port any local user can reach, and no "Kernel is
+    running over TCP without encryption" warning on every stage."""
+
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+    def _ip_default(self) -> str:
+        # 2. The sockets' path prefix, in a private folder of their own: jupyter_client's
+        #    default is the working directory (the project root), where two kernels would clash.
+        folder = tempfile.mkdtemp(prefix="gap-study-kernel-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        return os.path.join(folder, "kernel")
+
+
+# 3. POSIX only: Windows has no Unix-socket transport for ZeroMQ.
+_KERNEL = ({"kernel_manager_class": IpcKernelManager} if os.name == "posix" else {})
+_CPP_TRACE = re.compile(r"Exception raised from |frame #\d+:")
+_CHAINED = ("The above exception was the direct cause of the following exception:",
+            "During handling of the above exception, another exception occurred:")
 
 
 def notebook_parameters(notebook: str | Path, params_file: str | Path,
@@ -46,6 +80,61 @@ def notebook_parameters(notebook: str | Path, params_file: str | Path,
     values = {name: settings[name] for name in declared if name in settings}
     values.update(overrides)
     return values
+
+
+def root_cause(traceback: list[str]) -> str | None:
+    """The ``Name: message`` line of the first exception of a chained notebook traceback (as
+    papermill's ``PapermillExecutionError.traceback`` holds it), or ``None`` for an unchained
+    one: what went wrong first, which the outermost error may hide."""
+    lines = [_ANSI.sub("", part) for part in traceback]
+    ends = [i for i, part in enumerate(lines) if part.strip() in _CHAINED]
+    if not ends:
+        return None
+    first = [part.strip() for part in lines[:ends[0]] if part.strip()]
+    return first[-1].splitlines()[0] if first else None
+
+
+def _failure(exc: PapermillExecutionError, notebook: Path, output: Path) -> str:
+    """A few lines for a failing cell: the error, its root cause, where the notebook is kept."""
+    # 1. The whole message (the project's errors may list several problems), less the C++
+    #    backtrace torch appends to some: its "Exception raised from ..." and "frame #N" lines.
+    evalue = "\n".join(itertools.takewhile(lambda line: not _CPP_TRACE.match(line),
+                                           (exc.evalue or "").splitlines()))
+    lines = [f"error: {notebook} failed in cell [{exc.exec_count}] with {exc.ename}: {evalue}"]
+    if (cause := root_cause(exc.traceback)) is not None:
+        lines.append(f"       caused by {cause}")
+    lines.append(f"       the executed notebook, failing cell included, is kept at {output}")
+    return "\n".join(lines)
+
+
+def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
+    """Run the notebook; the exit status, with a short message on a failure or a Ctrl-C."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(output), parameters=parameters,
+            progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
+            # 4. The kernel's own log (its machinery, not the notebook's output) only for a
+            #    crash: a Ctrl-C mid-cell made it print the traceback of a reply to a closed
+            #    socket. The notebook's errors and output come through papermill as before.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"], **_KERNEL,
+        )
+    except PapermillExecutionError as exc:
+        print("\n" + _failure(exc, notebook, output), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # 5. The executed notebook is saved after every cell: a full disk stops it there.
+        if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        print(f"\nerror: disk full: could not write {output} ({exc.strerror}); free space "
+              "and run the stage again", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # 2. One line, not papermill's and asyncio's tracebacks: what stopped and how to resume.
+        print(f"\ninterrupted: {notebook} stopped before it finished; the stages that finished "
+              "are kept: run `dvc repro` again to resume from this one", file=sys.stderr)
+        return 130
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,19 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        papermill.execute_notebook(
-            str(args.notebook), str(args.output), parameters=parameters,
-            progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
-        )
-    except PapermillExecutionError as exc:
-        print(f"\nerror: {args.notebook} failed in cell [{exc.exec_count}] with "
-              f"{exc.ename}: {exc.evalue}\n"
-              f"       the executed notebook, failing cell included, is kept at {args.output}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return _execute(args.notebook, args.output, parameters)
 
 
 if __name__ == "__main__":

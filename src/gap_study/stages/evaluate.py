@@ -23,6 +23,7 @@ from torch import Tensor
 
 from gap_study.data.canvas import CanvasDataset, to_float
 from gap_study.data.splits import fraction_subset
+from gap_study.measures.finite import require_finite
 from gap_study.measures.localization import (
     cam_examples,
     localization_hits,
@@ -184,6 +185,8 @@ def evaluate_task(item: tuple[RunId, dict[str, Any]], *, data: CanvasDataset,
     model = model_from_payload(payload, torch_device)
     tensors = EvaluationData.on(data, torch_device)
     result = evaluate_run(model, run, tensors, settings, full_fraction=full_fraction)
+    require_finite({k: result.row[k] for k in ("train_loss", "test_loss")},
+                   run=f"{model.config.head}/{run.stem}")
     examples = example_cams(model, tensors, settings) if run == example_run else None
     return replace(result, examples=examples, worker=worker_facts(torch_device))
 

@@ -19,17 +19,19 @@ import pandas as pd
 
 from gap_study.data.canvas import CanvasDataset, to_float
 from gap_study.data.splits import stratified_subsample
+from gap_study.measures.finite import require_finite
 from gap_study.measures.metrics import (
     all_pairs_flip_rate,
     exact_consistency,
     grid_accuracy,
+    predict_logits,
     shift_grid_predictions,
 )
 from gap_study.measures.phases import phase_split
 from gap_study.nets.architecture import total_stride
 from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
 from gap_study.nets.models import ClassifierNet, fold_batch_norm
-from gap_study.pipeline.params import MechanismParams, ModelParams, TrainParams
+from gap_study.pipeline.params import MechanismParams, ModelParams, ParamsError, TrainParams
 from gap_study.pipeline.paths import RunId
 from gap_study.pipeline.provenance import worker_facts
 from gap_study.pipeline.runtime import resolve_device, to_device
@@ -96,7 +98,12 @@ def mechanism_runs(settings: MechanismParams, model: ModelParams,
 
 def grid_images(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:
     """Indices of the test images every run is scored on: a class-stratified subsample of
-    ``count`` (``None``: all), fixed by ``seed``, in the test set's order."""
+    ``count`` (``None``: all), fixed by ``seed``, in the test set's order. A ``count`` above
+    the test set is refused (``ParamsError``), never quietly cut to it."""
+    if count is not None and count > len(labels):
+        raise ParamsError(
+            f"mechanism.test_images = {count} is more than the {len(labels)} test images of the "
+            f"prepared data set: set it to at most {len(labels)}, or null for all of them")
     index, _ = stratified_subsample(np.arange(len(labels)), labels, count, seed)
     return index
 
@@ -151,7 +158,10 @@ def mechanism_task(item: tuple[MechanismRun, dict[str, Any] | None], *, data: Ca
         model = model_from_payload(payload, torch_device)
     index = np.asarray(test_index)
     images = to_device(to_float(data.x_test[index]), torch_device)
-    predictions = shift_grid_predictions(fold_batch_norm(model), images, max_shift, batch_size)
+    folded = fold_batch_norm(model)
+    # 1. the centred logits must be finite: the grid keeps only their argmax, which NaN hides
+    require_finite({"logits": predict_logits(folded, images, batch_size)}, run=run.label)
+    predictions = shift_grid_predictions(folded, images, max_shift, batch_size)
     row, grid = score_grid(predictions, data.y_test[index], max_shift,
                            total_stride(architecture.widths))
     keys = {"head": run.head, "downsample": run.cell.downsample, "padding": run.cell.padding,

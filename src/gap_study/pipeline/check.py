@@ -1,0 +1,49 @@
+"""Stage ``check`` of ``dvc.yaml``: the whole ``params.yaml`` validated before any other stage
+runs, so that a refused value costs no stage its outputs.
+
+    python -m gap_study.pipeline.check [--params-file params.yaml] [--stamp STAMP]
+
+DVC deletes a stage's outputs before it runs the stage's command, and checks a stage's params
+only when it reaches the stage: a value refused inside a stage (or a key DVC finds missing)
+left that stage's outputs gone. Every other stage depends on this one's stamp, and this one
+on the whole ``params.yaml``, so ``dvc repro`` and ``dvc exp run`` run it first after any edit
+of ``params.yaml`` and stop there, with the project's own message (every problem, its key and
+what is allowed, "did you mean" for a renamed key), before anything is deleted. The stamp's
+text never changes, so a valid edit reruns only the stages whose params it touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gap_study.pipeline.params import ParamsError, load_params
+
+__all__ = ["STAMP", "STAMP_TEXT", "main"]
+
+STAMP = Path("reports") / "params_checked.txt"
+STAMP_TEXT = "params.yaml is valid (python -m gap_study.pipeline.check)\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gap_study.pipeline.check",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params-file", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--stamp", type=Path, default=STAMP,
+                        help="written when the params are valid (the stage's output)")
+    args = parser.parse_args(argv)
+    try:
+        load_params(args.params_file)
+    except ParamsError as exc:
+        print(f"error: {exc}\n       nothing ran and no output was deleted: fix "
+              f"{args.params_file}, then run the command again", file=sys.stderr)
+        return 2
+    args.stamp.parent.mkdir(parents=True, exist_ok=True)
+    args.stamp.write_text(STAMP_TEXT, encoding="utf-8")
+    print(f"{args.params_file} is valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

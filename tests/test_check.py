@@ -1,0 +1,56 @@
+"""The check stage: the whole params.yaml is validated before DVC deletes any stage's outputs."""
+
+import pytest
+import yaml
+from builders import run_command, tiny_repository
+
+from gap_study.pipeline.check import STAMP_TEXT, main
+
+
+def _write(path, params):
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_valid_params_write_the_same_stamp_every_time(params_raw, tmp_path):
+    params, stamp = _write(tmp_path / "params.yaml", params_raw), tmp_path / "r" / "ok.txt"
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 0
+    assert stamp.read_text() == STAMP_TEXT  # no date, no path: a valid edit reruns nothing
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda p: p["train"].update(epoch=p["train"].pop("epochs")),
+     "train.epoch: unknown key (did you mean 'epochs'?)"),
+    (lambda p: p["train"].update(batch_size="64"),
+     "train.batch_size = '64': Input should be a valid integer"),
+    (lambda p: p["compute"].update(workers=0),
+     "compute.workers = 0: Input should be greater than 0"),
+])
+def test_bad_params_are_refused_with_the_projects_message_and_no_stamp(
+        params_raw, tmp_path, capsys, change, expected):
+    change(params_raw)
+    params, stamp = _write(tmp_path / "params.yaml", params_raw), tmp_path / "ok.txt"
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "no output was deleted" in err
+    assert not stamp.exists()
+
+
+@pytest.mark.slow
+def test_a_renamed_key_stops_dvc_repro_before_any_stage_loses_its_outputs(tmp_path):
+    repo = tiny_repository(tmp_path / "repo", ["gap"])
+    # outputs of an earlier run: without the check stage, `dvc repro` ran `prepare` first,
+    # deleting them, and only then did its runner refuse the params
+    prepared = repo / "data" / "prepared" / "dataset.npz"
+    prepared.parent.mkdir(parents=True, exist_ok=True)
+    prepared.write_bytes(b"an earlier run's data set")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epoch"] = params["train"].pop("epochs")
+    _write(repo / "params.yaml", params)
+    failed = run_command(["dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0
+    shown = failed.stdout + failed.stderr
+    assert "train.epoch: unknown key (did you mean 'epochs'?)" in shown
+    assert "Running stage 'prepare'" not in shown
+    assert "are missing" not in shown  # DVC's own "Parameters 'train.epochs' are missing"
+    assert prepared.read_bytes() == b"an earlier run's data set"
