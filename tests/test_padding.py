@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.models import build_model
 from gap_study.nets.padding import CircularConv2d, CircularPad2d, pad2d
 
 CHANNELS_LAST = torch.channels_last
@@ -56,3 +58,17 @@ def test_circular_conv_is_torchs_circular_conv_with_the_same_state_dict():
     grad = random_map(out.shape, seed=2)
     torch.testing.assert_close(torch.autograd.grad(out, [x, ours.weight], grad),
                                torch.autograd.grad(expected, [x, torchs.weight], grad))
+
+
+@pytest.mark.parametrize("downsample", ["max", "blurmax"])
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+def test_every_backbone_layer_keeps_a_channels_last_map_channels_last(downsample, padding):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(head="gap", in_channels=1, image_size=20, num_classes=10,
+                                    downsample=downsample, padding=padding))
+    x = random_map((2, 1, 20, 20))
+    for layer in model.to(memory_format=CHANNELS_LAST).features:
+        x = layer(x)
+        assert x.is_contiguous(memory_format=CHANNELS_LAST), layer
+    assert sum(isinstance(layer, CircularConv2d) for layer in model.features) == (
+        3 if padding == "circular" else 0)
