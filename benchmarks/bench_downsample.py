@@ -1,12 +1,16 @@
 """What the mechanism factors cost: the backbone's downsampling (``max``, ``blurmax`` with
 filter 3 or 5) and its padding (``zeros``, ``circular``, ``reflect``), timed as one training
-step of the default study's ``gap`` model, and the downsampling layer alone.
+step of the default study's ``gap`` and ``dense`` models, and the downsampling layer alone.
 
-Each variant is timed in alternating rounds (best round's median) against the study's default
-(``max``, ``zeros``); kornia's ``MaxBlurPool2D`` (zero padding, no padding of the max) is the
-library reference for the layer alone.
+A training step is what ``gap_study.stages.train.fit`` does per batch: forward, cross-entropy,
+backward and a fused Adam step, on a channels_last model and batch, under the runs'
+deterministic mode (``seed_everything``). Each head's variants are timed in alternating rounds
+(best round's median) against the plain run of the same head (``max``, ``zeros``). One more
+row times the plain ``gap`` step with deterministic mode's NaN fills of new tensors turned on
+(``gap_study.pipeline.runtime.FILL_UNINITIALIZED_MEMORY``). kornia's ``MaxBlurPool2D`` (zero
+padding, no padding of the max) is the library reference for the layer alone.
 
-    python benchmarks/bench_downsample.py [--quick] [--device cpu]
+    python benchmarks/bench_downsample.py [--quick] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -30,36 +34,54 @@ from kornia.filters import MaxBlurPool2D
 from gap_study.nets.architecture import BLUR_SIZES, PADDINGS, ModelConfig
 from gap_study.nets.downsample import make_downsample
 from gap_study.nets.models import build_model
+from gap_study.pipeline.runtime import seed_everything, to_device
+from gap_study.stages.train import optimizer_for
 
 BATCH = 64
+HEADS = ("gap", "dense")
+PLAIN = ("max", 3, "zeros")
 VARIANTS = [("max", 3, padding) for padding in PADDINGS] + [
     ("blurmax", size, padding) for size, padding in itertools.product(BLUR_SIZES, PADDINGS)]
-QUICK_VARIANTS = [("max", 3, "zeros"), ("blurmax", 3, "zeros"), ("blurmax", 3, "circular")]
+QUICK_VARIANTS = [PLAIN, ("max", 3, "circular"), ("blurmax", 3, "zeros"),
+                  ("blurmax", 3, "circular")]
+FILLS = "max/zeros, NaN fills on"
 
 
-def training_step(downsample: str, blur_size: int, padding: str, canvas: int,
-                  device: torch.device) -> Callable[[], None]:
-    """Forward, cross-entropy and backward of the default ``gap`` model on one batch."""
-    torch.manual_seed(0)
-    config = ModelConfig(head="gap", in_channels=1, image_size=canvas, num_classes=10,
+def training_step(head: str, variant: tuple[str, int, str], canvas: int,
+                  device: torch.device, *, fills: bool = False) -> Callable[[], None]:
+    """One training step of ``head``'s default model with ``variant``'s downsampling and
+    padding, as ``fit`` takes it; ``fills``: with deterministic mode's NaN fills."""
+    downsample, blur_size, padding = variant
+    seed_everything(0)
+    config = ModelConfig(head=head, in_channels=1, image_size=canvas, num_classes=10,
                          downsample=downsample, blur_size=blur_size, padding=padding)
-    model = build_model(config).to(device).train()
-    images = torch.rand(BATCH, 1, canvas, canvas, device=device)
-    labels = torch.randint(0, 10, (BATCH,), device=device)
+    model = build_model(config).to(device=device, memory_format=torch.channels_last).train()
+    optimizer, _ = optimizer_for(model, lr=1e-3, weight_decay=0.0, schedule="constant",
+                                 total_steps=1)
+    images = to_device(torch.rand(BATCH, 1, canvas, canvas), device)
+    labels = to_device(torch.randint(0, 10, (BATCH,)), device)
 
     def step() -> None:
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(images), labels).backward()
+        torch.utils.deterministic.fill_uninitialized_memory = fills
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        torch.utils.deterministic.fill_uninitialized_memory = False
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     return step
 
 
 def layer_call(layer: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward and backward of one downsampling layer."""
+    """Forward and backward of one downsampling layer, with a random channels_last gradient
+    (a ``sum()``'s expanded gradient would time a layout no network passes back)."""
+    with torch.no_grad():
+        grad = torch.rand_like(layer(x), memory_format=torch.channels_last)
+
     def call() -> None:
         x.grad = None
-        layer(x).sum().backward()
+        layer(x).backward(grad)
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
     return call
@@ -69,39 +91,56 @@ def label(downsample: str, blur_size: int, padding: str) -> str:
     return f"{downsample}{blur_size if downsample == 'blurmax' else ''}/{padding}"
 
 
+def step_table(variants: list[tuple[str, int, str]], canvas: int, device: torch.device,
+               rounds: int, min_run_time: float) -> pd.DataFrame:
+    """Each head's step times and their ratio to the head's plain run, side by side."""
+    columns: dict[str, dict[str, float]] = {}
+    for head in HEADS:
+        steps = {label(*v): training_step(head, v, canvas, device) for v in variants}
+        if head == "gap":
+            steps[FILLS] = training_step(head, PLAIN, canvas, device, fills=True)
+        times = interleaved_times(steps, rounds=rounds, min_run_time=min_run_time)
+        base = times[label(*PLAIN)]
+        columns[f"{head}_ms"] = {name: t * 1e3 for name, t in times.items()}
+        columns[f"{head}_vs_plain"] = {name: t / base for name, t in times.items()}
+    return pd.DataFrame(columns).rename_axis("variant").reset_index()
+
+
+def layer_table(variants: list[tuple[str, int, str]], canvas: int, device: torch.device,
+                rounds: int, min_run_time: float) -> pd.DataFrame:
+    """The first downsampling layer alone, against a max-pool and kornia's layer."""
+    # its input: 16 channels at the canvas's size, channels_last as in training
+    x = torch.rand(BATCH, 16, canvas, canvas, device=device).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    layers = {label(*v): layer_call(make_downsample(v[0], 16, v[1], v[2]).to(device), x)
+              for v in variants}
+    layers["kornia MaxBlurPool2D(3)/zeros"] = layer_call(MaxBlurPool2D(3).to(device), x)
+    times = interleaved_times(layers, rounds=rounds, min_run_time=min_run_time)
+    base = times[label(*PLAIN)]
+    return pd.DataFrame([{"variant": name, "layer_us": t * 1e6, "layer_vs_max_pool": t / base}
+                         for name, t in times.items()])
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     device = setup(args)
     canvas, _ = study_digits_input()
     variants = QUICK_VARIANTS if args.quick else VARIANTS
     rounds, min_run_time = (3, 0.3) if args.quick else (5, 0.5)
-
-    steps = {label(*v): training_step(*v, canvas, device) for v in variants}
-    # the first downsampling layer's input: 16 channels at the canvas's size
-    x = torch.rand(BATCH, 16, canvas, canvas, device=device, requires_grad=True)
-    layers = {label(*v): layer_call(make_downsample(v[0], 16, v[1], v[2]).to(device), x)
-              for v in variants}
-    layers["kornia MaxBlurPool2D(3)/zeros"] = layer_call(MaxBlurPool2D(3).to(device), x)
     with watch_contention():
-        step_times = interleaved_times(steps, rounds=rounds, min_run_time=min_run_time)
-        layer_times = interleaved_times(layers, rounds=rounds, min_run_time=min_run_time)
-
-    base = label("max", 3, "zeros")
-    table = pd.DataFrame([
-        {"variant": name, "step_ms": step_times[name] * 1e3,
-         "step_vs_max_zeros": step_times[name] / step_times[base],
-         "layer_us": layer_times[name] * 1e6,
-         "layer_vs_max_zeros": layer_times[name] / layer_times[base]}
-        for name in steps])
-    extra = "kornia MaxBlurPool2D(3)/zeros"
-    table.loc[len(table)] = {"variant": extra, "layer_us": layer_times[extra] * 1e6,
-                             "layer_vs_max_zeros": layer_times[extra] / layer_times[base]}
-    print(f"\ngap model, batch {BATCH}, 1x{canvas}x{canvas} input, float32 on {device}; "
-          f"best of {rounds} alternating rounds (each a median). step: forward, loss and "
-          "backward; layer: the first downsampling layer alone (16 channels), forward and "
-          "backward.")
-    print_table(table.round({"step_ms": 2, "step_vs_max_zeros": 2, "layer_us": 1,
-                             "layer_vs_max_zeros": 2}))
+        steps = step_table(variants, canvas, device, rounds, min_run_time)
+        layers = layer_table(variants, canvas, device, rounds, min_run_time)
+    table = steps.merge(layers, on="variant", how="outer")
+    order = [*steps["variant"], *(v for v in layers["variant"] if v not in set(steps["variant"]))]
+    table = table.set_index("variant").loc[order].reset_index()
+    print(f"\nbatch {BATCH}, 1x{canvas}x{canvas} input, float32 on {device}, channels_last; "
+          f"best of {rounds} alternating rounds (each a median). step: forward, loss, backward "
+          "and fused Adam under deterministic mode; *_vs_plain: the same head's max/zeros step "
+          "in the same rounds. layer: the first downsampling layer alone (16 channels), "
+          "forward and backward, against a 2x2 max-pool.")
+    print_table(table.round({c: 2 for c in table.columns if c.endswith(("_ms", "_vs_plain",
+                                                                        "_vs_max_pool"))}
+                            | {"layer_us": 1}))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ robustness")."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.special import comb
 
 from gap_study.data.canvas import shift
@@ -42,6 +43,31 @@ def test_blurmax_equals_the_binomial_formula(blur_size, padding):
     np.testing.assert_allclose(layer(x).numpy(), expected, rtol=0, atol=1e-12)
     with torch.no_grad():  # evaluation takes the other path to the 2x2 max
         np.testing.assert_allclose(layer(x).numpy(), expected, rtol=0, atol=1e-12)
+
+
+def blurmax_with_torchs_padding(layer: BlurMaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    """The layer as it was first written: ``F.pad`` in the layer's mode before each step (its
+    circular mode leaves channels_last), ``max_pool2d`` at stride 1, the filter's convolution."""
+    mode = {"zeros": "constant", "circular": "circular", "reflect": "reflect"}[layer.padding]
+    x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode=mode), 2, stride=1)
+    r = layer.blur_size // 2
+    return F.conv2d(F.pad(x, (r, r, r, r), mode=mode), layer.kernel, stride=2,
+                    groups=layer.channels)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+@pytest.mark.parametrize("blur_size", [3, 5])
+def test_blurmax_in_channels_last_changes_values_and_gradients_only_in_rounding(blur_size,
+                                                                                padding):
+    layer = BlurMaxPool2d(16, blur_size, padding)
+    x = torch.randn(8, 16, 20, 20, generator=torch.Generator().manual_seed(blur_size)).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    out, before = layer(x), blurmax_with_torchs_padding(layer, x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, before)  # float32 tolerances: rtol 1.3e-6, atol 1e-5
+    torch.testing.assert_close(torch.autograd.grad(out, x, grad)[0],
+                               torch.autograd.grad(before, x, grad)[0])
 
 
 @pytest.mark.parametrize("padding", ["zeros", "circular"])

@@ -23,7 +23,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 # Deterministic mode also fills every new uninitialised tensor with NaN (or the integer
 # maximum), a debugging aid that shows a kernel reading memory it never wrote. No kernel a
 # run uses does that: the weights are bit-identical without the fills (a test pins it), and
-# the fills are a fifth of a training step's time (benchmarks/README.md).
+# they cost about 5% of a `gap` training step (benchmarks/README.md, "Deterministic mode's NaN
+# fills").
 FILL_UNINITIALIZED_MEMORY = False
 
 __all__ = ["resolve_device", "seed_everything", "to_device", "torch_threads"]

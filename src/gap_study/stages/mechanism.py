@@ -83,9 +83,9 @@ def mechanism_runs(settings: MechanismParams, model: ModelParams,
                    train: TrainParams) -> list[MechanismRun]:
     """Every run of the experiment, the most expensive first.
 
-    1. A blurred and circularly padded step costs up to 2.6 times a plain one
-       (``benchmarks/bench_downsample.py``); handing the workers the long runs first and the
-       short ones last lets them finish together.
+    1. A blurred and circularly padded step costs up to 1.8 times a plain one
+       (``benchmarks/README.md``, "Downsampling and padding"); handing the workers the long
+       runs first and the short ones last lets them finish together.
     """
     own = Cell(model.downsample, model.padding)
     cells = [Cell(d, p) for d in settings.downsample for p in settings.padding]

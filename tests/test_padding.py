@@ -1,0 +1,74 @@
+"""Circular padding in the map's own layout (gap_study.nets.padding): the values and gradients
+of torch's ``F.pad(mode="circular")`` and ``nn.Conv2d(padding_mode="circular")``, without
+leaving channels_last."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gap_study.nets.architecture import ModelConfig
+from gap_study.nets.models import build_model
+from gap_study.nets.padding import CircularConv2d, CircularPad2d, pad2d
+
+CHANNELS_LAST = torch.channels_last
+
+
+def random_map(shape, seed=0, *, channels_last=True, dtype=torch.float32):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return x.contiguous(memory_format=CHANNELS_LAST) if channels_last else x
+
+
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 1, 0, 1), (2, 3, 1, 0), (5, 5, 4, 4)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_circular_pad_gives_torchs_values_and_gradient_in_the_inputs_layout(pads,
+                                                                            channels_last):
+    x = random_map((2, 3, 4, 5), channels_last=channels_last, dtype=torch.float64)
+    x.requires_grad_()
+    ours, torchs = CircularPad2d.apply(x, pads), F.pad(x, pads, mode="circular")
+    assert torch.equal(ours, torchs)
+    layout = CHANNELS_LAST if channels_last else torch.contiguous_format
+    assert ours.is_contiguous(memory_format=layout)
+    grad = random_map(ours.shape, seed=1, dtype=torch.float64)
+    (ours_grad,) = torch.autograd.grad(ours, x, grad)
+    (torchs_grad,) = torch.autograd.grad(torchs, x, grad)
+    torch.testing.assert_close(ours_grad, torchs_grad, rtol=0, atol=1e-12)
+    assert ours_grad.is_contiguous(memory_format=layout)
+
+
+def test_circular_pad_refuses_to_wrap_around_more_than_once():
+    with pytest.raises(ValueError, match="larger than the map"):
+        CircularPad2d.apply(torch.zeros(1, 1, 2, 3), (0, 0, 3, 0))
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+def test_every_padding_mode_keeps_channels_last(padding):
+    x = random_map((2, 8, 6, 6))
+    assert pad2d(x, (1, 1, 1, 1), padding).is_contiguous(memory_format=CHANNELS_LAST)
+
+
+def test_circular_conv_is_torchs_circular_conv_with_the_same_state_dict():
+    torch.manual_seed(0)
+    ours = CircularConv2d(4, 6, 3, padding=1, bias=False)
+    torchs = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False, padding_mode="circular")
+    torchs.load_state_dict(ours.state_dict())
+    x = random_map((3, 4, 7, 7)).requires_grad_()
+    out, expected = ours(x), torchs(x)
+    torch.testing.assert_close(out, expected)  # float32 tolerances
+    assert out.is_contiguous(memory_format=CHANNELS_LAST)
+    grad = random_map(out.shape, seed=2)
+    torch.testing.assert_close(torch.autograd.grad(out, [x, ours.weight], grad),
+                               torch.autograd.grad(expected, [x, torchs.weight], grad))
+
+
+@pytest.mark.parametrize("downsample", ["max", "blurmax"])
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+def test_every_backbone_layer_keeps_a_channels_last_map_channels_last(downsample, padding):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(head="gap", in_channels=1, image_size=20, num_classes=10,
+                                    downsample=downsample, padding=padding))
+    x = random_map((2, 1, 20, 20))
+    for layer in model.to(memory_format=CHANNELS_LAST).features:
+        x = layer(x)
+        assert x.is_contiguous(memory_format=CHANNELS_LAST), layer
+    assert sum(isinstance(layer, CircularConv2d) for layer in model.features) == (
+        3 if padding == "circular" else 0)
