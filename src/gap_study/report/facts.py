@@ -16,7 +16,7 @@ import pandas as pd
 
 from gap_study.nets.architecture import FACTORIAL, FLATTEN_HEAD_NAMES, total_stride
 from gap_study.pipeline.params import ReportParams
-from gap_study.report.claims import PROTOCOL, QUOTES, heads_under_test
+from gap_study.report.claims import PROTOCOL, QUOTES, heads_under_test, largest_comparison
 from gap_study.report.formatting import (
     METRIC_LABELS,
     RELATIVE,
@@ -94,15 +94,12 @@ def _margin_text(metric: str, margin: float) -> str:
 
 def _metric_verdict(rows: pd.DataFrame, verdict: Mapping[str, Any]) -> MetricVerdict:
     metric = str(verdict["metric"])
-    decided = rows[rows["verdict"].isin(["better", "worse"])]
-    pool = decided if len(decided) else rows
-    row = pool.loc[pool["improvement"].abs().idxmax()]
-    setting = f", {row.setting}" if rows["setting"].nunique() > 1 else ""
+    row, decided, setting = largest_comparison(rows)
     return MetricVerdict(
         metric, METRIC_LABELS.get(metric, metric), str(verdict["verdict"]),
         int(verdict["tests"]), {w: int(verdict[w]) for w in _COUNTS if verdict[w]},
         "" if rows["exact"].all() else _margin_text(metric, rows["margin"].iloc[0]),
-        bool(len(decided)),
+        decided,
         f"`{row['head']}` vs `{row.baseline}`{setting}: "
         f"{format_improvement(row.improvement, row.adjusted_low, row.adjusted_high, row.metric)}",
         _verdict_word(row))

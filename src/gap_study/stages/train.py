@@ -71,15 +71,13 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
         settings: TrainParams, *, lr: float, epochs: int, train_shift: int = 0,
         eval_every: int = 1, generator: torch.Generator, progress: bool = True,
         desc: str = "train") -> pd.DataFrame:
-    """Train ``model`` in place on tensors already on its device; return its history.
-
-    ``settings`` gives the batch size, weight decay, schedule and ``drop_last``; ``epochs`` is
-    the run's own number of passes (``matched_epochs`` of ``settings.epochs``). ``train_shift
-    > 0`` moves each training image by its own random offset in ``[-train_shift,
-    train_shift]^2`` (zero fill), redrawn every time the image is used. A history row every
-    ``eval_every`` epochs and after the last: ``epoch``, running ``train_loss,
-    train_accuracy`` (train mode), ``val_loss, val_accuracy`` (eval mode, on ``x_val``),
-    ``epoch_seconds, images_per_second`` (the training passes alone)."""
+    """Train ``model`` in place on tensors on its device for ``epochs`` passes (the run's own
+    count); ``settings`` gives batch size, weight decay, schedule and ``drop_last``.
+    ``train_shift > 0`` moves each training image by its own random offset in
+    ``[-train_shift, train_shift]^2`` (zero fill), redrawn at every use. A history row every
+    ``eval_every`` epochs and after the last: ``epoch``, running ``train_loss, train_accuracy``
+    (train mode), ``val_loss, val_accuracy`` (eval mode, on ``x_val``), ``epoch_seconds,
+    images_per_second`` (the training passes alone)."""
     device, n, batch_size = x_train.device, len(x_train), settings.batch_size
     per_epoch = steps_per_epoch(n, batch_size, settings.drop_last)
     if per_epoch == 0:
