@@ -37,6 +37,7 @@ from gap_study.report.pooling_facts import (
     sum_pooling_facts,
     translation_facts,
 )
+from gap_study.report.scope import Scope, scope_facts
 from gap_study.report.stats import summarize
 from gap_study.report.tables import (
     CollectedResults,
@@ -326,6 +327,7 @@ class ReportFacts:
     cams: CamFacts
     sum_pooling: SumPooling
     speed: Speed
+    scope: Scope
     published_errors: dict[str, float]
     csv: dict[str, pd.DataFrame]
 
@@ -379,6 +381,11 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         tune_flags=_tune_flags(collected.tune_choices, heads),
         parameters=_parameters(tables.main, heads),
         factorial=_factorial(tables.aggregate, heads),
+        scope=scope_facts(dataset=evaluate["dataset"],
+                          max_shift=evaluate["evaluate"]["max_shift"],
+                          aggregate=tables.aggregate, comparisons=comparisons,
+                          train_shifts=train["train"]["shift"], speed_run=collected.speed_run,
+                          heads=heads),
         accuracy=stat_table(tables.aggregate,
                             ["train_accuracy", "test_accuracy", "overfit_gap", "loss_gap"],
                             ["train accuracy", "test accuracy", "overfitting gap", "loss gap"],

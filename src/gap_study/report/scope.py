@@ -1,0 +1,88 @@
+"""What the study can and cannot say, computed from its run (``docs/study.md``, "Scope"): the
+data and its ceiling, what one test image is worth, each claim's smallest detectable
+difference, whether train and test share writers, how translation was tested, and the machine
+the timings ran on."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from gap_study.report.formatting import METRIC_LABELS, format_improvement
+
+__all__ = ["WRITERS", "Scope", "scope_facts"]
+
+# Whether a data set's test images come from the writers (photographers, ...) of its
+# training images: a random split of one collection shares them, an official split may not.
+WRITERS = {
+    "digits": "train and test share writers: scikit-learn's digits come from one group of 13 "
+              "writers, and the split is random",
+    "mnist": "train and test come from different writers (MNIST's official test set)",
+    "fashion_mnist": "train and test are Fashion-MNIST's official split of product photos",
+    "cifar10": "train and test are CIFAR-10's official split of photographs",
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The run's reach. ``ceiling`` is the best head's mean test accuracy (``best``), ``point``
+    what one test image is worth in accuracy points; ``detectable`` names, per claim and
+    primary metric, the smallest improvement its tests could find with 80% power (the
+    smallest over its comparisons, in display units)."""
+
+    dataset: str
+    image_size: int
+    max_shift: int
+    train_images: int
+    validation_images: int
+    test_images: int
+    best: str
+    ceiling: float
+    point: float
+    detectable: list[tuple[str, str, str]]
+    writers: str
+    train_shifts: list[int]
+    timing: dict[str, Any]
+
+
+def _detectable(comparisons: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """``(claim, metric label, smallest detectable improvement)`` per primary metric that was
+    tested (exact counts need no test)."""
+    if comparisons.empty:
+        return []
+    tested = comparisons[(comparisons.role == "primary") & ~comparisons.exact.astype(bool)
+                         & comparisons.mde.notna()]
+    rows = []
+    for (claim, metric), group in tested.groupby(["claim", "metric"], sort=False):
+        smallest = float(group["mde"].min())
+        rows.append((str(claim), METRIC_LABELS.get(metric, metric),
+                     format_improvement(smallest, math.nan, math.nan, metric)))
+    return rows
+
+
+def scope_facts(*, dataset: Mapping[str, Any], max_shift: int, aggregate: pd.DataFrame,
+                comparisons: pd.DataFrame, train_shifts: Sequence[int],
+                speed_run: Mapping[str, Any], heads: Sequence[str]) -> Scope:
+    """The scope of a run from its evaluation record's ``dataset``, the grid's ``max_shift``,
+    the aggregate over seeds, the comparisons, the training shifts and the speed stage's
+    record."""
+    accuracy = (aggregate[(aggregate.metric == "test_accuracy") & aggregate["head"].isin(heads)]
+                .set_index("head")["mean"])
+    best = str(accuracy.idxmax())
+    environment = speed_run.get("environment", {})
+    return Scope(
+        dataset=str(dataset["name"]), image_size=int(dataset["image_size"]),
+        max_shift=int(max_shift), train_images=int(dataset["train_images"]),
+        validation_images=int(dataset["validation_images"]),
+        test_images=int(dataset["test_images"]), best=best, ceiling=float(accuracy[best]),
+        point=100 / int(dataset["test_images"]), detectable=_detectable(comparisons),
+        writers=WRITERS.get(str(dataset["name"]), "whether train and test share writers is "
+                                                  "not known for this data set"),
+        train_shifts=sorted(int(s) for s in train_shifts),
+        timing={"device": environment.get("device_name", environment.get("device", "?")),
+                "cpu_capability": environment.get("cpu_capability", "?"),
+                "threads": speed_run.get("threads_per_run", environment.get("torch_threads"))})
