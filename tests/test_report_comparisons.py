@@ -296,3 +296,19 @@ def test_the_adjusted_interval_lies_inside_the_margin_exactly_when_a_row_is_equi
             low, high = interval_at(row, 0.05, lower_is_better=False, relative=relative)
             assert row.adjusted_low <= low + 1e-12 and row.adjusted_high >= high - 1e-12
 
+
+
+@pytest.mark.parametrize("adjust", ["holm", "bh"])
+def test_the_difference_interval_excludes_zero_exactly_when_the_difference_test_rejects(adjust):
+    for seed in range(8):
+        differences = np.random.default_rng(200 + seed).uniform(-0.03, 0.03, 6)
+        judged = _judged(differences, margin=0.01, adjust=adjust, seed=seed)
+        excludes = (judged.difference_low > 0) | (judged.difference_high < 0)
+        assert (excludes == (judged.p_difference_adjusted < 0.05)).all(), judged
+        decided = judged.verdict.isin(["better", "worse"])
+        # better or worse: not equivalent, and the difference interval excludes zero
+        assert (decided == (excludes & (judged.verdict != "equivalent"))).all()
+        # the difference interval (1 - alpha') is the wider when the levels agree
+        same = np.isclose(judged.p_difference / judged.p_difference_adjusted,
+                          judged.p_equivalence / judged.p_equivalence_adjusted)
+        assert (judged.difference_low[same] <= judged.adjusted_low[same]).all()

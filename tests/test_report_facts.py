@@ -16,7 +16,8 @@ def _row(head, baseline, improvement, verdict, setting="all training images (1,0
             "setting": setting, "head": head, "baseline": baseline,
             "improvement": improvement, "ci_low": improvement - 0.01,
             "ci_high": improvement + 0.01, "adjusted_low": improvement - 0.02,
-            "adjusted_high": improvement + 0.02, "verdict": verdict, "trivial": False,
+            "adjusted_high": improvement + 0.02, "difference_low": improvement - 0.03,
+            "difference_high": improvement + 0.03, "verdict": verdict, "trivial": False,
             "exact": False, "margin": 0.05}
 
 
@@ -66,7 +67,9 @@ def test_without_verdicts_there_are_no_claim_facts():
 def test_with_one_seed_no_comparison_reaches_the_forest_plot():
     one_seed = pd.DataFrame([{**_row("gap", "dense", 0.02, "inconclusive"),
                               "ci_low": float("nan"), "ci_high": float("nan"),
-                              "adjusted_low": float("nan"), "adjusted_high": float("nan")}])
+                              "adjusted_low": float("nan"), "adjusted_high": float("nan"),
+                              "difference_low": float("nan"),
+                              "difference_high": float("nan")}])
     assert forest_rows(one_seed).empty
 
 
@@ -178,7 +181,8 @@ def test_secondary_comparisons_a_tested_head_loses_are_named():
     rows = pd.DataFrame([
         {**_row("gap", "ink map", -0.231, "worse"), "role": "secondary",
          "metric": "pointing_gradcam_shifted", "ci_low": -0.313, "ci_high": -0.148,
-         "adjusted_low": -0.333, "adjusted_high": -0.128},
+         "adjusted_low": -0.333, "adjusted_high": -0.128, "difference_low": -0.35,
+         "difference_high": -0.11},
         {**_row("gmp", "dense", 0.02, "better"), "role": "secondary"},
         {**_row("gap", "dense", 0.02, "better")},  # primary: not counted here
     ])
@@ -186,5 +190,5 @@ def test_secondary_comparisons_a_tested_head_loses_are_named():
     assert facts.counts == {"better": 1, "worse": 1}
     # with the adjusted interval, the one the verdict read
     assert facts.worse == [("gap", "ink map", "Grad-CAM pointing on shifted images",
-                            "-23.1 pts [-33.3 pts, -12.8 pts]")]
+                            "-23.1 pts [-33.3 pts, -12.8 pts] (difference [-35.0 pts, -11.0 pts])")]
     assert secondary_facts(pd.DataFrame()).counts == {}

@@ -63,7 +63,8 @@ def test_head_bars_draw_no_interval_for_a_single_value():
 def _comparison(metric: str, margin: float) -> dict:
     return {"claim": "c", "metric": metric, "role": "primary", "setting": "s", "head": "gap",
             "baseline": "dense", "margin": margin, "improvement": 0.02, "ci_low": -0.01,
-            "ci_high": 0.05, "adjusted_low": -0.02, "adjusted_high": 0.06, "exact": False,
+            "ci_high": 0.05, "adjusted_low": -0.02, "adjusted_high": 0.06,
+            "difference_low": -0.03, "difference_high": 0.07, "exact": False,
             "verdict": "inconclusive"}
 
 

@@ -265,8 +265,8 @@ def claims_record(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str
     """``reports/claims.json``, the verdicts as DVC metrics: per claim and primary metric, the
     verdict word, how many comparisons came out which way, and the comparison with the largest
     effect among those decided (among all when none is): its effect (``improvement``, raw
-    units; a ratio minus one for times) and the adjusted interval its verdict read (``null``
-    where there is none: one seed)."""
+    units; a ratio minus one for times) and the adjusted equivalence and difference intervals
+    its verdict read (``null`` where there is none: one seed)."""
     record: dict[str, dict] = {}
     primary = comparisons[comparisons.role == "primary"] if len(comparisons) else comparisons
     for row in verdicts.itertuples(index=False):
@@ -280,7 +280,8 @@ def claims_record(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str
             "largest_verdict": str(top.verdict),
             **{key: _finite_or_none(top[column]) for key, column in (
                 ("effect", "improvement"), ("adjusted_low", "adjusted_low"),
-                ("adjusted_high", "adjusted_high"))}}
+                ("adjusted_high", "adjusted_high"), ("difference_low", "difference_low"),
+                ("difference_high", "difference_high"))}}
     return record
 
 

@@ -18,14 +18,17 @@ What is decided, and why:
   error); secondary metrics get Benjamini-Hochberg q-values (false discovery rate). Difference
   and equivalence p-values are adjusted as two separate families of the same tests
   (``judge_family``); ``verdict`` only ever reads adjusted values.
-- **One decision rule, and the interval it uses** (Lakens 2017). A row is ``equivalent`` when
-  its adjusted equivalence test rejects, that is when its adjusted ``1 - 2 alpha`` interval
-  lies inside the margin, even if that interval excludes zero (a real difference smaller than
-  the margin: ``trivial`` marks it); ``better`` or ``worse`` when it is not equivalent and the
-  adjusted difference test rejects; ``inconclusive`` otherwise. The adjusted interval is the
-  ``1 - 2 alpha'`` interval at the row's own adjusted level ``alpha' = alpha * p / p_adjusted``
-  (the level at which its raw equivalence p-value decides as the adjusted one does at
-  ``alpha``), so the interval shown beside a verdict is the one the verdict read.
+- **One decision rule, and the intervals it uses** (Lakens 2017). A row is ``equivalent``
+  when its adjusted equivalence test rejects, that is when its adjusted ``1 - 2 alpha``
+  interval lies inside the margin, even if that interval excludes zero (a real difference
+  smaller than the margin: ``trivial`` marks it); ``better`` or ``worse`` when it is not
+  equivalent and the adjusted difference test rejects, that is when its adjusted ``1 - alpha``
+  interval excludes zero; ``inconclusive`` otherwise. Each adjusted interval is taken at the
+  row's own adjusted level ``alpha' = alpha * p / p_adjusted`` of its family (the level at
+  which its raw p-value decides as the adjusted one does at ``alpha``), so the two intervals
+  shown beside a verdict are the ones it read: the equivalence interval (``adjusted_low``,
+  ``adjusted_high``) and the wider difference interval (``difference_low``,
+  ``difference_high``), as in Lakens' plots of a 90% and a 95% interval.
 - **Minimum detectable difference.** Every comparison reports the smallest improvement that a
   two-sided paired t-test with its ``n`` pairs and observed spread detects with 80% power
   (``statsmodels.stats.power.TTestPower``), so an ``inconclusive`` verdict says how large an
@@ -273,9 +276,10 @@ _ADJUSTERS = {"holm": holm, "bh": bh_q_values}
 
 def judge_family(comparisons: pd.DataFrame, *, adjust: str, alpha: float = 0.05) -> pd.DataFrame:
     """The frame's rows as ONE family: adjusted p-values (``"holm"`` or ``"bh"``), the
-    adjusted intervals the verdicts read (``adjusted_low``, ``adjusted_high``; the frame needs
-    ``lower_is_better`` and ``relative`` columns) and verdicts, with ``trivial`` marking an
-    equivalent row whose adjusted difference test also rejects.
+    adjusted intervals the verdicts read (equivalence: ``adjusted_low``, ``adjusted_high``;
+    difference: ``difference_low``, ``difference_high``; the frame needs ``lower_is_better``
+    and ``relative`` columns) and verdicts, with ``trivial`` marking an equivalent row whose
+    adjusted difference test also rejects.
 
     Difference and equivalence p-values are adjusted separately; exact rows are left out of
     both families (their adjusted values are nan) and keep their exact verdict.
@@ -292,22 +296,26 @@ def judge_family(comparisons: pd.DataFrame, *, adjust: str, alpha: float = 0.05)
         for imp, ex, p_d, p_e in zip(out["improvement"], exact, out["p_difference_adjusted"],
                                     out["p_equivalence_adjusted"], strict=True)
     ]
-    ends = [_adjusted_interval(row, alpha) for row in out.itertuples()]
-    out["adjusted_low"] = [low for low, _ in ends]
-    out["adjusted_high"] = [high for _, high in ends]
+    for prefix, column, tails in (("adjusted", "p_equivalence", 1),
+                                  ("difference", "p_difference", 2)):
+        ends = [_adjusted_interval(row, alpha, column, tails) for row in out.itertuples()]
+        out[f"{prefix}_low"] = [low for low, _ in ends]
+        out[f"{prefix}_high"] = [high for _, high in ends]
     out["trivial"] = ((out["verdict"] == "equivalent") & ~exact
                       & (out["p_difference_adjusted"] < alpha))
     return out
 
 
-def _adjusted_interval(row: object, alpha: float) -> tuple[float, float]:
-    """The row's ``1 - 2 alpha'`` interval at its adjusted level ``alpha' = alpha * p /
-    p_adjusted`` (equivalence p-values): its raw TOST rejects at ``alpha'`` exactly when the
-    adjusted one rejects at ``alpha``, so the interval lies inside the margin exactly when the
-    row is equivalent. An exact row's interval is its value."""
+def _adjusted_interval(row: object, alpha: float, column: str,
+                       tails: int) -> tuple[float, float]:
+    """The row's interval at its adjusted level ``alpha' = alpha * p / p_adjusted`` of the
+    p-values in ``column``: for the equivalence test (one tail each side, ``tails=1``) the
+    ``1 - 2 alpha'`` interval, inside the margin exactly when the adjusted TOST rejects; for
+    the difference test (``tails=2``) the ``1 - alpha'`` interval, which excludes zero exactly
+    when the adjusted two-sided test rejects. An exact row's interval is its value."""
     if row.exact:
         return float(row.improvement), float(row.improvement)
-    p, adjusted = float(row.p_equivalence), float(row.p_equivalence_adjusted)
-    tail = alpha * p / adjusted if math.isfinite(p) and adjusted > 0 else math.nan
+    p, adjusted = float(getattr(row, column)), float(getattr(row, f"{column}_adjusted"))
+    tail = alpha * p / adjusted / tails if math.isfinite(p) and adjusted > 0 else math.nan
     return interval_at(row, tail, lower_is_better=bool(row.lower_is_better),
                        relative=bool(row.relative))

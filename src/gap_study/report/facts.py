@@ -21,6 +21,7 @@ from gap_study.report.formatting import (
     METRIC_LABELS,
     RELATIVE,
     format_improvement,
+    format_interval,
     format_number,
     format_stat,
     grouped_stat_table,
@@ -101,9 +102,7 @@ def _metric_verdict(rows: pd.DataFrame, verdict: Mapping[str, Any]) -> MetricVer
         int(verdict["tests"]), {w: int(verdict[w]) for w in _COUNTS if verdict[w]},
         "" if rows["exact"].all() else _margin_text(metric, rows["margin"].iloc[0]),
         decided,
-        f"`{row['head']}` vs `{row.baseline}`{setting}: "
-        f"{format_improvement(row.improvement, row.adjusted_low, row.adjusted_high, row.metric)}",
-        _verdict_word(row))
+        f"`{row['head']}` vs `{row.baseline}`{setting}: {_effect(row)}", _verdict_word(row))
 
 
 def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[ClaimFacts]:
@@ -141,8 +140,16 @@ def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
     return Secondary(
         {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
         [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric),
-          format_improvement(r.improvement, r.adjusted_low, r.adjusted_high, r.metric))
-         for r in worse.itertuples()])
+          _effect(r)) for r in worse.itertuples()])
+
+
+def _effect(row: Any) -> str:
+    """A comparison's improvement with the two adjusted intervals its verdict read:
+    ``+1.0 pts [0.5, 1.5] (difference [0.2, 1.8])``; the second is left out where it is no
+    interval (exact counts, one seed)."""
+    text = format_improvement(row.improvement, row.adjusted_low, row.adjusted_high, row.metric)
+    wider = format_interval(row.difference_low, row.difference_high, row.metric)
+    return f"{text} (difference {wider})" if wider else text
 
 
 def _verdict_word(row: Any) -> str:
@@ -162,10 +169,13 @@ def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
         "claim": rows.claim, "metric": rows.metric, "setting": rows.setting,
         "head": rows["head"], "baseline": rows.baseline,
         "verdict": [_verdict_word(row) for row in rows.itertuples()],
-        "improvement [adjusted interval]": [
+        "improvement [equivalence interval]": [
             format_improvement(d, lo, hi, m) for d, lo, hi, m in
             zip(rows.improvement, rows.adjusted_low, rows.adjusted_high, rows.metric,
                 strict=True)],
+        "[difference interval]": [
+            format_interval(lo, hi, m) for lo, hi, m in
+            zip(rows.difference_low, rows.difference_high, rows.metric, strict=True)],
 
         "head value": [format_number(v, m) for v, m in zip(rows.head_mean, rows.metric,
                                                             strict=True)],

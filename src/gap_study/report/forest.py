@@ -37,11 +37,16 @@ def _forest_panel(ax: plt.Axes, rows: pd.DataFrame, metric: str,
     y = range(len(rows))[::-1]
     for yi, row in zip(y, rows.itertuples(), strict=True):
         colour = VERDICT_COLOURS[row.verdict]
-        # the adjusted interval: the one the verdict read (inside the margin = equivalent)
-        low, high = row.adjusted_low, row.adjusted_high
-        ax.errorbar(row.improvement * factor, yi, xerr=[[(row.improvement - low) * factor],
-                                                        [(high - row.improvement) * factor]],
-                    fmt="o", color=colour, capsize=3)
+        # the adjusted intervals the verdict read, as in Lakens' plots: the equivalence
+        # interval thick (inside the margin = equivalent), the difference interval thin
+        # (excluding zero = a difference)
+        for low, high, width in ((row.difference_low, row.difference_high, 1.0),
+                                 (row.adjusted_low, row.adjusted_high, 3.0)):
+            ax.errorbar(row.improvement * factor, yi,
+                        xerr=[[(row.improvement - low) * factor],
+                              [(high - row.improvement) * factor]],
+                        fmt="o", color=colour, capsize=3 if width == 1.0 else 0,
+                        elinewidth=width)
     ax.axvline(0, color="black", linewidth=0.8)
     for edge in margin_edges(rows["margin"].iloc[0], metric):
         ax.axvline(edge * factor, color="black", linewidth=0.8, linestyle=":")

@@ -15,6 +15,7 @@ __all__ = [
     "METRIC_LABELS",
     "RELATIVE",
     "format_improvement",
+    "format_interval",
     "format_number",
     "format_percent",
     "format_stat",
@@ -84,19 +85,28 @@ def format_percent(value: float) -> str:
     return f"{value * 100:.1f}%"
 
 
+def _improvement_number(value: float, metric: str) -> str:
+    """An improvement in display units: a share of the baseline for a ``RELATIVE`` metric."""
+    if metric in RELATIVE:
+        return f"{value:+.0%}"
+    return format_number(value, metric, difference=True)
+
+
 def format_improvement(diff: float, low: float, high: float, metric: str) -> str:
     """``diff [low, high]``; just ``diff (exact)`` when the interval has no width. For a
     metric compared as a ratio (``RELATIVE``) the improvement is a share of the baseline."""
-    def number(value: float) -> str:
-        if metric in RELATIVE:
-            return f"{value:+.0%}"
-        return format_number(value, metric, difference=True)
-
     if math.isnan(low):
-        return number(diff)
+        return _improvement_number(diff, metric)
     if low == high:
-        return f"{number(diff)} (exact)"
-    return f"{number(diff)} [{number(low)}, {number(high)}]"
+        return f"{_improvement_number(diff, metric)} (exact)"
+    return f"{_improvement_number(diff, metric)} {format_interval(low, high, metric)}"
+
+
+def format_interval(low: float, high: float, metric: str) -> str:
+    """``[low, high]`` of an improvement in display units; empty without an interval."""
+    if math.isnan(low) or low == high:
+        return ""
+    return f"[{_improvement_number(low, metric)}, {_improvement_number(high, metric)}]"
 
 
 def format_stat(row: pd.Series | Mapping[str, float], metric: str) -> str:
