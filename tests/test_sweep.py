@@ -13,7 +13,11 @@ from gap_study import sweep as sw
 
 @pytest.fixture
 def params(params_raw) -> dict:
-    return copy.deepcopy(params_raw)
+    # the tests set train.epochs to 3 to make experiments differ: pin the base to 10, so that
+    # the user's params.yaml (after `dvc exp run -S train.epochs=3`, say) cannot make them equal
+    params = copy.deepcopy(params_raw)
+    params["train"]["epochs"] = 10
+    return params
 
 
 def _with(params: dict, **changes) -> dict:
