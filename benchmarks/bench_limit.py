@@ -4,8 +4,8 @@ the rate the study's own convolutions reach here, against the stage's last measu
     python benchmarks/bench_limit.py            # params.yaml's study, the last dvc repro's times
     python benchmarks/bench_limit.py --quick    # a shorter throughput measurement
 
-1. FLOPs are counted, not estimated from a formula: ``torch.utils.flop_counter.FlopCounterMode``
-   (matrix products and convolutions, forward and backward) runs one training step and one
+1. FLOPs are counted, not estimated from a formula: ``torch.utils.flop_counter``'s registry
+   (matrix products and convolutions, forward and backward) counts one training step and one
    forward pass of every model the study trains, and every evaluation task of the evaluate
    stage on an untrained model of its head (the count does not depend on the weights). A
    stage's FLOPs are those counts times what ``params.yaml`` makes the stage do: optimizer
@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from _common import PARAMS_FILE, parse_args, print_table, setup
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from gap_study.data.canvas import CanvasDataset, load_prepared, to_float
 from gap_study.data.splits import fraction_subset, steps_per_epoch
@@ -49,11 +52,49 @@ STAGES = ("tune", "train", "evaluate", "mechanism", "speed")
 NOTEBOOKS = {"prepare": "prepare_data", **{stage: stage for stage in STAGES}, "report": "report"}
 
 
+class _FlopCount(TorchDispatchMode):
+    """``FlopCounterMode``'s count (its registry of matrix products and convolutions, forward
+    and backward) without its module tracker, whose hooks ``torch.autograd.grad`` refuses
+    (Grad-CAM in the evaluate stage calls it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if (count := flop_registry.get(func._overloadpacket)) is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
+@contextmanager
+def _no_inference_mode() -> Iterator[None]:
+    """``torch.inference_mode`` as ``torch.no_grad`` for the block: inference mode hides its ops
+    from Python dispatch modes, so a count would miss every evaluation pass; no_grad runs the
+    same kernels on the same shapes. Decorated functions enter a fresh ``inference_mode``
+    at each call, so patching the class reaches them too."""
+    mode = torch.autograd.grad_mode.inference_mode
+    enter, leave = mode.__enter__, mode.__exit__
+
+    def no_grad_enter(self: Any) -> None:
+        self._no_grad = torch.no_grad()
+        self._no_grad.__enter__()
+
+    mode.__enter__ = no_grad_enter
+    mode.__exit__ = lambda self, *exc: self._no_grad.__exit__(*exc)
+    try:
+        yield
+    finally:
+        mode.__enter__, mode.__exit__ = enter, leave
+
+
 def counted(fn: Callable[[], object]) -> int:
     """The FLOPs ``fn`` runs (matrix products and convolutions)."""
-    with FlopCounterMode(display=False) as counter:
+    with _no_inference_mode(), _FlopCount() as counter:
         fn()
-    return counter.get_total_flops()
+    return counter.total
 
 
 class Costs:
@@ -93,16 +134,13 @@ def run_flops(costs: Costs, config: ModelConfig, data: CanvasDataset, run: RunId
     return seen * step, passes * len(data.y_val) * forward
 
 
-def tuning_runs(params: Params, layout: Layout) -> list[tuple[str, int]]:
-    """``(head, seed)`` of every tuning run: the last tune stage's table when there is one,
-    else each head with each rate of ``tune`` once."""
-    table = layout.root / "reports" / "tune" / "tuning.csv"
-    if table.is_file():
-        rows = pd.read_csv(table)
-        seeds = rows["seed"] if "seed" in rows else params.tune.seed
-        return list(zip(rows["head"], np.broadcast_to(seeds, len(rows)), strict=True))
-    return [(head, params.tune.seed) for head in params.heads
-            for _ in params.tune.learning_rates]
+def tuning_runs(params: Params, layout: Layout) -> list[str]:
+    """The head of every tuning run: the last tune stage's runs (its grid may have extended
+    itself) when there are some, else each head with each starting rate and tuning seed."""
+    if layout.tuning_runs.is_file():
+        return pd.read_csv(layout.tuning_runs)["head"].tolist()
+    return [head for head in params.heads for _ in params.tune.learning_rates
+            for _ in params.tune.seeds]
 
 
 def stage_flops(params: Params, data: CanvasDataset, layout: Layout) -> pd.DataFrame:
@@ -112,7 +150,7 @@ def stage_flops(params: Params, data: CanvasDataset, layout: Layout) -> pd.DataF
     config = {head: params.model.to_config(head, data) for head in params.heads}
     main = RunId(params.train.full_fraction, params.train.base_shift, 0)
     flops = {stage: np.zeros(2) for stage in STAGES}
-    for head, _ in tuning_runs(params, layout):
+    for head in tuning_runs(params, layout):
         flops["tune"] += run_flops(costs, config[head], data, main, params)
     for head in params.heads:
         for run in params.train.runs():
