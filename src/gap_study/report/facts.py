@@ -45,6 +45,7 @@ from gap_study.report.tables import (
     StudyTables,
     main_runs,
 )
+from gap_study.report.tuning import TuneFlags, learning_rate_table, tune_flags
 
 __all__ = ["PUBLISHED", "ClaimFacts", "MetricVerdict", "ReportFacts", "Secondary",
            "build_facts", "claim_facts", "comparison_table", "secondary_facts"]
@@ -214,34 +215,6 @@ def _factorial(aggregate: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame | 
         for pooling in ("flatten", "global average")])
 
 
-def _learning_rates(tuning: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
-    """Per head (rows) and rate tried (columns): the final validation loss, mean over the
-    tuning seeds, the chosen rate marked; empty where a head did not try a rate."""
-    table = (tuning.assign(val=tuning["val_loss"].map(lambda v: f"{v:.4f}")
-                           + tuning["chosen"].map(lambda c: " (chosen)" if c else ""))
-             .pivot(index="head", columns="lr", values="val").reindex(list(heads))
-             .fillna(""))
-    table.columns = [f"lr {c:g}" for c in table.columns]
-    return table.reset_index()
-
-
-@dataclass(frozen=True)
-class TuneFlags:
-    """The heads whose choice the tuning seeds could move (``fragile``: a neighbouring rate's
-    mean loss within the chosen rate's spread over seeds) and those whose rate sits at a bound
-    of ``tune`` (``at_bound``: the grid could not extend past it)."""
-
-    fragile: list[str]
-    at_bound: list[tuple[str, float]]
-
-
-def _tune_flags(choices: pd.DataFrame, heads: Sequence[str]) -> TuneFlags:
-    rows = choices.set_index("head").reindex([h for h in heads if h in set(choices["head"])])
-    return TuneFlags([str(h) for h in rows.index[rows["fragile"].astype(bool)]],
-                     [(str(h), float(rows.loc[h, "lr"]))
-                      for h in rows.index[rows["at_bound"].astype(bool)]])
-
-
 @dataclass(frozen=True)
 class Curve:
     """The learning curve: each head's overfitting gap on the whole set and the smallest
@@ -387,8 +360,8 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         evaluate_record=evaluate, workers=_workers(train["runs"]),
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
         verdicts=verdicts, secondary=secondary_facts(comparisons),
-        learning_rates=_learning_rates(collected.tuning, heads),
-        tune_flags=_tune_flags(collected.tune_choices, heads),
+        learning_rates=learning_rate_table(collected.tuning, heads),
+        tune_flags=tune_flags(collected.tune_choices, heads),
         parameters=_parameters(tables.main, heads),
         factorial=_factorial(tables.aggregate, heads),
         scope=scope_facts(dataset=evaluate["dataset"],
