@@ -112,7 +112,9 @@ class Costs:
             model = build_model(config).to(memory_format=torch.channels_last).train()
             train = counted(lambda: F.cross_entropy(model(self.x), self.y).backward())
             folded = fold_batch_norm(model.eval())
-            with torch.inference_mode():
+            # no inference mode around the count: it would hide the pass (``counted`` runs
+            # the decorated evaluation functions' inference mode as no_grad instead)
+            with torch.no_grad():
                 forward = counted(lambda: folded(self.x))
             self._cache[config] = train / len(self.x), forward / len(self.x)
         return self._cache[config]
@@ -143,10 +145,10 @@ def tuning_runs(params: Params, layout: Layout) -> list[str]:
             for _ in params.tune.seeds]
 
 
-def stage_flops(params: Params, data: CanvasDataset, layout: Layout) -> pd.DataFrame:
+def stage_flops(costs: Costs, params: Params, data: CanvasDataset,
+                layout: Layout) -> pd.DataFrame:
     """One row per stage: ``train_flops`` (training steps) and ``eval_flops`` (forward
     passes for validation and scoring)."""
-    costs = Costs(data, params.train.batch_size)
     config = {head: params.model.to_config(head, data) for head in params.heads}
     main = RunId(params.train.full_fraction, params.train.base_shift, 0)
     flops = {stage: np.zeros(2) for stage in STAGES}
@@ -190,9 +192,11 @@ def evaluate_flops(params: Params, data: CanvasDataset,
     return np.array([0.0, total])
 
 
-def rates(params: Params, data: CanvasDataset, quick: bool) -> tuple[float, float]:
+def rates(costs: Costs, params: Params, data: CanvasDataset,
+          quick: bool) -> tuple[float, float]:
     """FLOP/s of one thread for a training step and a folded forward pass of ``gap`` (the
-    backbone's convolutions are nearly all of its FLOPs), best of several blocks."""
+    backbone's convolutions are nearly all of its FLOPs; its counts from ``costs``), best of
+    several blocks."""
     torch.set_num_threads(1)
     seed_everything(0)
     config = params.model.to_config("gap", data)
@@ -215,8 +219,9 @@ def rates(params: Params, data: CanvasDataset, quick: bool) -> tuple[float, floa
         with torch.inference_mode():
             folded(batch)
 
-    step_flops = counted(lambda: F.cross_entropy(model.train()(x), y).backward())
-    forward_flops = counted(forward)
+    model.train()
+    per_step, per_forward = costs.per_image(config)
+    step_flops, forward_flops = per_step * len(x), per_forward * len(batch)
     number, blocks = (5, 3) if quick else (20, 7)
     best = {name: min(time_block(fn, number) for _ in range(blocks))
             for name, fn in (("train", step), ("eval", forward))}
@@ -244,8 +249,9 @@ def main() -> None:
     if not layout.prepared.is_file():
         raise SystemExit(f"{layout.prepared} is missing: run `dvc repro prepare` first")
     data = load_prepared(layout.prepared)
-    table = stage_flops(params, data, layout)
-    train_rate, eval_rate = rates(params, data, args.quick)
+    costs = Costs(data, params.train.batch_size)
+    table = stage_flops(costs, params, data, layout)
+    train_rate, eval_rate = rates(costs, params, data, args.quick)
     cores = os.cpu_count() or 1
     table["cores"] = [1 if stage == "speed" else cores for stage in table.stage]
     table["limit_s"] = (table.train_flops / train_rate + table.eval_flops / eval_rate) \
