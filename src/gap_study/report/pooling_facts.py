@@ -167,8 +167,8 @@ _TWO_OBJECTS = ["pointing_two_objects", "pointing_gradcam_two_objects",
 
 def _two_objects(aggregate: pd.DataFrame, heads: Sequence[str]) -> TwoObjects | None:
     """``None`` without two-object canvases (``data.two_objects`` is 0)."""
-    means = (aggregate[aggregate.metric.isin(_TWO_OBJECTS)].set_index(["head", "metric"])
-             ["mean"].unstack())
+    means = (aggregate[aggregate.metric.isin([*_TWO_OBJECTS, *_RECOGNISED])]
+             .set_index(["head", "metric"])["mean"].unstack())
     shown = [h for h in heads if h in means.index]
     gradcam = means.get("pointing_gradcam_two_objects", pd.Series(dtype=float)).reindex(shown)
     if gradcam.isna().all():
@@ -176,7 +176,7 @@ def _two_objects(aggregate: pd.DataFrame, heads: Sequence[str]) -> TwoObjects | 
     ink, centre, chance = (float(means[m].mean()) for m in _TWO_OBJECTS[2:])
     ranked = list(gradcam.sort_values(ascending=False, kind="stable").index)
     dense = float(gradcam["dense"]) if "dense" in gradcam.index else None
-    recognised = [m for m in _RECOGNISED if m in set(aggregate.metric)]
+    recognised = [m for m in _RECOGNISED if m in means]
     return TwoObjects(
         ink, centre, chance, [(h, float(gradcam[h])) for h in ranked],
         [h for h in ranked if gradcam[h] > ink], [h for h in ranked if not gradcam[h] > ink],
@@ -184,7 +184,7 @@ def _two_objects(aggregate: pd.DataFrame, heads: Sequence[str]) -> TwoObjects | 
         stat_table(aggregate, [*_TWO_OBJECTS, *recognised],
                    ["CAM", "Grad-CAM", "ink map", "centre prior", "chance",
                     *(_RECOGNISED[m] for m in recognised)], shown),
-        _recognised(aggregate, shown))
+        _recognised(means, shown))
 
 
 # the protocol-4 columns and their names in the table, where the evaluation has them
@@ -193,15 +193,14 @@ _RECOGNISED = {"recognised_two_objects": "recognised alone",
                "pointing_ink_two_objects_recognised": "ink map, recognised objects"}
 
 
-def _recognised(aggregate: pd.DataFrame, shown: Sequence[str]) -> list[tuple[str, float, float]]:
-    """``(head, share recognised, Grad-CAM pointing on those)`` per head in ``shown`` order."""
-    means = (aggregate[aggregate.metric.isin(list(_RECOGNISED))].set_index(["head", "metric"])
-             ["mean"].unstack())
+def _recognised(means: pd.DataFrame, shown: Sequence[str]) -> list[tuple[str, float, float]]:
+    """``(head, share recognised, Grad-CAM pointing on those)`` per head in ``shown`` order,
+    from the heads' mean two-object metrics (a column per metric)."""
     if not {"recognised_two_objects", "pointing_gradcam_two_objects_recognised"} <= set(means):
         return []
     return [(h, float(means.loc[h, "recognised_two_objects"]),
              float(means.loc[h, "pointing_gradcam_two_objects_recognised"]))
-            for h in shown if h in means.index]
+            for h in shown]
 
 
 def cam_facts(aggregate: pd.DataFrame, heads: Sequence[str]) -> CamFacts:
