@@ -264,10 +264,19 @@ class MarginParams(_Section):
     time: Annotated[float, Field(gt=0, lt=1)]  # relative: 0.1 = within 10%
 
 
+class BootstrapParams(_Section):
+    """The paired bootstrap of every comparison (``gap_study.report.bootstrap``): how many
+    resamples, drawn from which seed."""
+
+    resamples: Annotated[int, Field(ge=1_000)]  # fewer make the tails' p-values too coarse
+    seed: NonNegativeInt
+
+
 class ReportParams(_Section):
     confidence: Annotated[float, Field(gt=0, lt=1)]
     alpha: Annotated[float, Field(gt=0, lt=0.5)]
     margins: MarginParams
+    bootstrap: BootstrapParams
     time_target: Annotated[float, Field(gt=0, le=1)]  # validation accuracy a run must reach
 
 
