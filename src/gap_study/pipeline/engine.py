@@ -4,8 +4,9 @@ one task, whatever computes it.
 ``compute.scheduler`` in ``params.yaml`` says where: ``local`` starts a ``LocalCluster`` of
 single-threaded worker processes for the stage and stops it after; ``synchronous`` runs every
 task in this process, one after another (for debugging, or a notebook run cell by cell); an
-address (``tcp://host:8786``) connects to a running scheduler, e.g. one a SLURM or Kubernetes
-cluster started (docs/operations.md, "Scaling out").
+address (``tcp://host:8786``, ``tls://host:8786``) connects to a running scheduler, e.g. one a
+SLURM or Kubernetes cluster started (docs/operations.md, "Scaling out"); a ``tls://`` address
+takes its certificates from Dask's config (``distributed.comm.tls.*``).
 
 Every task seeds itself and runs with ``compute.threads_per_run`` torch threads, so a run
 gives the same bytes on any worker of any scheduler; the stage writes what the tasks return,
@@ -250,6 +251,18 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
         return
     try:
         client = Client(settings.scheduler, timeout=CONNECT_TIMEOUT)
+    except TypeError as error:
+        # 5. Dask reads a TLS client's certificate from its config; without one it fails with
+        #    "TLS expects a `ssl_context` argument", which does not say what to set.
+        if not settings.scheduler.startswith("tls://"):
+            raise
+        raise EngineError(
+            f"compute.scheduler = {settings.scheduler!r} is a TLS address, and Dask's config "
+            "names no certificate for this client: set distributed.comm.tls.ca-file, "
+            "distributed.comm.tls.client.cert and distributed.comm.tls.client.key in a Dask "
+            "config file (~/.config/dask/), or as DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+            "..._CLIENT__CERT and ..._CLIENT__KEY in the environment (docs/operations.md, "
+            f"\"Scaling out\"; {error})") from None
     except (OSError, TimeoutError) as error:
         raise EngineError(
             f"no Dask scheduler answers at compute.scheduler = {settings.scheduler!r} "
