@@ -44,4 +44,4 @@ lab: $(STAMP)  ## JupyterLab on the notebooks
 clean:  ## remove pipeline outputs (DVC's cache in .dvc/cache is kept)
 	rm -rf data/prepared/dataset.npz models/*/ reports/notebooks/*.ipynb reports/eval/*/ \
 	       reports/train/*/history reports/train/*/run.json reports/figures reports/*.csv \
-	       reports/report.md reports/report.html reports/params_checked.txt
+	       reports/report.md reports/report.html reports/params_checked.txt .gap_study

@@ -22,11 +22,17 @@ from gap_study.data.splits import stratified_split, stratified_subsample
 from gap_study.data.two_objects import two_object_canvases
 from gap_study.pipeline.params import DataParams
 
-__all__ = ["DataSizeWarning", "digits_objects", "prepare_dataset", "prepare_study_dataset"]
+__all__ = ["DataRootWarning", "DataSizeWarning", "data_folder", "digits_objects", "prepare_dataset",
+           "prepare_study_dataset"]
 
 
 class DataSizeWarning(UserWarning):
     """A ``data`` value beyond what the data set holds: the study runs, on less than asked."""
+
+
+class DataRootWarning(UserWarning):
+    """``data.root`` is a folder outside the project: the study reads its data set's files
+    from there, and downloads them into it."""
 
 
 def warn_beyond_data(name: str, train_images: int, test_images: int, max_train: int | None,
@@ -112,13 +118,33 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
                          num_classes=num_classes)
 
 
+def data_folder(settings: DataParams, root: str | Path) -> Path:
+    """Where the data set's files are read from: ``settings.root`` relative to the project
+    folder ``root``, resolved. Outside the project it is accepted with a ``DataRootWarning``
+    naming the resolved folder (for the data sets read from files; ``digits`` reads none).
+
+    1. A warning, not an error: a shared download cache outside the project is a documented
+       use (docs/operations.md, "Sweeps on a queue"). But a folder the project does not own may
+       hold files others wrote, and the user should know that the study reads from, and writes
+       into, that folder; the files are still checked against their published MD5 sums.
+    """
+    project = Path(root).resolve()
+    folder = (project / settings.root).resolve()
+    if settings.name != "digits" and not folder.is_relative_to(project):
+        warnings.warn(f"data.root = {settings.root!r} is {folder}, outside the project "
+                      f"{project}: {settings.name}'s files are read from that folder (and "
+                      "downloaded into it); set data.root to a folder in the project unless "
+                      "you trust what that one holds", DataRootWarning, stacklevel=3)
+    return folder
+
+
 def prepare_study_dataset(settings: DataParams, root: str | Path) -> CanvasDataset:
     """``prepare_dataset`` with the ``data`` section of ``params.yaml``; ``settings.root``
-    is taken relative to the project folder ``root``."""
+    is taken relative to the project folder ``root`` (``data_folder``)."""
     return prepare_dataset(
         settings.name, canvas=settings.canvas_size, digits_size=settings.digits_size,
         test_fraction=settings.test_fraction,
         validation_fraction=settings.validation_fraction, split_seed=settings.split_seed,
-        root=Path(root) / settings.root, download=settings.download,
+        root=data_folder(settings, root), download=settings.download,
         max_train=settings.max_train, max_test=settings.max_test,
         two_objects=settings.two_objects)
