@@ -88,6 +88,20 @@ def test_bad_params_are_rejected_with_the_key_and_what_is_allowed(params_raw, do
         parse_params(_with(params_raw, dotted, value))
 
 
+def test_mnist_5k_runs_the_default_study_with_room_for_its_shift_grid(params_raw):
+    params = parse_params(_with(params_raw, "data.name", "mnist_5k"))
+    assert params.data.object_size == 28 and params.data.canvas_size == 40
+    assert params.data.shift_room == 6 >= params.evaluate.max_shift
+
+
+def test_an_mnist_5k_canvas_without_room_for_the_grid_is_refused(params_raw):
+    raw = _with(params_raw, "data.name", "mnist_5k")
+    raw["data"]["canvas"]["mnist_5k"] = 32
+    with pytest.raises(ParamsError, match=r"evaluate\.max_shift = 5 would push the object off "
+                                          r"the canvas: a 28-pixel mnist_5k object .* at most 2"):
+        parse_params(raw)
+
+
 @pytest.mark.parametrize("dotted, value, expected", [
     ("train.batch_size", "64", r"train\.batch_size = '64': Input should be a valid integer"),
     ("train.epochs", 10.0, r"train\.epochs = 10\.0: Input should be a valid integer"),
