@@ -16,8 +16,11 @@ export DVC_NO_ANALYTICS := 1
 # to `dvc exp run`: REPLICATE_ARGS=-f replaces an earlier run of the same name.
 REPLICATE_SETTINGS := -S data.name=mnist_5k -S train.epochs=6 -S data.max_test=750
 REPLICATE_ARGS ?=
+# The same protocol on the official MNIST (60,000 training and 10,000 writer-disjoint test
+# digits), unshrunk, for a machine with its files under data.root/mnist or a GPU.
+REPLICATE_MNIST_SETTINGS := -S data.name=mnist
 
-.PHONY: install repro replicate test lint lab bench bench-engine clean
+.PHONY: install repro replicate replicate-mnist test lint lab bench bench-engine clean
 
 install: $(STAMP)
 
@@ -31,6 +34,9 @@ repro: $(STAMP)  ## run the whole pipeline (dvc repro) on the default data set
 
 replicate: $(STAMP)  ## the default study's protocol on mnist_5k, as DVC experiment replicate-mnist5k (~40 min)
 	dvc exp run -n replicate-mnist5k $(REPLICATE_SETTINGS) $(REPLICATE_ARGS)
+
+replicate-mnist: $(STAMP)  ## the same on the official MNIST, as DVC experiment replicate-mnist (its files, or a GPU: hours on 2 cores)
+	dvc exp run -n replicate-mnist $(REPLICATE_MNIST_SETTINGS) $(REPLICATE_ARGS)
 
 test: $(STAMP) lint  ## lint, then the whole test suite (slow end-to-end tests included)
 	python -m pytest

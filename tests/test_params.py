@@ -103,10 +103,10 @@ def test_an_mnist_5k_canvas_without_room_for_the_grid_is_refused(params_raw):
         parse_params(raw)
 
 
-def _replication_settings(root) -> dict[str, object]:
-    """The ``-S key=value`` settings of the Makefile's ``replicate`` target."""
+def _replication_settings(root, variable: str = "REPLICATE_SETTINGS") -> dict[str, object]:
+    """The ``-S key=value`` settings of a Makefile variable (the ``replicate`` target's)."""
     line = next(line for line in (root / "Makefile").read_text().splitlines()
-                if line.startswith("REPLICATE_SETTINGS :="))
+                if line.startswith(f"{variable} :="))
     pairs = re.findall(r"-S (\S+?)=(\S+)", line)
     return {key: yaml.safe_load(value) for key, value in pairs}
 
@@ -125,6 +125,14 @@ def test_make_replicate_runs_the_default_protocol_on_mnist_5k_with_two_declared_
     for key in ("seeds", "fractions", "shift", "batch_size", "schedule", "drop_last"):
         assert getattr(replication.train, key) == getattr(default.train, key), key
     assert replication.data.two_objects == default.data.two_objects
+    assert replication.data.shift_room >= replication.evaluate.max_shift
+
+
+def test_make_replicate_mnist_runs_the_default_protocol_unshrunk_on_the_official_mnist(
+        root, params_raw):
+    settings = _replication_settings(root, "REPLICATE_MNIST_SETTINGS")
+    assert settings == {"data.name": "mnist"}  # nothing else: official split, every image
+    replication = parse_params(_with(params_raw, "data.name", "mnist"))
     assert replication.data.shift_room >= replication.evaluate.max_shift
 
 
