@@ -10,6 +10,7 @@ from gap_study.replicate import (
     README_END,
     README_START,
     Study,
+    beside_published,
     main,
     outcome,
     publish,
@@ -142,3 +143,15 @@ def test_the_committed_readme_shows_what_the_committed_results_give():
     assert update_readme(ROOT / "README.md", studies, check=True), (
         "README.md's results table differs from results/: python -m gap_study.replicate "
         "readme")
+
+
+def test_a_run_is_set_beside_the_studies_published_on_other_data_sets(tmp_path):
+    results = tmp_path / "results"
+    publish("digits", reports=_reports(tmp_path), results=results)
+    claims = _study("mnist_5k", accuracy="undecided").claims
+    table = beside_published(claims, "mnist_5k", results)
+    assert list(table.columns[2:4]) == ["this run: verdict", "this run: largest effect"]
+    assert table.replication.tolist() == ["replicated", "inconclusive in one"]
+    # the run's own data set is the study it reruns, not a replication; none published: none
+    assert beside_published(claims, "digits", results) is None
+    assert beside_published(claims, "mnist_5k", tmp_path / "nothing") is None

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from test_report_stage import _facts, layout  # noqa: F401 - the fixture, for the tests below
@@ -122,3 +123,16 @@ def test_the_report_stage_depends_on_its_template_and_writes_its_tables():
     assert [p.relative_to(ROOT).as_posix() for p in templates] == [
         d for d in stage["deps"] if d.startswith("src/") and not d.endswith(".py")]
     assert "reports/tables" in stage["outs"]
+
+
+def test_the_replication_section_appears_only_beside_published_studies(layout):  # noqa: F811
+    facts = _facts(layout)
+    assert "## On other data sets" not in render_report(facts)
+    table = pd.DataFrame({"claim": ["fewer parameters"], "metric": ["`params_head`"],
+                          "this run: verdict": ["holds"], "mnist_5k: verdict": ["holds"],
+                          "replication": ["replicated"]})
+    text = render_report(dataclasses.replace(facts, replication=table))
+    section = text.split("## On other data sets")[1].split("\n## ")[0]
+    row = "| fewer parameters | `params_head` | holds | holds | replicated |"
+    assert row in re.sub(" +", " ", section)
+    assert "[On other data sets](#on-other-data-sets)" in text  # in the contents

@@ -37,8 +37,8 @@ from gap_study.pipeline.io import write_csv, write_json, write_text
 from gap_study.report.claims import PROTOCOL, PROTOCOL_VERSION
 from gap_study.report.formatting import format_improvement, format_interval
 
-__all__ = ["DECISIVE", "Study", "outcome", "publish", "read_study", "readme_section",
-           "replication_table", "update_readme"]
+__all__ = ["DECISIVE", "Study", "beside_published", "outcome", "publish", "read_study",
+           "readme_section", "replication_table", "update_readme"]
 
 DECISIVE = ("holds", "fails", "no difference")
 RESULTS = Path("results")
@@ -171,6 +171,18 @@ def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESUL
     write_csv(target / "summary.csv", summary)
     write_json(target / "study.json", record)
     return target
+
+
+def beside_published(claims: Mapping[str, Any], dataset: str,
+                     results: Path = RESULTS) -> pd.DataFrame | None:
+    """A run's verdicts (``claims``, as ``claims.json``) beside every study published under
+    ``results`` on another data set than the run's ``dataset`` (``replication_table``, the run
+    first, as ``this run``); ``None`` when there is none."""
+    others = [s for s in _studies([], results) if s.record["dataset"]["name"] != dataset] \
+        if results.is_dir() else []
+    if not others:
+        return None
+    return replication_table([Study("this run", dict(claims), {}), *others])
 
 
 def _studies(names: Sequence[str], results: Path) -> list[Study]:

@@ -321,6 +321,7 @@ class ReportFacts:
     published_errors: dict[str, float]
     csv: dict[str, pd.DataFrame]
     commit: str | None = None  # the git commit the analysis ran at
+    replication: pd.DataFrame | None = None  # beside the studies published on other data
     protocol_version: int = PROTOCOL_VERSION
 
     @property
@@ -330,10 +331,11 @@ class ReportFacts:
 
 def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons: pd.DataFrame,
                 verdicts: pd.DataFrame, figures: Mapping[str, str], heads: Sequence[str],
-                settings: ReportParams, commit: str | None = None) -> ReportFacts:
+                settings: ReportParams, commit: str | None = None,
+                replication: pd.DataFrame | None = None) -> ReportFacts:
     """The report's facts from everything the stages wrote (``collected``), the tables and
-    comparisons made from it, the figures (paths relative to the report) and the git
-    ``commit`` of the analysis."""
+    comparisons made from it, the figures (paths relative to the report), the git
+    ``commit`` of the analysis and the ``replication`` table, if any."""
     train, evaluate = collected.records["train"], collected.records["evaluate"]
     heads, confidence = list(heads), settings.confidence
     stride = total_stride(train["model"]["widths"])
@@ -387,4 +389,5 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         sum_pooling=sum_pooling_facts(tables.aggregate, heads, evaluate["feature_map"],
                                       train["learning_rates"], settings.margins.accuracy),
         speed=speed, published_errors=errors,
-        csv={name: frame for name, frame in csv.items() if frame is not None}, commit=commit)
+        csv={name: frame for name, frame in csv.items() if frame is not None}, commit=commit,
+        replication=replication)
