@@ -90,3 +90,24 @@ def test_per_image_values_that_do_not_average_to_the_runs_metric_are_refused():
     with pytest.raises(ValueError, match=r"dense's per-image values of test_accuracy for run "
                                          r"fraction_1-shift_0-seed_1 .* dvc repro -f -s evaluate"):
         _values().pair(results, "gap", "dense", "test_accuracy", seeds=list(SEEDS))
+
+
+def test_a_small_loss_gap_is_checked_on_its_test_losses_not_on_the_gap():
+    # losses near 30 in float32 are spaced 2e-6 apart: a gap of 0.004 taken in float32 is off
+    # by about that, beyond a tolerance for the gap, well inside one for the loss itself
+    losses = np.random.default_rng(0).uniform(29, 31, 450).astype(np.float32)
+    test_loss = float(np.mean(losses, dtype=np.float32))
+    train_loss = test_loss - 0.004
+    rows = pd.DataFrame([{"head": head, "seed": 0, "fraction": 1.0, "train_shift": 0,
+                          "test_loss": test_loss, "train_loss": train_loss,
+                          "loss_gap": float(np.float32(test_loss) - np.float32(train_loss))}
+                         for head in ("dense", "gap")])
+    stored = {"fraction_1-shift_0-seed_0/test_loss": losses}
+    values = PerImageValues({"dense": stored, "gap": stored})
+    gap = losses.astype(np.float64).mean() - train_loss
+    assert not np.isclose(gap, rows.loss_gap[0], rtol=1e-5, atol=1e-7)  # the rounding is there
+    tables = values.pair(rows, "gap", "dense", "loss_gap", seeds=[0])
+    np.testing.assert_allclose(tables.head[0], losses.astype(np.float64) - train_loss)
+    with pytest.raises(ValueError, match="test_loss"):  # a wrong test side is still refused
+        values.pair(rows.assign(test_loss=test_loss + 0.001), "gap", "dense", "loss_gap",
+                    seeds=[0])

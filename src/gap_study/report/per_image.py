@@ -95,12 +95,9 @@ class PerImageValues:
         for seed in seeds:
             if seed not in rows.index:
                 return None
-            row = rows.loc[seed]
-            found = self._run_values(head, row, metric)
+            found = self._run_values(head, rows.loc[seed], metric)
             if found is None:
                 return None
-            _check_mean(found, float(row[metric]), head, RunId(float(row["fraction"]),
-                        int(row["train_shift"]), int(seed)).stem, metric)
             values.append(found[0])
             weights.append(found[1])
         if any(w is None for w in weights):
@@ -109,27 +106,35 @@ class PerImageValues:
 
     def _run_values(self, head: str, row: pd.Series,
                     metric: str) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """One run's per-image values of ``metric`` and their weights, or ``None``."""
+        """One run's per-image values of ``metric`` and their weights, or ``None``; the values
+        stored are checked against the metric they average to in ``row``."""
         stored = self._values.get(head, {})
         stem = RunId(float(row["fraction"]), int(row["train_shift"]), int(row.name)).stem
+
+        def checked(name: str, weights: np.ndarray | None = None) -> np.ndarray:
+            values = stored[f"{stem}/{name}"].astype(np.float64)
+            _check_mean(values, weights, float(row[metric if weights is not None else name]),
+                        head, stem, metric if weights is not None else name)
+            return values
+
         if f"{stem}/{metric}" in stored:
-            return stored[f"{stem}/{metric}"].astype(np.float64), None
+            return checked(metric), None
         base = metric.removesuffix("_recognised")
         if base != metric and {f"{stem}/{base}", f"{stem}/{RECOGNISED}"} <= stored.keys():
-            return (stored[f"{stem}/{base}"].astype(np.float64),
-                    stored[f"{stem}/{RECOGNISED}"].astype(np.float64))
+            weights = stored[f"{stem}/{RECOGNISED}"].astype(np.float64)
+            return checked(base, weights), weights
         if metric in _GAPS:
             train, test, sign = _GAPS[metric]
             if f"{stem}/{test}" in stored and np.isfinite(row.get(train, np.nan)):
-                return sign * (stored[f"{stem}/{test}"].astype(np.float64)
-                               - float(row[train])), None
+                # checked on the test side: the gap is a small difference of two larger
+                # numbers, whose rounding no tolerance on the gap itself fits
+                return sign * (checked(test) - float(row[train])), None
         return None
 
 
-def _check_mean(found: tuple[np.ndarray, np.ndarray | None], expected: float, head: str,
+def _check_mean(values: np.ndarray, weights: np.ndarray | None, expected: float, head: str,
                 run: str, metric: str) -> None:
     """Refuse per-image values whose (weighted) mean is not the run's metric."""
-    values, weights = found
     mean = float(np.average(values, weights=weights)) if weights is None or weights.sum() \
         else float("nan")
     if not np.isclose(mean, expected, rtol=_MEAN_RTOL, atol=_MEAN_ATOL, equal_nan=True):
