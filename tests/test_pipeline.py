@@ -31,6 +31,8 @@ from builders import (
 )
 from distributed import Client
 
+from gap_study.report.dvc_views import CLAIM_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["dense", "gap", "gsp"]
 # the sections the tiny study runs ("Spatial pooling or head capacity" needs `linear` and
@@ -49,6 +51,9 @@ FIGURES = ["accuracy.png", "cam_overlays.png", "forest.png", "fraction_curve.png
            "mechanism_heatmaps.png", "params.png",
            "pointing.png", "shift_heatmaps.png", "shift_radius.png", "shift_training.png",
            "stability.png", "time.png", "training_curves.png", "tuning.png"]
+
+# docs/operations.md's recipe for every claim's verdict in an 80-column `dvc exp show`
+VERDICT_COLUMNS = ["--drop", ".*", "--keep", "Experiment|(params|overfit|shifts|speed|maps)$"]
 
 pytestmark = pytest.mark.slow
 
@@ -227,10 +232,24 @@ def test_repro_again_does_nothing(repo):
 def test_metrics_and_plots_are_visible_to_dvc(repo):
     shown = json.loads(run_command(["dvc", "metrics", "show", "--json"], repo[0]).stdout)
     (workspace,) = shown.values()
-    values = workspace["data"]["reports/metrics.json"]["data"]
-    assert values["gap"]["seeds"] == len(TINY_SEEDS)
+    files = workspace["data"]
+    assert files["reports/metrics.json"]["data"]["gap"]["seeds"] == len(TINY_SEEDS)
+    assert sorted(files["reports/verdicts.json"]["data"]) == sorted(CLAIM_KEYS.values())
+    assert sorted(files["reports/headline.json"]["data"]) == sorted(HEADS)
     plots = json.loads(run_command(["dvc", "plots", "show", "--json"], repo[0]).stdout)
-    assert "reports/train/history/gap/fraction_1-shift_0-seed_1.csv" in plots["data"]
+    assert not plots.get("errors")
+    drawn = {name for name, renders in plots["data"].items() if renders[0]["type"] == "vega"}
+    assert drawn == {"training curves", "learning curve", "tuning"}
+    (curves,) = plots["data"]["training curves"]
+    assert {row["head"] for row in curves["content"]["data"]["values"]} == set(HEADS)
+
+
+def test_every_verdict_fits_dvc_exp_show_in_80_columns(repo):
+    verdicts = json.loads((repo[0] / "reports" / "verdicts.json").read_text())
+    shown = run_command(["dvc", "exp", "show", "--no-pager", *VERDICT_COLUMNS], repo[0],
+                        COLUMNS="80").stdout
+    assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown
+    assert all(f" {key} " in shown and f" {word} " in shown for key, word in verdicts.items())
 
 
 def _weights(outputs: dict[str, bytes]) -> dict[str, bytes]:
