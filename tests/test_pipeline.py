@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import matplotlib.image
+import nbclient
 import nbformat
 import pandas as pd
 import pytest
@@ -250,6 +251,20 @@ def test_every_verdict_fits_dvc_exp_show_in_80_columns(repo):
                         COLUMNS="80").stdout
     assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown
     assert all(f" {key} " in shown and f" {word} " in shown for key, word in verdicts.items())
+
+
+def test_the_explorer_notebook_runs_on_the_pipelines_outputs(repo):
+    path = repo[0] / "notebooks" / "explore.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert [o for o in outputs if o.output_type == "error"] == []
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the one view
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    (drawn,) = [w["state"]["outputs"] for w in state.values()
+                if w["model_name"] == "OutputModel"]
+    assert any("image/png" in o.get("data", {}) for o in drawn)  # the controls' view
 
 
 def _weights(outputs: dict[str, bytes]) -> dict[str, bytes]:
