@@ -9,8 +9,7 @@ The protocol is ``docs/study.md``. The subpackages, by role:
 - ``report``: the report stage: statistics, verdicts, figures, the report.
 - ``pipeline``: params, file layout, I/O, run records, the Dask engine, the notebook runner.
 
-``sweep`` pools the results of several experiments (``python -m gap_study.sweep``);
-``explore`` is the logic of ``notebooks/explore.ipynb`` (one model, one moved test image). No
+``sweep`` pools the results of several experiments (``python -m gap_study.sweep``). No
 package imports its modules in ``__init__``: importing one module loads only what it needs.
 """
 
