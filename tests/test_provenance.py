@@ -10,10 +10,12 @@ def _git(repo, *args):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_git_commit_is_dirty_for_changed_sources_but_not_for_dvc_rewriting_its_lock(tmp_path):
+def test_git_commit_is_dirty_for_changed_sources_but_not_for_the_pipelines_outputs(tmp_path):
     assert git_commit(tmp_path) is None  # not a repository
     _git(tmp_path, "init", "-q")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text("{}\n")
     (tmp_path / "train.py").write_text("epochs = 3\n")
     _git(tmp_path, "add", "-A")
     _git(tmp_path, "commit", "-qm", "first")
@@ -21,6 +23,7 @@ def test_git_commit_is_dirty_for_changed_sources_but_not_for_dvc_rewriting_its_l
     assert git_commit(tmp_path) == head
 
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # what each stage does
+    (tmp_path / "reports" / "metrics.json").unlink()  # DVC deletes a stage's outputs first
     assert git_commit(tmp_path) == head
     (tmp_path / "train.py").write_text("epochs = 4\n")
     assert git_commit(tmp_path) == f"{head}-dirty"

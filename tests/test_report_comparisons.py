@@ -20,6 +20,7 @@ from gap_study.report.comparisons import (
     judge_family,
     verdict,
 )
+from gap_study.report.per_image import ImageTables
 
 # R's `sleep` data set (Cushny and Peebles), ten patients each given both drugs.
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
@@ -71,8 +72,8 @@ def test_lower_is_better_flips_the_improvement_and_reorders_the_interval():
 def test_tost_matches_a_hand_computation_and_is_not_equivalent_on_the_sleep_data():
     d = np.subtract(SLEEP_1, SLEEP_2)
     c = compare_paired(SLEEP_1, SLEEP_2, lower_is_better=False, margin=Margin(2.0))
-    assert c.p_equivalence == pytest.approx(_tost_by_hand(d, 2.0), rel=1e-9)
-    assert c.p_equivalence > 0.1
+    assert c.p_equivalence_t == pytest.approx(_tost_by_hand(d, 2.0), rel=1e-9)
+    assert c.p_equivalence == max(c.p_equivalence_t, c.p_equivalence_bootstrap) > 0.1
     assert verdict(c, math.nan, c.p_equivalence) == "inconclusive"
 
 
@@ -80,8 +81,10 @@ def test_tost_gives_a_small_p_for_tiny_differences_within_a_large_margin():
     baseline = [0.900, 0.910, 0.905, 0.895, 0.902]
     head = np.add(baseline, [0.001, -0.001, 0.0005, 0.0, -0.0005])
     c = compare_paired(head, baseline, lower_is_better=False, margin=Margin(0.05))
-    assert c.p_equivalence == pytest.approx(_tost_by_hand(head - baseline, 0.05), rel=1e-9)
-    assert c.p_equivalence < 1e-6 and c.p_difference > 0.5
+    assert c.p_equivalence_t == pytest.approx(_tost_by_hand(head - baseline, 0.05), rel=1e-9)
+    assert c.p_equivalence_t < 1e-6 and c.p_difference > 0.5
+    # the bootstrap's smallest p-value is one resample in 10,001, and a row needs both tests
+    assert c.p_equivalence == c.p_equivalence_bootstrap == 1 / 10_001
     assert verdict(c, c.p_difference, c.p_equivalence) == "equivalent"
 
 
@@ -114,7 +117,8 @@ def test_relative_margin_tost_on_logs_finds_close_ratios_equivalent():
     head = baseline * [1.01, 0.99, 1.02, 1.00, 0.98]
     c = compare_paired(head, baseline, lower_is_better=True, margin=Margin(0.10, relative=True))
     logs = np.log(head) - np.log(baseline)
-    assert c.p_equivalence == pytest.approx(_tost_by_hand(logs, math.log(1.10)), rel=1e-9)
+    assert c.p_equivalence_t == pytest.approx(_tost_by_hand(logs, math.log(1.10)), rel=1e-9)
+    assert c.p_equivalence == max(c.p_equivalence_t, c.p_equivalence_bootstrap) < 0.05
     assert abs(c.improvement) < 0.05
     assert verdict(c, c.p_difference, c.p_equivalence) == "equivalent"
 
@@ -312,3 +316,57 @@ def test_the_difference_interval_excludes_zero_exactly_when_the_difference_test_
         same = np.isclose(judged.p_difference / judged.p_difference_adjusted,
                           judged.p_equivalence / judged.p_equivalence_adjusted)
         assert (judged.difference_low[same] <= judged.adjusted_low[same]).all()
+
+
+def test_a_row_needs_both_the_t_test_and_the_bootstrap_and_shows_the_interval_holding_both():
+    c = compare_paired(SLEEP_1, SLEEP_2, lower_is_better=False, margin=Margin(2.0))
+    assert c.sources == "seeds"  # no per-image values: the pairs alone are resampled
+    assert c.p_difference == max(c.p_difference_t, c.p_difference_bootstrap)
+    assert c.p_equivalence == max(c.p_equivalence_t, c.p_equivalence_bootstrap)
+    assert (c.ci_low, c.ci_high) == (min(c.t_low, c.bootstrap_low),
+                                     max(c.t_high, c.bootstrap_high))
+    # ten pairs: the percentile bootstrap of ten means is narrower than the t-interval
+    assert (c.t_low, c.t_high) == pytest.approx(R_SLEEP_CI, abs=1e-7)
+    assert c.bootstrap_high - c.bootstrap_low < c.t_high - c.t_low
+
+
+def _seeds_agree_images_vary(delta: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Five seeds x 300 test images whose difference ``delta`` varies with the image (sd 0.3,
+    the same for every seed: a standard error of 0.017 over the images) and hardly with the
+    seed."""
+    rng = np.random.default_rng(seed)
+    baseline = rng.normal(0.9, 0.01, (5, 300))
+    image = rng.normal(0, 0.3, (1, 300))
+    image -= image.mean()  # the observed difference is delta
+    return baseline + delta + image + rng.normal(0, 0.01, (5, 300)), baseline
+
+
+def test_per_image_tables_widen_the_interval_when_test_images_vary_and_seeds_agree():
+    head, baseline = _seeds_agree_images_vary(0.02)
+    options = {"lower_is_better": False, "margin": Margin(0.05)}
+    seeds_only = compare_paired(head.mean(axis=1), baseline.mean(axis=1), **options)
+    both = compare_paired(head.mean(axis=1), baseline.mean(axis=1),
+                          tables=ImageTables(head, baseline), **options)
+    assert both.sources == "seeds and test images"
+    assert both.improvement == seeds_only.improvement
+    # over the seeds the difference looks certain; the images say it is not
+    assert seeds_only.p_difference < 1e-3 < 0.05 < both.p_difference
+    assert both.bootstrap_high - both.bootstrap_low > 5 * (both.t_high - both.t_low)
+    assert (both.ci_low, both.ci_high) == (both.bootstrap_low, both.bootstrap_high)
+    assert both.mde > 5 * seeds_only.mde  # what the data could detect shrinks as well
+
+
+def test_heads_that_agree_on_every_image_are_equivalent_where_the_t_test_is_undefined():
+    values = np.tile([1.0, 0.0, 1.0, 1.0], (5, 25))  # both heads right on the same images
+    c = compare_paired(values.mean(axis=1), values.mean(axis=1), lower_is_better=False,
+                       margin=Margin(0.01), tables=ImageTables(values, values.copy()))
+    assert math.isnan(c.p_difference_t)
+    assert c.p_difference == 1.0 and c.p_equivalence == 1 / 10_001
+    assert verdict(c, c.p_difference, c.p_equivalence) == "equivalent"
+
+
+def test_per_image_tables_are_refused_for_a_relative_margin():
+    head, baseline = _seeds_agree_images_vary(0.02)
+    with pytest.raises(ValueError, match="absolute margin"):
+        compare_paired(head.mean(axis=1), baseline.mean(axis=1), lower_is_better=False,
+                       margin=Margin(0.1, relative=True), tables=ImageTables(head, baseline))

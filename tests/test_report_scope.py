@@ -48,7 +48,7 @@ def test_each_tested_primary_metric_states_its_smallest_detectable_difference():
 
 
 @pytest.mark.parametrize("name, words", [
-    ("digits", "share writers"), ("mnist", "different writers"),
+    ("digits", "share writers"), ("mnist_5k", "share writers"), ("mnist", "different writers"),
     ("svhn", "not known"),
 ])
 def test_whether_train_and_test_share_writers_is_said_per_data_set(name, words):
@@ -57,3 +57,24 @@ def test_whether_train_and_test_share_writers_is_said_per_data_set(name, words):
 
 def test_the_timings_name_their_machine_and_threads():
     assert _scope().timing == {"device": "AMD EPYC", "cpu_capability": "AVX512", "threads": 1}
+
+
+def test_what_the_test_images_change_counts_the_primary_rows_that_resampled_them():
+    row = {"role": "primary", "exact": False, "claim": "less overfitting", "mde": 0.01,
+           "head": "gap", "baseline": "dense", "setting": "all training images",
+           "metric": "test_accuracy", "t_low": 0.0, "t_high": 0.01}
+    comparisons = pd.DataFrame([
+        {**row, "sources": "seeds and test images", "bootstrap_low": -0.01,
+         "bootstrap_high": 0.02, "verdict": "inconclusive", "verdict_seeds_only": "better"},
+        {**row, "sources": "seeds and test images", "bootstrap_low": 0.0,
+         "bootstrap_high": 0.05, "verdict": "better", "verdict_seeds_only": "better"},
+        {**row, "sources": "seeds", "metric": "time_to_target", "bootstrap_low": 0.0,
+         "bootstrap_high": 1.0, "verdict": "better", "verdict_seeds_only": "better"},
+        {**row, "role": "secondary", "sources": "seeds and test images",
+         "bootstrap_low": 0.0, "bootstrap_high": 1.0, "verdict": "better",
+         "verdict_seeds_only": "inconclusive"}])
+    images = _scope(comparisons=comparisons).images
+    assert images.tested == 2 and images.widening == 4.0  # the median of 3x and 5x
+    assert images.changed == [("gap", "dense", "test accuracy", "all training images",
+                               "inconclusive", "better")]
+    assert _scope().images is None  # no row resampled test images

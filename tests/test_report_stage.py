@@ -20,6 +20,7 @@ from gap_study.pipeline.paths import Layout, RunId
 from gap_study.report.claims import claim_comparisons, claim_verdicts
 from gap_study.report.facts import ReportFacts, build_facts
 from gap_study.report.figures import save_figures, study_figures
+from gap_study.report.per_image import PerImageValues
 from gap_study.report.render import render_report
 from gap_study.report.tables import (
     RESULT_KEYS,
@@ -33,6 +34,7 @@ from gap_study.report.tables import (
 
 HEADS = ["dense", "gsp", "gap"]  # not alphabetical: outputs follow this order
 SETTINGS = ReportParams(confidence=0.95, alpha=0.05, time_target=0.5,
+                        bootstrap={"resamples": 1000, "seed": 0},
                         margins={"accuracy": 0.01, "consistency": 0.01, "loss": 0.05,
                                  "time": 0.1})
 LEARNING_RATES = {"dense": 0.001, "gsp": 0.0003, "gap": 0.003}
@@ -121,8 +123,13 @@ def _write_head(layout: Layout, head: str, rng: np.random.Generator) -> None:
     """One head's files as the training and evaluation stages write them."""
     layout.eval_reports(head).mkdir(parents=True)
     layout.histories(head).mkdir(parents=True)
-    pd.DataFrame([_metrics_row(head, run, rng) for run in RUNS]).to_csv(
-        layout.eval_metrics(head), index=False)
+    rows = pd.DataFrame([_metrics_row(head, run, rng) for run in RUNS])
+    rows.to_csv(layout.eval_metrics(head), index=False)
+    # per-image test accuracy whose means are the rows': each image's effect shared by seeds
+    images = np.random.default_rng(len(head)).normal(0, 0.3, 40)
+    np.savez(layout.per_image(head), **{
+        f"{run.stem}/test_accuracy": accuracy + images - images.mean()
+        for run, accuracy in zip(RUNS, rows.test_accuracy, strict=True)})
     offsets = [(dx, dy) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
                for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)]
     pd.DataFrame([{**run.as_dict(), "dx": dx, "dy": dy, "radius": max(abs(dx), abs(dy)),
@@ -266,7 +273,9 @@ def _study(layout: Layout):
     results = with_derived_metrics(collected, time_target=SETTINGS.time_target)
     tables = study_tables(results, collected.grid)
     comparisons = claim_comparisons(results, collected.step_times, HEADS,
-                                    SETTINGS.margins.model_dump())
+                                    SETTINGS.margins.model_dump(),
+                                    per_image=PerImageValues.read(layout, HEADS),
+                                    bootstrap=SETTINGS.bootstrap.model_dump())
     return collected, results, tables, comparisons
 
 
@@ -281,7 +290,7 @@ def _facts(layout: Layout, figures: Sequence[str] = FIGURES) -> ReportFacts:
     return build_facts(collected=collected, tables=tables, comparisons=comparisons,
                        verdicts=claim_verdicts(comparisons),
                        figures={n: f"figures/{n}.png" for n in figures}, heads=HEADS,
-                       settings=SETTINGS)
+                       settings=SETTINGS, commit="0123abc")
 
 
 def _report(layout: Layout) -> str:

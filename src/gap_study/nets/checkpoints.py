@@ -12,9 +12,11 @@ and ``read_checkpoint(path, record)`` refuses a file whose bytes differ from wha
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zipfile
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from gap_study.pipeline.runtime import resolve_device
 __all__ = [
     "CheckpointError",
     "checkpoint_payload",
+    "checkpoint_size",
     "file_sha256",
     "model_from_payload",
     "read_checkpoint",
@@ -56,6 +59,15 @@ def checkpoint_payload(model: ClassifierNet) -> Payload:
     return {"config": model.config.to_dict(),
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in
                            model.state_dict().items()}}
+
+
+@cache
+def checkpoint_size(config: ModelConfig) -> int:
+    """The bytes a checkpoint of ``config``'s model takes on disk: ``write_checkpoint`` stores
+    the weights uncompressed, so the size follows their shapes, not their values."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint_payload(build_model(config)), buffer)
+    return buffer.tell()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -10,6 +10,10 @@ on the whole ``params.yaml``, so ``dvc repro`` and ``dvc exp run`` run it first 
 of ``params.yaml`` and stop there, with the project's own message (every problem, its key and
 what is allowed, "did you mean" for a renamed key), before anything is deleted. The stamp's
 text never changes, so a valid edit reruns only the stages whose params it touches.
+
+A data set read from an installed package (``mnist_5k``) has its file found and verified
+here too (``gap_study.data.packaged.check_packaged``), so a missing package or a damaged file
+also stops ``dvc repro`` before any stage, with the file and the command that fixes it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gap_study.data.file_formats import DatasetError
+from gap_study.data.packaged import check_packaged
 from gap_study.pipeline.params import ParamsError, load_params
 
 __all__ = ["STAMP", "STAMP_TEXT", "main"]
@@ -34,10 +40,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="written when the params are valid (the stage's output)")
     args = parser.parse_args(argv)
     try:
-        load_params(args.params_file)
+        params = load_params(args.params_file)
     except ParamsError as exc:
         print(f"error: {exc}\n       nothing ran and no output was deleted: fix "
               f"{args.params_file}, then run the command again", file=sys.stderr)
+        return 2
+    try:
+        check_packaged(params.data.name)
+    except DatasetError as exc:
+        print(f"error: {exc}\n       nothing ran and no output was deleted", file=sys.stderr)
         return 2
     args.stamp.parent.mkdir(parents=True, exist_ok=True)
     args.stamp.write_text(STAMP_TEXT, encoding="utf-8")

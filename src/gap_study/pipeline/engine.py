@@ -4,14 +4,17 @@ one task, whatever computes it.
 ``compute.scheduler`` in ``params.yaml`` says where: ``local`` starts a ``LocalCluster`` of
 single-threaded worker processes for the stage and stops it after; ``synchronous`` runs every
 task in this process, one after another (for debugging, or a notebook run cell by cell); an
-address (``tcp://host:8786``) connects to a running scheduler, e.g. one a SLURM or Kubernetes
-cluster started (docs/operations.md, "Scaling out").
+address (``tcp://host:8786``, ``tls://host:8786``) connects to a running scheduler, e.g. one a
+SLURM or Kubernetes cluster started (docs/operations.md, "Scaling out"); a ``tls://`` address
+takes its certificates from Dask's config (``distributed.comm.tls.*``).
 
 Every task seeds itself and runs with ``compute.threads_per_run`` torch threads, so a run
-gives the same bytes on any worker of any scheduler; the stage writes what the tasks return.
-A worker that dies mid-task is replaced and its task run again (Dask's own rescheduling),
-the values every task shares included, and a task that raises is retried once before the
-stage fails.
+gives the same bytes on any worker of any scheduler; the stage writes what the tasks return,
+and may have each result kept on disk as it returns (``gap_study.pipeline.kept``), so that a
+stage started again computes only the runs it lacks. A worker that dies mid-task is replaced
+and its task run again (Dask's own rescheduling), the values every task shares included, and
+a task that raises is retried once before the stage fails. One progress bar per stage counts
+the runs (``gap_study.pipeline.progress``), beside a log line per finished run.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dask
 
 from gap_study.pipeline.params import ComputeParams
+from gap_study.pipeline.progress import StageProgress
 from gap_study.pipeline.runtime import torch_threads
+
+if TYPE_CHECKING:
+    from gap_study.pipeline.kept import KeptRuns
 
 __all__ = ["Engine", "EngineError", "local_workers", "open_engine"]
 
@@ -72,22 +79,28 @@ def _with_threads(fn: Callable[..., R], threads: int, *args: Any, **kwargs: Any)
 @dataclass
 class Engine:
     """Where a stage's tasks run: a Dask ``client``, or this process when it is ``None``.
-    ``window``: how many tasks may be on the workers at once (``None``: all of them)."""
+    ``window``: how many tasks may be on the workers at once (``None``: all of them).
+    ``progress``: the stage's progress bar, one for all its ``map`` calls."""
 
     client: Any  # distributed.Client | None
     threads_per_run: int
     window: int | None = None
+    progress: StageProgress | None = None
 
     def map(self, fn: Callable[..., R], items: Sequence[T], *, shared: Mapping[str, Any],
             name: str, label: Callable[[T], str] = str,
-            cost: Callable[[T], float] | None = None) -> list[R]:
+            cost: Callable[[T], float] | None = None, keep: KeptRuns[R] | None = None,
+            size: Callable[[T], int] | None = None) -> list[R]:
         """``[fn(item, **shared) for item in items]``, one task per item, results in ``items``'
         order.
 
         ``shared`` (the data set, settings) goes to every worker once, not once per task;
-        ``name`` and ``label(item)`` name the tasks and the progress lines; ``cost(item)``
-        (any comparable estimate; default: the items' order) decides which tasks start
-        first: the costliest.
+        ``name`` and ``label(item)`` name the tasks, the progress bar and the log lines;
+        ``cost(item)`` (any comparable estimate; default: the items' order) decides which
+        tasks start first: the costliest. With ``keep``, each result is kept on disk as its
+        task returns, and results kept by an earlier, unfinished attempt are reused instead of
+        computed (``gap_study.pipeline.kept``); ``size(item)``: the bytes its result and output
+        take, checked against the free disk space before any task starts.
 
         1. Costliest first, and on a local cluster each task handed out only when a worker
            is free (``window``): submitted all at once, Dask assigns every task to a worker
@@ -95,45 +108,109 @@ class Engine:
            ``benchmarks/README.md``, "Dask workers"); handed out one by one, longest first,
            the last tasks are short and the workers finish together. Dask's ``priority``
            carries the order to any other scheduler.
+        4. A task that fails (after its retry) stops the handing out: the tasks already out
+           finish and are kept, then the first failure is raised.
         """
         order = (sorted(range(len(items)), key=lambda i: cost(items[i]), reverse=True)
                  if cost is not None else list(range(len(items))))
-        if self.client is None:
-            results: list[Any] = [None] * len(items)
-            for done, i in enumerate(order, start=1):
-                results[i] = _with_threads(fn, self.threads_per_run, items[i], **shared)
-                print(f"{name}: {label(items[i])} done ({done}/{len(items)})", flush=True)
-            return results
+        if self.progress is None:
+            self.progress = StageProgress(name)
+        progress = self.progress
+        keys = [] if keep is None else keep.keys(fn, items, shared, self.threads_per_run)
+        results = [None if keep is None else keep.load(keys[i]) for i in range(len(items))]
+        todo = [i for i in order if results[i] is None]
+        reused = len(items) - len(todo)
+        if keep is not None:
+            while keep.notes:
+                progress.line(f"{name}: {keep.notes.pop(0)}")
+            if reused:
+                progress.line(f"{name}: {reused} of {len(items)} runs reused, kept by an "
+                              f"attempt that did not finish ({keep.folder}); computing "
+                              f"{len(todo)}")
+            if size is not None:
+                keep.require_space([size(items[i]) for i in todo], [size(it) for it in items])
+        progress.add(len(items), reused)
+        count = itertools.count(reused + 1)
+
+        def finished(i: int, result: Any) -> None:
+            if keep is not None:
+                keep.save(keys[i], result, label(items[i]))
+            results[i] = result
+            progress.line(f"{name}: {label(items[i])} done ({next(count)}/{len(items)})")
+
+        compute = self._here if self.client is None else self._on_cluster
+        failures = compute(fn, items, todo, shared, name, label, finished)
+        if failures:
+            (label_, error), kept = failures[0], "are kept" if keep is not None else "are lost"
+            progress.line(f"{name}: {len(failures)} run(s) failed, the first {label_}: "
+                          f"{type(error).__name__}: {error}; the finished runs {kept}")
+            raise error
+        return results
+
+    def _here(self, fn: Callable[..., Any], items: Sequence[Any], todo: list[int],
+              shared: Mapping[str, Any], name: str, label: Callable[[Any], str],
+              finished: Callable[[int, Any], None]) -> list[tuple[str, Exception]]:
+        """The tasks ``todo`` one after another in this process; the first failure ends it."""
+        assert self.progress is not None
+        for i in todo:
+            self.progress.update(running=1)
+            try:
+                result = _with_threads(fn, self.threads_per_run, items[i], **shared)
+            except Exception as error:
+                self.progress.update(running=0, failed=1)
+                return [(label(items[i]), error)]
+            finished(i, result)
+            self.progress.update(running=0, done=1)
+        return []
+
+    def _on_cluster(self, fn: Callable[..., Any], items: Sequence[Any], todo: list[int],
+                    shared: Mapping[str, Any], name: str, label: Callable[[Any], str],
+                    finished: Callable[[int, Any], None]) -> list[tuple[str, Exception]]:
+        """The tasks ``todo`` on the cluster, in that order of priority (``map``, 1.)."""
         from distributed import as_completed
 
+        assert self.progress is not None
+        if not todo:
+            return []
         # unique keys: two stages sharing a scheduler, or two items with one label, must never
         # share a task (Dask computes a key once)
         stage = uuid.uuid4().hex[:8]
         sent = self._send_shared(shared, name, stage)
         position: dict[str, int] = {}
+        slots = self.window or sum(worker["nthreads"] for worker in
+                                   self.client.scheduler_info()["workers"].values())
 
         def submit(rank: int) -> Any:
-            i = order[rank]
+            i = todo[rank]
             future = self.client.submit(_with_threads, fn, self.threads_per_run, items[i],
                                         **sent, key=f"{name}-{label(items[i])}-{i}-{stage}",
-                                        priority=len(items) - rank, retries=RETRIES,
+                                        priority=len(todo) - rank, retries=RETRIES,
                                         pure=False)
             position[future.key] = i
             return future
 
-        window = len(items) if self.window is None else self.window
-        waiting = iter(range(len(items)))
+        window = len(todo) if self.window is None else self.window
+        waiting = iter(range(len(todo)))
         running = as_completed([submit(rank) for rank in itertools.islice(waiting, window)])
-        results = [None] * len(items)
-        for done, future in enumerate(running, start=1):
+        out, failures = window, []
+        self.progress.update(running=min(out, slots))
+        for future in running:
             # 3. the next task goes out before this one's result comes back: the freed worker
             #    waits for the scheduler alone, not for the transfer
-            if (rank := next(waiting, None)) is not None:
+            if not failures and (rank := next(waiting, None)) is not None:
                 running.add(submit(rank))
+                out += 1
+            out -= 1
             i = position[future.key]
-            results[i] = future.result()
-            print(f"{name}: {label(items[i])} done ({done}/{len(items)})", flush=True)
-        return results
+            try:
+                result = future.result()
+            except Exception as error:
+                failures.append((label(items[i]), error))
+                self.progress.update(running=min(out, slots), failed=1)
+                continue
+            finished(i, result)
+            self.progress.update(running=min(out, slots), done=1)
+        return failures
 
     def _send_shared(self, shared: Mapping[str, Any], name: str, stage: str) -> dict[str, Any]:
         """2. The shared values go out as tasks that return them, not scattered: scattered
@@ -155,7 +232,8 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
     An address that no scheduler answers raises ``EngineError`` at once, before any task.
     """
     if settings.scheduler == "synchronous":
-        yield Engine(None, settings.threads_per_run)
+        with _closing(Engine(None, settings.threads_per_run)) as engine:
+            yield engine
         return
     from distributed import Client, LocalCluster
 
@@ -167,10 +245,24 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
                              # on any free port: 8787 may be another cluster's
                              scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                              silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-            yield Engine(client, settings.threads_per_run, window=local_workers(settings))
+            with _closing(Engine(client, settings.threads_per_run,
+                                 window=local_workers(settings))) as engine:
+                yield engine
         return
     try:
         client = Client(settings.scheduler, timeout=CONNECT_TIMEOUT)
+    except TypeError as error:
+        # 5. Dask reads a TLS client's certificate from its config; without one it fails with
+        #    "TLS expects a `ssl_context` argument", which does not say what to set.
+        if not settings.scheduler.startswith("tls://"):
+            raise
+        raise EngineError(
+            f"compute.scheduler = {settings.scheduler!r} is a TLS address, and Dask's config "
+            "names no certificate for this client: set distributed.comm.tls.ca-file, "
+            "distributed.comm.tls.client.cert and distributed.comm.tls.client.key in a Dask "
+            "config file (~/.config/dask/), or as DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+            "..._CLIENT__CERT and ..._CLIENT__KEY in the environment (docs/operations.md, "
+            f"\"Scaling out\"; {error})") from None
     except (OSError, TimeoutError) as error:
         raise EngineError(
             f"no Dask scheduler answers at compute.scheduler = {settings.scheduler!r} "
@@ -179,7 +271,18 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
             "compute.scheduler to local or synchronous.") from None
     with client:
         _warn_about_trimming(client, settings.scheduler)
-        yield Engine(client, settings.threads_per_run)
+        with _closing(Engine(client, settings.threads_per_run)) as engine:
+            yield engine
+
+
+@contextmanager
+def _closing(engine: Engine) -> Iterator[Engine]:
+    """``engine``, its progress bar left in its last state at the end."""
+    try:
+        yield engine
+    finally:
+        if engine.progress is not None:
+            engine.progress.close()
 
 
 def _warn_about_trimming(client: Any, address: str) -> None:

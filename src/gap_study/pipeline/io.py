@@ -1,7 +1,8 @@
-"""Writing stage outputs safely: every file goes to a temporary name beside its target and is
-renamed into place only once complete, so a killed stage never leaves a truncated output
-that the next stage would read. A write that fails for want of space raises ``DiskFullError``
-naming the file, instead of an errno buried in the notebook or torch's ``unexpected pos``.
+"""Writing stage outputs safely: every file goes to a temporary name beside its target, is
+flushed to the disk (``fsync``) and renamed into place only once complete, so a killed stage,
+or a machine that loses power, never leaves a truncated output that the next stage would read.
+A write that fails for want of space raises ``DiskFullError`` naming the file, instead of an
+errno buried in the notebook or torch's ``unexpected pos``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,19 @@ def _disk_full(path: Path, error: BaseException) -> DiskFullError | None:
                          "and run the stage again")
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's) data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success rename it to ``path``.
+    """Yield a temporary path in ``path``'s folder; on success flush it to the disk and rename
+    it to ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
     Parent folders are created.
@@ -76,7 +87,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp.chmod(_FILE_MODE)
     try:
         yield tmp
+        # 2. Flushed before the rename, and the folder after it: otherwise a crash of the
+        #    machine can leave the new name pointing at a file whose data never reached the disk.
+        _fsync(tmp)
         os.replace(tmp, path)
+        with suppress(OSError):  # some file systems cannot flush a folder
+            _fsync(path.parent)
     except (OSError, RuntimeError) as error:
         if (full := _disk_full(path, error)) is not None:
             raise full from error

@@ -54,9 +54,11 @@ __all__ = [
     "parse_params",
 ]
 
-DATA_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+DATA_SETS = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10")
+# Data sets without an official test split: the study draws a stratified data.test_fraction.
+STUDY_SPLIT = ("digits", "mnist_5k")
 # Side of each data set's object before it is placed on the canvas (digits: data.digits_size).
-NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32}
+NATIVE_SIZE = {"mnist_5k": 28, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 # Data sets whose object fills its whole image (a photo): two of them lie apart on a canvas
 # only if it has room for both side by side and one pixel between (gap_study.data.two_objects).
 FILLS_IMAGE = ("cifar10",)
@@ -264,10 +266,19 @@ class MarginParams(_Section):
     time: Annotated[float, Field(gt=0, lt=1)]  # relative: 0.1 = within 10%
 
 
+class BootstrapParams(_Section):
+    """The paired bootstrap of every comparison (``gap_study.report.bootstrap``): how many
+    resamples, drawn from which seed."""
+
+    resamples: Annotated[int, Field(ge=1_000)]  # fewer make the tails' p-values too coarse
+    seed: NonNegativeInt
+
+
 class ReportParams(_Section):
     confidence: Annotated[float, Field(gt=0, lt=1)]
     alpha: Annotated[float, Field(gt=0, lt=0.5)]
     margins: MarginParams
+    bootstrap: BootstrapParams
     time_target: Annotated[float, Field(gt=0, le=1)]  # validation accuracy a run must reach
 
 

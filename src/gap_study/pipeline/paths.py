@@ -201,6 +201,11 @@ class Layout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    def kept_runs(self, stage: str) -> Path:
+        """Where ``stage`` keeps each run as it finishes, until the stage has written its
+        outputs (``gap_study.pipeline.kept``): ignored by git, no DVC output."""
+        return self.root / ".gap_study" / "runs" / stage
+
     @property
     def figures(self) -> Path:
         return self.reports / "figures"

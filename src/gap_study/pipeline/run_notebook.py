@@ -10,6 +10,8 @@ fails at once, before a kernel starts. A failing cell ends the command with exit
 a few lines naming the error and its root cause (the first exception of a chain, e.g. the
 ``OSError: [Errno 28]`` under torch's ``unexpected pos``); the executed notebook, failing cell
 included, stays at OUTPUT. Ctrl-C ends it with exit status 130 and one line saying how to resume.
+The stage's progress bar (``gap_study.pipeline.progress``) is drawn when stdout is a terminal;
+in a log it is left out, and the log keeps one line per finished run.
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ from traitlets import CaselessStrEnum  # noqa: E402
 
 from gap_study.pipeline.params import ParamsError, load_params  # noqa: E402
 
-__all__ = ["IpcKernelManager", "main", "notebook_parameters", "root_cause"]
+__all__ = ["PROGRESS_ENV", "IpcKernelManager", "main", "notebook_parameters", "progress_mode",
+           "root_cause"]
+
+# How the kernel draws its stage's progress bar; gap_study.pipeline.progress reads it (the
+# same name, not imported: the runner starts without torch, and its module list is every
+# stage's dependency in dvc.yaml).
+PROGRESS_ENV = "GAP_STUDY_PROGRESS"
 
 # IPython colours its tracebacks; a chain's parts are separated by one of these lines.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -94,6 +102,18 @@ def root_cause(traceback: list[str]) -> str | None:
     return first[-1].splitlines()[0] if first else None
 
 
+def progress_mode(environ: dict[str, str], stdout: Any) -> str:
+    """``text`` when the stage's output reaches a terminal, else ``off``; a value already in
+    ``environ`` is kept, so a user can ask for either.
+
+    6. Off unless a person watches: papermill copies the kernel's output to this process's
+       own, carriage returns included, so every redraw of a text bar would become a line of a
+       log file. tqdm's own test (``disable=None``) cannot tell from inside the kernel, whose
+       streams are never terminals.
+    """
+    return environ.get(PROGRESS_ENV) or ("text" if stdout.isatty() else "off")
+
+
 def _failure(exc: PapermillExecutionError, notebook: Path, output: Path) -> str:
     """A few lines for a failing cell: the error, its root cause, where the notebook is kept."""
     # 1. The whole message (the project's errors may list several problems), less the C++
@@ -110,10 +130,16 @@ def _failure(exc: PapermillExecutionError, notebook: Path, output: Path) -> str:
 def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
     """Run the notebook; the exit status, with a short message on a failure or a Ctrl-C."""
     output.parent.mkdir(parents=True, exist_ok=True)
+    os.environ[PROGRESS_ENV] = progress_mode(dict(os.environ), sys.stdout)
+    if os.environ[PROGRESS_ENV] == "text":  # the kernel cannot ask the terminal its width
+        os.environ.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
     try:
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters,
             progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
+            # 7. The executed notebook keeps each cell's output streams merged, carriage
+            #    returns applied: a progress bar's last state, not every redraw.
+            coalesce_streams=True,
             # 4. The kernel's own log (its machinery, not the notebook's output) only for a
             #    crash: a Ctrl-C mid-cell made it print the traceback of a reply to a closed
             #    socket. The notebook's errors and output come through papermill as before.

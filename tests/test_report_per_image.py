@@ -1,0 +1,92 @@
+"""gap_study.report.per_image: the evaluate stage's per-image values as paired tables."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gap_study.report.per_image import PerImageValues
+
+SEEDS = (0, 1, 2)
+
+
+def _stored(head: str, seed: int) -> dict[str, np.ndarray]:
+    """One run's per-image values, distinct for every head and seed."""
+    rng = np.random.default_rng([seed, len(head)])
+    return {"test_accuracy": rng.random(6) < 0.7, "test_loss": rng.random(6).astype(np.float32),
+            "pointing_gradcam_two_objects": rng.random(8) < 0.5,
+            "pointing_ink_two_objects": rng.random(8) < 0.5,
+            "recognised_two_objects": np.r_[True, rng.random(7) < 0.5]}
+
+
+def _values() -> PerImageValues:
+    return PerImageValues({head: {f"fraction_1-shift_0-seed_{seed}/{metric}": values
+                                  for seed in SEEDS
+                                  for metric, values in _stored(head, seed).items()}
+                           for head in ("dense", "gap")})
+
+
+def _results() -> pd.DataFrame:
+    """``results`` rows whose metrics are the per-image values' means, as the stage writes."""
+    rows = []
+    for head in ("dense", "gap"):
+        for seed in SEEDS:
+            run = _stored(head, seed)
+            seen = run["recognised_two_objects"]
+            rows.append({"head": head, "seed": seed, "fraction": 1.0, "train_shift": 0,
+                         "train_accuracy": 0.95, "train_loss": 0.1,
+                         "test_accuracy": run["test_accuracy"].mean(),
+                         "test_loss": float(run["test_loss"].astype(np.float64).mean()),
+                         "overfit_gap": 0.95 - run["test_accuracy"].mean(),
+                         "pointing_gradcam_two_objects_recognised":
+                             run["pointing_gradcam_two_objects"][seen].mean(),
+                         "pointing_ink_two_objects_recognised":
+                             run["pointing_ink_two_objects"][seen].mean()})
+    return pd.DataFrame(rows)
+
+
+def test_a_stored_metric_pairs_both_heads_seed_by_seed():
+    tables = _values().pair(_results(), "gap", "dense", "test_accuracy", seeds=[2, 0])
+    assert tables.head.shape == tables.baseline.shape == (2, 6)
+    np.testing.assert_array_equal(tables.head[0], _stored("gap", 2)["test_accuracy"])
+    np.testing.assert_array_equal(tables.baseline[1], _stored("dense", 0)["test_accuracy"])
+    assert tables.head_weights is None and tables.baseline_weights is None
+
+
+def test_a_recognised_metric_weights_each_head_by_the_objects_it_recognises():
+    tables = _values().pair(_results(), "gap", "dense",
+                            "pointing_gradcam_two_objects_recognised", seeds=list(SEEDS))
+    np.testing.assert_array_equal(tables.head_weights[1],
+                                  _stored("gap", 1)["recognised_two_objects"])
+    np.testing.assert_array_equal(tables.baseline_weights[1],
+                                  _stored("dense", 1)["recognised_two_objects"])
+    np.testing.assert_array_equal(tables.head[1], _stored("gap", 1)["pointing_gradcam_two_objects"])
+
+
+def test_a_reference_is_scored_on_the_heads_own_images_and_recognised_objects():
+    tables = _values().pair(_results(), "gap", "ref:pointing_ink_two_objects_recognised",
+                            "pointing_gradcam_two_objects_recognised", seeds=list(SEEDS))
+    np.testing.assert_array_equal(tables.baseline[0], _stored("gap", 0)["pointing_ink_two_objects"])
+    np.testing.assert_array_equal(tables.baseline_weights, tables.head_weights)
+
+
+def test_the_overfitting_gap_is_the_runs_training_value_against_each_test_image():
+    tables = _values().pair(_results(), "gap", "dense", "overfit_gap", seeds=list(SEEDS))
+    np.testing.assert_allclose(tables.head[0], 0.95 - _stored("gap", 0)["test_accuracy"])
+    np.testing.assert_allclose(tables.head.mean(axis=1),
+                               _results().query("head == 'gap'")["overfit_gap"])
+
+
+def test_a_metric_or_a_run_without_per_image_values_gives_no_tables():
+    values, results = _values(), _results()
+    assert values.pair(results, "gap", "dense", "flip_rate", seeds=list(SEEDS)) is None
+    assert values.pair(results, "gap", "dense", "test_accuracy", seeds=[0, 7]) is None
+    assert values.pair(results.assign(fraction=0.5), "gap", "dense", "test_accuracy",
+                       seeds=[0]) is None
+
+
+def test_per_image_values_that_do_not_average_to_the_runs_metric_are_refused():
+    results = _results()
+    results.loc[(results["head"] == "dense") & (results.seed == 1), "test_accuracy"] += 0.01
+    with pytest.raises(ValueError, match=r"dense's per-image values of test_accuracy for run "
+                                         r"fraction_1-shift_0-seed_1 .* dvc repro -f -s evaluate"):
+        _values().pair(results, "gap", "dense", "test_accuracy", seeds=list(SEEDS))
