@@ -54,10 +54,11 @@ bench-engine: $(STAMP)  ## the whole study in-process vs on the local cluster, i
 lint: $(STAMP)
 	ruff check src tests notebooks benchmarks scaling
 
-lab: $(STAMP)  ## JupyterLab on the notebooks
-	jupyter lab notebooks/
+lab: $(STAMP)  ## JupyterLab on the project root: notebooks/ and the executed reports/notebooks/
+	jupyter lab --ServerApp.root_dir="$(CURDIR)"
 
-clean:  ## remove pipeline outputs (DVC's cache in .dvc/cache is kept)
-	rm -rf data/prepared/dataset.npz models/*/ reports/notebooks/*.ipynb reports/eval/*/ \
-	       reports/train/*/history reports/train/*/run.json reports/figures reports/*.csv \
-	       reports/report.md reports/report.html reports/params_checked.txt .gap_study
+clean:  ## remove every pipeline output but the metrics kept in git, and the runs kept in .gap_study (DVC's cache is kept)
+	rm -rf data/prepared/dataset.npz models models_mechanism reports/notebooks/*.ipynb \
+	       reports/params_checked.txt reports/tune reports/train/history reports/train/run.json \
+	       reports/eval reports/mechanism reports/speed reports/figures reports/tables \
+	       reports/plots reports/*.csv reports/report.md reports/report.html .gap_study

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import matplotlib.image
+import nbclient
 import nbformat
 import pandas as pd
 import pytest
@@ -30,6 +31,8 @@ from builders import (
     tiny_repository,
 )
 from distributed import Client
+
+from gap_study.report.dvc_views import CLAIM_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ["dense", "gap", "gsp"]
@@ -49,6 +52,9 @@ FIGURES = ["accuracy.png", "cam_overlays.png", "forest.png", "fraction_curve.png
            "mechanism_heatmaps.png", "params.png",
            "pointing.png", "shift_heatmaps.png", "shift_radius.png", "shift_training.png",
            "stability.png", "time.png", "training_curves.png", "tuning.png"]
+
+# docs/operations.md's recipe for every claim's verdict in an 80-column `dvc exp show`
+VERDICT_COLUMNS = ["--drop", ".*", "--keep", "Experiment|(params|overfit|shifts|speed|maps)$"]
 
 pytestmark = pytest.mark.slow
 
@@ -227,10 +233,38 @@ def test_repro_again_does_nothing(repo):
 def test_metrics_and_plots_are_visible_to_dvc(repo):
     shown = json.loads(run_command(["dvc", "metrics", "show", "--json"], repo[0]).stdout)
     (workspace,) = shown.values()
-    values = workspace["data"]["reports/metrics.json"]["data"]
-    assert values["gap"]["seeds"] == len(TINY_SEEDS)
+    files = workspace["data"]
+    assert files["reports/metrics.json"]["data"]["gap"]["seeds"] == len(TINY_SEEDS)
+    assert sorted(files["reports/verdicts.json"]["data"]) == sorted(CLAIM_KEYS.values())
+    assert sorted(files["reports/headline.json"]["data"]) == sorted(HEADS)
     plots = json.loads(run_command(["dvc", "plots", "show", "--json"], repo[0]).stdout)
-    assert "reports/train/history/gap/fraction_1-shift_0-seed_1.csv" in plots["data"]
+    assert not plots.get("errors")
+    drawn = {name for name, renders in plots["data"].items() if renders[0]["type"] == "vega"}
+    assert drawn == {"training curves", "learning curve", "tuning"}
+    (curves,) = plots["data"]["training curves"]
+    assert {row["head"] for row in curves["content"]["data"]["values"]} == set(HEADS)
+
+
+def test_every_verdict_fits_dvc_exp_show_in_80_columns(repo):
+    verdicts = json.loads((repo[0] / "reports" / "verdicts.json").read_text())
+    shown = run_command(["dvc", "exp", "show", "--no-pager", *VERDICT_COLUMNS], repo[0],
+                        COLUMNS="80").stdout
+    assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown
+    assert all(f" {key} " in shown and f" {word} " in shown for key, word in verdicts.items())
+
+
+def test_the_explorer_notebook_runs_on_the_pipelines_outputs(repo):
+    path = repo[0] / "notebooks" / "explore.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert [o for o in outputs if o.output_type == "error"] == []
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1  # the one view
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    (drawn,) = [w["state"]["outputs"] for w in state.values()
+                if w["model_name"] == "OutputModel"]
+    assert any("image/png" in o.get("data", {}) for o in drawn)  # the controls' view
 
 
 def _weights(outputs: dict[str, bytes]) -> dict[str, bytes]:

@@ -25,7 +25,7 @@ def test_importing_sweep_leaves_out_matplotlib_seaborn_and_torch():
 
 
 def test_report_modules_but_figures_import_neither_plotting_nor_torch():
-    modules = ("stats", "bootstrap", "tables", "claims", "formatting", "mechanism",
+    modules = ("stats", "bootstrap", "tables", "claims", "dvc_views", "formatting", "mechanism",
                "mechanism_distance", "pooling_facts", "facts", "render", "html")
     assert _loaded_after("\n".join(f"import gap_study.report.{m}" for m in modules)) == []
 

@@ -19,6 +19,8 @@ matplotlib-free ones stay light for ``gap_study.sweep``):
   wide tables as CSV files.
 - ``figures`` and ``forest``: every plot (matplotlib/seaborn) and saving them.
 - ``html``: the self-contained HTML twin of the Markdown report.
+- ``dvc_views``: what DVC shows: a verdict per claim (``verdicts.json``), a few numbers
+  per head (``headline.json``), tidy tables for ``dvc.yaml``'s top-level plots.
 """
 
 __all__: list[str] = []
