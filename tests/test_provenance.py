@@ -10,10 +10,11 @@ def _git(repo, *args):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_git_commit_is_dirty_for_changed_sources_but_not_for_the_pipelines_outputs(tmp_path):
+def test_git_commit_is_dirty_for_changed_sources_not_for_the_pipelines_outputs_or_params(tmp_path):
     assert git_commit(tmp_path) is None  # not a repository
     _git(tmp_path, "init", "-q")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "params.yaml").write_text("epochs: 3\n")
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "metrics.json").write_text("{}\n")
     (tmp_path / "train.py").write_text("epochs = 3\n")
@@ -24,6 +25,7 @@ def test_git_commit_is_dirty_for_changed_sources_but_not_for_the_pipelines_outpu
 
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # what each stage does
     (tmp_path / "reports" / "metrics.json").unlink()  # DVC deletes a stage's outputs first
+    (tmp_path / "params.yaml").write_text("epochs: 4\n")  # dvc exp run -S epochs=4
     assert git_commit(tmp_path) == head
     (tmp_path / "train.py").write_text("epochs = 4\n")
     assert git_commit(tmp_path) == f"{head}-dirty"

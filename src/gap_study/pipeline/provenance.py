@@ -22,15 +22,17 @@ __all__ = ["cpu_name", "git_commit", "run_environment", "run_record", "worker_fa
 
 def git_commit(root: str | Path = ".") -> str | None:
     """``HEAD``'s hash, with ``-dirty`` when tracked files other than the pipeline's own
-    outputs differ from it; ``None`` outside git. (DVC rewrites ``dvc.lock`` after every stage
-    of a run, and the stages rewrite the committed files under ``reports/``, such as
-    ``metrics.json``: counting them would mark every stage of a clean checkout's run after the
-    first dirty.)"""
+    outputs and settings differ from it; ``None`` outside git. (DVC rewrites ``dvc.lock``
+    after every stage of a run, and the stages rewrite the committed files under
+    ``reports/``, such as ``metrics.json``: counting them would mark every stage of a clean
+    checkout's run after the first dirty. ``params.yaml`` is how ``dvc exp run -S`` sets an
+    experiment, and every run record keeps the values it ran with.)"""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":(exclude,top)dvc.lock", ":(exclude,top)reports"],
+                                ".", ":(exclude,top)dvc.lock", ":(exclude,top)reports",
+                                ":(exclude,top)params.yaml"],
                                cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
