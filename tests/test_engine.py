@@ -8,6 +8,7 @@ import socket
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from builders import TINY_MODEL, free_port
@@ -89,6 +90,22 @@ def test_a_worker_that_dies_holding_the_shared_values_is_replaced_and_they_are_s
         results = engine.map(_dies_the_first_time, [1, 2],
                              shared={"marker": tmp_path / "marker", "offset": 10}, name="dies")
     assert results == [11, 12]
+
+
+def _total(item, scale):
+    return float(np.sum(item) * np.sum(scale))
+
+
+def test_items_and_shared_values_over_dask_s_large_graph_size_go_out_without_its_warning():
+    # a 12 MiB item per task (a checkpoint) and a 12 MiB shared value (the data set) each
+    # travel once: Dask's warning, meant for data repeated in every task, would be noise
+    big = np.ones(3_200_000, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        with open_engine(_compute("local", workers=1)) as engine:
+            results = engine.map(_total, [big, 2 * big], shared={"scale": 1.0}, name="big")
+            shared = engine.map(_total, [1.0], shared={"scale": big}, name="big-shared")
+    assert results == [3_200_000.0, 6_400_000.0] and shared == [3_200_000.0]
 
 
 def _started_at(item):
