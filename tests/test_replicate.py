@@ -120,6 +120,9 @@ def test_the_readme_section_is_rewritten_between_its_markers_and_checked(tmp_pat
     assert text.startswith("# Title\n\n## Results\n\n") and text.endswith("\n\nmore\n")
     assert readme_section(studies) in text and "not replicated" in text
     assert update_readme(readme, studies, check=True)
+    assert "commit `0123456789ab`" in text  # 12 digits, and a -dirty mark kept:
+    dirty = Study("x", studies[0].claims, {**studies[0].record, "commit": "0123456789abcd-dirty"})
+    assert "commit `0123456789ab-dirty`" in readme_section([dirty])
     readme.write_text("# no section\n")
     with pytest.raises(ValueError, match="no generated results section"):
         update_readme(readme, studies)

@@ -127,10 +127,15 @@ def readme_section(studies: Sequence[Study]) -> str:
     lines = [README_START, ""]
     lines += [f"- `{s.name}`: {s.record['dataset']['name']}, "
               f"{s.record['dataset']['test_images']:,} test images, protocol version "
-              f"{s.record['protocol_version']}, commit `{str(s.record['commit'])[:12]}`, "
+              f"{s.record['protocol_version']}, commit `{_short(str(s.record['commit']))}`, "
               f"{s.record['machine']}" for s in studies]
     lines += ["", replication_table(studies).to_markdown(index=False), "", README_END]
     return "\n".join(lines)
+
+
+def _short(commit: str) -> str:
+    """A commit's first 12 hex digits, keeping its ``-dirty`` mark."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def update_readme(readme: Path, studies: Sequence[Study], *, check: bool = False) -> bool:
@@ -163,7 +168,7 @@ def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESUL
     record = {
         "dataset": evaluate["dataset"], "protocol_version": PROTOCOL_VERSION,
         "commit": train["environment"]["git_commit"], "heads": evaluate["heads"],
-        "seeds": train["train"]["seeds"],
+        "seeds": train["train"]["seeds"], "train": train["train"],
         "machine": f"{environment['device_name']}, {environment['cpu_capability']} kernels, "
                    f"{speed['threads_per_run']} thread(s) per run, torch {environment['torch']}"}
     target.mkdir(parents=True, exist_ok=True)
