@@ -33,15 +33,16 @@ def max_2x2_stride_1(x: Tensor, padding: str) -> Tensor:
     1. Every padding keeps the map's layout (``gap_study.nets.padding.pad2d``).
     2. The same function two ways: ``max_pool2d`` on a channels_last map while gradients are
        tracked (its backward routes each window's gradient to one input, the first maximum in
-       row-major order), and the maximum of four shifted views without them (evaluation),
-       which gives the same values several times faster on CPU. ``max_pool2d`` at stride 1 is
+       row-major order), and the maximum of shifted views without them (evaluation: over
+       pairs of rows, then of columns), which gives the same values several times faster on
+       CPU. ``max_pool2d`` at stride 1 is
        several times slower again on a contiguous map.
     """
     x = pad2d(x, (0, 1, 0, 1), padding)
     if torch.is_grad_enabled():
         return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, stride=1)
-    return torch.maximum(torch.maximum(x[..., :-1, :-1], x[..., 1:, :-1]),
-                         torch.maximum(x[..., :-1, 1:], x[..., 1:, 1:]))
+    rows = torch.maximum(x[..., :-1, :], x[..., 1:, :])  # each row's pair, then each column's
+    return torch.maximum(rows[..., :-1], rows[..., 1:])
 
 
 class BlurMaxPool2d(nn.Module):
@@ -83,12 +84,17 @@ class BlurMaxPool2d(nn.Module):
 def _phases(x: Tensor) -> Tensor:
     """The four polyphase components of an ``(N, C, H, W)`` map with even ``H``, ``W``, as a
     view ``(N, 2, 2, C, H/2, W/2)``: ``[:, i, j]`` is ``x[..., i::2, j::2]``."""
+    height, width = _even_sides(x)
+    return x.unflatten(3, (width // 2, 2)).unflatten(2, (height // 2, 2)).permute(
+        0, 3, 5, 1, 2, 4)
+
+
+def _even_sides(x: Tensor) -> tuple[int, int]:
     height, width = x.shape[-2:]
     if height % 2 or width % 2:
         raise ValueError(f"adaptive polyphase sampling needs a map of even height and width, "
                          f"got {height}x{width}")
-    return x.unflatten(3, (width // 2, 2)).unflatten(2, (height // 2, 2)).permute(
-        0, 3, 5, 1, 2, 4)
+    return height, width
 
 
 def polyphase_energies(x: Tensor) -> Tensor:
@@ -97,16 +103,21 @@ def polyphase_energies(x: Tensor) -> Tensor:
 
     1. Squared, not the norm: the square root is monotone, so the largest is the same
        component, and rounding a root could make two different energies equal.
-    2. Each square is rounded in ``x``'s dtype, the same wherever in the map its value lies;
-       the sum accumulates in float64. A circular shift of the map permutes the components
-       and moves values within each, which changes the order of the sum and so its rounding:
-       at most about ``n`` unit roundoffs of the energy for ``n`` terms, with the study's
-       first APS (16 channels of 10 x 10) 1e-4 of it in float32 and 2e-13 in float64 (both
-       typically far less). Only components whose energies differ by less can be chosen
-       differently after a shift; in float64, in practice only exact ties.
+    2. Each position's sum over channels is rounded in ``x``'s dtype, the same wherever in
+       the map the position lies; the sum over positions accumulates in float64. A circular
+       shift of the map permutes the components and moves positions within each, which
+       changes the order of that sum and so its rounding: at most about ``n`` unit roundoffs
+       of the energy for ``n`` terms, with the study's first APS (10 x 10 positions) 1e-5 of
+       it in float32 and 1e-14 in float64 (both typically far less). Only components whose
+       energies differ by less can be chosen differently after a shift: in float64, in
+       practice only exact ties. Summing the channels first also avoids a float64 copy of
+       the map (``benchmarks/README.md``, "Adaptive polyphase sampling").
     """
+    height, width = _even_sides(x)
     with torch.no_grad():
-        return _phases(x).square().sum(dim=(3, 4, 5), dtype=torch.float64).flatten(1)
+        per_position = x.square().sum(dim=1)  # (N, H, W), every position's channels alike
+        return per_position.unflatten(2, (width // 2, 2)).unflatten(1, (height // 2, 2)).sum(
+            dim=(1, 3), dtype=torch.float64).flatten(1)
 
 
 def polyphase_choice(x: Tensor) -> Tensor:
