@@ -122,3 +122,25 @@ def test_the_report_stage_depends_on_its_template_and_writes_its_tables():
     assert [p.relative_to(ROOT).as_posix() for p in templates] == [
         d for d in stage["deps"] if d.startswith("src/") and not d.endswith(".py")]
     assert "reports/tables" in stage["outs"]
+
+
+def test_a_pooling_head_not_exact_in_every_run_is_counted_not_called_invariant(layout):  # noqa: F811
+    facts = _facts(layout)
+    mechanism = facts.mechanism
+    assert "in each of its 2 runs (exact consistency 100%)" in render_report(facts)
+    broken = [dataclasses.replace(e, exact_runs=1, consistency=0.9995) if e.pooled else e
+              for e in mechanism.exact]
+    text = render_report(dataclasses.replace(
+        facts, mechanism=dataclasses.replace(mechanism, exact=broken)))
+    assert "`gap`: exact in 1 of 2 runs (exact consistency 99.95%)" in text
+    assert "in each of its" not in text
+
+
+def test_without_the_exact_cell_or_shift_trained_runs_their_paragraphs_are_left_out(layout):  # noqa: F811
+    facts = _facts(layout)
+    mechanism = dataclasses.replace(facts.mechanism, exact=[], shift_trained=[],
+                                    train_shift=None)
+    text = render_report(dataclasses.replace(facts, mechanism=mechanism))
+    assert "**Exact invariance.**" not in text and "**What training adds.**" not in text
+    assert "**Exact invariance.**" in render_report(facts)
+    assert "**What training adds.**" in render_report(facts)
