@@ -93,6 +93,10 @@ def test_the_setup_describes_the_backbones_downsampling_and_padding(layout):  # 
     assert ("anti-aliased max-pooling (2x2 max at stride 1, then a 5x5 binomial filter at "
             "stride 2) between blocks and circular padding") in text
     assert "2x2 max-pooling between blocks and zero padding" in render_report(facts)
+    record = {**record, "model": {**record["model"], "downsample": "aps"}}
+    text = render_report(dataclasses.replace(facts, train_record=record))
+    assert ("adaptive polyphase sampling (2x2 max at stride 1, then each image's polyphase "
+            "component of largest l2 norm) between blocks and circular padding") in text
 
 
 def test_with_one_seed_the_report_says_why_there_is_no_forest_plot(layout):  # noqa: F811
