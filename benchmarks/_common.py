@@ -139,13 +139,27 @@ def calls_per_block(fn: Callable[[], object], block_seconds: float) -> tuple[int
         number = max(2 * number, round(number * block_seconds / max(seconds, 1e-9) / 2))
 
 
+def thread_time_block(fn: Callable[[], object], number: int) -> float:
+    """Thread CPU seconds per call of ``fn`` over one block of ``number`` calls: the time this
+    thread ran, which other processes sharing the cores inflate far less than wall time (not
+    to nothing: they share the caches). CPU only, and one torch thread: other threads' time
+    is not counted."""
+    start = time.thread_time()
+    for _ in range(number):
+        fn()
+    return (time.thread_time() - start) / number
+
+
 def interleaved_times(fns: Mapping[str, Callable[[], object]], *, rounds: int,
-                      min_run_time: float, blocks: int = 5) -> dict[str, float]:
+                      min_run_time: float, blocks: int = 5,
+                      timer: Callable[[Callable[[], object], int], float] = time_block,
+                      ) -> dict[str, float]:
     """Seconds per call of each of ``fns``: the best round's median, over ``rounds`` rounds
     timed in alternating order (reversed every other round, so that neither warm-up nor a slow
     spell of the machine favours the variant that always comes first). Each round times
     ``blocks`` blocks of each variant, about ``min_run_time`` seconds in all; a variant whose
-    single call takes longer gets fewer blocks, at least one."""
+    single call takes longer gets fewer blocks, at least one. ``timer`` times a block: wall
+    time (``time_block``) or ``thread_time_block``."""
     plans = {}
     for name, fn in fns.items():
         number, per_call = calls_per_block(fn, min_run_time / blocks)
@@ -155,7 +169,7 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], *, rounds: int,
         for name in alternate(list(fns), r):
             number, n_blocks = plans[name]
             samples[name].append(statistics.median(
-                time_block(fns[name], number) for _ in range(n_blocks)))
+                timer(fns[name], number) for _ in range(n_blocks)))
     return {name: min(values) for name, values in samples.items()}
 
 

@@ -1,6 +1,7 @@
 """What the mechanism factors cost: the backbone's downsampling (``max``, ``blurmax`` with
-filter 3 or 5) and its padding (``zeros``, ``circular``, ``reflect``), timed as one training
-step of the default study's ``gap`` and ``dense`` models, and the downsampling layer alone.
+filter 3 or 5, ``aps``) and its padding (``zeros``, ``circular``, ``reflect``), timed as one
+training step of the default study's ``gap`` and ``dense`` models, and the downsampling layer
+alone.
 
 A training step is what ``gap_study.stages.train.fit`` does per batch: forward, cross-entropy,
 backward and a fused Adam step, on a channels_last model and batch, under the runs'
@@ -10,11 +11,15 @@ row times the plain ``gap`` step with deterministic mode's NaN fills of new tens
 (``gap_study.pipeline.runtime.FILL_UNINITIALIZED_MEMORY``). kornia's ``MaxBlurPool2D`` (zero
 padding, no padding of the max) is the library reference for the layer alone.
 
-    python benchmarks/bench_downsample.py [--quick] [--device cpu] [--threads 1]
+    python benchmarks/bench_downsample.py [--quick] [--device cpu] [--threads 1] [--thread-time]
+
+``--thread-time`` (CPU, one thread) times each block in the thread's CPU time instead of wall
+time: on a machine that other processes load, the only numbers worth comparing.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from collections.abc import Callable
 
@@ -27,6 +32,8 @@ from _common import (
     print_table,
     setup,
     study_digits_input,
+    thread_time_block,
+    time_block,
     watch_contention,
 )
 from kornia.filters import MaxBlurPool2D
@@ -41,9 +48,10 @@ BATCH = 64
 HEADS = ("gap", "dense")
 PLAIN = ("max", 3, "zeros")
 VARIANTS = [("max", 3, padding) for padding in PADDINGS] + [
-    ("blurmax", size, padding) for size, padding in itertools.product(BLUR_SIZES, PADDINGS)]
+    ("blurmax", size, padding) for size, padding in itertools.product(BLUR_SIZES, PADDINGS)] + [
+    ("aps", 3, padding) for padding in PADDINGS]
 QUICK_VARIANTS = [PLAIN, ("max", 3, "circular"), ("blurmax", 3, "zeros"),
-                  ("blurmax", 3, "circular")]
+                  ("blurmax", 3, "circular"), ("aps", 3, "zeros"), ("aps", 3, "circular")]
 FILLS = "max/zeros, NaN fills on"
 
 
@@ -91,15 +99,18 @@ def label(downsample: str, blur_size: int, padding: str) -> str:
     return f"{downsample}{blur_size if downsample == 'blurmax' else ''}/{padding}"
 
 
+Timer = Callable[[Callable[[], None], int], float]
+
+
 def step_table(variants: list[tuple[str, int, str]], canvas: int, device: torch.device,
-               rounds: int, min_run_time: float) -> pd.DataFrame:
+               rounds: int, min_run_time: float, timer: Timer) -> pd.DataFrame:
     """Each head's step times and their ratio to the head's plain run, side by side."""
     columns: dict[str, dict[str, float]] = {}
     for head in HEADS:
         steps = {label(*v): training_step(head, v, canvas, device) for v in variants}
         if head == "gap":
             steps[FILLS] = training_step(head, PLAIN, canvas, device, fills=True)
-        times = interleaved_times(steps, rounds=rounds, min_run_time=min_run_time)
+        times = interleaved_times(steps, rounds=rounds, min_run_time=min_run_time, timer=timer)
         base = times[label(*PLAIN)]
         columns[f"{head}_ms"] = {name: t * 1e3 for name, t in times.items()}
         columns[f"{head}_vs_plain"] = {name: t / base for name, t in times.items()}
@@ -107,7 +118,7 @@ def step_table(variants: list[tuple[str, int, str]], canvas: int, device: torch.
 
 
 def layer_table(variants: list[tuple[str, int, str]], canvas: int, device: torch.device,
-                rounds: int, min_run_time: float) -> pd.DataFrame:
+                rounds: int, min_run_time: float, timer: Timer) -> pd.DataFrame:
     """The first downsampling layer alone, against a max-pool and kornia's layer."""
     # its input: 16 channels at the canvas's size, channels_last as in training
     x = torch.rand(BATCH, 16, canvas, canvas, device=device).contiguous(
@@ -115,29 +126,39 @@ def layer_table(variants: list[tuple[str, int, str]], canvas: int, device: torch
     layers = {label(*v): layer_call(make_downsample(v[0], 16, v[1], v[2]).to(device), x)
               for v in variants}
     layers["kornia MaxBlurPool2D(3)/zeros"] = layer_call(MaxBlurPool2D(3).to(device), x)
-    times = interleaved_times(layers, rounds=rounds, min_run_time=min_run_time)
+    times = interleaved_times(layers, rounds=rounds, min_run_time=min_run_time, timer=timer)
     base = times[label(*PLAIN)]
     return pd.DataFrame([{"variant": name, "layer_us": t * 1e6, "layer_vs_max_pool": t / base}
                          for name, t in times.items()])
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--thread-time", action="store_true",
+                        help="time in the thread's CPU time (CPU, one thread), not wall time")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    args = parse_args(__doc__.splitlines()[0], add_arguments)
     device = setup(args)
+    if args.thread_time and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise SystemExit("--thread-time counts one thread's CPU time: use it with --device cpu "
+                         "--threads 1")
+    timer = thread_time_block if args.thread_time else time_block
     canvas, _ = study_digits_input()
     variants = QUICK_VARIANTS if args.quick else VARIANTS
     rounds, min_run_time = (3, 0.3) if args.quick else (5, 0.5)
     with watch_contention():
-        steps = step_table(variants, canvas, device, rounds, min_run_time)
-        layers = layer_table(variants, canvas, device, rounds, min_run_time)
+        steps = step_table(variants, canvas, device, rounds, min_run_time, timer)
+        layers = layer_table(variants, canvas, device, rounds, min_run_time, timer)
     table = steps.merge(layers, on="variant", how="outer")
     order = [*steps["variant"], *(v for v in layers["variant"] if v not in set(steps["variant"]))]
     table = table.set_index("variant").loc[order].reset_index()
+    clock = "thread CPU time" if args.thread_time else "wall time"
     print(f"\nbatch {BATCH}, 1x{canvas}x{canvas} input, float32 on {device}, channels_last; "
-          f"best of {rounds} alternating rounds (each a median). step: forward, loss, backward "
-          "and fused Adam under deterministic mode; *_vs_plain: the same head's max/zeros step "
-          "in the same rounds. layer: the first downsampling layer alone (16 channels), "
-          "forward and backward, against a 2x2 max-pool.")
+          f"{clock}, best of {rounds} alternating rounds (each a median). step: forward, "
+          "loss, backward and fused Adam under deterministic mode; *_vs_plain: the same head's "
+          "max/zeros step in the same rounds. layer: the first downsampling layer alone (16 "
+          "channels), forward and backward, against a 2x2 max-pool.")
     print_table(table.round({c: 2 for c in table.columns if c.endswith(("_ms", "_vs_plain",
                                                                         "_vs_max_pool"))}
                             | {"layer_us": 1}))

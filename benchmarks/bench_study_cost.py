@@ -3,7 +3,8 @@
 Times, on one thread (what each Dask task gets), the units the stages are made of, on the
 default study (``params.yaml``) and on a variant (``--set KEY=VALUE``, as ``dvc exp run -S``
 takes them): one training step of every head (and of ``mechanism.heads`` in every
-downsample x padding cell), a main run's evaluation (``evaluate_run``: shift grid, pointing,
+downsample x padding cell; the shift-trained cell, if any, costs the main runs' steps), a main
+run's evaluation (``evaluate_run``: shift grid, pointing,
 two-object canvases; for ``dense``, ``gap`` and ``linear``, which stand for the heads without
 a class map and a heavy head, with a map, and without a map and a light head), a learning-curve
 run's evaluation, and one mechanism grid. Each stage's units are counted from the settings
@@ -127,6 +128,12 @@ def stage_work(params: Params, costs: dict[str, float]) -> dict[str, float]:
     evaluate = sum(costs[f"evaluate/{EVAL_HEADS.get(head, 'dense')}"] for head in params.heads)
     curve_runs = len(train.runs()) // len(train.seeds) - 1  # runs a head-seed, the main one out
     cells = [k for k in costs if k.startswith("step/") and not k.endswith(own)]
+    # the shift-trained cell (mechanism.train_shift): the model section's backbone, trained
+    # here unless the train stage's augmentation ablation has the shift; scored either way
+    shift = params.mechanism.train_shift
+    shifted = shift is not None and shift not in train.shift
+    grids = (len(params.mechanism.downsample) * len(params.mechanism.padding)
+             + (shift is not None)) * len(params.mechanism.heads)
     speed = params.speed
     speed_steps = speed.rounds * speed.blocks * speed.steps + speed.warmup
     return {
@@ -136,8 +143,8 @@ def stage_work(params: Params, costs: dict[str, float]) -> dict[str, float]:
                                         * costs["evaluate_curve"]),
         "mechanism": len(train.seeds) * (
             sum(steps * costs[k] for k in cells)
-            + len(params.mechanism.downsample) * len(params.mechanism.padding)
-            * len(params.mechanism.heads) * costs["mechanism_grid"]),
+            + shifted * sum(run[head] for head in params.mechanism.heads)
+            + grids * costs["mechanism_grid"]),
         "speed": speed_steps * sum(costs[f"step/{h}/{own}"] for h in params.heads),
     }
 

@@ -23,10 +23,11 @@ def test_backbone_halves_the_map_between_blocks_and_keeps_the_last():
         feature_map_shape(2, (8, 8, 8))
 
 
+@pytest.mark.parametrize("downsample", ["max", "blurmax", "aps"])
 @pytest.mark.parametrize("widths", [(8,), (4, 8), (4, 8, 8), (2, 2, 2, 2)])
-def test_total_stride_is_how_far_the_built_backbone_downsamples(widths):
+def test_total_stride_is_how_far_the_built_backbone_downsamples(widths, downsample):
     model = build_model(ModelConfig(head="gap", in_channels=1, image_size=32, num_classes=3,
-                                    widths=widths))
+                                    widths=widths, downsample=downsample))
     features = model.features(torch.zeros(1, 1, 32, 32))
     assert features.shape[-1] == 32 // total_stride(widths)
     assert ModelConfig("gap", 1, 32, 3, widths).feature_map_shape == tuple(features.shape[1:])

@@ -1,17 +1,30 @@
-"""The mechanism factors: anti-aliased downsampling and the padding mode, and the exact
-invariances that global pooling gets from them (docs/study.md, "The mechanism of translation
-robustness")."""
+"""The mechanism factors: anti-aliased downsampling, adaptive polyphase sampling and the
+padding mode, and the exact invariances that global pooling gets from them (docs/study.md, "The
+mechanism of translation robustness")."""
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import TINY_MODEL, tiny_settings
 from scipy.special import comb
 
-from gap_study.data.canvas import shift
+from gap_study.data.canvas import shift, to_float
+from gap_study.measures.metrics import exact_consistency, shift_grid_predictions
 from gap_study.nets.architecture import ModelConfig
-from gap_study.nets.downsample import BlurMaxPool2d, make_downsample
-from gap_study.nets.models import build_model
+from gap_study.nets.downsample import (
+    ApsMaxPool2d,
+    BlurMaxPool2d,
+    adaptive_polyphase_sample,
+    make_downsample,
+    polyphase_choice,
+)
+from gap_study.nets.models import build_model, fold_batch_norm
+from gap_study.pipeline.paths import RunId
+from gap_study.pipeline.runtime import to_device
+from gap_study.stages.train import train_run
 
 NUMPY_PAD = {"zeros": "constant", "circular": "wrap", "reflect": "reflect"}
 
@@ -128,19 +141,22 @@ def test_a_stride_free_circular_network_with_gap_is_invariant_to_every_circular_
             assert largest_logit_change(model, IMAGES, dx, dy) < 1e-10, (dx, dy)
 
 
-@pytest.mark.parametrize("downsample", ["max", "blurmax"])
+@pytest.mark.parametrize("downsample", ["max", "blurmax", "aps"])
 def test_a_circular_network_of_stride_4_is_invariant_to_shifts_by_multiples_of_4(downsample):
     model = eval_model((8, 8, 8), downsample=downsample)
     for dx, dy in [(4, 0), (0, -4), (8, 4), (-4, 12)]:
         assert largest_logit_change(model, IMAGES, dx, dy) < 1e-10, (dx, dy)
+    if downsample == "aps":
+        return  # invariant to every circular shift (the aps tests below)
     # ...and to no other shift: the map changes (aliasing), so the check above is not vacuous.
     for dx, dy in [(1, 0), (0, 2), (3, 1)]:
         assert largest_logit_change(model, IMAGES, dx, dy) > 1e-6, (dx, dy)
 
 
+@pytest.mark.parametrize("downsample", ["max", "aps"])
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
-def test_other_paddings_let_the_network_see_where_the_border_is(padding):
-    model = eval_model((8, 8, 8), padding=padding)
+def test_other_paddings_let_the_network_see_where_the_border_is(padding, downsample):
+    model = eval_model((8, 8, 8), padding=padding, downsample=downsample)
     assert largest_logit_change(model, IMAGES, 4, 0) > 1e-6
 
 
@@ -161,3 +177,168 @@ def test_the_default_factors_build_the_backbone_the_study_always_had():
         "Conv2d", "BatchNorm2d", "ReLU"]
     assert all(layer.padding_mode == "zeros" for layer in model.features
                if isinstance(layer, torch.nn.Conv2d))
+
+
+# Adaptive polyphase sampling (Chaman & Dokmanić 2021): each image keeps the polyphase
+# component of largest l2 norm; exact invariance to circular shifts with circular padding.
+
+def components(x: np.ndarray) -> list[np.ndarray]:
+    """The four polyphase components of (N, C, H, W), index 2 i + j = x[..., i::2, j::2]."""
+    return [x[..., i::2, j::2] for i in (0, 1) for j in (0, 1)]
+
+
+def test_aps_keeps_each_images_component_of_largest_l2_norm():
+    x = torch.randn(6, 3, 8, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    parts = components(x.numpy())
+    norms = np.stack([np.sqrt((p ** 2).sum(axis=(1, 2, 3))) for p in parts], axis=1)
+    chosen = norms.argmax(axis=1)
+    assert len(set(chosen)) > 1  # the images choose differently: the choice is per image
+    assert polyphase_choice(x).tolist() == chosen.tolist()
+    expected = np.stack([parts[k][n] for n, k in enumerate(chosen)])
+    assert np.array_equal(adaptive_polyphase_sample(x).numpy(), expected)
+
+
+def test_aps_breaks_an_exact_tie_by_the_first_component():
+    x = torch.zeros(3, 2, 4, 4)
+    x[1, 0, 1, 0] = x[1, 1, 1, 1] = 2.0  # components 2 and 3 tie, above 0 and 1
+    x[2, :, 0, 1] = x[2, :, 1, 0] = -1.0  # components 1 and 2 tie
+    assert polyphase_choice(x).tolist() == [0, 2, 1]  # all four tie in the zero map
+
+
+@pytest.mark.parametrize(("dx", "dy"), [(1, 0), (0, 1), (1, 1), (3, -2), (-5, 7)])
+def test_aps_output_follows_a_circular_shift_of_its_input(dx, dy):
+    # x' = roll(x, s) keeps component (i + s) mod 2 where x kept i, shifted by (s + i) // 2
+    x = torch.randn(5, 4, 12, 12, generator=torch.Generator().manual_seed(2))
+    rolled = torch.roll(x, (dy, dx), dims=(-2, -1))
+    kept, out = polyphase_choice(x), adaptive_polyphase_sample(x)
+    moved = adaptive_polyphase_sample(rolled)
+    for n, (i, j) in enumerate(zip((kept // 2).tolist(), (kept % 2).tolist(), strict=True)):
+        assert polyphase_choice(rolled)[n] == 2 * ((i + dy) % 2) + (j + dx) % 2
+        assert torch.equal(moved[n], torch.roll(out[n], ((dy + i) // 2, (dx + j) // 2),
+                                                dims=(-2, -1)))
+
+
+def test_aps_routes_each_gradient_to_the_kept_positions_in_the_maps_layout():
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(3)).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    out = adaptive_polyphase_sample(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
+    (ours,) = torch.autograd.grad(out, x, grad)
+    kept = polyphase_choice(x).tolist()
+    by_indexing = torch.stack([x[n, :, k // 2::2, k % 2::2] for n, k in enumerate(kept)])
+    (expected,) = torch.autograd.grad(by_indexing, x, grad)
+    assert torch.equal(ours, expected) and ours.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_aps_gives_the_same_bits_with_and_without_gradients(padding):
+    x = torch.randn(4, 8, 20, 20, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)
+    layer = make_downsample("aps", 8, 3, padding)
+    with torch.inference_mode():
+        evaluated = layer(x)
+    assert torch.equal(layer(x.requires_grad_()), evaluated)
+    assert evaluated.shape == (4, 8, 10, 10) and list(layer.state_dict()) == []
+
+
+def test_aps_refuses_a_map_of_odd_side_and_a_model_whose_maps_would_have_one():
+    with pytest.raises(ValueError, match="even height and width, got 5x6"):
+        ApsMaxPool2d()(torch.zeros(1, 1, 5, 6))
+    with pytest.raises(ValueError, match="divisible by the total stride 4 of 3 blocks, got 18"):
+        ModelConfig(head="gap", in_channels=1, image_size=18, num_classes=3, downsample="aps")
+
+
+def every_circular_shift(images: torch.Tensor) -> torch.Tensor:
+    """``(N, C, S, S) -> (S * S, N, C, S, S)``: the images rolled by every ``(dy, dx)``."""
+    side = images.shape[-1]
+    return torch.stack([torch.roll(images, (dy, dx), dims=(-2, -1))
+                        for dy in range(side) for dx in range(side)])
+
+
+def logit_spread(model, images) -> float:
+    """The largest change of any logit over every circular shift of ``images``."""
+    with torch.no_grad():
+        shifted = every_circular_shift(images)
+        logits = model(shifted.flatten(0, 1)).view(len(shifted), len(images), -1)
+    return float((logits - logits[0]).abs().max())
+
+
+SMALL_IMAGES = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(5),
+                          dtype=torch.float64)
+
+
+def aps_model(head, padding="circular"):
+    torch.manual_seed(0)
+    config = ModelConfig(head=head, in_channels=1, image_size=16, num_classes=5,
+                         widths=(8, 8, 8), downsample="aps", padding=padding, dense_hidden=16)
+    return build_model(config).double().eval()
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp", "gap_hidden", "nin"])
+def test_an_untrained_circular_aps_network_with_global_pooling_ignores_every_circular_shift(
+        head):
+    assert logit_spread(aps_model(head), SMALL_IMAGES) < 1e-10
+
+
+def test_a_fixed_phase_in_place_of_the_largest_norm_breaks_the_invariance(monkeypatch):
+    # the check above must see the choice: with the phase fixed at 0 (a max-pool's) it fails
+    model = aps_model("gap")
+    monkeypatch.setattr("gap_study.nets.downsample.polyphase_choice",
+                        lambda x: torch.zeros(len(x), dtype=torch.int64))
+    assert logit_spread(model, SMALL_IMAGES) > 1e-6
+
+
+@pytest.mark.parametrize(("head", "padding"), [("gap", "zeros"), ("gap", "reflect"),
+                                               ("dense", "circular"), ("linear", "circular")])
+def test_zero_padding_or_a_flatten_head_is_not_invariant_with_aps(head, padding):
+    assert logit_spread(aps_model(head, padding), SMALL_IMAGES) > 1e-6
+
+
+@pytest.fixture(scope="module")
+def trained(small):
+    """``trained(head, padding)``: ``head`` with APS and ``padding`` (widths 8, 16), trained
+    for ten epochs on the small digits canvas (32 pixels, the object's 16-pixel box centred:
+    room to move 8), in eval mode; each trained once."""
+    models = {}
+
+    def train(head, padding):
+        if (head, padding) not in models:
+            config = TINY_MODEL.model_copy(update={
+                "widths": [8, 16], "downsample": "aps", "padding": padding}).to_config(head, small)
+            model, _ = train_run(config, small.without_test(), RunId(1.0, 0, 0),
+                                 tiny_settings(10), 0.003, device="cpu", progress=False)
+            models[head, padding] = model.eval()
+        return models[head, padding]
+    return train
+
+
+def test_a_trained_circular_aps_network_with_global_pooling_ignores_every_circular_shift(
+        small, trained):
+    model = copy.deepcopy(trained("gap", "circular")).double()
+    images = to_float(small.x_test[:2]).double()
+    assert logit_spread(model, images) < 1e-10
+    assert logit_spread(model, torch.rand(2, 1, 32, 32, dtype=torch.float64)) < 1e-10
+
+
+ROOM = 8  # (32 - 16) / 2
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp"])
+def test_on_the_canvas_every_shift_that_keeps_the_object_inside_gives_the_same_prediction(
+        small, trained, head):
+    # the evaluation's own path: BatchNorm folded, float32, channels_last, shifts that cut
+    model = fold_batch_norm(trained(head, "circular"))
+    images = to_device(to_float(small.x_test), torch.device("cpu"))
+    predictions = shift_grid_predictions(model, images, ROOM, batch_size=512)
+    assert (predictions == predictions[:, :1]).all()
+    assert exact_consistency(predictions) == 1.0
+    assert len(np.unique(predictions)) > 1  # not one class for every image
+
+
+@pytest.mark.parametrize(("head", "padding"), [("gap", "zeros"), ("dense", "circular")])
+def test_on_the_canvas_zero_padding_or_a_flatten_head_changes_some_prediction(small, trained,
+                                                                              head, padding):
+    model = fold_batch_norm(trained(head, padding))
+    images = to_device(to_float(small.x_test), torch.device("cpu"))
+    assert exact_consistency(shift_grid_predictions(model, images, ROOM, batch_size=512)) < 1

@@ -26,7 +26,7 @@ from gap_study.stages.mechanism import (
 from gap_study.stages.train import train_run
 
 PLAN = MechanismParams(heads=["dense", "gap"], downsample=["max", "blurmax"],
-                       padding=["zeros", "circular"], test_images=40)
+                       padding=["zeros", "circular"], train_shift=None, test_images=40)
 TRAIN = TrainParams(seeds=[0, 1], epochs=1, batch_size=32, schedule="cosine", drop_last=True,
                     weight_decay=0.0, fractions=[0.5, 1.0], shift=[0, 2])
 
@@ -46,6 +46,30 @@ def test_the_model_sections_cell_comes_from_the_train_stage_and_the_costliest_go
     assert all(r.main for r in runs[-4:])  # the short runs (no training) last
     blurred = mechanism_runs(PLAN, TINY_MODEL.model_copy(update={"downsample": "blurmax"}), TRAIN)
     assert {r.cell for r in blurred if r.main} == {Cell("blurmax", "zeros")}
+
+
+def test_the_shift_trained_cell_is_the_model_sections_backbone_at_the_training_shift():
+    plan = PLAN.model_copy(update={"downsample": ["max", "blurmax", "aps"], "train_shift": 1})
+    runs = mechanism_runs(plan, TINY_MODEL, TRAIN)  # TRAIN.shift [0, 2]: 1 is trained here
+    shifted = [r for r in runs if r.run.train_shift == 1]
+    assert sorted((r.head, r.run.seed) for r in shifted) == [
+        (h, s) for h in sorted(PLAN.heads) for s in TRAIN.seeds]
+    assert {r.cell for r in shifted} == {Cell("max", "zeros")}
+    assert not any(r.main for r in shifted)
+    assert len(runs) == len(PLAN.heads) * len(TRAIN.seeds) * (3 * 2 + 1)
+    assert len({r.label for r in runs}) == len(runs)  # unique: the tasks' and arrays' names
+    assert shifted[0].label == "dense-max-zeros-shift_1-seed_0"
+    # the costliest first: APS and blur before max, circular before zeros
+    assert [r.cell for r in runs[:8]] == [Cell("blurmax", "circular")] * 4 + [
+        Cell("aps", "circular")] * 4
+
+
+def test_a_shift_the_train_stage_trained_is_taken_from_its_checkpoints():
+    runs = mechanism_runs(PLAN.model_copy(update={"train_shift": 2}), TINY_MODEL, TRAIN)
+    taken = [r for r in runs if r.main]
+    assert {(r.cell, r.run.train_shift) for r in taken} == {(Cell("max", "zeros"), 0),
+                                                           (Cell("max", "zeros"), 2)}
+    assert len(taken) == 2 * len(PLAN.heads) * len(TRAIN.seeds) and all(r.main for r in runs[-8:])
 
 
 def test_grid_images_are_a_fixed_stratified_subsample_or_all():
@@ -87,18 +111,35 @@ def _task(item, small, learning_rate=0.01):
                           max_shift=2, batch_size=64, device="cpu")
 
 
-def test_a_trained_run_is_the_training_of_its_cell_and_never_sees_a_test_image(small):
-    run = MechanismRun("gap", Cell("blurmax", "circular"), RunId(1.0, 0, 0), main=False)
+@pytest.mark.parametrize("downsample", ["blurmax", "aps"])
+def test_a_trained_run_is_the_training_of_its_cell_and_never_sees_a_test_image(small,
+                                                                             downsample):
+    # trained twice, bit for bit the same weights: aps's choice of phase is deterministic too
+    run = MechanismRun("gap", Cell(downsample, "circular"), RunId(1.0, 0, 0), main=False)
     result = _task((run, None), small)
-    expected, _ = train_run(Cell("blurmax", "circular").model(TINY_MODEL).to_config(
+    expected, _ = train_run(Cell(downsample, "circular").model(TINY_MODEL).to_config(
         "gap", small), small.without_test(), run.run, TRAIN, 0.01, device="cpu",
         progress=False)
-    assert result.checkpoint["config"]["downsample"] == "blurmax"
+    assert result.checkpoint["config"]["downsample"] == downsample
     assert result.checkpoint["config"]["padding"] == "circular"
     for name, tensor in expected.state_dict().items():
         assert torch.equal(result.checkpoint["state_dict"][name], tensor), name
     assert result.row["source"] == "trained here" and result.row["test_images"] == 30
     assert result.predictions.shape == (30, 25) and result.history is not None
+
+
+def test_a_shift_trained_run_trains_with_its_shift_and_is_keyed_by_it(small):
+    run = MechanismRun("gap", Cell("max", "zeros"), RunId(1.0, 2, 0), main=False)
+    result = _task((run, None), small)
+    expected, _ = train_run(TINY_MODEL.to_config("gap", small), small.without_test(), run.run,
+                            TRAIN, 0.01, device="cpu", progress=False)
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(result.checkpoint["state_dict"][name], tensor), name
+    assert result.row["train_shift"] == 2 and set(result.grid.train_shift) == {2}
+    centred = _task((MechanismRun("gap", Cell("max", "zeros"), RunId(1.0, 0, 0), main=False),
+                     None), small)
+    assert not torch.equal(centred.checkpoint["state_dict"]["head.fc.weight"],
+                           result.checkpoint["state_dict"]["head.fc.weight"])
 
 
 def test_a_main_run_is_scored_from_its_checkpoint_without_training(small):

@@ -60,7 +60,7 @@ def test_circular_conv_is_torchs_circular_conv_with_the_same_state_dict():
                                torch.autograd.grad(expected, [x, torchs.weight], grad))
 
 
-@pytest.mark.parametrize("downsample", ["max", "blurmax"])
+@pytest.mark.parametrize("downsample", ["max", "blurmax", "aps"])
 @pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
 def test_every_backbone_layer_keeps_a_channels_last_map_channels_last(downsample, padding):
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ def test_the_projects_params_yaml_is_valid(root):
     # the primary tests' baselines, the factorial's four heads and the mechanism's heads
     assert {"dense", "dense_dropout", "linear", "gap", "gap_hidden", "gmp"} <= set(params.heads)
     assert {"dense", "gap", "gmp"} <= set(params.mechanism.heads)
-    assert {"max", "blurmax"} <= set(params.mechanism.downsample)
+    assert {"max", "blurmax", "aps"} <= set(params.mechanism.downsample)
     assert {"zeros", "circular"} <= set(params.mechanism.padding)
     assert len(params.train.seeds) >= 5  # protocol v2: at least five seeds per primary test
     # protocol version 4: the rates are chosen over two or more seeds, none of them reported
@@ -82,11 +82,27 @@ def test_the_projects_params_yaml_is_valid(root):
     ("compute.workers", -2, r"compute\.workers = -2"),
     ("compute", KeyError, r"compute: Field required"),
     ("speed.rounds", 1, r"speed\.rounds = 1: .*greater than or equal to 2"),
+    ("mechanism.train_shift", 6, r"mechanism\.train_shift = 6 would push the object off the "
+                                 r"canvas.*at most 5"),
+    ("mechanism.train_shift", 0, r"mechanism\.train_shift = 0: .*greater than 0"),
+    ("mechanism.downsample", ["max", "avg"], r"mechanism\.downsample\[1\] = 'avg': not "
+                                             r"allowed; .*'max', 'blurmax' or 'aps'"),
+    ("data.canvas", {"digits": 22}, r"aps \(in mechanism\.downsample\) halves only maps of "
+                                    r"even side: data\.canvas\.digits = 22 must be a multiple "
+                                    r"of the total stride 4"),
 ])
 def test_bad_params_are_rejected_with_the_key_and_what_is_allowed(params_raw, dotted, value,
                                                                   expected):
     with pytest.raises(ParamsError, match=expected):
         parse_params(_with(params_raw, dotted, value))
+
+
+def test_the_shift_trained_cell_must_differ_from_the_centred_one(params_raw):
+    raw = _with(_with(params_raw, "train.shift", [2, 4]), "mechanism.train_shift", 2)
+    with pytest.raises(ParamsError, match=r"mechanism\.train_shift = 2 is the training shift "
+                       r"of the main runs \(the smallest of train\.shift\).*above 2, or null"):
+        parse_params(raw)
+    assert parse_params(_with(raw, "mechanism.train_shift", 4)).mechanism.train_shift == 4
 
 
 def test_mnist_5k_runs_the_default_study_with_room_for_its_shift_grid(params_raw):
@@ -111,17 +127,22 @@ def _replication_settings(root, variable: str = "REPLICATE_SETTINGS") -> dict[st
     return {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def test_make_replicate_runs_the_default_protocol_on_mnist_5k_with_two_declared_cuts(
+def test_make_replicate_runs_the_default_protocol_on_mnist_5k_with_three_declared_cuts(
         root, params_raw):
     settings = _replication_settings(root)
     # docs/operations.md, "The replication on mnist_5k", says why these and only these change
-    assert settings == {"data.name": "mnist_5k", "train.epochs": 6, "data.max_test": 750}
+    assert settings == {"data.name": "mnist_5k", "train.epochs": 6, "data.max_test": 750,
+                        "mechanism.downsample": ["max", "blurmax"]}
     raw = params_raw
     for dotted, value in settings.items():
         raw = _with(raw, dotted, value)
     replication, default = parse_params(raw), parse_params(params_raw)
-    for section in ("heads", "tune", "evaluate", "mechanism", "report", "speed", "model"):
+    for section in ("heads", "tune", "evaluate", "report", "speed", "model"):
         assert getattr(replication, section) == getattr(default, section), section
+    # the mechanism keeps its heads, paddings and images; it drops the costliest downsampling
+    assert replication.mechanism.downsample == default.mechanism.downsample[:2]
+    assert replication.mechanism.model_dump(exclude={"downsample"}) == \
+        default.mechanism.model_dump(exclude={"downsample"})
     for key in ("seeds", "fractions", "shift", "batch_size", "schedule", "drop_last"):
         assert getattr(replication.train, key) == getattr(default.train, key), key
     assert replication.data.two_objects == default.data.two_objects

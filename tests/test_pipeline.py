@@ -137,16 +137,24 @@ def test_the_mechanism_crosses_its_heads_with_every_cell_and_reuses_the_main_run
     import numpy as np
 
     mechanism = yaml.safe_load((reports.parent / "params.yaml").read_text())["mechanism"]
-    runs = pd.read_csv(reports / "mechanism" / "runs.csv")
+    every = pd.read_csv(reports / "mechanism" / "runs.csv")
+    runs, shifted = every[every.train_shift == 0], every[every.train_shift != 0]
     assert sorted(zip(runs["head"], runs.downsample, runs.padding, runs.seed, strict=True)) \
         == sorted((h, d, p, s) for h in mechanism["heads"] for d in mechanism["downsample"]
                   for p in mechanism["padding"] for s in TINY_SEEDS)
     main = runs[(runs.downsample == "max") & (runs.padding == "zeros")]
-    assert (main.source == "main run").all() and (runs.test_images == 30).all()
+    assert (main.source == "main run").all() and (every.test_images == 30).all()
+    # the shift-trained cell: the model section's backbone at train_shift, which the train
+    # stage's augmentation ablation (train.shift [0, 2]) trained, so its runs too
+    assert sorted(zip(shifted["head"], shifted.downsample, shifted.padding, shifted.train_shift,
+                      shifted.seed, strict=True)) == sorted(
+        (h, "max", "zeros", mechanism["train_shift"], s) for h in mechanism["heads"]
+        for s in TINY_SEEDS)
+    assert (shifted.source == "main run").all()
     # the report's results.csv holds them, unchanged, as its part "mechanism"
     results = pd.read_csv(reports / "results.csv")
     pd.testing.assert_frame_equal(
-        results[results.part == "mechanism"][runs.columns].reset_index(drop=True), runs,
+        results[results.part == "mechanism"][every.columns].reset_index(drop=True), every,
         check_dtype=False)
     # the model section's cell is the train stage's runs: on the images the mechanism scores,
     # its grid predictions are the evaluate stage's
@@ -157,6 +165,10 @@ def test_the_mechanism_crosses_its_heads_with_every_cell_and_reuses_the_main_run
                 for seed in TINY_SEEDS:
                     assert np.array_equal(ours[f"{head}-max-zeros-seed_{seed}"],
                                           evaluated[f"fraction_1-shift_0-seed_{seed}"][index])
+                    shift = mechanism["train_shift"]
+                    assert np.array_equal(
+                        ours[f"{head}-max-zeros-shift_{shift}-seed_{seed}"],
+                        evaluated[f"fraction_1-shift_{shift}-seed_{seed}"][index])
 
 
 def test_the_speed_stage_timed_every_head_in_every_round(reports):

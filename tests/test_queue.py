@@ -46,7 +46,7 @@ def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_
     assert pooled.experiment.nunique() == len(TINY_SEEDS)
     assert sorted(pooled.seed.unique()) == TINY_SEEDS
     mechanism = yaml.safe_load((repo / "params.yaml").read_text())["mechanism"]
-    cells = len(mechanism["downsample"]) * len(mechanism["padding"])
+    cells = len(mechanism["downsample"]) * len(mechanism["padding"]) + 1  # + shift-trained
     assert (pooled.part == "main").sum() == 3 * len(TINY_SEEDS)  # 3 variants per seed, once
     assert (pooled.part == "mechanism").sum() == cells * len(TINY_SEEDS)  # gap alone
     summary = pd.read_csv(repo / "reports" / "sweep" / "summary.csv")

@@ -94,6 +94,10 @@ def test_the_setup_describes_the_backbones_downsampling_and_padding(layout):  # 
     assert ("anti-aliased max-pooling (2x2 max at stride 1, then a 5x5 binomial filter at "
             "stride 2) between blocks and circular padding") in text
     assert "2x2 max-pooling between blocks and zero padding" in render_report(facts)
+    record = {**record, "model": {**record["model"], "downsample": "aps"}}
+    text = render_report(dataclasses.replace(facts, train_record=record))
+    assert ("adaptive polyphase sampling (2x2 max at stride 1, then each image's polyphase "
+            "component of largest l2 norm) between blocks and circular padding") in text
 
 
 def test_with_one_seed_the_report_says_why_there_is_no_forest_plot(layout):  # noqa: F811
@@ -136,3 +140,25 @@ def test_the_replication_section_appears_only_beside_published_studies(layout): 
     row = "| fewer parameters | `params_head` | holds | holds | replicated |"
     assert row in re.sub(" +", " ", section)
     assert "[On other data sets](#on-other-data-sets)" in text  # in the contents
+
+
+def test_a_pooling_head_not_exact_in_every_run_is_counted_not_called_invariant(layout):  # noqa: F811
+    facts = _facts(layout)
+    mechanism = facts.mechanism
+    assert "in each of its 2 runs (exact consistency 100%)" in render_report(facts)
+    broken = [dataclasses.replace(e, exact_runs=1, consistency=0.9995) if e.pooled else e
+              for e in mechanism.exact]
+    text = render_report(dataclasses.replace(
+        facts, mechanism=dataclasses.replace(mechanism, exact=broken)))
+    assert "`gap`: exact in 1 of 2 runs (exact consistency 99.95%)" in text
+    assert "in each of its" not in text
+
+
+def test_without_the_exact_cell_or_shift_trained_runs_their_paragraphs_are_left_out(layout):  # noqa: F811
+    facts = _facts(layout)
+    mechanism = dataclasses.replace(facts.mechanism, exact=[], shift_trained=[],
+                                    train_shift=None)
+    text = render_report(dataclasses.replace(facts, mechanism=mechanism))
+    assert "**Exact invariance.**" not in text and "**What training adds.**" not in text
+    assert "**Exact invariance.**" in render_report(facts)
+    assert "**What training adds.**" in render_report(facts)

@@ -183,29 +183,45 @@ def _write_tuning(layout: Layout) -> None:
                                                                   index=False)
 
 
-MECHANISM = {"heads": ["dense", "gap"], "downsample": ["max", "blurmax"],
-             "padding": ["zeros", "circular"], "test_images": 20}
+MECHANISM = {"heads": ["dense", "gap"], "downsample": ["max", "blurmax", "aps"],
+             "padding": ["zeros", "circular"], "train_shift": 2, "test_images": 20}
+
+
+def _mechanism_rows(keys: list[dict], rng: np.random.Generator) -> tuple[list, list]:
+    """Rows of runs.csv and shift_grid.csv for ``keys``: random metrics, but an exact
+    consistency of 1 for a pooling head with aps and circular padding (as tests pin)."""
+    runs = [{**key, "source": "trained here", "test_images": 20,
+             **{m: rng.uniform(0.3, 1.0) for m in (
+                 "test_accuracy", "consistency_exact", "flip_rate_all_pairs",
+                 "shift_accuracy_mean", "aligned_shift_accuracy", "other_shift_accuracy")}}
+            for key in keys]
+    for run in runs:
+        if (run["head"], run["downsample"], run["padding"]) == ("gap", "aps", "circular"):
+            run["consistency_exact"] = 1.0
+    offsets = [(dx, dy) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
+               for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)]
+    grid = [{"dx": dx, "dy": dy, "radius": max(abs(dx), abs(dy)),
+             "accuracy": rng.uniform(0.2, 1.0), **key} for key in keys for dx, dy in offsets]
+    return runs, grid
 
 
 def _write_mechanism(layout: Layout, rng: np.random.Generator) -> None:
-    """The mechanism stage's files: each head in each cell, two seeds, and its record."""
+    """The mechanism stage's files: each head in each cell and in the shift-trained cell, two
+    seeds, and its record (the first two downsamplings' rows drawn first, as before aps)."""
     layout.mechanism_reports.mkdir(parents=True)
-    keys = [{"head": h, "downsample": d, "padding": p, "fraction": 1.0, "train_shift": 0,
-             "seed": seed}
-            for h in MECHANISM["heads"] for d in MECHANISM["downsample"]
-            for p in MECHANISM["padding"] for seed in (0, 1)]
-    pd.DataFrame([{**key, "source": "trained here", "test_images": 20,
-                   **{m: rng.uniform(0.3, 1.0) for m in (
-                       "test_accuracy", "consistency_exact", "flip_rate_all_pairs",
-                       "shift_accuracy_mean", "aligned_shift_accuracy",
-                       "other_shift_accuracy")}} for key in keys]).to_csv(
-        layout.mechanism_runs, index=False)
-    offsets = [(dx, dy) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
-               for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)]
-    pd.DataFrame([{"dx": dx, "dy": dy, "radius": max(abs(dx), abs(dy)),
-                   "accuracy": rng.uniform(0.2, 1.0), **key}
-                  for key in keys for dx, dy in offsets]).to_csv(layout.mechanism_grid,
-                                                                 index=False)
+
+    def keys(downsamples: Sequence[str], paddings: Sequence[str], shift: int) -> list[dict]:
+        return [{"head": h, "downsample": d, "padding": p, "fraction": 1.0,
+                 "train_shift": shift, "seed": seed}
+                for h in MECHANISM["heads"] for d in downsamples for p in paddings
+                for seed in (0, 1)]
+    runs, grid = _mechanism_rows(keys(["max", "blurmax"], MECHANISM["padding"], 0), rng)
+    for more in (keys(["aps"], MECHANISM["padding"], 0),
+                 keys(["max"], ["zeros"], MECHANISM["train_shift"])):
+        more_runs, more_grid = _mechanism_rows(more, rng)
+        runs, grid = runs + more_runs, grid + more_grid
+    pd.DataFrame(runs).to_csv(layout.mechanism_runs, index=False)
+    pd.DataFrame(grid).to_csv(layout.mechanism_grid, index=False)
     layout.mechanism_run.write_text(json.dumps({"mechanism": MECHANISM,
                                                 "environment": ENVIRONMENT}))
 
@@ -243,7 +259,7 @@ def test_collect_results_returns_typed_tables_in_the_order_of_heads(layout):
     assert collected.step_times.groupby("head")["seconds_per_step"].min().to_dict() == {
         head: min(times) for head, times in STEP_SECONDS.items()}
     assert collected.speed_run["threads_per_run"] == 1
-    assert len(collected.mechanism) == 2 * 4 * 2  # heads x cells x seeds
+    assert len(collected.mechanism) == 2 * (6 + 1) * 2  # heads x (cells + shifted) x seeds
     assert collected.records["mechanism"]["mechanism"] == MECHANISM
 
 

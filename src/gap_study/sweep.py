@@ -62,7 +62,8 @@ SWEEP_METRICS = ("test_accuracy", "test_loss", "overfit_gap", "shift_accuracy_me
 GROUP_KEYS = ["data", "settings", *RESULT_KEYS[:-1]]  # a run's keys but its seed
 # Params (dotted keys; a section name covers all of it) that do not change what a run's result
 # means, so experiments differing only in them are pooled: which seeds, heads and mechanism
-# cells an experiment trains (a run's numbers depend on its own seed, head and cell alone),
+# cells an experiment trains, the shift-trained one included (a run's numbers depend on its
+# own seed, head, cell and training shift alone),
 # where the data files are cached and whether they may be downloaded (the files are
 # hash-checked), and how the numbers are computed or reported (device, compute and evaluation
 # batch size change the speed and at most the last bits of floating point, never a random
@@ -72,8 +73,8 @@ GROUP_KEYS = ["data", "settings", *RESULT_KEYS[:-1]]  # a run's keys but its see
 # the translation and CAM metrics, and pooling too little is safe where pooling too much is
 # not.
 IGNORED_PARAMS = ("train.seeds", "heads", "mechanism.heads", "mechanism.downsample",
-                  "mechanism.padding", "device", "compute", "data.root", "data.download",
-                  "evaluate.batch_size", "speed", "report")
+                  "mechanism.padding", "mechanism.train_shift", "device", "compute",
+                  "data.root", "data.download", "evaluate.batch_size", "speed", "report")
 UNSET = "(unset)"  # a key an experiment's params do not have, in settings_differences
 SETTINGS_FRONT = ["experiment", "rev", "data", "settings"]
 

@@ -47,8 +47,9 @@ FACTORIAL: dict[tuple[str, bool], str] = {
     ("global average", False): "gap", ("global average", True): "gap_hidden"}
 
 # the mechanism factors (docs/study.md, "The mechanism of translation robustness"): how the
-# backbone halves its map between blocks, the binomial filter's size, and how every layer pads
-DOWNSAMPLES: tuple[str, ...] = ("max", "blurmax")
+# backbone halves its map between blocks (a max-pool, the anti-aliased max-pool, or adaptive
+# polyphase sampling), the binomial filter's size, and how every layer pads
+DOWNSAMPLES: tuple[str, ...] = ("max", "blurmax", "aps")
 BLUR_SIZES: tuple[int, ...] = (3, 5)
 PADDINGS: tuple[str, ...] = ("zeros", "circular", "reflect")
 
@@ -71,7 +72,7 @@ def pools_globally(head: str) -> bool:
 
 
 def total_stride(widths: Sequence[int]) -> int:
-    """How many input pixels one step on the backbone's last map spans: a 2x2 max-pool
+    """How many input pixels one step on the backbone's last map spans: the downsampling
     between consecutive blocks halves the map, so ``2 ** (blocks - 1)``."""
     return 2 ** (len(widths) - 1)
 
@@ -121,6 +122,13 @@ class ModelConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; allowed: "
                                  f"{', '.join(map(str, allowed))}")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        stride = total_stride(self.widths)
+        if self.downsample == "aps" and self.image_size % stride:
+            # 1. each polyphase component must be the same size for a circular shift to
+            #    permute them: every map that APS halves has an even side
+            raise ValueError(f"downsample 'aps' needs an image size divisible by the total "
+                             f"stride {stride} of {len(self.widths)} blocks, got "
+                             f"{self.image_size}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}

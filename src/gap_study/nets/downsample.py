@@ -1,10 +1,11 @@
 """The backbone's downsampling between blocks, one op per class (``docs/study.md``, "The
-mechanism of translation robustness"): a plain 2x2 max-pool, or Zhang's (2019) anti-aliased
-max-pool, padded in the network's padding mode (``gap_study.nets.padding``).
+mechanism of translation robustness"): a plain 2x2 max-pool, Zhang's (2019) anti-aliased
+max-pool, or Chaman & Dokmanić's (2021) adaptive polyphase sampling after a 2x2 max at stride 1,
+padded in the network's padding mode (``gap_study.nets.padding``).
 
 Padding modes are the ``torch.nn.Conv2d`` names (``zeros``, ``circular``, ``reflect``), and every
 padding of a network uses the same one, so that ``circular`` makes the whole network equivariant
-to circular shifts by multiples of its total stride.
+to circular shifts by multiples of its total stride (with ``aps``: to every circular shift).
 """
 
 from __future__ import annotations
@@ -14,9 +15,34 @@ import torch.nn.functional as F
 from kornia.filters.kernels import get_pascal_kernel_2d
 from torch import Tensor, nn
 
-from gap_study.nets.padding import PAD_MODES, pad2d
+from gap_study.nets.padding import PAD_MODES, memory_layout, pad2d
 
-__all__ = ["BlurMaxPool2d", "make_downsample"]
+__all__ = ["ApsMaxPool2d", "BlurMaxPool2d", "adaptive_polyphase_sample", "make_downsample",
+           "max_2x2_stride_1", "polyphase_choice", "polyphase_energies", "take_polyphase"]
+
+
+def _check_padding(padding: str) -> None:
+    if padding not in PAD_MODES:
+        raise ValueError(f"unknown padding {padding!r}; allowed: {', '.join(PAD_MODES)}")
+
+
+def max_2x2_stride_1(x: Tensor, padding: str) -> Tensor:
+    """The 2x2 max at stride 1 of the anti-aliased layers, the map padded one row and column
+    after it in ``padding`` mode so that its size is kept: ``(N, C, H, W) -> (N, C, H, W)``.
+
+    1. Every padding keeps the map's layout (``gap_study.nets.padding.pad2d``).
+    2. The same function two ways: ``max_pool2d`` on a channels_last map while gradients are
+       tracked (its backward routes each window's gradient to one input, the first maximum in
+       row-major order), and the maximum of shifted views without them (evaluation: over
+       pairs of rows, then of columns), which gives the same values several times faster on
+       CPU. ``max_pool2d`` at stride 1 is
+       several times slower again on a contiguous map.
+    """
+    x = pad2d(x, (0, 1, 0, 1), padding)
+    if torch.is_grad_enabled():
+        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, stride=1)
+    rows = torch.maximum(x[..., :-1, :], x[..., 1:, :])  # each row's pair, then each column's
+    return torch.maximum(rows[..., :-1], rows[..., 1:])
 
 
 class BlurMaxPool2d(nn.Module):
@@ -25,26 +51,18 @@ class BlurMaxPool2d(nn.Module):
 
     The filter is kornia's normalised Pascal kernel. Unlike kornia's ``MaxBlurPool2D`` (zero
     padding) and antialiased-cnns' ``BlurPool`` (reflect padding by default), both steps pad in
-    ``padding`` mode: the max one row and column after the map, so its size is kept, and the
+    ``padding`` mode: the max one row and column after the map (``max_2x2_stride_1``), the
     filter ``blur_size // 2`` on every side. (kornia's ``max_blur_pool2d`` does not pad the max,
     so its last row and column of output differ from this layer's in every mode; only its
-    kernel is used.)
-
-    1. Every padding keeps the map's layout (``gap_study.nets.padding.pad2d``), and zero padding
-       of the filter happens inside its convolution, without a padded copy.
-    2. The 2x2 max at stride 1 is the same function two ways: ``max_pool2d`` on a channels_last
-       map while gradients are tracked (its backward routes each window's gradient to one
-       input, the first maximum in row-major order), and the maximum of four shifted views
-       without them (evaluation), which gives the same values several times faster on CPU.
-       ``max_pool2d`` at stride 1 is several times slower again on a contiguous map.
+    kernel is used.) Zero padding of the filter happens inside its convolution, without a
+    padded copy.
     """
 
     def __init__(self, channels: int, blur_size: int = 3, padding: str = "zeros") -> None:
         super().__init__()
         if blur_size % 2 != 1:
             raise ValueError(f"blur_size must be odd, got {blur_size}")
-        if padding not in PAD_MODES:
-            raise ValueError(f"unknown padding {padding!r}; allowed: {', '.join(PAD_MODES)}")
+        _check_padding(padding)
         self.channels, self.blur_size, self.padding = channels, blur_size, padding
         kernel = get_pascal_kernel_2d(blur_size, norm=True)
         # a buffer outside the state dict: fixed, so checkpoints hold only learned weights
@@ -52,12 +70,7 @@ class BlurMaxPool2d(nn.Module):
                              persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = pad2d(x, (0, 1, 0, 1), self.padding)
-        if torch.is_grad_enabled():
-            x = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2, stride=1)
-        else:
-            x = torch.maximum(torch.maximum(x[..., :-1, :-1], x[..., 1:, :-1]),
-                              torch.maximum(x[..., :-1, 1:], x[..., 1:, 1:]))
+        x = max_2x2_stride_1(x, self.padding)
         radius = self.blur_size // 2
         if self.padding == "zeros":  # the convolution pads, without a padded copy
             return F.conv2d(x, self.kernel, stride=2, padding=radius, groups=self.channels)
@@ -68,10 +81,121 @@ class BlurMaxPool2d(nn.Module):
         return f"channels={self.channels}, blur_size={self.blur_size}, padding={self.padding!r}"
 
 
+def _phases(x: Tensor) -> Tensor:
+    """The four polyphase components of an ``(N, C, H, W)`` map with even ``H``, ``W``, as a
+    view ``(N, 2, 2, C, H/2, W/2)``: ``[:, i, j]`` is ``x[..., i::2, j::2]``."""
+    height, width = _even_sides(x)
+    return x.unflatten(3, (width // 2, 2)).unflatten(2, (height // 2, 2)).permute(
+        0, 3, 5, 1, 2, 4)
+
+
+def _even_sides(x: Tensor) -> tuple[int, int]:
+    height, width = x.shape[-2:]
+    if height % 2 or width % 2:
+        raise ValueError(f"adaptive polyphase sampling needs a map of even height and width, "
+                         f"got {height}x{width}")
+    return height, width
+
+
+def polyphase_energies(x: Tensor) -> Tensor:
+    """The squared l2 norm of each image's four polyphase components, over all its channels:
+    ``(N, C, H, W) -> float64 (N, 4)``, component ``2 i + j`` being ``x[n, :, i::2, j::2]``.
+
+    1. Squared, not the norm: the square root is monotone, so the largest is the same
+       component, and rounding a root could make two different energies equal.
+    2. Each position's sum over channels is rounded in ``x``'s dtype, the same wherever in
+       the map the position lies; the sum over positions accumulates in float64. A circular
+       shift of the map permutes the components and moves positions within each, which
+       changes the order of that sum and so its rounding: at most about ``n`` unit roundoffs
+       of the energy for ``n`` terms, with the study's first APS (10 x 10 positions) 1e-5 of
+       it in float32 and 1e-14 in float64 (both typically far less). Only components whose
+       energies differ by less can be chosen differently after a shift: in float64, in
+       practice only exact ties. Summing the channels first also avoids a float64 copy of
+       the map (``benchmarks/README.md``, "Adaptive polyphase sampling").
+    """
+    height, width = _even_sides(x)
+    with torch.no_grad():
+        per_position = x.square().sum(dim=1)  # (N, H, W), every position's channels alike
+        return per_position.unflatten(2, (width // 2, 2)).unflatten(1, (height // 2, 2)).sum(
+            dim=(1, 3), dtype=torch.float64).flatten(1)
+
+
+def polyphase_choice(x: Tensor) -> Tensor:
+    """Each image's component of largest energy (``polyphase_energies``), ``int64 (N,)``;
+    between components of exactly equal energy, the first (``torch.argmax``'s documented
+    rule). Deterministic: the same map gives the same choice on every run. The tie rule is
+    not shift invariant (a shift reorders the components), and no rule by index can be: a
+    tie keeps the invariance only where the tied components are circular shifts of each
+    other (``docs/study.md``, "The mechanism of translation robustness")."""
+    return polyphase_energies(x).argmax(dim=1)
+
+
+class _TakePolyphase(torch.autograd.Function):
+    """Image ``n``'s polyphase component ``index[n]``: ``(N, C, H, W) -> (N, C, H/2, W/2)``,
+    in ``x``'s layout. Backward writes each image's gradient into the positions it came from,
+    zero elsewhere, in ``x``'s layout: autograd's backward of the same indexing returns a
+    contiguous gradient, which in a channels_last network turns every op before it into a
+    layout conversion (``gap_study.nets.padding`` has the same story for circular padding)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
+                index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.layout = x.shape, memory_layout(x)  # type: ignore[attr-defined]
+        rows = torch.arange(len(x), device=x.device)
+        return _phases(x)[rows, index // 2, index % 2]
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        shape, layout = ctx.shape, ctx.layout  # type: ignore[attr-defined]
+        out = torch.empty(shape, dtype=grad.dtype, device=grad.device,
+                          memory_format=layout).zero_()
+        rows = torch.arange(len(out), device=out.device)
+        _phases(out)[rows, index // 2, index % 2] = grad  # one index per image: no sum
+        return out, None
+
+
+def take_polyphase(x: Tensor, index: Tensor) -> Tensor:
+    """Image ``n``'s polyphase component ``index[n]`` (``2 i + j``: ``x[n, :, i::2, j::2]``)."""
+    return _TakePolyphase.apply(x, index)
+
+
+def adaptive_polyphase_sample(x: Tensor) -> Tensor:
+    """Adaptive polyphase sampling at stride 2 (APS, Chaman & Dokmanić 2021): each image keeps
+    its polyphase component of largest l2 norm (``polyphase_choice``), ``(N, C, H, W) ->
+    (N, C, H/2, W/2)`` for even ``H``, ``W``. A circular shift of an image permutes its
+    components and shifts each circularly, so, barring ties, the kept component is the one
+    kept before, shifted: the layer is equivariant to every circular shift, where a fixed
+    phase is so only to even ones."""
+    return take_polyphase(x, polyphase_choice(x))
+
+
+class ApsMaxPool2d(nn.Module):
+    """2x2 max at stride 1 (``max_2x2_stride_1``, padded in ``padding`` mode), then adaptive
+    polyphase sampling (``adaptive_polyphase_sample``) in place of the fixed phase of a 2x2
+    max-pool or the blur of ``BlurMaxPool2d``: ``(N, C, H, W) -> (N, C, H/2, W/2)`` for even
+    ``H``, ``W``; as the paper replaces a max-pool of stride 2. No parameters."""
+
+    def __init__(self, padding: str = "zeros") -> None:
+        super().__init__()
+        _check_padding(padding)
+        self.padding = padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return adaptive_polyphase_sample(max_2x2_stride_1(x, self.padding))
+
+    def extra_repr(self) -> str:
+        return f"padding={self.padding!r}"
+
+
 def make_downsample(kind: str, channels: int, blur_size: int, padding: str) -> nn.Module:
-    """The layer that halves the map between two blocks: ``max`` or ``blurmax``."""
+    """The layer that halves the map between two blocks: ``max``, ``blurmax`` or ``aps``."""
     if kind == "max":
         return nn.MaxPool2d(2)
     if kind == "blurmax":
         return BlurMaxPool2d(channels, blur_size, padding)
-    raise ValueError(f"unknown downsample {kind!r}; allowed: max, blurmax")
+    if kind == "aps":
+        return ApsMaxPool2d(padding)
+    raise ValueError(f"unknown downsample {kind!r}; allowed: max, blurmax, aps")

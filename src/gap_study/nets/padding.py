@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CircularConv2d", "CircularPad2d", "pad2d"]
+__all__ = ["CircularConv2d", "CircularPad2d", "memory_layout", "pad2d"]
 
 # torch.nn.Conv2d's padding_mode -> the mode of torch.nn.functional.pad
 PAD_MODES = {"zeros": "constant", "circular": "circular", "reflect": "reflect"}
 
 
-def _layout(x: Tensor) -> torch.memory_format:
+def memory_layout(x: Tensor) -> torch.memory_format:
     """``x``'s memory format: channels_last if it is laid out so, else contiguous."""
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if channels_last else torch.contiguous_format
@@ -82,7 +82,7 @@ class CircularPad2d(torch.autograd.Function):
         left, right, top, bottom = pads
         if max(top, bottom) > x.shape[-2] or max(left, right) > x.shape[-1]:
             raise ValueError(f"circular padding {pads} is larger than the map {tuple(x.shape)}")
-        ctx.pads, ctx.layout = pads, _layout(x)  # type: ignore[attr-defined]
+        ctx.pads, ctx.layout = pads, memory_layout(x)  # type: ignore[attr-defined]
         return _wrapped(x, pads, ctx.layout)  # type: ignore[attr-defined]
 
     @staticmethod

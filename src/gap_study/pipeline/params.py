@@ -287,14 +287,16 @@ HeadName = Literal[HEAD_NAMES]  # type: ignore[valid-type]
 
 class MechanismParams(_Section):
     """The mechanism experiment (``gap_study.stages.mechanism``): ``heads`` trained as the main runs
-    under every ``downsample`` x ``padding`` cell and scored on the shift grid of
-    ``test_images`` test images (``None``: all). The first value of each list is the reference
-    the report measures the others against."""
+    under every ``downsample`` x ``padding`` cell and, when ``train_shift`` is set, once more on
+    the ``model`` section's backbone with random training shifts up to ``train_shift``; every
+    run scored on the shift grid of ``test_images`` test images (``None``: all). The first
+    value of each list is the reference the report measures the others against."""
 
     heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(_unique)]
     downsample: Annotated[list[Literal[DOWNSAMPLES]], Field(min_length=1),
                           AfterValidator(_unique)]
     padding: Annotated[list[Literal[PADDINGS]], Field(min_length=1), AfterValidator(_unique)]
+    train_shift: PositiveInt | None
     test_images: PositiveInt | None
 
 
@@ -329,6 +331,7 @@ class Params(_Section):
             raise ValueError(f"tune.seeds has {shared}, also in train.seeds: the learning rates "
                              "must be chosen on runs the study does not report; replace them "
                              "in tune.seeds with seeds outside train.seeds")
+        self._check_mechanism()
         if missing := [h for h in self.mechanism.heads if h not in self.heads]:
             raise ValueError(f"mechanism.heads has {', '.join(missing)}, not in heads: each "
                              "head's learning rate comes from the tune stage, which tunes "
@@ -338,6 +341,30 @@ class Params(_Section):
                              f"data.canvas.{data.name} = {data.canvas_size}: each block after "
                              "the first halves the map")
         return self
+
+    def _check_mechanism(self) -> None:
+        """The shift-trained cell moves objects within the canvas and is not the centred one;
+        adaptive polyphase sampling halves only maps of even side."""
+        data, shift = self.data, self.mechanism.train_shift
+        if shift is not None and shift > data.shift_room:
+            raise ValueError(
+                f"mechanism.train_shift = {shift} would push the object off the canvas: a "
+                f"{data.object_size}-pixel {data.name} object on a {data.canvas_size}-pixel "
+                f"canvas (data.canvas.{data.name}) can move at most {data.shift_room}")
+        if shift is not None and shift == self.train.base_shift:
+            raise ValueError(
+                f"mechanism.train_shift = {shift} is the training shift of the main runs "
+                f"(the smallest of train.shift), whose cell the experiment has already: set "
+                f"it above {shift}, or null for no shift-trained cell")
+        stride = total_stride(self.model.widths)
+        uses = [key for key, used in (("model.downsample", self.model.downsample == "aps"),
+                                      ("mechanism.downsample", "aps" in self.mechanism.downsample))
+                if used]
+        if uses and data.canvas_size % stride:
+            raise ValueError(
+                f"aps (in {' and '.join(uses)}) halves only maps of even side: "
+                f"data.canvas.{data.name} = {data.canvas_size} must be a multiple of the total "
+                f"stride {stride} of model.widths' {len(self.model.widths)} blocks")
 
 
 def _suggest(word: str, choices: list[str]) -> str:

@@ -13,8 +13,8 @@ matplotlib-free ones stay light for ``gap_study.sweep``):
 - ``formatting``: display units, metric names, ``mean ± std [CI]`` cells, Markdown tables.
 - ``facts``: ``ReportFacts``, everything the report states, computed; ``pooling_facts``: its
   facts on translation, class activation maps and sum pooling; ``mechanism`` (with
-  ``mechanism_distance``): the mechanism experiment's facts; ``scope``: what the run can
-  say; ``tuning``: the tune stage's choices.
+  ``mechanism_distance`` and ``mechanism_training``): the mechanism experiment's facts;
+  ``scope``: what the run can say; ``tuning``: the tune stage's choices.
 - ``render``: the report from ``templates/report.md.j2``, which holds all its prose, and its
   wide tables as CSV files.
 - ``figures`` and ``forest``: every plot (matplotlib/seaborn) and saving them.

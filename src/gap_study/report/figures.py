@@ -18,6 +18,7 @@ from gap_study.pipeline.io import atomic_path
 from gap_study.report.forest import forest_rows, plot_forest, plot_tuning
 from gap_study.report.formatting import METRIC_LABELS
 from gap_study.report.mechanism import cells_in_order
+from gap_study.report.mechanism_training import split_runs
 from gap_study.report.stats import t_interval
 from gap_study.report.tables import CollectedResults, StudyTables, main_runs
 
@@ -368,8 +369,8 @@ def study_figures(collected: CollectedResults, tables: StudyTables,
         figures["cam_overlays"] = plot_cam_overlays(collected.cams, heads)
     mechanism = collected.records["mechanism"]["mechanism"]
     figures["mechanism_heatmaps"] = plot_mechanism_heatmaps(
-        collected.mechanism_grid, [h for h in heads if h in mechanism["heads"]],
-        cells_in_order(mechanism))
+        split_runs(collected.mechanism_grid, mechanism)[0],  # the cells' centred runs
+        [h for h in heads if h in mechanism["heads"]], cells_in_order(mechanism))
     if len(forest_rows(comparisons)):
         figures["forest"] = plot_forest(comparisons, METRIC_LABELS)
     return figures

@@ -6,8 +6,10 @@ A head's *phase gap* is its accuracy at whole-cell shifts minus its accuracy at 
 shift; a cell *closes* the share ``1 - gap(cell) / gap(reference)`` of it. By distance
 (``gap_study.report.mechanism_distance``), the *same-radius phase gap* compares whole-cell shifts
 with the other shifts of the same radii, and a factor's effect is a paired difference by seed
-at each radius. Inputs: the mechanism stage's ``runs.csv`` (one row per head, cell and seed)
-and ``shift_grid.csv`` (accuracy per offset and run); means over seeds.
+at each radius. The exact cell and the shift-trained runs are ``gap_study.report.
+mechanism_training``'s. Inputs: the mechanism stage's ``runs.csv`` (one row per head, cell,
+training shift and seed) and ``shift_grid.csv`` (accuracy per offset and run); means over
+seeds, every table but the shift-trained one of the centred runs alone.
 """
 
 from __future__ import annotations
@@ -19,12 +21,21 @@ import pandas as pd
 
 from gap_study.report.mechanism_distance import (
     Effect,
+    FlattenHead,
     accuracy_by_radius,
-    factor_effect,
+    flatten_head,
     largest_mean_radius,
     levels,
     padding_effects,
     radius_table,
+)
+from gap_study.report.mechanism_training import (
+    Exact,
+    ShiftTrained,
+    exact_facts,
+    shift_trained_facts,
+    split_runs,
+    training_table,
 )
 from gap_study.report.stats import summarize, t_interval
 
@@ -37,6 +48,8 @@ MECHANISM_METRICS = ("test_accuracy", "consistency_exact", "flip_rate_all_pairs"
                      "aligned_shift_accuracy", "other_shift_accuracy")
 _LABELS = ("test accuracy", "exact consistency", "all-pairs flip rate",
            "whole-cell shifts", "other shifts")
+# the downsampling the literature's expectations are about (Zhang 2019's anti-aliasing)
+ANTI_ALIASED = "blurmax"
 # a share of the phase gap below this is "little": the threshold the report uses to say
 # whether a factor matters, declared here rather than chosen after seeing the numbers
 LITTLE = 0.25
@@ -109,10 +122,11 @@ def _closure(gaps: pd.DataFrame, head: str, cells: list[Cell]) -> Closure:
 
 @dataclass(frozen=True)
 class FactorVerdict:
-    """In a 2 x 2 design: the share of a head's phase gap the second downsampling closes on
-    its own (``blur``), the second padding (``pad``), both (``both``); ``interaction`` is
-    ``"add"``, ``"more"`` or ``"less"``: what the padding adds on top of the blur, against
-    what it does alone."""
+    """In the 2 x 2 design of the reference cell, one other downsampling and the second
+    padding: the share of a head's phase gap the downsampling closes on its own (``blur``),
+    the padding (``pad``), both (``both``); ``interaction`` is ``"add"``, ``"more"`` or
+    ``"less"``: what the padding adds on top of the downsampling, against what it does
+    alone."""
 
     head: str
     downsample: str
@@ -133,21 +147,26 @@ class FactorVerdict:
         return "more" if self.extra > self.pad else "less"
 
 
-def _factor_verdict(gaps: pd.DataFrame, head: str, cells: list[Cell]) -> FactorVerdict | None:
+def _factor_verdicts(gaps: pd.DataFrame, head: str, cells: list[Cell]) -> list[FactorVerdict]:
+    """One verdict per downsampling level after the reference, with two padding levels."""
     downsamples, paddings = levels(cells)
-    if len(downsamples) != 2 or len(paddings) != 2:
-        return None
-    (d0, d1), (p0, p1) = downsamples, paddings
+    if len(downsamples) < 2 or len(paddings) != 2:
+        return []
+    (p0, p1), d0 = paddings, downsamples[0]
     base = gaps.loc[(head, d0, p0)].phase_gap
     if base <= 0:
-        return None
+        return []
 
     def closed(d: str, p: str) -> float:
         return 1 - gaps.loc[(head, d, p)].phase_gap / base
 
-    blur, pad, both = closed(d1, p0), closed(d0, p1), closed(d1, p1)
-    little = [name for name, share in (("downsample", blur), ("padding", pad)) if share < LITTLE]
-    return FactorVerdict(head, d1, p1, blur, pad, both, little)
+    verdicts = []
+    for d1 in downsamples[1:]:
+        blur, pad, both = closed(d1, p0), closed(d0, p1), closed(d1, p1)
+        little = [name for name, share in (("downsample", blur), ("padding", pad))
+                  if share < LITTLE]
+        verdicts.append(FactorVerdict(head, d1, p1, blur, pad, both, little))
+    return verdicts
 
 
 @dataclass(frozen=True)
@@ -241,7 +260,7 @@ def zhang_range() -> tuple[float, float]:
 
 def _expectation(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.DataFrame, head: str,
                  cells: list[Cell], confidence: float) -> Expectation:
-    (d0, d1), (p0, p1) = (lv[:2] for lv in levels(cells))
+    (d0, p0), d1, p1 = cells[0], ANTI_ALIASED, levels(cells)[1][1]
     low, high = zhang_range()
     own = gaps.loc[head]
     gain = own.loc[(d1, p0)].consistency_exact - own.loc[(d0, p0)].consistency_exact
@@ -253,51 +272,6 @@ def _expectation(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.DataFrame
         else "within", own.loc[(d1, p1)].consistency_exact, best_low, best_high,
         1 - own.loc[(d0, p1)].phase_gap / base if base > 0 else None,
         _border(by_radius, head, cells, confidence))
-
-
-@dataclass(frozen=True)
-class FlattenHead:
-    """A flatten head in the experiment: its consistency (reference cell, best cell, the
-    pooling heads' best), a negative phase gap, and its accuracy at the grid's edge with
-    what each other cell changes there (``outcome``: ``"none"`` without pairs, ``"gain"``,
-    ``"one seed"`` or ``"consistent"`` with no gain)."""
-
-    head: str
-    reference: float
-    best: float
-    best_cell: Cell
-    pooled_best: float | None
-    negative_gap: tuple[float, float] | None  # (whole-cell, other) when the gap is negative
-    edge: int
-    edge_accuracy: float
-    centred_accuracy: float
-    edge_effects: list[tuple[Cell, Effect]]
-    gain_cell: Cell | None
-    gain_accuracy: float | None
-    outcome: str
-
-
-def _flatten_head(gaps: pd.DataFrame, by_radius: pd.DataFrame, head: str,
-                  pooled: Sequence[str], cells: list[Cell], confidence: float) -> FlattenHead:
-    consistency = gaps.loc[head].consistency_exact
-    reference = gaps.loc[(head, *cells[0])]
-    edge = int(by_radius.radius.max())
-    own = by_radius[by_radius["head"] == head].groupby(
-        ["downsample", "padding", "radius"])["accuracy"].mean()
-    effects = [(cell, e) for cell in cells[1:]
-               for e in factor_effect(by_radius, head, cells[0], cell, confidence)
-               if e.radius == edge]
-    gains = [(cell, e) for cell, e in effects if e.clear_gain]
-    gain_cell = max(gains, key=lambda pair: pair[1].mean)[0] if gains else None
-    outcome = ("none" if not effects else "gain" if gains
-               else "one seed" if all(e.low != e.low for _, e in effects) else "consistent")
-    return FlattenHead(
-        head, consistency.loc[cells[0]], consistency.max(), consistency.idxmax(),
-        max(gaps.loc[p].consistency_exact.max() for p in pooled) if pooled else None,
-        (reference.aligned_shift_accuracy, reference.other_shift_accuracy)
-        if reference.phase_gap < 0 else None,
-        edge, own.loc[(*cells[0], edge)], own.loc[(*cells[0], 0)], effects, gain_cell,
-        own.loc[(*gain_cell, edge)] if gain_cell else None, outcome)
 
 
 @dataclass(frozen=True)
@@ -314,10 +288,13 @@ class MechanismFacts:
     table: pd.DataFrame  # head x cell: exact consistency, whole-cell and other shifts
     has_whole_cell_shifts: bool
     closures: list[Closure]
-    verdicts: dict[str, FactorVerdict]
+    verdicts: dict[str, list[FactorVerdict]]
     paddings: dict[str, list[PaddingWhere]]
     flatten: list[FlattenHead]
     expectations: list[Expectation]
+    exact: list[Exact]  # the heads in the exact cell (aps, circular), when it was run
+    shift_trained: list[ShiftTrained]  # the heads trained with shifts, when they were
+    train_shift: int | None
     zhang: tuple[float, float] = field(default_factory=zhang_range)
     csv: dict[str, pd.DataFrame] = field(default_factory=dict)
     azulay: tuple[float, float] = PUBLISHED_MECHANISM["azulay_black_flip"]
@@ -336,35 +313,47 @@ def mechanism_facts(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
                     confidence: float) -> MechanismFacts:
     """The facts of the mechanism stage's ``runs`` and ``grid`` for ``heads`` (report order;
     ``pooled``: those that pool globally, the others being flatten baselines), from its
-    params ``settings``, the backbone's total ``stride`` and the study's ``model`` section."""
-    cells = cells_in_order(settings)
+    params ``settings``, the backbone's total ``stride`` and the study's ``model`` section.
+    Every fact but the shift-trained ones is of the cells' centred runs."""
+    cells, own_cell = cells_in_order(settings), (str(model["downsample"]), str(model["padding"]))
+    runs, shifted = split_runs(runs, settings)
+    grid, _ = split_runs(grid, settings)
     gaps, by_radius = phase_gaps(runs), accuracy_by_radius(grid)
     factors = factor_table(runs, heads, cells, confidence)
     distance = radius_table(grid, stride, heads, cells, confidence)
-    two_by_two = all(len(lv) >= 2 for lv in levels(cells))
+    downsamples, paddings = levels(cells)
+    expected = ANTI_ALIASED in downsamples and downsamples[0] != ANTI_ALIASED and len(
+        paddings) >= 2
+    exact = exact_facts(runs, heads, pooled, confidence)
     return MechanismFacts(
-        heads=list(heads), pooled=list(pooled), cells=cells,
-        own_cell=(str(model["downsample"]), str(model["padding"])),
+        heads=list(heads), pooled=list(pooled), cells=cells, own_cell=own_cell,
         seeds=int(runs["seed"].nunique()), images=int(runs["test_images"].iloc[0]),
         stride=stride,
         table=factors[["head", "downsample", "padding", "exact consistency",
                        "whole-cell shifts", "other shifts"]],
         has_whole_cell_shifts="same-radius phase gap" in distance,
         closures=[_closure(gaps, h, cells) for h in pooled],
-        verdicts={h: v for h in pooled if (v := _factor_verdict(gaps, h, cells))},
+        verdicts={h: v for h in pooled if (v := _factor_verdicts(gaps, h, cells))},
         paddings={h: _padding_where(by_radius, h, cells, confidence) for h in pooled},
-        flatten=[_flatten_head(gaps, by_radius, h, pooled, cells, confidence)
+        flatten=[flatten_head(gaps, by_radius, h, pooled, cells, confidence)
                  for h in heads if h not in pooled],
         expectations=[_expectation(gaps, runs, by_radius, h, cells, confidence)
-                      for h in pooled] if two_by_two else [],
-        csv={"mechanism_factors": factors, "mechanism_by_distance": distance})
+                      for h in pooled] if expected else [],
+        exact=exact,
+        shift_trained=shift_trained_facts(runs, shifted, own_cell, heads, exact, confidence),
+        train_shift=None if shifted.empty else int(shifted.train_shift.iloc[0]),
+        csv={"mechanism_factors": factors, "mechanism_by_distance": distance,
+             "mechanism_shift_training": training_table(runs, shifted, own_cell, heads,
+                                                        confidence)})
 
 
 def published_rows(facts: MechanismFacts, runs: pd.DataFrame,
                    blur_size: int) -> list[dict[str, str]]:
     """Rows of the published-numbers table: Zhang's consistency gains and Azulay & Weiss's
-    "Black" flip rates beside this study's pooling heads in the reference cell."""
-    gaps = phase_gaps(runs)
+    "Black" flip rates beside this study's pooling heads (centred runs) in the reference
+    cell."""
+    gaps = phase_gaps(runs if facts.train_shift is None
+                      else runs[runs.train_shift != facts.train_shift])
     rows = [{"source": f"Zhang 2019, ImageNet {net}: consistency without / with a Bin-5 blur",
              "metric": "consistency (two random shifts up to 31 px, cropping)",
              "value": f"{a:.2%} -> {b:.2%} ({(b - a) * 100:+.1f} pts)"}
@@ -376,10 +365,10 @@ def published_rows(facts: MechanismFacts, runs: pd.DataFrame,
     reference, downsamples = facts.cells[0], levels(facts.cells)[0]
     for head in facts.pooled:
         own = gaps.loc[head]
-        if len(downsamples) > 1:
+        if ANTI_ALIASED in downsamples[1:]:
             before = own.loc[reference].consistency_exact
-            after = own.loc[(downsamples[1], reference[1])].consistency_exact
-            rows.append({"source": f"this study: {head}, {reference[0]} -> {downsamples[1]} "
+            after = own.loc[(ANTI_ALIASED, reference[1])].consistency_exact
+            rows.append({"source": f"this study: {head}, {reference[0]} -> {ANTI_ALIASED} "
                                    f"(binomial filter of size {blur_size}, {reference[1]} "
                                    "padding)",
                          "metric": "exact consistency (every pair of grid offsets)",

@@ -25,9 +25,11 @@ import pandas as pd
 from gap_study.measures.phases import whole_cell_shifts
 from gap_study.report.stats import t_interval
 
-__all__ = ["Effect", "accuracy_by_radius", "factor_effect", "largest_mean_radius", "levels",
-           "padding_effects", "radius_bands", "radius_table", "same_radius_phase_gap"]
+__all__ = ["Effect", "FlattenHead", "accuracy_by_radius", "factor_effect", "flatten_head",
+           "largest_mean_radius", "levels", "padding_effects", "radius_bands", "radius_table",
+           "same_radius_phase_gap"]
 
+Cell = tuple[str, str]
 RUN = ["head", "downsample", "padding", "seed"]
 CELL = ["head", "downsample", "padding"]
 GAP_COLUMN = "same-radius phase gap"
@@ -164,4 +166,48 @@ def largest_mean_radius(effects: dict[str, list[Effect]]) -> int | None:
     return int(means.groupby("radius")["mean"].mean().abs().idxmax())
 
 
+@dataclass(frozen=True)
+class FlattenHead:
+    """A flatten head in the experiment: its consistency (reference cell, best cell, the
+    pooling heads' best), a negative phase gap, and its accuracy at the grid's edge with
+    what each other cell changes there (``outcome``: ``"none"`` without pairs, ``"gain"``,
+    ``"one seed"`` or ``"consistent"`` with no gain)."""
 
+    head: str
+    reference: float
+    best: float
+    best_cell: Cell
+    pooled_best: float | None
+    negative_gap: tuple[float, float] | None  # (whole-cell, other) when the gap is negative
+    edge: int
+    edge_accuracy: float
+    centred_accuracy: float
+    edge_effects: list[tuple[Cell, Effect]]
+    gain_cell: Cell | None
+    gain_accuracy: float | None
+    outcome: str
+
+
+def flatten_head(gaps: pd.DataFrame, by_radius: pd.DataFrame, head: str,
+                 pooled: Sequence[str], cells: Sequence[Cell], confidence: float) -> FlattenHead:
+    """A flatten head's facts, from the mechanism's ``phase_gaps`` (``gaps``) and
+    ``accuracy_by_radius`` (``by_radius``); ``pooled``: the pooling heads."""
+    consistency = gaps.loc[head].consistency_exact
+    reference = gaps.loc[(head, *cells[0])]
+    edge = int(by_radius.radius.max())
+    own = by_radius[by_radius["head"] == head].groupby(
+        ["downsample", "padding", "radius"])["accuracy"].mean()
+    effects = [(cell, e) for cell in cells[1:]
+               for e in factor_effect(by_radius, head, cells[0], cell, confidence)
+               if e.radius == edge]
+    gains = [(cell, e) for cell, e in effects if e.clear_gain]
+    gain_cell = max(gains, key=lambda pair: pair[1].mean)[0] if gains else None
+    outcome = ("none" if not effects else "gain" if gains
+               else "one seed" if all(e.low != e.low for _, e in effects) else "consistent")
+    return FlattenHead(
+        head, consistency.loc[cells[0]], consistency.max(), consistency.idxmax(),
+        max(gaps.loc[p].consistency_exact.max() for p in pooled) if pooled else None,
+        (reference.aligned_shift_accuracy, reference.other_shift_accuracy)
+        if reference.phase_gap < 0 else None,
+        edge, own.loc[(*cells[0], edge)], own.loc[(*cells[0], 0)], effects, gain_cell,
+        own.loc[(*gain_cell, edge)] if gain_cell else None, outcome)

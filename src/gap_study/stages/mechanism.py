@@ -1,11 +1,13 @@
 """The mechanism experiment (``docs/study.md``, "The mechanism of translation robustness"): the
 heads of ``mechanism.heads`` trained as the main runs are (the whole training set, centred, every
 seed of ``train.seeds``) under every cell of ``mechanism.downsample`` x ``mechanism.padding``,
-and every run scored on the same shift grid of the same test images.
+and, with ``mechanism.train_shift``, once more on the ``model`` section's backbone trained with
+random shifts up to it; every run scored on the same shift grid of the same test images.
 
 The cell of the ``model`` section is the main study itself: its runs are the train stage's
-checkpoints, evaluated here again, not trained twice. Nothing here writes files: the stage
-writes what ``mechanism_task`` returns.
+checkpoints, evaluated here again, not trained twice; so are the shift-trained runs when the
+train stage's augmentation ablation (``train.shift``) has them. Nothing here writes files: the
+stage writes what ``mechanism_task`` returns.
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ class Cell:
 
 @dataclass(frozen=True)
 class MechanismRun:
-    """One run of the experiment: a head in a cell, trained as the main run ``run``. ``main``:
-    the cell is the ``model`` section's, so the run is the train stage's checkpoint."""
+    """One run of the experiment: a head in a cell, trained as the main run ``run`` (with its
+    training shift). ``main``: the train stage trained this run (the ``model`` section's
+    cell, at a training shift of ``train.shift``), so it is that stage's checkpoint."""
 
     head: str
     cell: Cell
@@ -77,24 +80,38 @@ class MechanismRun:
 
     @property
     def label(self) -> str:
-        return f"{self.head}-{self.cell.name}-seed_{self.run.seed}"
+        shift = f"-shift_{self.run.train_shift}" if self.run.train_shift else ""
+        return f"{self.head}-{self.cell.name}{shift}-seed_{self.run.seed}"
+
+
+# 1. The relative cost of a run in each downsampling (padding other than zeros adds 1): a
+#    blurred or APS, circularly padded step costs up to 1.8 times a plain one
+#    (``benchmarks/README.md``, "Downsampling and padding").
+_COST = {"max": 0, "blurmax": 2, "aps": 2}
 
 
 def mechanism_runs(settings: MechanismParams, model: ModelParams,
                    train: TrainParams) -> list[MechanismRun]:
-    """Every run of the experiment, the most expensive first.
+    """Every run of the experiment, the most expensive first: every cell's centred runs, and
+    the ``model`` section's cell trained with shifts up to ``settings.train_shift`` if set.
 
-    1. A blurred and circularly padded step costs up to 1.8 times a plain one
-       (``benchmarks/README.md``, "Downsampling and padding"); handing the workers the long
-       runs first and the short ones last lets them finish together.
+    1. Handing the workers the long runs first (``_COST``) and the short ones (the train
+       stage's, only scored here) last lets them finish together.
     """
     own = Cell(model.downsample, model.padding)
-    cells = [Cell(d, p) for d in settings.downsample for p in settings.padding]
-    cost = {"blurmax": 2, "max": 0}
-    cells.sort(key=lambda cell: (cell == own, -cost[cell.downsample] - (cell.padding != "zeros")))
-    return [MechanismRun(head, cell, RunId(train.full_fraction, train.base_shift, seed),
-                         main=cell == own)
-            for cell in cells for head in settings.heads for seed in train.seeds]
+    planned = [(Cell(d, p), train.base_shift) for d in settings.downsample
+               for p in settings.padding]
+    if settings.train_shift is not None:
+        planned.append((own, settings.train_shift))
+
+    def main(cell: Cell, shift: int) -> bool:
+        return cell == own and shift in train.shift
+
+    planned.sort(key=lambda plan: (main(*plan), -_COST[plan[0].downsample]
+                                   - (plan[0].padding != "zeros")))
+    return [MechanismRun(head, cell, RunId(train.full_fraction, shift, seed),
+                         main=main(cell, shift))
+            for cell, shift in planned for head in settings.heads for seed in train.seeds]
 
 
 def grid_images(labels: np.ndarray, count: int | None, seed: int) -> np.ndarray:
