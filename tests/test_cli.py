@@ -7,7 +7,7 @@ import tomllib
 import pytest
 import yaml
 
-from gap_study import cli, sweep
+from gap_study import cli, replicate, sweep
 
 
 @pytest.fixture
@@ -40,6 +40,13 @@ def test_sweep_hands_its_options_to_the_sweep_module(monkeypatch):
     monkeypatch.setattr(sweep, "main", lambda argv: calls.append(argv) or 5)
     assert cli.main(["sweep", "--repo", "there", "--confidence", "0.9"]) == 5
     assert calls == [["--repo", "there", "--confidence", "0.9"]]
+
+
+def test_replicate_hands_its_command_and_options_to_the_replicate_module(monkeypatch):
+    calls = []
+    monkeypatch.setattr(replicate, "main", lambda argv: calls.append(argv) or 3)
+    assert cli.main(["replicate", "table", "digits", "mnist_5k"]) == 3
+    assert calls == [["table", "digits", "mnist_5k"]]
 
 
 def test_sweep_help_lists_the_sweep_modules_options(capsys):
@@ -99,4 +106,5 @@ def test_the_command_is_installed_as_gap_study_and_runs_as_a_module(root):
     assert scripts == {"gap-study": "gap_study.cli:main"}
     shown = subprocess.run([sys.executable, "-m", "gap_study", "--help"], capture_output=True,
                            text=True, cwd=root, env={"PYTHONPATH": str(root / "src")})
-    assert shown.returncode == 0 and all(c in shown.stdout for c in ("check", "sweep", "report"))
+    assert shown.returncode == 0
+    assert all(c in shown.stdout for c in ("check", "sweep", "replicate", "report"))

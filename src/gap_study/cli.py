@@ -3,6 +3,8 @@ pipeline, each the project's own entry point, not a second copy of it.
 
     gap-study check              validate params.yaml, as the pipeline's first stage does
     gap-study sweep [OPTIONS]    pool the DVC experiments' results (python -m gap_study.sweep)
+    gap-study replicate COMMAND  publish a study to results/, compare studies, README's table
+                                 (python -m gap_study.replicate)
     gap-study report [--open]    where the report is; --open shows it in a web browser
 
 The study itself runs with ``dvc repro`` (or ``make repro``); ``gap-study <command> --help``
@@ -32,6 +34,11 @@ SWEEP_HELP = """Pool the results of the project's finished DVC experiments into
 reports/sweep/ (python -m gap_study.sweep): every option after `sweep` is that module's;
 `gap-study sweep --help` lists them."""
 
+REPLICATE_HELP = """Publish a finished study's verdicts to results/NAME, set the published
+studies side by side claim by claim, or rewrite README.md's results table
+(python -m gap_study.replicate): every option after `replicate` is that module's;
+`gap-study replicate --help` lists them."""
+
 REPORT_HELP = """Print the paths of the report the pipeline wrote (reports/report.html and
 reports/report.md); with --open, show the HTML report (one self-contained file) in the
 default web browser. Exit status 1 when the pipeline has not written it yet."""
@@ -41,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gap-study",
         description="Shortcuts around the gap-study pipeline: check its params, pool its "
-                    "experiments, open its report. `gap-study COMMAND --help` explains each.",
+                    "experiments, compare published studies, open its report. "
+                    "`gap-study COMMAND --help` explains each.",
         epilog="The study itself runs with `dvc repro` (or `make repro`); docs/operations.md "
                "has the rest.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the file to check (default: the project's params.yaml)")
     commands.add_parser("sweep", help="pool the DVC experiments' results into reports/sweep/",
                         description=SWEEP_HELP, add_help=False)
+    commands.add_parser("replicate", help="publish, compare and tabulate studies in results/",
+                        description=REPLICATE_HELP, add_help=False)
     report = commands.add_parser("report", help="where the report is; --open shows it",
                                  description=REPORT_HELP)
     report.add_argument("--open", action="store_true",
@@ -71,6 +81,12 @@ def _sweep(options: Sequence[str]) -> int:
     return sweep.main(list(options))
 
 
+def _replicate(options: Sequence[str]) -> int:
+    from gap_study import replicate
+
+    return replicate.main(list(options))
+
+
 def _report(show: bool) -> int:
     reports = find_project_root() / "reports"
     html, markdown = reports / "report.html", reports / "report.md"
@@ -90,13 +106,15 @@ def _report(show: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
-    if rest and args.command != "sweep":
+    if rest and args.command not in ("sweep", "replicate"):
         build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "check":
             return _check(args.params_file)
         if args.command == "sweep":
             return _sweep(rest)
+        if args.command == "replicate":
+            return _replicate(rest)
         return _report(args.open)
     except FileNotFoundError as error:  # not inside the project
         print(f"error: {error}", file=sys.stderr)
