@@ -121,28 +121,31 @@ def test_an_mnist_5k_canvas_without_room_for_the_grid_is_refused(params_raw):
 
 def _replication_settings(root, variable: str = "REPLICATE_SETTINGS") -> dict[str, object]:
     """The ``-S key=value`` settings of a Makefile variable (the ``replicate`` target's)."""
-    line = next(line for line in (root / "Makefile").read_text().splitlines()
-                if line.startswith(f"{variable} :="))
+    text = (root / "Makefile").read_text().replace("\\\n", " ")  # continued lines joined
+    line = next(line for line in text.splitlines() if line.startswith(f"{variable} :="))
     pairs = re.findall(r"-S (\S+?)=(\S+)", line)
     return {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def test_make_replicate_runs_the_default_protocol_on_mnist_5k_with_three_declared_cuts(
+def test_make_replicate_runs_the_default_protocol_on_mnist_5k_with_four_declared_cuts(
         root, params_raw):
     settings = _replication_settings(root)
     # docs/operations.md, "The replication on mnist_5k", says why these and only these change
     assert settings == {"data.name": "mnist_5k", "train.epochs": 6, "data.max_test": 750,
-                        "mechanism.downsample": ["max", "blurmax"]}
+                        "mechanism.downsample": ["max", "blurmax"],
+                        "mechanism.train_shift": None}
     raw = params_raw
     for dotted, value in settings.items():
         raw = _with(raw, dotted, value)
     replication, default = parse_params(raw), parse_params(params_raw)
     for section in ("heads", "tune", "evaluate", "report", "speed", "model"):
         assert getattr(replication, section) == getattr(default, section), section
-    # the mechanism keeps its heads, paddings and images; it drops the costliest downsampling
+    # the mechanism keeps its heads, paddings and images; it drops the costliest
+    # downsampling and the shift-trained cell
     assert replication.mechanism.downsample == default.mechanism.downsample[:2]
-    assert replication.mechanism.model_dump(exclude={"downsample"}) == \
-        default.mechanism.model_dump(exclude={"downsample"})
+    assert replication.mechanism.train_shift is None
+    assert replication.mechanism.model_dump(exclude={"downsample", "train_shift"}) == \
+        default.mechanism.model_dump(exclude={"downsample", "train_shift"})
     for key in ("seeds", "fractions", "shift", "batch_size", "schedule", "drop_last"):
         assert getattr(replication.train, key) == getattr(default.train, key), key
     assert replication.data.two_objects == default.data.two_objects
