@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 # CPU cores by four changes, each pinned by tests/test_params.py. REPLICATE_ARGS adds options
 # to `dvc exp run`: REPLICATE_ARGS=-f replaces an earlier run of the same name.
 REPLICATE_SETTINGS := -S data.name=mnist_5k -S train.epochs=6 -S data.max_test=750 \
-                      -S mechanism.downsample=[max,blurmax] -S mechanism.train_shift=null
+                      -S 'mechanism.downsample=[max,blurmax]' -S mechanism.train_shift=null
 REPLICATE_ARGS ?=
 # The same protocol on the official MNIST (60,000 training and 10,000 writer-disjoint test
 # digits), unshrunk, for a machine with its files under data.root/mnist or a GPU.

@@ -1,5 +1,5 @@
 import copy
-import re
+import shlex
 
 import pytest
 import yaml
@@ -123,7 +123,8 @@ def _replication_settings(root, variable: str = "REPLICATE_SETTINGS") -> dict[st
     """The ``-S key=value`` settings of a Makefile variable (the ``replicate`` target's)."""
     text = (root / "Makefile").read_text().replace("\\\n", " ")  # continued lines joined
     line = next(line for line in text.splitlines() if line.startswith(f"{variable} :="))
-    pairs = re.findall(r"-S (\S+?)=(\S+)", line)
+    words = shlex.split(line.split(":=", 1)[1])  # as the shell reads the recipe
+    pairs = [words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "-S"]
     return {key: yaml.safe_load(value) for key, value in pairs}
 
 
