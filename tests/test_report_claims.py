@@ -15,7 +15,7 @@ from gap_study.report.claims import (
     heads_under_test,
     setting_label,
 )
-from gap_study.report.comparisons import holm
+from gap_study.report.decisions import holm
 
 MARGINS = {"accuracy": 0.01, "consistency": 0.01, "loss": 0.05, "time": 0.10}
 SEEDS = range(6)

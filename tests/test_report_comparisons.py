@@ -1,5 +1,6 @@
-"""gap_study.report.comparisons: paired comparisons and verdicts, pinned against R's published
-output and against independent computations with scipy's t and noncentral t distributions."""
+"""gap_study.report.comparisons and .decisions: paired comparisons and verdicts, pinned against
+R's published output and against independent computations with scipy's t and noncentral t
+distributions."""
 
 import dataclasses
 import math
@@ -12,14 +13,11 @@ from scipy import stats
 from gap_study.report.comparisons import (
     Comparison,
     Margin,
-    bh_q_values,
     compare_paired,
     comparison_row,
-    holm,
     interval_at,
-    judge_family,
-    verdict,
 )
+from gap_study.report.decisions import bh_q_values, holm, judge_family, verdict
 from gap_study.report.per_image import ImageTables
 
 # R's `sleep` data set (Cushny and Peebles), ten patients each given both drugs.

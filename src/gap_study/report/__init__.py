@@ -6,9 +6,11 @@ matplotlib-free ones stay light for ``gap_study.sweep``):
 - ``stats``: Student-t and Welch-t intervals, ``summarize`` over seeds.
 - ``tables``: every head's outputs collected into typed tables; main runs, learning curve,
   ablation; the headline metrics for ``dvc metrics``.
-- ``comparisons``: paired tests, equivalence, the multiplicity adjustments and the decision
-  rule with its adjusted intervals.
-- ``bootstrap``: the paired two-stage bootstrap over seeds and test images.
+- ``comparisons``: one comparison's paired t-test and bootstrap, equivalence, intervals.
+- ``decisions``: the multiplicity adjustments and the decision rule with its adjusted
+  intervals.
+- ``bootstrap``: the paired two-stage bootstrap over seeds and test images; ``per_image``:
+  the evaluate stage's per-image values as its tables.
 - ``claims``: the write-up's claims and the rules that turn intervals into verdicts.
 - ``formatting``: display units, metric names, ``mean ± std [CI]`` cells, Markdown tables.
 - ``facts``: ``ReportFacts``, everything the report states, computed; ``pooling_facts``: its

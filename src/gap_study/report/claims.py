@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from gap_study.nets.architecture import POOLED_HEAD_NAMES
-from gap_study.report.comparisons import Margin, comparison_row, judge_family
+from gap_study.report.comparisons import Margin, comparison_row
+from gap_study.report.decisions import judge_family
 from gap_study.report.per_image import PerImageValues
 
 __all__ = [

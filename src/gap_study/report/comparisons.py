@@ -1,38 +1,29 @@
-"""The study's pre-declared comparisons (protocol version 4; ``docs/study.md``, section
-"Statistics and verdicts"): one head against a baseline head on one metric, ending in
-``better``, ``worse``, ``equivalent`` or ``inconclusive``.
+"""One pre-declared comparison (protocol version 4; ``docs/study.md``, section "Statistics and
+verdicts"): one head against a baseline on one metric, with the tests and intervals its verdict
+reads (``gap_study.report.decisions`` adjusts them within families and decides).
 
-What is decided, and why:
+What is computed, and why:
 
 - **Paired by seed.** Heads share, per seed, the initial backbone weights, the data order and the
   evaluation offsets (the speed stage pairs its rounds), so seed ``i`` of the head is compared
-  with seed ``i`` of the baseline: a paired t-test (``scipy.stats.ttest_rel``) and the paired-t
-  interval of the mean difference. Pairing removes the seed-to-seed variation that both heads
+  with seed ``i`` of the baseline. Pairing removes the seed-to-seed variation that both heads
   share, which an unpaired (Welch) comparison would count as noise.
-- **Equivalence within a declared margin (TOST).** "No significant difference" is not evidence
-  of equality; a head is ``equivalent`` only when two one-sided paired t-tests
-  (``statsmodels.stats.weightstats.ttost_paired``) reject a difference of at least the margin.
-  Margins are absolute (metric units) or relative (times: tested on log values, so the ratio
-  head/baseline must lie within ``[1/(1+m), 1+m]``).
-- **Multiplicity.** Each claim's primary metrics form one family, adjusted by Holm (family-wise
-  error); secondary metrics get Benjamini-Hochberg q-values (false discovery rate). Difference
-  and equivalence p-values are adjusted as two separate families of the same tests
-  (``judge_family``); ``verdict`` only ever reads adjusted values.
-- **One decision rule, and the intervals it uses** (Lakens 2017). A row is ``equivalent``
-  when its adjusted equivalence test rejects, that is when its adjusted ``1 - 2 alpha``
-  interval lies inside the margin, even if that interval excludes zero (a real difference
-  smaller than the margin: ``trivial`` marks it); ``better`` or ``worse`` when it is not
-  equivalent and the adjusted difference test rejects, that is when its adjusted ``1 - alpha``
-  interval excludes zero; ``inconclusive`` otherwise. Each adjusted interval is taken at the
-  row's own adjusted level ``alpha' = alpha * p / p_adjusted`` of its family (the level at
-  which its raw p-value decides as the adjusted one does at ``alpha``), so the two intervals
-  shown beside a verdict are the ones it read: the equivalence interval (``adjusted_low``,
-  ``adjusted_high``) and the wider difference interval (``difference_low``,
-  ``difference_high``), as in Lakens' plots of a 90% and a 95% interval.
-- **Minimum detectable difference.** Every comparison reports the smallest improvement that a
-  two-sided paired t-test with its ``n`` pairs and observed spread detects with 80% power
-  (``statsmodels.stats.power.TTestPower``), so an ``inconclusive`` verdict says how large an
-  effect the data could have found.
+- **Two tests, and a row needs both.** The paired t-test over the pairs
+  (``scipy.stats.ttest_rel``; equivalence by two one-sided tests,
+  ``statsmodels.stats.weightstats.ttost_paired``), and a paired bootstrap over what varies
+  (``gap_study.report.bootstrap``): the seeds and then the test images where per-image values
+  exist, the pairs alone elsewhere. With 5 seeds the percentile bootstrap is too narrow where
+  seeds dominate, and the t-test ignores the test images; each p-value is the larger of the
+  two (an intersection-union test, valid when either test is) and each interval the smallest
+  holding both, so a decision never disagrees with its interval. The two tests' own results
+  stay in the row (``t_*``, ``bootstrap_*``, ``p_*_t``, ``p_*_bootstrap``).
+- **Margins** are absolute (metric units) or relative (times: tested on log values, so the
+  ratio head/baseline must lie within ``[1/(1+m), 1+m]``).
+- **Minimum detectable difference.** Every comparison reports the smallest improvement it
+  detects with 80% power: the larger of a two-sided paired t-test's with its ``n`` pairs and
+  observed spread (``statsmodels.stats.power.TTestPower``) and a normal test's with the
+  bootstrap's standard error, so an ``inconclusive`` verdict says how large an effect the data
+  could have found.
 - **Exact comparisons.** A metric declared exact (parameter counts) is the same for every seed:
   no test, ``exact=True``, verdict by its sign. Whether a metric is exact is declared, never
   read from the data: two seeds of a measured metric can agree by chance (accuracy moves in
@@ -51,7 +42,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
@@ -63,17 +53,7 @@ from gap_study.report.bootstrap import (
 )
 from gap_study.report.per_image import ImageTables
 
-__all__ = [
-    "Comparison",
-    "Margin",
-    "bh_q_values",
-    "compare_paired",
-    "comparison_row",
-    "holm",
-    "interval_at",
-    "judge_family",
-    "verdict",
-]
+__all__ = ["Comparison", "Margin", "compare_paired", "comparison_row", "interval_at"]
 
 _POWER = 0.8
 # A spread of the paired differences this small relative to the values is rounding, not noise.
@@ -185,11 +165,9 @@ def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is
     ``exact``: the metric is declared exact (a count); its difference must then be the same for
     every pair. A single pair of a measured metric gets nan statistics (inconclusive).
 
-    Two tests of the same difference, and the row needs both (``_combine``): the paired t-test
-    over the pairs, and the paired bootstrap (``resamples`` draws from ``seed``) over what
-    varies: ``tables``, the per-image values of both sides in pair order, make it resample the
-    pairs (``replicates``) and then the test images (``two_stage``); without them it resamples
-    the pairs alone (``one_stage``), on the tested scale.
+    The bootstrap (``resamples`` draws from ``seed``) resamples the pairs (``replicates``) and
+    then the test images of ``tables`` (both sides' per-image values, in pair order), or the
+    pairs alone without them, on the tested scale.
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
@@ -213,24 +191,15 @@ def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is
     if tables is not None and margin.relative:
         raise ValueError("per-image tables are for metrics with an absolute margin")
     bound = math.log1p(margin.value) if margin.relative else margin.value
-    with warnings.catch_warnings():
-        # a difference without spread (seeds that agree) makes both libraries warn; their
-        # answers (p = 0 for a constant non-zero difference, nan for none) are the right ones
-        warnings.simplefilter("ignore", RuntimeWarning)
-        test = stats.ttest_rel(h, b)
-        ci = test.confidence_interval(confidence_level=confidence)
-        p_equivalence_t = float(ttost_paired(h, b, low=-bound, upp=bound)[0])
-    if tables is None:
-        boot = one_stage(b, h, resamples=resamples, seed=seed)
-    else:
-        boot = two_stage(tables.baseline, tables.head, a_weights=tables.baseline_weights,
-                         b_weights=tables.head_weights, resamples=resamples, seed=seed)
+    p_difference_t, t_interval, p_equivalence_t = _t_tests(h, b, bound, confidence)
+    boot = (one_stage(b, h, resamples=resamples, seed=seed) if tables is None else
+            two_stage(tables.baseline, tables.head, a_weights=tables.baseline_weights,
+                      b_weights=tables.head_weights, resamples=resamples, seed=seed))
     p_equivalence_bootstrap = boot.tost_p_value(bound) if bound > 0 else math.nan
-    t_ends = _ends((ci.low, ci.high), **sign)
-    bootstrap_ends = _ends(boot.interval(1 - confidence), **sign)
+    t_ends, bootstrap_ends = _ends(t_interval, **sign), _ends(boot.interval(1 - confidence), **sign)
     low, high = _combine(t_ends, bootstrap_ends)
     return Comparison(**common, ci_low=low, ci_high=high,
-                      p_difference=_larger(test.pvalue, boot.p_value()),
+                      p_difference=_larger(p_difference_t, boot.p_value()),
                       p_equivalence=_larger(p_equivalence_t, p_equivalence_bootstrap),
                       mde=_larger(_mde(d, alpha_for_mde, margin.relative),
                                   _bootstrap_mde(boot, alpha_for_mde, margin.relative)),
@@ -239,10 +208,24 @@ def compare_paired(head: Sequence[float], baseline: Sequence[float], *, lower_is
                       df=float(len(d) - 1), resampled=boot.resampled,
                       sources=replicates if tables is None else f"{replicates} and test images",
                       t_low=t_ends[0], t_high=t_ends[1], bootstrap_low=bootstrap_ends[0],
-                      bootstrap_high=bootstrap_ends[1], p_difference_t=float(test.pvalue),
+                      bootstrap_high=bootstrap_ends[1], p_difference_t=p_difference_t,
                       p_equivalence_t=p_equivalence_t,
                       p_difference_bootstrap=boot.p_value(),
                       p_equivalence_bootstrap=p_equivalence_bootstrap)
+
+
+def _t_tests(h: np.ndarray, b: np.ndarray, bound: float,
+             confidence: float) -> tuple[float, tuple[float, float], float]:
+    """The paired t-test's p-value for no difference, its ``confidence`` interval of the mean
+    difference, and the TOST p-value for equivalence within ``(-bound, bound)``."""
+    with warnings.catch_warnings():
+        # a difference without spread (seeds that agree) makes both libraries warn; their
+        # answers (p = 0 for a constant non-zero difference, nan for none) are the right ones
+        warnings.simplefilter("ignore", RuntimeWarning)
+        test = stats.ttest_rel(h, b)
+        ci = test.confidence_interval(confidence_level=confidence)
+        p_equivalence = float(ttost_paired(h, b, low=-bound, upp=bound)[0])
+    return float(test.pvalue), (float(ci.low), float(ci.high)), p_equivalence
 
 
 def _ends(ends: Sequence[float], *, lower_is_better: bool,
@@ -298,101 +281,3 @@ def comparison_row(head: Sequence[float], baseline: Sequence[float], **options: 
     """``compare_paired`` (with its keyword ``options``) as a plain dict, one row of a
     comparisons frame."""
     return dataclasses.asdict(compare_paired(head, baseline, **options))
-
-
-def _decide(improvement: float, exact: bool, p_difference: float, p_equivalence: float,
-            alpha: float) -> str:
-    """The verdict rule of ``verdict``, on plain values (nan p-values never reject)."""
-    if exact:
-        if improvement > 0:
-            return "better"
-        return "worse" if improvement < 0 else "equivalent"
-    # 1. inside the margin is equivalent, even where the difference test also rejects: a
-    #    difference smaller than the margin is too small to matter (a "trivial" one)
-    if p_equivalence < alpha:
-        return "equivalent"
-    if p_difference < alpha and improvement > 0:
-        return "better"
-    if p_difference < alpha and improvement < 0:
-        return "worse"
-    return "inconclusive"
-
-
-def verdict(comparison: Comparison, p_difference: float, p_equivalence: float,
-            alpha: float = 0.05) -> str:
-    """``better``/``worse``/``equivalent``/``inconclusive`` from already ADJUSTED p-values.
-
-    Equivalence (the adjusted interval inside the margin) wins over a significant difference;
-    an exact comparison is judged by its sign.
-    """
-    return _decide(comparison.improvement, comparison.exact, p_difference, p_equivalence, alpha)
-
-
-def _adjust(p_values: Sequence[float], method: str) -> np.ndarray:
-    """``multipletests`` over the finite entries only; nan entries stay nan."""
-    p = np.asarray(p_values, dtype=float).ravel()
-    out = np.full(p.shape, np.nan)
-    keep = ~np.isnan(p)
-    if keep.any():
-        out[keep] = multipletests(p[keep], method=method)[1]
-    return out
-
-
-def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm-adjusted p-values; nan entries are left nan and are not part of the family."""
-    return _adjust(p_values, "holm")
-
-
-def bh_q_values(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg q-values; nan entries are left nan and are not part of the family."""
-    return _adjust(p_values, "fdr_bh")
-
-
-_ADJUSTERS = {"holm": holm, "bh": bh_q_values}
-
-
-def judge_family(comparisons: pd.DataFrame, *, adjust: str, alpha: float = 0.05) -> pd.DataFrame:
-    """The frame's rows as ONE family: adjusted p-values (``"holm"`` or ``"bh"``), the
-    adjusted intervals the verdicts read (equivalence: ``adjusted_low``, ``adjusted_high``;
-    difference: ``difference_low``, ``difference_high``; the frame needs ``lower_is_better``
-    and ``relative`` columns) and verdicts, with ``trivial`` marking an equivalent row whose
-    adjusted difference test also rejects.
-
-    Difference and equivalence p-values are adjusted separately; exact rows are left out of
-    both families (their adjusted values are nan) and keep their exact verdict.
-    """
-    if adjust not in _ADJUSTERS:
-        raise ValueError(f"adjust must be one of {sorted(_ADJUSTERS)}, got {adjust!r}")
-    out = comparisons.copy()
-    exact = out["exact"].astype(bool).to_numpy()
-    for column in ("p_difference", "p_equivalence"):
-        p = np.where(exact, np.nan, out[column].to_numpy(dtype=float))
-        out[f"{column}_adjusted"] = _ADJUSTERS[adjust](p)
-    out["verdict"] = [
-        _decide(float(imp), bool(ex), float(p_d), float(p_e), alpha)
-        for imp, ex, p_d, p_e in zip(out["improvement"], exact, out["p_difference_adjusted"],
-                                    out["p_equivalence_adjusted"], strict=True)
-    ]
-    for prefix, column, tails in (("adjusted", "p_equivalence", 1),
-                                  ("difference", "p_difference", 2)):
-        ends = [_adjusted_interval(row, alpha, column, tails) for row in out.itertuples()]
-        out[f"{prefix}_low"] = [low for low, _ in ends]
-        out[f"{prefix}_high"] = [high for _, high in ends]
-    out["trivial"] = ((out["verdict"] == "equivalent") & ~exact
-                      & (out["p_difference_adjusted"] < alpha))
-    return out
-
-
-def _adjusted_interval(row: object, alpha: float, column: str,
-                       tails: int) -> tuple[float, float]:
-    """The row's interval at its adjusted level ``alpha' = alpha * p / p_adjusted`` of the
-    p-values in ``column``: for the equivalence test (one tail each side, ``tails=1``) the
-    ``1 - 2 alpha'`` interval, inside the margin exactly when the adjusted TOST rejects; for
-    the difference test (``tails=2``) the ``1 - alpha'`` interval, which excludes zero exactly
-    when the adjusted two-sided test rejects. An exact row's interval is its value."""
-    if row.exact:
-        return float(row.improvement), float(row.improvement)
-    p, adjusted = float(getattr(row, column)), float(getattr(row, f"{column}_adjusted"))
-    tail = alpha * p / adjusted / tails if math.isfinite(p) and adjusted > 0 else math.nan
-    return interval_at(row, tail, lower_is_better=bool(row.lower_is_better),
-                       relative=bool(row.relative))

@@ -329,6 +329,17 @@ class ReportFacts:
         return f"{self.settings.confidence:.0%}"
 
 
+def _mechanism(collected: CollectedResults, heads: list[str], stride: int,
+               confidence: float) -> MechanismFacts:
+    """The mechanism experiment's facts, for the study's heads that it ran."""
+    mechanism = collected.records["mechanism"]["mechanism"]
+    in_mechanism = [h for h in heads if h in mechanism["heads"]]
+    pooled = [h for h in in_mechanism if h not in FLATTEN_HEAD_NAMES]
+    return mechanism_facts(collected.mechanism, collected.mechanism_grid, stride, mechanism,
+                           collected.records["train"]["model"], in_mechanism, pooled,
+                           confidence)
+
+
 def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons: pd.DataFrame,
                 verdicts: pd.DataFrame, figures: Mapping[str, str], heads: Sequence[str],
                 settings: ReportParams, commit: str | None = None,
@@ -339,11 +350,7 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
     train, evaluate = collected.records["train"], collected.records["evaluate"]
     heads, confidence = list(heads), settings.confidence
     stride = total_stride(train["model"]["widths"])
-    mechanism = collected.records["mechanism"]["mechanism"]
-    in_mechanism = [h for h in heads if h in mechanism["heads"]]
-    pooled = [h for h in in_mechanism if h not in FLATTEN_HEAD_NAMES]
-    mech = mechanism_facts(collected.mechanism, collected.mechanism_grid, stride, mechanism,
-                           train["model"], in_mechanism, pooled, confidence)
+    mech = _mechanism(collected, heads, stride, confidence)
     translation = translation_facts(tables, main_runs(collected.grid), heads,
                                     evaluate["evaluate"]["max_shift"], stride, confidence)
     ablation, curve = ablation_facts(tables.ablation_aggregate, heads), \
