@@ -6,7 +6,6 @@ starts, with one message per problem naming the key, the bad value and what is a
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +34,7 @@ from gap_study.nets.architecture import (
     ModelConfig,
     total_stride,
 )
+from gap_study.pipeline.params_errors import describe, suggest
 from gap_study.pipeline.paths import RunId, find_project_root
 
 __all__ = [
@@ -82,7 +82,7 @@ def _check_scheduler(value: str) -> str:
         return value
     raise ValueError("must be 'local' (a Dask cluster of this machine's cores), 'synchronous' "
                      "(in the stage's own process) or the address of a running Dask scheduler, "
-                     f"e.g. 'tcp://10.0.0.5:8786'{_suggest(value, ['local', 'synchronous'])}")
+                     f"e.g. 'tcp://10.0.0.5:8786'{suggest(value, ['local', 'synchronous'])}")
 
 
 def _check_device(value: str) -> str:
@@ -140,6 +140,14 @@ class DataParams(_Section):
     def shift_room(self) -> int:
         """How far the centred object can move before it touches the border."""
         return (self.canvas_size - self.object_size) // 2
+
+    def check_room(self, key: str, shift: int) -> None:
+        """Refuse a shift of ``shift`` pixels (the value of ``key``) that leaves the canvas."""
+        if shift > self.shift_room:
+            raise ValueError(
+                f"{key} = {shift} would push the object off the canvas: a {self.object_size}-"
+                f"pixel {self.name} object on a {self.canvas_size}-pixel canvas "
+                f"(data.canvas.{self.name}) can move at most {self.shift_room}")
 
 
 class ModelParams(_Section):
@@ -316,17 +324,8 @@ class Params(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
         data = self.data
-        if self.evaluate.max_shift > data.shift_room:
-            raise ValueError(
-                f"evaluate.max_shift = {self.evaluate.max_shift} would push the object off the "
-                f"canvas: a {data.object_size}-pixel {data.name} object on a "
-                f"{data.canvas_size}-pixel canvas (data.canvas.{data.name}) can move at most "
-                f"{data.shift_room}")
-        if max(self.train.shift) > data.shift_room:
-            raise ValueError(
-                f"train.shift = {max(self.train.shift)} would push the object off the canvas: "
-                f"a {data.object_size}-pixel {data.name} object on a {data.canvas_size}-pixel "
-                f"canvas (data.canvas.{data.name}) can move at most {data.shift_room}")
+        data.check_room("evaluate.max_shift", self.evaluate.max_shift)
+        data.check_room("train.shift", max(self.train.shift))
         if shared := sorted(set(self.tune.seeds) & set(self.train.seeds)):
             raise ValueError(f"tune.seeds has {shared}, also in train.seeds: the learning rates "
                              "must be chosen on runs the study does not report; replace them "
@@ -346,11 +345,8 @@ class Params(_Section):
         """The shift-trained cell moves objects within the canvas and is not the centred one;
         adaptive polyphase sampling halves only maps of even side."""
         data, shift = self.data, self.mechanism.train_shift
-        if shift is not None and shift > data.shift_room:
-            raise ValueError(
-                f"mechanism.train_shift = {shift} would push the object off the canvas: a "
-                f"{data.object_size}-pixel {data.name} object on a {data.canvas_size}-pixel "
-                f"canvas (data.canvas.{data.name}) can move at most {data.shift_room}")
+        if shift is not None:
+            data.check_room("mechanism.train_shift", shift)
         if shift is not None and shift == self.train.base_shift:
             raise ValueError(
                 f"mechanism.train_shift = {shift} is the training shift of the main runs "
@@ -367,34 +363,6 @@ class Params(_Section):
                 f"stride {stride} of model.widths' {len(self.model.widths)} blocks")
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _describe(error: dict[str, Any], section_model: type[BaseModel]) -> str:
-    """One line for one pydantic error: the dotted key, the bad value, what is allowed."""
-    loc = [str(part) for part in error["loc"]]
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
-    value = error.get("input")
-    if error["type"] == "extra_forbidden":
-        owner: Any = section_model
-        for part in loc[:-1]:
-            owner = owner.model_fields[part].annotation if hasattr(owner, "model_fields") else None
-        allowed = sorted(owner.model_fields) if hasattr(owner, "model_fields") else []
-        return (f"{key}: unknown key{_suggest(loc[-1], allowed)}; "
-                f"allowed keys here: {', '.join(allowed)}")
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "literal_error":
-        allowed = re.findall(r"'([^']+)'", message)
-        return f"{key} = {value!r}: not allowed{_suggest(str(value), allowed)}; {message}"
-    if not error["loc"]:
-        return message
-    if not isinstance(value, dict):
-        return f"{key} = {value!r}: {message}"
-    return f"{key}: {message}"
-
-
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a ``params.yaml`` mapping; raise ``ParamsError`` listing every problem."""
     if not isinstance(raw, dict):
@@ -402,7 +370,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(e, Params) for e in exc.errors()]
+        lines = [describe(e, Params) for e in exc.errors()]
         raise ParamsError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
 
 

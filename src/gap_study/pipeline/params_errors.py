@@ -1,0 +1,42 @@
+"""What ``parse_params`` says about a pydantic validation error of ``params.yaml``: one line
+per problem, naming the dotted key, the bad value and what is allowed, with "did you mean" for
+a misspelt key or choice."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from pydantic import BaseModel
+
+__all__ = ["describe", "suggest"]
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to ``word``, or nothing."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe(error: dict[str, Any], section_model: type[BaseModel]) -> str:
+    """One line for one pydantic error: the dotted key, the bad value, what is allowed."""
+    loc = [str(part) for part in error["loc"]]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        owner: Any = section_model
+        for part in loc[:-1]:
+            owner = owner.model_fields[part].annotation if hasattr(owner, "model_fields") else None
+        allowed = sorted(owner.model_fields) if hasattr(owner, "model_fields") else []
+        return (f"{key}: unknown key{suggest(loc[-1], allowed)}; "
+                f"allowed keys here: {', '.join(allowed)}")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        allowed = re.findall(r"'([^']+)'", message)
+        return f"{key} = {value!r}: not allowed{suggest(str(value), allowed)}; {message}"
+    if not error["loc"]:
+        return message
+    if not isinstance(value, dict):
+        return f"{key} = {value!r}: {message}"
+    return f"{key}: {message}"
