@@ -35,7 +35,7 @@ import pandas as pd
 
 from gap_study.pipeline.io import write_csv, write_json, write_text
 from gap_study.report.claims import PROTOCOL, PROTOCOL_VERSION
-from gap_study.report.formatting import format_improvement, format_interval
+from gap_study.report.formatting import format_effect
 
 __all__ = ["DECISIVE", "Study", "beside_published", "outcome", "publish", "read_study",
            "readme_section", "replication_table", "update_readme"]
@@ -117,9 +117,8 @@ def _effect(entry: Mapping[str, Any], metric: str) -> str:
     low, high, wide_low, wide_high = (
         float("nan") if entry.get(k) is None else float(entry[k])
         for k in ("adjusted_low", "adjusted_high", "difference_low", "difference_high"))
-    text = f"{entry['largest']}: {format_improvement(float(entry['effect']), low, high, metric)}"
-    wider = format_interval(wide_low, wide_high, metric)
-    return f"{text} (difference {wider})" if wider else text
+    effect = format_effect(float(entry["effect"]), (low, high), (wide_low, wide_high), metric)
+    return f"{entry['largest']}: {effect}"
 
 
 def readme_section(studies: Sequence[Study]) -> str:

@@ -26,6 +26,7 @@ from gap_study.report.claims import (
 from gap_study.report.formatting import (
     METRIC_LABELS,
     RELATIVE,
+    format_effect,
     format_improvement,
     format_interval,
     format_number,
@@ -151,12 +152,9 @@ def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
 
 
 def _effect(row: Any) -> str:
-    """A comparison's improvement with the two adjusted intervals its verdict read:
-    ``+1.0 pts [0.5, 1.5] (difference [0.2, 1.8])``; the second is left out where it is no
-    interval (exact counts, one seed)."""
-    text = format_improvement(row.improvement, row.adjusted_low, row.adjusted_high, row.metric)
-    wider = format_interval(row.difference_low, row.difference_high, row.metric)
-    return f"{text} (difference {wider})" if wider else text
+    """A comparison's improvement with the two adjusted intervals its verdict read."""
+    return format_effect(row.improvement, (row.adjusted_low, row.adjusted_high),
+                         (row.difference_low, row.difference_high), row.metric)
 
 
 def _verdict_word(row: Any) -> str:

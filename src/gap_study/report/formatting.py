@@ -102,6 +102,16 @@ def format_improvement(diff: float, low: float, high: float, metric: str) -> str
     return f"{_improvement_number(diff, metric)} {format_interval(low, high, metric)}"
 
 
+def format_effect(improvement: float, adjusted: tuple[float, float],
+                  difference: tuple[float, float], metric: str) -> str:
+    """An improvement with the two adjusted intervals its verdict read:
+    ``+1.0 pts [0.5, 1.5] (difference [0.2, 1.8])``; the second is left out where it is no
+    interval (exact counts, one seed)."""
+    text = format_improvement(improvement, *adjusted, metric)
+    wider = format_interval(*difference, metric)
+    return f"{text} (difference {wider})" if wider else text
+
+
 def format_interval(low: float, high: float, metric: str) -> str:
     """``[low, high]`` of an improvement in display units; empty without an interval."""
     if math.isnan(low) or low == high:
