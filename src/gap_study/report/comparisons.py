@@ -263,7 +263,7 @@ def interval_at(row: Comparison | pd.Series, tail: float, *, lower_is_better: bo
     of TOST at level ``tail`` see. ``nan`` for an exact row or one without spread."""
     sign = {"lower_is_better": lower_is_better, "relative": relative}
     resampled = getattr(row, "resampled", None)
-    bootstrap = (_ends(np.quantile(resampled, [tail, 1 - tail]), **sign)
+    bootstrap = (_ends(BootstrapDistribution(math.nan, resampled).interval(2 * tail), **sign)
                  if isinstance(resampled, np.ndarray) and 0 < tail < 0.5
                  else (math.nan, math.nan))
     se, df = float(row.standard_error), float(row.df)
