@@ -245,10 +245,12 @@ def test_repro_again_does_nothing(repo):
 def test_metrics_and_plots_are_visible_to_dvc(repo):
     shown = json.loads(run_command(["dvc", "metrics", "show", "--json"], repo[0]).stdout)
     (workspace,) = shown.values()
-    files = workspace["data"]
-    assert files["reports/metrics.json"]["data"]["gap"]["seeds"] == len(TINY_SEEDS)
-    assert sorted(files["reports/verdicts.json"]["data"]) == sorted(CLAIM_KEYS.values())
-    assert sorted(files["reports/headline.json"]["data"]) == sorted(HEADS)
+    assert sorted(workspace["data"]) == ["reports/verdicts.json"]  # the one metrics file
+    assert sorted(workspace["data"]["reports/verdicts.json"]["data"]) == sorted(CLAIM_KEYS.values())
+    headline = json.loads((repo[0] / "reports" / "headline.json").read_text())
+    assert sorted(headline) == sorted(HEADS)
+    metrics = json.loads((repo[0] / "reports" / "metrics.json").read_text())
+    assert metrics["gap"]["seeds"] == len(TINY_SEEDS)
     plots = json.loads(run_command(["dvc", "plots", "show", "--json"], repo[0]).stdout)
     assert not plots.get("errors")
     drawn = {name for name, renders in plots["data"].items() if renders[0]["type"] == "vega"}
@@ -257,7 +259,25 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     assert {row["head"] for row in curves["content"]["data"]["values"]} == set(HEADS)
 
 
-def test_every_verdict_fits_dvc_exp_show_in_80_columns(repo):
+def test_plain_dvc_metrics_show_fits_80_columns_with_every_verdict(repo):
+    verdicts = json.loads((repo[0] / "reports" / "verdicts.json").read_text())
+    shown = run_command(["dvc", "metrics", "show"], repo[0], COLUMNS="80").stdout
+    assert max(len(line) for line in shown.splitlines()) <= 80
+    assert all(f" {key} " in shown and f" {word} " in shown for key, word in verdicts.items())
+
+
+def test_plain_dvc_exp_show_puts_every_verdict_in_its_first_80_columns(repo):
+    # `dvc exp show` pages with `less -S`: an 80-column terminal shows each line's first 80
+    # characters; the verdicts, the one metrics file, come right after the experiment's name.
+    verdicts = json.loads((repo[0] / "reports" / "verdicts.json").read_text())
+    shown = run_command(["dvc", "exp", "show", "--no-pager"], repo[0], COLUMNS="1000").stdout
+    first_screen = "\n".join(line[:80] for line in shown.splitlines())
+    assert "…" not in first_screen
+    assert all(f" {key} " in first_screen and f" {word} " in first_screen
+               for key, word in verdicts.items())
+
+
+def test_the_docs_recipe_for_verdicts_fits_80_columns_without_a_pager(repo):
     verdicts = json.loads((repo[0] / "reports" / "verdicts.json").read_text())
     shown = run_command(["dvc", "exp", "show", "--no-pager", *VERDICT_COLUMNS], repo[0],
                         COLUMNS="80").stdout

@@ -3,8 +3,9 @@ small files the report stage writes beside the report, so that DVC's own views h
 reader wants and fit a terminal.
 
 - ``verdicts.json``: one word per claim, under a short key (``CLAIM_KEYS``), so that the five
-  verdicts fit an 80-column ``dvc metrics show`` or ``dvc exp show``. ``claims.json`` holds the
-  details of each verdict; its keys are too long to fit.
+  verdicts fit an 80-column ``dvc metrics show`` or ``dvc exp show``; it is the one file
+  ``dvc.yaml`` declares as metrics, since DVC shows every key of every metrics file as a
+  column. ``claims.json`` holds the details of each verdict.
 - ``headline.json``: a few numbers per head (``HEADLINE_METRICS``), means over seeds of the
   main runs, and the mean time of a training step over the speed stage's rounds.
 - ``plots/training_curves.csv`` and ``plots/learning_curve.csv``: tidy tables (one row per
