@@ -6,7 +6,6 @@ starts, with one message per problem naming the key, the bad value and what is a
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +33,7 @@ from gap_study.nets.architecture import (
     ModelConfig,
     total_stride,
 )
-from gap_study.pipeline.params_errors import describe, suggest
+from gap_study.pipeline.params_errors import check_device, check_scheduler, describe, unique
 from gap_study.pipeline.paths import RunId, find_project_root
 
 __all__ = [
@@ -66,29 +65,6 @@ FILLS_IMAGE = ("cifar10",)
 
 class ParamsError(ValueError):
     """``params.yaml`` (or a notebook's parameters) holds a value the study cannot run with."""
-
-
-def _unique(values: list) -> list:
-    duplicates = sorted({v for v in values if values.count(v) > 1}, key=str)
-    if duplicates:
-        raise ValueError(f"values must be unique; repeated: {duplicates}")
-    return values
-
-
-def _check_scheduler(value: str) -> str:
-    if value in ("local", "synchronous"):
-        return value
-    if re.fullmatch(r"(tcp|tls|ws|wss|ucx)://[^\s/:]+(:\d+)?|[^\s/:]+:\d+", value):
-        return value
-    raise ValueError("must be 'local' (a Dask cluster of this machine's cores), 'synchronous' "
-                     "(in the stage's own process) or the address of a running Dask scheduler, "
-                     f"e.g. 'tcp://10.0.0.5:8786'{suggest(value, ['local', 'synchronous'])}")
-
-
-def _check_device(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-        raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
-    return value
 
 
 class _Section(BaseModel):
@@ -174,14 +150,14 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class TrainParams(_Section):
-    seeds: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(unique)]
     epochs: PositiveInt
     batch_size: PositiveInt
     schedule: Literal["cosine", "constant"]
     drop_last: bool
     weight_decay: NonNegativeFloat
-    fractions: Annotated[list[Fraction], Field(min_length=1), AfterValidator(_unique)]
-    shift: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
+    fractions: Annotated[list[Fraction], Field(min_length=1), AfterValidator(unique)]
+    shift: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(unique)]
 
     @property
     def full_fraction(self) -> float:
@@ -223,11 +199,11 @@ class TuneParams(_Section):
     """The learning rate of each head, chosen on the validation split (``gap_study.stages.tune``):
     ``learning_rates`` is the starting grid, extended by half-decades within the bounds."""
 
-    learning_rates: Annotated[list[PositiveFloat], Field(min_length=1), AfterValidator(_unique)]
+    learning_rates: Annotated[list[PositiveFloat], Field(min_length=1), AfterValidator(unique)]
     lr_min: PositiveFloat
     lr_max: PositiveFloat
     # 2+: the choice averages over them, and their spread tells a fragile choice
-    seeds: Annotated[list[NonNegativeInt], Field(min_length=2), AfterValidator(_unique)]
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=2), AfterValidator(unique)]
 
     @model_validator(mode="after")
     def _bounds_hold_the_grid(self) -> TuneParams:
@@ -250,7 +226,7 @@ class ComputeParams(_Section):
     the sweep pools across it, and only ``threads_per_run`` (which may change the last bits of
     a result) makes a stage rerun."""
 
-    scheduler: Annotated[str, AfterValidator(_check_scheduler)]
+    scheduler: Annotated[str, AfterValidator(check_scheduler)]
     threads_per_run: PositiveInt
     workers: PositiveInt | None
 
@@ -300,10 +276,10 @@ class MechanismParams(_Section):
     run scored on the shift grid of ``test_images`` test images (``None``: all). The first
     value of each list is the reference the report measures the others against."""
 
-    heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(_unique)]
+    heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(unique)]
     downsample: Annotated[list[Literal[DOWNSAMPLES]], Field(min_length=1),
-                          AfterValidator(_unique)]
-    padding: Annotated[list[Literal[PADDINGS]], Field(min_length=1), AfterValidator(_unique)]
+                          AfterValidator(unique)]
+    padding: Annotated[list[Literal[PADDINGS]], Field(min_length=1), AfterValidator(unique)]
     train_shift: PositiveInt | None
     test_images: PositiveInt | None
 
@@ -311,14 +287,14 @@ class MechanismParams(_Section):
 class Params(_Section):
     data: DataParams
     model: ModelParams
-    heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(_unique)]
+    heads: Annotated[list[HeadName], Field(min_length=1), AfterValidator(unique)]
     train: TrainParams
     tune: TuneParams
     evaluate: EvaluateParams
     mechanism: MechanismParams
     speed: SpeedParams
     report: ReportParams
-    device: Annotated[str, AfterValidator(_check_device)]
+    device: Annotated[str, AfterValidator(check_device)]
     compute: ComputeParams
 
     @model_validator(mode="after")

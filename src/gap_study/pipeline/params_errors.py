@@ -1,6 +1,6 @@
 """What ``parse_params`` says about a pydantic validation error of ``params.yaml``: one line
 per problem, naming the dotted key, the bad value and what is allowed, with "did you mean" for
-a misspelt key or choice."""
+a misspelt key or choice; and the checks of single values that pydantic's types lack."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["describe", "suggest"]
+__all__ = ["check_device", "check_scheduler", "describe", "suggest", "unique"]
 
 
 def suggest(word: str, choices: list[str]) -> str:
@@ -40,3 +40,26 @@ def describe(error: dict[str, Any], section_model: type[BaseModel]) -> str:
     if not isinstance(value, dict):
         return f"{key} = {value!r}: {message}"
     return f"{key}: {message}"
+
+
+def unique(values: list) -> list:
+    duplicates = sorted({v for v in values if values.count(v) > 1}, key=str)
+    if duplicates:
+        raise ValueError(f"values must be unique; repeated: {duplicates}")
+    return values
+
+
+def check_scheduler(value: str) -> str:
+    if value in ("local", "synchronous"):
+        return value
+    if re.fullmatch(r"(tcp|tls|ws|wss|ucx)://[^\s/:]+(:\d+)?|[^\s/:]+:\d+", value):
+        return value
+    raise ValueError("must be 'local' (a Dask cluster of this machine's cores), 'synchronous' "
+                     "(in the stage's own process) or the address of a running Dask scheduler, "
+                     f"e.g. 'tcp://10.0.0.5:8786'{suggest(value, ['local', 'synchronous'])}")
+
+
+def check_device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
+    return value
