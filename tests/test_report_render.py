@@ -139,6 +139,9 @@ def test_the_replication_section_appears_only_beside_published_studies(layout): 
     section = text.split("## On other data sets")[1].split("\n## ")[0]
     row = "| fewer parameters | `params_head` | holds | holds | replicated |"
     assert row in re.sub(" +", " ", section)
+    wide = table.assign(**{"this run: largest effect": ["gap vs dense: 730 (exact)"]})
+    text = render_report(dataclasses.replace(facts, replication=wide))
+    assert "largest effect" not in text and "730 (exact)" not in text.split("## On other")[1]
     assert "[On other data sets](#on-other-data-sets)" in text  # in the contents
 
 

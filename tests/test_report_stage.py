@@ -410,5 +410,5 @@ def test_the_report_counts_the_test_images_the_evaluate_stage_used(layout):
     # the train stage's record has no test split; the report must not say "0 test images"
     assert _facts(layout).dataset["test_images"] == 20
     text = _report(layout)
-    assert "80 training and 20 test images of 8x8 pixels" in text
+    assert "80 training, 8 validation and 20 test images of 8x8 pixels" in text
     assert "; 12 two-object canvases made of test objects." in text

@@ -301,7 +301,6 @@ class ReportFacts:
     workers: list[tuple[Any, ...]]
     claims: list[ClaimFacts]
     tested_heads: list[str]
-    verdicts: pd.DataFrame
     secondary: Secondary
     learning_rates: pd.DataFrame
     tune_flags: TuneFlags
@@ -325,6 +324,15 @@ class ReportFacts:
     @property
     def level(self) -> str:
         return f"{self.settings.confidence:.0%}"
+
+    @property
+    def replication_verdicts(self) -> pd.DataFrame | None:
+        """The ``replication`` table narrowed to the page: its verdicts, without each study's
+        largest effect (those are in ``csv["replication"]``)."""
+        if self.replication is None:
+            return None
+        return self.replication[[c for c in self.replication.columns
+                                 if not c.endswith(": largest effect")]]
 
 
 def _mechanism(collected: CollectedResults, heads: list[str], stride: int,
@@ -364,19 +372,21 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
            "secondary_comparisons": comparison_table(
                comparisons[comparisons.role == "secondary"]) if len(comparisons) else None,
            "learning_curve": curve.table if curve else None,
+           "accuracy_by_radius": translation.by_radius,
            "whole_cell_shifts": translation.alignment.table if translation.alignment
            else None,
            "phase_accuracy": translation.alignment.phases if translation.alignment else None,
            "shift_training": ablation.table if ablation else None,
            **mech.csv,
            "two_object_pointing": cams.two_objects.table if cams.two_objects else None,
-           "epoch_times": speed.epochs, "published_numbers": published}
+           "epoch_times": speed.epochs, "published_numbers": published,
+           "replication": replication}
     return ReportFacts(
         heads=heads, seeds=sorted(tables.main.seed.unique().tolist()), settings=settings,
         figures=dict(figures), dataset=evaluate["dataset"], train_record=train,
         evaluate_record=evaluate, workers=_workers(train["runs"]),
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
-        verdicts=verdicts, secondary=secondary_facts(comparisons),
+        secondary=secondary_facts(comparisons),
         learning_rates=learning_rate_table(collected.tuning, heads),
         tune_flags=tune_flags(collected.tune_choices, heads),
         parameters=_parameters(tables.main, heads),

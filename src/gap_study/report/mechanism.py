@@ -97,27 +97,34 @@ def factor_table(runs: pd.DataFrame, heads: Sequence[str], cells: Sequence[Cell]
     return pd.DataFrame(rows)
 
 
+def _consistency_by_cell(factors: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
+    """``factor_table``'s exact consistency narrowed to the page: a row per cell (in the
+    table's order), a column per head."""
+    wide = factors.pivot(index=["downsample", "padding"], columns="head",
+                         values="exact consistency")
+    cells = list(dict.fromkeys(zip(factors.downsample, factors.padding, strict=True)))
+    return wide.reindex(cells)[list(heads)].rename(columns=lambda h: f"`{h}`").reset_index() \
+        .rename_axis(columns=None)
+
+
 @dataclass(frozen=True)
 class Closure:
     """A pooling head's phase gap in the reference cell and the share each other cell closes
-    (``closed``: cell, share, other-shift accuracy, exact consistency)."""
+    (``closed``: cell, share)."""
 
     head: str
     aligned: float
     other: float
     gap: float
-    consistency: float
-    closed: list[tuple[Cell, float, float, float]]
+    closed: list[tuple[Cell, float]]
 
 
 def _closure(gaps: pd.DataFrame, head: str, cells: list[Cell]) -> Closure:
     base = gaps.loc[(head, *cells[0])]
     closed = [] if base.phase_gap <= 0 else [
-        (cell, 1 - gaps.loc[(head, *cell)].phase_gap / base.phase_gap,
-         gaps.loc[(head, *cell)].other_shift_accuracy, gaps.loc[(head, *cell)].consistency_exact)
-        for cell in cells[1:]]
+        (cell, 1 - gaps.loc[(head, *cell)].phase_gap / base.phase_gap) for cell in cells[1:]]
     return Closure(head, base.aligned_shift_accuracy, base.other_shift_accuracy, base.phase_gap,
-                   base.consistency_exact, closed)
+                   closed)
 
 
 @dataclass(frozen=True)
@@ -229,8 +236,8 @@ def _border(by_radius: pd.DataFrame, head: str, cells: list[Cell],
 @dataclass(frozen=True)
 class Expectation:
     """The literature's expectations for a pooling head: the consistency gain of the second
-    downsampling beside Zhang's, the best cell's consistency against exact invariance, what
-    the padding alone closes, and the border cue."""
+    downsampling beside Zhang's, the best cell's consistency against exact invariance, and
+    the border cue."""
 
     head: str
     downsample: str
@@ -240,7 +247,6 @@ class Expectation:
     best: float
     best_low: float
     best_high: float
-    padding_alone: float | None
     border: Border
 
     @property
@@ -266,11 +272,9 @@ def _expectation(gaps: pd.DataFrame, runs: pd.DataFrame, by_radius: pd.DataFrame
     gain = own.loc[(d1, p0)].consistency_exact - own.loc[(d0, p0)].consistency_exact
     seeds = runs[(runs["head"] == head) & (runs.downsample == d1) & (runs.padding == p1)]
     best_low, best_high = t_interval(seeds.consistency_exact.to_numpy(), confidence)
-    base = own.loc[(d0, p0)].phase_gap
     return Expectation(
         head, d1, p1, gain, "larger than" if gain > high else "smaller than" if gain < low
         else "within", own.loc[(d1, p1)].consistency_exact, best_low, best_high,
-        1 - own.loc[(d0, p1)].phase_gap / base if base > 0 else None,
         _border(by_radius, head, cells, confidence))
 
 
@@ -285,7 +289,7 @@ class MechanismFacts:
     seeds: int
     images: int
     stride: int
-    table: pd.DataFrame  # head x cell: exact consistency, whole-cell and other shifts
+    table: pd.DataFrame  # a row per cell, a column per head: its exact consistency
     has_whole_cell_shifts: bool
     closures: list[Closure]
     verdicts: dict[str, list[FactorVerdict]]
@@ -324,13 +328,12 @@ def mechanism_facts(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
     downsamples, paddings = levels(cells)
     expected = ANTI_ALIASED in downsamples and downsamples[0] != ANTI_ALIASED and len(
         paddings) >= 2
-    exact = exact_facts(runs, heads, pooled, confidence)
+    exact = exact_facts(runs, heads, pooled)
     return MechanismFacts(
         heads=list(heads), pooled=list(pooled), cells=cells, own_cell=own_cell,
         seeds=int(runs["seed"].nunique()), images=int(runs["test_images"].iloc[0]),
         stride=stride,
-        table=factors[["head", "downsample", "padding", "exact consistency",
-                       "whole-cell shifts", "other shifts"]],
+        table=_consistency_by_cell(factors, heads),
         has_whole_cell_shifts="same-radius phase gap" in distance,
         closures=[_closure(gaps, h, cells) for h in pooled],
         verdicts={h: v for h in pooled if (v := _factor_verdicts(gaps, h, cells))},

@@ -47,16 +47,14 @@ def split_runs(frame: pd.DataFrame, settings: Mapping[str, object]) -> tuple[pd.
 @dataclass(frozen=True)
 class Exact:
     """A head in the exact cell: how many of its runs predicted one class per test image over
-    the whole grid (``exact_runs`` of ``runs``), its mean exact consistency with the interval
-    over seeds, and its mean accuracy on centred images and over the grid."""
+    the whole grid (``exact_runs`` of ``runs``), its mean exact consistency, and its mean
+    accuracy on centred images and over the grid."""
 
     head: str
     pooled: bool
     runs: int
     exact_runs: int
     consistency: float
-    low: float
-    high: float
     accuracy: float
     grid_accuracy: float
 
@@ -65,8 +63,7 @@ class Exact:
         return self.exact_runs == self.runs
 
 
-def exact_facts(runs: pd.DataFrame, heads: Sequence[str], pooled: Sequence[str],
-                confidence: float) -> list[Exact]:
+def exact_facts(runs: pd.DataFrame, heads: Sequence[str], pooled: Sequence[str]) -> list[Exact]:
     """Each head's runs in ``EXACT_CELL`` (centred runs); empty without that cell."""
     facts = []
     for head in heads:
@@ -75,11 +72,10 @@ def exact_facts(runs: pd.DataFrame, heads: Sequence[str], pooled: Sequence[str],
         if own.empty:
             continue
         consistency = own.consistency_exact.to_numpy(dtype=float)
-        low, high = t_interval(consistency, confidence)
         # 1. equality, not a tolerance: a run is exact when every image's prediction is the
         #    same at every offset, and exact_consistency is then 1.0 to the last bit
         facts.append(Exact(head, head in pooled, len(own), int((consistency == 1.0).sum()),
-                           float(consistency.mean()), low, high,
+                           float(consistency.mean()),
                            float(own.test_accuracy.mean()),
                            float(own.shift_accuracy_mean.mean())))
     return facts

@@ -154,9 +154,9 @@ def _gradcam(aggregate: pd.DataFrame, heads: Sequence[str]) -> GradCam | None:
         return None
     best = str(gradcam.loc[shown].idxmax())
     return GradCam(float(ink.mean()), best, float(gradcam.loc[best]), stat_table(
-        aggregate, ["pointing_gradcam", "pointing_gradcam_shifted", "pointing_ink_shifted",
+        aggregate, ["pointing_gradcam", "pointing_gradcam_shifted",
                     "pointing_centre_prior_shifted"],
-        ["Grad-CAM, centred images", "Grad-CAM, shifted images", "ink map, shifted images",
+        ["Grad-CAM, centred images", "Grad-CAM, shifted images",
          "centre prior, shifted images"], shown))
 
 
