@@ -130,8 +130,9 @@ def test_the_ink_map_is_compared_with_the_best_heads_grad_cam(gradcam, above_all
     assert facts.gradcam.ink == pytest.approx(0.99) and facts.gradcam.best_head == best
     assert facts.gradcam.ink_above_all is above_all
     assert list(facts.gradcam.table.columns) == [
-        "head", "Grad-CAM, centred images", "Grad-CAM, shifted images",
-        "centre prior, shifted images"]  # the ink map's one number is in the text
+        "head", "Grad-CAM, centred images", "Grad-CAM, shifted images"]
+    # the references, the same for every head, are in the text, not in a column
+    assert (facts.centre_prior, facts.chance) == pytest.approx((0.6, 0.2))
 
 
 def test_only_heads_linear_on_pooled_maps_get_a_class_activation_map():

@@ -148,13 +148,13 @@ def test_the_replication_section_appears_only_beside_published_studies(layout): 
 def test_a_pooling_head_not_exact_in_every_run_is_counted_not_called_invariant(layout):  # noqa: F811
     facts = _facts(layout)
     mechanism = facts.mechanism
-    assert "in each of its 2 runs (exact consistency 100%)" in render_report(facts)
+    assert "Invariant in every run (exact consistency 100%): `gap` (2 runs;" in render_report(facts)
     broken = [dataclasses.replace(e, exact_runs=1, consistency=0.9995) if e.pooled else e
               for e in mechanism.exact]
     text = render_report(dataclasses.replace(
         facts, mechanism=dataclasses.replace(mechanism, exact=broken)))
-    assert "`gap`: exact in 1 of 2 runs (exact consistency 99.95%)" in text
-    assert "in each of its" not in text
+    assert "`gap` is exact in 1 of 2 runs (exact consistency 99.95%)" in text
+    assert "Invariant in every run" not in text
 
 
 def test_without_the_exact_cell_or_shift_trained_runs_their_paragraphs_are_left_out(layout):  # noqa: F811

@@ -62,11 +62,10 @@ METRIC_LABELS = {
     "seconds_per_step": "time per training step", "time_to_target": "time to the target",
     "pointing_accuracy_shifted": "pointing accuracy on shifted images",
     "pointing_gradcam_shifted": "Grad-CAM pointing on shifted images",
-    "pointing_gradcam_two_objects": "Grad-CAM pointing at each class's own object on "
-                                    "two-object canvases",
-    "pointing_two_objects": "CAM pointing at each class's own object on two-object canvases",
-    "pointing_gradcam_two_objects_recognised": "Grad-CAM pointing at each class's own object "
-                                               "on two-object canvases, objects recognised alone",
+    "pointing_gradcam_two_objects": "two-object Grad-CAM pointing, all objects",
+    "pointing_two_objects": "two-object CAM pointing, all objects",
+    "pointing_gradcam_two_objects_recognised": "two-object Grad-CAM pointing, objects "
+                                               "recognised alone",
 }
 # metrics compared as ratios (a relative margin): an improvement is a fraction of the baseline
 RELATIVE = frozenset({"seconds_per_step", "time_to_target"})

@@ -97,16 +97,6 @@ def factor_table(runs: pd.DataFrame, heads: Sequence[str], cells: Sequence[Cell]
     return pd.DataFrame(rows)
 
 
-def _consistency_by_cell(factors: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
-    """``factor_table``'s exact consistency narrowed to the page: a row per cell (in the
-    table's order), a column per head."""
-    wide = factors.pivot(index=["downsample", "padding"], columns="head",
-                         values="exact consistency")
-    cells = list(dict.fromkeys(zip(factors.downsample, factors.padding, strict=True)))
-    return wide.reindex(cells)[list(heads)].rename(columns=lambda h: f"`{h}`").reset_index() \
-        .rename_axis(columns=None)
-
-
 @dataclass(frozen=True)
 class Closure:
     """A pooling head's phase gap in the reference cell and the share each other cell closes
@@ -125,6 +115,23 @@ def _closure(gaps: pd.DataFrame, head: str, cells: list[Cell]) -> Closure:
         (cell, 1 - gaps.loc[(head, *cell)].phase_gap / base.phase_gap) for cell in cells[1:]]
     return Closure(head, base.aligned_shift_accuracy, base.other_shift_accuracy, base.phase_gap,
                    closed)
+
+
+def _by_cell(factors: pd.DataFrame, heads: Sequence[str],
+             closures: Sequence[Closure]) -> pd.DataFrame:
+    """``factor_table``'s exact consistency narrowed to the page, a row per cell (in the
+    table's order) and a column per head, then per pooling head with a phase gap the share
+    of it each cell closes (blank in the reference cell)."""
+    wide = factors.pivot(index=["downsample", "padding"], columns="head",
+                         values="exact consistency")
+    cells = list(dict.fromkeys(zip(factors.downsample, factors.padding, strict=True)))
+    table = wide.reindex(cells)[list(heads)].rename(columns=lambda h: f"`{h}`").reset_index() \
+        .rename_axis(columns=None)
+    for closure in closures:
+        if closure.closed:
+            shares = {cell: f"{share:.0%}" for cell, share in closure.closed}
+            table[f"`{closure.head}`: closed"] = [shares.get(cell, "") for cell in cells]
+    return table
 
 
 @dataclass(frozen=True)
@@ -289,7 +296,7 @@ class MechanismFacts:
     seeds: int
     images: int
     stride: int
-    table: pd.DataFrame  # a row per cell, a column per head: its exact consistency
+    table: pd.DataFrame  # a row per cell: each head's exact consistency, each phase gap closed
     has_whole_cell_shifts: bool
     closures: list[Closure]
     verdicts: dict[str, list[FactorVerdict]]
@@ -329,21 +336,22 @@ def mechanism_facts(runs: pd.DataFrame, grid: pd.DataFrame, stride: int,
     expected = ANTI_ALIASED in downsamples and downsamples[0] != ANTI_ALIASED and len(
         paddings) >= 2
     exact = exact_facts(runs, heads, pooled)
+    closures = [_closure(gaps, h, cells) for h in pooled]
     return MechanismFacts(
         heads=list(heads), pooled=list(pooled), cells=cells, own_cell=own_cell,
         seeds=int(runs["seed"].nunique()), images=int(runs["test_images"].iloc[0]),
         stride=stride,
-        table=_consistency_by_cell(factors, heads),
+        table=_by_cell(factors, heads, closures),
         has_whole_cell_shifts="same-radius phase gap" in distance,
-        closures=[_closure(gaps, h, cells) for h in pooled],
+        closures=closures,
         verdicts={h: v for h in pooled if (v := _factor_verdicts(gaps, h, cells))},
         paddings={h: _padding_where(by_radius, h, cells, confidence) for h in pooled},
-        flatten=[flatten_head(gaps, by_radius, h, pooled, cells, confidence)
+        flatten=[flatten_head(gaps, by_radius, h, cells, confidence)
                  for h in heads if h not in pooled],
         expectations=[_expectation(gaps, runs, by_radius, h, cells, confidence)
                       for h in pooled] if expected else [],
         exact=exact,
-        shift_trained=shift_trained_facts(runs, shifted, own_cell, heads, exact, confidence),
+        shift_trained=shift_trained_facts(runs, shifted, own_cell, heads, confidence),
         train_shift=None if shifted.empty else int(shifted.train_shift.iloc[0]),
         csv={"mechanism_factors": factors, "mechanism_by_distance": distance,
              "mechanism_shift_training": training_table(runs, shifted, own_cell, heads,

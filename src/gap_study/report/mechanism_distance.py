@@ -168,16 +168,14 @@ def largest_mean_radius(effects: dict[str, list[Effect]]) -> int | None:
 
 @dataclass(frozen=True)
 class FlattenHead:
-    """A flatten head in the experiment: its consistency (reference cell, best cell, the
-    pooling heads' best), a negative phase gap, and its accuracy at the grid's edge with
+    """A flatten head in the experiment: its best consistency and that cell, a negative
+    phase gap, and its accuracy at the grid's edge with
     what each other cell changes there (``outcome``: ``"none"`` without pairs, ``"gain"``,
     ``"one seed"`` or ``"consistent"`` with no gain)."""
 
     head: str
-    reference: float
     best: float
     best_cell: Cell
-    pooled_best: float | None
     negative_gap: tuple[float, float] | None  # (whole-cell, other) when the gap is negative
     edge: int
     edge_accuracy: float
@@ -189,9 +187,9 @@ class FlattenHead:
 
 
 def flatten_head(gaps: pd.DataFrame, by_radius: pd.DataFrame, head: str,
-                 pooled: Sequence[str], cells: Sequence[Cell], confidence: float) -> FlattenHead:
+                 cells: Sequence[Cell], confidence: float) -> FlattenHead:
     """A flatten head's facts, from the mechanism's ``phase_gaps`` (``gaps``) and
-    ``accuracy_by_radius`` (``by_radius``); ``pooled``: the pooling heads."""
+    ``accuracy_by_radius`` (``by_radius``)."""
     consistency = gaps.loc[head].consistency_exact
     reference = gaps.loc[(head, *cells[0])]
     edge = int(by_radius.radius.max())
@@ -205,8 +203,7 @@ def flatten_head(gaps: pd.DataFrame, by_radius: pd.DataFrame, head: str,
     outcome = ("none" if not effects else "gain" if gains
                else "one seed" if all(e.low != e.low for _, e in effects) else "consistent")
     return FlattenHead(
-        head, consistency.loc[cells[0]], consistency.max(), consistency.idxmax(),
-        max(gaps.loc[p].consistency_exact.max() for p in pooled) if pooled else None,
+        head, consistency.max(), consistency.idxmax(),
         (reference.aligned_shift_accuracy, reference.other_shift_accuracy)
         if reference.phase_gap < 0 else None,
         edge, own.loc[(*cells[0], edge)], own.loc[(*cells[0], 0)], effects, gain_cell,

@@ -85,8 +85,8 @@ def exact_facts(runs: pd.DataFrame, heads: Sequence[str], pooled: Sequence[str])
 class ShiftTrained:
     """A head on the ``model`` section's backbone trained with random shifts up to ``shift``
     against the same head trained centred: means of each metric of ``_METRICS`` (``centred``,
-    ``trained``), the paired effects of training with shifts on consistency and on accuracy
-    over the grid, and the exact cell's consistency and grid accuracy (``None`` without it)."""
+    ``trained``) and the paired effects of training with shifts on consistency and on accuracy
+    over the grid."""
 
     head: str
     shift: int
@@ -94,12 +94,6 @@ class ShiftTrained:
     trained: dict[str, float]
     consistency_effect: Effect
     grid_effect: Effect
-    exact: Exact | None
-
-    @property
-    def short_of_exact(self) -> float:
-        """How far the shift-trained consistency stays below exact invariance."""
-        return 1 - self.trained["consistency_exact"]
 
 
 def _paired(centred: pd.DataFrame, trained: pd.DataFrame, metric: str,
@@ -111,12 +105,10 @@ def _paired(centred: pd.DataFrame, trained: pd.DataFrame, metric: str,
 
 
 def shift_trained_facts(centred: pd.DataFrame, shifted: pd.DataFrame, own_cell: Cell,
-                        heads: Sequence[str], exact: Sequence[Exact],
-                        confidence: float) -> list[ShiftTrained]:
+                        heads: Sequence[str], confidence: float) -> list[ShiftTrained]:
     """Each head's shift-trained runs against its centred runs in ``own_cell`` (the ``model``
     section's backbone, on which both trained); empty without shift-trained runs."""
     facts = []
-    by_head = {e.head: e for e in exact}
     for head in heads:
         trained = shifted[shifted["head"] == head]
         base = centred[(centred["head"] == head) & (centred.downsample == own_cell[0])
@@ -128,7 +120,7 @@ def shift_trained_facts(centred: pd.DataFrame, shifted: pd.DataFrame, own_cell: 
             {m: float(base[m].mean()) for m in _METRICS},
             {m: float(trained[m].mean()) for m in _METRICS},
             _paired(base, trained, "consistency_exact", confidence),
-            _paired(base, trained, "shift_accuracy_mean", confidence), by_head.get(head)))
+            _paired(base, trained, "shift_accuracy_mean", confidence)))
     return facts
 
 

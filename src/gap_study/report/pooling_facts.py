@@ -141,6 +141,9 @@ class CamFacts:
     with_cam: list[str]
     flatten: list[str]  # no map: a flatten head
     hidden: list[str]  # no map: a hidden layer after the pooling
+    # the references on the shifted images, the same for every head (``nan`` when not measured)
+    centre_prior: float
+    chance: float
     pointing: pd.DataFrame | None
     gradcam: GradCam | None
     two_objects: TwoObjects | None
@@ -154,10 +157,8 @@ def _gradcam(aggregate: pd.DataFrame, heads: Sequence[str]) -> GradCam | None:
         return None
     best = str(gradcam.loc[shown].idxmax())
     return GradCam(float(ink.mean()), best, float(gradcam.loc[best]), stat_table(
-        aggregate, ["pointing_gradcam", "pointing_gradcam_shifted",
-                    "pointing_centre_prior_shifted"],
-        ["Grad-CAM, centred images", "Grad-CAM, shifted images",
-         "centre prior, shifted images"], shown))
+        aggregate, ["pointing_gradcam", "pointing_gradcam_shifted"],
+        ["Grad-CAM, centred images", "Grad-CAM, shifted images"], shown))
 
 
 _TWO_OBJECTS = ["pointing_two_objects", "pointing_gradcam_two_objects",
@@ -204,16 +205,17 @@ def _recognised(means: pd.DataFrame, shown: Sequence[str]) -> list[tuple[str, fl
 
 
 def cam_facts(aggregate: pd.DataFrame, heads: Sequence[str]) -> CamFacts:
-    """Class activation maps and Grad-CAM: who has a map, pointing against the references."""
+    """Class activation maps and Grad-CAM: who has a map, pointing, and the references on the
+    shifted images (chance and the centre prior, the same for every head: their mean)."""
     with_cam = [h for h in heads if has_class_map(h)]
     without = [h for h in heads if h not in with_cam]
     pointing = stat_table(
-        aggregate, ["pointing_accuracy", "pointing_accuracy_shifted",
-                    "pointing_centre_prior_shifted", "pointing_chance"],
-        ["centred images", "randomly shifted images", "centre prior, shifted images",
-         "chance"], with_cam) if with_cam else None
+        aggregate, ["pointing_accuracy", "pointing_accuracy_shifted"],
+        ["centred images", "randomly shifted images"], with_cam) if with_cam else None
+    centre, chance = (float(aggregate.loc[aggregate.metric == m, "mean"].mean())
+                      for m in ("pointing_centre_prior_shifted", "pointing_chance"))
     return CamFacts(with_cam, [h for h in without if not pools_globally(h)],
-                    [h for h in without if pools_globally(h)], pointing,
+                    [h for h in without if pools_globally(h)], centre, chance, pointing,
                     _gradcam(aggregate, heads), _two_objects(aggregate, heads))
 
 
