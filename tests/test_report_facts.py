@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from gap_study.report.claims import claim_verdicts
-from gap_study.report.facts import claim_facts, secondary_facts
 from gap_study.report.forest import forest_rows
 from gap_study.report.pooling_facts import cam_facts, sum_pooling_facts
+from gap_study.report.verdict_facts import claim_facts, secondary_facts
 
 
 def _row(head, baseline, improvement, verdict, setting="all training images (1,000), centred"):

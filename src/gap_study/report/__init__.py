@@ -13,8 +13,9 @@ matplotlib-free ones stay light for ``gap_study.sweep``):
   the evaluate stage's per-image values as its tables.
 - ``claims``: the write-up's claims and the rules that turn intervals into verdicts.
 - ``formatting``: display units, metric names, ``mean ± std [CI]`` cells, Markdown tables.
-- ``facts``: ``ReportFacts``, everything the report states, computed; ``pooling_facts``: its
-  facts on translation, class activation maps and sum pooling; ``mechanism`` (with
+- ``facts``: ``ReportFacts``, everything the report states, computed; ``verdict_facts``: the
+  claims' verdicts, effects and comparison tables; ``pooling_facts``: its facts on
+  translation, class activation maps and sum pooling; ``mechanism`` (with
   ``mechanism_distance`` and ``mechanism_training``): the mechanism experiment's facts;
   ``scope``: what the run can say; ``tuning``: the tune stage's choices.
 - ``render``: the report from ``templates/report.md.j2``, which holds all its prose, and its

@@ -1,12 +1,11 @@
 """The report's facts: one typed object (``ReportFacts``) holding every number, verdict word,
 table and figure path the report states, computed from the stages' outputs. The prose is in
 ``templates/report.md.j2`` (rendered by ``gap_study.report.render``); nothing here assembles
-a sentence. The translation, map and sum-pooling facts are in ``pooling_facts``, the
-mechanism experiment's in ``mechanism``."""
+a sentence. The claims' verdicts are in ``verdict_facts``, the translation, map and
+sum-pooling facts in ``pooling_facts``, the mechanism experiment's in ``mechanism``."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,18 +16,10 @@ import pandas as pd
 from gap_study.nets.architecture import FACTORIAL, FLATTEN_HEAD_NAMES, total_stride
 from gap_study.pipeline.params import ReportParams
 from gap_study.report.claims import (
-    PROTOCOL,
     PROTOCOL_VERSION,
-    QUOTES,
     heads_under_test,
-    largest_comparison,
 )
 from gap_study.report.formatting import (
-    METRIC_LABELS,
-    RELATIVE,
-    format_effect,
-    format_improvement,
-    format_interval,
     format_number,
     format_stat,
     grouped_stat_table,
@@ -53,9 +44,15 @@ from gap_study.report.tables import (
     main_runs,
 )
 from gap_study.report.tuning import TuneFlags, learning_rate_table, tune_flags
+from gap_study.report.verdict_facts import (
+    ClaimFacts,
+    Secondary,
+    claim_facts,
+    comparison_table,
+    secondary_facts,
+)
 
-__all__ = ["PUBLISHED", "ClaimFacts", "MetricVerdict", "ReportFacts", "Secondary",
-           "build_facts", "claim_facts", "comparison_table", "secondary_facts"]
+__all__ = ["PUBLISHED", "ReportFacts", "build_facts"]
 
 # Published numbers (``docs/study.md``, "Published numbers") that a run on the same data set
 # can be compared with.
@@ -68,132 +65,6 @@ PUBLISHED = {
                 ("Lin et al. 2014, conventional CNN + GAP", "test error", 0.1646)],
     "mnist": [("Network in Network, Lin et al. 2014: NIN + GAP", "test error", 0.0047)],
 }
-_COUNTS = ("better", "worse", "equivalent", "inconclusive")
-
-
-@dataclass(frozen=True)
-class MetricVerdict:
-    """A claim's primary metric: its verdict word, the counts of its comparisons' verdicts,
-    the equivalence margin (empty for exact counts) and the comparison with the largest effect
-    among those decided better or worse (among all when none is: ``decided`` false)."""
-
-    metric: str
-    label: str
-    verdict: str
-    tests: int
-    counts: dict[str, int]
-    margin: str
-    decided: bool
-    strongest: str  # "`gap` vs `dense`, setting: +1.0 pts [0.5, 1.5]"
-    strongest_verdict: str
-
-
-@dataclass(frozen=True)
-class ClaimFacts:
-    name: str
-    quote: str
-    metrics: list[MetricVerdict]
-    untested: list[str]  # its primary metrics, when none could be compared
-
-
-def _margin_text(metric: str, margin: float) -> str:
-    if metric in RELATIVE:
-        return f"±{margin:.0%}"
-    return f"±{format_number(margin, metric, difference=True)}"
-
-
-def _metric_verdict(rows: pd.DataFrame, verdict: Mapping[str, Any]) -> MetricVerdict:
-    metric = str(verdict["metric"])
-    row, decided, setting = largest_comparison(rows)
-    return MetricVerdict(
-        metric, METRIC_LABELS.get(metric, metric), str(verdict["verdict"]),
-        int(verdict["tests"]), {w: int(verdict[w]) for w in _COUNTS if verdict[w]},
-        "" if rows["exact"].all() else _margin_text(metric, rows["margin"].iloc[0]),
-        decided,
-        f"`{row['head']}` vs `{row.baseline}`{setting}: {_effect(row)}", _verdict_word(row))
-
-
-def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[ClaimFacts]:
-    """Every claim of ``QUOTES`` in order, with the verdicts of its primary metrics (from
-    ``claim_verdicts``), or the primary metrics no comparison could be made on."""
-    if verdicts.empty:
-        return []
-    primary = comparisons[comparisons.role == "primary"]
-    claims = []
-    for claim, quote in QUOTES.items():
-        group = verdicts[verdicts.claim == claim]
-        metrics = [_metric_verdict(primary[(primary.claim == claim)
-                                           & (primary.metric == row.metric)], row._asdict())
-                   for row in group.itertuples(index=False)]
-        untested = [] if metrics else [t.metric for t in PROTOCOL
-                                       if t.claim == claim and t.primary]
-        claims.append(ClaimFacts(claim, quote, metrics, untested))
-    return claims
-
-
-@dataclass(frozen=True)
-class Secondary:
-    """The secondary comparisons: how many came out which way, and those a tested head lost
-    (``worse``: head, baseline, metric's name, improvement [CI])."""
-
-    counts: dict[str, int]
-    worse: list[tuple[str, str, str, str]]
-
-
-def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
-    """The secondary rows of ``comparisons`` counted by verdict, and those a head lost."""
-    rows = comparisons[comparisons.role == "secondary"] if len(comparisons) else comparisons
-    counts = rows["verdict"].value_counts() if len(rows) else pd.Series(dtype=int)
-    worse = rows[rows["verdict"] == "worse"] if len(rows) else rows
-    return Secondary(
-        {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
-        [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric),
-          _effect(r)) for r in worse.itertuples()])
-
-
-def _effect(row: Any) -> str:
-    """A comparison's improvement with the two adjusted intervals its verdict read."""
-    return format_effect(row.improvement, (row.adjusted_low, row.adjusted_high),
-                         (row.difference_low, row.difference_high), row.metric)
-
-
-def _verdict_word(row: Any) -> str:
-    """A row's verdict, with ``trivial difference`` for an equivalent row whose difference
-    is real but inside the margin, and its note (``underfits``)."""
-    word = "equivalent (trivial difference)" if bool(row.trivial) else str(row.verdict)
-    return f"{word} ({row.note})" if getattr(row, "note", "") else word
-
-
-def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The comparisons in display units, the verdict and the effect first, with the adjusted
-    interval each verdict read (``comparisons.csv`` keeps the unadjusted ones too)."""
-    def p_value(value: float) -> str:
-        return "" if math.isnan(value) else f"{value:.3g}"
-
-    return pd.DataFrame({
-        "claim": rows.claim, "metric": rows.metric, "setting": rows.setting,
-        "head": rows["head"], "baseline": rows.baseline,
-        "verdict": [_verdict_word(row) for row in rows.itertuples()],
-        "improvement [equivalence interval]": [
-            format_improvement(d, lo, hi, m) for d, lo, hi, m in
-            zip(rows.improvement, rows.adjusted_low, rows.adjusted_high, rows.metric,
-                strict=True)],
-        "[difference interval]": [
-            format_interval(lo, hi, m) for lo, hi, m in
-            zip(rows.difference_low, rows.difference_high, rows.metric, strict=True)],
-
-        "head value": [format_number(v, m) for v, m in zip(rows.head_mean, rows.metric,
-                                                            strict=True)],
-        "baseline value": [format_number(v, m) for v, m in zip(rows.baseline_mean, rows.metric,
-                                                                strict=True)],
-        "p (adjusted)": [p_value(v) for v in rows.p_difference_adjusted],
-        "p equivalent (adjusted)": [p_value(v) for v in rows.p_equivalence_adjusted],
-        "detectable": ["" if math.isnan(v) else format_improvement(v, math.nan, math.nan, m)
-                       for v, m in zip(rows.mde, rows.metric, strict=True)],
-        "resampled": rows.sources, "verdict, t-test over seeds alone": rows.verdict_seeds_only,
-    })
-
-
 def _parameters(per_seed: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
     table = (per_seed.groupby("head", sort=False)[["params_total", "params_head"]].first()
              .reindex(list(heads)).reset_index())
