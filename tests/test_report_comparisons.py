@@ -3,6 +3,7 @@ R's published output and against independent computations with scipy's t and non
 distributions."""
 
 import dataclasses
+import gc
 import math
 
 import numpy as np
@@ -194,6 +195,20 @@ def test_holm_and_bh_leave_nan_out_of_the_family():
     np.testing.assert_allclose(holm(p), [np.nan, 0.03, 0.06, np.nan, 0.06, 0.02])
     np.testing.assert_allclose(bh_q_values(p), [np.nan, 0.02, 0.04, np.nan, 0.04, 0.02])
     assert np.isnan(holm([np.nan, np.nan])).all() and len(bh_q_values([])) == 0
+
+
+def test_holm_leaves_the_garbage_collector_as_it_found_it():
+    # holm freezes the live objects around statsmodels' gc.collect() and thaws them after; a
+    # process that had frozen its own objects keeps them frozen
+    assert gc.get_freeze_count() == 0
+    holm([0.01, 0.02])
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        np.testing.assert_allclose(holm([0.01, 0.02]), [0.02, 0.02])
+        assert gc.get_freeze_count() > 0  # not thawed (the count drops as frozen objects die)
+    finally:
+        gc.unfreeze()
 
 
 @pytest.fixture(scope="module")

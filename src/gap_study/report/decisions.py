@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -68,15 +69,26 @@ def _adjust(p_values: Sequence[float], method: str) -> np.ndarray:
     out = np.full(p.shape, np.nan)
     keep = ~np.isnan(p)
     if keep.any():
-        # statsmodels' Holm runs gc.collect() on every call: a full pass over every object
-        # alive (0.17 s in the report's kernel, torch and pandas loaded; half the time of the
-        # report's tests). Frozen objects are left out of that pass, and thawed after it.
-        gc.freeze()
-        try:
+        with _objects_alive_frozen():
             out[keep] = multipletests(p[keep], method=method)[1]
-        finally:
-            gc.unfreeze()
     return out
+
+
+@contextmanager
+def _objects_alive_frozen() -> Iterator[None]:
+    """statsmodels' Holm runs ``gc.collect()`` on every call: a full pass over every object
+    alive (0.17 s in the report's kernel, torch and pandas loaded; half the time of the
+    report's tests). Frozen objects are left out of that pass, and thawed after it. A process
+    that froze its own objects before (say, to share pages with forked children) is left as
+    it is, since ``gc.unfreeze`` would thaw those too."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
