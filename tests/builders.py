@@ -216,10 +216,19 @@ def run_command(args: list[str], cwd: Path, check: bool = True, **extra_env: str
 
 
 def copy_repository(target: Path) -> None:
-    """The files git would commit (tracked, or new and not ignored), nothing generated, and
-    no ``dvc.lock``: the copy's pipeline has not run."""
+    """The files git would commit (tracked, or new and not ignored), nothing generated: no
+    ``dvc.lock`` and none of the outputs kept in git (``cache: false`` in ``dvc.yaml``, such
+    as ``reports/verdicts.json``), so the copy's pipeline has not run and holds no result of
+    this project's own run (which ``dvc exp run -S ...`` rewrites in the work tree)."""
     copy_project(ROOT, target)
     (target / "dvc.lock").unlink(missing_ok=True)
+    stages = yaml.safe_load((target / "dvc.yaml").read_text())["stages"]
+    for stage in stages.values():
+        for entry in [*stage.get("outs", []), *stage.get("metrics", [])]:
+            if isinstance(entry, dict):
+                for path, options in entry.items():
+                    if options.get("cache") is False:
+                        (target / path).unlink(missing_ok=True)
 
 
 TINY_SEEDS = [0, 1]
