@@ -222,13 +222,20 @@ def copy_repository(target: Path) -> None:
     this project's own run (which ``dvc exp run -S ...`` rewrites in the work tree)."""
     copy_project(ROOT, target)
     (target / "dvc.lock").unlink(missing_ok=True)
-    stages = yaml.safe_load((target / "dvc.yaml").read_text())["stages"]
-    for stage in stages.values():
-        for entry in [*stage.get("outs", []), *stage.get("metrics", [])]:
-            if isinstance(entry, dict):
-                for path, options in entry.items():
-                    if options.get("cache") is False:
-                        (target / path).unlink(missing_ok=True)
+    for path in declared_outputs(target)[1]:
+        (target / path).unlink(missing_ok=True)
+
+
+def declared_outputs(root: Path) -> tuple[set[str], set[str]]:
+    """``(cached, kept in git)``: every output path of dvc.yaml's stages, split by
+    ``cache: false``."""
+    cached, in_git = set(), set()
+    for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
+        for entry in [*stage.get("outs", []), *stage.get("metrics", []),
+                      *stage.get("plots", [])]:
+            path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            (in_git if options.get("cache") is False else cached).add(path)
+    return cached, in_git
 
 
 TINY_SEEDS = [0, 1]

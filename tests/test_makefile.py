@@ -7,19 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
-
-
-def _declared_outputs(root) -> tuple[set[str], set[str]]:
-    """``(cached, kept in git)``: every output path of dvc.yaml's stages, split by
-    ``cache: false``."""
-    cached, in_git = set(), set()
-    for stage in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
-        for entry in [*stage.get("outs", []), *stage.get("metrics", []),
-                      *stage.get("plots", [])]:
-            path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
-            (in_git if options.get("cache") is False else cached).add(path)
-    return cached, in_git
+from builders import declared_outputs
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make here")
@@ -32,7 +20,7 @@ def test_make_clean_removes_every_cached_output_and_keeps_the_metrics_in_git(roo
     words = shlex.split(shown.replace("\\\n", " "))
     assert words[:2] == ["rm", "-rf"]
     removed = words[2:]
-    cached, in_git = _declared_outputs(root)
+    cached, in_git = declared_outputs(root)
 
     def covered(path: str) -> bool:
         return any(fnmatch.fnmatch(path, pattern) or path.startswith(pattern.rstrip("/") + "/")
