@@ -43,9 +43,11 @@ def _kept(folder: Path) -> int:
 
 def _kill_all(pid: int) -> None:
     """SIGKILL a process and every process under it (the kernel runs in a session of its
-    own, so a process group would miss it)."""
+    own, so a process group would miss it). The root (DVC) dies first: were a child killed
+    first, DVC could see its stage fail and be killed halfway through rewriting
+    `.dvc/tmp/rwlock`, a corrupt lock no real crash of the stage leaves behind."""
     root = psutil.Process(pid)
-    processes = [*root.children(recursive=True), root]
+    processes = [root, *root.children(recursive=True)]
     for process in processes:
         try:
             process.kill()
