@@ -66,8 +66,8 @@ def test_the_table_holds_every_claim_all_studies_tested_in_the_protocols_order()
     assert table.metric.tolist() == ["`params_head`", "`test_accuracy`"]
     assert table.replication.tolist() == ["replicated", "inconclusive in one"]
     assert table["digits: largest effect"].tolist() == [
-        "gap vs dense: 900 (exact)",
-        "gap vs dense: 1.0 pts [0.0 pts, 2.0 pts] (difference [-1.0 pts, 3.0 pts])"]
+        "gap vs dense: +900 (exact)",
+        "gap vs dense: +1.0 pts [+0.0, +2.0] (difference [-1.0, +3.0])"]
     assert "replication" not in replication_table([_study("digits")])  # one study: no outcome
     with pytest.raises(ValueError, match="no published study"):
         replication_table([])

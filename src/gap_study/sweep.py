@@ -270,8 +270,8 @@ def sweep_table(frame: pd.DataFrame, confidence: float = 0.95,
              f"{frame['experiment'].nunique()} experiments, {len(groups)} settings, "
              f"{len(frame)} runs. Runs are pooled only within identical settings (every param "
              f"but {', '.join(f'`{p}`' for p in IGNORED_PARAMS)} and other data sets' "
-             f"canvases). Mean ± std [{confidence:.0%} Student-t interval] over the seeds of "
-             "all experiments with those settings.", ""]
+             f"canvases). Mean [{confidence:.0%} Student-t interval] over the seeds of all "
+             "experiments with those settings (standard deviations: `summary.csv`).", ""]
     for data, key in groups.itertuples(index=False):
         table = grouped_stat_table(by_group[data, key].drop(columns=["data", "settings"]),
                                    GROUP_KEYS[2:], metrics, metrics, heads)

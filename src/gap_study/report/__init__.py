@@ -12,7 +12,7 @@ matplotlib-free ones stay light for ``gap_study.sweep``):
 - ``bootstrap``: the paired two-stage bootstrap over seeds and test images; ``per_image``:
   the evaluate stage's per-image values as its tables.
 - ``claims``: the write-up's claims and the rules that turn intervals into verdicts.
-- ``formatting``: display units, metric names, ``mean ± std [CI]`` cells, Markdown tables.
+- ``formatting``: display units, metric names, ``mean [CI]`` cells, Markdown tables.
 - ``facts``: ``ReportFacts``, everything the report states, computed; ``verdict_facts``: the
   claims' verdicts, effects and comparison tables; ``pooling_facts``: its facts on
   translation, class activation maps and sum pooling; ``mechanism`` (with

@@ -1,5 +1,5 @@
 """Numbers as the report shows them: each metric's display units (``_FORMATS``) and name
-(``METRIC_LABELS``), a value or a difference in those units, ``mean ± std [CI]`` cells, head
+(``METRIC_LABELS``), a value or a difference in those units, ``mean [CI]`` cells, head
 x metric tables of them, and frames as Markdown tables."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ __all__ = [
     "RELATIVE",
     "format_improvement",
     "format_interval",
+    "format_magnitude",
     "format_number",
     "format_percent",
     "format_stat",
@@ -84,10 +85,21 @@ def format_percent(value: float) -> str:
     return f"{value * 100:.1f}%"
 
 
-def _improvement_number(value: float, metric: str) -> str:
-    """An improvement in display units: a share of the baseline for a ``RELATIVE`` metric."""
+def _improvement_number(value: float, metric: str, unit: bool = True) -> str:
+    """An improvement, signed, in display units: a share of the baseline for a ``RELATIVE``
+    metric; without a unit that is a word (`` pts``) if not ``unit``."""
     if metric in RELATIVE:
         return f"{value:+.0%}"
+    text = format_number(value, metric, difference=True)
+    text = text if text.startswith("-") else f"+{text}"
+    return text if unit or " " not in text else text.split(" ")[0]
+
+
+def format_magnitude(value: float, metric: str) -> str:
+    """A size of difference, unsigned (a detectable difference, a margin): in points for a
+    share, a share of the baseline for a ``RELATIVE`` metric."""
+    if metric in RELATIVE:
+        return f"{value:.0%}"
     return format_number(value, metric, difference=True)
 
 
@@ -104,7 +116,7 @@ def format_improvement(diff: float, low: float, high: float, metric: str) -> str
 def format_effect(improvement: float, adjusted: tuple[float, float],
                   difference: tuple[float, float], metric: str) -> str:
     """An improvement with the two adjusted intervals its verdict read:
-    ``+1.0 pts [0.5, 1.5] (difference [0.2, 1.8])``; the second is left out where it is no
+    ``+1.0 pts [+0.5, +1.5] (difference [+0.2, +1.8])``; the second is left out where it is no
     interval (exact counts, one seed)."""
     text = format_improvement(improvement, *adjusted, metric)
     wider = format_interval(*difference, metric)
@@ -112,27 +124,30 @@ def format_effect(improvement: float, adjusted: tuple[float, float],
 
 
 def format_interval(low: float, high: float, metric: str) -> str:
-    """``[low, high]`` of an improvement in display units; empty without an interval."""
+    """``[low, high]`` of an improvement in the units of the improvement it follows (a unit
+    that is a word is not repeated: ``[+0.5, +1.5]``); empty without an interval."""
     if math.isnan(low) or low == high:
         return ""
-    return f"[{_improvement_number(low, metric)}, {_improvement_number(high, metric)}]"
+    bounds = (_improvement_number(bound, metric, unit=False) for bound in (low, high))
+    return "[{}, {}]".format(*bounds)
 
 
 def format_stat(row: pd.Series | Mapping[str, float], metric: str) -> str:
-    """``mean ± std [ci_low, ci_high]`` in the metric's display units."""
+    """``mean [ci_low, ci_high]`` in the metric's display units. The standard deviation is
+    left out: over n seeds the interval is ``mean ± t * std / sqrt(n)``, so it says as much,
+    and it is what a reader compares (``aggregate.csv`` keeps ``std``)."""
     scale, decimals, unit = _FORMATS.get(metric, (1, 3, ""))
     if math.isnan(row["mean"]):
         return "n/a"
     text = f"{row['mean'] * scale:,.{decimals}f}"
     if not math.isnan(row["std"]) and row["std"] > 0:
-        text += f" ± {row['std'] * scale:,.{decimals}f}"
         text += f" [{row['ci_low'] * scale:,.{decimals}f}, {row['ci_high'] * scale:,.{decimals}f}]"
     return text + unit
 
 
 def stat_table(aggregate: pd.DataFrame, metrics: Sequence[str], labels: Sequence[str],
                heads: Sequence[str]) -> pd.DataFrame:
-    """A head x metric table of formatted ``mean ± std [CI]`` strings."""
+    """A head x metric table of formatted ``mean [CI]`` strings."""
     table = pd.DataFrame({"head": list(heads)})
     for metric, label in zip(metrics, labels, strict=True):
         rows = aggregate[aggregate.metric == metric].set_index("head")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from gap_study.report.formatting import METRIC_LABELS, format_improvement
+from gap_study.report.formatting import METRIC_LABELS, format_magnitude
 
 __all__ = ["WRITERS", "ImageSource", "Scope", "scope_facts"]
 
@@ -94,7 +94,7 @@ def _detectable(comparisons: pd.DataFrame) -> list[tuple[str, str, str]]:
     for (claim, metric), group in tested.groupby(["claim", "metric"], sort=False):
         smallest = float(group["mde"].min())
         rows.append((str(claim), METRIC_LABELS.get(metric, metric),
-                     format_improvement(smallest, math.nan, math.nan, metric)))
+                     format_magnitude(smallest, metric)))
     return rows
 
 
