@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from gap_study.report.claims import PROTOCOL, QUOTES
+from gap_study.report.claims import CLAIMS, PROTOCOL
 from gap_study.report.dvc_views import (
     CLAIM_KEYS,
     HEADLINE_METRICS,
@@ -63,7 +63,7 @@ def _verdicts(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
 
 
 def test_every_claim_of_the_protocol_has_a_short_verdict_key():
-    assert list(CLAIM_KEYS) == list(QUOTES)
+    assert list(CLAIM_KEYS) == list(CLAIMS)
     assert {test.claim for test in PROTOCOL} == set(CLAIM_KEYS)
 
 

@@ -129,8 +129,12 @@ def test_the_ink_map_is_compared_with_the_best_heads_grad_cam(gradcam, above_all
     facts = cam_facts(_pointing(gradcam, 0.99), ["dense", "gap"])
     assert facts.gradcam.ink == pytest.approx(0.99) and facts.gradcam.best_head == best
     assert facts.gradcam.ink_above_all is above_all
-    assert list(facts.gradcam.table.columns) == [
-        "head", "Grad-CAM, centred images", "Grad-CAM, shifted images"]
+    # one table: CAM beside Grad-CAM, blank for a head without a class activation map
+    table = facts.gradcam.table.set_index("head")
+    assert list(table.columns) == ["CAM, centred", "CAM, shifted", "Grad-CAM, centred",
+                                   "Grad-CAM, shifted"]
+    assert table.loc["dense", "CAM, shifted"] == "" and table.loc["gap", "CAM, shifted"] != ""
+    assert facts.pointing is None
     # the references, the same for every head, are in the text, not in a column
     assert (facts.centre_prior, facts.chance) == pytest.approx((0.6, 0.2))
 
@@ -139,7 +143,8 @@ def test_only_heads_linear_on_pooled_maps_get_a_class_activation_map():
     facts = cam_facts(_pointing({"dense": 0.8, "gap": 0.9, "gap_hidden": 0.9}, 0.99),
                       ["dense", "gap", "gap_hidden"])
     assert (facts.with_cam, facts.flatten, facts.hidden) == (["gap"], ["dense"], ["gap_hidden"])
-    assert list(facts.pointing["head"]) == ["gap"]
+    assert list(facts.gradcam.table.set_index("head")["CAM, centred"].astype(bool)) == [
+        False, True, False]
 
 
 def _two_objects(gradcam: dict[str, float], ink: float) -> pd.DataFrame:
@@ -191,5 +196,14 @@ def test_secondary_comparisons_a_tested_head_loses_are_named():
     assert facts.counts == {"better": 1, "worse": 1}
     # with the adjusted interval, the one the verdict read
     assert facts.worse == [("gap", "ink map", "Grad-CAM pointing on shifted images",
-                            "-23.1 pts [-33.3 pts, -12.8 pts] (difference [-35.0 pts, -11.0 pts])")]
+                            "-23.1 pts [-33.3, -12.8] (difference [-35.0, -11.0])")]
     assert secondary_facts(pd.DataFrame()).counts == {}
+
+
+def test_underfits_is_defined_only_where_a_comparison_carries_the_note():
+    rows = pd.DataFrame([{**_row("gap", "dense", 0.02, "better"), "role": "secondary",
+                          "note": note} for note in ("", "")])
+    assert not secondary_facts(rows).underfits
+    rows.loc[1, "note"] = "underfits"
+    assert secondary_facts(rows).underfits
+    assert not secondary_facts(pd.DataFrame()).underfits

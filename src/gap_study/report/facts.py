@@ -43,7 +43,7 @@ from gap_study.report.tables import (
     StudyTables,
     main_runs,
 )
-from gap_study.report.tuning import TuneFlags, learning_rate_table, tune_flags
+from gap_study.report.tuning import TuneFlags, chosen_rates, tune_flags
 from gap_study.report.verdict_facts import (
     ClaimFacts,
     Secondary,
@@ -173,7 +173,7 @@ class ReportFacts:
     claims: list[ClaimFacts]
     tested_heads: list[str]
     secondary: Secondary
-    learning_rates: pd.DataFrame
+    learning_rates: list[tuple[str, float, float]]  # head, chosen rate, mean validation loss
     tune_flags: TuneFlags
     parameters: pd.DataFrame
     factorial: pd.DataFrame | None
@@ -258,7 +258,7 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         evaluate_record=evaluate, workers=_workers(train["runs"]),
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
         secondary=secondary_facts(comparisons),
-        learning_rates=learning_rate_table(collected.tuning, heads),
+        learning_rates=chosen_rates(collected.tuning, heads),
         tune_flags=tune_flags(collected.tune_choices, heads),
         parameters=_parameters(tables.main, heads),
         factorial=_factorial(tables.aggregate, heads),

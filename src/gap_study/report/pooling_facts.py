@@ -6,7 +6,7 @@ display strings; the template (``templates/report.md.j2``) says what they mean."
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -144,7 +144,7 @@ class CamFacts:
     # the references on the shifted images, the same for every head (``nan`` when not measured)
     centre_prior: float
     chance: float
-    pointing: pd.DataFrame | None
+    pointing: pd.DataFrame | None  # CAM pointing, where there is no Grad-CAM table to join
     gradcam: GradCam | None
     two_objects: TwoObjects | None
 
@@ -158,7 +158,7 @@ def _gradcam(aggregate: pd.DataFrame, heads: Sequence[str]) -> GradCam | None:
     best = str(gradcam.loc[shown].idxmax())
     return GradCam(float(ink.mean()), best, float(gradcam.loc[best]), stat_table(
         aggregate, ["pointing_gradcam", "pointing_gradcam_shifted"],
-        ["Grad-CAM, centred images", "Grad-CAM, shifted images"], shown))
+        ["Grad-CAM, centred", "Grad-CAM, shifted"], shown))
 
 
 _TWO_OBJECTS = ["pointing_two_objects", "pointing_gradcam_two_objects",
@@ -211,12 +211,18 @@ def cam_facts(aggregate: pd.DataFrame, heads: Sequence[str]) -> CamFacts:
     without = [h for h in heads if h not in with_cam]
     pointing = stat_table(
         aggregate, ["pointing_accuracy", "pointing_accuracy_shifted"],
-        ["centred images", "randomly shifted images"], with_cam) if with_cam else None
+        ["CAM, centred", "CAM, shifted"], with_cam) if with_cam else None
     centre, chance = (float(aggregate.loc[aggregate.metric == m, "mean"].mean())
                       for m in ("pointing_centre_prior_shifted", "pointing_chance"))
+    gradcam = _gradcam(aggregate, heads)
+    if gradcam is not None and pointing is not None:  # one table: CAM beside Grad-CAM
+        merged = gradcam.table.merge(pointing, on="head", how="left").fillna("")
+        gradcam = replace(gradcam, table=merged[["head", *pointing.columns[1:],
+                                                  *gradcam.table.columns[1:]]])
+        pointing = None
     return CamFacts(with_cam, [h for h in without if not pools_globally(h)],
                     [h for h in without if pools_globally(h)], centre, chance, pointing,
-                    _gradcam(aggregate, heads), _two_objects(aggregate, heads))
+                    gradcam, _two_objects(aggregate, heads))
 
 
 _SUM_METRICS = {"test_accuracy": "test accuracy", "consistency_exact": "exact consistency",

@@ -35,11 +35,13 @@ def _signed(value: float) -> str:
     return f"{round(value * 100, 1) + 0.0:+.1f}"
 
 
-def _effect(effect: Effect) -> str:
-    """A paired effect: ``+1.0 pts [+0.5, +1.5]``, or its mean alone with one seed."""
+def _effect(effect: Effect, unit: bool = True) -> str:
+    """A paired effect: ``+1.0 pts [+0.5, +1.5]``, or its mean alone with one seed; without
+    `` pts`` if not ``unit`` (where the sentence names the unit once)."""
+    mean = f"{_signed(effect.mean)}{' pts' if unit else ''}"
     if math.isnan(effect.low):
-        return f"{_signed(effect.mean)} pts (one seed: no interval)"
-    return f"{_signed(effect.mean)} pts [{_signed(effect.low)}, {_signed(effect.high)}]"
+        return f"{mean} (one seed: no interval)"
+    return f"{mean} [{_signed(effect.low)}, {_signed(effect.high)}]"
 
 
 def _names(heads: Sequence[str]) -> str:

@@ -1,5 +1,5 @@
-"""The tune stage's choices in the report (``docs/study.md``, "Training"): each head's mean
-validation loss at every rate it tried, and the choices its tuning seeds could move."""
+"""The tune stage's choices in the report (``docs/study.md``, "Training"): each head's chosen
+rate with its mean validation loss, and the choices its tuning seeds could move."""
 
 from __future__ import annotations
 
@@ -8,18 +8,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["TuneFlags", "learning_rate_table", "tune_flags"]
+__all__ = ["TuneFlags", "chosen_rates", "tune_flags"]
 
 
-def learning_rate_table(tuning: pd.DataFrame, heads: Sequence[str]) -> pd.DataFrame:
-    """Per head (rows) and rate tried (columns): the final validation loss, mean over the
-    tuning seeds, the chosen rate marked; empty where a head did not try a rate."""
-    table = (tuning.assign(val=tuning["val_loss"].map(lambda v: f"{v:.4f}")
-                           + tuning["chosen"].map(lambda c: " (chosen)" if c else ""))
-             .pivot(index="head", columns="lr", values="val").reindex(list(heads))
-             .fillna(""))
-    table.columns = [f"lr {c:g}" for c in table.columns]
-    return table.reset_index()
+def chosen_rates(tuning: pd.DataFrame, heads: Sequence[str]) -> list[tuple[str, float, float]]:
+    """``(head, chosen rate, its final validation loss, mean over the tuning seeds)`` in the
+    order of ``heads``, from the tune stage's ``tuning.csv`` (every rate tried is there)."""
+    chosen = tuning[tuning["chosen"].astype(bool)].set_index("head")
+    return [(head, float(chosen.loc[head, "lr"]), float(chosen.loc[head, "val_loss"]))
+            for head in heads if head in chosen.index]
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from typing import Any
 
 import pandas as pd
 
-from gap_study.report.claims import PROTOCOL, QUOTES, largest_comparison
+from gap_study.report.claims import CLAIMS, PROTOCOL, largest_comparison
 from gap_study.report.formatting import (
     METRIC_LABELS,
-    RELATIVE,
     format_effect,
     format_improvement,
     format_interval,
+    format_magnitude,
     format_number,
 )
 
@@ -47,15 +47,8 @@ class MetricVerdict:
 @dataclass(frozen=True)
 class ClaimFacts:
     name: str
-    quote: str
     metrics: list[MetricVerdict]
     untested: list[str]  # its primary metrics, when none could be compared
-
-
-def _margin_text(metric: str, margin: float) -> str:
-    if metric in RELATIVE:
-        return f"±{margin:.0%}"
-    return f"±{format_number(margin, metric, difference=True)}"
 
 
 def _metric_verdict(rows: pd.DataFrame, verdict: Mapping[str, Any]) -> MetricVerdict:
@@ -64,36 +57,38 @@ def _metric_verdict(rows: pd.DataFrame, verdict: Mapping[str, Any]) -> MetricVer
     return MetricVerdict(
         metric, METRIC_LABELS.get(metric, metric), str(verdict["verdict"]),
         int(verdict["tests"]), {w: int(verdict[w]) for w in _COUNTS if verdict[w]},
-        "" if rows["exact"].all() else _margin_text(metric, rows["margin"].iloc[0]),
+        "" if rows["exact"].all() else f"±{format_magnitude(rows['margin'].iloc[0], metric)}",
         decided,
         f"`{row['head']}` vs `{row.baseline}`{setting}: {_effect(row)}", _verdict_word(row))
 
 
 def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[ClaimFacts]:
-    """Every claim of ``QUOTES`` in order, with the verdicts of its primary metrics (from
+    """Every claim of ``CLAIMS`` in order, with the verdicts of its primary metrics (from
     ``claim_verdicts``), or the primary metrics no comparison could be made on."""
     if verdicts.empty:
         return []
     primary = comparisons[comparisons.role == "primary"]
     claims = []
-    for claim, quote in QUOTES.items():
+    for claim in CLAIMS:
         group = verdicts[verdicts.claim == claim]
         metrics = [_metric_verdict(primary[(primary.claim == claim)
                                            & (primary.metric == row.metric)], row._asdict())
                    for row in group.itertuples(index=False)]
         untested = [] if metrics else [t.metric for t in PROTOCOL
                                        if t.claim == claim and t.primary]
-        claims.append(ClaimFacts(claim, quote, metrics, untested))
+        claims.append(ClaimFacts(claim, metrics, untested))
     return claims
 
 
 @dataclass(frozen=True)
 class Secondary:
     """The secondary comparisons: how many came out which way, and those a tested head lost
-    (``worse``: head, baseline, metric's name, improvement [CI])."""
+    (``worse``: head, baseline, metric's name, improvement [CI]); ``underfits``: whether any
+    comparison, primary or secondary, carries that note."""
 
     counts: dict[str, int]
     worse: list[tuple[str, str, str, str]]
+    underfits: bool = False
 
 
 def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
@@ -101,10 +96,11 @@ def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
     rows = comparisons[comparisons.role == "secondary"] if len(comparisons) else comparisons
     counts = rows["verdict"].value_counts() if len(rows) else pd.Series(dtype=int)
     worse = rows[rows["verdict"] == "worse"] if len(rows) else rows
+    notes = comparisons["note"] if "note" in comparisons else pd.Series(dtype=str)
     return Secondary(
         {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
         [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric),
-          _effect(r)) for r in worse.itertuples()])
+          _effect(r)) for r in worse.itertuples()], bool((notes == "underfits").any()))
 
 
 def _effect(row: Any) -> str:
@@ -144,7 +140,7 @@ def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
                                                                 strict=True)],
         "p (adjusted)": [p_value(v) for v in rows.p_difference_adjusted],
         "p equivalent (adjusted)": [p_value(v) for v in rows.p_equivalence_adjusted],
-        "detectable": ["" if math.isnan(v) else format_improvement(v, math.nan, math.nan, m)
+        "detectable": ["" if math.isnan(v) else format_magnitude(v, m)
                        for v, m in zip(rows.mde, rows.metric, strict=True)],
         "resampled": rows.sources, "verdict, t-test over seeds alone": rows.verdict_seeds_only,
     })
