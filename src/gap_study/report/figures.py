@@ -288,18 +288,18 @@ def plot_pointing(per_seed: pd.DataFrame, heads: Sequence[str],
     tidy["images"] = tidy["images"].map({"pointing_accuracy": "centred",
                                          "pointing_accuracy_shifted": "randomly shifted"})
     tidy["pointing"] *= 100
-    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(with_cam) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(with_cam) + 2) + 2.5, 4))
     head_bars(ax, tidy, "pointing", with_cam, confidence, hue="images")
     for column, label, style in [("pointing_chance", "chance", "--"),
                                  ("pointing_centre_prior_shifted",
                                   "centre prior, shifted images", ":")]:
         level = per_seed[column].mean() * 100
-        ax.axhline(level, color="black", linestyle=style, linewidth=1)
-        ax.annotate(f"{label} {level:.0f}%", (0.01, level), xycoords=("axes fraction", "data"),
-                    xytext=(0, 3), textcoords="offset points", fontsize=8)
+        ax.axhline(level, color="black", linestyle=style, linewidth=1,
+                   label=f"{label} {level:.0f}%")
     ax.set(xlabel="classifier head", ylabel="CAM maximum on the object (%)", ylim=(0, 100.5),
            title="Pointing accuracy of class activation maps")
-    ax.legend(title=None, loc="lower right")
+    # beside the axes: bars reach from 0 to 100, so no corner inside is free
+    ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig
 
