@@ -10,6 +10,10 @@ to circular shifts by multiples of its total stride (with ``aps``: to every circ
 
 from __future__ import annotations
 
+import warnings
+from functools import cache
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from kornia.filters.kernels import get_pascal_kernel_2d
@@ -17,8 +21,9 @@ from torch import Tensor, nn
 
 from gap_study.nets.padding import PAD_MODES, memory_layout, pad2d
 
-__all__ = ["ApsMaxPool2d", "BlurMaxPool2d", "adaptive_polyphase_sample", "make_downsample",
-           "max_2x2_stride_1", "polyphase_choice", "polyphase_energies", "take_polyphase"]
+__all__ = ["ApsMaxPool2d", "BlurMaxPool2d", "adaptive_polyphase_sample", "blurmax_by_torch",
+           "make_downsample", "max_2x2_stride_1", "polyphase_choice", "polyphase_energies",
+           "take_polyphase"]
 
 
 def _check_padding(padding: str) -> None:
@@ -45,6 +50,43 @@ def max_2x2_stride_1(x: Tensor, padding: str) -> Tensor:
     return torch.maximum(rows[..., :-1], rows[..., 1:])
 
 
+def blurmax_by_torch(x: Tensor, kernel: Tensor, padding: str) -> Tensor:
+    """``BlurMaxPool2d`` in torch's ops, on every device: ``max_2x2_stride_1``, then the filter
+    ``kernel`` ``(C, 1, k, k)`` as a depthwise convolution at stride 2, its zero padding
+    inside the convolution, without a padded copy."""
+    x = max_2x2_stride_1(x, padding)
+    radius = kernel.shape[-1] // 2
+    if padding == "zeros":
+        return F.conv2d(x, kernel, stride=2, padding=radius, groups=len(kernel))
+    x = pad2d(x, (radius, radius, radius, radius), padding)
+    return F.conv2d(x, kernel, stride=2, groups=len(kernel))
+
+
+@cache
+def _cpu_kernel() -> ModuleType | None:
+    """``gap_study.nets.blurmax_kernel``, imported (and numba with it) on first use; ``None``
+    with a warning where it cannot be."""
+    try:
+        from gap_study.nets import blurmax_kernel
+    except ImportError as error:  # numba missing or broken: torch's ops instead
+        warnings.warn(f"BlurMaxPool2d runs on torch's ops, without its CPU kernel: {error}",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return blurmax_kernel
+
+
+def _cpu_kernel_for(x: Tensor, blur_size: int) -> ModuleType | None:
+    """``_cpu_kernel()`` where ``BlurMaxPool2d`` takes it for ``x``, else ``None``.
+
+    1. A CPU map of float32 or float64: torch's ops on other devices (CUDA) and dtypes.
+    2. Sides above the filter's radius and at least 2: smaller maps go to torch's ops, which
+       refuse the reflect and circular padding that would wrap around more than once.
+    """
+    fits = (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and x.dim() == 4 and min(x.shape[-2:]) > max(blur_size // 2, 1))
+    return _cpu_kernel() if fits else None
+
+
 class BlurMaxPool2d(nn.Module):
     """2x2 max at stride 1, then a binomial low-pass filter at stride 2: ``(N, C, H, W) ->
     (N, C, H/2, W/2)`` for even ``H``, ``W``.
@@ -54,8 +96,10 @@ class BlurMaxPool2d(nn.Module):
     ``padding`` mode: the max one row and column after the map (``max_2x2_stride_1``), the
     filter ``blur_size // 2`` on every side. (kornia's ``max_blur_pool2d`` does not pad the max,
     so its last row and column of output differ from this layer's in every mode; only its
-    kernel is used.) Zero padding of the filter happens inside its convolution, without a
-    padded copy.
+    kernel is used.) On CPU both steps and their backward run as one kernel
+    (``gap_study.nets.blurmax_kernel``, numba), in the map's layout, without padded copies:
+    the max's values and gradient rule are ``max_pool2d``'s, the filter's sums are rounded
+    in another order. Elsewhere (CUDA), or without numba, ``blurmax_by_torch``.
     """
 
     def __init__(self, channels: int, blur_size: int = 3, padding: str = "zeros") -> None:
@@ -70,12 +114,10 @@ class BlurMaxPool2d(nn.Module):
                              persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = max_2x2_stride_1(x, self.padding)
-        radius = self.blur_size // 2
-        if self.padding == "zeros":  # the convolution pads, without a padded copy
-            return F.conv2d(x, self.kernel, stride=2, padding=radius, groups=self.channels)
-        x = pad2d(x, (radius, radius, radius, radius), self.padding)
-        return F.conv2d(x, self.kernel, stride=2, groups=self.channels)
+        kernel = _cpu_kernel_for(x, self.blur_size)
+        if kernel is not None:
+            return kernel.blurmax(x, self.blur_size, self.padding)
+        return blurmax_by_torch(x, self.kernel, self.padding)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, blur_size={self.blur_size}, padding={self.padding!r}"

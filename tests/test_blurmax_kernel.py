@@ -1,0 +1,112 @@
+"""BlurMaxPool2d's CPU kernel (gap_study.nets.blurmax_kernel) against the same layer in torch's
+ops (blurmax_by_torch): the same values and gradients at float32 tolerance, the same gradient
+rule for ties, the input's layout kept; torch's ops on other devices and without numba."""
+
+import sys
+import warnings
+
+import pytest
+import torch
+
+import gap_study.nets
+from gap_study.nets import downsample
+from gap_study.nets.downsample import BlurMaxPool2d, blurmax_by_torch
+
+pytest.importorskip("numba", reason="the kernel needs numba (pyproject.toml)")
+
+# torch.testing's float32 tolerances (rtol 1.3e-6, atol 1e-5): the filter's nine or 25
+# products are summed in another order than torch's convolution, nothing else differs
+SHAPES = [(8, 16, 20, 20), (8, 32, 10, 10), (3, 5, 7, 9), (2, 3, 5, 5)]
+
+
+def random_map(shape, seed, *, channels_last=True, integers=False):
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randint(0, 3, shape, generator=generator).float() if integers
+         else torch.randn(shape, generator=generator))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def kernel_and_torch(layer, x, grad):
+    """The layer's output and input gradient, then the same by torch's ops."""
+    x = x.detach().requires_grad_()
+    out = layer(x)
+    assert out.grad_fn is not None and "BlurMax" in type(out.grad_fn).__name__
+    expected = blurmax_by_torch(x, layer.kernel, layer.padding)
+    return (out, *torch.autograd.grad(out, x, grad), expected,
+            *torch.autograd.grad(expected, x, grad))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+@pytest.mark.parametrize("blur_size", [3, 5])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_kernel_gives_torchs_values_and_gradients_in_the_inputs_layout(
+        shape, blur_size, padding, channels_last):
+    layer = BlurMaxPool2d(shape[1], blur_size, padding)
+    x = random_map(shape, blur_size, channels_last=channels_last)
+    out_shape = (*shape[:2], (shape[2] + 1) // 2, (shape[3] + 1) // 2)
+    grad = random_map(out_shape, 1, channels_last=channels_last)
+    out, out_grad, expected, expected_grad = kernel_and_torch(layer, x, grad)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out_grad, expected_grad)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=layout)
+    assert out_grad.is_contiguous(memory_format=layout)
+    # deterministic: the same bits again
+    again = kernel_and_torch(layer, x, grad)
+    assert torch.equal(again[0], out) and torch.equal(again[1], out_grad)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+def test_ties_route_each_windows_gradient_to_the_same_input_as_max_pool2d(padding):
+    # values in {0, 1, 2}: most windows hold a tie, and a different rule would move a whole
+    # gradient (not a rounding) to another input; zero padding ties with the map's zeros
+    x = random_map((4, 8, 12, 12), 2, integers=True)
+    grad = random_map((4, 8, 6, 6), 3)
+    out, out_grad, expected, expected_grad = kernel_and_torch(BlurMaxPool2d(8, 3, padding), x,
+                                                              grad)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out_grad, expected_grad)
+
+
+def test_float64_is_as_close_as_its_rounding():
+    x = random_map((2, 4, 12, 10), 4).double()
+    for padding in ("zeros", "circular", "reflect"):
+        layer = BlurMaxPool2d(4, 5, padding).double()
+        torch.testing.assert_close(layer(x), blurmax_by_torch(x, layer.kernel, padding),
+                                   rtol=0, atol=1e-14)
+
+
+def test_a_nan_input_gives_nan_where_torchs_ops_do():
+    x = random_map((2, 4, 8, 8), 5)
+    x[0, 1, 3, 4] = x[1, 2, 7, 7] = float("nan")
+    layer = BlurMaxPool2d(4, 3, "circular")
+    assert torch.equal(layer(x).isnan(), blurmax_by_torch(x, layer.kernel, "circular").isnan())
+
+
+def test_other_dtypes_and_devices_and_small_maps_take_torchs_ops():
+    layer = BlurMaxPool2d(4, 5, "reflect")
+    for x in (torch.rand(2, 4, 8, 8, dtype=torch.bfloat16),
+              torch.rand(2, 4, 8, 8, device="meta")):
+        assert downsample._cpu_kernel_for(x, 5) is None
+        assert layer.to(x.dtype)(x).shape == (2, 4, 4, 4)
+    with pytest.raises(RuntimeError, match=r"[Pp]adding size should be less than"):
+        layer.float()(torch.rand(1, 4, 2, 2))  # torch's ops refuse it, not the kernel
+
+
+def test_without_numba_the_layer_warns_once_and_takes_torchs_ops(monkeypatch):
+    downsample._cpu_kernel.cache_clear()
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
+    monkeypatch.delitem(sys.modules, "gap_study.nets.blurmax_kernel", raising=False)
+    monkeypatch.delattr(gap_study.nets, "blurmax_kernel", raising=False)
+    try:
+        layer = BlurMaxPool2d(4, 3, "circular")
+        x = random_map((2, 4, 8, 8), 6).requires_grad_()
+        with pytest.warns(RuntimeWarning, match="without its CPU kernel"):
+            out = layer(x)
+        assert "BlurMax" not in type(out.grad_fn).__name__
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            layer(x)
+    finally:
+        downsample._cpu_kernel.cache_clear()
