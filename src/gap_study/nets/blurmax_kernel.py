@@ -67,9 +67,9 @@ def _max4(a, b, c, d, out, size):  # pragma: no cover (numba)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _choice4(a, b, c, d, out, size):  # pragma: no cover (numba)
-    """``out[j]``: which of ``a[j]``, ``b[j]``, ``c[j]``, ``d[j]`` ``_max4`` takes (0 to 3):
-    the first maximum, ``max_pool2d``'s rule for its window in row-major order."""
+def _max_choice4(a, b, c, d, out, choice, size):  # pragma: no cover (numba)
+    """``_max4``, and in ``choice[j]`` which of the four it took (0 to 3): the first
+    maximum, ``max_pool2d``'s rule for its window in row-major order."""
     for j in range(size):
         best, k = a[j], 0
         v = b[j]
@@ -81,35 +81,37 @@ def _choice4(a, b, c, d, out, size):  # pragma: no cover (numba)
         v = d[j]
         if (v > best) | (v != v):
             best, k = v, 3
-        out[j] = k
+        out[j] = best
+        choice[j] = k
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _window_row(image, channels, rows, columns, zeros, y, out, choose):  # pragma: no cover
+def _window_row(image, channels, rows, columns, zeros, y, out, choice):  # pragma: no cover
     """Row ``y`` of the 2x2 windows of ``image`` ``(H, W * C)``, padded one row and column
-    after by the maps ``rows``, ``columns``: their max (``_max4``) or, with ``choose``, which
-    entry it is (``_choice4``), into ``out`` ``(W * C)``. The windows of the last column
-    reach into the padded column: that one apart."""
+    after by the maps ``rows``, ``columns``: their max into ``out`` ``(W * C)`` and, unless
+    ``choice`` is empty, which entry it is into ``choice`` (``_max_choice4``). The windows of
+    the last column reach into the padded column: that one apart."""
     inner = image.shape[1] - channels
     last, below = columns[columns.shape[0] - 1], rows[y + 1]
     a = image[y]
     c = image[below] if below >= 0 else zeros
     right = a[last * channels:] if last >= 0 else zeros
     below_right = c[last * channels:] if last >= 0 else zeros
-    if choose:
-        _choice4(a, a[channels:], c, c[channels:], out, inner)
-        _choice4(a[inner:], right, c[inner:], below_right, out[inner:], channels)
+    if choice.shape[0]:
+        _max_choice4(a, a[channels:], c, c[channels:], out, choice, inner)
+        _max_choice4(a[inner:], right, c[inner:], below_right, out[inner:], choice[inner:],
+                     channels)
     else:
         _max4(a, a[channels:], c, c[channels:], out, inner)
         _max4(a[inner:], right, c[inner:], below_right, out[inner:], channels)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _max_2x2_backward(image, grad, channels, rows, columns, zeros, out, choice, border,
+def _max_2x2_backward(choice, grad, channels, rows, columns, zeros, out, border,
                       ):  # pragma: no cover (numba)
-    """Each window's gradient ``grad`` ``(H, W * C)`` given to its first maximum in
-    ``image`` (``_choice4``), into ``out`` ``(H, W * C)``; ``border`` ``(H + 2, W * C)``:
-    scratch for the padded row's and column's gradients.
+    """Each window's gradient ``grad`` ``(H, W * C)`` given to the entry ``choice`` names
+    (``_max_choice4``), into ``out`` ``(H, W * C)``; ``border`` ``(H + 2, W * C)``: scratch
+    for the padded row's and column's gradients.
 
     1. Each input sums its windows' gradients in ``max_pool2d``'s order: the window above
        and left of it first, its own last.
@@ -117,10 +119,8 @@ def _max_2x2_backward(image, grad, channels, rows, columns, zeros, out, choice, 
        and column they copy, the column first (``CircularPad2d``'s order); zeros dropped.
     """
     zero = zeros[0]
-    height, width = image.shape
+    height, width = choice.shape
     inner = width - channels
-    for y in range(height):
-        _window_row(image, channels, rows, columns, zeros, y, choice[y], True)
     for y in range(height + 1):  # the rows of the padded map; the last is the padded row
         target = out[y] if y < height else border[height]
         for j in range(width):
@@ -228,33 +228,35 @@ def _axpy(a, x, y, size):  # pragma: no cover (numba)
 
 @njit(cache=True, nogil=True)
 def blurmax_forward(x, channels, taps, max_rows, max_columns, blur_rows, blur_columns,
-                    out):  # pragma: no cover (numba)
+                    out, choice):  # pragma: no cover (numba)
     """``BlurMaxPool2d`` of ``x`` ``(N, H, W * C)`` into ``out`` ``(N, Ho, Wo * C)``, given
     the max's padding maps (``source_rows`` of one row and column after), the filter's
-    (``r`` on every side) and its 1-D ``taps``."""
+    (``r`` on every side) and its 1-D ``taps``; each window's maximum into ``choice``
+    (int8, like ``x``) for the backward, unless it is empty."""
     maxed = np.empty(x.shape[1:], x.dtype)
     zeros = np.zeros(x.shape[2], x.dtype)
     row = np.empty(blur_columns.shape[0] * channels, x.dtype)
+    keep = choice.shape[0] > 0
     for n in range(x.shape[0]):
         for y in range(x.shape[1]):
-            _window_row(x[n], channels, max_rows, max_columns, zeros, y, maxed[y], False)
+            _window_row(x[n], channels, max_rows, max_columns, zeros, y, maxed[y],
+                        choice[n, y] if keep else choice[0:0, 0, 0])
         _blur(maxed, channels, taps, blur_rows, blur_columns, out[n], row)
 
 
 @njit(cache=True, nogil=True)
-def blurmax_backward(x, grad, channels, taps, max_rows, max_columns, blur_rows, blur_columns,
-                     out):  # pragma: no cover (numba)
-    """The gradient of ``blurmax_forward`` for ``x`` into ``out`` ``(N, H, W * C)``, given
-    ``grad`` ``(N, Ho, Wo * C)``: the max's windows are taken again from ``x``."""
-    grad_maxed = np.empty(x.shape[1:], x.dtype)
-    choice = np.empty(x.shape[1:], np.int8)
-    zeros = np.zeros(x.shape[2], x.dtype)
-    border = np.empty((x.shape[1] + 2, x.shape[2]), x.dtype)
-    row = np.empty(blur_columns.shape[0] * channels, x.dtype)
-    for n in range(x.shape[0]):
+def blurmax_backward(choice, grad, channels, taps, max_rows, max_columns, blur_rows,
+                     blur_columns, out):  # pragma: no cover (numba)
+    """The gradient of ``blurmax_forward`` for its ``x`` into ``out`` ``(N, H, W * C)``, given
+    ``grad`` ``(N, Ho, Wo * C)`` and the forward's ``choice``."""
+    grad_maxed = np.empty(out.shape[1:], out.dtype)
+    zeros = np.zeros(out.shape[2], out.dtype)
+    border = np.empty((out.shape[1] + 2, out.shape[2]), out.dtype)
+    row = np.empty(blur_columns.shape[0] * channels, out.dtype)
+    for n in range(out.shape[0]):
         _blur_backward(grad[n], channels, taps, blur_rows, blur_columns, grad_maxed, row)
-        _max_2x2_backward(x[n], grad_maxed, channels, max_rows, max_columns, zeros, out[n],
-                          choice, border)
+        _max_2x2_backward(choice[n], grad_maxed, channels, max_rows, max_columns, zeros,
+                          out[n], border)
 
 
 @lru_cache(maxsize=64)
@@ -288,23 +290,27 @@ class _BlurMax(torch.autograd.Function):
                 size: int, padding: str) -> Tensor:
         n, c, h, w = x.shape
         out = torch.empty((n, (h + 1) // 2, (w + 1) // 2, c), dtype=x.dtype)
+        # 1. which input each window's max is, kept only where a backward will need it
+        choice = torch.empty((n if ctx.needs_input_grad[0] else 0, h, w * c), dtype=torch.int8)
         blurmax_forward(_rows(x), c, _taps(size, x.dtype), *_maps(h, w, size // 2, padding),
-                        out.view(n, out.shape[1], -1).numpy())
-        ctx.save_for_backward(x)
+                        out.view(n, out.shape[1], -1).numpy(), choice.numpy())
+        ctx.save_for_backward(choice)
         ctx.size, ctx.padding = size, padding  # type: ignore[attr-defined]
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=memory_layout(x))
+        ctx.shape, ctx.dtype = x.shape, x.dtype  # type: ignore[attr-defined]
+        ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=ctx.layout)  # type: ignore[attr-defined]
 
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
                  grad: Tensor) -> tuple[Tensor, None, None]:
-        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        size, padding = ctx.size, ctx.padding  # type: ignore[attr-defined]
-        n, c, h, w = x.shape
-        out = torch.empty((n, h, w, c), dtype=x.dtype)
-        blurmax_backward(_rows(x), _rows(grad.to(x.dtype)), c, _taps(size, x.dtype),
+        (choice,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        size, padding, dtype = ctx.size, ctx.padding, ctx.dtype  # type: ignore[attr-defined]
+        (n, c, h, w), layout = ctx.shape, ctx.layout  # type: ignore[attr-defined]
+        out = torch.empty((n, h, w, c), dtype=dtype)
+        blurmax_backward(choice.numpy(), _rows(grad.to(dtype)), c, _taps(size, dtype),
                          *_maps(h, w, size // 2, padding), out.view(n, h, -1).numpy())
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=memory_layout(x)), None, None
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=layout), None, None
 
 
 def blurmax(x: Tensor, size: int, padding: str) -> Tensor:
