@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.models import build_model
-from gap_study.nets.padding import CircularConv2d, CircularPad2d, pad2d
+from gap_study.nets.padding import CircularConv2d, CircularConvolution, CircularPad2d, pad2d
 
 CHANNELS_LAST = torch.channels_last
 
@@ -58,6 +58,44 @@ def test_circular_conv_is_torchs_circular_conv_with_the_same_state_dict():
     grad = random_map(out.shape, seed=2)
     torch.testing.assert_close(torch.autograd.grad(out, [x, ours.weight], grad),
                                torch.autograd.grad(expected, [x, torchs.weight], grad))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize(("kernel", "pads"), [((3, 3), (1, 1, 1, 1)), ((5, 5), (2, 2, 2, 2)),
+                                              ((2, 4), (2, 1, 0, 1)), ((1, 1), (0, 0, 0, 0))])
+def test_circular_convolution_has_the_gradients_of_a_convolution_of_the_padded_map(
+        kernel, pads, channels_last):
+    # its own backward takes the input's gradient as a circular convolution of the output's:
+    # the same sums in another order (float32 tolerances), weight and bias bit for bit
+    generator = torch.Generator().manual_seed(3)
+    x = random_map((3, 4, 6, 7), channels_last=channels_last).requires_grad_()
+    weight = torch.randn(5, 4, *kernel, generator=generator).requires_grad_()
+    bias = torch.randn(5, generator=generator).requires_grad_()
+    layout = CHANNELS_LAST if channels_last else torch.contiguous_format
+    out = CircularConvolution.apply(x, weight, bias, pads)
+    padded = F.pad(x, pads, mode="circular").contiguous(memory_format=layout)
+    expected = F.conv2d(padded, weight, bias)
+    assert torch.equal(out, expected)
+    grad = random_map(out.shape, seed=4, channels_last=channels_last)
+    ours = torch.autograd.grad(out, [x, weight, bias], grad)
+    torchs = torch.autograd.grad(expected, [x, weight, bias], grad)
+    torch.testing.assert_close(ours[0], torchs[0])
+    assert torch.equal(ours[1], torchs[1]) and torch.equal(ours[2], torchs[2])
+    assert ours[0].is_contiguous(memory_format=layout)
+
+
+def test_a_circular_conv_with_a_stride_pads_and_lets_autograd_take_the_gradient():
+    torch.manual_seed(0)
+    ours = CircularConv2d(4, 6, 3, padding=1, bias=True)
+    ours.stride = (2, 2)
+    torchs = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2, padding_mode="circular")
+    torchs.load_state_dict(ours.state_dict())
+    x = random_map((2, 4, 8, 8)).requires_grad_()
+    out, expected = ours(x), torchs(x)
+    assert "CircularConvolution" not in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), x), torch.autograd.grad(
+        expected.sum(), x))
 
 
 @pytest.mark.parametrize("downsample", ["max", "blurmax", "aps"])

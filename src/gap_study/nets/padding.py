@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CircularConv2d", "CircularPad2d", "memory_layout", "pad2d"]
+__all__ = ["CircularConv2d", "CircularConvolution", "CircularPad2d", "memory_layout", "pad2d"]
 
 # torch.nn.Conv2d's padding_mode -> the mode of torch.nn.functional.pad
 PAD_MODES = {"zeros": "constant", "circular": "circular", "reflect": "reflect"}
@@ -63,6 +63,16 @@ def _unwrapped(grad: Tensor, pads: tuple[int, int, int, int], layout: torch.memo
     return out
 
 
+def _pad_for_backward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,
+                      pads: tuple[int, int, int, int]) -> Tensor:
+    """``_wrapped(x, pads)`` in ``x``'s layout, the pads and the layout kept in ``ctx``."""
+    left, right, top, bottom = pads
+    if max(top, bottom) > x.shape[-2] or max(left, right) > x.shape[-1]:
+        raise ValueError(f"circular padding {pads} is larger than the map {tuple(x.shape)}")
+    ctx.pads, ctx.layout = pads, memory_layout(x)  # type: ignore[attr-defined]
+    return _wrapped(x, pads, ctx.layout)  # type: ignore[attr-defined]
+
+
 class CircularPad2d(torch.autograd.Function):
     """Circular padding of an ``(N, C, H, W)`` map by ``(left, right, top, bottom)``, each at
     most the map's size along its axis: the same values as ``F.pad(mode="circular")``, in the
@@ -79,11 +89,7 @@ class CircularPad2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
                 pads: tuple[int, int, int, int]) -> Tensor:
-        left, right, top, bottom = pads
-        if max(top, bottom) > x.shape[-2] or max(left, right) > x.shape[-1]:
-            raise ValueError(f"circular padding {pads} is larger than the map {tuple(x.shape)}")
-        ctx.pads, ctx.layout = pads, memory_layout(x)  # type: ignore[attr-defined]
-        return _wrapped(x, pads, ctx.layout)  # type: ignore[attr-defined]
+        return _pad_for_backward(ctx, x, pads)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
@@ -99,9 +105,48 @@ def pad2d(x: Tensor, pads: tuple[int, int, int, int], padding: str) -> Tensor:
     return F.pad(x, pads, mode=PAD_MODES[padding])
 
 
+class CircularConvolution(torch.autograd.Function):
+    """``F.conv2d`` at stride 1 of ``x`` circularly padded by ``(left, right, top, bottom)``
+    (``CircularPad2d``), the map's size kept (``left + right`` and ``top + bottom`` one less
+    than the kernel's sides), with a backward of its own for the input.
+
+    1. The input's gradient of a circular convolution is a circular convolution too: of the
+       output's gradient, padded the other way round (``right, left, bottom, top``), with the
+       kernel flipped and its channels swapped. That is one convolution the size of the map;
+       autograd's takes the padded map's gradient (1.44 times the positions for 10x10, 1.96
+       for 5x5) and then folds its border back. The same sums, rounded in another order.
+    2. The weight's and bias's gradients are the convolution's own (``convolution_backward``
+       on the padded map), bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
+                weight: Tensor, bias: Tensor | None, pads: tuple[int, int, int, int]) -> Tensor:
+        padded = _pad_for_backward(ctx, x, pads)
+        ctx.save_for_backward(padded, weight)
+        ctx.has_bias = bias is not None  # type: ignore[attr-defined]
+        return F.conv2d(padded, weight, bias)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        padded, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        left, right, top, bottom = ctx.pads  # type: ignore[attr-defined]
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            turned = _wrapped(grad, (right, left, bottom, top), ctx.layout)  # type: ignore
+            grad_x = F.conv2d(turned, weight.flip(2, 3).transpose(0, 1))
+        mask = [False, *ctx.needs_input_grad[1:3]]  # type: ignore[attr-defined]
+        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad, padded, weight, [len(weight)] if ctx.has_bias else None,  # type: ignore
+            [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
+        return grad_x, grad_weight, grad_bias, None
+
+
 class CircularConv2d(nn.Conv2d):
     """``nn.Conv2d`` with ``padding_mode="circular"`` whose padding is ``CircularPad2d``: the
-    same function and parameters (a drop-in for checkpoints), its map kept channels_last."""
+    same function and parameters (a drop-in for checkpoints), its map kept channels_last; at
+    stride 1 as ``CircularConvolution``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
                  padding: int, bias: bool = True) -> None:
@@ -109,5 +154,10 @@ class CircularConv2d(nn.Conv2d):
                          padding_mode="circular")
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        padded = CircularPad2d.apply(input, tuple(self._reversed_padding_repeated_twice))
+        pads = tuple(self._reversed_padding_repeated_twice)
+        if (self.stride, self.dilation, self.groups) == ((1, 1), (1, 1), 1) and (
+                pads[0] + pads[1], pads[2] + pads[3]) == (weight.shape[3] - 1,
+                                                          weight.shape[2] - 1):
+            return CircularConvolution.apply(input, weight, bias, pads)
+        padded = CircularPad2d.apply(input, pads)
         return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
