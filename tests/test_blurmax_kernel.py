@@ -71,10 +71,12 @@ def test_ties_route_each_windows_gradient_to_the_same_input_as_max_pool2d(paddin
 
 def test_float64_is_as_close_as_its_rounding():
     x = random_map((2, 4, 12, 10), 4).double()
+    grad = random_map((2, 4, 6, 5), 5).double()
     for padding in ("zeros", "circular", "reflect"):
-        layer = BlurMaxPool2d(4, 5, padding).double()
-        torch.testing.assert_close(layer(x), blurmax_by_torch(x, layer.kernel, padding),
-                                   rtol=0, atol=1e-14)
+        out, out_grad, expected, expected_grad = kernel_and_torch(
+            BlurMaxPool2d(4, 5, padding).double(), x, grad)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-14)
+        torch.testing.assert_close(out_grad, expected_grad, rtol=0, atol=1e-14)
 
 
 def test_a_nan_input_gives_nan_where_torchs_ops_do():
