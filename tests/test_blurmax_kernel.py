@@ -112,3 +112,15 @@ def test_without_numba_the_layer_warns_once_and_takes_torchs_ops(monkeypatch):
             layer(x)
     finally:
         downsample._cpu_kernel.cache_clear()
+
+
+def test_with_numba_a_kernel_that_does_not_load_stops_with_the_fix_not_other_numbers(
+        monkeypatch):
+    downsample._cpu_kernel.cache_clear()
+    monkeypatch.setitem(sys.modules, "gap_study.nets.blurmax_kernel", None)  # import fails
+    monkeypatch.delattr(gap_study.nets, "blurmax_kernel", raising=False)
+    try:
+        with pytest.raises(RuntimeError, match=r"did not load.*NUMBA_CACHE_DIR"):
+            BlurMaxPool2d(4, 3, "zeros")(random_map((2, 4, 8, 8), 7))
+    finally:
+        downsample._cpu_kernel.cache_clear()

@@ -216,3 +216,16 @@ def test_a_full_disk_while_keeping_a_run_says_disk_full_naming_the_file(tmp_path
         keep.save("k", Run(0, pd.DataFrame({"x": [1.0]}), np.zeros(2)), "run0")
     monkeypatch.undo()
     assert keep.load("k") is None  # nothing half-kept is used
+
+
+def test_runs_kept_with_numba_are_not_reused_without_it(monkeypatch):
+    # BlurMaxPool2d rounds differently on torch's ops: a kept run must match the path taken
+    from gap_study.pipeline import kept
+    kept.code_fingerprint.cache_clear()
+    try:
+        with_numba = kept.code_fingerprint()
+        kept.code_fingerprint.cache_clear()
+        monkeypatch.setattr(kept, "numba_version", lambda: None)
+        assert kept.code_fingerprint() != with_numba
+    finally:
+        kept.code_fingerprint.cache_clear()

@@ -84,6 +84,16 @@ def test_circular_convolution_has_the_gradients_of_a_convolution_of_the_padded_m
     assert ours[0].is_contiguous(memory_format=layout)
 
 
+def test_a_second_derivative_through_the_circular_convolution_raises_not_misleads():
+    # its backward is written out, not a graph: create_graph must not give a wrong answer
+    x = random_map((1, 2, 5, 5)).requires_grad_()
+    weight = torch.randn(3, 2, 3, 3, requires_grad=True)
+    out = CircularConvolution.apply(x, weight, None, (1, 1, 1, 1))
+    (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="marked with @once_differentiable"):
+        grad_x.square().sum().backward()  # a gradient penalty's second step
+
+
 def test_a_circular_conv_with_a_stride_pads_and_lets_autograd_take_the_gradient():
     torch.manual_seed(0)
     ours = CircularConv2d(4, 6, 3, padding=1, bias=True)

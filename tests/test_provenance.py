@@ -1,5 +1,6 @@
 import subprocess
 
+import pytest
 import torch
 
 from gap_study.pipeline.provenance import cpu_name, git_commit, run_environment, run_record
@@ -37,6 +38,17 @@ def test_run_environment_records_the_cpu_and_the_instruction_set_torch_chose_ker
     assert record["cpu"].strip()
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["torch"] == torch.__version__ and record["torch_threads"] >= 1
+
+
+def test_run_environment_says_whether_numba_ran_the_blurmax_kernel(monkeypatch):
+    from importlib import metadata
+    numba = pytest.importorskip("numba")
+    assert run_environment("cpu")["numba"] == numba.__version__
+
+    def absent(name):
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "version", absent)
+    assert run_environment("cpu")["numba"] is None
 
 
 def test_a_run_record_holds_the_params_the_facts_and_the_environment(tmp_path):

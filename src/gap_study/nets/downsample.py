@@ -64,14 +64,28 @@ def blurmax_by_torch(x: Tensor, kernel: Tensor, padding: str) -> Tensor:
 
 @cache
 def _cpu_kernel() -> ModuleType | None:
-    """``gap_study.nets.blurmax_kernel``, imported (and numba with it) on first use; ``None``
-    with a warning where it cannot be."""
+    """``gap_study.nets.blurmax_kernel``, imported (and numba with it) on first use.
+
+    1. Without numba, ``None`` and a warning: torch's ops instead, which round the filter's
+       sums in another order (run records say which: ``numba`` is ``None`` in
+       ``gap_study.pipeline.provenance.run_environment``).
+    2. With numba, a kernel that fails to load (e.g. numba finds no writable folder for its
+       cache) is an error, not a quiet switch to other numbers.
+    """
     try:
-        from gap_study.nets import blurmax_kernel
-    except ImportError as error:  # numba missing or broken: torch's ops instead
+        import numba  # noqa: F401
+    except ImportError as error:
         warnings.warn(f"BlurMaxPool2d runs on torch's ops, without its CPU kernel: {error}",
                       RuntimeWarning, stacklevel=3)
         return None
+    try:
+        from gap_study.nets import blurmax_kernel
+    except Exception as error:
+        raise RuntimeError(
+            f"BlurMaxPool2d's CPU kernel (gap_study.nets.blurmax_kernel) did not load: {error}. "
+            "If numba cannot write its cache, set NUMBA_CACHE_DIR to a writable folder; to run "
+            "on torch's ops instead, uninstall numba (the numbers then differ in float "
+            "rounding).") from error
     return blurmax_kernel
 
 

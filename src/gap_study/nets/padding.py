@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["CircularConv2d", "CircularConvolution", "CircularPad2d", "memory_layout", "pad2d"]
 
@@ -128,6 +129,7 @@ class CircularConvolution(torch.autograd.Function):
         return F.conv2d(padded, weight, bias)
 
     @staticmethod
+    @once_differentiable  # its backward is no graph: a second derivative raises
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
                  grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         padded, weight = ctx.saved_tensors  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ from pydantic import BaseModel
 
 from gap_study.nets.checkpoints import file_sha256, write_checkpoint
 from gap_study.pipeline.io import DiskFullError, write_arrays, write_text
+from gap_study.pipeline.provenance import numba_version
 
 __all__ = ["KeptRuns", "NotEnoughSpaceError", "code_fingerprint", "fingerprint"]
 
@@ -96,15 +97,16 @@ def fingerprint(*values: Any) -> str:
 
 @cache
 def code_fingerprint() -> str:
-    """The SHA-256 of every ``gap_study`` source file, with the versions of Python, torch and
-    NumPy and the CPU instruction set torch chose its kernels for."""
+    """The SHA-256 of every ``gap_study`` source file, with the versions of Python, torch,
+    NumPy and numba (or its absence: ``BlurMaxPool2d`` then runs on torch's ops) and the CPU
+    instruction set torch chose its kernels for."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     _feed(digest, (platform.python_version(), torch.__version__, np.__version__,
-                   torch.backends.cpu.get_cpu_capability()))
+                   str(numba_version()), torch.backends.cpu.get_cpu_capability()))
     return digest.hexdigest()
 
 

@@ -12,12 +12,14 @@ import platform
 import socket
 import subprocess
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["cpu_name", "git_commit", "run_environment", "run_record", "worker_facts"]
+__all__ = ["cpu_name", "git_commit", "numba_version", "run_environment", "run_record",
+           "worker_facts"]
 
 
 def git_commit(root: str | Path = ".") -> str | None:
@@ -50,6 +52,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def numba_version() -> str | None:
+    """numba's version, ``None`` where it is not installed: ``BlurMaxPool2d`` runs its CPU
+    kernel with numba and torch's ops without, which round differently."""
+    try:
+        return metadata.version("numba")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def run_environment(device: torch.device | str, root: str | Path = ".") -> dict[str, object]:
     """Versions, device, CPU and threads of this process, for a run record."""
     device = torch.device(device)
@@ -58,6 +69,7 @@ def run_environment(device: torch.device | str, root: str | Path = ".") -> dict[
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "numba": numba_version(),
         "platform": platform.platform(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
