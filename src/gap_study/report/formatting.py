@@ -72,12 +72,17 @@ METRIC_LABELS = {
 RELATIVE = frozenset({"seconds_per_step", "time_to_target"})
 
 
-def format_number(value: float, metric: str, difference: bool = False) -> str:
-    """``value`` in the metric's display units; a difference of percentages is in points."""
-    scale, decimals, unit = _FORMATS.get(metric, (1, 3, ""))
-    if difference and unit == "%":
-        unit = " pts"
-    return f"{value * scale:,.{decimals}f}{unit}"
+def format_number(value: float, metric: str, difference: bool = False, signed: bool = False,
+                  unit: bool = True) -> str:
+    """``value`` in the metric's display units; a difference of percentages is in points.
+    ``signed``: with ``+`` or ``-``; not ``unit``: without a unit that is a word (`` pts``,
+    `` ms``), for a number that follows one that has it."""
+    scale, decimals, suffix = _FORMATS.get(metric, (1, 3, ""))
+    if difference and suffix == "%":
+        suffix = " pts"
+    if not unit and suffix.startswith(" "):
+        suffix = ""
+    return f"{value * scale:{'+' if signed else ''},.{decimals}f}{suffix}"
 
 
 def format_percent(value: float) -> str:
@@ -90,9 +95,7 @@ def _improvement_number(value: float, metric: str, unit: bool = True) -> str:
     metric; without a unit that is a word (`` pts``) if not ``unit``."""
     if metric in RELATIVE:
         return f"{value:+.0%}"
-    text = format_number(value, metric, difference=True)
-    text = text if text.startswith("-") else f"+{text}"
-    return text if unit or " " not in text else text.split(" ")[0]
+    return format_number(value, metric, difference=True, signed=True, unit=unit)
 
 
 def format_magnitude(value: float, metric: str) -> str:
