@@ -1,6 +1,6 @@
-"""Circular and reflect padding in the map's own layout (gap_study.nets.padding): the values and
-gradients of torch's ``F.pad`` and ``nn.Conv2d(padding_mode=...)``, without leaving
-channels_last."""
+"""Circular padding in the map's own layout (gap_study.nets.padding): the values and gradients
+of torch's ``F.pad(mode="circular")`` and ``nn.Conv2d(padding_mode="circular")``, without
+leaving channels_last."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from gap_study.nets import padding
 from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.models import build_model
-from gap_study.nets.padding import CircularConvolution, PaddedConv2d, gather_pad, pad2d
+from gap_study.nets.padding import CircularConv2d, CircularConvolution, circular_pad, pad2d
 
 CHANNELS_LAST = torch.channels_last
 
@@ -19,39 +19,47 @@ def random_map(shape, seed=0, *, channels_last=True, dtype=torch.float32):
     return x.contiguous(memory_format=CHANNELS_LAST) if channels_last else x
 
 
-@pytest.mark.parametrize("mode", ["circular", "reflect"])
-@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 1, 0, 1), (2, 3, 1, 0), (4, 4, 3, 3)])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 1, 0, 1), (2, 3, 1, 0), (5, 5, 4, 4)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_gather_pad_gives_torchs_values_and_gradient_in_the_inputs_layout(pads, mode,
-                                                                          channels_last):
-    x = random_map((2, 3, 4, 5), channels_last=channels_last)
+def test_circular_pad_gives_torchs_values_and_gradient_in_the_inputs_layout(pads,
+                                                                            channels_last):
+    x = random_map((2, 3, 4, 5), channels_last=channels_last, dtype=torch.float64)
     x.requires_grad_()
-    ours, torchs = gather_pad(x, pads, mode), F.pad(x, pads, mode=mode)
+    ours, torchs = circular_pad(x, pads), F.pad(x, pads, mode="circular")
     assert torch.equal(ours, torchs)  # copies of the same values
     layout = CHANNELS_LAST if channels_last else torch.contiguous_format
     assert ours.is_contiguous(memory_format=layout)
-    grad = random_map(ours.shape, seed=1)
+    grad = random_map(ours.shape, seed=1, dtype=torch.float64)
     (ours_grad,) = torch.autograd.grad(ours, x, grad)
     (torchs_grad,) = torch.autograd.grad(torchs, x, grad)
-    # each position sums its copies' gradients in the padded map's row-major order, as
-    # torch's reflect backward does; circular's sums are compared at float32 tolerances
-    if mode == "reflect":
-        assert torch.equal(ours_grad, torchs_grad)
-    torch.testing.assert_close(ours_grad, torchs_grad)
+    torch.testing.assert_close(ours_grad, torchs_grad, rtol=0, atol=1e-12)
     assert ours_grad.is_contiguous(memory_format=layout)
 
 
-def test_a_one_channel_map_is_padded_in_both_layouts_alike():
-    x = random_map((3, 1, 6, 6))
-    assert torch.equal(gather_pad(x, (1, 1, 1, 1), "reflect"),
-                       gather_pad(x.contiguous(), (1, 1, 1, 1), "reflect"))
+def test_circular_pad_sums_each_positions_copies_in_the_padded_maps_row_major_order():
+    # the order the blurmax kernel's backward follows: the map's own value, then the copy in
+    # the padded column, then in the padded row, then in the corner
+    x = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    grad = torch.zeros(1, 1, 3, 3)  # the map padded by one row and column after it
+    grad[0, 0, 0, 0], grad[0, 0, 0, 2], grad[0, 0, 2, 0], grad[0, 0, 2, 2] = 1, 1e-8, -1, 3e-8
+    (ours,) = torch.autograd.grad(circular_pad(x, (0, 1, 0, 1)), x, grad)
+    assert ours[0, 0, 0, 0] == ((torch.tensor(1.0) + 1e-8) + -1.0) + 3e-8
 
 
-@pytest.mark.parametrize(("mode", "pads", "limit"), [("circular", (0, 0, 3, 0), "at most 2"),
-                                                    ("reflect", (2, 0, 0, 0), "at most 1")])
-def test_padding_larger_than_the_mode_allows_is_refused_with_the_limit(mode, pads, limit):
-    with pytest.raises(ValueError, match=f"{mode} padding of .* too large .*{limit}"):
-        gather_pad(torch.zeros(1, 1, 2, 2), pads, mode)
+def test_circular_pad_refuses_to_wrap_around_more_than_once():
+    with pytest.raises(ValueError, match="larger than the map 2x3: it wraps around at most"):
+        circular_pad(torch.zeros(1, 1, 2, 3), (0, 0, 3, 0))
+
+
+def test_a_pad_first_taken_in_inference_mode_serves_training_after():
+    # the gather's index is cached per map size: one made under inference mode would be an
+    # inference tensor, which autograd refuses to save
+    padding._sources.cache_clear()
+    x = random_map((1, 2, 9, 7))
+    with torch.inference_mode():
+        circular_pad(x, (1, 1, 1, 1))
+    circular_pad(x.requires_grad_(), (1, 1, 1, 1)).sum().backward()
+    assert x.grad is not None
 
 
 @pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
@@ -60,28 +68,21 @@ def test_every_padding_mode_keeps_channels_last(padding):
     assert pad2d(x, (1, 1, 1, 1), padding).is_contiguous(memory_format=CHANNELS_LAST)
 
 
-@pytest.mark.parametrize("mode", ["circular", "reflect"])
 @pytest.mark.parametrize("input_needs_grad", [True, False])
-def test_a_padded_conv_is_torchs_conv_with_the_same_state_dict(mode, input_needs_grad):
+def test_circular_conv_is_torchs_circular_conv_with_the_same_state_dict(input_needs_grad):
     torch.manual_seed(0)
-    ours = PaddedConv2d(4, 6, 3, padding=1, padding_mode=mode, bias=False)
-    torchs = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False, padding_mode=mode)
+    ours = CircularConv2d(4, 6, 3, padding=1, bias=False)
+    torchs = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False, padding_mode="circular")
     torchs.load_state_dict(ours.state_dict())
     x = random_map((3, 4, 7, 7)).requires_grad_(input_needs_grad)
     out, expected = ours(x), torchs(x)
     torch.testing.assert_close(out, expected)  # float32 tolerances
     assert out.is_contiguous(memory_format=CHANNELS_LAST)
+    assert ("CircularConvolution" in type(out.grad_fn).__name__) == input_needs_grad
     grad = random_map(out.shape, seed=2)
-    wrt = [x, ours.weight] if input_needs_grad else [ours.weight]
-    torch.testing.assert_close(
-        torch.autograd.grad(out, wrt, grad),
-        torch.autograd.grad(expected, [x, torchs.weight] if input_needs_grad else
-                            [torchs.weight], grad))
-
-
-def test_a_padded_conv_refuses_zero_padding():
-    with pytest.raises(ValueError, match="circular or reflect, not 'zeros'"):
-        PaddedConv2d(1, 1, 3, padding=1, padding_mode="zeros")
+    wrt = ([x] if input_needs_grad else [])
+    torch.testing.assert_close(torch.autograd.grad(out, [*wrt, ours.weight], grad),
+                               torch.autograd.grad(expected, [*wrt, torchs.weight], grad))
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -120,7 +121,7 @@ def test_a_second_derivative_through_the_circular_convolution_raises_not_mislead
 
 def test_a_circular_conv_with_a_stride_pads_and_lets_autograd_take_the_gradient():
     torch.manual_seed(0)
-    ours = PaddedConv2d(4, 6, 3, padding=1, padding_mode="circular", bias=True)
+    ours = CircularConv2d(4, 6, 3, padding=1, bias=True)
     ours.stride = (2, 2)
     torchs = torch.nn.Conv2d(4, 6, 3, padding=1, stride=2, padding_mode="circular")
     torchs.load_state_dict(ours.state_dict())
@@ -142,16 +143,5 @@ def test_every_backbone_layer_keeps_a_channels_last_map_channels_last(downsample
     for layer in model.to(memory_format=CHANNELS_LAST).features:
         x = layer(x)
         assert x.is_contiguous(memory_format=CHANNELS_LAST), layer
-    assert sum(isinstance(layer, PaddedConv2d) for layer in model.features) == (
-        0 if padding == "zeros" else 3)
-
-
-def test_a_pad_first_taken_in_inference_mode_serves_training_after():
-    # the gather's index is cached per map size: one made under inference mode would be an
-    # inference tensor, which autograd refuses to save
-    padding._sources.cache_clear()
-    x = random_map((1, 2, 9, 7))
-    with torch.inference_mode():
-        gather_pad(x, (1, 1, 1, 1), "circular")
-    gather_pad(x.requires_grad_(), (1, 1, 1, 1), "circular").sum().backward()
-    assert x.grad is not None
+    assert sum(isinstance(layer, CircularConv2d) for layer in model.features) == (
+        3 if padding == "circular" else 0)

@@ -116,7 +116,7 @@ def _max_2x2_backward(choice, grad, channels, rows, columns, zeros, out, border,
     1. Each input sums its windows' gradients in ``max_pool2d``'s order: the window above
        and left of it first, its own last.
     2. The padded row's and column's gradients are summed apart and then added onto the row
-       and column they copy, the column first (``gather_pad``'s order); zeros dropped.
+       and column they copy, the column first (``circular_pad``'s order); zeros dropped.
     """
     zero = zeros[0]
     height, width = choice.shape

@@ -14,7 +14,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.downsample import make_downsample
 from gap_study.nets.heads import make_head
-from gap_study.nets.padding import PaddedConv2d
+from gap_study.nets.padding import CircularConv2d
 
 __all__ = [
     "ClassifierNet",
@@ -51,12 +51,12 @@ def make_backbone(config: ModelConfig) -> nn.Sequential:
 
 def make_conv(in_channels: int, out_channels: int, padding: str) -> nn.Conv2d:
     """The backbone's 3x3 convolution without bias, padded by one in ``padding``: zeros inside
-    the convolution, circular and reflect by ``PaddedConv2d`` (torch's circular padding leaves
-    channels_last; ``gap_study.nets.padding``)."""
-    if padding == "zeros":
-        return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
-    return PaddedConv2d(in_channels, out_channels, 3, padding=1, padding_mode=padding,
-                        bias=False)
+    the convolution, reflect by ``F.pad`` (both keep channels_last), circular by
+    ``CircularConv2d`` (torch's own leaves channels_last; ``gap_study.nets.padding``)."""
+    if padding == "circular":
+        return CircularConv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False,
+                     padding_mode=padding)
 
 
 class ClassifierNet(nn.Module):
