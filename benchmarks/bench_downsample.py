@@ -9,7 +9,8 @@ deterministic mode (``seed_everything``). Each head's variants are timed in alte
 (best round's median) against the plain run of the same head (``max``, ``zeros``). One more
 row times the plain ``gap`` step with deterministic mode's NaN fills of new tensors turned on
 (``gap_study.pipeline.runtime.FILL_UNINITIALIZED_MEMORY``). kornia's ``MaxBlurPool2D`` (zero
-padding, no padding of the max) is the library reference for the layer alone.
+padding, no padding of the max) is the library reference for the layer alone. Last, the
+backbone's convolutions alone in each padding.
 
     python benchmarks/bench_downsample.py [--quick] [--device cpu] [--threads 1] [--thread-time]
 
@@ -40,7 +41,7 @@ from kornia.filters import MaxBlurPool2D
 
 from gap_study.nets.architecture import BLUR_SIZES, PADDINGS, ModelConfig
 from gap_study.nets.downsample import make_downsample
-from gap_study.nets.models import build_model
+from gap_study.nets.models import build_model, make_conv
 from gap_study.pipeline.runtime import seed_everything, to_device
 from gap_study.stages.train import optimizer_for
 
@@ -132,6 +133,59 @@ def layer_table(variants: list[tuple[str, int, str]], canvas: int, device: torch
                          for name, t in times.items()])
 
 
+def backbone_convs(canvas: int) -> list[tuple[int, int, int]]:
+    """``(in channels, out channels, side)`` of each of the default backbone's convolutions."""
+    config = ModelConfig(head="gap", in_channels=1, image_size=canvas, num_classes=10)
+    channels = (config.in_channels, *config.widths)
+    return [(channels[i], channels[i + 1], canvas // 2**i) for i in range(len(config.widths))]
+
+
+def all_taps_ratio(side: int) -> float:
+    """How many more multiplications a 3x3 convolution padded by one does when it reads every
+    tap than when it skips those on zero padding: ``(3 s / (3 s - 2))`` squared."""
+    return (3 * side / (3 * side - 2)) ** 2
+
+
+def conv_call(conv: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+              grad: torch.Tensor, weight: torch.Tensor) -> Callable[[], None]:
+    """Forward and backward of one convolution, as a training step takes it."""
+    def call() -> None:
+        x.grad = weight.grad = None
+        conv(x).backward(grad)
+    return call
+
+
+def conv_table(canvas: int, device: torch.device, rounds: int, min_run_time: float,
+               timer: Timer) -> pd.DataFrame:
+    """Each backbone convolution, forward and backward (the images' without an input
+    gradient), padding inside (``zeros``) against the same convolution of a zero-padded copy,
+    and as ``circular`` and ``reflect`` models run it. oneDNN skips the taps that fall on
+    padding it adds itself; a padded copy's zeros, and every circular or reflected value, it
+    multiplies."""
+    rows = []
+    for in_channels, out_channels, side in backbone_convs(canvas):
+        x = torch.rand(BATCH, in_channels, side, side, device=device).contiguous(
+            memory_format=torch.channels_last).requires_grad_(in_channels > 1)
+        grad = torch.rand(BATCH, out_channels, side, side, device=device).contiguous(
+            memory_format=torch.channels_last)
+        # channels_last weights, as in the models: a one-channel map is laid out both ways,
+        # and a contiguous weight would then take the slower contiguous convolution
+        convs = {padding: make_conv(in_channels, out_channels, padding).to(
+            device=device, memory_format=torch.channels_last) for padding in PADDINGS}
+        weight = convs["zeros"].weight
+        calls = {padding: conv_call(conv, x, grad, conv.weight)
+                 for padding, conv in convs.items()}
+        calls["zero-padded copy"] = conv_call(
+            lambda x, weight=weight: F.conv2d(F.pad(x, (1, 1, 1, 1)), weight), x, grad, weight)
+        times = interleaved_times(calls, rounds=rounds, min_run_time=min_run_time, timer=timer)
+        base = times["zeros"]
+        rows.append({"conv": f"{in_channels}->{out_channels} on {side}x{side}",
+                     "all_taps_ratio": all_taps_ratio(side), "zeros_us": base * 1e6,
+                     **{f"{name}_vs_zeros": t / base for name, t in times.items()
+                        if name != "zeros"}})
+    return pd.DataFrame(rows)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thread-time", action="store_true",
                         help="time in the thread's CPU time (CPU, one thread), not wall time")
@@ -150,6 +204,7 @@ def main() -> None:
     with watch_contention():
         steps = step_table(variants, canvas, device, rounds, min_run_time, timer)
         layers = layer_table(variants, canvas, device, rounds, min_run_time, timer)
+        convs = conv_table(canvas, device, rounds, min_run_time, timer)
     table = steps.merge(layers, on="variant", how="outer")
     order = [*steps["variant"], *(v for v in layers["variant"] if v not in set(steps["variant"]))]
     table = table.set_index("variant").loc[order].reset_index()
@@ -162,6 +217,10 @@ def main() -> None:
     print_table(table.round({c: 2 for c in table.columns if c.endswith(("_ms", "_vs_plain",
                                                                         "_vs_max_pool"))}
                             | {"layer_us": 1}))
+    print("\nThe backbone's convolutions alone, forward and backward, against the same one "
+          "padding inside (zeros); all_taps_ratio: the multiplications a convolution does that "
+          "reads every tap, over those of one skipping the taps on its own zero padding.")
+    print_table(convs.round(2).round({"zeros_us": 0}))
 
 
 if __name__ == "__main__":
