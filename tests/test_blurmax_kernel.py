@@ -104,7 +104,7 @@ def test_without_numba_the_layer_warns_once_and_takes_torchs_ops(monkeypatch):
     try:
         layer = BlurMaxPool2d(4, 3, "circular")
         x = random_map((2, 4, 8, 8), 6).requires_grad_()
-        with pytest.warns(RuntimeWarning, match="without its CPU kernel"):
+        with pytest.warns(RuntimeWarning, match="without their CPU kernel"):
             out = layer(x)
         assert "BlurMax" not in type(out.grad_fn).__name__
         with warnings.catch_warnings():
@@ -124,3 +124,40 @@ def test_with_numba_a_kernel_that_does_not_load_stops_with_the_fix_not_other_num
             BlurMaxPool2d(4, 3, "zeros")(random_map((2, 4, 8, 8), 7))
     finally:
         downsample._cpu_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("integers", [False, True])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_kernels_max_alone_is_max_2x2_stride_1_bit_for_bit(shape, padding, channels_last,
+                                                               integers):
+    # APS takes it: a max is exact, and each input sums its windows' gradients, then the
+    # padding's copies, in the order torch's ops do; integers make most windows ties
+    from gap_study.nets.blurmax_kernel import max_2x2
+
+    x = random_map(shape, 6, channels_last=channels_last, integers=integers).requires_grad_()
+    grad = random_map(shape, 7, channels_last=channels_last)
+    out, expected = max_2x2(x, padding), downsample.max_2x2_stride_1(x, padding)
+    assert torch.equal(out, expected)
+    (out_grad,), (expected_grad,) = (torch.autograd.grad(y, x, grad) for y in (out, expected))
+    assert torch.equal(out_grad, expected_grad)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=layout) and out_grad.is_contiguous(
+        memory_format=layout)
+    with torch.no_grad():  # evaluation: no choice kept, torch's ops take another path
+        assert torch.equal(max_2x2(x, padding), downsample.max_2x2_stride_1(x, padding))
+
+
+def test_aps_takes_the_kernels_max_on_cpu_and_torchs_elsewhere(monkeypatch):
+    from gap_study.nets import blurmax_kernel
+
+    calls = []
+    monkeypatch.setattr(blurmax_kernel, "max_2x2",
+                        lambda x, padding: calls.append(padding) or
+                        downsample.max_2x2_stride_1(x, padding))
+    layer = downsample.ApsMaxPool2d("circular")
+    assert layer(random_map((2, 4, 8, 8), 8)).shape == (2, 4, 4, 4)
+    assert calls == ["circular"]
+    layer(random_map((2, 4, 8, 8), 8).to(torch.bfloat16))
+    assert calls == ["circular"]  # another dtype (or a CUDA map): torch's ops

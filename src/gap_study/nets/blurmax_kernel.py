@@ -1,7 +1,7 @@
 """``BlurMaxPool2d``'s two steps as one CPU kernel (numba): the 2x2 max at stride 1 and the
 binomial filter at stride 2, each padded in the layer's mode, forward and backward, on a
-channels_last map; ``gap_study.nets.downsample`` calls it on CPU and keeps torch's ops
-elsewhere.
+channels_last map; and the max alone, which ``ApsMaxPool2d`` takes before its sampling.
+``gap_study.nets.downsample`` calls them on CPU and keeps torch's ops elsewhere.
 
 Every map is handled as ``(N, rows, columns * C)``: a channels_last map with its rows
 flattened. No padded copy is made: each step reads its padding through two index maps
@@ -31,7 +31,8 @@ from torch.autograd.function import once_differentiable
 
 from gap_study.nets.padding import memory_layout
 
-__all__ = ["blurmax", "blurmax_backward", "blurmax_forward", "source_rows"]
+__all__ = ["blurmax", "blurmax_backward", "blurmax_forward", "max_2x2", "max_2x2_backward",
+           "max_2x2_forward", "source_rows"]
 
 
 def source_rows(size: int, before: int, after: int, padding: str) -> np.ndarray:
@@ -259,12 +260,39 @@ def blurmax_backward(choice, grad, channels, taps, max_rows, max_columns, blur_r
                           out[n], border)
 
 
+@njit(cache=True, nogil=True)
+def max_2x2_forward(x, channels, rows, columns, out, choice):  # pragma: no cover (numba)
+    """The 2x2 max at stride 1 of ``x`` ``(N, H, W * C)``, padded one row and column after by
+    the maps ``rows``, ``columns``, into ``out`` ``(N, H, W * C)``; each window's maximum into
+    ``choice`` (int8, like ``x``) for the backward, unless it is empty."""
+    zeros = np.zeros(x.shape[2], x.dtype)
+    keep = choice.shape[0] > 0
+    for n in range(x.shape[0]):
+        for y in range(x.shape[1]):
+            _window_row(x[n], channels, rows, columns, zeros, y, out[n, y],
+                        choice[n, y] if keep else choice[0:0, 0, 0])
+
+
+@njit(cache=True, nogil=True)
+def max_2x2_backward(choice, grad, channels, rows, columns, out):  # pragma: no cover (numba)
+    """The gradient of ``max_2x2_forward`` for its ``x`` into ``out`` ``(N, H, W * C)``, given
+    ``grad`` ``(N, H, W * C)`` and the forward's ``choice``."""
+    zeros = np.zeros(out.shape[2], out.dtype)
+    border = np.empty((out.shape[1] + 2, out.shape[2]), out.dtype)
+    for n in range(out.shape[0]):
+        _max_2x2_backward(choice[n], grad[n], channels, rows, columns, zeros, out[n], border)
+
+
+@lru_cache(maxsize=64)
+def _max_maps(height: int, width: int, padding: str) -> tuple[np.ndarray, np.ndarray]:
+    """The max's padding maps: one row and column after the map."""
+    return source_rows(height, 0, 1, padding), source_rows(width, 0, 1, padding)
+
+
 @lru_cache(maxsize=64)
 def _maps(height: int, width: int, radius: int, padding: str) -> tuple[np.ndarray, ...]:
-    """The max's padding maps (one row and column after), then the filter's (``radius`` on
-    every side)."""
-    return (source_rows(height, 0, 1, padding), source_rows(width, 0, 1, padding),
-            source_rows(height, radius, radius, padding),
+    """The max's padding maps, then the filter's (``radius`` on every side)."""
+    return (*_max_maps(height, width, padding), source_rows(height, radius, radius, padding),
             source_rows(width, radius, radius, padding))
 
 
@@ -318,3 +346,41 @@ def blurmax(x: Tensor, size: int, padding: str) -> Tensor:
     with ``H``, ``W`` above ``size // 2`` and at least 2: ``(N, C, ceil(H / 2), ceil(W /
     2))`` in ``x``'s layout, differentiable once."""
     return _BlurMax.apply(x, size, padding)
+
+
+class _Max2x2(torch.autograd.Function):
+    """The max alone: forward and backward by ``max_2x2_forward`` and ``max_2x2_backward``,
+    in ``x``'s layout."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
+                padding: str) -> Tensor:
+        n, c, h, w = x.shape
+        out = torch.empty((n, h, w, c), dtype=x.dtype)
+        choice = torch.empty((n if ctx.needs_input_grad[0] else 0, h, w * c), dtype=torch.int8)
+        max_2x2_forward(_rows(x), c, *_max_maps(h, w, padding), out.view(n, h, -1).numpy(),
+                        choice.numpy())
+        ctx.save_for_backward(choice)
+        ctx.padding, ctx.dtype = padding, x.dtype  # type: ignore[attr-defined]
+        ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=ctx.layout)  # type: ignore[attr-defined]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: Tensor) -> tuple[Tensor, None]:
+        (choice,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        padding, dtype, layout = ctx.padding, ctx.dtype, ctx.layout  # type: ignore[attr-defined]
+        n, c, h, w = grad.shape
+        out = torch.empty((n, h, w, c), dtype=dtype)
+        max_2x2_backward(choice.numpy(), _rows(grad.to(dtype)), c, *_max_maps(h, w, padding),
+                         out.view(n, h, -1).numpy())
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=layout), None
+
+
+def max_2x2(x: Tensor, padding: str) -> Tensor:
+    """``gap_study.nets.downsample.max_2x2_stride_1`` of a float32 or float64 CPU map ``(N, C,
+    H, W)`` with ``H``, ``W`` at least 2: the same values, and the same gradient (each input
+    sums its windows' in ``max_pool2d``'s order, then the padding's copies), differentiable
+    once."""
+    return _Max2x2.apply(x, padding)

@@ -75,8 +75,8 @@ def _cpu_kernel() -> ModuleType | None:
     try:
         import numba  # noqa: F401
     except ImportError as error:
-        warnings.warn(f"BlurMaxPool2d runs on torch's ops, without its CPU kernel: {error}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"BlurMaxPool2d and ApsMaxPool2d run on torch's ops, without their "
+                      f"CPU kernel: {error}", RuntimeWarning, stacklevel=3)
         return None
     try:
         from gap_study.nets import blurmax_kernel
@@ -90,7 +90,8 @@ def _cpu_kernel() -> ModuleType | None:
 
 
 def _cpu_kernel_for(x: Tensor, blur_size: int) -> ModuleType | None:
-    """``_cpu_kernel()`` where ``BlurMaxPool2d`` takes it for ``x``, else ``None``.
+    """``_cpu_kernel()`` where a layer takes it for ``x`` (``blur_size``: the filter's, 1 for
+    the max alone), else ``None``.
 
     1. A CPU map of float32 or float64: torch's ops on other devices (CUDA) and dtypes.
     2. Sides above the filter's radius and at least 2: smaller maps go to torch's ops, which
@@ -232,7 +233,9 @@ class ApsMaxPool2d(nn.Module):
     """2x2 max at stride 1 (``max_2x2_stride_1``, padded in ``padding`` mode), then adaptive
     polyphase sampling (``adaptive_polyphase_sample``) in place of the fixed phase of a 2x2
     max-pool or the blur of ``BlurMaxPool2d``: ``(N, C, H, W) -> (N, C, H/2, W/2)`` for even
-    ``H``, ``W``; as the paper replaces a max-pool of stride 2. No parameters."""
+    ``H``, ``W``; as the paper replaces a max-pool of stride 2. No parameters. On CPU the max
+    is ``BlurMaxPool2d``'s kernel's (``gap_study.nets.blurmax_kernel.max_2x2``), with the same
+    values and gradients as ``max_2x2_stride_1``, which runs elsewhere."""
 
     def __init__(self, padding: str = "zeros") -> None:
         super().__init__()
@@ -240,7 +243,10 @@ class ApsMaxPool2d(nn.Module):
         self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
-        return adaptive_polyphase_sample(max_2x2_stride_1(x, self.padding))
+        kernel = _cpu_kernel_for(x, 1)  # on CPU the max of blurmax's kernel: the same numbers
+        maxed = kernel.max_2x2(x, self.padding) if kernel is not None else max_2x2_stride_1(
+            x, self.padding)
+        return adaptive_polyphase_sample(maxed)
 
     def extra_repr(self) -> str:
         return f"padding={self.padding!r}"
