@@ -149,6 +149,17 @@ def test_the_kernels_max_alone_is_max_2x2_stride_1_bit_for_bit(shape, padding, c
         assert torch.equal(max_2x2(x, padding), downsample.max_2x2_stride_1(x, padding))
 
 
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+def test_the_kernels_max_in_float64_is_max_2x2_stride_1_bit_for_bit(padding):
+    from gap_study.nets.blurmax_kernel import max_2x2
+
+    x = random_map((2, 4, 6, 5), 9, integers=True).double().requires_grad_()
+    grad = random_map((2, 4, 6, 5), 10).double()
+    out, expected = max_2x2(x, padding), downsample.max_2x2_stride_1(x, padding)
+    assert torch.equal(out, expected)
+    assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (out, expected)))
+
+
 def test_aps_takes_the_kernels_max_on_cpu_and_torchs_elsewhere(monkeypatch):
     from gap_study.nets import blurmax_kernel
 

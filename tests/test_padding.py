@@ -109,6 +109,22 @@ def test_circular_convolution_has_the_gradients_of_a_convolution_of_the_padded_m
     assert ours[0].is_contiguous(memory_format=layout)
 
 
+def test_the_circular_convolutions_input_gradient_is_the_flipped_kernels_bit_for_bit():
+    # at the study's shapes and layout: the circular convolution of the output's gradient,
+    # padded the other way round in the input's layout, with the kernel flipped
+    generator = torch.Generator().manual_seed(5)
+    for channels, side in ((16, 10), (32, 5)):
+        x = random_map((4, channels, side, side)).requires_grad_()
+        weight = torch.randn(2 * channels, channels, 3, 3, generator=generator)
+        grad = random_map((4, 2 * channels, side, side), seed=6).contiguous()  # another layout
+        (ours,) = torch.autograd.grad(CircularConvolution.apply(x, weight, None, (1, 1, 1, 1)),
+                                      x, grad)
+        turned = F.pad(grad, (1, 1, 1, 1), mode="circular").contiguous(
+            memory_format=CHANNELS_LAST)
+        assert torch.equal(ours, F.conv2d(turned, weight.flip(2, 3).transpose(0, 1)))
+        assert ours.is_contiguous(memory_format=CHANNELS_LAST)
+
+
 def test_a_second_derivative_through_the_circular_convolution_raises_not_misleads():
     # its backward is written out, not a graph: create_graph must not give a wrong answer
     x = random_map((1, 2, 5, 5)).requires_grad_()

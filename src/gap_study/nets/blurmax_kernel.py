@@ -341,11 +341,17 @@ class _BlurMax(torch.autograd.Function):
         return out.permute(0, 3, 1, 2).contiguous(memory_format=layout), None, None
 
 
+def _tracked(x: Tensor) -> Tensor:
+    """``x``, detached where no gradient will be taken (``no_grad``), so that the forward
+    keeps no choices for a backward."""
+    return x if torch.is_grad_enabled() else x.detach()
+
+
 def blurmax(x: Tensor, size: int, padding: str) -> Tensor:
     """``BlurMaxPool2d(C, size, padding)`` of a float32 or float64 CPU map ``(N, C, H, W)``
     with ``H``, ``W`` above ``size // 2`` and at least 2: ``(N, C, ceil(H / 2), ceil(W /
     2))`` in ``x``'s layout, differentiable once."""
-    return _BlurMax.apply(x, size, padding)
+    return _BlurMax.apply(_tracked(x), size, padding)
 
 
 class _Max2x2(torch.autograd.Function):
@@ -383,4 +389,4 @@ def max_2x2(x: Tensor, padding: str) -> Tensor:
     H, W)`` with ``H``, ``W`` at least 2: the same values, and the same gradient (each input
     sums its windows' in ``max_pool2d``'s order, then the padding's copies), differentiable
     once."""
-    return _Max2x2.apply(x, padding)
+    return _Max2x2.apply(_tracked(x), padding)

@@ -82,7 +82,8 @@ def _cpu_kernel() -> ModuleType | None:
         from gap_study.nets import blurmax_kernel
     except Exception as error:
         raise RuntimeError(
-            f"BlurMaxPool2d's CPU kernel (gap_study.nets.blurmax_kernel) did not load: {error}. "
+            f"The CPU kernel of BlurMaxPool2d and ApsMaxPool2d (gap_study.nets.blurmax_kernel) "
+            f"did not load: {error}. "
             "If numba cannot write its cache, set NUMBA_CACHE_DIR to a writable folder; to run "
             "on torch's ops instead, uninstall numba (the numbers then differ in float "
             "rounding).") from error

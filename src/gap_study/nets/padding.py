@@ -54,8 +54,8 @@ def circular_pad(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
     1. One ``index_select`` of the map's positions: each position's channels move together
        (channels_last), or each channel's positions (contiguous).
     2. Its gradient is autograd's, ``index_add_`` into zeros: each position sums its copies'
-       gradients in the padded map's row-major order, deterministically on every device
-       (torch's deterministic mode covers ``index_add_`` on CUDA).
+       gradients in the padded map's row-major order. Deterministic on CPU; on CUDA only in
+       torch's deterministic mode, which the study's runs set (``seed_everything``).
     """
     n, channels, height, width = x.shape
     left, right, top, bottom = pads
@@ -83,9 +83,8 @@ class CircularConvolution(torch.autograd.Function):
     than the kernel's sides), with a backward of its own for the input.
 
     1. The input's gradient of a circular convolution is a circular convolution too: of the
-       output's gradient, padded the other way round (``right, left, bottom, top``), with the
-       kernel flipped and its channels swapped (``conv_transpose2d`` with the kernel's size
-       less one as its padding, so that nothing but the padded gradient is read). That is one
+       output's gradient, padded the other way round (``right, left, bottom, top``) in the
+       input's layout, with the kernel flipped and its channels swapped. That is one
        convolution the size of the map; autograd's takes the padded map's gradient (1.44
        times the positions for 10x10, 1.96 for 5x5) and then folds its border back. The same
        sums, rounded in another order.
@@ -99,6 +98,7 @@ class CircularConvolution(torch.autograd.Function):
         padded = circular_pad(x, pads)
         ctx.save_for_backward(padded, weight)
         ctx.pads, ctx.has_bias = pads, bias is not None  # type: ignore[attr-defined]
+        ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
         return F.conv2d(padded, weight, bias)
 
     @staticmethod
@@ -109,8 +109,10 @@ class CircularConvolution(torch.autograd.Function):
         left, right, top, bottom = ctx.pads  # type: ignore[attr-defined]
         grad_x = None
         if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
-            turned = circular_pad(grad, (right, left, bottom, top))
-            grad_x = F.conv_transpose2d(turned, weight, padding=(top + bottom, left + right))
+            layout = ctx.layout  # type: ignore[attr-defined]
+            turned = circular_pad(grad.contiguous(memory_format=layout),
+                                  (right, left, bottom, top))
+            grad_x = F.conv2d(turned, weight.flip(2, 3).transpose(0, 1))
         mask = [False, *ctx.needs_input_grad[1:3]]  # type: ignore[attr-defined]
         _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad, padded, weight, [len(weight)] if ctx.has_bias else None,  # type: ignore
