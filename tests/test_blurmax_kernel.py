@@ -133,7 +133,8 @@ def test_with_numba_a_kernel_that_does_not_load_stops_with_the_fix_not_other_num
 def test_the_kernels_max_alone_is_max_2x2_stride_1_bit_for_bit(shape, padding, channels_last,
                                                                integers):
     # APS takes it: a max is exact, and each input sums its windows' gradients, then the
-    # padding's copies, in the order torch's ops do; integers make most windows ties
+    # padding's copies, in the order torch's ops do (an order of the algorithms, not of a
+    # CPU's vector kernels, so exact on every CPU); integers make most windows ties
     from gap_study.nets.blurmax_kernel import max_2x2
 
     x = random_map(shape, 6, channels_last=channels_last, integers=integers).requires_grad_()
