@@ -310,6 +310,18 @@ def _rows(x: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).reshape(n, h, w * c).numpy()
 
 
+def _in_layout(out: Tensor, layout: torch.memory_format) -> Tensor:
+    """A kernel's ``(N, H, W, C)`` output as the map ``(N, C, H, W)`` in ``layout``."""
+    return out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+
+
+def _choices(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+    """Room for which input each of ``x``'s windows takes, ``int8 (N, H, W * C)``: empty
+    where no backward will need it."""
+    n, c, h, w = x.shape
+    return torch.empty((n if ctx.needs_input_grad[0] else 0, h, w * c), dtype=torch.int8)
+
+
 class _BlurMax(torch.autograd.Function):
     """``blurmax``: forward and backward by the kernels above, in ``x``'s layout."""
 
@@ -318,15 +330,14 @@ class _BlurMax(torch.autograd.Function):
                 size: int, padding: str) -> Tensor:
         n, c, h, w = x.shape
         out = torch.empty((n, (h + 1) // 2, (w + 1) // 2, c), dtype=x.dtype)
-        # 1. which input each window's max is, kept only where a backward will need it
-        choice = torch.empty((n if ctx.needs_input_grad[0] else 0, h, w * c), dtype=torch.int8)
+        choice = _choices(ctx, x)  # 1. which input each window's max is
         blurmax_forward(_rows(x), c, _taps(size, x.dtype), *_maps(h, w, size // 2, padding),
                         out.view(n, out.shape[1], -1).numpy(), choice.numpy())
         ctx.save_for_backward(choice)
         ctx.size, ctx.padding = size, padding  # type: ignore[attr-defined]
         ctx.shape, ctx.dtype = x.shape, x.dtype  # type: ignore[attr-defined]
         ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=ctx.layout)  # type: ignore[attr-defined]
+        return _in_layout(out, ctx.layout)  # type: ignore[attr-defined]
 
     @staticmethod
     @once_differentiable
@@ -338,7 +349,7 @@ class _BlurMax(torch.autograd.Function):
         out = torch.empty((n, h, w, c), dtype=dtype)
         blurmax_backward(choice.numpy(), _rows(grad.to(dtype)), c, _taps(size, dtype),
                          *_maps(h, w, size // 2, padding), out.view(n, h, -1).numpy())
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=layout), None, None
+        return _in_layout(out, layout), None, None
 
 
 def _tracked(x: Tensor) -> Tensor:
@@ -363,13 +374,13 @@ class _Max2x2(torch.autograd.Function):
                 padding: str) -> Tensor:
         n, c, h, w = x.shape
         out = torch.empty((n, h, w, c), dtype=x.dtype)
-        choice = torch.empty((n if ctx.needs_input_grad[0] else 0, h, w * c), dtype=torch.int8)
+        choice = _choices(ctx, x)
         max_2x2_forward(_rows(x), c, *_max_maps(h, w, padding), out.view(n, h, -1).numpy(),
                         choice.numpy())
         ctx.save_for_backward(choice)
         ctx.padding, ctx.dtype = padding, x.dtype  # type: ignore[attr-defined]
         ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=ctx.layout)  # type: ignore[attr-defined]
+        return _in_layout(out, ctx.layout)  # type: ignore[attr-defined]
 
     @staticmethod
     @once_differentiable
@@ -381,7 +392,7 @@ class _Max2x2(torch.autograd.Function):
         out = torch.empty((n, h, w, c), dtype=dtype)
         max_2x2_backward(choice.numpy(), _rows(grad.to(dtype)), c, *_max_maps(h, w, padding),
                          out.view(n, h, -1).numpy())
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=layout), None
+        return _in_layout(out, layout), None
 
 
 def max_2x2(x: Tensor, padding: str) -> Tensor:
