@@ -1,5 +1,6 @@
-"""BlurMaxPool2d's CPU kernel (gap_study.nets.blurmax_kernel) against the same layer in torch's
-ops (blurmax_by_torch): the same values and gradients at float32 tolerance, the same gradient
+"""BlurMaxPool2d's CPU kernel (gap_study.nets.blurmax_kernel, called through
+gap_study.nets.blurmax_autograd) against the same layer in torch's ops (blurmax_by_torch):
+the same values and gradients at float32 tolerance, the same gradient
 rule for ties, the input's layout kept; torch's ops on other devices and without numba."""
 
 import sys
@@ -99,8 +100,9 @@ def test_other_dtypes_and_devices_and_small_maps_take_torchs_ops():
 def test_without_numba_the_layer_warns_once_and_takes_torchs_ops(monkeypatch):
     downsample._cpu_kernel.cache_clear()
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
-    monkeypatch.delitem(sys.modules, "gap_study.nets.blurmax_kernel", raising=False)
-    monkeypatch.delattr(gap_study.nets, "blurmax_kernel", raising=False)
+    for module in ("blurmax_kernel", "blurmax_autograd"):
+        monkeypatch.delitem(sys.modules, f"gap_study.nets.{module}", raising=False)
+        monkeypatch.delattr(gap_study.nets, module, raising=False)
     try:
         layer = BlurMaxPool2d(4, 3, "circular")
         x = random_map((2, 4, 8, 8), 6).requires_grad_()
@@ -119,6 +121,8 @@ def test_with_numba_a_kernel_that_does_not_load_stops_with_the_fix_not_other_num
     downsample._cpu_kernel.cache_clear()
     monkeypatch.setitem(sys.modules, "gap_study.nets.blurmax_kernel", None)  # import fails
     monkeypatch.delattr(gap_study.nets, "blurmax_kernel", raising=False)
+    monkeypatch.delitem(sys.modules, "gap_study.nets.blurmax_autograd", raising=False)
+    monkeypatch.delattr(gap_study.nets, "blurmax_autograd", raising=False)
     try:
         with pytest.raises(RuntimeError, match=r"did not load.*NUMBA_CACHE_DIR"):
             BlurMaxPool2d(4, 3, "zeros")(random_map((2, 4, 8, 8), 7))
@@ -135,7 +139,7 @@ def test_the_kernels_max_alone_is_max_2x2_stride_1_bit_for_bit(shape, padding, c
     # APS takes it: a max is exact, and each input sums its windows' gradients, then the
     # padding's copies, in the order torch's ops do (an order of the algorithms, not of a
     # CPU's vector kernels, so exact on every CPU); integers make most windows ties
-    from gap_study.nets.blurmax_kernel import max_2x2
+    from gap_study.nets.blurmax_autograd import max_2x2
 
     x = random_map(shape, 6, channels_last=channels_last, integers=integers).requires_grad_()
     grad = random_map(shape, 7, channels_last=channels_last)
@@ -152,7 +156,7 @@ def test_the_kernels_max_alone_is_max_2x2_stride_1_bit_for_bit(shape, padding, c
 
 @pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
 def test_the_kernels_max_in_float64_is_max_2x2_stride_1_bit_for_bit(padding):
-    from gap_study.nets.blurmax_kernel import max_2x2
+    from gap_study.nets.blurmax_autograd import max_2x2
 
     x = random_map((2, 4, 6, 5), 9, integers=True).double().requires_grad_()
     grad = random_map((2, 4, 6, 5), 10).double()
@@ -162,10 +166,10 @@ def test_the_kernels_max_in_float64_is_max_2x2_stride_1_bit_for_bit(padding):
 
 
 def test_aps_takes_the_kernels_max_on_cpu_and_torchs_elsewhere(monkeypatch):
-    from gap_study.nets import blurmax_kernel
+    from gap_study.nets import blurmax_autograd
 
     calls = []
-    monkeypatch.setattr(blurmax_kernel, "max_2x2",
+    monkeypatch.setattr(blurmax_autograd, "max_2x2",
                         lambda x, padding: calls.append(padding) or
                         downsample.max_2x2_stride_1(x, padding))
     layer = downsample.ApsMaxPool2d("circular")

@@ -1,7 +1,9 @@
 """``BlurMaxPool2d``'s two steps as one CPU kernel (numba): the 2x2 max at stride 1 and the
 binomial filter at stride 2, each padded in the layer's mode, forward and backward, on a
 channels_last map; and the max alone, which ``ApsMaxPool2d`` takes before its sampling.
-``gap_study.nets.downsample`` calls them on CPU and keeps torch's ops elsewhere.
+They work on NumPy arrays; ``gap_study.nets.blurmax_autograd`` wraps them as autograd
+functions of torch tensors, which ``gap_study.nets.downsample`` calls on CPU (torch's ops
+elsewhere).
 
 Every map is handled as ``(N, rows, columns * C)``: a channels_last map with its rows
 flattened. No padded copy is made: each step reads its padding through two index maps
@@ -20,19 +22,11 @@ of each row of column sums.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
-import torch
-from kornia.filters.kernels import get_pascal_kernel_1d
 from numba import njit
-from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from gap_study.nets.padding import memory_layout
-
-__all__ = ["blurmax", "blurmax_backward", "blurmax_forward", "max_2x2", "max_2x2_backward",
-           "max_2x2_forward", "source_rows"]
+__all__ = ["blurmax_backward", "blurmax_forward", "max_2x2_backward", "max_2x2_forward",
+           "source_rows"]
 
 
 def source_rows(size: int, before: int, after: int, padding: str) -> np.ndarray:
@@ -281,123 +275,3 @@ def max_2x2_backward(choice, grad, channels, rows, columns, out):  # pragma: no 
     border = np.empty((out.shape[1] + 2, out.shape[2]), out.dtype)
     for n in range(out.shape[0]):
         _max_2x2_backward(choice[n], grad[n], channels, rows, columns, zeros, out[n], border)
-
-
-@lru_cache(maxsize=64)
-def _max_maps(height: int, width: int, padding: str) -> tuple[np.ndarray, np.ndarray]:
-    """The max's padding maps: one row and column after the map."""
-    return source_rows(height, 0, 1, padding), source_rows(width, 0, 1, padding)
-
-
-@lru_cache(maxsize=64)
-def _maps(height: int, width: int, radius: int, padding: str) -> tuple[np.ndarray, ...]:
-    """The max's padding maps, then the filter's (``radius`` on every side)."""
-    return (*_max_maps(height, width, padding), source_rows(height, radius, radius, padding),
-            source_rows(width, radius, radius, padding))
-
-
-@lru_cache(maxsize=8)
-def _taps(size: int, dtype: torch.dtype) -> np.ndarray:
-    """kornia's normalised 1-D Pascal kernel (its 2-D one is the outer product, exactly)."""
-    return get_pascal_kernel_1d(size, norm=True).to(dtype).numpy()
-
-
-def _rows(x: Tensor) -> np.ndarray:
-    """``(N, C, H, W)`` as the ``(N, H, W * C)`` array of its channels_last copy (a view if
-    ``x`` is channels_last)."""
-    n, c, h, w = x.shape
-    x = x.detach().contiguous(memory_format=torch.channels_last)
-    return x.permute(0, 2, 3, 1).reshape(n, h, w * c).numpy()
-
-
-def _in_layout(out: Tensor, layout: torch.memory_format) -> Tensor:
-    """A kernel's ``(N, H, W, C)`` output as the map ``(N, C, H, W)`` in ``layout``."""
-    return out.permute(0, 3, 1, 2).contiguous(memory_format=layout)
-
-
-def _choices(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-    """Room for which input each of ``x``'s windows takes, ``int8 (N, H, W * C)``: empty
-    where no backward will need it."""
-    n, c, h, w = x.shape
-    return torch.empty((n if ctx.needs_input_grad[0] else 0, h, w * c), dtype=torch.int8)
-
-
-class _BlurMax(torch.autograd.Function):
-    """``blurmax``: forward and backward by the kernels above, in ``x``'s layout."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
-                size: int, padding: str) -> Tensor:
-        n, c, h, w = x.shape
-        out = torch.empty((n, (h + 1) // 2, (w + 1) // 2, c), dtype=x.dtype)
-        choice = _choices(ctx, x)  # 1. which input each window's max is
-        blurmax_forward(_rows(x), c, _taps(size, x.dtype), *_maps(h, w, size // 2, padding),
-                        out.view(n, out.shape[1], -1).numpy(), choice.numpy())
-        ctx.save_for_backward(choice)
-        ctx.size, ctx.padding = size, padding  # type: ignore[attr-defined]
-        ctx.shape, ctx.dtype = x.shape, x.dtype  # type: ignore[attr-defined]
-        ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
-        return _in_layout(out, ctx.layout)  # type: ignore[attr-defined]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
-                 grad: Tensor) -> tuple[Tensor, None, None]:
-        (choice,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        size, padding, dtype = ctx.size, ctx.padding, ctx.dtype  # type: ignore[attr-defined]
-        (n, c, h, w), layout = ctx.shape, ctx.layout  # type: ignore[attr-defined]
-        out = torch.empty((n, h, w, c), dtype=dtype)
-        blurmax_backward(choice.numpy(), _rows(grad.to(dtype)), c, _taps(size, dtype),
-                         *_maps(h, w, size // 2, padding), out.view(n, h, -1).numpy())
-        return _in_layout(out, layout), None, None
-
-
-def _tracked(x: Tensor) -> Tensor:
-    """``x``, detached where no gradient will be taken (``no_grad``), so that the forward
-    keeps no choices for a backward."""
-    return x if torch.is_grad_enabled() else x.detach()
-
-
-def blurmax(x: Tensor, size: int, padding: str) -> Tensor:
-    """``BlurMaxPool2d(C, size, padding)`` of a float32 or float64 CPU map ``(N, C, H, W)``
-    with ``H``, ``W`` above ``size // 2`` and at least 2: ``(N, C, ceil(H / 2), ceil(W /
-    2))`` in ``x``'s layout, differentiable once."""
-    return _BlurMax.apply(_tracked(x), size, padding)
-
-
-class _Max2x2(torch.autograd.Function):
-    """The max alone: forward and backward by ``max_2x2_forward`` and ``max_2x2_backward``,
-    in ``x``'s layout."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
-                padding: str) -> Tensor:
-        n, c, h, w = x.shape
-        out = torch.empty((n, h, w, c), dtype=x.dtype)
-        choice = _choices(ctx, x)
-        max_2x2_forward(_rows(x), c, *_max_maps(h, w, padding), out.view(n, h, -1).numpy(),
-                        choice.numpy())
-        ctx.save_for_backward(choice)
-        ctx.padding, ctx.dtype = padding, x.dtype  # type: ignore[attr-defined]
-        ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
-        return _in_layout(out, ctx.layout)  # type: ignore[attr-defined]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
-                 grad: Tensor) -> tuple[Tensor, None]:
-        (choice,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        padding, dtype, layout = ctx.padding, ctx.dtype, ctx.layout  # type: ignore[attr-defined]
-        n, c, h, w = grad.shape
-        out = torch.empty((n, h, w, c), dtype=dtype)
-        max_2x2_backward(choice.numpy(), _rows(grad.to(dtype)), c, *_max_maps(h, w, padding),
-                         out.view(n, h, -1).numpy())
-        return _in_layout(out, layout), None
-
-
-def max_2x2(x: Tensor, padding: str) -> Tensor:
-    """``gap_study.nets.downsample.max_2x2_stride_1`` of a float32 or float64 CPU map ``(N, C,
-    H, W)`` with ``H``, ``W`` at least 2: the same values, and the same gradient (each input
-    sums its windows' in ``max_pool2d``'s order, then the padding's copies), differentiable
-    once."""
-    return _Max2x2.apply(_tracked(x), padding)

@@ -64,7 +64,8 @@ def blurmax_by_torch(x: Tensor, kernel: Tensor, padding: str) -> Tensor:
 
 @cache
 def _cpu_kernel() -> ModuleType | None:
-    """``gap_study.nets.blurmax_kernel``, imported (and numba with it) on first use.
+    """``gap_study.nets.blurmax_autograd``, the CPU kernel's autograd functions, imported (and
+    the kernel and numba with them) on first use.
 
     1. Without numba, ``None`` and a warning: torch's ops instead, which round the filter's
        sums in another order (run records say which: ``numba`` is ``None`` in
@@ -79,7 +80,7 @@ def _cpu_kernel() -> ModuleType | None:
                       f"CPU kernel: {error}", RuntimeWarning, stacklevel=3)
         return None
     try:
-        from gap_study.nets import blurmax_kernel
+        from gap_study.nets import blurmax_autograd
     except Exception as error:
         raise RuntimeError(
             f"The CPU kernel of BlurMaxPool2d and ApsMaxPool2d (gap_study.nets.blurmax_kernel) "
@@ -87,7 +88,7 @@ def _cpu_kernel() -> ModuleType | None:
             "If numba cannot write its cache, set NUMBA_CACHE_DIR to a writable folder; to run "
             "on torch's ops instead, uninstall numba (the numbers then differ in float "
             "rounding).") from error
-    return blurmax_kernel
+    return blurmax_autograd
 
 
 def _cpu_kernel_for(x: Tensor, blur_size: int) -> ModuleType | None:
@@ -235,7 +236,7 @@ class ApsMaxPool2d(nn.Module):
     polyphase sampling (``adaptive_polyphase_sample``) in place of the fixed phase of a 2x2
     max-pool or the blur of ``BlurMaxPool2d``: ``(N, C, H, W) -> (N, C, H/2, W/2)`` for even
     ``H``, ``W``; as the paper replaces a max-pool of stride 2. No parameters. On CPU the max
-    is ``BlurMaxPool2d``'s kernel's (``gap_study.nets.blurmax_kernel.max_2x2``), with the same
+    is ``BlurMaxPool2d``'s kernel's (``gap_study.nets.blurmax_autograd.max_2x2``), with the same
     values and gradients as ``max_2x2_stride_1``, which runs elsewhere."""
 
     def __init__(self, padding: str = "zeros") -> None:
