@@ -6,8 +6,10 @@ rule for ties, the input's layout kept; torch's ops on other devices and without
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from kornia.filters.kernels import get_pascal_kernel_1d
 
 import gap_study.nets
 from gap_study.nets import downsample
@@ -177,3 +179,49 @@ def test_aps_takes_the_kernels_max_on_cpu_and_torchs_elsewhere(monkeypatch):
     assert calls == ["circular"]
     layer(random_map((2, 4, 8, 8), 8).to(torch.bfloat16))
     assert calls == ["circular"]  # another dtype (or a CUDA map): torch's ops
+
+
+def filter_in_the_kernels_order(maxed, size, padding):
+    """BlurMaxPool2d's filter over the max's output ``(N, C, H, W)`` in NumPy, summed in the
+    order the kernel documents: down the rows first (the rows of zero padding left out),
+    then along each row at stride 2 (every padded column counted); each sum adds its
+    products in turn to zero, in the map's dtype. Elementwise NumPy arithmetic rounds each
+    operation once, so this is exact on every CPU."""
+    taps = get_pascal_kernel_1d(size, norm=True).to(maxed.dtype).numpy()
+    maxed, radius = maxed.numpy(), size // 2
+    height, width = maxed.shape[-2:]
+    mode = {"circular": "wrap", "reflect": "reflect"}.get(padding)
+    rows = []
+    for oy in range((height + 1) // 2):
+        total = np.zeros_like(maxed[..., 0, :])
+        for i, tap in enumerate(taps):
+            row = 2 * oy + i - radius
+            if 0 <= row < height:
+                total = total + tap * maxed[..., row, :]
+            elif mode is not None:
+                source = np.pad(np.arange(height), radius, mode=mode)[row + radius]
+                total = total + tap * maxed[..., source, :]
+        rows.append(total)
+    middle = np.stack(rows, axis=-2)
+    pads = [(0, 0)] * (middle.ndim - 1) + [(radius, radius)]
+    middle = np.pad(middle, pads, mode=mode or "constant")
+    out = np.zeros_like(middle[..., : (width + 1) // 2])
+    for i, tap in enumerate(taps):
+        out = out + tap * middle[..., i : i + 2 * out.shape[-1] : 2]
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+@pytest.mark.parametrize("blur_size", [3, 5])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_kernel_sums_the_filter_in_its_documented_order_bit_for_bit(shape, blur_size,
+                                                                        padding, dtype):
+    # the order fixes the kernel's float rounding, and with it every blurmax model's weights:
+    # a rewrite of the kernel that keeps it keeps the study's numbers
+    x = random_map(shape, 11).to(dtype)
+    with torch.no_grad():
+        out = BlurMaxPool2d(shape[1], blur_size, padding).to(dtype)(x)
+        expected = filter_in_the_kernels_order(downsample.max_2x2_stride_1(x, padding),
+                                               blur_size, padding)
+    assert torch.equal(out, expected)
