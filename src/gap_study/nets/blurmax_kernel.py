@@ -189,10 +189,10 @@ def _axpy(a, x, y, size):  # pragma: no cover (numba)
 
 @intrinsic
 def _borrowed(typingctx, array):  # pragma: no cover (numba)
-    """``array`` without its memory's reference count: views of it count nothing. numba
-    counts each view's reference with an atomic increment and decrement, which took about
-    half of the kernel's time. Only for an array that outlives every use: the arguments of
-    a call, which its caller holds."""
+    """``array`` without its memory's record, so that views of it count no references (numba
+    counts each with an atomic increment and decrement; ``benchmarks/README.md`` has what that
+    cost). Only for an array that outlives every use: the arguments of a call, which its
+    caller holds."""
     def codegen(context, builder, signature, args):
         borrowed = context.make_array(array)(context, builder, value=args[0])
         borrowed.meminfo = cgutils.get_null_value(borrowed.meminfo.type)
