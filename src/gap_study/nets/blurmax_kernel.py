@@ -14,8 +14,10 @@ of each row of column sums.
 
 1. The inner loops index 1-D views by their own loop variable: with an offset that numba
    cannot prove non-negative, its wrap-around of negative indices keeps LLVM from
-   vectorising the loop. The helpers are inlined (``inline="always"``), and the loops over
-   the images run on borrowed arrays (``_borrowed``), so that a view counts no references.
+   vectorising the loop. The loops over the images run on borrowed arrays (``_borrowed``),
+   so that no view counts references, passed to a call or not. The forward's helpers are
+   inlined (``inline="always"``), which its speed needs; the backward's are calls, as fast
+   and quicker to compile.
 2. Serial and in a fixed order, so deterministic; images are independent. One thread,
    whatever ``torch.get_num_threads()`` says (the study runs one per run).
 3. Each sum adds its products in turn to zero, in the map's dtype, in one fixed order
@@ -56,14 +58,16 @@ def _sum_terms(out, size, zero, count, weights, sources, picks, starts, offset,
                ):  # pragma: no cover (numba)
     """``out[j]`` for ``j < size``: ``sum(weights[k] * sources[picks[k], offset + starts[k]
     + j] for k < count)``, each product added in turn to ``zero``: the order of every sum
-    in the kernel. The first three in registers, in one pass; any more added onto ``out``."""
-    first = min(count, 3)
-    b, c = (1 if count > 1 else 0), (2 if count > 2 else 0)  # unused ones: the first's
+    in the kernel. The first two or three add in registers, in one pass; any more, or a
+    single one, onto ``out``."""
+    first = min(count, 3) if count >= 2 else 0
+    second = 1 if first else 0  # with fewer than two terms, unused: the first again
     s0 = sources[picks[0], offset + starts[0]:]
-    s1 = sources[picks[b], offset + starts[b]:]
-    s2 = sources[picks[c], offset + starts[c]:]
-    t0, t1, t2 = weights[0], weights[b], weights[c]
+    s1 = sources[picks[second], offset + starts[second]:]
+    t0, t1 = weights[0], weights[second]
     if first == 3:
+        s2 = sources[picks[2], offset + starts[2]:]
+        t2 = weights[2]
         for j in range(size):
             total = zero
             total += t0 * s0[j]
@@ -76,15 +80,10 @@ def _sum_terms(out, size, zero, count, weights, sources, picks, starts, offset,
             total += t0 * s0[j]
             total += t1 * s1[j]
             out[j] = total
-    elif first == 1:
-        for j in range(size):
-            total = zero
-            total += t0 * s0[j]
-            out[j] = total
     else:
         for j in range(size):
             out[j] = zero
-    for k in range(3, count):
+    for k in range(first, count):
         _axpy(weights[k], sources[picks[k], offset + starts[k]:], out, size)
 
 
@@ -155,7 +154,7 @@ def _blur(image, channels, taps, vertical, horizontal, columns, out, line, zero,
                        nothing, offsets, 2 * ox * channels)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _blur_backward(grad, channels, taps, vertical, columns, out, lines, zero,
                    ):  # pragma: no cover (numba)
     """The adjoint of ``_blur``: ``grad`` ``(Ho, Wo * C)`` spread along each output row

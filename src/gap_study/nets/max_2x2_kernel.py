@@ -1,8 +1,8 @@
 """The 2x2 max at stride 1 of the blurmax kernels (``gap_study.nets.blurmax_kernel``), one
 image at a time, in their ``(rows, columns * C)`` layout and with their padding maps: each
 window's max and which of its four entries that is, and the windows' gradients routed back
-to those entries. numba functions that the kernels inline into their loops over the images;
-the rules for ties, NaN and the summing order are ``max_pool2d``'s.
+to those entries. numba functions that the kernels call from their loops over the images
+(the forward's inlined); the rules for ties, NaN and the summing order are ``max_pool2d``'s.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _take(grad, chosen, k, zero):  # pragma: no cover (numba)
     return grad if chosen == k else zero  # a window's gradient, if it chose entry k
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _window_grads(up, up_choice, own, own_choice, channels, zero, target, column,
                   ):  # pragma: no cover (numba)
     """One row of the padded map's gradient into ``target`` ``(W * C)``, and its padded
@@ -142,7 +142,7 @@ def _window_grads(up, up_choice, own, own_choice, channels, zero, target, column
         column[j] = total
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def windows_gradient(choice, grad, channels, rows, columns, zeros, never, out, border,
                      ):  # pragma: no cover (numba)
     """Each window's gradient ``grad`` ``(H, W * C)`` given to the entry ``choice`` names
