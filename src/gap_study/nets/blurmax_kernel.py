@@ -155,14 +155,13 @@ def _blur(image, channels, taps, vertical, horizontal, columns, out, line, zero,
 
 
 @njit(cache=True, nogil=True)
-def _blur_backward(grad, channels, taps, vertical, columns, out, lines, zero,
+def _blur_backward(grad, channels, taps, vertical, columns, out, lines, zero, nothing,
                    ):  # pragma: no cover (numba)
     """The adjoint of ``_blur``: ``grad`` ``(Ho, Wo * C)`` spread along each output row
     into ``lines`` ``(Ho, (W + 2 r) * C)``, zero before, its padded columns added onto
     those they copy, then down the rows into the image's gradient ``out`` ``(H, W * C)``
-    (``vertical``: ``_terms`` of the rows)."""
+    (``vertical``: ``_terms`` of the rows; ``nothing``: zeros, their offsets)."""
     count, weights, sources = vertical
-    nothing = np.zeros(weights.shape[1], np.int64)
     radius = taps.shape[0] // 2
     for oy in range(grad.shape[0]):
         line = lines[oy]
@@ -183,7 +182,6 @@ def _axpy(a, x, y, size):  # pragma: no cover (numba)
     """``y[j] += a * x[j]`` for ``j < size``."""
     for j in range(size):
         y[j] += a * x[j]
-
 
 
 @intrinsic
@@ -212,7 +210,7 @@ def _blurmax_images(x, channels, taps, max_rows, max_columns, blur_columns, out,
     for n in range(x.shape[0]):
         if choice.shape[0]:
             windows_max(x[n], channels, max_rows, max_columns, zeros, maxed, choice[n], pairs,
-                     paired)
+                        paired)
         else:
             windows_max_values(x[n], channels, max_rows, max_columns, zeros, maxed, pairs)
         _blur(maxed, channels, taps, vertical, horizontal, blur_columns, out[n], line,
@@ -244,11 +242,12 @@ def _blurmax_gradients(choice, grad, channels, taps, max_rows, max_columns, blur
     grad_maxed, zeros, never = _borrowed(grad_maxed), _borrowed(zeros), _borrowed(never)
     border, lines = _borrowed(border), _borrowed(lines)
     vertical = (vertical[0], _borrowed(vertical[1]), _borrowed(vertical[2]))
+    nothing = np.zeros(vertical[1].shape[1], np.int64)
     for n in range(out.shape[0]):
         _blur_backward(grad[n], channels, taps, vertical, blur_columns, grad_maxed, lines,
-                       zeros[0])
+                       zeros[0], nothing)
         windows_gradient(choice[n], grad_maxed, channels, max_rows, max_columns, zeros,
-                          never, out[n], border)
+                         never, out[n], border)
 
 
 @njit(cache=True, nogil=True)
@@ -297,7 +296,7 @@ def _max_gradients(choice, grad, channels, rows, columns, out, zeros, never, bor
     never, border = _borrowed(never), _borrowed(border)
     for n in range(out.shape[0]):
         windows_gradient(choice[n], grad[n], channels, rows, columns, zeros, never, out[n],
-                          border)
+                         border)
 
 
 @njit(cache=True, nogil=True)
