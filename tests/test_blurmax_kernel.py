@@ -211,9 +211,44 @@ def filter_in_the_kernels_order(maxed, size, padding):
     return torch.from_numpy(out)
 
 
+def filter_gradient_in_the_kernels_order(grad, height, width, size, padding):
+    """The filter's adjoint of ``grad`` ``(N, C, Ho, Wo)`` in NumPy, summed in the order the
+    kernel documents: along each output row first (each output's products with the taps, in
+    turn, onto the padded row, zero before; then each padded column, in turn, onto the
+    column it copies), then down the rows (each row of the map sums, in turn onto zero, the
+    (output row, tap) pairs whose padded row copies it, in that order)."""
+    taps = get_pascal_kernel_1d(size, norm=True).to(grad.dtype).numpy()
+    grad, radius = grad.numpy(), size // 2
+    mode = {"circular": "wrap", "reflect": "reflect"}.get(padding)
+    copied_column = np.pad(np.arange(width), radius, mode=mode or "constant")
+    copied_row = np.pad(np.arange(height), radius, mode=mode or "constant")
+    lines = []
+    for oy in range(grad.shape[-2]):
+        line = np.zeros_like(grad[..., 0, :1].repeat(width + 2 * radius, axis=-1))
+        for ox in range(grad.shape[-1]):
+            for i, tap in enumerate(taps):
+                line[..., 2 * ox + i] = line[..., 2 * ox + i] + tap * grad[..., oy, ox]
+        for u in range(line.shape[-1]):
+            if mode is not None and not radius <= u < radius + width:
+                target = copied_column[u] + radius
+                line[..., target] = line[..., target] + line[..., u]
+        lines.append(line[..., radius:radius + width])
+    rows = []
+    for y in range(height):
+        total = np.zeros_like(lines[0])
+        for oy, line in enumerate(lines):
+            for i, tap in enumerate(taps):
+                padded = 2 * oy + i
+                inside = radius <= padded < radius + height
+                if (inside or mode is not None) and copied_row[padded] == y:
+                    total = total + tap * line
+        rows.append(total)
+    return torch.from_numpy(np.stack(rows, axis=-2))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
-@pytest.mark.parametrize("blur_size", [3, 5])
+@pytest.mark.parametrize("blur_size", [1, 3, 5, 7])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_kernel_sums_the_filter_in_its_documented_order_bit_for_bit(shape, blur_size,
                                                                         padding, dtype):
@@ -225,3 +260,21 @@ def test_the_kernel_sums_the_filter_in_its_documented_order_bit_for_bit(shape, b
         expected = filter_in_the_kernels_order(downsample.max_2x2_stride_1(x, padding),
                                                blur_size, padding)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
+@pytest.mark.parametrize("blur_size", [1, 3, 5, 7])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_kernels_gradient_sums_in_its_documented_order_bit_for_bit(shape, blur_size,
+                                                                       padding, dtype):
+    # the filter's adjoint in NumPy, then the max's gradient by torch's ops, which the
+    # kernel's routing matches bit for bit (above)
+    x = random_map(shape, 12).to(dtype).requires_grad_()
+    out = BlurMaxPool2d(shape[1], blur_size, padding).to(dtype)(x)
+    grad = random_map(tuple(out.shape), 13).to(dtype)
+    (kernel_grad,) = torch.autograd.grad(out, x, grad)
+    grad_maxed = filter_gradient_in_the_kernels_order(grad, *shape[2:], blur_size, padding)
+    (expected,) = torch.autograd.grad(downsample.max_2x2_stride_1(x, padding), x,
+                                      grad_maxed.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(kernel_grad, expected)

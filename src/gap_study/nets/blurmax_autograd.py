@@ -19,11 +19,24 @@ from gap_study.nets.blurmax_kernel import (
     blurmax_forward,
     max_2x2_backward,
     max_2x2_forward,
-    source_rows,
 )
 from gap_study.nets.padding import memory_layout
 
-__all__ = ["blurmax", "max_2x2"]
+__all__ = ["blurmax", "max_2x2", "source_rows"]
+
+
+def source_rows(size: int, before: int, after: int, padding: str) -> np.ndarray:
+    """For each row of a map of ``size`` rows padded by ``before`` and ``after`` in
+    ``padding`` mode: the row of the padded map it copies, or ``-1`` for a zero row."""
+    index = np.arange(-before, size + after)
+    if padding == "zeros":
+        source = np.where((index >= 0) & (index < size), index, -1 - before)
+    elif padding == "circular":
+        source = np.mod(index, size)
+    else:  # reflect: -1 is row 1, size is row size - 2
+        index = np.abs(index)
+        source = np.where(index >= size, 2 * (size - 1) - index, index)
+    return (source + before).astype(np.int64)
 
 
 @lru_cache(maxsize=64)
