@@ -246,10 +246,18 @@ def filter_gradient_in_the_kernels_order(grad, height, width, size, padding):
     return torch.from_numpy(np.stack(rows, axis=-2))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
-@pytest.mark.parametrize("blur_size", [1, 3, 5, 7])
-@pytest.mark.parametrize("shape", SHAPES)
+def every_order_case(test):
+    """The cases of the summing-order tests: every shape, filter size (1: a single term; 5
+    and 7: terms past the three summed in registers), padding and dtype."""
+    for mark in (pytest.mark.parametrize("dtype", [torch.float32, torch.float64]),
+                 pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"]),
+                 pytest.mark.parametrize("blur_size", [1, 3, 5, 7]),
+                 pytest.mark.parametrize("shape", SHAPES)):
+        test = mark(test)
+    return test
+
+
+@every_order_case
 def test_the_kernel_sums_the_filter_in_its_documented_order_bit_for_bit(shape, blur_size,
                                                                         padding, dtype):
     # the order fixes the kernel's float rounding, and with it every blurmax model's weights:
@@ -262,10 +270,7 @@ def test_the_kernel_sums_the_filter_in_its_documented_order_bit_for_bit(shape, b
     assert torch.equal(out, expected)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
-@pytest.mark.parametrize("blur_size", [1, 3, 5, 7])
-@pytest.mark.parametrize("shape", SHAPES)
+@every_order_case
 def test_the_kernels_gradient_sums_in_its_documented_order_bit_for_bit(shape, blur_size,
                                                                        padding, dtype):
     # the filter's adjoint in NumPy, then the max's gradient by torch's ops, which the
