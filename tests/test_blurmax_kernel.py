@@ -224,7 +224,7 @@ def filter_gradient_in_the_kernels_order(grad, height, width, size, padding):
     copied_row = np.pad(np.arange(height), radius, mode=mode or "constant")
     lines = []
     for oy in range(grad.shape[-2]):
-        line = np.zeros_like(grad[..., 0, :1].repeat(width + 2 * radius, axis=-1))
+        line = np.zeros((*grad.shape[:-2], width + 2 * radius), grad.dtype)
         for ox in range(grad.shape[-1]):
             for i, tap in enumerate(taps):
                 line[..., 2 * ox + i] = line[..., 2 * ox + i] + tap * grad[..., oy, ox]
