@@ -11,7 +11,7 @@ to circular shifts by multiples of its total stride (with ``aps``: to every circ
 from __future__ import annotations
 
 import warnings
-from functools import cache
+from functools import cache, lru_cache
 from types import ModuleType
 
 import torch
@@ -140,14 +140,6 @@ class BlurMaxPool2d(nn.Module):
         return f"channels={self.channels}, blur_size={self.blur_size}, padding={self.padding!r}"
 
 
-def _phases(x: Tensor) -> Tensor:
-    """The four polyphase components of an ``(N, C, H, W)`` map with even ``H``, ``W``, as a
-    view ``(N, 2, 2, C, H/2, W/2)``: ``[:, i, j]`` is ``x[..., i::2, j::2]``."""
-    height, width = _even_sides(x)
-    return x.unflatten(3, (width // 2, 2)).unflatten(2, (height // 2, 2)).permute(
-        0, 3, 5, 1, 2, 4)
-
-
 def _even_sides(x: Tensor) -> tuple[int, int]:
     height, width = x.shape[-2:]
     if height % 2 or width % 2:
@@ -189,31 +181,66 @@ def polyphase_choice(x: Tensor) -> Tensor:
     return polyphase_energies(x).argmax(dim=1)
 
 
+@lru_cache(maxsize=64)
+def _phase_positions(batch: int, height: int, width: int,
+                     device: torch.device) -> tuple[Tensor, Tensor]:
+    """Where the polyphase components of a batch of ``height x width`` maps lie, as flat
+    positions (``(n * height + row) * width + column``): component 0's of each image in
+    row-major order ``(batch, height/2 * width/2)``, and the offset of component ``2 i + j``
+    from it (``i * width + j``). Made outside inference mode, so that the cached tensors
+    serve training too."""
+    with torch.inference_mode(False):
+        grid = torch.arange(0, height, 2)[:, None] * width + torch.arange(0, width, 2)
+        first = torch.arange(batch)[:, None] * (height * width) + grid.reshape(1, -1)
+        offsets = torch.tensor([0, 1, width, width + 1])
+        return first.to(device), offsets.to(device)
+
+
+def _positions(x: Tensor) -> Tensor:
+    """``(N, C, H, W)`` as its positions' channels, ``(N * H * W, C)``: a view of a
+    channels_last map, a copy of another."""
+    n, channels, height, width = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n * height * width, channels)
+
+
 class _TakePolyphase(torch.autograd.Function):
     """Image ``n``'s polyphase component ``index[n]``: ``(N, C, H, W) -> (N, C, H/2, W/2)``,
-    in ``x``'s layout. Backward writes each image's gradient into the positions it came from,
-    zero elsewhere, in ``x``'s layout: autograd's backward of the same indexing returns a
-    contiguous gradient, which in a channels_last network turns every op before it into a
-    layout conversion (``gap_study.nets.padding`` has the same story for circular padding)."""
+    in ``x``'s layout.
+
+    1. One ``index_select`` of the kept positions' channels (``_phase_positions``): in a
+       channels_last map each position's channels lie together, so it copies rows of ``C``
+       values. Indexing the six-dimensional view of the four components took two to three
+       times as long, forward and backward (``benchmarks/README.md``, "Adaptive polyphase
+       sampling").
+    2. Backward copies each image's gradient into the positions it came from
+       (``index_copy_``, deterministic on every device), zero elsewhere, in ``x``'s layout:
+       autograd's backward of an indexing returns a contiguous gradient, which in a
+       channels_last network turns every op before it into a layout conversion
+       (``gap_study.nets.padding`` has the same story for circular padding). Only copies,
+       forward and backward: the values and gradients are the indexing's, bit for bit.
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
                 index: Tensor) -> Tensor:
-        ctx.save_for_backward(index)
+        n, channels, height, width = x.shape
+        _even_sides(x)
+        first, offsets = _phase_positions(n, height, width, x.device)
+        kept = (first + offsets[index][:, None]).reshape(-1)
+        ctx.save_for_backward(kept)
         ctx.shape, ctx.layout = x.shape, memory_layout(x)  # type: ignore[attr-defined]
-        rows = torch.arange(len(x), device=x.device)
-        return _phases(x)[rows, index // 2, index % 2]
+        out = _positions(x).index_select(0, kept).view(n, height // 2, width // 2, channels)
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=ctx.layout)  # type: ignore
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
                  grad: Tensor) -> tuple[Tensor, None]:
-        (index,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        shape, layout = ctx.shape, ctx.layout  # type: ignore[attr-defined]
-        out = torch.empty(shape, dtype=grad.dtype, device=grad.device,
-                          memory_format=layout).zero_()
-        rows = torch.arange(len(out), device=out.device)
-        _phases(out)[rows, index // 2, index % 2] = grad  # one index per image: no sum
-        return out, None
+        (kept,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        (n, channels, height, width), layout = ctx.shape, ctx.layout  # type: ignore[attr-defined]
+        out = grad.new_zeros((n * height * width, channels))
+        out.index_copy_(0, kept, _positions(grad))  # one position per kept entry: no sum
+        return out.view(n, height, width, channels).permute(0, 3, 1, 2).contiguous(
+            memory_format=layout), None
 
 
 def take_polyphase(x: Tensor, index: Tensor) -> Tensor:
