@@ -220,14 +220,18 @@ def test_aps_output_follows_a_circular_shift_of_its_input(dx, dy):
 
 @pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 def test_aps_routes_each_gradient_to_the_kept_positions_in_the_maps_layout(layout):
-    x = torch.randn(4, 3, 6, 8, generator=torch.Generator().manual_seed(3)).contiguous(
-        memory_format=layout).requires_grad_()
+    x = torch.randn(8, 3, 6, 8, generator=torch.Generator().manual_seed(3))
+    for n in range(len(x)):  # image n keeps component n % 4: every component is taken
+        x[n, :, n % 4 // 2::2, n % 2::2] *= 4
+    x = x.contiguous(memory_format=layout).requires_grad_()
     out = adaptive_polyphase_sample(x)
     assert out.is_contiguous(memory_format=layout)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
-    grad.view(-1)[::5], grad.view(-1)[::7] = -0.0, float("nan")  # copied as they are
+    grad.view(-1)[::5] = -0.0  # copied as they are
+    grad.view(-1)[::7] = float("nan")
     (ours,) = torch.autograd.grad(out, x, grad)
     kept = polyphase_choice(x).tolist()
+    assert kept == [n % 4 for n in range(len(x))]
     by_indexing = torch.stack([x[n, :, k // 2::2, k % 2::2] for n, k in enumerate(kept)])
     assert torch.equal(out, by_indexing)
     expected = torch.zeros(x.shape)

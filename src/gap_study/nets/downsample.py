@@ -182,65 +182,79 @@ def polyphase_choice(x: Tensor) -> Tensor:
 
 
 @lru_cache(maxsize=64)
-def _phase_positions(batch: int, height: int, width: int,
-                     device: torch.device) -> tuple[Tensor, Tensor]:
-    """Where the polyphase components of a batch of ``height x width`` maps lie, as flat
-    positions (``(n * height + row) * width + column``): component 0's of each image in
-    row-major order ``(batch, height/2 * width/2)``, and the offset of component ``2 i + j``
-    from it (``i * width + j``). Made outside inference mode, so that the cached tensors
-    serve training too."""
+def _phase_positions(height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Where the polyphase components of a ``height x width`` map lie, as flat positions
+    (``row * width + column``): component 0's in row-major order ``(1, height/2 * width/2)``,
+    and the offset of component ``2 i + j`` from it (``i * width + j``), ``(4,)``.
+
+    Made outside inference mode, so that the cached tensors serve training too. Real tensors
+    only: traced under a ``FakeTensorMode`` (``torch.compile``, which the study does not use),
+    the cache would keep fake ones (``gap_study.nets.padding``'s cache alike)."""
     with torch.inference_mode(False):
         grid = torch.arange(0, height, 2)[:, None] * width + torch.arange(0, width, 2)
-        first = torch.arange(batch)[:, None] * (height * width) + grid.reshape(1, -1)
         offsets = torch.tensor([0, 1, width, width + 1])
-        return first.to(device), offsets.to(device)
+        return grid.reshape(1, -1).to(device), offsets.to(device)
 
 
-def _positions(x: Tensor) -> Tensor:
-    """``(N, C, H, W)`` as its positions' channels, ``(N * H * W, C)``: a view of a
-    channels_last map, a copy of another."""
+def _channel_rows(x: Tensor) -> Tensor:
+    """``(N, C, H, W)`` as one row of ``C`` channels per position, ``(N * H * W, C)``: a view
+    of a channels_last map, a copy of another."""
     n, channels, height, width = x.shape
     return x.permute(0, 2, 3, 1).reshape(n * height * width, channels)
 
 
 class _TakePolyphase(torch.autograd.Function):
     """Image ``n``'s polyphase component ``index[n]``: ``(N, C, H, W) -> (N, C, H/2, W/2)``,
-    in ``x``'s layout.
+    in ``x``'s layout, from the flat positions of ``_phase_positions``.
 
-    1. One ``index_select`` of the kept positions' channels (``_phase_positions``): in a
-       channels_last map each position's channels lie together, so it copies rows of ``C``
-       values. Indexing the six-dimensional view of the four components took two to three
-       times as long, forward and backward (``benchmarks/README.md``, "Adaptive polyphase
-       sampling").
-    2. Backward copies each image's gradient into the positions it came from
-       (``index_copy_``, deterministic on every device), zero elsewhere, in ``x``'s layout:
-       autograd's backward of an indexing returns a contiguous gradient, which in a
-       channels_last network turns every op before it into a layout conversion
-       (``gap_study.nets.padding`` has the same story for circular padding). Only copies,
-       forward and backward: the values and gradients are the indexing's, bit for bit.
+    1. channels_last: one ``index_select`` of the kept positions' rows of channels (each
+       position's channels lie together). Contiguous: one ``gather`` of each channel's kept
+       positions. Indexing a six-dimensional view of the four components took 1.5-2.7 times
+       as long in either layout, forward alone or with backward (``benchmarks/README.md``,
+       "Adaptive polyphase sampling").
+    2. Backward copies each image's gradient into the positions it came from, zero
+       elsewhere, in ``x``'s layout (``index_copy_`` or ``scatter_``, both deterministic on
+       CPU and CUDA under torch's deterministic mode): autograd's backward of an indexing
+       returns a contiguous gradient, which in a channels_last network turns every op before
+       it into a layout conversion (``gap_study.nets.padding`` has the same story for
+       circular padding). Only copies, forward and backward: the values and gradients are
+       the indexing's, bit for bit.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
                 index: Tensor) -> Tensor:
-        n, channels, height, width = x.shape
-        _even_sides(x)
-        first, offsets = _phase_positions(n, height, width, x.device)
-        kept = (first + offsets[index][:, None]).reshape(-1)
+        height, width = _even_sides(x)
+        n, channels = x.shape[:2]
+        grid, offsets = _phase_positions(height, width, x.device)
+        kept = grid + offsets[index][:, None]  # (N, H/2 * W/2): each image's kept positions
+        layout = memory_layout(x)
+        if layout == torch.channels_last:
+            kept = (kept + torch.arange(0, n * height * width, height * width,
+                                        device=x.device)[:, None]).reshape(-1)
+            out = _channel_rows(x).index_select(0, kept).view(
+                n, height // 2, width // 2, channels).permute(0, 3, 1, 2)
+        else:
+            kept = kept[:, None, :].expand(n, channels, -1)
+            out = x.reshape(n, channels, height * width).gather(2, kept).view(
+                n, channels, height // 2, width // 2)
         ctx.save_for_backward(kept)
-        ctx.shape, ctx.layout = x.shape, memory_layout(x)  # type: ignore[attr-defined]
-        out = _positions(x).index_select(0, kept).view(n, height // 2, width // 2, channels)
-        return out.permute(0, 3, 1, 2).contiguous(memory_format=ctx.layout)  # type: ignore
+        ctx.shape, ctx.layout = x.shape, layout  # type: ignore[attr-defined]
+        return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
                  grad: Tensor) -> tuple[Tensor, None]:
         (kept,) = ctx.saved_tensors  # type: ignore[attr-defined]
         (n, channels, height, width), layout = ctx.shape, ctx.layout  # type: ignore[attr-defined]
-        out = grad.new_zeros((n * height * width, channels))
-        out.index_copy_(0, kept, _positions(grad))  # one position per kept entry: no sum
-        return out.view(n, height, width, channels).permute(0, 3, 1, 2).contiguous(
-            memory_format=layout), None
+        # one kept entry per position: copies, no sums
+        if layout == torch.channels_last:
+            out = grad.new_zeros((n * height * width, channels))
+            out.index_copy_(0, kept, _channel_rows(grad))
+            return out.view(n, height, width, channels).permute(0, 3, 1, 2), None
+        out = grad.new_zeros((n, channels, height * width))
+        out.scatter_(2, kept, grad.reshape(n, channels, -1))
+        return out.view(n, channels, height, width), None
 
 
 def take_polyphase(x: Tensor, index: Tensor) -> Tensor:
