@@ -132,48 +132,57 @@ def test_with_numba_a_kernel_that_does_not_load_stops_with_the_fix_not_other_num
         downsample._cpu_kernel.cache_clear()
 
 
+APS_SHAPES = [(8, 16, 20, 20), (8, 32, 10, 10), (3, 5, 6, 8), (4, 3, 2, 2)]  # even sides
+
+
+def aps_by_torch(x, padding):
+    """ApsMaxPool2d in torch's ops: the max of max_2x2_stride_1, then the sampling."""
+    return downsample.adaptive_polyphase_sample(downsample.max_2x2_stride_1(x, padding))
+
+
 @pytest.mark.parametrize("integers", [False, True])
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_the_kernels_max_alone_is_max_2x2_stride_1_bit_for_bit(shape, padding, channels_last,
-                                                               integers):
-    # APS takes it: a max is exact, and each input sums its windows' gradients, then the
-    # padding's copies, in the order torch's ops do (an order of the algorithms, not of a
-    # CPU's vector kernels, so exact on every CPU); integers make most windows ties
-    from gap_study.nets.blurmax_autograd import max_2x2
-
+@pytest.mark.parametrize("shape", APS_SHAPES)
+def test_aps_on_the_kernel_is_aps_by_torch_bit_for_bit(shape, padding, channels_last, integers):
+    # a max is exact, and the kernel routes each kept window's gradient, then the padding's
+    # copies, in the order torch's ops sum the max's gradient (an order of the algorithms,
+    # not of a CPU's vector kernels, so exact on every CPU); integers make most windows ties
+    layer = downsample.ApsMaxPool2d(padding)
     x = random_map(shape, 6, channels_last=channels_last, integers=integers).requires_grad_()
-    grad = random_map(shape, 7, channels_last=channels_last)
-    out, expected = max_2x2(x, padding), downsample.max_2x2_stride_1(x, padding)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    grad = random_map((*shape[:2], shape[2] // 2, shape[3] // 2), 7, channels_last=False)
+    grad.view(-1)[::5] = -0.0  # each gradient as it is, sign of zero too
+    grad = grad.contiguous(memory_format=layout)
+    out, expected = layer(x), aps_by_torch(x, padding)
     assert torch.equal(out, expected)
     (out_grad,), (expected_grad,) = (torch.autograd.grad(y, x, grad) for y in (out, expected))
-    assert torch.equal(out_grad, expected_grad)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert torch.equal(out_grad.view(torch.int32), expected_grad.view(torch.int32))
     assert out.is_contiguous(memory_format=layout) and out_grad.is_contiguous(
         memory_format=layout)
     with torch.no_grad():  # evaluation: no choice kept, torch's ops take another path
-        assert torch.equal(max_2x2(x, padding), downsample.max_2x2_stride_1(x, padding))
+        assert torch.equal(layer(x), aps_by_torch(x, padding))
 
 
 @pytest.mark.parametrize("padding", ["zeros", "circular", "reflect"])
-def test_the_kernels_max_in_float64_is_max_2x2_stride_1_bit_for_bit(padding):
-    from gap_study.nets.blurmax_autograd import max_2x2
-
-    x = random_map((2, 4, 6, 5), 9, integers=True).double().requires_grad_()
-    grad = random_map((2, 4, 6, 5), 10).double()
-    out, expected = max_2x2(x, padding), downsample.max_2x2_stride_1(x, padding)
-    assert torch.equal(out, expected)
+def test_aps_on_the_kernel_in_float64_is_aps_by_torch_bit_for_bit(padding):
+    x = random_map((3, 4, 6, 4), 9, channels_last=False, integers=True).double()
+    x.view(-1)[::11] = float("nan")  # a NaN wins its window, as in max_pool2d
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = random_map((3, 4, 3, 2), 10).double()
+    out, expected = downsample.ApsMaxPool2d(padding)(x), aps_by_torch(x, padding)
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())
     assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (out, expected)))
 
 
-def test_aps_takes_the_kernels_max_on_cpu_and_torchs_elsewhere(monkeypatch):
+def test_aps_takes_the_kernel_on_cpu_and_torchs_ops_elsewhere(monkeypatch):
     from gap_study.nets import blurmax_autograd
 
     calls = []
-    monkeypatch.setattr(blurmax_autograd, "max_2x2",
-                        lambda x, padding: calls.append(padding) or
-                        downsample.max_2x2_stride_1(x, padding))
+    monkeypatch.setattr(blurmax_autograd, "adaptive_max",
+                        lambda x, padding, sample: calls.append(padding) or
+                        aps_by_torch(x, padding))
     layer = downsample.ApsMaxPool2d("circular")
     assert layer(random_map((2, 4, 8, 8), 8)).shape == (2, 4, 4, 4)
     assert calls == ["circular"]

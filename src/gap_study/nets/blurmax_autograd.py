@@ -1,11 +1,13 @@
-"""The blurmax kernels (``gap_study.nets.blurmax_kernel``, numba) as autograd functions of
-torch tensors: ``blurmax``, ``BlurMaxPool2d``'s two steps, and ``max_2x2``, the max alone
-that ``ApsMaxPool2d`` takes. Each hands the kernel a channels_last map as ``(N, H, W * C)``
-rows, its padding as index maps, and returns its output in the input's layout.
+"""The CPU kernels of the anti-aliased layers (``gap_study.nets.blurmax_kernel`` and
+``aps_kernel``, numba) as autograd functions of torch tensors: ``blurmax``,
+``BlurMaxPool2d``'s two steps, and ``adaptive_max``, ``ApsMaxPool2d``'s max with its
+sampling. Each hands the kernel a channels_last map as ``(N, H, W * C)`` rows, its padding as
+index maps, and returns its output in the input's layout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -14,15 +16,14 @@ from kornia.filters.kernels import get_pascal_kernel_1d
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from gap_study.nets.blurmax_kernel import (
-    blurmax_backward,
-    blurmax_forward,
-    max_2x2_backward,
-    max_2x2_forward,
-)
+from gap_study.nets.aps_kernel import aps_max_backward
+from gap_study.nets.blurmax_kernel import blurmax_backward, blurmax_forward, max_2x2_forward
 from gap_study.nets.padding import memory_layout
 
-__all__ = ["blurmax", "max_2x2", "source_rows"]
+__all__ = ["Sampler", "adaptive_max", "blurmax", "source_rows"]
+
+# what ApsMaxPool2d does after its max: the map -> (the kept components, each image's index)
+Sampler = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def source_rows(size: int, before: int, after: int, padding: str) -> np.ndarray:
@@ -122,39 +123,43 @@ def blurmax(x: Tensor, size: int, padding: str) -> Tensor:
     return _BlurMax.apply(_tracked(x), size, padding)
 
 
-class _Max2x2(torch.autograd.Function):
-    """The max alone: forward and backward by ``max_2x2_forward`` and ``max_2x2_backward``,
-    in ``x``'s layout."""
+class _AdaptiveMax(torch.autograd.Function):
+    """``ApsMaxPool2d``: the max by ``max_2x2_forward``, the kept components by ``sample`` of
+    it, and the backward by ``aps_max_backward`` from the kept windows alone, in ``x``'s
+    layout."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor,  # type: ignore[override]
-                padding: str) -> Tensor:
+                padding: str, sample: Sampler) -> Tensor:
         n, c, h, w = x.shape
-        out = torch.empty((n, h, w, c), dtype=x.dtype)
+        maxed = torch.empty((n, h, w, c), dtype=x.dtype)
         choice = _choices(ctx, x)
-        max_2x2_forward(_rows(x), c, *_max_maps(h, w, padding), out.view(n, h, -1).numpy(),
+        max_2x2_forward(_rows(x), c, *_max_maps(h, w, padding), maxed.view(n, h, -1).numpy(),
                         choice.numpy())
-        ctx.save_for_backward(choice)
-        ctx.padding, ctx.dtype = padding, x.dtype  # type: ignore[attr-defined]
+        kept, phases = sample(_in_layout(maxed, memory_layout(x)))
+        ctx.save_for_backward(choice, phases)
+        ctx.padding, ctx.shape, ctx.dtype = padding, x.shape, x.dtype  # type: ignore[attr-defined]
         ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
-        return _in_layout(out, ctx.layout)  # type: ignore[attr-defined]
+        return kept
 
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
-                 grad: Tensor) -> tuple[Tensor, None]:
-        (choice,) = ctx.saved_tensors  # type: ignore[attr-defined]
+                 grad: Tensor) -> tuple[Tensor, None, None]:
+        choice, phases = ctx.saved_tensors  # type: ignore[attr-defined]
         padding, dtype, layout = ctx.padding, ctx.dtype, ctx.layout  # type: ignore[attr-defined]
-        n, c, h, w = grad.shape
+        n, c, h, w = ctx.shape  # type: ignore[attr-defined]
         out = torch.empty((n, h, w, c), dtype=dtype)
-        max_2x2_backward(choice.numpy(), _rows(grad.to(dtype)), c, *_max_maps(h, w, padding),
-                         out.view(n, h, -1).numpy())
-        return _in_layout(out, layout), None
+        rows = out.view(n, h, -1).numpy()
+        aps_max_backward(choice.numpy(), _rows(grad.to(dtype)), phases.numpy(), c,
+                         *_max_maps(h, w, padding), np.zeros(1, rows.dtype), rows)
+        return _in_layout(out, layout), None, None
 
 
-def max_2x2(x: Tensor, padding: str) -> Tensor:
-    """``gap_study.nets.downsample.max_2x2_stride_1`` of a float32 or float64 CPU map ``(N, C,
-    H, W)`` with ``H``, ``W`` at least 2: the same values, and the same gradient (each input
-    sums its windows' in ``max_pool2d``'s order, then the padding's copies), differentiable
-    once."""
-    return _Max2x2.apply(_tracked(x), padding)
+def adaptive_max(x: Tensor, padding: str, sample: Sampler) -> Tensor:
+    """``ApsMaxPool2d(padding)`` of a float32 or float64 CPU map ``(N, C, H, W)`` with even
+    ``H``, ``W``: the 2x2 max at stride 1 (``max_2x2_stride_1``'s values), then ``sample``
+    of it, which returns the kept components ``(N, C, H/2, W/2)`` and each image's
+    component index ``(N,)``; differentiable once, with the gradient of
+    ``max_2x2_stride_1`` followed by that sampling, bit for bit."""
+    return _AdaptiveMax.apply(_tracked(x), padding, sample)

@@ -1,6 +1,7 @@
 """``BlurMaxPool2d``'s two steps as one CPU kernel (numba): the 2x2 max at stride 1 and the
 binomial filter at stride 2, each padded in the layer's mode, forward and backward, on a
-channels_last map; and the max alone, which ``ApsMaxPool2d`` takes before its sampling.
+channels_last map; and the max alone, which ``ApsMaxPool2d`` takes before its sampling (its
+backward: ``aps_kernel``).
 They work on NumPy arrays; ``gap_study.nets.blurmax_autograd`` wraps them as autograd
 functions of torch tensors, which ``gap_study.nets.downsample`` calls on CPU.
 
@@ -29,7 +30,7 @@ from numba import njit
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-__all__ = ["blurmax_backward", "blurmax_forward", "max_2x2_backward", "max_2x2_forward"]
+__all__ = ["blurmax_backward", "blurmax_forward", "max_2x2_forward"]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -435,25 +436,3 @@ def max_2x2_forward(x, channels, rows, columns, out, choice):  # pragma: no cove
     width = x.shape[2]
     _max_images(x, channels, rows, columns, out, choice, np.zeros(width, x.dtype),
                 np.empty((2, width), x.dtype), np.empty((2, width), np.int8))
-
-
-@njit(cache=True, nogil=True)
-def _max_gradients(choice, grad, channels, rows, columns, out, zeros, never, border,
-                   ):  # pragma: no cover (numba)
-    """``max_2x2_backward``'s loop over the images, on borrowed arrays (``_borrowed``)."""
-    choice, grad, out, zeros = _borrowed(choice), _borrowed(grad), _borrowed(out), \
-        _borrowed(zeros)
-    never, border = _borrowed(never), _borrowed(border)
-    for n in range(out.shape[0]):
-        _window_gradients(choice[n], grad[n], channels, rows, columns, zeros, never, out[n],
-                          border)
-
-
-@njit(cache=True, nogil=True)
-def max_2x2_backward(choice, grad, channels, rows, columns, out):  # pragma: no cover (numba)
-    """The gradient of ``max_2x2_forward`` for its ``x`` into ``out`` ``(N, H, W * C)``, given
-    ``grad`` ``(N, H, W * C)`` and the forward's ``choice``."""
-    width = out.shape[2]
-    _max_gradients(choice, grad, channels, rows, columns, out, np.zeros(width, out.dtype),
-                   np.full(width, -1, np.int8),
-                   np.empty((out.shape[1] + 2, width), out.dtype))

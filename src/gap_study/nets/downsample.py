@@ -269,7 +269,13 @@ def adaptive_polyphase_sample(x: Tensor) -> Tensor:
     components and shifts each circularly, so, barring ties, the kept component is the one
     kept before, shifted: the layer is equivariant to every circular shift, where a fixed
     phase is so only to even ones."""
-    return take_polyphase(x, polyphase_choice(x))
+    return _sample(x)[0]
+
+
+def _sample(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``adaptive_polyphase_sample`` of ``x``, and each image's component index ``(N,)``."""
+    index = polyphase_choice(x)
+    return take_polyphase(x, index), index
 
 
 class ApsMaxPool2d(nn.Module):
@@ -277,8 +283,9 @@ class ApsMaxPool2d(nn.Module):
     polyphase sampling (``adaptive_polyphase_sample``) in place of the fixed phase of a 2x2
     max-pool or the blur of ``BlurMaxPool2d``: ``(N, C, H, W) -> (N, C, H/2, W/2)`` for even
     ``H``, ``W``; as the paper replaces a max-pool of stride 2. No parameters. On CPU the max
-    is ``BlurMaxPool2d``'s kernel's (``gap_study.nets.blurmax_autograd.max_2x2``), with the same
-    values and gradients as ``max_2x2_stride_1``, which runs elsewhere."""
+    is ``BlurMaxPool2d``'s kernel's, and the backward a kernel of its own that routes the kept
+    windows' gradients alone (``gap_study.nets.blurmax_autograd.adaptive_max``): the same
+    values and gradients as ``max_2x2_stride_1`` and the sampling, which run elsewhere."""
 
     def __init__(self, padding: str = "zeros") -> None:
         super().__init__()
@@ -287,9 +294,9 @@ class ApsMaxPool2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         kernel = _cpu_kernel_for(x, 1)  # on CPU the max of blurmax's kernel: the same numbers
-        maxed = kernel.max_2x2(x, self.padding) if kernel is not None else max_2x2_stride_1(
-            x, self.padding)
-        return adaptive_polyphase_sample(maxed)
+        if kernel is not None:
+            return kernel.adaptive_max(x, self.padding, _sample)
+        return adaptive_polyphase_sample(max_2x2_stride_1(x, self.padding))
 
     def extra_repr(self) -> str:
         return f"padding={self.padding!r}"
