@@ -155,6 +155,7 @@ def test_aps_on_the_kernel_is_aps_by_torch_bit_for_bit(shape, padding, channels_
     grad.view(-1)[::5] = -0.0  # each gradient as it is, sign of zero too
     grad = grad.contiguous(memory_format=layout)
     out, expected = layer(x), aps_by_torch(x, padding)
+    assert type(out.grad_fn).__name__ == "_AdaptiveMaxBackward"  # the kernel, not torch's ops
     assert torch.equal(out, expected)
     (out_grad,), (expected_grad,) = (torch.autograd.grad(y, x, grad) for y in (out, expected))
     assert torch.equal(out_grad.view(torch.int32), expected_grad.view(torch.int32))
@@ -171,6 +172,7 @@ def test_aps_on_the_kernel_in_float64_is_aps_by_torch_bit_for_bit(padding):
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     grad = random_map((3, 4, 3, 2), 10).double()
     out, expected = downsample.ApsMaxPool2d(padding)(x), aps_by_torch(x, padding)
+    assert type(out.grad_fn).__name__ == "_AdaptiveMaxBackward"
     assert torch.equal(out.isnan(), expected.isnan())
     assert torch.equal(out.nan_to_num(), expected.nan_to_num())
     assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (out, expected)))

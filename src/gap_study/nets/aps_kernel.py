@@ -35,7 +35,8 @@ def aps_max_backward(choice, grad, phases, channels, rows, columns, zeros,
     gradient; ``phases`` ``(N,)``: each image's component ``2 i + j`` (its windows start at
     row ``i``, column ``j``); ``rows``, ``columns``: the max's padding maps (entry ``H``,
     ``W``: the row and column the padded ones copy, ``-1`` for zeros); ``zeros``: one zero
-    of the dtype.
+    of the dtype (a literal 0 would be typed as an integer or float64 by numba, and mixed
+    arithmetic promotes float32 to float64).
     """
     images, height, width_channels = out.shape
     width = width_channels // channels

@@ -83,8 +83,8 @@ def _cpu_kernel() -> ModuleType | None:
         from gap_study.nets import blurmax_autograd
     except Exception as error:
         raise RuntimeError(
-            f"The CPU kernel of BlurMaxPool2d and ApsMaxPool2d (gap_study.nets.blurmax_kernel) "
-            f"did not load: {error}. "
+            f"The CPU kernels of BlurMaxPool2d and ApsMaxPool2d (gap_study.nets.blurmax_kernel, "
+            f"aps_kernel) did not load: {error}. "
             "If numba cannot write its cache, set NUMBA_CACHE_DIR to a writable folder; to run "
             "on torch's ops instead, uninstall numba (the numbers then differ in float "
             "rounding).") from error
@@ -293,8 +293,9 @@ class ApsMaxPool2d(nn.Module):
         self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
-        kernel = _cpu_kernel_for(x, 1)  # on CPU the max of blurmax's kernel: the same numbers
-        if kernel is not None:
+        kernel = _cpu_kernel_for(x, 1)
+        if kernel is not None:  # on CPU: blurmax's kernel's max, a backward of its own
+            # (gap_study.nets.aps_kernel); the same numbers
             return kernel.adaptive_max(x, self.padding, _sample)
         return adaptive_polyphase_sample(max_2x2_stride_1(x, self.padding))
 
