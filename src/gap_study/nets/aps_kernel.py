@@ -25,6 +25,17 @@ from numba import njit
 __all__ = ["aps_max_backward"]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_chosen(out, n, row, column, choice, y, x, k, grad, a, b,
+                channels):  # pragma: no cover (numba)
+    """Image ``n``'s ``out[row, column]`` channels ``+=`` those of its kept window at ``(y,
+    x)`` (gradient ``grad[a, b]``) that chose entry ``k``: one padded copy. Whole arrays and
+    an image index, not views: a view would count references in the loop."""
+    for c in range(channels):
+        if choice[n, y, x * channels + c] == k:
+            out[n, row, column * channels + c] += grad[n, a, b * channels + c]
+
+
 @njit(cache=True, nogil=True)
 def aps_max_backward(choice, grad, phases, channels, rows, columns, zeros,
                      out):  # pragma: no cover (numba)
@@ -65,28 +76,19 @@ def aps_max_backward(choice, grad, phases, channels, rows, columns, zeros,
                                 g if choice[n, y, source + c] == k else zero)
         # 2. the padding's copies: the padded column of each row, the padded row, the corner
         if j == 1 and last >= 0:
-            x, b = width - 1, width // 2 - 1
             for a in range(height // 2):
                 y = 2 * a + i
                 for dy in range(2):
-                    if y + dy >= height:
-                        continue
-                    for c in range(channels):
-                        if choice[n, y, x * channels + c] == 2 * dy + 1:
-                            out[n, y + dy, last * channels + c] += grad[n, a, b * channels + c]
+                    if y + dy < height:
+                        _add_chosen(out, n, y + dy, last, choice, y, width - 1, 2 * dy + 1,
+                                    grad, a, width // 2 - 1, channels)
         if i == 1 and below >= 0:
-            y, a = height - 1, height // 2 - 1
             for b in range(width // 2):
                 x = 2 * b + j
                 for dx in range(2):
-                    if x + dx >= width:
-                        continue
-                    for c in range(channels):
-                        if choice[n, y, x * channels + c] == 2 + dx:
-                            out[n, below, (x + dx) * channels + c] += grad[n, a,
-                                                                           b * channels + c]
+                    if x + dx < width:
+                        _add_chosen(out, n, below, x + dx, choice, height - 1, x, 2 + dx,
+                                    grad, height // 2 - 1, b, channels)
             if j == 1 and last >= 0:
-                x, b = width - 1, width // 2 - 1
-                for c in range(channels):
-                    if choice[n, y, x * channels + c] == 3:
-                        out[n, below, last * channels + c] += grad[n, a, b * channels + c]
+                _add_chosen(out, n, below, last, choice, height - 1, width - 1, 3, grad,
+                            height // 2 - 1, width // 2 - 1, channels)
