@@ -136,10 +136,11 @@ class _AdaptiveMax(torch.autograd.Function):
         choice = _choices(ctx, x)
         max_2x2_forward(_rows(x), c, *_max_maps(h, w, padding), maxed.view(n, h, -1).numpy(),
                         choice.numpy())
-        kept, phases = sample(_in_layout(maxed, memory_layout(x)))
+        layout = memory_layout(x)
+        kept, phases = sample(_in_layout(maxed, layout))
         ctx.save_for_backward(choice, phases)
         ctx.padding, ctx.shape, ctx.dtype = padding, x.shape, x.dtype  # type: ignore[attr-defined]
-        ctx.layout = memory_layout(x)  # type: ignore[attr-defined]
+        ctx.layout = layout  # type: ignore[attr-defined]
         return kept
 
     @staticmethod
