@@ -13,6 +13,7 @@ import pytest
 import torch
 from builders import TINY_MODEL
 
+from gap_study.measures.finite import NonFiniteError
 from gap_study.pipeline.params import TrainParams, TuneParams
 from gap_study.pipeline.paths import RunId
 from gap_study.stages.train import train_task
@@ -70,6 +71,33 @@ def test_an_exact_tie_in_mean_loss_goes_to_the_smaller_rate_whatever_the_row_ord
     rows = _curve("gap", {0.01: (0.2, 0.4), 0.003: (0.3, 0.3), 0.001: (0.5, 0.5)})
     assert best_rates(_table(rows)) == {"gap": 0.003}
     assert best_rates(_table(rows[::-1])) == {"gap": 0.003}
+
+
+def test_a_rate_that_diverged_on_one_seed_is_never_chosen_by_its_other_seed_alone():
+    # 0.003's finite seed alone would win; its diverged seed makes its mean loss infinite
+    table = _table(_curve("gap", {0.001: (0.31, 0.30), 0.003: (0.20, math.nan),
+                                  0.01: (0.26, 0.25)}))
+    assert best_rates(table) == {"gap": 0.01}
+    summary = tuning_table(table).set_index("lr")
+    assert summary.loc[0.003, "val_loss"] == math.inf and not summary.loc[0.003, "chosen"]
+    assert summary.loc[0.01, "chosen"]
+
+
+def test_a_head_whose_every_rate_diverged_is_refused_by_name_with_the_fix():
+    table = _table(_curve("gem", {0.01: (math.nan, 0.2), 0.1: (math.inf, math.nan)})
+                   + _curve("gap", {0.01: (0.2, 0.2)}))
+    with pytest.raises(ValueError, match=r"gem diverged.*tune\.learning_rates"):
+        best_rates(table)
+
+
+def test_a_training_run_that_diverged_fails_in_its_task_naming_the_run(small, monkeypatch):
+    def diverged(*args, **kwargs):
+        return None, pd.DataFrame([{"epoch": 1, "train_loss": math.nan, "val_loss": math.nan}])
+    monkeypatch.setattr("gap_study.stages.train.train_run", diverged)
+    with pytest.raises(NonFiniteError, match=r"gmp fraction_0\.5-shift_0-seed_0: train_loss, "
+                                         r"val_loss not finite"):
+        train_task(("gmp", RunId(0.5, 0, 0)), data=small, architecture=ARCHITECTURE,
+                   settings=SETTINGS, learning_rates={"gmp": 0.01}, device="cpu")
 
 
 def test_the_tables_do_not_depend_on_the_order_the_runs_finished_in():
@@ -278,6 +306,15 @@ def test_the_stages_that_choose_or_train_hand_their_tasks_no_test_split(notebook
                      if c.cell_type == "code")
     assert "load_prepared(layout.prepared).without_test()" in code
     assert "test" not in code.replace("without_test", "")  # no other use of the test split
+
+
+def test_the_tune_stage_refuses_a_fraction_without_a_full_batch_before_it_trains():
+    # the train stage would refuse it only after every tuning run (dvc.yaml lists
+    # train.fractions for tune, so mending it reruns tune too)
+    code = "\n".join(c.source for c in nbformat.read(ROOT / "notebooks" / "tune.ipynb",
+                                                      as_version=4).cells
+                     if c.cell_type == "code")
+    assert -1 < code.find("settings.check_batches(len(dataset.y_train))") < code.find("search(")
 
 
 def test_without_test_empties_the_test_split_and_its_two_object_canvases_and_keeps_the_rest(

@@ -22,6 +22,7 @@ from tqdm import tqdm  # the text bar: it streams to the terminal under papermil
 
 from gap_study.data.canvas import CanvasDataset, random_offsets, shift_each, to_float
 from gap_study.data.splits import fraction_subset, steps_per_epoch
+from gap_study.measures.finite import require_finite
 from gap_study.measures.metrics import loss_and_accuracy
 from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.checkpoints import checkpoint_payload
@@ -184,4 +185,7 @@ def train_task(item: tuple[str, RunId], *, data: CanvasDataset, architecture: Mo
     torch_device = resolve_device(device)
     model, history = train_run(architecture.to_config(head, data), data, run, settings,
                                learning_rates[head], device=torch_device, progress=False)
+    # a diverged run fails here, before its checkpoint is kept, not in the evaluate stage
+    require_finite(history.iloc[-1][["train_loss", "val_loss"]].to_dict(),
+                   run=f"{head} {run.stem}")
     return TrainedRun(checkpoint_payload(model), history, worker_facts(torch_device))

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from gap_study.data.canvas import CanvasDataset
@@ -80,8 +81,12 @@ def rate_summary(runs: pd.DataFrame) -> pd.DataFrame:
     range; ``seeds``, how many. Heads in their first order, rates ascending."""
     # 2. Rows sorted by seed before the means: the same runs, in any order, give the same
     #    float sums.
+    # 3. A run that diverged (a NaN or infinite loss) counts as an infinite loss: its rate's
+    #    mean is infinite and never chosen. A NaN left as it is would be skipped by the mean,
+    #    and the other seed's loss alone would stand for the rate.
     order = {head: i for i, head in enumerate(dict.fromkeys(runs["head"]))}
-    ordered = runs.assign(order=runs["head"].map(order)).sort_values(
+    losses = runs["val_loss"].where(np.isfinite(runs["val_loss"]), np.inf)
+    ordered = runs.assign(order=runs["head"].map(order), val_loss=losses).sort_values(
         ["order", "lr", "seed"], kind="stable")
     return ordered.groupby(["head", "lr"], sort=False).agg(
         val_loss=("val_loss", "mean"), val_accuracy=("val_accuracy", "mean"),
@@ -94,6 +99,12 @@ def best_rates(runs: pd.DataFrame) -> dict[str, float]:
     an exact tie goes to the smaller rate. Validation accuracy plays no part."""
     summary = rate_summary(runs)
     best = summary.sort_values(["val_loss", "lr"], kind="stable").drop_duplicates("head")
+    diverged = best.loc[~np.isfinite(best["val_loss"]), "head"].tolist()
+    if diverged:
+        raise ValueError(
+            f"tune: every learning rate tried for {', '.join(diverged)} diverged on some "
+            "tuning seed (a NaN or infinite validation loss), so no rate can be chosen. Fix: "
+            "lower tune.learning_rates and tune.lr_min in params.yaml")
     chosen = dict(zip(best["head"], best["lr"], strict=True))
     return {head: float(chosen[head]) for head in summary["head"].unique()}
 
@@ -102,7 +113,7 @@ def half_decade(rate: float, anchor: float, direction: int) -> float:
     """The rate half a decade above (``direction = 1``) or below (``-1``) ``rate`` on the
     lattice ``anchor * 10 ** (k / 2)``, rounded to ``SIGNIFICANT_DIGITS``.
 
-    3. Each step is taken from the anchor, not from the rounded rate before it: stepping from
+    4. Each step is taken from the anchor, not from the rounded rate before it: stepping from
        0.0316 would give 0.0999, from 0.01 it gives 0.1.
     """
     k = round(2 * math.log10(rate / anchor)) + direction
@@ -172,12 +183,12 @@ def choice_table(runs: pd.DataFrame, tuning: TuneParams) -> pd.DataFrame:
     then the mean loss at every rate tried for any head (``val_loss_lr_<rate>``, empty where
     the head did not try it).
 
-    4. ``spread`` is the range (largest minus smallest) of the chosen rate's final validation
+    5. ``spread`` is the range (largest minus smallest) of the chosen rate's final validation
        loss over the tuning seeds; ``neighbour_gap`` is how much higher the lower of the
        neighbouring tried rates' mean losses is than the chosen rate's. The choice is
        ``fragile`` when ``neighbour_gap <= spread``: a neighbour is within the seeds' own
        disagreement, and other seeds could have chosen it.
-    5. ``at_bound``: the rate is an end of the head's tried rates and the half-decade step
+    6. ``at_bound``: the rate is an end of the head's tried rates and the half-decade step
        beyond that end leaves ``[lr_min, lr_max]``. It is false for an interior rate, and for
        an end the grid could still be extended past, which ``search`` never leaves chosen.
     """
