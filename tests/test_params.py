@@ -66,6 +66,7 @@ def test_the_projects_params_yaml_is_valid(root):
     ("data.max_train", 0, r"data\.max_train = 0"),
     ("data.download", "maybe", r"data\.download = 'maybe'"),
     ("evaluate.max_shift", 6, r"evaluate\.max_shift = 6 .* at most 5"),
+    ("evaluate.max_shift", 0, r"evaluate\.max_shift = 0: .*greater than 0"),
     ("device", "gpu", r"device = 'gpu': must be 'auto', 'cpu'"),
     ("train.epoch", 3, r"train\.epoch: unknown key \(did you mean 'epochs'\?\); allowed keys "
                        r"here: batch_size, drop_last, epochs, fractions, schedule, seeds, shift, "
@@ -245,6 +246,30 @@ def test_a_bad_scheduler_says_what_is_allowed(params_raw, scheduler, hint):
     with pytest.raises(ParamsError, match=f"compute.scheduler = '{scheduler}': must be") as info:
         parse_params(_with(params_raw, "compute.scheduler", scheduler))
     assert hint in str(info.value)
+
+
+def test_a_study_without_a_head_under_test_is_refused_naming_the_heads_it_needs(params_raw):
+    raw = _with(_with(params_raw, "heads", ["dense", "dense_dropout", "linear"]),
+                "mechanism.heads", ["dense"])
+    with pytest.raises(ParamsError, match=r"heads has no head whose global pooling replaces "
+                                          r"the dense layers \(gap, gmp, .*nin\).*add one"):
+        parse_params(raw)
+    assert parse_params(_with(_with(raw, "heads", ["dense", "nin"]), "mechanism.heads",
+                              ["nin"])).heads == ["dense", "nin"]
+
+
+def test_a_mechanism_grid_of_the_main_runs_alone_is_refused_with_the_fix(params_raw):
+    raw = _with(_with(_with(params_raw, "mechanism.downsample", ["max"]), "mechanism.padding",
+                      ["zeros"]), "mechanism.train_shift", None)
+    with pytest.raises(ParamsError, match=r"mechanism\.downsample = \['max'\] and "
+                       r"mechanism\.padding = \['zeros'\] are the model section's own "
+                       r"backbone.*train no run of its own.*or set mechanism\.train_shift"):
+        parse_params(raw)
+    # any one cell of its own makes a grid: a padding, a downsampling, or the shifted cell
+    for dotted, value in (("mechanism.padding", ["zeros", "circular"]),
+                          ("mechanism.downsample", ["max", "aps"]),
+                          ("mechanism.train_shift", 2)):
+        parse_params(_with(raw, dotted, value))
 
 
 def test_a_mechanism_head_outside_heads_is_named_with_the_fix(params_raw):

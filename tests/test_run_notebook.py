@@ -44,6 +44,14 @@ def test_an_override_the_notebook_does_not_declare_is_refused(root):
                             {"hed": "gap"})
 
 
+def test_an_override_is_validated_as_the_section_it_replaces_every_problem_at_once(root):
+    with pytest.raises(ParamsError, match=r"the -p values are not valid:\n  heads\[0\] = "
+                       r"'gapp': not allowed \(did you mean 'gap'\?\).*\n  train\.epochs = -1:"):
+        train = {**yaml.safe_load((root / "params.yaml").read_text())["train"], "epochs": -1}
+        notebook_parameters(root / "notebooks" / "train.ipynb", root / "params.yaml",
+                            {"heads": ["gapp"], "train": train})
+
+
 def test_invalid_params_stop_the_run_before_a_kernel_starts(root, tmp_path, capsys):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = -3

@@ -18,6 +18,7 @@ __all__ = [
     "DOWNSAMPLES",
     "FACTORIAL",
     "FLATTEN_HEAD_NAMES",
+    "HEADS_UNDER_TEST",
     "HEAD_NAMES",
     "PADDINGS",
     "POOLED_HEAD_NAMES",
@@ -36,6 +37,9 @@ POOLED_HEAD_NAMES: tuple[str, ...] = ("gap", "gmp", "gsp", "gem", "lse", "avgmax
 FLATTEN_HEAD_NAMES: tuple[str, ...] = ("dense", "dense_dropout", "linear", "avg2x2_dense")
 HEAD_NAMES: tuple[str, ...] = (*FLATTEN_HEAD_NAMES, *POOLED_HEAD_NAMES, "gap_hidden", "nin",
                                "gsp_scaled")
+# the heads the write-up's claims are about: global pooling replaces the dense layers (the
+# pooled linear heads, and nin's class maps); the others are baselines and controls
+HEADS_UNDER_TEST: tuple[str, ...] = (*POOLED_HEAD_NAMES, "nin")
 # Heads whose class score is a linear function of pooled feature maps, so that a class
 # activation map M_c = sum_k w_ck f_k exists. The flatten heads mix every position into each
 # unit; gap_hidden pools, but a hidden layer stands between the pooled maps and the score.

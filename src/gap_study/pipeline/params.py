@@ -19,6 +19,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -28,6 +29,7 @@ from gap_study.nets.architecture import (
     BLUR_SIZES,
     DOWNSAMPLES,
     HEAD_NAMES,
+    HEADS_UNDER_TEST,
     PADDINGS,
     DatasetShape,
     ModelConfig,
@@ -48,6 +50,7 @@ __all__ = [
     "SpeedParams",
     "TrainParams",
     "TuneParams",
+    "check_sections",
     "load_params",
     "or_params_yaml",
     "parse_params",
@@ -216,7 +219,8 @@ class TuneParams(_Section):
 
 
 class EvaluateParams(_Section):
-    max_shift: NonNegativeInt
+    # 0 would leave the shift grid one centred image: every head perfectly consistent
+    max_shift: PositiveInt
     batch_size: PositiveInt
     seed: NonNegativeInt
 
@@ -306,6 +310,10 @@ class Params(_Section):
             raise ValueError(f"tune.seeds has {shared}, also in train.seeds: the learning rates "
                              "must be chosen on runs the study does not report; replace them "
                              "in tune.seeds with seeds outside train.seeds")
+        if not any(head in HEADS_UNDER_TEST for head in self.heads):
+            raise ValueError(f"heads has no head whose global pooling replaces the dense layers "
+                             f"({', '.join(HEADS_UNDER_TEST)}): the study would test no claim; "
+                             "add one to heads")
         self._check_mechanism()
         if missing := [h for h in self.mechanism.heads if h not in self.heads]:
             raise ValueError(f"mechanism.heads has {', '.join(missing)}, not in heads: each "
@@ -328,6 +336,15 @@ class Params(_Section):
                 f"mechanism.train_shift = {shift} is the training shift of the main runs "
                 f"(the smallest of train.shift), whose cell the experiment has already: set "
                 f"it above {shift}, or null for no shift-trained cell")
+        mechanism, model = self.mechanism, self.model
+        if shift is None and (mechanism.downsample, mechanism.padding) == (
+                [model.downsample], [model.padding]):
+            raise ValueError(
+                f"mechanism.downsample = {mechanism.downsample} and mechanism.padding = "
+                f"{mechanism.padding} are the model section's own backbone, and "
+                "mechanism.train_shift is null: the mechanism experiment would train no run of "
+                "its own to compare with the main runs. Fix: add a downsampling or a padding "
+                "to those lists, or set mechanism.train_shift")
         stride = total_stride(self.model.widths)
         uses = [key for key, used in (("model.downsample", self.model.downsample == "aps"),
                                       ("mechanism.downsample", "aps" in self.mechanism.downsample))
@@ -348,6 +365,24 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     except ValidationError as exc:
         lines = [describe(e, Params) for e in exc.errors()]
         raise ParamsError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
+
+
+def check_sections(sections: dict[str, Any], source: str = "the -p values") -> dict[str, Any]:
+    """Validate whole sections given apart from ``params.yaml`` (``run_notebook``'s ``-p``),
+    each against its own model: their values as ``params.yaml``'s would be validated, every
+    problem at once. The checks across sections are ``Params``' and are not run here: a
+    section replaced for one notebook need not agree with the others."""
+    fields, lines = Params.model_fields, []
+    for name, value in sections.items():
+        if name not in fields:
+            continue
+        try:
+            TypeAdapter(fields[name].annotation).validate_python(value, strict=True)
+        except ValidationError as exc:
+            lines += [describe({**e, "loc": (name, *e["loc"])}, Params) for e in exc.errors()]
+    if lines:
+        raise ParamsError(f"{source} are not valid:\n  " + "\n  ".join(lines))
+    return sections
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

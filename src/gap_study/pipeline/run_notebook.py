@@ -1,7 +1,7 @@
 """Run a pipeline notebook through papermill with its parameters taken from ``params.yaml``.
 
     python -m gap_study.pipeline.run_notebook notebooks/train.ipynb \\
-        reports/notebooks/train_gap.ipynb -p head gap
+        reports/notebooks/train_gap.ipynb -p heads '[gap]'
 
 Each parameter of the notebook's ``parameters`` cell that names a top-level key of
 ``params.yaml`` (``train``, ``model``, ``device`` ...) receives that key's value; ``-p NAME VALUE``
@@ -41,7 +41,7 @@ from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from papermill.exceptions import PapermillExecutionError  # noqa: E402
 from traitlets import CaselessStrEnum  # noqa: E402
 
-from gap_study.pipeline.params import ParamsError, load_params  # noqa: E402
+from gap_study.pipeline.params import ParamsError, check_sections, load_params  # noqa: E402
 
 __all__ = ["PROGRESS_ENV", "IpcKernelManager", "main", "notebook_parameters", "progress_mode",
            "root_cause"]
@@ -78,7 +78,8 @@ _CHAINED = ("The above exception was the direct cause of the following exception
 def notebook_parameters(notebook: str | Path, params_file: str | Path,
                         overrides: dict[str, Any]) -> dict[str, Any]:
     """The values to inject into ``notebook``: its parameters found in ``params_file``
-    (validated), then ``overrides``. An override the notebook does not declare is an error."""
+    (validated), then ``overrides``, each validated as the section it replaces
+    (``check_sections``). An override the notebook does not declare is an error."""
     declared = papermill.inspect_notebook(str(notebook))
     unknown = sorted(set(overrides) - set(declared))
     if unknown:
@@ -86,7 +87,7 @@ def notebook_parameters(notebook: str | Path, params_file: str | Path,
                           f"its parameters are: {', '.join(declared)}")
     settings = load_params(params_file).model_dump(mode="json")
     values = {name: settings[name] for name in declared if name in settings}
-    values.update(overrides)
+    values.update(check_sections(overrides))
     return values
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from gap_study.nets.architecture import POOLED_HEAD_NAMES
+from gap_study.nets.architecture import HEADS_UNDER_TEST
 from gap_study.report.comparisons import Margin, comparison_row
 from gap_study.report.decisions import judge_family
 from gap_study.report.per_image import PerImageValues
@@ -105,7 +105,7 @@ PROTOCOL: tuple[ClaimTest, ...] = (
 def heads_under_test(heads: Sequence[str]) -> list[str]:
     """The heads the claims are about, in order: those whose global pooling replaces the dense
     layers (the pooled linear heads and ``nin``). The other heads are baselines and controls."""
-    return [h for h in heads if h in POOLED_HEAD_NAMES or h == "nin"]
+    return [h for h in heads if h in HEADS_UNDER_TEST]
 
 
 def setting_label(fraction: float, train_shift: int, train_images: int | None = None) -> str:
