@@ -1,5 +1,8 @@
+import json
+
 import pytest
 
+from gap_study.nets.checkpoints import CheckpointError, read_checkpoint, record_key
 from gap_study.pipeline.paths import Layout, RunId
 
 
@@ -23,6 +26,28 @@ def test_checkpoints_are_listed_by_fraction_shift_and_seed_and_others_ignored(tm
         path.write_bytes(b"")
     (layout.models("gap") / "notes.pt").write_bytes(b"")
     assert [run for run, _ in layout.checkpoints("gap")] == sorted(runs)
+
+
+def test_a_recorded_checkpoint_missing_from_its_folder_is_listed_and_refused_when_read(
+        tmp_path):
+    for name in ("dvc.yaml", "params.yaml"):  # a project root
+        (tmp_path / name).write_text("{}\n")
+    layout = Layout(tmp_path)
+    kept, lost = RunId(1.0, 0, 0), RunId(1.0, 0, 1)
+    for run in (kept, lost):
+        layout.checkpoint("gap", run).parent.mkdir(parents=True, exist_ok=True)
+        layout.checkpoint("gap", run).write_bytes(b"")
+    layout.train_run.parent.mkdir(parents=True)
+    layout.train_run.write_text(json.dumps({"checkpoints": {
+        record_key(layout.checkpoint(head, run), tmp_path): "0" * 64
+        for head in ("gap", "gmp") for run in (kept, lost)}}))
+    layout.checkpoint("gap", lost).unlink()
+    listed = layout.checkpoints("gap")
+    assert listed == [(kept, layout.checkpoint("gap", kept)),
+                      (lost, layout.checkpoint("gap", lost))]  # gmp's records are not gap's
+    with pytest.raises(CheckpointError, match=r"models/gap/fraction_1-shift_0-seed_1\.pt does "
+                                              r"not exist"):
+        read_checkpoint(listed[1][1], layout.train_run)
 
 
 def test_no_checkpoints_says_which_stage_makes_them(tmp_path):

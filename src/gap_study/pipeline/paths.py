@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,21 @@ class Layout:
         return self.models(head) / f"{run.stem}.pt"
 
     def checkpoints(self, head: str) -> list[tuple[RunId, Path]]:
-        """``(run, path)`` of every checkpoint of ``head``, ordered by fraction, shift, seed."""
-        found = [(run, path) for path in self.models(head).glob("*.pt")
+        """``(run, path)`` of every checkpoint of ``head`` that the train stage's run record
+        lists or that lies in its folder, ordered by fraction, shift, seed.
+
+        1. Both: a recorded checkpoint that is missing, and a file the record does not list,
+           are refused when read (``gap_study.nets.checkpoints.read_checkpoint``), not
+           skipped; a folder alone would let a lost run drop out of the study unseen.
+        """
+        try:
+            recorded = json.loads(self.train_run.read_text()).get("checkpoints", {})
+        except FileNotFoundError:
+            recorded = {}
+        paths = {self.root / key for key in recorded
+                 if Path(key).parent == self.models(head).relative_to(self.root)}
+        paths |= set(self.models(head).glob("*.pt"))
+        found = [(run, path) for path in paths
                  if (run := RunId.from_stem(path.stem)) is not None]
         if not found:
             raise FileNotFoundError(f"no checkpoints in {self.models(head)}: run the training "
