@@ -19,6 +19,7 @@ from gap_study.replicate import (
     replication_table,
     update_readme,
 )
+from gap_study.report.claims import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,11 +95,29 @@ def _reports(tmp_path: Path) -> Path:
     return reports
 
 
+def test_a_test_whose_analysis_changed_between_the_studies_versions_is_not_compared():
+    maps = ("feature maps tied to classes", "pointing_gradcam_two_objects_recognised")
+    studies = []
+    for name, version, verdict in (("digits", 5, "holds"), ("mnist_5k", 4, "undecided")):
+        study = _study(name)
+        study.claims[maps[0]] = {maps[1]: _entry(verdict)}
+        study.record["protocol_version"] = version
+        studies.append(study)
+    table = replication_table(studies).set_index("metric")["replication"]
+    assert table[f"`{maps[1]}`"] == ("not compared: its analysis changed between protocol "
+                                     "versions 4 and 5")
+    assert table["`test_accuracy`"] == "replicated"  # unchanged in 5: compared as before
+    studies[1].record["protocol_version"] = 5
+    assert replication_table(studies).set_index("metric")["replication"][
+        f"`{maps[1]}`"] == "inconclusive in one"
+
+
 def test_publishing_a_study_keeps_its_claims_summary_commit_and_machine(tmp_path):
     target = publish("digits", reports=_reports(tmp_path), results=tmp_path / "results")
     study = read_study(target)
     assert study.claims == _study("digits").claims
-    assert study.record["commit"] == "abc123" and study.record["protocol_version"] == 4
+    assert study.record["commit"] == "abc123"
+    assert study.record["protocol_version"] == PROTOCOL_VERSION
     assert study.record["machine"].startswith("AMD EPYC, AVX512 kernels, 1 thread(s)")
     summary = pd.read_csv(target / "summary.csv")
     assert summary.metric.tolist() == ["test_accuracy"]  # the headline metrics only

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gap_study.pipeline.paths import RunId
 from gap_study.report.claims import (
     PROTOCOL,
     claim_comparisons,
@@ -16,6 +17,7 @@ from gap_study.report.claims import (
     setting_label,
 )
 from gap_study.report.decisions import holm
+from gap_study.report.per_image import PerImageValues
 
 MARGINS = {"accuracy": 0.01, "consistency": 0.01, "loss": 0.05, "time": 0.10}
 SEEDS = range(6)
@@ -69,9 +71,33 @@ def _step_times() -> pd.DataFrame:
 HEADS = ["dense", "dense_dropout", "gap", "gmp"]
 
 
+def _with_objects(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """``results`` with per-object Grad-CAM pointing on 200 two-object canvases' objects for
+    every main run: dense recognises 100 of them and points at 65%, the pooled heads
+    recognise 180 and point at 85%; the results' pointing columns become their means. The
+    values per head, keyed as ``PerImageValues`` takes them."""
+    rng = np.random.default_rng(1)
+    results, stored = results.copy(), {}
+    for i in results.index[results.fraction == 1.0]:
+        head, seed = results.at[i, "head"], int(results.at[i, "seed"])
+        dense = head.startswith("dense")
+        hits = rng.random(200) < (0.65 if dense else 0.85)
+        seen = np.arange(200) < (100 if dense else 180)
+        stem = RunId(1.0, 0, seed).stem
+        stored.setdefault(head, {}).update({f"{stem}/pointing_gradcam_two_objects": hits,
+                                            f"{stem}/recognised_two_objects": seen})
+        results.loc[i, ["pointing_gradcam_two_objects",
+                        "pointing_gradcam_two_objects_recognised"]] = [hits.mean(),
+                                                                       hits[seen].mean()]
+    return results, stored
+
+
 @pytest.fixture(scope="module")
 def comparisons():
-    return claim_comparisons(_results(), _step_times(), HEADS, MARGINS)
+    results, stored = _with_objects(_results())
+    return claim_comparisons(results, _step_times(), HEADS, MARGINS,
+                             per_image=PerImageValues(stored),
+                             bootstrap={"resamples": 2000, "seed": 0})
 
 
 def test_the_claims_are_about_the_heads_whose_pooling_replaces_the_dense_layers():
@@ -133,6 +159,19 @@ def test_the_map_claim_rests_on_grad_cam_pointing_at_each_class_on_two_object_ca
     assert sorted(zip(primary["head"], primary.baseline, strict=True)) == [
         ("gap", "dense"), ("gap", "gap_hidden"), ("gap", "ink map"), ("gmp", "dense"),
         ("gmp", "gap_hidden"), ("gmp", "ink map")]
+    # against another head, on the objects both recognise (dense's first 100), seed by seed
+    results, stored = _with_objects(_results())
+    row = primary[(primary["head"] == "gap") & (primary.baseline == "dense")].iloc[0]
+    assert (row.n, row.sources) == (6, "seeds and test images")
+    on_both = {head: np.mean([stored[head][f"{RunId(1.0, 0, seed).stem}/"
+                                           "pointing_gradcam_two_objects"][:100].mean()
+                              for seed in SEEDS]) for head in ("gap", "dense")}
+    assert (row.head_mean, row.baseline_mean) == pytest.approx(
+        (on_both["gap"], on_both["dense"]), abs=1e-12)
+    own = results[results.fraction == 1.0].groupby("head")[
+        "pointing_gradcam_two_objects_recognised"].mean()
+    assert row.baseline_mean == pytest.approx(own["dense"], abs=1e-12)  # dense's own 100
+    assert abs(row.head_mean - own["gap"]) > 1e-3  # not gap's own 180
     verdicts = primary.set_index(["head", "baseline"])["verdict"]
     # 85% against dense's 65% and the ink's 45%; the same 85% as gap_hidden: no "better"
     assert {verdicts[h, b] for h in ("gap", "gmp") for b in ("dense", "ink map")} == {"better"}

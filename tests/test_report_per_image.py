@@ -52,14 +52,50 @@ def test_a_stored_metric_pairs_both_heads_seed_by_seed():
     assert tables.head_weights is None and tables.baseline_weights is None
 
 
-def test_a_recognised_metric_weights_each_head_by_the_objects_it_recognises():
+def test_two_heads_on_a_recognised_metric_are_weighted_by_the_objects_both_recognise():
     tables = _values().pair(_results(), "gap", "dense",
                             "pointing_gradcam_two_objects_recognised", seeds=list(SEEDS))
-    np.testing.assert_array_equal(tables.head_weights[1],
-                                  _stored("gap", 1)["recognised_two_objects"])
-    np.testing.assert_array_equal(tables.baseline_weights[1],
-                                  _stored("dense", 1)["recognised_two_objects"])
+    both = _stored("gap", 1)["recognised_two_objects"] & _stored("dense", 1)[
+        "recognised_two_objects"]
+    assert 0 < both.sum() < _stored("gap", 1)["recognised_two_objects"].sum()  # a real cut
+    np.testing.assert_array_equal(tables.head_weights[1], both)
+    np.testing.assert_array_equal(tables.baseline_weights[1], both)
     np.testing.assert_array_equal(tables.head[1], _stored("gap", 1)["pointing_gradcam_two_objects"])
+
+
+def test_a_head_that_recognises_only_easy_objects_gains_nothing_from_their_ease():
+    # dense recognises the first 4 objects only, where both heads point right; gap recognises
+    # all 8 and misses 2 of the last 4. On their own objects dense leads 100% to 75%; on the
+    # objects both recognise they tie, which is the comparison the pairing makes
+    hits = {"dense": np.r_[True, True, True, True, False, False, False, False],
+            "gap": np.r_[True, True, True, True, True, True, False, False]}
+    seen = {"dense": np.r_[True, True, True, True, False, False, False, False],
+            "gap": np.ones(8, bool)}
+    values = PerImageValues({head: {"fraction_1-shift_0-seed_0/pointing_gradcam_two_objects":
+                                    hits[head],
+                                    "fraction_1-shift_0-seed_0/recognised_two_objects": seen[head]}
+                             for head in hits})
+    rows = pd.DataFrame([{"head": head, "seed": 0, "fraction": 1.0, "train_shift": 0,
+                          "pointing_gradcam_two_objects_recognised": hits[head][seen[head]].mean()}
+                         for head in hits])
+    assert rows.set_index("head")["pointing_gradcam_two_objects_recognised"].to_dict() == {
+        "dense": 1.0, "gap": 0.75}
+    tables = values.pair(rows, "gap", "dense", "pointing_gradcam_two_objects_recognised",
+                         seeds=[0])
+    np.testing.assert_array_equal(tables.seed_means(), ([1.0], [1.0]))
+
+
+def test_two_heads_that_recognise_no_object_in_common_give_no_tables():
+    values = PerImageValues({head: {"fraction_1-shift_0-seed_0/pointing_gradcam_two_objects":
+                                    np.ones(2, bool),
+                                    "fraction_1-shift_0-seed_0/recognised_two_objects": seen}
+                             for head, seen in (("dense", np.r_[True, False]),
+                                                ("gap", np.r_[False, True]))})
+    rows = pd.DataFrame([{"head": head, "seed": 0, "fraction": 1.0, "train_shift": 0,
+                          "pointing_gradcam_two_objects_recognised": 1.0}
+                         for head in ("dense", "gap")])
+    assert values.pair(rows, "gap", "dense", "pointing_gradcam_two_objects_recognised",
+                       seeds=[0]) is None
 
 
 def test_a_reference_is_scored_on_the_heads_own_images_and_recognised_objects():

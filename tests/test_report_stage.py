@@ -124,12 +124,24 @@ def _write_head(layout: Layout, head: str, rng: np.random.Generator) -> None:
     layout.eval_reports(head).mkdir(parents=True)
     layout.histories(head).mkdir(parents=True)
     rows = pd.DataFrame([_metrics_row(head, run, rng) for run in RUNS])
-    rows.to_csv(layout.eval_metrics(head), index=False)
     # per-image test accuracy whose means are the rows': each image's effect shared by seeds
     images = np.random.default_rng(len(head)).normal(0, 0.3, 40)
-    np.savez(layout.per_image(head), **{
-        f"{run.stem}/test_accuracy": accuracy + images - images.mean()
-        for run, accuracy in zip(RUNS, rows.test_accuracy, strict=True)})
+    values = {f"{run.stem}/test_accuracy": accuracy + images - images.mean()
+              for run, accuracy in zip(RUNS, rows.test_accuracy, strict=True)}
+    # the 24 objects of the 12 two-object canvases: Grad-CAM hits and the objects recognised
+    # alone, whose (weighted) means become the rows'
+    objects = np.random.default_rng([*map(ord, head), 24])
+    for i, run in enumerate(RUNS):
+        if run.fraction == 1.0:
+            seen = np.r_[True, objects.random(23) < 0.6]
+            hits = objects.random(24) < 0.7
+            values |= {f"{run.stem}/recognised_two_objects": seen,
+                       f"{run.stem}/pointing_gradcam_two_objects": hits}
+            rows.loc[i, ["recognised_two_objects", "pointing_gradcam_two_objects",
+                         "pointing_gradcam_two_objects_recognised"]] = [
+                seen.mean(), hits.mean(), hits[seen].mean()]
+    rows.to_csv(layout.eval_metrics(head), index=False)
+    np.savez(layout.per_image(head), **values)
     offsets = [(dx, dy) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
                for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)]
     pd.DataFrame([{**run.as_dict(), "dx": dx, "dy": dy, "radius": max(abs(dx), abs(dy)),

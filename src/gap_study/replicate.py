@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from gap_study.pipeline.io import write_csv, write_json, write_text
-from gap_study.report.claims import PROTOCOL, PROTOCOL_VERSION
+from gap_study.report.claims import PROTOCOL, PROTOCOL_VERSION, changed_between
 from gap_study.report.formatting import format_effect
 
 __all__ = ["DECISIVE", "Study", "beside_published", "outcome", "publish", "read_study",
@@ -88,7 +88,8 @@ def outcome(verdicts: Sequence[str]) -> str:
 def replication_table(studies: Sequence[Study]) -> pd.DataFrame:
     """One row per claim and primary metric that every study tested: per study its verdict
     word and its largest comparison's effect with the adjusted interval, then, for two
-    studies or more, the ``replication`` outcome."""
+    studies or more, the ``replication`` outcome, or "not compared" for a test whose analysis
+    changed between the studies' protocol versions (``CHANGED_IN``)."""
     if not studies:
         raise ValueError("no published study: python -m gap_study.replicate publish NAME")
     declared = [(t.claim, t.metric) for t in PROTOCOL if t.primary]
@@ -97,6 +98,9 @@ def replication_table(studies: Sequence[Study]) -> pd.DataFrame:
     keys = [key for key in sorted(found, key=lambda k: declared.index(k) if k in declared
                                   else len(declared))
             if all(key[1] in study.claims.get(key[0], {}) for study in studies[1:])]
+    versions = sorted({int(s.record.get("protocol_version", PROTOCOL_VERSION))
+                       for s in studies})
+    changed = changed_between(versions[0], versions[-1])
     rows = []
     for claim, metric in keys:
         row: dict[str, str] = {"claim": claim, "metric": f"`{metric}`"}
@@ -105,8 +109,10 @@ def replication_table(studies: Sequence[Study]) -> pd.DataFrame:
             row[f"{study.name}: verdict"] = entry["verdict"]
             row[f"{study.name}: largest effect"] = _effect(entry, metric)
         if len(studies) > 1:
-            row["replication"] = outcome([s.claims[claim][metric]["verdict"]
-                                          for s in studies])
+            row["replication"] = (
+                f"not compared: its analysis changed between protocol versions {versions[0]} "
+                f"and {versions[-1]}" if (claim, metric) in changed else
+                outcome([s.claims[claim][metric]["verdict"] for s in studies]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -186,7 +192,8 @@ def beside_published(claims: Mapping[str, Any], dataset: str,
         if results.is_dir() else []
     if not others:
         return None
-    return replication_table([Study("this run", dict(claims), {}), *others])
+    return replication_table([Study("this run", dict(claims),
+                                    {"protocol_version": PROTOCOL_VERSION}), *others])
 
 
 def _studies(names: Sequence[str], results: Path) -> list[Study]:

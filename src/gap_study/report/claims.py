@@ -21,13 +21,15 @@ import pandas as pd
 from gap_study.nets.architecture import HEADS_UNDER_TEST
 from gap_study.report.comparisons import Margin, comparison_row
 from gap_study.report.decisions import judge_family
-from gap_study.report.per_image import PerImageValues
+from gap_study.report.per_image import ImageTables, PerImageValues, is_recognised
 
 __all__ = [
+    "CHANGED_IN",
     "CLAIMS",
     "PROTOCOL",
     "PROTOCOL_VERSION",
     "ClaimTest",
+    "changed_between",
     "claim_comparisons",
     "claim_verdicts",
     "claims_record",
@@ -38,7 +40,12 @@ __all__ = [
 
 # The version of ``docs/study.md``'s protocol that ``PROTOCOL`` and the statistics implement
 # (``CHANGELOG.md`` lists what each version changed).
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
+# The primary tests whose analysis a version changed, as (claim, metric): their verdicts are
+# not compared across that version (``gap_study.replicate``).
+CHANGED_IN: dict[int, frozenset[tuple[str, str]]] = {
+    5: frozenset({("feature maps tied to classes", "pointing_gradcam_two_objects_recognised")}),
+}
 
 # The write-up's claims, in the report's order (its words for each: ``docs/study.md``, "The
 # write-up's claims")
@@ -100,6 +107,14 @@ PROTOCOL: tuple[ClaimTest, ...] = (
     ClaimTest("feature maps tied to classes", "pointing_gradcam_shifted", False, "accuracy", False,
          ("dense", "ref:pointing_ink_shifted")),
 )
+
+
+def changed_between(first: int, second: int) -> frozenset[tuple[str, str]]:
+    """The (claim, metric) tests whose analysis changed between protocol versions ``first``
+    and ``second`` (either order)."""
+    low, high = sorted((first, second))
+    return frozenset().union(*(tests for version, tests in CHANGED_IN.items()
+                               if low < version <= high))
 
 
 def heads_under_test(heads: Sequence[str]) -> list[str]:
@@ -205,20 +220,20 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
 
     Each comparison's bootstrap (``bootstrap``: ``resamples`` and ``seed``) resamples the seeds
     and the test images where ``per_image`` has both sides' values of the metric, and the
-    pairs (seeds, or the speed stage's rounds) alone elsewhere."""
-    jobs = list(_jobs(results, step_times, heads))
-    family = pd.Series([job.test.claim for job in jobs if job.test.primary]).value_counts()
+    pairs (seeds, or the speed stage's rounds) alone elsewhere. Two heads on recognised
+    objects are compared on the objects both recognise (``PerImageValues.pair``), which needs
+    ``per_image``: without it that comparison is not made."""
+    jobs = [(job, _tables(job, per_image)) for job in _jobs(results, step_times, heads)]
+    jobs = [(job, tables) for job, tables in jobs if tables is not None or not _joint(job)]
+    family = pd.Series([job.test.claim for job, _ in jobs if job.test.primary]).value_counts()
     rows = []
-    for job in jobs:
+    for job, tables in jobs:
         test = job.test
-        margin = Margin(0.0 if test.margin == "exact" else margins[test.margin],
-                        relative=test.margin == "time")
-        tables = None
-        if per_image is not None and job.key == "seed" and not margin.relative:
-            tables = per_image.pair(job.frame, job.head, job.baseline, test.metric,
-                                    seeds=job.ours.index.tolist())
+        margin = _margin(test, margins)
+        ours, theirs = tables.seed_means() if _joint(job) else (job.ours.to_numpy(),
+                                                                job.theirs.to_numpy())
         row = comparison_row(
-            job.ours.to_numpy(), job.theirs.to_numpy(), lower_is_better=test.lower_is_better,
+            ours, theirs, lower_is_better=test.lower_is_better,
             margin=margin, confidence=confidence,
             alpha_for_mde=alpha / family[test.claim] if test.primary else alpha,
             exact=test.margin == "exact", tables=tables, replicates=f"{job.key}s",
@@ -240,6 +255,25 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
     table["verdict_seeds_only"] = seeds_only["verdict"]
     table["note"] = _underfitting_notes(table, results)
     return table.reset_index(drop=True)
+
+
+def _margin(test: ClaimTest, margins: Mapping[str, float]) -> Margin:
+    return Margin(0.0 if test.margin == "exact" else margins[test.margin],
+                  relative=test.margin == "time")
+
+
+def _joint(job: _Job) -> bool:
+    """Whether ``job`` compares two heads on the objects both recognise."""
+    return is_recognised(job.test.metric) and not job.baseline.startswith("ref:")
+
+
+def _tables(job: _Job, per_image: PerImageValues | None) -> ImageTables | None:
+    """Both sides' per-image tables for ``job``'s bootstrap: seed-paired comparisons of a
+    metric with an absolute margin, where ``per_image`` has them."""
+    if per_image is None or job.key != "seed" or job.test.margin == "time":
+        return None
+    return per_image.pair(job.frame, job.head, job.baseline, job.test.metric,
+                          seeds=job.ours.index.tolist())
 
 
 def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:

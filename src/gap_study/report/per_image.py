@@ -7,7 +7,9 @@ per test image, or per object on the two-object canvases, whose mean is the metr
 ``metrics.csv``), or when it is made of such values:
 
 - ``<metric>_recognised``: ``<metric>`` on the objects the head recognises alone, a weighted
-  mean with ``recognised_two_objects`` as the weights (1 for a recognised object, else 0);
+  mean with ``recognised_two_objects`` as the weights (1 for a recognised object, else 0).
+  Against another head it is taken on the objects both recognise (``pair``): each head's
+  own objects would be two sets, and no pairing by object;
 - ``overfit_gap`` and ``loss_gap``: the run's training accuracy (loss) minus each test image's
   (each test image's minus the run's training loss): the training side is one number per run,
   so the interval counts the test images' variation and not the training images'.
@@ -26,9 +28,10 @@ import pandas as pd
 
 from gap_study.pipeline.paths import Layout, RunId
 
-__all__ = ["ImageTables", "PerImageValues"]
+__all__ = ["ImageTables", "PerImageValues", "is_recognised"]
 
 RECOGNISED = "recognised_two_objects"
+_RECOGNISED_SUFFIX = "_recognised"
 # metrics made of a run-level training value and the per-image test values:
 # name -> (training column, per-image test metric, sign of the test side)
 _GAPS = {"overfit_gap": ("train_accuracy", "test_accuracy", -1.0),
@@ -40,13 +43,19 @@ _MEAN_RTOL, _MEAN_ATOL = 1e-5, 1e-7
 
 @dataclass(frozen=True)
 class ImageTables:
-    """Two sides' ``(seeds, images)`` values on the same images, rows in the same seed order,
-    and their weights for a weighted-mean metric (``None``: a plain mean)."""
+    """Two sides' ``(seeds, images)`` values on the same images, rows in the same seed order
+    (``seeds``), and their weights for a weighted-mean metric (``None``: a plain mean)."""
 
     head: np.ndarray
     baseline: np.ndarray
     head_weights: np.ndarray | None = None
     baseline_weights: np.ndarray | None = None
+    seeds: tuple[int, ...] = ()
+
+    def seed_means(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each side's (weighted) mean per seed: the values the paired t-test compares."""
+        return (np.average(self.head, axis=1, weights=self.head_weights),
+                np.average(self.baseline, axis=1, weights=self.baseline_weights))
 
 
 class PerImageValues:
@@ -71,7 +80,15 @@ class PerImageValues:
         """The tables of ``head`` and ``baseline`` (a head, or ``ref:<column>`` for a reference
         scored on the head's own images) on ``metric`` over ``seeds``, from ``runs`` (one
         setting's rows of ``results``: one row per head and seed); ``None`` when a side has no
-        per-image values for some seed."""
+        per-image values for some seed, or, for two heads on recognised objects, when no seed
+        has an object that both recognise.
+
+        1. Two heads on a ``_recognised`` metric: both sides weighted by the objects both
+           recognise (the product of their weights), so that each object's pair is the same
+           object; a seed whose runs recognise no object in common has no difference and is
+           left out (``ImageTables.seeds``). The heads' own means (``metrics.csv``) stand in
+           the per-head tables.
+        """
         ours = self._side(runs, head, metric, seeds)
         if ours is None:
             return None
@@ -84,7 +101,13 @@ class PerImageValues:
         if ours[0].shape != theirs[0].shape:
             raise ValueError(f"{head} and {baseline} have per-image values of {metric} on "
                              f"different images: shapes {ours[0].shape} and {theirs[0].shape}")
-        return ImageTables(ours[0], theirs[0], ours[1], theirs[1])
+        if is_recognised(metric) and not baseline.startswith("ref:"):
+            both = ours[1] * theirs[1]
+            kept = both.sum(axis=1) > 0
+            return ImageTables(ours[0][kept], theirs[0][kept], both[kept], both[kept],
+                               seeds=tuple(np.asarray(seeds)[kept].tolist())) \
+                if kept.any() else None
+        return ImageTables(ours[0], theirs[0], ours[1], theirs[1], seeds=tuple(seeds))
 
     def _side(self, runs: pd.DataFrame, head: str, metric: str,
               seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -119,7 +142,7 @@ class PerImageValues:
 
         if f"{stem}/{metric}" in stored:
             return checked(metric), None
-        base = metric.removesuffix("_recognised")
+        base = metric.removesuffix(_RECOGNISED_SUFFIX)
         if base != metric and {f"{stem}/{base}", f"{stem}/{RECOGNISED}"} <= stored.keys():
             weights = stored[f"{stem}/{RECOGNISED}"].astype(np.float64)
             return checked(base, weights), weights
@@ -130,6 +153,11 @@ class PerImageValues:
                 # numbers, whose rounding no tolerance on the gap itself fits
                 return sign * (checked(test) - float(row[train])), None
         return None
+
+
+def is_recognised(metric: str) -> bool:
+    """Whether ``metric`` is taken on the objects a head recognises (``<metric>_recognised``)."""
+    return metric.endswith(_RECOGNISED_SUFFIX)
 
 
 def _check_mean(values: np.ndarray, weights: np.ndarray | None, expected: float, head: str,
