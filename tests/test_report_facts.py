@@ -183,7 +183,7 @@ def test_without_two_object_canvases_there_are_no_two_object_facts():
         .two_objects is None
 
 
-def test_secondary_comparisons_a_tested_head_loses_are_named():
+def test_every_comparison_a_tested_head_loses_is_named_primary_or_secondary():
     rows = pd.DataFrame([
         {**_row("gap", "ink map", -0.231, "worse"), "role": "secondary",
          "metric": "pointing_gradcam_shifted", "ci_low": -0.313, "ci_high": -0.148,
@@ -191,12 +191,16 @@ def test_secondary_comparisons_a_tested_head_loses_are_named():
          "difference_high": -0.11},
         {**_row("gmp", "dense", 0.02, "better"), "role": "secondary"},
         {**_row("gap", "dense", 0.02, "better")},  # primary: not counted here
+        # a primary loss that is not its claim's largest effect: named all the same
+        {**_row("gmp", "dense_dropout", -0.06, "worse")},
     ])
     facts = secondary_facts(rows)
     assert facts.counts == {"better": 1, "worse": 1}
     # with the adjusted interval, the one the verdict read
-    assert facts.worse == [("gap", "ink map", "Grad-CAM pointing on shifted images",
-                            "-23.1 pts [-33.3, -12.8] (difference [-35.0, -11.0])")]
+    assert facts.worse == [("gap", "ink map", "Grad-CAM pointing on shifted images (secondary)",
+                            "-23.1 pts [-33.3, -12.8] (difference [-35.0, -11.0])"),
+                           ("gmp", "dense_dropout", "test loss",
+                            "-0.060 [-0.080, -0.040] (difference [-0.090, -0.030])")]
     assert secondary_facts(pd.DataFrame()).counts == {}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -116,10 +116,16 @@ def _curve(curve_aggregate: pd.DataFrame, heads: Sequence[str]) -> Curve | None:
 
 @dataclass(frozen=True)
 class Speed:
+    """The speed stage's steps, and what the time to the target is made of: ``to_target``
+    (epochs to the target and the time, per head) and ``more_epochs`` (each tested head that
+    needs more epochs than ``dense``, with both means)."""
+
     rounds: int
     run: dict[str, Any]  # the speed stage's run record
     table: pd.DataFrame
     epochs: pd.DataFrame  # the training runs' epoch times (a CSV)
+    to_target: pd.DataFrame | None = None
+    more_epochs: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 def _speed(aggregate: pd.DataFrame, step_times: pd.DataFrame, run: Mapping[str, Any],
@@ -130,9 +136,15 @@ def _speed(aggregate: pd.DataFrame, step_times: pd.DataFrame, run: Mapping[str, 
     table["best round"] = [format_number(best[h], "seconds_per_step") for h in heads]
     if "dense" in best:
         table["dense / head (best rounds)"] = [f"{best['dense'] / best[h]:.2f}x" for h in heads]
+    epochs = aggregate[aggregate.metric == "epochs_to_target"].set_index("head")["mean"]
+    more = [(h, float(epochs[h]), float(epochs["dense"])) for h in heads_under_test(heads)
+            if "dense" in epochs and h in epochs and epochs[h] > epochs["dense"]]
     return Speed(int(step_times["round"].nunique()), dict(run), table,
                  stat_table(aggregate, ["seconds_per_epoch", "images_per_second"],
-                            ["seconds per epoch", "training images per second"], heads))
+                            ["seconds per epoch", "training images per second"], heads),
+                 stat_table(aggregate, ["epochs_to_target", "time_to_target"],
+                            ["epochs to the target", "time to the target"], heads)
+                 if len(epochs) else None, more)
 
 
 def _published(dataset: str, aggregate: pd.DataFrame, heads: Sequence[str],

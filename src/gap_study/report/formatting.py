@@ -48,7 +48,8 @@ _FORMATS = {
     "pointing_two_objects_recognised": (100, 1, "%"),
     "pointing_ink_two_objects_recognised": (100, 1, "%"),
     "consistency_exact": (100, 1, "%"), "flip_rate_all_pairs": (100, 1, "%"),
-    "time_to_target": (1, 2, " s"), "val_accuracy": (100, 1, "%"),
+    "time_to_target": (1, 2, " s"), "epochs_to_target": (1, 1, ""),
+    "val_accuracy": (100, 1, "%"),
 }
 # how the report names the metrics of the claims' comparisons
 METRIC_LABELS = {

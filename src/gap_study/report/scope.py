@@ -1,6 +1,6 @@
 """What the study can and cannot say, computed from its run (``docs/study.md``, "Scope"): the
-data and its ceiling, what one test image is worth, each claim's smallest detectable
-difference, whether train and test share writers, how translation was tested, and the machine
+data and its ceiling, what one test image is worth, each claim's range of detectable
+differences, whether train and test share writers, how translation was tested, and the machine
 the timings ran on."""
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ WRITERS = {
 class Scope:
     """The run's reach. ``ceiling`` is the best head's mean test accuracy (``best``), ``point``
     what one test image is worth in accuracy points; ``detectable`` names, per claim and
-    primary metric, the smallest improvement its tests could find with 80% power (the
-    smallest over its comparisons, in display units)."""
+    primary metric, the improvements its tests could find with 80% power (from its most to
+    its least sensitive comparison, in display units)."""
 
     dataset: str
     image_size: int
@@ -84,17 +84,19 @@ def _image_source(comparisons: pd.DataFrame) -> ImageSource | None:
 
 
 def _detectable(comparisons: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """``(claim, metric label, smallest detectable improvement)`` per primary metric that was
-    tested (exact counts need no test)."""
+    """``(claim, metric label, detectable improvements)`` per primary metric that was tested
+    (exact counts need no test): the smallest and the largest over its comparisons (training
+    fractions, heads and baselines differ in seeds' spread), or one value where they agree."""
     if comparisons.empty:
         return []
     tested = comparisons[(comparisons.role == "primary") & ~comparisons.exact.astype(bool)
                          & comparisons.mde.notna()]
     rows = []
     for (claim, metric), group in tested.groupby(["claim", "metric"], sort=False):
-        smallest = float(group["mde"].min())
+        smallest, largest = (format_magnitude(float(group["mde"].agg(end)), metric)
+                             for end in ("min", "max"))
         rows.append((str(claim), METRIC_LABELS.get(metric, metric),
-                     format_magnitude(smallest, metric)))
+                     smallest if smallest == largest else f"{smallest} to {largest}"))
     return rows
 
 

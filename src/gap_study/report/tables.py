@@ -60,7 +60,8 @@ SUMMARY_METRICS = ("params_total", "params_head", "train_accuracy", "test_accura
                    "pointing_centre_prior_two_objects", "pointing_chance_two_objects",
                    "recognised_two_objects", "pointing_gradcam_two_objects_recognised",
                    "pointing_two_objects_recognised", "pointing_ink_two_objects_recognised",
-                   "time_to_target", "seconds_per_epoch", "images_per_second")
+                   "epochs_to_target", "time_to_target", "seconds_per_epoch",
+                   "images_per_second")
 CURVE_METRICS = ("train_images", "train_accuracy", "test_accuracy", "overfit_gap", "loss_gap")
 ABLATION_METRICS = ("test_accuracy", "overfit_gap", "shift_accuracy_mean", "shift_accuracy_worst",
                     "consistency", "flip_rate", "pointing_accuracy", "pointing_accuracy_shifted")
@@ -227,9 +228,10 @@ def phase_accuracy(grid: pd.DataFrame, stride: int) -> pd.DataFrame:
 
 def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: float,
                    steps_per_epoch: int) -> pd.DataFrame:
-    """Seconds each main run needs to reach validation accuracy ``target``: the optimizer
-    steps up to the first epoch at or above it, times the head's step time from the speed
-    stage (its best round). ``nan`` for a run that never reaches it. One row per run."""
+    """Epochs (``epochs_to_target``) and seconds (``time_to_target``) each main run needs to
+    reach validation accuracy ``target``: the first epoch at or above it, and the optimizer
+    steps up to it times the head's step time from the speed stage (its best round). ``nan``
+    for a run that never reaches it. One row per run."""
     step = step_times.groupby("head")["seconds_per_step"].min()
     main = main_runs(history)
     reached = main[main["val_accuracy"] >= target].groupby(RUN_KEYS)["epoch"].min()
@@ -237,7 +239,8 @@ def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: f
     epochs = reached.reindex(runs.index)
     seconds = epochs.to_numpy() * steps_per_epoch * step.reindex(
         runs.index.get_level_values("head")).to_numpy()
-    return runs.assign(time_to_target=seconds).reset_index()
+    return runs.assign(epochs_to_target=epochs.to_numpy(),
+                       time_to_target=seconds).reset_index()
 
 
 def phase_table(grid: pd.DataFrame, stride: int, heads: Sequence[str]) -> pd.DataFrame:

@@ -82,9 +82,11 @@ def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[Claim
 
 @dataclass(frozen=True)
 class Secondary:
-    """The secondary comparisons: how many came out which way, and those a tested head lost
-    (``worse``: head, baseline, metric's name, improvement [CI]); ``underfits``: whether any
-    comparison, primary or secondary, carries that note."""
+    """The secondary comparisons: how many came out which way; every comparison a tested
+    head lost, primary or secondary (``worse``: head, baseline, metric's name with
+    "(secondary)" where it is one, improvement [CI]), so that a primary loss that is not its
+    claim's largest effect is named too; ``underfits``: whether any comparison carries that
+    note."""
 
     counts: dict[str, int]
     worse: list[tuple[str, str, str, str]]
@@ -92,15 +94,16 @@ class Secondary:
 
 
 def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
-    """The secondary rows of ``comparisons`` counted by verdict, and those a head lost."""
+    """The secondary rows of ``comparisons`` counted by verdict, and every row a head lost."""
     rows = comparisons[comparisons.role == "secondary"] if len(comparisons) else comparisons
     counts = rows["verdict"].value_counts() if len(rows) else pd.Series(dtype=int)
-    worse = rows[rows["verdict"] == "worse"] if len(rows) else rows
+    worse = comparisons[comparisons["verdict"] == "worse"] if len(comparisons) else comparisons
     notes = comparisons["note"] if "note" in comparisons else pd.Series(dtype=str)
     return Secondary(
         {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
-        [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric),
-          _effect(r)) for r in worse.itertuples()], bool((notes == "underfits").any()))
+        [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric)
+          + (" (secondary)" if r.role == "secondary" else ""), _effect(r))
+         for r in worse.itertuples()], bool((notes == "underfits").any()))
 
 
 def _effect(row: Any) -> str:
@@ -138,6 +141,7 @@ def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
                                                             strict=True)],
         "baseline value": [format_number(v, m) for v, m in zip(rows.baseline_mean, rows.metric,
                                                                 strict=True)],
+        "pairs": rows.n,
         "p (adjusted)": [p_value(v) for v in rows.p_difference_adjusted],
         "p equivalent (adjusted)": [p_value(v) for v in rows.p_equivalence_adjusted],
         "detectable": ["" if math.isnan(v) else format_magnitude(v, m)
