@@ -35,6 +35,9 @@ def test_a_training_step_updates_the_weights_on_each_call(small):
         weights.append(step.model.head.fc.weight.detach().clone())
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
     assert step.model.training
+    decayed = training_step(tiny_config("gap"), small, batch_size=32, lr=0.01, seed=0,
+                            device=torch.device("cpu"), weight_decay=0.01)
+    assert [g["weight_decay"] for g in decayed.optimizer.param_groups] == [0.01]
 
 
 def test_the_stage_times_every_head_with_the_runs_thread_count_then_restores_ours(
@@ -55,5 +58,13 @@ def test_the_stage_times_every_head_with_the_runs_thread_count_then_restores_our
                                threads=1,
                                device=torch.device("cpu"))
     assert seen == [(["dense", "gap"], 1)] and torch.get_num_threads() == 2
+    # the study's weight decay: it adds a term to every update, so it is timed too
+    made = []
+    monkeypatch.setattr(speed, "training_step",
+                        lambda *args, **kwargs: made.append(kwargs) or (lambda: None))
+    measure_step_times(["gap"], model, small, train.model_copy(update={"weight_decay": 0.01}),
+                       SpeedParams(rounds=2, blocks=1, steps=1, warmup=0), lr=0.01, threads=1,
+                       device=torch.device("cpu"))
+    assert [kwargs["weight_decay"] for kwargs in made] == [0.01]
     assert times[["head", "round"]].values.tolist() == [
         ["dense", 0], ["gap", 0], ["gap", 1], ["dense", 1]]

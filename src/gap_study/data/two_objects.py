@@ -1,7 +1,7 @@
 """Two-object canvases: two test objects of different classes on one canvas, each at a seeded
 random position (``docs/study.md``, "Data"). With one object on a blank canvas any map that
 finds ink points at it; with two, a class's map must pick its own object
-(``gap_study.measures.localization.two_object_metrics``).
+(``gap_study.measures.localization.two_object_hits``).
 
 Each object is cut to its tight box and pasted whole; the two boxes never touch (at least one
 pixel lies between them), so each box's pixels are exactly its object's.

@@ -34,7 +34,6 @@ __all__ = [
     "grad_cam",
     "ink_maps",
     "localization_hits",
-    "localization_metrics",
     "localization_summary",
     "pointing_accuracy",
     "pointing_centre_prior",
@@ -185,19 +184,6 @@ def localization_summary(hits: dict[str, np.ndarray], boxes: Tensor,
             "pointing_centre_prior": of("pointing_centre_prior"),
             "pointing_centre_prior_shifted": of("pointing_centre_prior_shifted"),
             "pointing_ink_shifted": of("pointing_ink_shifted")}
-
-
-def localization_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
-                         max_shift: int, seed: int, batch_size: int = 512, *,
-                         with_maps: bool = True) -> dict[str, float]:
-    """Pointing accuracy of the true class's CAM and Grad-CAM on centred images and on images
-    moved by random offsets in ``[-S, S]^2`` (drawn from ``seed``; boxes move with them), with
-    three references on the same images: the chance level, a map always peaking at the canvas
-    centre, and the ink map. Without ``with_maps`` (a head without CAM) the CAM values are
-    ``nan``; Grad-CAM is computed for every head."""
-    hits = localization_hits(model, images, labels, boxes, max_shift, seed, batch_size,
-                             with_maps=with_maps)
-    return localization_summary(hits, boxes, images.shape[-1])
 
 
 TWO_OBJECT_METRICS = ("pointing_two_objects", "pointing_gradcam_two_objects",

@@ -18,7 +18,6 @@ __all__ = [
     "format_interval",
     "format_magnitude",
     "format_number",
-    "format_percent",
     "format_stat",
     "grouped_stat_table",
     "markdown_table",
@@ -84,11 +83,6 @@ def format_number(value: float, metric: str, difference: bool = False, signed: b
     if not unit and suffix.startswith(" "):
         suffix = ""
     return f"{value * scale:{'+' if signed else ''},.{decimals}f}{suffix}"
-
-
-def format_percent(value: float) -> str:
-    """A share as a percentage with one decimal: ``0.675`` -> ``67.5%``."""
-    return f"{value * 100:.1f}%"
 
 
 def _improvement_number(value: float, metric: str, unit: bool = True) -> str:

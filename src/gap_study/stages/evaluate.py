@@ -132,7 +132,7 @@ def evaluate_run(model: ClassifierNet, run: RunId, data: EvaluationData,
            "params_total": param_count(model), "params_head": head_param_count(model),
            **overfitting_metrics(fast, data.x_train[seen], data.y_train[seen], data.x_test,
                                  data.y_test, batch)}
-    # 3. one more pass over the 450 test images: cheaper than a second path to the run's
+    # 3. one more pass over the test images: cheaper than a second path to the run's
     # metrics, which stay computed as before
     correct, loss = image_outcomes(fast, data.x_test, data.y_test, batch)
     per_image = {"test_accuracy": correct, "test_loss": loss}

@@ -64,17 +64,18 @@ def alternate(names: list[str], round_index: int) -> list[str]:
 
 
 def training_step(config: ModelConfig, data: CanvasDataset, *, batch_size: int, lr: float,
-                  seed: int, device: torch.device,
-                  schedule: str = "constant") -> Callable[[], None]:
+                  seed: int, device: torch.device, schedule: str = "constant",
+                  weight_decay: float = 0.0) -> Callable[[], None]:
     """One optimizer step of ``config``'s model per call, as ``gap_study.stages.train.fit`` takes it
-    (train mode, cross-entropy, the same optimizer and schedule), on the next ``batch_size``
-    training images of a seeded order; the images are on ``device`` before the clock
-    starts."""
+    (train mode, cross-entropy, the same optimizer, weight decay and schedule), on the next
+    ``batch_size`` training images of a seeded order; the images are on ``device`` before
+    the clock starts."""
     seed_everything(seed)
     model = build_model(config).to(device=device, memory_format=torch.channels_last).train()
-    # a long schedule: the learning rate's value changes no step's time
-    optimizer, scheduler = optimizer_for(model, lr=lr, weight_decay=0.0, schedule=schedule,
-                                         total_steps=10**6)
+    # a long schedule: the learning rate's value changes no step's time; weight decay adds
+    # a term to every parameter's update, so it is the study's
+    optimizer, scheduler = optimizer_for(model, lr=lr, weight_decay=weight_decay,
+                                         schedule=schedule, total_steps=10**6)
     images = to_device(to_float(data.x_train), device)
     labels = to_device(torch.as_tensor(data.y_train), device)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
@@ -93,6 +94,7 @@ def training_step(config: ModelConfig, data: CanvasDataset, *, batch_size: int, 
             scheduler.step()
 
     step.model = model  # type: ignore[attr-defined]  # what it trains, for inspection
+    step.optimizer = optimizer  # type: ignore[attr-defined]
     return step
 
 
@@ -118,12 +120,13 @@ def measure_step_times(heads: Sequence[str], model: ModelParams, data: CanvasDat
                        train: TrainParams, settings: SpeedParams, *, lr: float, threads: int,
                        device: torch.device) -> pd.DataFrame:
     """The speed stage: ``interleaved_step_times`` of every head's model as the study trains
-    it (``model`` sized for ``data``, ``train``'s batch size, seed 0; the learning rate ``lr``
-    changes no step's time), with ``threads`` torch threads, the number each training run
-    gets."""
+    it (``model`` sized for ``data``, ``train``'s batch size, schedule and weight decay; seed
+    0, whose images and weights change no step's time, nor does the learning rate ``lr``),
+    with ``threads`` torch threads, the number each training run gets."""
     with torch_threads(threads):
         steps = {head: training_step(model.to_config(head, data), data,
                                      batch_size=train.batch_size, lr=lr, seed=0,
-                                     device=device, schedule=train.schedule) for head in heads}
+                                     device=device, schedule=train.schedule,
+                                     weight_decay=train.weight_decay) for head in heads}
         return interleaved_step_times(steps, rounds=settings.rounds, blocks=settings.blocks,
                                       steps_per_block=settings.steps, warmup=settings.warmup)
