@@ -116,6 +116,12 @@ def test_preparing_too_few_images_for_the_validation_split_names_the_keys_to_cha
         prepare_dataset("digits", canvas=24, digits_size=16, max_train=20)
 
 
+def test_a_test_fraction_too_small_for_every_class_names_its_key():
+    with pytest.raises(ValueError, match=r"data\.test_fraction = 0\.001: a stratified 0\.001 of "
+                                         r"1797 images .*change data\.test_fraction"):
+        prepare_dataset("digits", canvas=24, digits_size=16, test_fraction=0.001)
+
+
 def test_caps_above_the_data_set_are_warned_about_not_silently_ignored():
     with pytest.warns(DataSizeWarning) as caught:
         prepared = prepare_dataset("digits", canvas=32, digits_size=16, max_train=5000,
@@ -161,6 +167,18 @@ def test_loading_a_data_set_written_before_two_object_canvases_asks_to_prepare_a
         old = {key: npz[key] for key in npz.files if not key.endswith("_pair")}
     np.savez(path, **old)
     with pytest.raises(ValueError, match=r"no x_pair, y_pair, box_pair.*dvc repro prepare"):
+        load_prepared(path)
+
+
+def test_a_data_set_whose_images_and_labels_disagree_in_number_is_refused(tmp_path, digits):
+    path = tmp_path / "dataset.npz"
+    save_prepared(path, digits)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    arrays["y_test"] = arrays["y_test"][:-1]
+    np.savez(path, **arrays)
+    with pytest.raises(PreparedDataError, match=r"for its test split, which must agree.*"
+                                                r"dvc checkout data/prepared/dataset\.npz"):
         load_prepared(path)
 
 

@@ -54,6 +54,39 @@ def test_a_missing_package_of_the_data_set_is_refused_with_its_fix_and_no_stamp(
     assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 0
 
 
+def test_a_device_this_machine_lacks_is_refused_where_the_runs_compute_here(
+        params_raw, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params_raw["device"] = "cuda"
+    params, stamp = _write(tmp_path / "params.yaml", params_raw), tmp_path / "ok.txt"
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 2
+    err = capsys.readouterr().err
+    assert "device = 'cuda': device 'cuda' was asked for but CUDA is not available" in err
+    assert "use device: auto or cpu" in err and not stamp.exists()
+    # a Dask scheduler elsewhere: its workers may have a GPU that this machine lacks
+    params_raw["compute"]["scheduler"] = "tcp://10.0.0.5:8786"
+    params = _write(tmp_path / "params.yaml", params_raw)
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 0
+
+
+def test_more_threads_than_cores_is_warned_about_and_still_valid(params_raw, tmp_path, capsys,
+                                                                  monkeypatch):
+    import dask.system
+
+    monkeypatch.setattr(dask.system, "CPU_COUNT", 2)
+    params_raw["compute"].update(scheduler="local", workers=2, threads_per_run=2)
+    params, stamp = _write(tmp_path / "params.yaml", params_raw), tmp_path / "ok.txt"
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 0
+    assert ("2 run(s) of 2 thread(s), 4 threads on 2 cores" in capsys.readouterr().err
+            and stamp.exists())
+    params_raw["compute"].update(workers=None, threads_per_run=1)  # one worker per core
+    main(["--params-file", str(_write(tmp_path / "params.yaml", params_raw)),
+          "--stamp", str(stamp)])
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_renamed_key_stops_dvc_repro_before_any_stage_loses_its_outputs(tmp_path):
     repo = tiny_repository(tmp_path / "repo", ["gap"])

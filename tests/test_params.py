@@ -50,6 +50,7 @@ def test_the_projects_params_yaml_is_valid(root):
                            r"lr_min <= 0\.001 and lr_max >= 0\.01"),
     ("tune.lr_min", 0.002, r"tune\.lr_min = 0\.002 and tune\.lr_max = 0\.1 must hold"),
     ("tune.lr_min", 0, r"tune\.lr_min = 0: .*greater than 0"),
+    ("tune.lr_max", float("inf"), r"tune\.lr_max = inf: Input should be a finite number"),
     ("train.schedule", "linear", r"train\.schedule = 'linear': not allowed"),
     ("data.validation_fraction", 1.0, r"data\.validation_fraction = 1\.0"),
     ("report.margins", {"accuracy": 0.01}, r"report\.margins\.consistency: Field required"),

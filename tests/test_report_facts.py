@@ -211,3 +211,13 @@ def test_underfits_is_defined_only_where_a_comparison_carries_the_note():
     rows.loc[1, "note"] = "underfits"
     assert secondary_facts(rows).underfits
     assert not secondary_facts(pd.DataFrame()).underfits
+
+
+def test_runs_that_never_reach_the_time_target_are_counted_per_head():
+    from gap_study.report.facts import _missed
+
+    main = pd.DataFrame({"head": ["dense"] * 3 + ["gap"] * 3,
+                         "epochs_to_target": [3.0, 4.0, 3.0, 5.0, float("nan"), float("nan")]})
+    # gap's two misses drop out of its time to the target: the report must say so
+    assert _missed(main, ["dense", "gap"]) == [("gap", 2, 3)]
+    assert _missed(main.assign(epochs_to_target=1.0), ["dense", "gap"]) == []

@@ -213,7 +213,13 @@ def load_prepared(path: str | Path) -> CanvasDataset:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the 'prepare' stage "
                                 "(`dvc repro prepare`) to create it")
-    values: dict[str, object] = dict(_read_arrays(path))
+    arrays = _read_arrays(path)
+    for split in ("train", "val", "test", "pair"):
+        sizes = {key: len(arrays[key]) for key in (f"x_{split}", f"y_{split}", f"box_{split}")}
+        if len(set(sizes.values())) > 1:
+            raise PreparedDataError(f"{path} holds {sizes} for its {split} split, which must "
+                                    f"agree: it was not written whole; {_PREPARE_FIX}")
+    values: dict[str, object] = dict(arrays)
     values["name"] = str(values["name"])
     values["num_classes"] = int(values["num_classes"])  # type: ignore[call-overload]
     return CanvasDataset(**values)  # type: ignore[arg-type]

@@ -93,7 +93,11 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
                          "canvases must be 0 (none) or more")
     if name in STUDY_SPLIT:
         objects, labels = digits_objects(digits_size) if name == "digits" else load_mnist_5k()
-        train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)
+        try:
+            train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)
+        except ValueError as error:
+            raise ValueError(f"data.test_fraction = {test_fraction:g}: {error}; change "
+                             "data.test_fraction") from error
         x_train, y_train = objects[train_idx], labels[train_idx]
         x_test, y_test = objects[test_idx], labels[test_idx]
         num_classes = 10

@@ -24,12 +24,50 @@ from pathlib import Path
 
 from gap_study.data.file_formats import DatasetError
 from gap_study.data.packaged import check_packaged
-from gap_study.pipeline.params import ParamsError, load_params
+from gap_study.pipeline.params import Params, ParamsError, load_params
 
-__all__ = ["STAMP", "STAMP_TEXT", "main"]
+__all__ = ["STAMP", "STAMP_TEXT", "check_machine", "main", "oversubscribed"]
 
 STAMP = Path("reports") / "params_checked.txt"
 STAMP_TEXT = "params.yaml is valid (python -m gap_study.pipeline.check)\n"
+
+
+def _local(params: Params) -> bool:
+    """Whether the runs compute on this machine (not on a Dask scheduler's workers)."""
+    return params.compute.scheduler in ("local", "synchronous")
+
+
+def check_machine(params: Params) -> None:
+    """Refuse a ``device`` this machine lacks when the runs compute here (a remote scheduler's
+    workers may have what this machine has not). Imports torch only for a named device."""
+    if _local(params) and params.device not in ("auto", "cpu"):
+        from gap_study.pipeline.runtime import resolve_device
+
+        try:
+            resolve_device(params.device)
+        except ValueError as exc:
+            raise ValueError(f"device = {params.device!r}: {exc}") from None
+
+
+def oversubscribed(params: Params) -> list[str]:
+    """A warning when the local runs ask for more threads than this machine has cores: they
+    still run, slower, and their timings say more about the crowding than about the heads."""
+    from dask.system import CPU_COUNT
+
+    compute = params.compute
+    if compute.scheduler == "synchronous":
+        workers = 1
+    elif compute.scheduler == "local":
+        workers = compute.local_workers()
+    else:
+        return []
+    if (threads := workers * compute.threads_per_run) <= CPU_COUNT:
+        return []
+    return [f"compute.workers = {compute.workers} and compute.threads_per_run = "
+            f"{compute.threads_per_run} make {workers} run(s) of {compute.threads_per_run} "
+            f"thread(s), {threads} threads on {CPU_COUNT} cores: the runs crowd each other. "
+            "Lower compute.threads_per_run (or compute.workers; null takes one worker per "
+            "run's share of the cores)"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_packaged(params.data.name)
-    except DatasetError as exc:
+        check_machine(params)
+    except (DatasetError, ValueError) as exc:
         print(f"error: {exc}\n       nothing ran and no output was deleted", file=sys.stderr)
         return 2
+    for warning in oversubscribed(params):
+        print(f"warning: {warning}", file=sys.stderr)
     args.stamp.parent.mkdir(parents=True, exist_ok=True)
     args.stamp.write_text(STAMP_TEXT, encoding="utf-8")
     print(f"{args.params_file} is valid")

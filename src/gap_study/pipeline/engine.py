@@ -58,11 +58,8 @@ class EngineError(RuntimeError):
 
 
 def local_workers(settings: ComputeParams) -> int:
-    """Worker processes of the local cluster: ``compute.workers``, else one per
-    ``threads_per_run`` cores (Dask's count, which respects CPU limits of containers)."""
-    from dask.system import CPU_COUNT
-
-    return settings.workers or max(1, CPU_COUNT // settings.threads_per_run)
+    """Worker processes of the local cluster (``ComputeParams.local_workers``)."""
+    return settings.local_workers()
 
 
 # Dask warns about a task graph over 10 MB, meant for data repeated in every task. Nothing

@@ -203,8 +203,8 @@ class TuneParams(_Section):
     ``learning_rates`` is the starting grid, extended by half-decades within the bounds."""
 
     learning_rates: Annotated[list[PositiveFloat], Field(min_length=1), AfterValidator(unique)]
-    lr_min: PositiveFloat
-    lr_max: PositiveFloat
+    lr_min: Annotated[PositiveFloat, Field(allow_inf_nan=False)]
+    lr_max: Annotated[PositiveFloat, Field(allow_inf_nan=False)]
     # 2+: the choice averages over them, and their spread tells a fragile choice
     seeds: Annotated[list[NonNegativeInt], Field(min_length=2), AfterValidator(unique)]
 
@@ -233,6 +233,13 @@ class ComputeParams(_Section):
     scheduler: Annotated[str, AfterValidator(check_scheduler)]
     threads_per_run: PositiveInt
     workers: PositiveInt | None
+
+    def local_workers(self) -> int:
+        """Worker processes of the local cluster: ``workers``, else one per
+        ``threads_per_run`` cores (Dask's count, which respects CPU limits of containers)."""
+        from dask.system import CPU_COUNT
+
+        return self.workers or max(1, CPU_COUNT // self.threads_per_run)
 
 
 class SpeedParams(_Section):

@@ -31,12 +31,20 @@ __all__ = ["resolve_device", "seed_everything", "to_device", "torch_threads"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; other names are taken as they are."""
+    """``"auto"`` picks CUDA when present, else the CPU; other names are taken as they are,
+    and refused where this machine lacks them (CUDA, that CUDA index, or MPS)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but CUDA is not available; "
+                         "use device: auto or cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s), numbered from 0; "
+                         "use device: cuda or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for but MPS is not available; "
                          "use device: auto or cpu")
     return device
 

@@ -117,8 +117,9 @@ def _curve(curve_aggregate: pd.DataFrame, heads: Sequence[str]) -> Curve | None:
 @dataclass(frozen=True)
 class Speed:
     """The speed stage's steps, and what the time to the target is made of: ``to_target``
-    (epochs to the target and the time, per head) and ``more_epochs`` (each tested head that
-    needs more epochs than ``dense``, with both means)."""
+    (epochs to the target and the time, per head), ``more_epochs`` (each tested head that
+    needs more epochs than ``dense``, with both means) and ``missed`` (each head with runs
+    that never reached the target: head, missed, runs)."""
 
     rounds: int
     run: dict[str, Any]  # the speed stage's run record
@@ -126,10 +127,11 @@ class Speed:
     epochs: pd.DataFrame  # the training runs' epoch times (a CSV)
     to_target: pd.DataFrame | None = None
     more_epochs: list[tuple[str, float, float]] = field(default_factory=list)
+    missed: list[tuple[str, int, int]] = field(default_factory=list)
 
 
-def _speed(aggregate: pd.DataFrame, step_times: pd.DataFrame, run: Mapping[str, Any],
-           heads: Sequence[str], confidence: float) -> Speed:
+def _speed(aggregate: pd.DataFrame, main: pd.DataFrame, step_times: pd.DataFrame,
+           run: Mapping[str, Any], heads: Sequence[str], confidence: float) -> Speed:
     summary = summarize(step_times, "head", ["seconds_per_step"], confidence)
     best = step_times.groupby("head")["seconds_per_step"].min()
     table = stat_table(summary, ["seconds_per_step"], ["per step, over rounds"], heads)
@@ -144,7 +146,17 @@ def _speed(aggregate: pd.DataFrame, step_times: pd.DataFrame, run: Mapping[str, 
                             ["seconds per epoch", "training images per second"], heads),
                  stat_table(aggregate, ["epochs_to_target", "time_to_target"],
                             ["epochs to the target", "time to the target"], heads)
-                 if len(epochs) else None, more)
+                 if len(epochs) else None, more, _missed(main, heads))
+
+
+def _missed(main: pd.DataFrame, heads: Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(head, runs that never reached the target, runs)`` for each head with such runs:
+    the time to the target leaves them out, which flatters the head that misses."""
+    if "epochs_to_target" not in main:
+        return []
+    counts = main.groupby("head")["epochs_to_target"].agg(["size", "count"])
+    return [(h, int(counts.at[h, "size"] - counts.at[h, "count"]), int(counts.at[h, "size"]))
+            for h in heads if h in counts.index and counts.at[h, "count"] < counts.at[h, "size"]]
 
 
 def _published(dataset: str, aggregate: pd.DataFrame, heads: Sequence[str],
@@ -245,7 +257,8 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
     ablation, curve = ablation_facts(tables.ablation_aggregate, heads), \
         _curve(tables.curve_aggregate, heads)
     cams = cam_facts(tables.aggregate, heads)
-    speed = _speed(tables.aggregate, collected.step_times, collected.speed_run, heads,
+    speed = _speed(tables.aggregate, tables.main, collected.step_times, collected.speed_run,
+                   heads,
                    confidence)
     errors, published = _published(evaluate["dataset"]["name"], tables.aggregate, heads,
                                     published_rows(mech, collected.mechanism,
