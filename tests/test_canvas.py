@@ -16,8 +16,9 @@ from gap_study.data.canvas import (
     shift_margin,
     to_float,
 )
-from gap_study.data.prepare import DataSizeWarning, prepare_dataset
+from gap_study.data.prepare import DataSizeWarning, prepare_dataset, prepare_study_dataset
 from gap_study.data.sources import CIFAR10_TARBALL
+from gap_study.pipeline.params import load_params
 
 
 def test_shift_moves_content_right_and_down_with_zero_fill():
@@ -135,10 +136,11 @@ def test_caps_above_the_data_set_are_warned_about_not_silently_ignored():
     assert len(prepared.y_train) + len(prepared.y_val) == 1347 and len(prepared.x_pair) == 50
 
 
-def test_the_default_study_sizes_raise_no_warning():
+def test_the_default_study_sizes_raise_no_warning(root):
+    settings = load_params(root / "params.yaml").data  # the committed study's, as it changes
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataSizeWarning)
-        prepare_dataset("digits", canvas=20, digits_size=10, test_fraction=0.25, two_objects=400)
+        prepare_study_dataset(settings, root)
 
 
 def test_prepared_data_round_trips_through_npz_without_pickle(tmp_path, digits):
