@@ -19,7 +19,6 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -50,7 +49,6 @@ __all__ = [
     "SpeedParams",
     "TrainParams",
     "TuneParams",
-    "check_sections",
     "load_params",
     "or_params_yaml",
     "parse_params",
@@ -372,24 +370,6 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     except ValidationError as exc:
         lines = [describe(e, Params) for e in exc.errors()]
         raise ParamsError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
-
-
-def check_sections(sections: dict[str, Any], source: str = "the -p values") -> dict[str, Any]:
-    """Validate whole sections given apart from ``params.yaml`` (``run_notebook``'s ``-p``),
-    each against its own model: their values as ``params.yaml``'s would be validated, every
-    problem at once. The checks across sections are ``Params``' and are not run here: a
-    section replaced for one notebook need not agree with the others."""
-    fields, lines = Params.model_fields, []
-    for name, value in sections.items():
-        if name not in fields:
-            continue
-        try:
-            TypeAdapter(fields[name].annotation).validate_python(value, strict=True)
-        except ValidationError as exc:
-            lines += [describe({**e, "loc": (name, *e["loc"])}, Params) for e in exc.errors()]
-    if lines:
-        raise ParamsError(f"{source} are not valid:\n  " + "\n  ".join(lines))
-    return sections
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -39,12 +39,14 @@ import papermill  # noqa: E402
 import yaml  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from papermill.exceptions import PapermillExecutionError  # noqa: E402
+from pydantic import TypeAdapter, ValidationError  # noqa: E402
 from traitlets import CaselessStrEnum  # noqa: E402
 
-from gap_study.pipeline.params import ParamsError, check_sections, load_params  # noqa: E402
+from gap_study.pipeline.params import Params, ParamsError, load_params  # noqa: E402
+from gap_study.pipeline.params_errors import describe  # noqa: E402
 
-__all__ = ["PROGRESS_ENV", "IpcKernelManager", "main", "notebook_parameters", "progress_mode",
-           "root_cause"]
+__all__ = ["PROGRESS_ENV", "IpcKernelManager", "check_sections", "main", "notebook_parameters",
+           "progress_mode", "root_cause"]
 
 # How the kernel draws its stage's progress bar; gap_study.pipeline.progress reads it (the
 # same name, not imported: the runner starts without torch, and its module list is every
@@ -73,6 +75,24 @@ _KERNEL = ({"kernel_manager_class": IpcKernelManager} if os.name == "posix" else
 _CPP_TRACE = re.compile(r"Exception raised from |frame #\d+:")
 _CHAINED = ("The above exception was the direct cause of the following exception:",
             "During handling of the above exception, another exception occurred:")
+
+
+def check_sections(sections: dict[str, Any], source: str = "the -p values") -> dict[str, Any]:
+    """Validate whole sections given apart from ``params.yaml`` (this runner's ``-p``),
+    each against its own model: their values as ``params.yaml``'s would be validated, every
+    problem at once. The checks across sections are ``Params``' and are not run here: a
+    section replaced for one notebook need not agree with the others."""
+    fields, lines = Params.model_fields, []
+    for name, value in sections.items():
+        if name not in fields:
+            continue
+        try:
+            TypeAdapter(fields[name].annotation).validate_python(value, strict=True)
+        except ValidationError as exc:
+            lines += [describe({**e, "loc": (name, *e["loc"])}, Params) for e in exc.errors()]
+    if lines:
+        raise ParamsError(f"{source} are not valid:\n  " + "\n  ".join(lines))
+    return sections
 
 
 def notebook_parameters(notebook: str | Path, params_file: str | Path,

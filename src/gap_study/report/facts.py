@@ -130,8 +130,9 @@ class Speed:
     missed: list[tuple[str, int, int]] = field(default_factory=list)
 
 
-def _speed(aggregate: pd.DataFrame, main: pd.DataFrame, step_times: pd.DataFrame,
-           run: Mapping[str, Any], heads: Sequence[str], confidence: float) -> Speed:
+def _speed(tables: StudyTables, collected: CollectedResults, heads: Sequence[str],
+           confidence: float) -> Speed:
+    aggregate, step_times = tables.aggregate, collected.step_times
     summary = summarize(step_times, "head", ["seconds_per_step"], confidence)
     best = step_times.groupby("head")["seconds_per_step"].min()
     table = stat_table(summary, ["seconds_per_step"], ["per step, over rounds"], heads)
@@ -141,12 +142,12 @@ def _speed(aggregate: pd.DataFrame, main: pd.DataFrame, step_times: pd.DataFrame
     epochs = aggregate[aggregate.metric == "epochs_to_target"].set_index("head")["mean"]
     more = [(h, float(epochs[h]), float(epochs["dense"])) for h in heads_under_test(heads)
             if "dense" in epochs and h in epochs and epochs[h] > epochs["dense"]]
-    return Speed(int(step_times["round"].nunique()), dict(run), table,
+    return Speed(int(step_times["round"].nunique()), dict(collected.speed_run), table,
                  stat_table(aggregate, ["seconds_per_epoch", "images_per_second"],
                             ["seconds per epoch", "training images per second"], heads),
                  stat_table(aggregate, ["epochs_to_target", "time_to_target"],
                             ["epochs to the target", "time to the target"], heads)
-                 if len(epochs) else None, more, _missed(main, heads))
+                 if len(epochs) else None, more, _missed(tables.main, heads))
 
 
 def _missed(main: pd.DataFrame, heads: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -257,9 +258,7 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
     ablation, curve = ablation_facts(tables.ablation_aggregate, heads), \
         _curve(tables.curve_aggregate, heads)
     cams = cam_facts(tables.aggregate, heads)
-    speed = _speed(tables.aggregate, tables.main, collected.step_times, collected.speed_run,
-                   heads,
-                   confidence)
+    speed = _speed(tables, collected, heads, confidence)
     errors, published = _published(evaluate["dataset"]["name"], tables.aggregate, heads,
                                     published_rows(mech, collected.mechanism,
                                                    train["model"]["blur_size"]))
