@@ -51,6 +51,10 @@ def test_the_projects_params_yaml_is_valid(root):
     ("tune.lr_min", 0.002, r"tune\.lr_min = 0\.002 and tune\.lr_max = 0\.1 must hold"),
     ("tune.lr_min", 0, r"tune\.lr_min = 0: .*greater than 0"),
     ("tune.lr_max", float("inf"), r"tune\.lr_max = inf: Input should be a finite number"),
+    # every section: no setting is infinite (a loss margin, a weight decay, gem's p)
+    ("report.margins.loss", float("inf"), r"report\.margins\.loss = inf: .*finite number"),
+    ("train.weight_decay", float("inf"), r"train\.weight_decay = inf: .*finite number"),
+    ("model.gem_p", float("inf"), r"model\.gem_p = inf: .*finite number"),
     ("train.schedule", "linear", r"train\.schedule = 'linear': not allowed"),
     ("data.validation_fraction", 1.0, r"data\.validation_fraction = 1\.0"),
     ("report.margins", {"accuracy": 0.01}, r"report\.margins\.consistency: Field required"),

@@ -221,3 +221,13 @@ def test_runs_that_never_reach_the_time_target_are_counted_per_head():
     # gap's two misses drop out of its time to the target: the report must say so
     assert _missed(main, ["dense", "gap"]) == [("gap", 2, 3)]
     assert _missed(main.assign(epochs_to_target=1.0), ["dense", "gap"]) == []
+
+
+def test_only_tested_heads_with_more_mean_epochs_than_dense_are_named():
+    from gap_study.report.facts import _more_epochs
+
+    epochs = pd.Series({"dense": 3.2, "dense_dropout": 4.0, "gap": 4.4, "gmp": 3.2, "nin": 3.0})
+    # dense_dropout is a baseline; gmp ties dense; nin needs fewer
+    assert _more_epochs(epochs, ["dense", "dense_dropout", "gap", "gmp", "nin"]) == [
+        ("gap", 4.4, 3.2)]
+    assert _more_epochs(epochs.drop("dense"), ["gap"]) == []

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gap_study.report.per_image import PerImageValues
+from gap_study.report.per_image import MIN_SHARED_OBJECTS, PerImageValues
 
 SEEDS = (0, 1, 2)
 
@@ -13,9 +13,9 @@ def _stored(head: str, seed: int) -> dict[str, np.ndarray]:
     """One run's per-image values, distinct for every head and seed."""
     rng = np.random.default_rng([seed, len(head)])
     return {"test_accuracy": rng.random(6) < 0.7, "test_loss": rng.random(6).astype(np.float32),
-            "pointing_gradcam_two_objects": rng.random(8) < 0.5,
-            "pointing_ink_two_objects": rng.random(8) < 0.5,
-            "recognised_two_objects": np.r_[True, rng.random(7) < 0.5]}
+            "pointing_gradcam_two_objects": rng.random(80) < 0.5,
+            "pointing_ink_two_objects": rng.random(80) < 0.5,
+            "recognised_two_objects": np.r_[True, rng.random(79) < 0.8]}
 
 
 def _values() -> PerImageValues:
@@ -65,12 +65,13 @@ def test_two_heads_on_a_recognised_metric_are_weighted_by_the_objects_both_recog
 
 def test_a_head_that_recognises_only_easy_objects_gains_nothing_from_their_ease():
     # dense recognises the first 4 objects only, where both heads point right; gap recognises
-    # all 8 and misses 2 of the last 4. On their own objects dense leads 100% to 75%; on the
+    # all 8 and misses the last 2. On their own objects dense leads 100% to 75%; on the
     # objects both recognise they tie, which is the comparison the pairing makes
-    hits = {"dense": np.r_[True, True, True, True, False, False, False, False],
-            "gap": np.r_[True, True, True, True, True, True, False, False]}
-    seen = {"dense": np.r_[True, True, True, True, False, False, False, False],
-            "gap": np.ones(8, bool)}
+    # each object five times over: enough shared objects for a paired seed
+    hits = {"dense": np.repeat(np.r_[True, True, True, True, False, False, False, False], 5),
+            "gap": np.repeat(np.r_[True, True, True, True, True, True, False, False], 5)}
+    seen = {"dense": np.repeat(np.r_[True, True, True, True, False, False, False, False], 5),
+            "gap": np.ones(40, bool)}
     values = PerImageValues({head: {"fraction_1-shift_0-seed_0/pointing_gradcam_two_objects":
                                     hits[head],
                                     "fraction_1-shift_0-seed_0/recognised_two_objects": seen[head]}
@@ -83,6 +84,23 @@ def test_a_head_that_recognises_only_easy_objects_gains_nothing_from_their_ease(
     tables = values.pair(rows, "gap", "dense", "pointing_gradcam_two_objects_recognised",
                          seeds=[0])
     np.testing.assert_array_equal(tables.seed_means(), ([1.0], [1.0]))
+
+
+def test_a_seed_with_too_few_shared_recognised_objects_is_left_out_of_the_pairs():
+    # seed 0's runs share 19 objects, seed 1's 20: a bootstrap of 19 could draw none too often
+    stored, rows = {"dense": {}, "gap": {}}, []
+    for seed, shared in ((0, MIN_SHARED_OBJECTS - 1), (1, MIN_SHARED_OBJECTS)):
+        stem = f"fraction_1-shift_0-seed_{seed}"
+        for head, seen in (("dense", np.arange(100) < shared), ("gap", np.ones(100, bool))):
+            hits = np.arange(100) % 3 > 0
+            stored[head] |= {f"{stem}/pointing_gradcam_two_objects": hits,
+                             f"{stem}/recognised_two_objects": seen}
+            rows.append({"head": head, "seed": seed, "fraction": 1.0, "train_shift": 0,
+                         "pointing_gradcam_two_objects_recognised": hits[seen].mean()})
+    tables = PerImageValues(stored).pair(pd.DataFrame(rows), "gap", "dense",
+                                         "pointing_gradcam_two_objects_recognised", seeds=[0, 1])
+    assert tables.seeds == (1,) and tables.head.shape == (1, 100)
+    assert tables.head_weights.sum() == MIN_SHARED_OBJECTS
 
 
 def test_two_heads_that_recognise_no_object_in_common_give_no_tables():

@@ -96,7 +96,7 @@ WORKER = {"host": "node1", "cpu": "test CPU", "cpu_capability": "AVX2", "torch_t
 
 
 DATASET = {"name": "digits", "train_images": 80, "validation_images": 8, "test_images": 20,
-           "two_object_canvases": 12, "image_size": 8, "in_channels": 1, "num_classes": 4}
+           "two_object_canvases": 40, "image_size": 8, "in_channels": 1, "num_classes": 4}
 
 
 def _records() -> tuple[dict, dict]:
@@ -128,13 +128,13 @@ def _write_head(layout: Layout, head: str, rng: np.random.Generator) -> None:
     images = np.random.default_rng(len(head)).normal(0, 0.3, 40)
     values = {f"{run.stem}/test_accuracy": accuracy + images - images.mean()
               for run, accuracy in zip(RUNS, rows.test_accuracy, strict=True)}
-    # the 24 objects of the 12 two-object canvases: Grad-CAM hits and the objects recognised
+    # the 80 objects of the 40 two-object canvases: Grad-CAM hits and the objects recognised
     # alone, whose (weighted) means become the rows'
     objects = np.random.default_rng([*map(ord, head), 24])
     for i, run in enumerate(RUNS):
         if run.fraction == 1.0:
-            seen = np.r_[True, objects.random(23) < 0.6]
-            hits = objects.random(24) < 0.7
+            seen = np.r_[True, objects.random(79) < 0.6]
+            hits = objects.random(80) < 0.7
             values |= {f"{run.stem}/recognised_two_objects": seen,
                        f"{run.stem}/pointing_gradcam_two_objects": hits}
             rows.loc[i, ["recognised_two_objects", "pointing_gradcam_two_objects",
@@ -423,4 +423,4 @@ def test_the_report_counts_the_test_images_the_evaluate_stage_used(layout):
     assert _facts(layout).dataset["test_images"] == 20
     text = _report(layout)
     assert "80 training, 8 validation and 20 test images of 8x8 pixels" in text
-    assert "; 12 two-object canvases made of test objects." in text
+    assert "; 40 two-object canvases made of test objects." in text

@@ -52,6 +52,15 @@ def test_an_override_is_validated_as_the_section_it_replaces_every_problem_at_on
                             {"heads": ["gapp"], "train": train})
 
 
+def test_an_override_keeps_the_constraints_of_its_section_not_only_its_type(root):
+    for override, expected in (({"heads": []}, r"heads = \[\]: List should have at least 1"),
+                               ({"heads": ["gap", "gap"]}, r"heads .*repeated: \['gap'\]"),
+                               ({"device": "gpu"}, r"device = 'gpu': must be 'auto', 'cpu'")):
+        with pytest.raises(ParamsError, match=expected):
+            notebook_parameters(root / "notebooks" / "train.ipynb", root / "params.yaml",
+                                override)
+
+
 def test_invalid_params_stop_the_run_before_a_kernel_starts(root, tmp_path, capsys):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = -3

@@ -21,6 +21,18 @@ def test_named_devices_are_taken_as_they_are_and_cuda_is_refused_without_a_gpu(m
         resolve_device("cuda:1")
 
 
+def test_a_cuda_index_past_the_count_and_mps_without_it_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match=r"'cuda:1' was asked for but this machine has 1 CUDA "
+                                         r"device\(s\), numbered from 0"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'mps' was asked for but MPS is not available"):
+        resolve_device("mps")
+
+
 def test_seeding_repeats_every_generator_and_turns_on_deterministic_kernels():
     draws = []
     for _ in range(2):

@@ -69,7 +69,8 @@ class ParamsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # no setting of the study is infinite or NaN: refused in every section, not key by key
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataParams(_Section):
@@ -201,8 +202,8 @@ class TuneParams(_Section):
     ``learning_rates`` is the starting grid, extended by half-decades within the bounds."""
 
     learning_rates: Annotated[list[PositiveFloat], Field(min_length=1), AfterValidator(unique)]
-    lr_min: Annotated[PositiveFloat, Field(allow_inf_nan=False)]
-    lr_max: Annotated[PositiveFloat, Field(allow_inf_nan=False)]
+    lr_min: PositiveFloat
+    lr_max: PositiveFloat
     # 2+: the choice averages over them, and their spread tells a fragile choice
     seeds: Annotated[list[NonNegativeInt], Field(min_length=2), AfterValidator(unique)]
 

@@ -222,7 +222,8 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
     and the test images where ``per_image`` has both sides' values of the metric, and the
     pairs (seeds, or the speed stage's rounds) alone elsewhere. Two heads on recognised
     objects are compared on the objects both recognise (``PerImageValues.pair``), which needs
-    ``per_image``: without it that comparison is not made."""
+    ``per_image``: without it, or without enough shared objects, that comparison is not made,
+    and its claim's Holm family is one smaller."""
     jobs = [(job, _tables(job, per_image)) for job in _jobs(results, step_times, heads)]
     jobs = [(job, tables) for job, tables in jobs if tables is not None or not _joint(job)]
     family = pd.Series([job.test.claim for job, _ in jobs if job.test.primary]).value_counts()

@@ -140,14 +140,22 @@ def _speed(tables: StudyTables, collected: CollectedResults, heads: Sequence[str
     if "dense" in best:
         table["dense / head (best rounds)"] = [f"{best['dense'] / best[h]:.2f}x" for h in heads]
     epochs = aggregate[aggregate.metric == "epochs_to_target"].set_index("head")["mean"]
-    more = [(h, float(epochs[h]), float(epochs["dense"])) for h in heads_under_test(heads)
-            if "dense" in epochs and h in epochs and epochs[h] > epochs["dense"]]
     return Speed(int(step_times["round"].nunique()), dict(collected.speed_run), table,
                  stat_table(aggregate, ["seconds_per_epoch", "images_per_second"],
                             ["seconds per epoch", "training images per second"], heads),
                  stat_table(aggregate, ["epochs_to_target", "time_to_target"],
                             ["epochs to the target", "time to the target"], heads)
-                 if len(epochs) else None, more, _missed(tables.main, heads))
+                 if len(epochs) else None, _more_epochs(epochs, heads),
+                 _missed(tables.main, heads))
+
+
+def _more_epochs(epochs: pd.Series, heads: Sequence[str]) -> list[tuple[str, float, float]]:
+    """``(head, its mean epochs to the target, dense's)`` for each tested head whose mean over
+    seeds is above ``dense``'s (means, not a test)."""
+    if "dense" not in epochs:
+        return []
+    return [(h, float(epochs[h]), float(epochs["dense"])) for h in heads_under_test(heads)
+            if h in epochs and epochs[h] > epochs["dense"]]
 
 
 def _missed(main: pd.DataFrame, heads: Sequence[str]) -> list[tuple[str, int, int]]:

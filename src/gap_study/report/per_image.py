@@ -28,9 +28,13 @@ import pandas as pd
 
 from gap_study.pipeline.paths import Layout, RunId
 
-__all__ = ["ImageTables", "PerImageValues", "is_recognised"]
+__all__ = ["MIN_SHARED_OBJECTS", "ImageTables", "PerImageValues", "is_recognised"]
 
 RECOGNISED = "recognised_two_objects"
+# A seed whose two runs share fewer recognised objects has no paired difference here: the
+# bootstrap resamples the seed's objects, and with k of them among n a resample draws none
+# with probability (1 - k/n)^n < e^-k, under 1e-4 over 10,000 resamples from k = 20 on.
+MIN_SHARED_OBJECTS = 20
 _RECOGNISED_SUFFIX = "_recognised"
 # metrics made of a run-level training value and the per-image test values:
 # name -> (training column, per-image test metric, sign of the test side)
@@ -81,13 +85,13 @@ class PerImageValues:
         scored on the head's own images) on ``metric`` over ``seeds``, from ``runs`` (one
         setting's rows of ``results``: one row per head and seed); ``None`` when a side has no
         per-image values for some seed, or, for two heads on recognised objects, when no seed
-        has an object that both recognise.
+        has enough objects that both recognise.
 
         1. Two heads on a ``_recognised`` metric: both sides weighted by the objects both
            recognise (the product of their weights), so that each object's pair is the same
-           object; a seed whose runs recognise no object in common has no difference and is
-           left out (``ImageTables.seeds``). The heads' own means (``metrics.csv``) stand in
-           the per-head tables.
+           object; a seed whose runs share fewer than ``MIN_SHARED_OBJECTS`` recognised
+           objects is left out (``ImageTables.seeds``; the comparison's pairs show it). The
+           heads' own means (``metrics.csv``) stand in the per-head tables.
         """
         ours = self._side(runs, head, metric, seeds)
         if ours is None:
@@ -103,7 +107,7 @@ class PerImageValues:
                              f"different images: shapes {ours[0].shape} and {theirs[0].shape}")
         if is_recognised(metric) and not baseline.startswith("ref:"):
             both = ours[1] * theirs[1]
-            kept = both.sum(axis=1) > 0
+            kept = both.sum(axis=1) >= MIN_SHARED_OBJECTS
             return ImageTables(ours[0][kept], theirs[0][kept], both[kept], both[kept],
                                seeds=tuple(np.asarray(seeds)[kept].tolist())) \
                 if kept.any() else None
