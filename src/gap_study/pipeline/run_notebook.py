@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 # papermill imports nbformat, which imports jsonschema, which imports rfc3987_syntax when it is
 # installed (JupyterLab's dependencies install it) to check "iri" string formats, something
@@ -87,10 +87,8 @@ def check_sections(sections: dict[str, Any], source: str = "the -p values") -> d
         if name not in fields:
             continue
         try:
-            field = fields[name]  # its type with its constraints (min_length, validators)
-            kind = Annotated[(field.annotation, *field.metadata)] if field.metadata \
-                else field.annotation
-            TypeAdapter(kind).validate_python(value, strict=True)
+            # the field's type with its constraints (min_length, validators)
+            TypeAdapter(fields[name].rebuild_annotation()).validate_python(value, strict=True)
         except ValidationError as exc:
             lines += [describe({**e, "loc": (name, *e["loc"])}, Params) for e in exc.errors()]
     if lines:
