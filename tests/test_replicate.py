@@ -19,7 +19,7 @@ from gap_study.replicate import (
     replication_table,
     update_readme,
 )
-from gap_study.report.claims import PROTOCOL_VERSION
+from gap_study.report.protocol import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,16 +8,10 @@ import pandas as pd
 import pytest
 
 from gap_study.pipeline.paths import RunId
-from gap_study.report.claims import (
-    PROTOCOL,
-    claim_comparisons,
-    claim_verdicts,
-    claims_record,
-    heads_under_test,
-    setting_label,
-)
+from gap_study.report.claims import claim_comparisons, claim_verdicts, claims_record
 from gap_study.report.decisions import holm
 from gap_study.report.per_image import PerImageValues
+from gap_study.report.protocol import PROTOCOL, heads_under_test, setting_label
 
 MARGINS = {"accuracy": 0.01, "consistency": 0.01, "loss": 0.05, "time": 0.10}
 SEEDS = range(6)
@@ -71,18 +65,21 @@ def _step_times() -> pd.DataFrame:
 HEADS = ["dense", "dense_dropout", "gap", "gmp"]
 
 
-def _with_objects(results: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def _with_objects(results: pd.DataFrame,
+                  dense_seen: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
     """``results`` with per-object Grad-CAM pointing on 200 two-object canvases' objects for
-    every main run: dense recognises 100 of them and points at 65%, the pooled heads
-    recognise 180 and point at 85%; the results' pointing columns become their means. The
-    values per head, keyed as ``PerImageValues`` takes them."""
+    every main run: dense recognises ``dense_seen`` (the first 100) and points at 65%, the
+    pooled heads recognise the first 180 and point at 85%; the results' pointing columns
+    become their means. The values per head, keyed as ``PerImageValues`` takes them."""
     rng = np.random.default_rng(1)
     results, stored = results.copy(), {}
     for i in results.index[results.fraction == 1.0]:
         head, seed = results.at[i, "head"], int(results.at[i, "seed"])
         dense = head.startswith("dense")
         hits = rng.random(200) < (0.65 if dense else 0.85)
-        seen = np.arange(200) < (100 if dense else 180)
+        seen = np.arange(200) < 180
+        if dense:
+            seen = np.arange(200) < 100 if dense_seen is None else dense_seen
         stem = RunId(1.0, 0, seed).stem
         stored.setdefault(head, {}).update({f"{stem}/pointing_gradcam_two_objects": hits,
                                             f"{stem}/recognised_two_objects": seen})
@@ -205,7 +202,7 @@ def test_a_smaller_gap_from_lower_train_accuracy_is_called_underfitting():
     gap = table[(table.metric == "overfit_gap") & (table["head"] == "gap")
                 & (table.fraction == 1.0)]
     assert (gap.improvement > 0).all() and (gap.note == "underfits").all()
-    assert (table[table.metric != "overfit_gap"].note == "").all()
+    assert not (table[table.metric != "overfit_gap"].note == "underfits").any()
 
 
 def test_secondary_metrics_get_bh_q_values_and_decide_no_claim(comparisons):
@@ -249,3 +246,82 @@ def test_the_claims_record_gives_each_primary_metric_its_verdict_and_largest_eff
     loss = single["less overfitting"]["test_loss"]
     assert loss["adjusted_low"] is None and loss["adjusted_high"] is None  # no interval: null
     json.dumps(single, allow_nan=False)
+
+
+def test_two_heads_sharing_too_few_recognised_objects_are_not_compared_but_counted():
+    # dense recognises 15 objects none of which gap or gmp recognise: no seed has the 20
+    # shared objects a paired comparison needs
+    results, stored = _with_objects(_results(), dense_seen=np.arange(200) >= 185)
+    table = claim_comparisons(results, _step_times(), HEADS, MARGINS,
+                              per_image=PerImageValues(stored),
+                              bootstrap={"resamples": 2000, "seed": 0})
+    family = table[(table.claim == "feature maps tied to classes") & (table.role == "primary")]
+    unmade = family[family.baseline == "dense"]
+    assert len(unmade) == 2 and set(unmade.note) == {"not made"}
+    assert (unmade.n == 0).all() and set(unmade.verdict) == {"inconclusive"}
+    assert unmade.improvement.isna().all() and set(unmade.sources) == {"not made"}
+    # the four made comparisons pay for the two unmade ones: Holm over six tests
+    made = family[family.baseline != "dense"]
+    np.testing.assert_allclose(made.p_difference_adjusted,
+                               holm([*made.p_difference, 1.0, 1.0])[:4])
+    word = claim_verdicts(table).set_index("metric").loc[
+        "pointing_gradcam_two_objects_recognised", "verdict"]
+    assert word != "holds"  # two of its tests were never made
+    record = claims_record(table, claim_verdicts(table))
+    json.dumps(record, allow_nan=False)
+
+
+def _time_results(gap_times: list[float], dense_times: list[float],
+                  bound: float = 30.0) -> pd.DataFrame:
+    """``_results`` with gap's and dense's times to the target (nan: the run never reached
+    it) and each run's lower bound, ``bound`` seconds, where it did not."""
+    results = _results({("gap", 1.0, "time_to_target"): gap_times,
+                        ("dense", 1.0, "time_to_target"): dense_times})
+    return results.assign(time_to_target_at_least=np.where(
+        results.time_to_target.isna(), bound, np.nan))
+
+
+def _time_row(results: pd.DataFrame) -> pd.Series:
+    table = claim_comparisons(results, _step_times(), HEADS, MARGINS)
+    rows = table[(table.metric == "time_to_target") & (table["head"] == "gap")]
+    return rows.set_index("baseline").loc["dense"]
+
+
+def test_a_run_that_never_reaches_the_target_counts_at_its_lower_bound():
+    dense = [10.0, 10.5, 9.5, 10.2, 9.8, 10.1]
+    # gap reaches the target in about 4 s, except in one seed, whose run stopped after 5 s:
+    # that pair stays, at 5 s
+    row = _time_row(_time_results([4.0, np.nan, 4.1, 4.2, 3.9, 4.0], dense, bound=5.0))
+    assert row.n == 6 and (row.bounded_head, row.bounded_baseline) == (1, 0)
+    assert row.head_mean == pytest.approx((4.0 + 5.0 + 4.1 + 4.2 + 3.9 + 4.0) / 6)
+    # the same values, reached, are better; at a bound they could flatter gap: not kept
+    reached = _time_row(_time_results([4.0, 5.0, 4.1, 4.2, 3.9, 4.0], dense))
+    assert reached.verdict == "better" and reached.improvement == row.improvement
+    assert row.verdict == row.verdict_seeds_only == "inconclusive"
+    assert row.note == "bounded"
+
+
+def test_a_bound_on_the_baselines_side_keeps_a_better_verdict_and_drops_a_worse_one():
+    # dense never reaches the target in one seed: its 30 s is at least its time, so a gap
+    # better against it stays better
+    gap = [4.0, 4.1, 3.9, 4.0, 4.2, 3.8]
+    better = _time_row(_time_results(gap, [10.0, 10.5, np.nan, 10.2, 9.8, 10.1]))
+    assert (better.bounded_head, better.bounded_baseline) == (0, 1)
+    assert better.verdict == "better" and better.note == "bounded"
+    # gap slower than dense: the bound may hide a dense slower still, so "worse" is not kept
+    worse = _time_row(_time_results([20.0, 21.0, 19.0, 20.5, 19.5, 20.2],
+                                    [10.0, 10.5, np.nan, 10.2, 9.8, 10.1]))
+    assert worse.verdict == "inconclusive"
+    reached = _time_row(_time_results([20.0, 21.0, 19.0, 20.5, 19.5, 20.2],
+                                      [10.0, 10.5, 9.7, 10.2, 9.8, 10.1]))
+    assert reached.verdict == "worse" and reached.note == ""
+
+
+def test_a_lower_bound_is_declared_only_where_lower_is_better():
+    from gap_study.report.protocol import ClaimTest
+
+    with pytest.raises(ValueError, match="higher-is-better"):
+        ClaimTest("c", "test_accuracy", False, "accuracy", True, at_least="x")
+    bounded = [t for t in PROTOCOL if t.at_least]
+    assert [(t.metric, t.at_least) for t in bounded] == [
+        ("time_to_target", "time_to_target_at_least")]

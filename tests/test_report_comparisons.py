@@ -246,6 +246,25 @@ def test_judge_family_bh_q_values_and_verdicts(family):
     assert judged["trivial"].tolist() == [False, False, True, False]
 
 
+def test_a_measured_row_without_p_values_counts_in_its_family_and_never_rejects(family):
+    # a comparison the data could not make (or of one pair) is still a test of the family:
+    # the others pay for it as if it had been made with p = 1
+    untested = pd.concat([family, family.iloc[[0]].assign(
+        head="nin", p_difference=np.nan, p_equivalence=np.nan, improvement=np.nan)],
+        ignore_index=True)
+    for adjust, adjuster in (("holm", holm), ("bh", bh_q_values)):
+        judged = judge_family(untested, adjust=adjust)
+        np.testing.assert_allclose(judged["p_difference_adjusted"][:3],
+                                   adjuster([0.01, 0.04, 0.03, 1.0])[:3])
+        np.testing.assert_allclose(judged["p_equivalence_adjusted"][:3],
+                                   adjuster([0.5, 0.2, 0.001, 1.0])[:3])
+        assert np.isnan(judged["p_difference_adjusted"].iloc[4])
+        assert judged["verdict"].iloc[4] == "inconclusive"
+    # Holm over four tests: gap's 0.01 becomes 0.04, still better
+    assert judge_family(untested, adjust="holm")["verdict"].tolist()[:4] == [
+        "better", "inconclusive", "equivalent", "better"]
+
+
 def test_judge_family_rejects_an_unknown_adjustment(family):
     with pytest.raises(ValueError, match="bonferroni"):
         judge_family(family, adjust="bonferroni")

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from gap_study.report.claims import CLAIMS, PROTOCOL
 from gap_study.report.dvc_views import (
     CLAIM_KEYS,
     HEADLINE_METRICS,
@@ -20,6 +19,7 @@ from gap_study.report.dvc_views import (
     verdict_record,
     write_dvc_views,
 )
+from gap_study.report.protocol import CLAIMS, PROTOCOL
 
 HEADS = ["dense", "gap"]
 

@@ -204,13 +204,14 @@ def test_every_comparison_a_tested_head_loses_is_named_primary_or_secondary():
     assert secondary_facts(pd.DataFrame()).counts == {}
 
 
-def test_underfits_is_defined_only_where_a_comparison_carries_the_note():
+def test_a_note_is_explained_only_where_a_comparison_carries_it():
     rows = pd.DataFrame([{**_row("gap", "dense", 0.02, "better"), "role": "secondary",
-                          "note": note} for note in ("", "")])
-    assert not secondary_facts(rows).underfits
-    rows.loc[1, "note"] = "underfits"
-    assert secondary_facts(rows).underfits
-    assert not secondary_facts(pd.DataFrame()).underfits
+                          "note": note} for note in ("", "", "")])
+    assert secondary_facts(rows).notes == ()
+    rows.loc[1, "note"] = "not made"
+    rows.loc[2, "note"] = "underfits"
+    assert secondary_facts(rows).notes == ("underfits", "not made")
+    assert secondary_facts(pd.DataFrame()).notes == ()
 
 
 def test_runs_that_never_reach_the_time_target_are_counted_per_head():
@@ -218,7 +219,7 @@ def test_runs_that_never_reach_the_time_target_are_counted_per_head():
 
     main = pd.DataFrame({"head": ["dense"] * 3 + ["gap"] * 3,
                          "epochs_to_target": [3.0, 4.0, 3.0, 5.0, float("nan"), float("nan")]})
-    # gap's two misses drop out of its time to the target: the report must say so
+    # gap's two misses drop out of its per-head time to the target: the report says so
     assert _missed(main, ["dense", "gap"]) == [("gap", 2, 3)]
     assert _missed(main.assign(epochs_to_target=1.0), ["dense", "gap"]) == []
 

@@ -29,6 +29,7 @@ def test_an_improvement_is_signed_in_points_once_and_an_exact_one_says_so():
     assert format_improvement(990.0, 990.0, 990.0, "params_head") == "+990 (exact)"
     assert format_improvement(0.5, math.nan, math.nan, "train_loss") == "+0.500"
     assert format_improvement(-0.2, -0.3, -0.1, "seconds_per_step") == "-20% [-30%, -10%]"
+    assert format_improvement(math.nan, math.nan, math.nan, "test_loss") == "no comparison"
 
 
 def test_grouped_stat_table_has_a_row_per_group_in_head_order():

@@ -165,3 +165,16 @@ def test_without_the_exact_cell_or_shift_trained_runs_their_paragraphs_are_left_
     assert "**Exact invariance.**" not in text and "**What training adds.**" not in text
     assert "**Exact invariance.**" in render_report(facts)
     assert "**What training adds.**" in render_report(facts)
+
+
+def test_a_comparison_not_made_is_named_and_explained_not_printed_as_nan(
+        layout, monkeypatch):  # noqa: F811
+    # no seed shares 80 recognised objects of 80: no head-against-head map test is made
+    monkeypatch.setattr("gap_study.report.per_image.MIN_SHARED_OBJECTS", 81)
+    facts = _facts(layout)
+    text = render_report(facts)
+    assert "*not made*: the two heads share too few recognised objects" in text
+    assert not re.search(r"\bnan\b", text)
+    primary = facts.csv["primary_comparisons"]
+    unmade = primary[primary.verdict == "inconclusive (not made)"]
+    assert len(unmade) and set(unmade["improvement [equivalence interval]"]) == {"no comparison"}

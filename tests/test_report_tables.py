@@ -4,6 +4,7 @@ study tables and the headline metrics."""
 import math
 
 import pandas as pd
+import pytest
 
 from gap_study.report.tables import (
     HEADLINE_METRICS,
@@ -17,6 +18,7 @@ from gap_study.report.tables import (
     phase_accuracy,
     phase_table,
     study_tables,
+    time_to_target,
 )
 
 
@@ -116,3 +118,18 @@ def test_phase_table_averages_each_phase_per_seed_then_over_seeds():
     assert table.set_index("head").to_dict("index") == {
         "gap": {"(0,0)": 90.0, "(1,0)": 55.0, "(0,1)": 20.0, "(1,1)": 20.0},
         "dense": {"(0,0)": 100.0, "(1,0)": 100.0, "(0,1)": 100.0, "(1,1)": 100.0}}
+
+
+def test_a_run_that_never_reaches_the_target_has_its_whole_training_as_a_lower_bound():
+    # seed 0 reaches 0.9 at epoch 2; seed 1 never does in its 3 epochs
+    history = pd.DataFrame({"head": "gap", "fraction": 1.0, "train_shift": 0,
+                            "seed": [0, 0, 0, 1, 1, 1], "epoch": [1, 2, 3] * 2,
+                            "val_accuracy": [0.5, 0.92, 0.95, 0.5, 0.7, 0.85]})
+    steps = pd.DataFrame({"head": "gap", "round": [0, 1], "seconds_per_step": [0.02, 0.01]})
+    times = time_to_target(history, steps, target=0.9, steps_per_epoch=10).set_index("seed")
+    assert times.loc[0, "epochs_to_target"] == 2
+    assert times.loc[0, "time_to_target"] == pytest.approx(2 * 10 * 0.01)  # best round
+    assert math.isnan(times.loc[0, "time_to_target_at_least"])
+    assert math.isnan(times.loc[1, "epochs_to_target"])
+    assert math.isnan(times.loc[1, "time_to_target"])
+    assert times.loc[1, "time_to_target_at_least"] == pytest.approx(3 * 10 * 0.01)

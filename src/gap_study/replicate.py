@@ -34,8 +34,8 @@ from typing import Any
 import pandas as pd
 
 from gap_study.pipeline.io import write_csv, write_json, write_text
-from gap_study.report.claims import PROTOCOL, PROTOCOL_VERSION, changed_between
 from gap_study.report.formatting import format_effect
+from gap_study.report.protocol import PROTOCOL, PROTOCOL_VERSION, changed_between
 
 __all__ = ["DECISIVE", "Study", "beside_published", "outcome", "publish", "read_study",
            "readme_section", "replication_table", "update_readme"]

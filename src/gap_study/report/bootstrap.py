@@ -1,4 +1,4 @@
-"""Paired bootstrap intervals and tests for one comparison of two heads (protocol version 4,
+"""Paired bootstrap intervals and tests for one comparison of two heads (since protocol version 4,
 ``docs/study.md``, "Statistics and verdicts"). NumPy and SciPy only: no torch, no plotting.
 
 The unit of analysis is (seed, test image). For a metric with a value per test image, ``a`` and

@@ -1,135 +1,27 @@
-"""The write-up's claims as declared tests, and their verdicts (``docs/study.md``, "The
-write-up's claims" and "Statistics and verdicts").
+"""The declared tests run, and their verdicts (``docs/study.md``, "Statistics and verdicts").
 
-``PROTOCOL`` is the pre-declared analysis: for every claim its primary metrics (the ones its
-verdict rests on) and secondary ones (reported, labelled secondary), which way is better, the
-equivalence margin, the baselines and the runs compared. ``claim_comparisons`` runs it:
-every pooling head that replaces the dense layers (``heads_under_test``) against each baseline,
-paired by seed (by round for the timed steps); Holm within each claim's primary family,
-Benjamini-Hochberg q-values over all secondary tests; every row ends ``better``, ``worse``,
-``equivalent`` or ``inconclusive`` (``gap_study.report.comparisons``).
+``claim_comparisons`` runs ``gap_study.report.protocol.PROTOCOL``: every pooling head that
+replaces the dense layers (``heads_under_test``) against each baseline, paired by seed (by
+round for the timed steps); Holm within each claim's primary family, Benjamini-Hochberg
+q-values over all secondary tests; every row ends ``better``, ``worse``, ``equivalent`` or
+``inconclusive`` (``gap_study.report.comparisons``, ``gap_study.report.decisions``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
-from gap_study.nets.architecture import HEADS_UNDER_TEST
-from gap_study.report.comparisons import Margin, comparison_row
+from gap_study.report.comparisons import Comparison, Margin, comparison_row
 from gap_study.report.decisions import judge_family
 from gap_study.report.per_image import ImageTables, PerImageValues, is_recognised
+from gap_study.report.protocol import PROTOCOL, ClaimTest, heads_under_test, setting_label
 
-__all__ = [
-    "CHANGED_IN",
-    "CLAIMS",
-    "PROTOCOL",
-    "PROTOCOL_VERSION",
-    "ClaimTest",
-    "changed_between",
-    "claim_comparisons",
-    "claim_verdicts",
-    "claims_record",
-    "heads_under_test",
-    "largest_comparison",
-    "setting_label",
-]
-
-# The version of ``docs/study.md``'s protocol that ``PROTOCOL`` and the statistics implement
-# (``CHANGELOG.md`` lists what each version changed).
-PROTOCOL_VERSION = 5
-# The primary tests whose analysis a version changed, as (claim, metric): their verdicts are
-# not compared across that version (``gap_study.replicate``).
-CHANGED_IN: dict[int, frozenset[tuple[str, str]]] = {
-    5: frozenset({("feature maps tied to classes", "pointing_gradcam_two_objects_recognised")}),
-}
-
-# The write-up's claims, in the report's order (its words for each: ``docs/study.md``, "The
-# write-up's claims")
-CLAIMS = ("fewer parameters", "less overfitting", "more translation robust", "faster training",
-          "feature maps tied to classes")
-
-
-@dataclass(frozen=True)
-class ClaimTest:
-    """A declared test: ``metric`` of each tested head against each of ``baselines`` (head
-    names, or ``ref:<column>`` for a reference level measured on the same images), on the
-    runs ``runs`` names (``main``: whole training set, centred; ``fractions``: each training
-    fraction, centred; ``speed``: the speed stage's rounds), with margin ``margin`` (a key
-    of ``report.margins``, or ``exact``)."""
-
-    claim: str
-    metric: str
-    lower_is_better: bool
-    margin: str
-    primary: bool
-    baselines: tuple[str, ...] = ("dense",)
-    runs: str = "main"
-
-
-DENSE_BASELINES = ("dense", "dense_dropout")
-PROTOCOL: tuple[ClaimTest, ...] = (
-    ClaimTest("fewer parameters", "params_head", True, "exact", True),
-    ClaimTest("fewer parameters", "params_total", True, "exact", False),
-    ClaimTest("less overfitting", "test_accuracy", False, "accuracy", True, DENSE_BASELINES,
-         "fractions"),
-    ClaimTest("less overfitting", "test_loss", True, "loss", True, DENSE_BASELINES, "fractions"),
-    ClaimTest("less overfitting", "overfit_gap", True, "accuracy", False, DENSE_BASELINES,
-         "fractions"),
-    ClaimTest("less overfitting", "loss_gap", True, "loss", False, DENSE_BASELINES, "fractions"),
-    ClaimTest("more translation robust", "consistency_exact", False, "consistency", True),
-    ClaimTest("more translation robust", "shift_accuracy_mean", False, "accuracy", False),
-    ClaimTest("more translation robust", "other_shift_accuracy", False, "accuracy", False),
-    ClaimTest("more translation robust", "flip_rate_all_pairs", True, "consistency", False),
-    ClaimTest("more translation robust", "consistency", False, "consistency", False),
-    ClaimTest("more translation robust", "flip_rate", True, "consistency", False),
-    ClaimTest("faster training", "seconds_per_step", True, "time", True, runs="speed"),
-    ClaimTest("faster training", "time_to_target", True, "time", True),
-    # two objects of different classes per canvas: a class's map must find its own object, which
-    # the class-agnostic ink map does for at most one of the two; Grad-CAM scores every head.
-    # Protocol 4: only the objects the head recognises alone at their position count, so that
-    # a head that cannot recognise a moved object does not lose pointing for it; gap_hidden
-    # (global pooling, then a hidden layer) asks whether removing the fully connected layers,
-    # as the write-up says, is what ties the maps to the classes
-    ClaimTest("feature maps tied to classes", "pointing_gradcam_two_objects_recognised", False,
-              "accuracy", True,
-              ("dense", "gap_hidden", "ref:pointing_ink_two_objects_recognised")),
-    ClaimTest("feature maps tied to classes", "pointing_gradcam_two_objects", False, "accuracy",
-              False, ("dense", "ref:pointing_ink_two_objects")),
-    ClaimTest("feature maps tied to classes", "pointing_two_objects", False, "accuracy", False,
-              ("ref:pointing_ink_two_objects",)),
-    # one object on a blank canvas: any map that finds ink points at it
-    ClaimTest("feature maps tied to classes", "pointing_accuracy_shifted", False, "accuracy",
-              False, ("ref:pointing_centre_prior_shifted",)),
-    ClaimTest("feature maps tied to classes", "pointing_gradcam_shifted", False, "accuracy", False,
-         ("dense", "ref:pointing_ink_shifted")),
-)
-
-
-def changed_between(first: int, second: int) -> frozenset[tuple[str, str]]:
-    """The (claim, metric) tests whose analysis changed between protocol versions ``first``
-    and ``second`` (either order)."""
-    low, high = sorted((first, second))
-    return frozenset().union(*(tests for version, tests in CHANGED_IN.items()
-                               if low < version <= high))
-
-
-def heads_under_test(heads: Sequence[str]) -> list[str]:
-    """The heads the claims are about, in order: those whose global pooling replaces the dense
-    layers (the pooled linear heads and ``nin``). The other heads are baselines and controls."""
-    return [h for h in heads if h in HEADS_UNDER_TEST]
-
-
-def setting_label(fraction: float, train_shift: int, train_images: int | None = None) -> str:
-    """How a group of runs was trained, in words."""
-    data = "all training images" if fraction == 1 else f"{fraction:.0%} of the training images"
-    if train_images is not None:
-        data += f" ({train_images:,})"
-    moves = "centred" if train_shift == 0 else f"random shifts up to {train_shift} px"
-    return f"{data}, {moves}"
+__all__ = ["claim_comparisons", "claim_verdicts", "claims_record", "largest_comparison"]
 
 
 def _groups(test: ClaimTest, results: pd.DataFrame,
@@ -149,28 +41,43 @@ def _groups(test: ClaimTest, results: pd.DataFrame,
                              int(runs["train_images"].iloc[0])), fraction, runs, "seed")
 
 
-def _paired(frame: pd.DataFrame, head: str, baseline: str, metric: str,
-            key: str) -> tuple[pd.Series, pd.Series] | None:
-    """The head's values and the baseline's (a head, or a ``ref:`` column of the head's own
-    rows), matched on ``key``; ``None`` when either is missing."""
-    ours = frame[frame["head"] == head].set_index(key)
-    if metric not in ours or ours[metric].isna().all():
-        return None
+def _paired(frame: pd.DataFrame, test: ClaimTest, head: str, baseline: str,
+            key: str) -> pd.DataFrame | None:
+    """The head's values (``ours``) and the baseline's (``theirs``: a head, or a ``ref:``
+    column of the head's own rows), matched on ``key``, and which of them are a run's lower
+    bound (``test.at_least``) standing for a value it never reached; ``None`` when a side has
+    no values."""
+    ours = _side(frame[frame["head"] == head].set_index(key), test.metric, test.at_least)
     if baseline.startswith("ref:"):
-        theirs = ours[baseline.removeprefix("ref:")]
+        theirs = _side(frame[frame["head"] == head].set_index(key),
+                       baseline.removeprefix("ref:"), None)
     else:
-        other = frame[frame["head"] == baseline].set_index(key)
-        if other.empty or other[metric].isna().all():
-            return None
-        theirs = other[metric]
-    both = pd.concat([ours[metric], theirs], axis=1, join="inner").dropna()
-    return (both.iloc[:, 0], both.iloc[:, 1]) if len(both) else None
+        theirs = _side(frame[frame["head"] == baseline].set_index(key), test.metric,
+                       test.at_least)
+    if ours is None or theirs is None:
+        return None
+    both = pd.concat([ours, theirs], axis=1, join="inner", keys=["ours", "theirs"])
+    both = both[both["ours", "value"].notna() & both["theirs", "value"].notna()]
+    return both if len(both) else None
+
+
+def _side(rows: pd.DataFrame, metric: str, at_least: str | None) -> pd.DataFrame | None:
+    """One side's ``value`` of ``metric`` per run, the run's lower bound ``at_least`` where it
+    has none (``bounded``); ``None`` without any value."""
+    if metric not in rows:
+        return None
+    values = rows[metric]
+    bounds = rows[at_least] if at_least in rows else pd.Series(math.nan, index=rows.index)
+    side = pd.DataFrame({"value": values.fillna(bounds),
+                         "bounded": values.isna() & bounds.notna()})
+    return None if side["value"].isna().all() else side
 
 
 @dataclass(frozen=True)
 class _Job:
     """One comparison ``PROTOCOL`` asks for: the runs of its setting (``frame``, paired on
-    ``key``), the head, the baseline and both sides' values in pair order."""
+    ``key``), the head, the baseline, and both sides' values in pair order with the pairs
+    whose value is a lower bound (``pairs``: columns ``(ours|theirs, value|bounded)``)."""
 
     test: ClaimTest
     setting: str
@@ -179,8 +86,20 @@ class _Job:
     key: str
     head: str
     baseline: str
-    ours: pd.Series
-    theirs: pd.Series
+    pairs: pd.DataFrame
+
+    @property
+    def ours(self) -> pd.Series:
+        return self.pairs["ours", "value"]
+
+    @property
+    def theirs(self) -> pd.Series:
+        return self.pairs["theirs", "value"]
+
+    def bounded(self) -> dict[str, int]:
+        """How many of each side's values are lower bounds."""
+        return {"bounded_head": int(self.pairs["ours", "bounded"].sum()),
+                "bounded_baseline": int(self.pairs["theirs", "bounded"].sum())}
 
 
 def _jobs(results: pd.DataFrame, step_times: pd.DataFrame,
@@ -190,9 +109,9 @@ def _jobs(results: pd.DataFrame, step_times: pd.DataFrame,
         for setting, fraction, frame, key in _groups(test, results, step_times):
             for head in heads_under_test(heads):
                 for baseline in test.baselines:
-                    pair = _paired(frame, head, baseline, test.metric, key)
-                    if pair is not None:
-                        yield _Job(test, setting, fraction, frame, key, head, baseline, *pair)
+                    pairs = _paired(frame, test, head, baseline, key)
+                    if pairs is not None:
+                        yield _Job(test, setting, fraction, frame, key, head, baseline, pairs)
 
 
 # What a reference level is called where a head's name would stand.
@@ -222,29 +141,36 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
     and the test images where ``per_image`` has both sides' values of the metric, and the
     pairs (seeds, or the speed stage's rounds) alone elsewhere. Two heads on recognised
     objects are compared on the objects both recognise (``PerImageValues.pair``), which needs
-    ``per_image``: without it, or without enough shared objects, that comparison is not made,
-    and its claim's Holm family is one smaller."""
+    ``per_image``: without it, or without enough shared objects, that comparison is not made
+    (``note``: ``not made``), and its family counts it as a test that never rejects.
+
+    A run without a value of a test's metric counts at its lower bound where the test names
+    one (``ClaimTest.at_least``: a run that never reached the time target, at its whole
+    training time); ``bounded_head`` and ``bounded_baseline`` count them, and a verdict that
+    the bounds could have made is ``inconclusive`` (``note``: ``bounded``; ``_bounded``)."""
     jobs = [(job, _tables(job, per_image)) for job in _jobs(results, step_times, heads)]
-    jobs = [(job, tables) for job, tables in jobs if tables is not None or not _joint(job)]
     family = pd.Series([job.test.claim for job, _ in jobs if job.test.primary]).value_counts()
     rows = []
     for job, tables in jobs:
         test = job.test
         margin = _margin(test, margins)
-        ours, theirs = tables.seed_means() if _joint(job) else (job.ours.to_numpy(),
-                                                                job.theirs.to_numpy())
-        row = comparison_row(
-            ours, theirs, lower_is_better=test.lower_is_better,
-            margin=margin, confidence=confidence,
-            alpha_for_mde=alpha / family[test.claim] if test.primary else alpha,
-            exact=test.margin == "exact", tables=tables, replicates=f"{job.key}s",
-            **dict(bootstrap or {}))
+        if _joint(job) and tables is None:
+            row = _not_made()
+        else:
+            ours, theirs = tables.seed_means() if _joint(job) else (job.ours.to_numpy(),
+                                                                    job.theirs.to_numpy())
+            row = comparison_row(
+                ours, theirs, lower_is_better=test.lower_is_better,
+                margin=margin, confidence=confidence,
+                alpha_for_mde=alpha / family[test.claim] if test.primary else alpha,
+                exact=test.margin == "exact", tables=tables, replicates=f"{job.key}s",
+                **dict(bootstrap or {}))
         rows.append({"claim": test.claim, "metric": test.metric,
                      "role": "primary" if test.primary else "secondary",
                      "setting": job.setting, "fraction": job.fraction, "head": job.head,
                      "baseline": _baseline_name(job.baseline), "margin": margin.value,
                      "lower_is_better": test.lower_is_better, "relative": margin.relative,
-                     **row})
+                     **row, **job.bounded()})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -253,9 +179,32 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
                                       p_equivalence=table.p_equivalence_t, resampled=None),
                          alpha)
     table = _judged(table, alpha).drop(columns="resampled")
-    table["verdict_seeds_only"] = seeds_only["verdict"]
-    table["note"] = _underfitting_notes(table, results)
+    table["verdict_seeds_only"] = _bounded(seeds_only)["verdict"]
+    table = _bounded(table)
+    table["note"] = _notes(table, results)
     return table.reset_index(drop=True)
+
+
+def _not_made() -> dict:
+    """The row of a comparison the data cannot make: no pairs, no statistics."""
+    nan = math.nan
+    return dataclasses.asdict(Comparison(
+        n=0, head_mean=nan, baseline_mean=nan, improvement=nan, ci_low=nan, ci_high=nan,
+        p_difference=nan, p_equivalence=nan, mde=nan, exact=False, sources="not made"))
+
+
+def _bounded(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each verdict that its lower bounds could have made ``inconclusive``. A
+    lower bound flatters its side of a lower-is-better metric (``ClaimTest`` allows bounds on
+    no other): a head's bounds can make it look ``better`` than it is, a baseline's ``worse``,
+    and either ``equivalent``."""
+    verdict, head, baseline = table["verdict"], table.bounded_head > 0, table.bounded_baseline > 0
+    unsafe = ((verdict == "better") & head) | ((verdict == "worse") & baseline) \
+        | ((verdict == "equivalent") & (head | baseline))
+    out = table.assign(verdict=verdict.mask(unsafe, "inconclusive"))
+    if "trivial" in out:
+        out["trivial"] &= out["verdict"] == "equivalent"
+    return out
 
 
 def _margin(test: ClaimTest, margins: Mapping[str, float]) -> Margin:
@@ -286,11 +235,12 @@ def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     return pd.concat(judged).sort_index()
 
 
-def _underfitting_notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]:
-    """``underfits`` where a head's smaller train-test gap comes with lower train accuracy
-    than its baseline's (the same centred runs) and a test accuracy that is not better by
-    its own comparison: the gap shrank because the head fits its training set less, not
-    because it generalises better."""
+def _notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]:
+    """Each row's note: ``not made`` (no pairs); ``bounded`` (some runs at their lower bound,
+    ``_bounded``); or ``underfits``, where a head's smaller train-test gap comes with lower
+    train accuracy than its baseline's (the same centred runs) and a test accuracy that is not
+    better by its own comparison: the gap shrank because the head fits its training set less,
+    not because it generalises better."""
     centred = results[results["train_shift"] == results["train_shift"].min()]
     train = centred.groupby(["head", "fraction"])["train_accuracy"].mean()
     test_verdict = table[table.metric == "test_accuracy"].set_index(
@@ -303,7 +253,9 @@ def _underfitting_notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]
                      and (row.baseline, row.fraction) in train.index
                      and train[row.head, row.fraction] < train[row.baseline, row.fraction]
                      and test_verdict.get(key) != "better")
-        notes.append("underfits" if fits_less else "")
+        bounded = row.bounded_head + row.bounded_baseline > 0
+        notes.append("not made" if row.n == 0 else "bounded" if bounded
+                     else "underfits" if fits_less else "")
     return notes
 
 
@@ -333,7 +285,8 @@ def largest_comparison(rows: pd.DataFrame) -> tuple[pd.Series, bool, str]:
     several settings (else ``""``): the comparison a claim's line names."""
     decided = rows[rows["verdict"].isin(["better", "worse"])]
     pool = decided if len(decided) else rows
-    top = pool.loc[pool["improvement"].abs().idxmax()]
+    # a comparison not made has no effect: it is named only where no other was made
+    top = pool.loc[pool["improvement"].abs().fillna(-1.0).idxmax()]
     return top, bool(len(decided)), f", {top.setting}" if rows["setting"].nunique() > 1 else ""
 
 

@@ -1,4 +1,4 @@
-"""One pre-declared comparison (protocol version 4; ``docs/study.md``, section "Statistics and
+"""One pre-declared comparison (since protocol version 4; ``docs/study.md``, section "Statistics and
 verdicts"): one head against a baseline on one metric, with the tests and intervals its verdict
 reads (``gap_study.report.decisions`` adjusts them within families and decides).
 

@@ -1,4 +1,4 @@
-"""The verdicts of the study's comparisons (protocol version 4; ``docs/study.md``, section
+"""The verdicts of the study's comparisons (``docs/study.md``, section
 "Statistics and verdicts"): ``better``, ``worse``, ``equivalent`` or ``inconclusive``, from
 p-values adjusted within a family.
 
@@ -112,15 +112,20 @@ def judge_family(comparisons: pd.DataFrame, *, adjust: str, alpha: float = 0.05)
     adjusted difference test also rejects.
 
     Difference and equivalence p-values are adjusted separately; exact rows are left out of
-    both families (their adjusted values are nan) and keep their exact verdict.
+    both families (their adjusted values are nan) and keep their exact verdict. A measured row
+    without a p-value (a comparison the data could not make, or of a single pair) stays in
+    its family as an untested hypothesis, p = 1: it never rejects, and the family's other
+    tests still pay for it, as they would have had it been made. Its adjusted values are nan.
     """
     if adjust not in _ADJUSTERS:
         raise ValueError(f"adjust must be one of {sorted(_ADJUSTERS)}, got {adjust!r}")
     out = comparisons.copy()
     exact = out["exact"].astype(bool).to_numpy()
     for column in ("p_difference", "p_equivalence"):
-        p = np.where(exact, np.nan, out[column].to_numpy(dtype=float))
-        out[f"{column}_adjusted"] = _ADJUSTERS[adjust](p)
+        p = out[column].to_numpy(dtype=float)
+        untested = ~exact & np.isnan(p)
+        adjusted = _ADJUSTERS[adjust](np.where(exact, np.nan, np.where(untested, 1.0, p)))
+        out[f"{column}_adjusted"] = np.where(untested, np.nan, adjusted)
     out["verdict"] = [
         _decide(float(imp), bool(ex), float(p_d), float(p_e), alpha)
         for imp, ex, p_d, p_e in zip(out["improvement"], exact, out["p_difference_adjusted"],

@@ -102,8 +102,11 @@ def format_magnitude(value: float, metric: str) -> str:
 
 
 def format_improvement(diff: float, low: float, high: float, metric: str) -> str:
-    """``diff [low, high]``; just ``diff (exact)`` when the interval has no width. For a
-    metric compared as a ratio (``RELATIVE``) the improvement is a share of the baseline."""
+    """``diff [low, high]``; just ``diff (exact)`` when the interval has no width; ``no
+    comparison`` without a ``diff`` (a comparison not made). For a metric compared as a ratio
+    (``RELATIVE``) the improvement is a share of the baseline."""
+    if math.isnan(diff):
+        return "no comparison"
     if math.isnan(low):
         return _improvement_number(diff, metric)
     if low == high:

@@ -231,16 +231,20 @@ def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: f
     """Epochs (``epochs_to_target``) and seconds (``time_to_target``) each main run needs to
     reach validation accuracy ``target``: the first epoch at or above it, and the optimizer
     steps up to it times the head's step time from the speed stage (its best round). ``nan``
-    for a run that never reaches it. One row per run."""
+    for a run that never reaches it, which has ``time_to_target_at_least`` instead: its whole
+    training at that step time, a lower bound of the time it would need. One row per run."""
     step = step_times.groupby("head")["seconds_per_step"].min()
     main = main_runs(history)
     reached = main[main["val_accuracy"] >= target].groupby(RUN_KEYS)["epoch"].min()
+    trained = main.groupby(RUN_KEYS)["epoch"].max()
     runs = main[RUN_KEYS].drop_duplicates().set_index(RUN_KEYS)
-    epochs = reached.reindex(runs.index)
-    seconds = epochs.to_numpy() * steps_per_epoch * step.reindex(
-        runs.index.get_level_values("head")).to_numpy()
-    return runs.assign(epochs_to_target=epochs.to_numpy(),
-                       time_to_target=seconds).reset_index()
+    epochs = reached.reindex(runs.index).to_numpy()
+    per_epoch = steps_per_epoch * step.reindex(runs.index.get_level_values("head")).to_numpy()
+    missed = np.isnan(epochs)
+    return runs.assign(
+        epochs_to_target=epochs, time_to_target=epochs * per_epoch,
+        time_to_target_at_least=np.where(missed, trained.reindex(runs.index).to_numpy()
+                                         * per_epoch, np.nan)).reset_index()
 
 
 def phase_table(grid: pd.DataFrame, stride: int, heads: Sequence[str]) -> pd.DataFrame:

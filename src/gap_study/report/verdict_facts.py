@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from gap_study.report.claims import CLAIMS, PROTOCOL, largest_comparison
+from gap_study.report.claims import largest_comparison
 from gap_study.report.formatting import (
     METRIC_LABELS,
     format_effect,
@@ -20,6 +20,7 @@ from gap_study.report.formatting import (
     format_magnitude,
     format_number,
 )
+from gap_study.report.protocol import CLAIMS, PROTOCOL
 
 __all__ = ["ClaimFacts", "MetricVerdict", "Secondary", "claim_facts", "comparison_table",
            "secondary_facts"]
@@ -80,17 +81,21 @@ def claim_facts(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> list[Claim
     return claims
 
 
+# a comparison's notes (``gap_study.report.claims``), in the order the report explains them
+NOTES = ("underfits", "bounded", "not made")
+
+
 @dataclass(frozen=True)
 class Secondary:
     """The secondary comparisons: how many came out which way; every comparison a tested
     head lost, primary or secondary (``worse``: head, baseline, metric's name with
     "(secondary)" where it is one, improvement [CI]), so that a primary loss that is not its
-    claim's largest effect is named too; ``underfits``: whether any comparison carries that
-    note."""
+    claim's largest effect is named too; ``notes``: the comparisons' notes (``underfits``,
+    ``bounded``, ``not made``), each once, in ``NOTES``' order."""
 
     counts: dict[str, int]
     worse: list[tuple[str, str, str, str]]
-    underfits: bool = False
+    notes: tuple[str, ...] = ()
 
 
 def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
@@ -103,7 +108,7 @@ def secondary_facts(comparisons: pd.DataFrame) -> Secondary:
         {w: int(counts[w]) for w in _COUNTS if counts.get(w, 0)},
         [(r.head, r.baseline, METRIC_LABELS.get(r.metric, r.metric)
           + (" (secondary)" if r.role == "secondary" else ""), _effect(r))
-         for r in worse.itertuples()], bool((notes == "underfits").any()))
+         for r in worse.itertuples()], tuple(n for n in NOTES if (notes == n).any()))
 
 
 def _effect(row: Any) -> str:
@@ -114,7 +119,7 @@ def _effect(row: Any) -> str:
 
 def _verdict_word(row: Any) -> str:
     """A row's verdict, with ``trivial difference`` for an equivalent row whose difference
-    is real but inside the margin, and its note (``underfits``)."""
+    is real but inside the margin, and its note (``NOTES``)."""
     word = "equivalent (trivial difference)" if bool(row.trivial) else str(row.verdict)
     return f"{word} ({row.note})" if getattr(row, "note", "") else word
 
