@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -120,7 +121,9 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
     ``results`` holds the evaluation metrics plus ``seconds_per_epoch``/``images_per_second``,
     the median epoch of that run (metrics measured only on the whole training set are empty
     for smaller fractions); ``records`` the train and evaluate stages' run records;
-    ``step_times`` the speed stage's interleaved timing, per head and round.
+    ``step_times`` the speed stage's interleaved timing, per head and round. The stages' tables
+    of every head (speed, tuning, mechanism) keep the rows of ``heads``: a report of fewer
+    heads than the study ran (``run_notebook -p heads``) is a report of those heads.
     """
     metrics, grids, histories, cams = [], [], [], {}
     for head in heads:
@@ -143,13 +146,19 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
         records={"train": json.loads(layout.train_run.read_text()),
                  "evaluate": json.loads(layout.eval_run.read_text()),
                  "mechanism": json.loads(layout.mechanism_run.read_text())},
-        step_times=pd.read_csv(layout.step_times),
+        step_times=_of_heads(layout.step_times, heads),
         speed_run=json.loads(layout.speed_run.read_text()),
-        tuning=pd.read_csv(layout.tuning),
-        tuning_runs=pd.read_csv(layout.tuning_runs),
-        tune_choices=pd.read_csv(layout.tune_choices),
-        mechanism=pd.read_csv(layout.mechanism_runs),
-        mechanism_grid=pd.read_csv(layout.mechanism_grid))
+        tuning=_of_heads(layout.tuning, heads),
+        tuning_runs=_of_heads(layout.tuning_runs, heads),
+        tune_choices=_of_heads(layout.tune_choices, heads),
+        mechanism=_of_heads(layout.mechanism_runs, heads),
+        mechanism_grid=_of_heads(layout.mechanism_grid, heads))
+
+
+def _of_heads(path: Path, heads: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``heads`` in the table at ``path``."""
+    table = pd.read_csv(path)
+    return table[table["head"].isin(heads)].reset_index(drop=True)
 
 
 def with_derived_metrics(collected: CollectedResults, *, time_target: float) -> pd.DataFrame:
