@@ -161,18 +161,25 @@ def update_readme(readme: Path, studies: Sequence[Study], *, check: bool = False
 def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESULTS) -> Path:
     """Copy a finished study's verdicts and summary from ``reports`` to ``results/<name>``,
     with its record: the data set, the protocol version and commit of the analysis (the
-    report's), and the machine and threads of its timings."""
+    report stage's ``report_run.json``), the commit its models were trained at, and the
+    machine and threads of its timings."""
     target = results / name
     evaluate = json.loads((reports / "eval" / "run.json").read_text())
     speed = json.loads((reports / "speed" / "run.json").read_text())
     train = json.loads((reports / "train" / "run.json").read_text())
+    if not (reports / "report_run.json").exists():
+        raise FileNotFoundError(f"{reports / 'report_run.json'} is missing: the report stage "
+                                "has not run since it began to record its analysis; run "
+                                "dvc repro, then publish again")
+    analysis = json.loads((reports / "report_run.json").read_text())
     environment = speed["environment"]
     aggregate = pd.read_csv(reports / "aggregate.csv")
     summary = aggregate[aggregate.metric.isin(_SUMMARY_METRICS)][
         ["head", "metric", "n", "mean", "std", "ci_low", "ci_high"]]
     record = {
-        "dataset": evaluate["dataset"], "protocol_version": PROTOCOL_VERSION,
-        "commit": train["environment"]["git_commit"], "heads": evaluate["heads"],
+        "dataset": evaluate["dataset"], "protocol_version": analysis["protocol_version"],
+        "commit": analysis["commit"], "trained_at": train["environment"]["git_commit"],
+        "heads": evaluate["heads"],
         "seeds": train["train"]["seeds"], "train": train["train"],
         "machine": f"{environment['device_name']}, {environment['cpu_capability']} kernels, "
                    f"{speed['threads_per_run']} thread(s) per run, torch {environment['torch']}"}
