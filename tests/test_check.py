@@ -137,3 +137,12 @@ def test_the_test_images_counted_before_the_prepare_stage_are_the_ones_it_keeps(
                                test_fraction=0.3, split_seed=3, max_test=400)
     assert test_images(other) == len(prepared.y_test) == 400
     assert test_images(other.model_copy(update={"max_test": None})) == 540
+
+
+def test_every_data_set_has_a_known_test_split_size():
+    from gap_study.data.sizes import OFFICIAL_TEST_IMAGES
+    from gap_study.pipeline.params import DATA_SETS, STUDY_SPLIT
+
+    # a data set added without one would stop the check stage with a KeyError
+    assert set(OFFICIAL_TEST_IMAGES) | set(STUDY_SPLIT) == set(DATA_SETS)
+    assert not set(OFFICIAL_TEST_IMAGES) & set(STUDY_SPLIT)

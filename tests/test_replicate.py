@@ -191,3 +191,14 @@ def test_publishing_takes_the_protocol_version_the_report_ran_at_not_this_codes(
     (reports / "report_run.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"report_run\.json is missing.*dvc repro"):
         publish("digits", reports=reports, results=tmp_path / "r")
+
+
+def test_a_largest_comparison_not_made_or_bounded_says_so_in_the_table():
+    unmade = {**_entry("undecided", None, None, None), "largest_note": "not made"}
+    bounded = {**_entry("undecided", 0.5, 0.2, 0.9), "largest_note": "bounded"}
+    studies = [_study("digits"), _study("mnist_5k")]
+    studies[0].claims["less overfitting"]["test_accuracy"] = unmade
+    studies[1].claims["less overfitting"]["test_accuracy"] = bounded
+    row = replication_table(studies).set_index("metric").loc["`test_accuracy`"]
+    assert row["digits: largest effect"] == "gap vs dense: no comparison (not made)"
+    assert row["mnist_5k: largest effect"].endswith("(bounded)")

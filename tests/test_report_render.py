@@ -173,11 +173,12 @@ def test_a_comparison_not_made_is_named_and_explained_not_printed_as_nan(
     monkeypatch.setattr("gap_study.report.per_image.MIN_SHARED_OBJECTS", 81)
     facts = _facts(layout)
     text = render_report(facts)
-    assert "*not made*: the two heads share too few recognised objects" in text
+    assert "*not made*: the two heads could not be paired on recognised objects" in text
     assert not re.search(r"\bnan\b", text)
     primary = facts.csv["primary_comparisons"]
     unmade = primary[primary.verdict == "inconclusive (not made)"]
     assert len(unmade) and set(unmade["improvement [equivalence interval]"]) == {"no comparison"}
+    assert set(unmade["head value"]) == set(unmade["baseline value"]) == {""}
 
 
 def test_the_scope_names_the_mechanisms_shift_trained_runs_beside_centred_claims(

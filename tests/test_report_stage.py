@@ -234,8 +234,11 @@ def _write_mechanism(layout: Layout, rng: np.random.Generator) -> None:
         runs, grid = runs + more_runs, grid + more_grid
     pd.DataFrame(runs).to_csv(layout.mechanism_runs, index=False)
     pd.DataFrame(grid).to_csv(layout.mechanism_grid, index=False)
+    labels = [f"{r['head']}-{r['downsample']}-{r['padding']}-shift_{r['train_shift']}-"
+              f"seed_{r['seed']}" for r in runs]
     layout.mechanism_run.write_text(json.dumps({"mechanism": MECHANISM,
-                                                "environment": ENVIRONMENT}))
+                                                "environment": ENVIRONMENT,
+                                                "runs": dict.fromkeys(labels, WORKER)}))
 
 
 @pytest.fixture
@@ -452,3 +455,11 @@ def test_a_report_of_fewer_heads_than_the_study_ran_reads_only_their_rows(layout
     figures = study_figures(collected, tables, comparisons, heads)
     assert set(figures) >= {"time", "tuning"}
     matplotlib.pyplot.close("all")
+
+
+def test_the_facts_take_the_mechanisms_shift_and_workers_from_its_record(layout):
+    facts = _facts(layout)
+    assert facts.scope.mechanism_shift == MECHANISM["train_shift"]
+    runs = len(pd.read_csv(layout.mechanism_runs))
+    assert facts.mechanism_workers == [(WORKER["host"], WORKER["cpu"], WORKER["cpu_capability"],
+                                        WORKER["torch_threads"], runs)]

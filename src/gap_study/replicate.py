@@ -119,12 +119,15 @@ def replication_table(studies: Sequence[Study]) -> pd.DataFrame:
 
 def _effect(entry: Mapping[str, Any], metric: str) -> str:
     """The largest comparison, its effect and the two adjusted intervals its verdict read, as
-    the report gives them: ``+x [equivalence interval] (difference [...])``."""
-    low, high, wide_low, wide_high = (
+    the report gives them: ``+x [equivalence interval] (difference [...])``, and its note
+    (``bounded``: lower bounds in it) where it has one."""
+    low, high, wide_low, wide_high, effect = (
         float("nan") if entry.get(k) is None else float(entry[k])
-        for k in ("adjusted_low", "adjusted_high", "difference_low", "difference_high"))
-    effect = format_effect(float(entry["effect"]), (low, high), (wide_low, wide_high), metric)
-    return f"{entry['largest']}: {effect}"
+        for k in ("adjusted_low", "adjusted_high", "difference_low", "difference_high",
+                  "effect"))
+    text = format_effect(effect, (low, high), (wide_low, wide_high), metric)
+    note = f" ({entry['largest_note']})" if entry.get("largest_note") else ""
+    return f"{entry['largest']}: {text}{note}"
 
 
 def readme_section(studies: Sequence[Study]) -> str:

@@ -215,11 +215,6 @@ class Layout:
     def reports(self) -> Path:
         return self.root / "reports"
 
-    @property
-    def report_run(self) -> Path:
-        """The report stage's record: the protocol version and git commit of the analysis."""
-        return self.reports / "report_run.json"
-
     def kept_runs(self, stage: str) -> Path:
         """Where ``stage`` keeps each run as it finishes, until the stage has written its
         outputs (``gap_study.pipeline.kept``): ignored by git, no DVC output."""

@@ -240,8 +240,9 @@ def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: f
     """Epochs (``epochs_to_target``) and seconds (``time_to_target``) each main run needs to
     reach validation accuracy ``target``: the first epoch at or above it, and the optimizer
     steps up to it times the head's step time from the speed stage (its best round). ``nan``
-    for a run that never reaches it, which has ``time_to_target_at_least`` instead: its whole
-    training at that step time, a lower bound of the time it would need. One row per run."""
+    for a run that never reaches it, which has ``time_to_target_at_least`` instead: one epoch
+    more than it trained, at that step time, a lower bound of the time it would need. One row
+    per run."""
     step = step_times.groupby("head")["seconds_per_step"].min()
     main = main_runs(history)
     reached = main[main["val_accuracy"] >= target].groupby(RUN_KEYS)["epoch"].min()
@@ -252,7 +253,7 @@ def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: f
     missed = np.isnan(epochs)
     return runs.assign(
         epochs_to_target=epochs, time_to_target=epochs * per_epoch,
-        time_to_target_at_least=np.where(missed, trained.reindex(runs.index).to_numpy()
+        time_to_target_at_least=np.where(missed, (trained.reindex(runs.index).to_numpy() + 1)
                                          * per_epoch, np.nan)).reset_index()
 
 
