@@ -105,3 +105,44 @@ def test_a_renamed_key_stops_dvc_repro_before_any_stage_loses_its_outputs(tmp_pa
     assert "Running stage 'prepare'" not in shown
     assert "are missing" not in shown  # DVC's own "Parameters 'train.epochs' are missing"
     assert prepared.read_bytes() == b"an earlier run's data set"
+
+
+def test_more_mechanism_test_images_than_the_data_set_keeps_are_refused_before_any_stage(
+        params_raw, tmp_path, capsys):
+    # digits keeps 450 test images (a quarter of 1,797, stratified); data.max_test caps them
+    params_raw["mechanism"]["test_images"] = 451
+    params, stamp = _write(tmp_path / "params.yaml", params_raw), tmp_path / "ok.txt"
+    assert main(["--params-file", str(params), "--stamp", str(stamp)]) == 2
+    err = capsys.readouterr().err
+    assert ("mechanism.test_images = 451 is more than the 450 test images the prepare stage "
+            "keeps of digits: set it to at most 450, or null for all of them") in err
+    assert not stamp.exists()
+    params_raw["mechanism"]["test_images"] = 450
+    assert main(["--params-file", str(_write(params, params_raw)), "--stamp", str(stamp)]) == 0
+    params_raw["data"]["max_test"] = 300
+    assert main(["--params-file", str(_write(params, params_raw)), "--stamp", str(stamp)]) == 2
+    assert "more than the 300 test images" in capsys.readouterr().err
+
+
+def test_the_test_images_counted_before_the_prepare_stage_are_the_ones_it_keeps(
+        params_raw, digits):
+    from gap_study.data.prepare import prepare_dataset
+    from gap_study.data.sizes import test_images
+    from gap_study.pipeline.params import DataParams
+
+    data = DataParams.model_validate({**params_raw["data"], "digits_size": 16})
+    assert test_images(data) == len(digits.y_test)  # the conftest's 0.25 of digits, seed 0
+    other = data.model_copy(update={"test_fraction": 0.3, "split_seed": 3, "max_test": 400})
+    prepared = prepare_dataset("digits", canvas=other.canvas_size, digits_size=16,
+                               test_fraction=0.3, split_seed=3, max_test=400)
+    assert test_images(other) == len(prepared.y_test) == 400
+    assert test_images(other.model_copy(update={"max_test": None})) == 540
+
+
+def test_every_data_set_has_a_known_test_split_size():
+    from gap_study.data.sizes import OFFICIAL_TEST_IMAGES
+    from gap_study.pipeline.params import DATA_SETS, STUDY_SPLIT
+
+    # a data set added without one would stop the check stage with a KeyError
+    assert set(OFFICIAL_TEST_IMAGES) | set(STUDY_SPLIT) == set(DATA_SETS)
+    assert not set(OFFICIAL_TEST_IMAGES) & set(STUDY_SPLIT)

@@ -89,6 +89,8 @@ def _reports(tmp_path: Path) -> Path:
     (reports / "train" / "run.json").write_text(json.dumps({"environment": environment,
                                                             "train": {"seeds": [0, 1]}}))
     (reports / "claims.json").write_text(json.dumps(_study("digits").claims))
+    (reports / "report_run.json").write_text(json.dumps({"protocol_version": PROTOCOL_VERSION,
+                                                         "commit": "def456"}))
     pd.DataFrame({"head": ["gap", "gap"], "metric": ["test_accuracy", "train_loss"], "n": 2,
                   "mean": [0.99, 0.1], "std": 0.01, "ci_low": 0.9, "ci_high": 1.0}).to_csv(
         reports / "aggregate.csv", index=False)
@@ -116,7 +118,8 @@ def test_publishing_a_study_keeps_its_claims_summary_commit_and_machine(tmp_path
     target = publish("digits", reports=_reports(tmp_path), results=tmp_path / "results")
     study = read_study(target)
     assert study.claims == _study("digits").claims
-    assert study.record["commit"] == "abc123"
+    # the analysis's commit and version (the report stage's), and where the models trained
+    assert (study.record["commit"], study.record["trained_at"]) == ("def456", "abc123")
     assert study.record["protocol_version"] == PROTOCOL_VERSION
     assert study.record["machine"].startswith("AMD EPYC, AVX512 kernels, 1 thread(s)")
     summary = pd.read_csv(target / "summary.csv")
@@ -177,3 +180,25 @@ def test_a_run_is_set_beside_the_studies_published_on_other_data_sets(tmp_path):
     # the run's own data set is the study it reruns, not a replication; none published: none
     assert beside_published(claims, "digits", results) is None
     assert beside_published(claims, "mnist_5k", tmp_path / "nothing") is None
+
+
+def test_publishing_takes_the_protocol_version_the_report_ran_at_not_this_codes(tmp_path):
+    reports = _reports(tmp_path)
+    (reports / "report_run.json").write_text(json.dumps({"protocol_version": 4,
+                                                         "commit": "old789"}))
+    record = read_study(publish("digits", reports=reports, results=tmp_path / "r")).record
+    assert (record["protocol_version"], record["commit"]) == (4, "old789")
+    (reports / "report_run.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"report_run\.json is missing.*dvc repro"):
+        publish("digits", reports=reports, results=tmp_path / "r")
+
+
+def test_a_largest_comparison_not_made_or_bounded_says_so_in_the_table():
+    unmade = {**_entry("undecided", None, None, None), "largest_note": "not made"}
+    bounded = {**_entry("undecided", 0.5, 0.2, 0.9), "largest_note": "bounded"}
+    studies = [_study("digits"), _study("mnist_5k")]
+    studies[0].claims["less overfitting"]["test_accuracy"] = unmade
+    studies[1].claims["less overfitting"]["test_accuracy"] = bounded
+    row = replication_table(studies).set_index("metric").loc["`test_accuracy`"]
+    assert row["digits: largest effect"] == "gap vs dense: no comparison (not made)"
+    assert row["mnist_5k: largest effect"].endswith("(bounded)")

@@ -173,8 +173,47 @@ def test_a_comparison_not_made_is_named_and_explained_not_printed_as_nan(
     monkeypatch.setattr("gap_study.report.per_image.MIN_SHARED_OBJECTS", 81)
     facts = _facts(layout)
     text = render_report(facts)
-    assert "*not made*: the two heads share too few recognised objects" in text
+    assert "*not made*: the two heads could not be paired on recognised objects" in text
     assert not re.search(r"\bnan\b", text)
     primary = facts.csv["primary_comparisons"]
     unmade = primary[primary.verdict == "inconclusive (not made)"]
     assert len(unmade) and set(unmade["improvement [equivalence interval]"]) == {"no comparison"}
+    assert set(unmade["head value"]) == set(unmade["baseline value"]) == {""}
+
+
+def test_the_scope_names_the_mechanisms_shift_trained_runs_beside_centred_claims(
+        layout):  # noqa: F811
+    facts = _facts(layout)
+    centred = dataclasses.replace(facts, scope=dataclasses.replace(
+        facts.scope, train_shifts=[0], mechanism_shift=5))
+    line = next(x for x in render_report(centred).splitlines()
+                if x.startswith("- **Translation**"))
+    assert line == (
+        "- **Translation** is tested as extrapolation: the claims' runs train on centred "
+        "objects and are tested on moved ones; the mechanism experiment's runs trained with "
+        "random shifts up to 5 pixels show what training adds (\"Why global pooling is not "
+        "shift invariant\").")
+    without = dataclasses.replace(facts, scope=dataclasses.replace(
+        facts.scope, train_shifts=[0], mechanism_shift=None))
+    assert "the claims' runs train on centred objects and are tested on moved ones." in \
+        render_report(without)
+
+
+def test_a_padding_that_widens_the_phase_gap_closes_nothing_not_little(
+        layout):  # noqa: F811
+    facts = _facts(layout)
+    verdicts = facts.mechanism.verdicts["gap"]
+    for pad, expected in ((-0.048, "`circular` padding alone closes nothing (-5%)"),
+                          (0.1, "`circular` padding alone closes little (under the declared")):
+        changed = [dataclasses.replace(v, pad=pad, little=["padding"]) for v in verdicts]
+        mechanism = dataclasses.replace(facts.mechanism,
+                                        verdicts={**facts.mechanism.verdicts, "gap": changed})
+        text = render_report(dataclasses.replace(facts, mechanism=mechanism))
+        assert expected in text
+
+
+def test_the_provenance_names_where_the_mechanisms_runs_computed(layout):  # noqa: F811
+    facts = dataclasses.replace(_facts(layout),
+                                mechanism_workers=[("vm", "AMD EPYC", "AVX512", 1, 105)])
+    assert ("- Mechanism runs (trained, or the main runs scored again) computed on vm "
+            "(AMD EPYC, AVX512, 1 thread(s)): 105 runs.") in render_report(facts)

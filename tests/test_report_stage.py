@@ -234,8 +234,11 @@ def _write_mechanism(layout: Layout, rng: np.random.Generator) -> None:
         runs, grid = runs + more_runs, grid + more_grid
     pd.DataFrame(runs).to_csv(layout.mechanism_runs, index=False)
     pd.DataFrame(grid).to_csv(layout.mechanism_grid, index=False)
+    labels = [f"{r['head']}-{r['downsample']}-{r['padding']}-shift_{r['train_shift']}-"
+              f"seed_{r['seed']}" for r in runs]
     layout.mechanism_run.write_text(json.dumps({"mechanism": MECHANISM,
-                                                "environment": ENVIRONMENT}))
+                                                "environment": ENVIRONMENT,
+                                                "runs": dict.fromkeys(labels, WORKER)}))
 
 
 @pytest.fixture
@@ -424,3 +427,39 @@ def test_the_report_counts_the_test_images_the_evaluate_stage_used(layout):
     text = _report(layout)
     assert "80 training, 8 validation and 20 test images of 8x8 pixels" in text
     assert "; 40 two-object canvases made of test objects." in text
+
+
+def test_a_report_of_fewer_heads_than_the_study_ran_reads_only_their_rows(layout):
+    # run_notebook -p heads [dense, gap] on a study of dense, gsp and gap: the speed, tuning
+    # and mechanism tables hold gsp too, and the figures colour only the report's heads
+    heads = ["dense", "gap"]
+    collected = collect_results(layout, heads)
+    for name in ("step_times", "tuning", "tuning_runs", "tune_choices", "mechanism",
+                 "mechanism_grid"):
+        assert set(getattr(collected, name)["head"]) <= set(heads), name
+    assert "gsp" in set(pd.read_csv(layout.step_times)["head"])
+    results = with_derived_metrics(collected, time_target=SETTINGS.time_target)
+    tables = study_tables(results, collected.grid)
+    comparisons = claim_comparisons(results, collected.step_times, heads,
+                                    SETTINGS.margins.model_dump(),
+                                    per_image=PerImageValues.read(layout, heads),
+                                    bootstrap=SETTINGS.bootstrap.model_dump())
+    facts = build_facts(collected=collected, tables=tables, comparisons=comparisons,
+                        verdicts=claim_verdicts(comparisons),
+                        figures={n: f"figures/{n}.png" for n in FIGURES}, heads=heads,
+                        settings=SETTINGS, commit="0123abc")
+    render_report(facts)
+    for name, table in facts.csv.items():
+        if "head" in table:
+            assert set(table["head"]) <= set(heads), name
+    figures = study_figures(collected, tables, comparisons, heads)
+    assert set(figures) >= {"time", "tuning"}
+    matplotlib.pyplot.close("all")
+
+
+def test_the_facts_take_the_mechanisms_shift_and_workers_from_its_record(layout):
+    facts = _facts(layout)
+    assert facts.scope.mechanism_shift == MECHANISM["train_shift"]
+    runs = len(pd.read_csv(layout.mechanism_runs))
+    assert facts.mechanism_workers == [(WORKER["host"], WORKER["cpu"], WORKER["cpu_capability"],
+                                        WORKER["torch_threads"], runs)]

@@ -119,12 +119,15 @@ def replication_table(studies: Sequence[Study]) -> pd.DataFrame:
 
 def _effect(entry: Mapping[str, Any], metric: str) -> str:
     """The largest comparison, its effect and the two adjusted intervals its verdict read, as
-    the report gives them: ``+x [equivalence interval] (difference [...])``."""
-    low, high, wide_low, wide_high = (
+    the report gives them: ``+x [equivalence interval] (difference [...])``, and its note
+    (``bounded``: lower bounds in it) where it has one."""
+    low, high, wide_low, wide_high, effect = (
         float("nan") if entry.get(k) is None else float(entry[k])
-        for k in ("adjusted_low", "adjusted_high", "difference_low", "difference_high"))
-    effect = format_effect(float(entry["effect"]), (low, high), (wide_low, wide_high), metric)
-    return f"{entry['largest']}: {effect}"
+        for k in ("adjusted_low", "adjusted_high", "difference_low", "difference_high",
+                  "effect"))
+    text = format_effect(effect, (low, high), (wide_low, wide_high), metric)
+    note = f" ({entry['largest_note']})" if entry.get("largest_note") else ""
+    return f"{entry['largest']}: {text}{note}"
 
 
 def readme_section(studies: Sequence[Study]) -> str:
@@ -161,18 +164,25 @@ def update_readme(readme: Path, studies: Sequence[Study], *, check: bool = False
 def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESULTS) -> Path:
     """Copy a finished study's verdicts and summary from ``reports`` to ``results/<name>``,
     with its record: the data set, the protocol version and commit of the analysis (the
-    report's), and the machine and threads of its timings."""
+    report stage's ``report_run.json``), the commit its models were trained at, and the
+    machine and threads of its timings."""
     target = results / name
     evaluate = json.loads((reports / "eval" / "run.json").read_text())
     speed = json.loads((reports / "speed" / "run.json").read_text())
     train = json.loads((reports / "train" / "run.json").read_text())
+    if not (reports / "report_run.json").exists():
+        raise FileNotFoundError(f"{reports / 'report_run.json'} is missing: the report stage "
+                                "has not run since it began to record its analysis; run "
+                                "dvc repro, then publish again")
+    analysis = json.loads((reports / "report_run.json").read_text())
     environment = speed["environment"]
     aggregate = pd.read_csv(reports / "aggregate.csv")
     summary = aggregate[aggregate.metric.isin(_SUMMARY_METRICS)][
         ["head", "metric", "n", "mean", "std", "ci_low", "ci_high"]]
     record = {
-        "dataset": evaluate["dataset"], "protocol_version": PROTOCOL_VERSION,
-        "commit": train["environment"]["git_commit"], "heads": evaluate["heads"],
+        "dataset": evaluate["dataset"], "protocol_version": analysis["protocol_version"],
+        "commit": analysis["commit"], "trained_at": train["environment"]["git_commit"],
+        "heads": evaluate["heads"],
         "seeds": train["train"]["seeds"], "train": train["train"],
         "machine": f"{environment['device_name']}, {environment['cpu_capability']} kernels, "
                    f"{speed['threads_per_run']} thread(s) per run, torch {environment['torch']}"}

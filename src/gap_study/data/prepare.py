@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from gap_study.data.canvas import CanvasDataset, object_boxes, place_on_canvas
 from gap_study.data.packaged import load_mnist_5k
+from gap_study.data.sizes import study_split
 from gap_study.data.sources import load_raw
 from gap_study.data.splits import stratified_split, stratified_subsample
 from gap_study.data.two_objects import two_object_canvases
@@ -93,11 +94,7 @@ def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fract
                          "canvases must be 0 (none) or more")
     if name in STUDY_SPLIT:
         objects, labels = digits_objects(digits_size) if name == "digits" else load_mnist_5k()
-        try:
-            train_idx, test_idx = stratified_split(labels, test_fraction, split_seed)
-        except ValueError as error:
-            raise ValueError(f"data.test_fraction = {test_fraction:g}: {error}; change "
-                             "data.test_fraction") from error
+        train_idx, test_idx = study_split(labels, test_fraction, split_seed)
         x_train, y_train = objects[train_idx], labels[train_idx]
         x_test, y_test = objects[test_idx], labels[test_idx]
         num_classes = 10

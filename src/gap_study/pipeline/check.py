@@ -13,7 +13,10 @@ text never changes, so a valid edit reruns only the stages whose params it touch
 
 A data set read from an installed package (``mnist_5k``) has its file found and verified
 here too (``gap_study.data.packaged.check_packaged``), so a missing package or a damaged file
-also stops ``dvc repro`` before any stage, with the file and the command that fixes it.
+also stops ``dvc repro`` before any stage, with the file and the command that fixes it; and
+``mechanism.test_images`` is held against the test images the prepare stage will keep
+(``check_test_images``), which the mechanism stage would otherwise learn after tune, train
+and evaluate.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from pathlib import Path
 
 from gap_study.data.file_formats import DatasetError
 from gap_study.data.packaged import check_packaged
+from gap_study.data.sizes import test_images
 from gap_study.pipeline.params import Params, ParamsError, load_params
 
-__all__ = ["STAMP", "STAMP_TEXT", "check_machine", "main", "oversubscribed"]
+__all__ = ["STAMP", "STAMP_TEXT", "check_machine", "check_test_images", "main",
+           "oversubscribed"]
 
 STAMP = Path("reports") / "params_checked.txt"
 STAMP_TEXT = "params.yaml is valid (python -m gap_study.pipeline.check)\n"
@@ -47,6 +52,18 @@ def check_machine(params: Params) -> None:
             resolve_device(params.device)
         except ValueError as exc:
             raise ValueError(f"device = {params.device!r}: {exc}") from None
+
+
+def check_test_images(params: Params) -> None:
+    """Refuse a ``mechanism.test_images`` above the test images the prepare stage keeps."""
+    wanted = params.mechanism.test_images
+    if wanted is None:
+        return
+    available = test_images(params.data)
+    if wanted > available:
+        raise ValueError(f"mechanism.test_images = {wanted} is more than the {available} test "
+                         f"images the prepare stage keeps of {params.data.name}: set it to at "
+                         f"most {available}, or null for all of them")
 
 
 def oversubscribed(params: Params) -> list[str]:
@@ -86,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_packaged(params.data.name)
         check_machine(params)
+        check_test_images(params)
     except (DatasetError, ValueError) as exc:
         print(f"error: {exc}\n       nothing ran and no output was deleted", file=sys.stderr)
         return 2

@@ -104,7 +104,8 @@ class _Job:
 
 def _jobs(results: pd.DataFrame, step_times: pd.DataFrame,
           heads: Sequence[str]) -> Iterator[_Job]:
-    """Every comparison ``PROTOCOL`` asks for that the data can answer."""
+    """Every comparison ``PROTOCOL`` asks for where both sides have values (two heads on
+    recognised objects may still share too few of them: ``claim_comparisons``)."""
     for test in PROTOCOL:
         for setting, fraction, frame, key in _groups(test, results, step_times):
             for head in heads_under_test(heads):
@@ -145,9 +146,9 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
     (``note``: ``not made``), and its family counts it as a test that never rejects.
 
     A run without a value of a test's metric counts at its lower bound where the test names
-    one (``ClaimTest.at_least``: a run that never reached the time target, at its whole
-    training time); ``bounded_head`` and ``bounded_baseline`` count them, and a verdict that
-    the bounds could have made is ``inconclusive`` (``note``: ``bounded``; ``_bounded``)."""
+    one (``ClaimTest.at_least``: a run that never reached the time target, at one epoch more
+    than it trained); ``bounded_head`` and ``bounded_baseline`` count them. Such a row shows
+    its numbers (of bounds) and decides nothing (``note``: ``bounded``; ``_judged``)."""
     jobs = [(job, _tables(job, per_image)) for job in _jobs(results, step_times, heads)]
     family = pd.Series([job.test.claim for job, _ in jobs if job.test.primary]).value_counts()
     rows = []
@@ -179,8 +180,7 @@ def claim_comparisons(results: pd.DataFrame, step_times: pd.DataFrame, heads: Se
                                       p_equivalence=table.p_equivalence_t, resampled=None),
                          alpha)
     table = _judged(table, alpha).drop(columns="resampled")
-    table["verdict_seeds_only"] = _bounded(seeds_only)["verdict"]
-    table = _bounded(table)
+    table["verdict_seeds_only"] = seeds_only["verdict"]
     table["note"] = _notes(table, results)
     return table.reset_index(drop=True)
 
@@ -191,20 +191,6 @@ def _not_made() -> dict:
     return dataclasses.asdict(Comparison(
         n=0, head_mean=nan, baseline_mean=nan, improvement=nan, ci_low=nan, ci_high=nan,
         p_difference=nan, p_equivalence=nan, mde=nan, exact=False, sources="not made"))
-
-
-def _bounded(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with each verdict that its lower bounds could have made ``inconclusive``. A
-    lower bound flatters its side of a lower-is-better metric (``ClaimTest`` allows bounds on
-    no other): a head's bounds can make it look ``better`` than it is, a baseline's ``worse``,
-    and either ``equivalent``."""
-    verdict, head, baseline = table["verdict"], table.bounded_head > 0, table.bounded_baseline > 0
-    unsafe = ((verdict == "better") & head) | ((verdict == "worse") & baseline) \
-        | ((verdict == "equivalent") & (head | baseline))
-    out = table.assign(verdict=verdict.mask(unsafe, "inconclusive"))
-    if "trivial" in out:
-        out["trivial"] &= out["verdict"] == "equivalent"
-    return out
 
 
 def _margin(test: ClaimTest, margins: Mapping[str, float]) -> Margin:
@@ -228,16 +214,26 @@ def _tables(job: _Job, per_image: PerImageValues | None) -> ImageTables | None:
 
 def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     """``table``'s rows judged in their families: Holm within each claim's primary rows, BH
-    over all secondary rows (``judge_family``), in ``table``'s order."""
+    over all secondary rows (``judge_family``), in ``table``'s order.
+
+    1. A row with runs at their lower bound (``bounded_head``, ``bounded_baseline``) enters
+       its family as a test that never rejects, p = 1 for both tests: the true values lie
+       anywhere above the bounds, which can move the mean either way against its spread (a
+       paired t-test is not monotone in one pair). Its own p-values stay in the table."""
+    bounded = (table["bounded_head"] + table["bounded_baseline"]) > 0
+    tested = table.assign(p_difference=table["p_difference"].mask(bounded, 1.0),
+                          p_equivalence=table["p_equivalence"].mask(bounded, 1.0))
     judged = [judge_family(group, adjust="holm", alpha=alpha)
-              for _, group in table[table.role == "primary"].groupby("claim", sort=False)]
-    judged.append(judge_family(table[table.role == "secondary"], adjust="bh", alpha=alpha))
-    return pd.concat(judged).sort_index()
+              for _, group in tested[tested.role == "primary"].groupby("claim", sort=False)]
+    judged.append(judge_family(tested[tested.role == "secondary"], adjust="bh", alpha=alpha))
+    out = pd.concat(judged).sort_index()
+    out[["p_difference", "p_equivalence"]] = table[["p_difference", "p_equivalence"]]
+    return out
 
 
 def _notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]:
     """Each row's note: ``not made`` (no pairs); ``bounded`` (some runs at their lower bound,
-    ``_bounded``); or ``underfits``, where a head's smaller train-test gap comes with lower
+    ``_judged``); or ``underfits``, where a head's smaller train-test gap comes with lower
     train accuracy than its baseline's (the same centred runs) and a test accuracy that is not
     better by its own comparison: the gap shrank because the head fits its training set less,
     not because it generalises better."""
@@ -307,6 +303,7 @@ def claims_record(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str
                                                           "equivalent", "inconclusive")},
             "largest": f"{top['head']} vs {top.baseline}{setting}",
             "largest_verdict": str(top.verdict),
+            "largest_note": str(top.get("note", "")),
             **{key: _finite_or_none(top[column]) for key, column in (
                 ("effect", "improvement"), ("adjusted_low", "adjusted_low"),
                 ("adjusted_high", "adjusted_high"), ("difference_low", "difference_low"),

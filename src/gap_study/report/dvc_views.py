@@ -36,7 +36,7 @@ __all__ = [
     "write_dvc_views",
 ]
 
-# The claims of ``gap_study.report.claims.CLAIMS``, in the report's order, by the short key
+# The claims of ``gap_study.report.protocol.CLAIMS``, in the report's order, by the short key
 # each has in ``verdicts.json`` (a column header of ``dvc exp show``: short, so that all five
 # fit 80 columns beside the experiment's name).
 CLAIM_KEYS = {

@@ -221,6 +221,8 @@ class ReportFacts:
     commit: str | None = None  # the git commit the analysis ran at
     replication: pd.DataFrame | None = None  # beside the studies published on other data
     protocol_version: int = PROTOCOL_VERSION
+    # where the mechanism stage's runs computed (trained, or the main runs scored again)
+    mechanism_workers: list[tuple[Any, ...]] = field(default_factory=list)
 
     @property
     def level(self) -> str:
@@ -285,6 +287,7 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         heads=heads, seeds=sorted(tables.main.seed.unique().tolist()), settings=settings,
         figures=dict(figures), dataset=evaluate["dataset"], train_record=train,
         evaluate_record=evaluate, workers=_workers(train["runs"]),
+        mechanism_workers=_workers(collected.records["mechanism"].get("runs", {})),
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
         secondary=secondary_facts(comparisons),
         learning_rates=chosen_rates(collected.tuning, heads),
@@ -295,7 +298,8 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
                           max_shift=evaluate["evaluate"]["max_shift"],
                           aggregate=tables.aggregate, comparisons=comparisons,
                           train_shifts=train["train"]["shift"], speed_run=collected.speed_run,
-                          heads=heads),
+                          heads=heads, mechanism_shift=collected.records["mechanism"][
+                              "mechanism"].get("train_shift")),
         accuracy=stat_table(tables.aggregate,
                             ["train_accuracy", "test_accuracy", "overfit_gap", "loss_gap"],
                             ["train accuracy", "test accuracy", "overfitting gap", "loss gap"],

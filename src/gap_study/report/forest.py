@@ -52,8 +52,10 @@ def _forest_panel(ax: plt.Axes, rows: pd.DataFrame, metric: str,
         ax.axvline(edge * factor, color="black", linewidth=0.8, linestyle=":")
     # the setting only where it varies (the learning curve's fractions), shortened
     varies = rows["setting"].nunique() > 1
+    # a row with runs at a lower bound (note "bounded") shows bounds and decides nothing
     ax.set_yticks(list(y), [f"{r['head']} vs {r.baseline}"
                             + (f" ({r.setting.split(' (')[0]})" if varies else "")
+                            + (" (bounded)" if r.get("note") == "bounded" else "")
                             for _, r in rows.iterrows()], fontsize=7)
     # a long metric name wraps: the panels are 8 inches wide, about 60 characters of title
     ax.set(xlabel=xlabel, title=textwrap.fill(labels.get(metric, metric), 60))

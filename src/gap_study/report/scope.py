@@ -34,7 +34,8 @@ class Scope:
     """The run's reach. ``ceiling`` is the best head's mean test accuracy (``best``), ``point``
     what one test image is worth in accuracy points; ``detectable`` names, per claim and
     primary metric, the improvements its tests could find with 80% power (from its most to
-    its least sensitive comparison, in display units)."""
+    its least sensitive comparison, in display units); ``mechanism_shift`` the largest shift
+    the mechanism experiment's shift-trained runs saw (``None``: none trained so)."""
 
     dataset: str
     image_size: int
@@ -50,6 +51,7 @@ class Scope:
     train_shifts: list[int]
     timing: dict[str, Any]
     images: ImageSource | None = None
+    mechanism_shift: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,9 @@ def _detectable(comparisons: pd.DataFrame) -> list[tuple[str, str, str]]:
     fractions, heads and baselines differ in seeds' spread), or one value where they agree."""
     if comparisons.empty:
         return []
+    # a row with runs at a lower bound has a bound's spread, and decides nothing
     tested = comparisons[(comparisons.role == "primary") & ~comparisons.exact.astype(bool)
-                         & comparisons.mde.notna()]
+                         & comparisons.mde.notna() & (comparisons.get("note") != "bounded")]
     rows = []
     for (claim, metric), group in tested.groupby(["claim", "metric"], sort=False):
         smallest, largest = (format_magnitude(float(group["mde"].agg(end)), metric)
@@ -102,10 +105,11 @@ def _detectable(comparisons: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 def scope_facts(*, dataset: Mapping[str, Any], max_shift: int, aggregate: pd.DataFrame,
                 comparisons: pd.DataFrame, train_shifts: Sequence[int],
-                speed_run: Mapping[str, Any], heads: Sequence[str]) -> Scope:
+                speed_run: Mapping[str, Any], heads: Sequence[str],
+                mechanism_shift: int | None = None) -> Scope:
     """The scope of a run from its evaluation record's ``dataset``, the grid's ``max_shift``,
-    the aggregate over seeds, the comparisons, the training shifts and the speed stage's
-    record."""
+    the aggregate over seeds, the comparisons, the training shifts (the train stage's, and
+    the mechanism's shift-trained cell's) and the speed stage's record."""
     accuracy = (aggregate[(aggregate.metric == "test_accuracy") & aggregate["head"].isin(heads)]
                 .set_index("head")["mean"])
     best = str(accuracy.idxmax())
@@ -119,6 +123,7 @@ def scope_facts(*, dataset: Mapping[str, Any], max_shift: int, aggregate: pd.Dat
         writers=WRITERS.get(str(dataset["name"]), "whether train and test share writers is "
                                                   "not known for this data set"),
         train_shifts=sorted(int(s) for s in train_shifts), images=_image_source(comparisons),
+        mechanism_shift=mechanism_shift,
         timing={"device": environment.get("device_name", environment.get("device", "?")),
                 "cpu_capability": environment.get("cpu_capability", "?"),
                 "threads": speed_run.get("threads_per_run", environment.get("torch_threads"))})

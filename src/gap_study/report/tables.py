@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -120,7 +121,9 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
     ``results`` holds the evaluation metrics plus ``seconds_per_epoch``/``images_per_second``,
     the median epoch of that run (metrics measured only on the whole training set are empty
     for smaller fractions); ``records`` the train and evaluate stages' run records;
-    ``step_times`` the speed stage's interleaved timing, per head and round.
+    ``step_times`` the speed stage's interleaved timing, per head and round. The stages' tables
+    of every head (speed, tuning, mechanism) keep the rows of ``heads``: a report of fewer
+    heads than the study ran (``run_notebook -p heads``) is a report of those heads.
     """
     metrics, grids, histories, cams = [], [], [], {}
     for head in heads:
@@ -143,13 +146,19 @@ def collect_results(layout: Layout, heads: Sequence[str]) -> CollectedResults:
         records={"train": json.loads(layout.train_run.read_text()),
                  "evaluate": json.loads(layout.eval_run.read_text()),
                  "mechanism": json.loads(layout.mechanism_run.read_text())},
-        step_times=pd.read_csv(layout.step_times),
+        step_times=_of_heads(layout.step_times, heads),
         speed_run=json.loads(layout.speed_run.read_text()),
-        tuning=pd.read_csv(layout.tuning),
-        tuning_runs=pd.read_csv(layout.tuning_runs),
-        tune_choices=pd.read_csv(layout.tune_choices),
-        mechanism=pd.read_csv(layout.mechanism_runs),
-        mechanism_grid=pd.read_csv(layout.mechanism_grid))
+        tuning=_of_heads(layout.tuning, heads),
+        tuning_runs=_of_heads(layout.tuning_runs, heads),
+        tune_choices=_of_heads(layout.tune_choices, heads),
+        mechanism=_of_heads(layout.mechanism_runs, heads),
+        mechanism_grid=_of_heads(layout.mechanism_grid, heads))
+
+
+def _of_heads(path: Path, heads: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``heads`` in the table at ``path``."""
+    table = pd.read_csv(path)
+    return table[table["head"].isin(heads)].reset_index(drop=True)
 
 
 def with_derived_metrics(collected: CollectedResults, *, time_target: float) -> pd.DataFrame:
@@ -231,8 +240,9 @@ def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: f
     """Epochs (``epochs_to_target``) and seconds (``time_to_target``) each main run needs to
     reach validation accuracy ``target``: the first epoch at or above it, and the optimizer
     steps up to it times the head's step time from the speed stage (its best round). ``nan``
-    for a run that never reaches it, which has ``time_to_target_at_least`` instead: its whole
-    training at that step time, a lower bound of the time it would need. One row per run."""
+    for a run that never reaches it, which has ``time_to_target_at_least`` instead: one epoch
+    more than it trained, at that step time, a lower bound of the time it would need. One row
+    per run."""
     step = step_times.groupby("head")["seconds_per_step"].min()
     main = main_runs(history)
     reached = main[main["val_accuracy"] >= target].groupby(RUN_KEYS)["epoch"].min()
@@ -243,7 +253,7 @@ def time_to_target(history: pd.DataFrame, step_times: pd.DataFrame, *, target: f
     missed = np.isnan(epochs)
     return runs.assign(
         epochs_to_target=epochs, time_to_target=epochs * per_epoch,
-        time_to_target_at_least=np.where(missed, trained.reindex(runs.index).to_numpy()
+        time_to_target_at_least=np.where(missed, (trained.reindex(runs.index).to_numpy() + 1)
                                          * per_epoch, np.nan)).reset_index()
 
 

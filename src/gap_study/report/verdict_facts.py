@@ -124,6 +124,11 @@ def _verdict_word(row: Any) -> str:
     return f"{word} ({row.note})" if getattr(row, "note", "") else word
 
 
+def _value(value: float, metric: str) -> str:
+    """A side's mean in display units; empty for a comparison not made."""
+    return "" if math.isnan(value) else format_number(value, metric)
+
+
 def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The comparisons in display units, the verdict and the effect first, with the adjusted
     interval each verdict read (``comparisons.csv`` keeps the unadjusted ones too)."""
@@ -142,10 +147,9 @@ def comparison_table(rows: pd.DataFrame) -> pd.DataFrame:
             format_interval(lo, hi, m) for lo, hi, m in
             zip(rows.difference_low, rows.difference_high, rows.metric, strict=True)],
 
-        "head value": [format_number(v, m) for v, m in zip(rows.head_mean, rows.metric,
-                                                            strict=True)],
-        "baseline value": [format_number(v, m) for v, m in zip(rows.baseline_mean, rows.metric,
-                                                                strict=True)],
+        "head value": [_value(v, m) for v, m in zip(rows.head_mean, rows.metric, strict=True)],
+        "baseline value": [_value(v, m) for v, m in zip(rows.baseline_mean, rows.metric,
+                                                         strict=True)],
         "pairs": rows.n,
         "p (adjusted)": [p_value(v) for v in rows.p_difference_adjusted],
         "p equivalent (adjusted)": [p_value(v) for v in rows.p_equivalence_adjusted],
