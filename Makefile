@@ -62,4 +62,5 @@ clean:  ## remove every pipeline output but the metrics kept in git, and the run
 	rm -rf data/prepared/dataset.npz models models_mechanism reports/notebooks/*.ipynb \
 	       reports/params_checked.txt reports/tune reports/train/history reports/train/run.json \
 	       reports/eval reports/mechanism reports/speed reports/figures reports/tables \
-	       reports/plots reports/*.csv reports/report.md reports/report.html .gap_study
+	       reports/plots reports/*.csv reports/report.md reports/report.html \
+	       reports/report_run.json .gap_study
