@@ -8,8 +8,14 @@ import pandas as pd
 import pytest
 
 from gap_study.pipeline.paths import RunId
-from gap_study.report.claims import claim_comparisons, claim_verdicts, claims_record
-from gap_study.report.decisions import holm
+from gap_study.report.claims import (
+    claim_comparisons,
+    claim_verdicts,
+    claims_record,
+    largest_comparison,
+)
+from gap_study.report.comparisons import Margin, compare_paired
+from gap_study.report.decisions import bh_q_values, holm
 from gap_study.report.per_image import PerImageValues
 from gap_study.report.protocol import PROTOCOL, heads_under_test, setting_label
 
@@ -65,18 +71,21 @@ def _step_times() -> pd.DataFrame:
 HEADS = ["dense", "dense_dropout", "gap", "gmp"]
 
 
-def _with_objects(results: pd.DataFrame,
-                  dense_seen: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
+def _with_objects(results: pd.DataFrame, dense_seen: np.ndarray | None = None,
+                  rates: tuple[float, float] = (0.65, 0.85),
+                  seeds_agree: bool = False) -> tuple[pd.DataFrame, dict]:
     """``results`` with per-object Grad-CAM pointing on 200 two-object canvases' objects for
-    every main run: dense recognises ``dense_seen`` (the first 100) and points at 65%, the
-    pooled heads recognise the first 180 and point at 85%; the results' pointing columns
-    become their means. The values per head, keyed as ``PerImageValues`` takes them."""
+    every main run: dense recognises ``dense_seen`` (the first 100) and points at ``rates[0]``,
+    the pooled heads recognise the first 180 and point at ``rates[1]`` (with ``seeds_agree``,
+    each head at the same objects in every seed); the results' pointing columns become their
+    means. The values per head, keyed as ``PerImageValues`` takes them."""
     rng = np.random.default_rng(1)
     results, stored = results.copy(), {}
     for i in results.index[results.fraction == 1.0]:
         head, seed = results.at[i, "head"], int(results.at[i, "seed"])
         dense = head.startswith("dense")
-        hits = rng.random(200) < (0.65 if dense else 0.85)
+        draw = np.random.default_rng(list(map(ord, head))) if seeds_agree else rng
+        hits = draw.random(200) < rates[0 if dense else 1]
         seen = np.arange(200) < 180
         if dense:
             seen = np.arange(200) < 100 if dense_seen is None else dense_seen
@@ -121,10 +130,15 @@ def test_parameter_counts_are_exact_and_far_fewer(comparisons):
 
 
 def test_each_claims_primary_family_is_holm_adjusted_together(comparisons):
-    family = comparisons[(comparisons.claim == "less overfitting")
-                         & (comparisons.role == "primary")]
-    expected = holm(family.p_difference.to_numpy())
-    np.testing.assert_allclose(family.p_difference_adjusted.to_numpy(), expected)
+    for claim in ("less overfitting", "faster training"):
+        family = comparisons[(comparisons.claim == claim) & (comparisons.role == "primary")]
+        expected = holm(family.p_difference.to_numpy())
+        np.testing.assert_allclose(family.p_difference_adjusted.to_numpy(), expected)
+    # one family per claim, not per claim and metric: the step times pay for the time to
+    # the target's tests too
+    speed = comparisons[(comparisons.claim == "faster training")
+                        & (comparisons.metric == "seconds_per_step")]
+    assert not np.allclose(speed.p_difference_adjusted, holm(speed.p_difference.to_numpy()))
 
 
 def test_verdicts_follow_the_evidence(comparisons):
@@ -203,11 +217,25 @@ def test_a_smaller_gap_from_lower_train_accuracy_is_called_underfitting():
                 & (table.fraction == 1.0)]
     assert (gap.improvement > 0).all() and (gap.note == "underfits").all()
     assert not (table[table.metric != "overfit_gap"].note == "underfits").any()
+    # the same smaller gap and lower train accuracy, but a clearly better test accuracy: the
+    # head generalises better, whatever it fits
+    better = _results({("gap", 1.0, "overfit_gap"): [0.01] * 6,
+                       ("gap", 1.0, "train_accuracy"): [0.96] * 6,
+                       ("gap", 1.0, "test_accuracy"): [0.99, 0.991, 0.989, 0.99, 0.992, 0.988]})
+    table = claim_comparisons(better, _step_times(), HEADS, MARGINS)
+    gap = table[(table["head"] == "gap") & (table.fraction == 1.0)].set_index(
+        ["metric", "baseline"])
+    assert gap.loc[("test_accuracy", "dense"), "verdict"] == "better"
+    assert gap.loc[("overfit_gap", "dense"), "note"] == ""
 
 
 def test_secondary_metrics_get_bh_q_values_and_decide_no_claim(comparisons):
     secondary = comparisons[comparisons.role == "secondary"]
     assert set(secondary.metric) >= {"overfit_gap", "loss_gap", "params_total"}
+    tested = secondary[~secondary.exact.astype(bool)]
+    np.testing.assert_allclose(tested.p_difference_adjusted,
+                               bh_q_values(tested.p_difference.to_numpy()))
+    assert not np.allclose(tested.p_difference_adjusted, holm(tested.p_difference.to_numpy()))
     verdicts = claim_verdicts(comparisons)
     assert not set(verdicts.metric) & set(secondary.metric)
 
@@ -269,6 +297,16 @@ def test_two_heads_sharing_too_few_recognised_objects_are_not_compared_but_count
     assert word != "holds"  # two of its tests were never made
     record = claims_record(table, claim_verdicts(table))
     json.dumps(record, allow_nan=False)
+    largest = record["feature maps tied to classes"]["pointing_gradcam_two_objects_recognised"]
+    assert largest["largest"].endswith("vs ink map")  # a made comparison, not one not made
+    # each made comparison's detectable difference is taken at Holm's first level of all six
+    row = made[(made["head"] == "gap") & (made.baseline == "ink map")].iloc[0]
+    runs = results[(results.fraction == 1.0) & (results["head"] == "gap")]
+    expected = compare_paired(runs["pointing_gradcam_two_objects_recognised"],
+                              runs["pointing_ink_two_objects_recognised"],
+                              lower_is_better=False, margin=Margin(0.01),
+                              alpha_for_mde=0.05 / 6, resamples=2000, seed=0)
+    assert row.mde == pytest.approx(expected.mde, rel=1e-12)
 
 
 def _time_results(gap_times: list[float], dense_times: list[float],
@@ -342,3 +380,30 @@ def test_a_lower_bound_is_declared_only_where_lower_is_better():
     bounded = [t for t in PROTOCOL if t.at_least]
     assert [(t.metric, t.at_least) for t in bounded] == [
         ("time_to_target", "time_to_target_at_least")]
+
+
+def test_the_largest_comparison_is_taken_among_the_decided_ones():
+    rows = pd.DataFrame({"head": ["gap", "gmp"], "baseline": "dense", "setting": "s",
+                         "verdict": ["better", "equivalent"], "improvement": [0.01, 0.02]})
+    top, decided, setting = largest_comparison(rows)
+    assert (top["head"], decided, setting) == ("gap", True, "")
+    top, decided, _ = largest_comparison(rows.assign(verdict="equivalent"))
+    assert (top["head"], decided) == ("gmp", False)
+    # nothing decided: a comparison not made (no effect) is named only if nothing else is
+    undecided = pd.DataFrame({"head": ["gap", "gmp"], "baseline": "dense", "setting": "s",
+                              "verdict": "inconclusive", "improvement": [np.nan, -0.001]})
+    assert largest_comparison(undecided)[0]["head"] == "gmp"
+    assert largest_comparison(undecided.iloc[:1])[0]["head"] == "gap"
+
+
+def test_the_seeds_only_verdict_is_the_t_test_over_seeds_alone():
+    # every seed points at the same objects: over the seeds gap's lead over dense is the same
+    # every time (a certain difference), over the 100 shared objects it is not
+    results, stored = _with_objects(_results(), rates=(0.65, 0.70), seeds_agree=True)
+    table = claim_comparisons(results, _step_times(), HEADS, MARGINS,
+                              per_image=PerImageValues(stored),
+                              bootstrap={"resamples": 2000, "seed": 0})
+    row = table[(table.metric == "pointing_gradcam_two_objects_recognised")
+                & (table["head"] == "gap") & (table.baseline == "dense")].iloc[0]
+    assert row.improvement > 0.01 and row.p_difference_t < 1e-6
+    assert (row.verdict, row.verdict_seeds_only) == ("inconclusive", "better")

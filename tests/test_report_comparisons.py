@@ -402,3 +402,60 @@ def test_per_image_tables_are_refused_for_a_relative_margin():
     with pytest.raises(ValueError, match="absolute margin"):
         compare_paired(head.mean(axis=1), baseline.mean(axis=1), lower_is_better=False,
                        margin=Margin(0.1, relative=True), tables=ImageTables(head, baseline))
+
+
+def test_the_bootstrap_interval_is_the_percentile_interval_at_the_confidence_level():
+    from gap_study.report.bootstrap import one_stage
+
+    c = compare_paired(SLEEP_2, SLEEP_1, lower_is_better=False, margin=Margin(2.0),
+                       confidence=0.95, resamples=2000, seed=3)
+    # head minus baseline, resampled over the ten pairs with the same draws
+    expected = one_stage(np.asarray(SLEEP_1), np.asarray(SLEEP_2), resamples=2000,
+                         seed=3).interval(0.05)
+    assert (c.bootstrap_low, c.bootstrap_high) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("adjust", ["holm", "bh"])
+def test_with_test_images_the_adjusted_intervals_still_decide_as_the_verdicts_do(adjust):
+    # seeds agree and images vary: the bootstrap's interval, not the t-test's, is the wide one,
+    # so the adjusted intervals must come from both (interval_at's bootstrap branch)
+    options = {"lower_is_better": False, "margin": Margin(0.01)}
+    rows = []
+    for i, delta in enumerate([0.0, 0.005, 0.02, 0.03, -0.03, 0.06, -0.06, 0.1]):
+        head, baseline = _seeds_agree_images_vary(delta, seed=i)
+        rows.append(comparison_row(head.mean(axis=1), baseline.mean(axis=1),
+                                   tables=ImageTables(head, baseline), resamples=2000,
+                                   **options))
+    judged = judge_family(pd.DataFrame(rows).assign(lower_is_better=False, relative=False,
+                                                    margin=0.01), adjust=adjust)
+    excludes = (judged.difference_low > 0) | (judged.difference_high < 0)
+    assert (excludes == (judged.p_difference_adjusted < 0.05)).all(), judged
+    inside = (judged.adjusted_low > -0.01) & (judged.adjusted_high < 0.01)
+    assert (inside == (judged.verdict == "equivalent")).all(), judged
+    # the images make the wide interval: well beyond the seeds' t-interval
+    assert ((judged.difference_high - judged.difference_low)
+            > 3 * (judged.t_high - judged.t_low)).all()
+    assert set(judged.verdict) >= {"better", "worse", "inconclusive"}
+
+
+def test_a_trivial_difference_is_one_the_adjusted_difference_test_rejects():
+    # an equivalent row whose raw difference p (0.03) passes alpha but whose Holm-adjusted
+    # one (0.09 in a family of three) does not: a difference the family cannot claim
+    family = pd.DataFrame({
+        "p_difference": [0.03, 0.6, 0.7], "p_equivalence": [0.001, 0.5, 0.5],
+        "improvement": [0.002, 0.0, 0.0], "exact": False, "lower_is_better": False,
+        "relative": False, "difference": [0.002, 0.0, 0.0], "standard_error": np.nan,
+        "df": 4.0})
+    judged = judge_family(family, adjust="holm")
+    assert judged.loc[0, "verdict"] == "equivalent"
+    assert judged.loc[0, "p_difference_adjusted"] == pytest.approx(0.09)
+    assert not judged.loc[0, "trivial"]
+    assert judge_family(family.assign(p_difference=[0.01, 0.6, 0.7]),
+                        adjust="holm").loc[0, "trivial"]  # 0.03 adjusted: trivial
+
+
+def test_a_p_value_at_alpha_does_not_reject():
+    c = compare_paired(SLEEP_2, SLEEP_1, lower_is_better=False, margin=Margin(2.0))
+    assert verdict(c, p_difference=0.9, p_equivalence=0.05) == "inconclusive"
+    assert verdict(c, p_difference=0.05, p_equivalence=0.9) == "inconclusive"
+    assert verdict(c, p_difference=0.9, p_equivalence=0.0499) == "equivalent"

@@ -232,3 +232,14 @@ def test_only_tested_heads_with_more_mean_epochs_than_dense_are_named():
     assert _more_epochs(epochs, ["dense", "dense_dropout", "gap", "gmp", "nin"]) == [
         ("gap", 4.4, 3.2)]
     assert _more_epochs(epochs.drop("dense"), ["gap"]) == []
+
+
+def test_the_published_errors_sit_beside_this_studys_errors_not_its_accuracies():
+    from gap_study.report.facts import _published
+
+    aggregate = pd.DataFrame({"head": ["gap", "dense"], "metric": "test_accuracy",
+                              "mean": [0.99, 0.98]})
+    ours, table = _published("mnist", aggregate, ["gap", "dense"], [])
+    assert ours == pytest.approx({"gap": 0.01, "dense": 0.02})
+    assert table.value.tolist() == ["0.47%", "1.00%", "2.00%"]
+    assert _published("digits", aggregate, ["gap"], [])[0] == {}  # nothing published there

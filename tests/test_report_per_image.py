@@ -1,5 +1,7 @@
 """gap_study.report.per_image: the evaluate stage's per-image values as paired tables."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -165,3 +167,10 @@ def test_a_small_loss_gap_is_checked_on_its_test_losses_not_on_the_gap():
     with pytest.raises(ValueError, match="test_loss"):  # a wrong test side is still refused
         values.pair(rows.assign(test_loss=test_loss + 0.001), "gap", "dense", "loss_gap",
                     seeds=[0])
+
+
+def test_the_fewest_shared_objects_make_a_resample_without_any_of_them_negligible():
+    # a resample of n objects misses a seed's k shared ones with probability (1 - k/n)^n,
+    # below e^-k: at k = 20, about 2e-9, so 10,000 resamples almost never meet an empty one
+    assert MIN_SHARED_OBJECTS >= 20
+    assert 10_000 * math.exp(-MIN_SHARED_OBJECTS) < 1e-4

@@ -463,3 +463,19 @@ def test_the_facts_take_the_mechanisms_shift_and_workers_from_its_record(layout)
     runs = len(pd.read_csv(layout.mechanism_runs))
     assert facts.mechanism_workers == [(WORKER["host"], WORKER["cpu"], WORKER["cpu_capability"],
                                         WORKER["torch_threads"], runs)]
+
+
+def test_time_to_target_counts_an_epochs_steps_as_training_took_them(layout):
+    # 85 training images in batches of 16: 5 steps an epoch when the last short batch is
+    # dropped (the record's drop_last), 6 when it is kept
+    collected = collect_results(layout, HEADS)
+    collected.records["train"]["dataset"]["train_images"] = 85
+
+    def gap_times() -> list[float]:
+        results = with_derived_metrics(collected, time_target=SETTINGS.time_target)
+        main = results[(results.fraction == 1.0) & (results.train_shift == 0)]
+        return main.set_index("head").loc["gap", "time_to_target"].tolist()
+
+    assert gap_times() == pytest.approx([2 * 5 * 0.010] * 2)
+    collected.records["train"]["train"]["drop_last"] = False
+    assert gap_times() == pytest.approx([2 * 6 * 0.010] * 2)

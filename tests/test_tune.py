@@ -68,7 +68,11 @@ def test_the_mean_over_the_seeds_decides_not_one_seed():
 
 
 def test_an_exact_tie_in_mean_loss_goes_to_the_smaller_rate_whatever_the_row_order():
-    rows = _curve("gap", {0.01: (0.2, 0.4), 0.003: (0.3, 0.3), 0.001: (0.5, 0.5)})
+    # binary fractions, so that the tie is exact in floating point: (0.2 + 0.4) / 2 is
+    # 0.30000000000000004, not 0.3, and would let the smaller rate win outright
+    rows = _curve("gap", {0.01: (0.25, 0.75), 0.003: (0.5, 0.5), 0.001: (0.875, 0.875)})
+    means = tuning_table(_table(rows)).set_index("lr")["val_loss"]
+    assert means[0.003] == means[0.01] == 0.5
     assert best_rates(_table(rows)) == {"gap": 0.003}
     assert best_rates(_table(rows[::-1])) == {"gap": 0.003}
 
@@ -205,14 +209,28 @@ def test_the_starting_grid_alone_can_leave_a_choice_at_an_unextended_end():
 
 
 # losses in binary fractions, so that "exactly the spread" is exact
-@pytest.mark.parametrize("neighbour, fragile", [
+NEIGHBOURS = pytest.mark.parametrize("neighbour, fragile", [
     ((0.5, 0.75), True),      # mean 0.625: 0.125 above the best, whose seeds span 0.25
     ((0.625, 0.875), True),   # mean 0.75: exactly the spread above
     ((0.75, 1.0), False),     # mean 0.875: beyond the spread
 ])
+
+
+@NEIGHBOURS
 def test_a_choice_is_fragile_when_a_neighbouring_rate_is_within_the_seeds_spread(neighbour,
                                                                                fragile):
     table = _table(_curve("gap", {0.001: (2.0, 2.5), 0.003: (0.375, 0.625), 0.01: neighbour}))
+    choice = choice_table(table, TUNING).iloc[0]
+    assert (choice["lr"], choice["val_loss"], choice["spread"]) == (0.003, 0.5, 0.25)
+    assert choice["neighbour_gap"] == np.mean(neighbour) - 0.5
+    assert choice["fragile"] == fragile
+
+
+@NEIGHBOURS
+def test_a_neighbouring_rate_below_the_choice_makes_it_fragile_as_one_above_does(neighbour,
+                                                                                 fragile):
+    # the mirror image: the close neighbour is the smaller rate, the larger one is far off
+    table = _table(_curve("gap", {0.001: neighbour, 0.003: (0.375, 0.625), 0.01: (2.0, 2.5)}))
     choice = choice_table(table, TUNING).iloc[0]
     assert (choice["lr"], choice["val_loss"], choice["spread"]) == (0.003, 0.5, 0.25)
     assert choice["neighbour_gap"] == np.mean(neighbour) - 0.5
@@ -247,11 +265,14 @@ def test_the_choice_table_holds_each_heads_mean_loss_at_every_rate_it_tried():
 
 
 def test_the_tuning_table_keeps_one_row_per_head_and_rate_with_the_columns_the_report_reads():
-    table = _table(_curve("gap", {0.001: (0.5, 0.7), 0.003: (0.1, 0.2)}, accuracy=0.95))
+    # the seeds disagree on accuracy (binary fractions, so that the means are exact)
+    table = _table([("gap", 0.001, 100, 0.5, 0.875), ("gap", 0.001, 101, 0.7, 0.625),
+                    ("gap", 0.003, 100, 0.1, 1.0), ("gap", 0.003, 101, 0.2, 0.75)])
     summary = tuning_table(table)
     assert {"head", "lr", "val_accuracy", "val_loss", "chosen"} <= set(summary.columns)
     assert summary[["head", "lr"]].values.tolist() == [["gap", 0.001], ["gap", 0.003]]
     assert summary["val_loss"].tolist() == pytest.approx([0.6, 0.15])
+    assert summary["val_accuracy"].tolist() == [0.75, 0.875]  # the means, not one seed's
     assert summary[["val_loss_min", "val_loss_max"]].values.tolist() == [[0.5, 0.7], [0.1, 0.2]]
     assert summary["chosen"].tolist() == [False, True]
     assert summary["seeds"].tolist() == [2, 2]
