@@ -298,14 +298,15 @@ def test_results_table_holds_every_run_of_both_parts_once(layout):
     assert not main.merge(mechanism, on=RUN_KEYS).empty  # same run keys, told apart by part
 
 
-def _study(layout: Layout):
-    """What the report notebook builds: results, tables, comparisons and verdicts."""
-    collected = collect_results(layout, HEADS)
+def _study(layout: Layout, heads: Sequence[str] = HEADS):
+    """What the report notebook builds for ``heads``: results, tables, comparisons and
+    verdicts."""
+    collected = collect_results(layout, heads)
     results = with_derived_metrics(collected, time_target=SETTINGS.time_target)
     tables = study_tables(results, collected.grid)
-    comparisons = claim_comparisons(results, collected.step_times, HEADS,
+    comparisons = claim_comparisons(results, collected.step_times, heads,
                                     SETTINGS.margins.model_dump(),
-                                    per_image=PerImageValues.read(layout, HEADS),
+                                    per_image=PerImageValues.read(layout, heads),
                                     bootstrap=SETTINGS.bootstrap.model_dump())
     return collected, results, tables, comparisons
 
@@ -315,12 +316,14 @@ FIGURES = ["accuracy", "cam_overlays", "forest", "fraction_curve", "mechanism_he
            "time", "training_curves", "tuning"]
 
 
-def _facts(layout: Layout, figures: Sequence[str] = FIGURES) -> ReportFacts:
-    """The report's facts of the hand-made study, figures named as the stage names them."""
-    collected, _, tables, comparisons = _study(layout)
+def _facts(layout: Layout, figures: Sequence[str] = FIGURES,
+           heads: Sequence[str] = HEADS) -> ReportFacts:
+    """The report's facts of the hand-made study (of ``heads``), figures named as the stage
+    names them."""
+    collected, _, tables, comparisons = _study(layout, heads)
     return build_facts(collected=collected, tables=tables, comparisons=comparisons,
                        verdicts=claim_verdicts(comparisons),
-                       figures={n: f"figures/{n}.png" for n in figures}, heads=HEADS,
+                       figures={n: f"figures/{n}.png" for n in figures}, heads=list(heads),
                        settings=SETTINGS, commit="0123abc")
 
 
@@ -433,21 +436,12 @@ def test_a_report_of_fewer_heads_than_the_study_ran_reads_only_their_rows(layout
     # run_notebook -p heads [dense, gap] on a study of dense, gsp and gap: the speed, tuning
     # and mechanism tables hold gsp too, and the figures colour only the report's heads
     heads = ["dense", "gap"]
-    collected = collect_results(layout, heads)
+    collected, _, tables, comparisons = _study(layout, heads)
     for name in ("step_times", "tuning", "tuning_runs", "tune_choices", "mechanism",
                  "mechanism_grid"):
         assert set(getattr(collected, name)["head"]) <= set(heads), name
     assert "gsp" in set(pd.read_csv(layout.step_times)["head"])
-    results = with_derived_metrics(collected, time_target=SETTINGS.time_target)
-    tables = study_tables(results, collected.grid)
-    comparisons = claim_comparisons(results, collected.step_times, heads,
-                                    SETTINGS.margins.model_dump(),
-                                    per_image=PerImageValues.read(layout, heads),
-                                    bootstrap=SETTINGS.bootstrap.model_dump())
-    facts = build_facts(collected=collected, tables=tables, comparisons=comparisons,
-                        verdicts=claim_verdicts(comparisons),
-                        figures={n: f"figures/{n}.png" for n in FIGURES}, heads=heads,
-                        settings=SETTINGS, commit="0123abc")
+    facts = _facts(layout, heads=heads)
     render_report(facts)
     for name, table in facts.csv.items():
         if "head" in table:
