@@ -249,6 +249,19 @@ def _mechanism(collected: CollectedResults, heads: list[str], stride: int,
                            confidence)
 
 
+def _scope(collected: CollectedResults, tables: StudyTables, comparisons: pd.DataFrame,
+           heads: list[str]) -> Scope:
+    """``scope_facts`` from the stages' records: the evaluation's data set and grid, the
+    training shifts of the train stage and of the mechanism's shift-trained cell."""
+    evaluate = collected.records["evaluate"]
+    return scope_facts(dataset=evaluate["dataset"], max_shift=evaluate["evaluate"]["max_shift"],
+                       aggregate=tables.aggregate, comparisons=comparisons,
+                       train_shifts=collected.records["train"]["train"]["shift"],
+                       speed_run=collected.speed_run, heads=heads,
+                       mechanism_shift=collected.records["mechanism"]["mechanism"].get(
+                           "train_shift"))
+
+
 def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons: pd.DataFrame,
                 verdicts: pd.DataFrame, figures: Mapping[str, str], heads: Sequence[str],
                 settings: ReportParams, commit: str | None = None,
@@ -294,12 +307,7 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         tune_flags=tune_flags(collected.tune_choices, heads),
         parameters=_parameters(tables.main, heads),
         factorial=_factorial(tables.aggregate, heads),
-        scope=scope_facts(dataset=evaluate["dataset"],
-                          max_shift=evaluate["evaluate"]["max_shift"],
-                          aggregate=tables.aggregate, comparisons=comparisons,
-                          train_shifts=train["train"]["shift"], speed_run=collected.speed_run,
-                          heads=heads, mechanism_shift=collected.records["mechanism"][
-                              "mechanism"].get("train_shift")),
+        scope=_scope(collected, tables, comparisons, heads),
         accuracy=stat_table(tables.aggregate,
                             ["train_accuracy", "test_accuracy", "overfit_gap", "loss_gap"],
                             ["train accuracy", "test accuracy", "overfitting gap", "loss gap"],
