@@ -443,6 +443,10 @@ def test_a_report_of_fewer_heads_than_the_study_ran_reads_only_their_rows(layout
     assert "gsp" in set(pd.read_csv(layout.step_times)["head"])
     facts = _facts(layout, heads=heads)
     render_report(facts)
+    # the provenance counts the runs of the report's heads
+    assert sum(w[-1] for w in facts.workers) == len(heads) * len(RUNS)
+    mechanism = pd.read_csv(layout.mechanism_runs)
+    assert sum(w[-1] for w in facts.mechanism_workers) == mechanism["head"].isin(heads).sum()
     for name, table in facts.csv.items():
         if "head" in table:
             assert set(table["head"]) <= set(heads), name

@@ -6,6 +6,7 @@ sum-pooling facts in ``pooling_facts``, the mechanism experiment's in ``mechanis
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,10 +180,13 @@ def _published(dataset: str, aggregate: pd.DataFrame, heads: Sequence[str],
     return ours, table
 
 
-def _workers(workers: Mapping[str, Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-    """``(host, cpu, instruction set, threads, runs)`` for each kind of worker."""
+def _workers(workers: Mapping[str, Mapping[str, Any]],
+             heads: Sequence[str]) -> list[tuple[Any, ...]]:
+    """``(host, cpu, instruction set, threads, runs)`` for each kind of worker, over the runs
+    of ``heads`` (a run record's keys start with the head: ``gap/...``, ``gap-max-...``)."""
     kinds = Counter((w["host"], w["cpu"], w["cpu_capability"], w["torch_threads"])
-                    for w in workers.values())
+                    for key, w in workers.items() if re.split(r"[/-]", key, maxsplit=1)[0]
+                    in heads)
     return [(*kind, count) for kind, count in sorted(kinds.items())]
 
 
@@ -299,8 +303,8 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
     return ReportFacts(
         heads=heads, seeds=sorted(tables.main.seed.unique().tolist()), settings=settings,
         figures=dict(figures), dataset=evaluate["dataset"], train_record=train,
-        evaluate_record=evaluate, workers=_workers(train["runs"]),
-        mechanism_workers=_workers(collected.records["mechanism"].get("runs", {})),
+        evaluate_record=evaluate, workers=_workers(train["runs"], heads),
+        mechanism_workers=_workers(collected.records["mechanism"].get("runs", {}), heads),
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
         secondary=secondary_facts(comparisons),
         learning_rates=chosen_rates(collected.tuning, heads),
