@@ -127,6 +127,24 @@ def test_stage_declares_exactly_the_params_its_notebook_reads(name, stage, noteb
     assert passed <= set(declared) and passed.isdisjoint(PARAMS), name
 
 
+@pytest.mark.parametrize("stage, section, keys", [
+    ("tune", "train", "gap_study.stages.tune.TRAIN_KEYS"),
+    ("mechanism", "evaluate", "gap_study.stages.mechanism.EVALUATE_KEYS"),
+])
+def test_a_run_record_holds_the_keys_of_a_section_its_stage_declares(stage, section, keys):
+    # a stage that declares some keys of a section records those: a change of another key
+    # reruns nothing, and the record would go stale
+    import importlib
+
+    module, name = keys.rsplit(".", 1)
+    declared = {p.split(".", 1)[1] for p in DVC["stages"][stage]["params"]
+                if p.startswith(f"{section}.")}
+    assert set(getattr(importlib.import_module(module), name)) == declared
+    code = "".join(c.source for c in nbformat.read(ROOT / "notebooks" / f"{stage}.ipynb",
+                                                      as_version=4).cells)
+    assert f'"{section}": {{key: {section}[key] for key in {name}}}' in code
+
+
 @pytest.mark.parametrize("name, stage, notebook", list(_stages()), ids=lambda v: str(v)[:20])
 def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, notebook):
     nb = nbformat.read(notebook, as_version=4)

@@ -40,6 +40,7 @@ from gap_study.pipeline.runtime import resolve_device, to_device
 from gap_study.stages.train import train_run
 
 __all__ = [
+    "EVALUATE_KEYS",
     "Cell",
     "MechanismResult",
     "MechanismRun",
@@ -49,6 +50,10 @@ __all__ = [
     "run_size",
     "score_grid",
 ]
+
+# the evaluate section's keys the mechanism reads (dvc.yaml's mechanism stage declares exactly
+# these): its run record holds them, not the evaluate stage's own seed
+EVALUATE_KEYS = ("max_shift", "batch_size")
 
 
 @dataclass(frozen=True)

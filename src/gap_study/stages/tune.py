@@ -27,7 +27,7 @@ from gap_study.pipeline.provenance import worker_facts
 from gap_study.pipeline.runtime import resolve_device
 from gap_study.stages.train import train_run
 
-__all__ = ["RUN_COLUMNS", "SIGNIFICANT_DIGITS", "Task", "TuningRun", "best_rates",
+__all__ = ["RUN_COLUMNS", "SIGNIFICANT_DIGITS", "TRAIN_KEYS", "Task", "TuningRun", "best_rates",
            "choice_table", "half_decade", "next_rates", "rate_summary", "runs_table", "search",
            "tune_task", "tuning_table"]
 
@@ -35,6 +35,10 @@ __all__ = ["RUN_COLUMNS", "SIGNIFICANT_DIGITS", "Task", "TuningRun", "best_rates
 #    print as they are (0.0316, not 0.031622776601683794) and a rerun writes the same bytes.
 SIGNIFICANT_DIGITS = 3
 RUN_COLUMNS = ["head", "lr", "seed", "val_loss", "val_accuracy"]
+# the train section's keys a tuning run reads (dvc.yaml's tune stage declares exactly these):
+# its run record holds them, not the seeds or other keys a change of which reruns nothing here
+TRAIN_KEYS = ("epochs", "batch_size", "schedule", "drop_last", "weight_decay", "fractions",
+              "shift")
 
 Task = tuple[str, float, int]  # (head, learning rate, tuning seed)
 
