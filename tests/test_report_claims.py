@@ -16,6 +16,7 @@ from gap_study.report.claims import (
 )
 from gap_study.report.comparisons import Margin, compare_paired
 from gap_study.report.decisions import bh_q_values, holm
+from gap_study.report.forest import forest_rows
 from gap_study.report.per_image import PerImageValues
 from gap_study.report.protocol import PROTOCOL, heads_under_test, setting_label
 
@@ -344,6 +345,11 @@ def test_a_run_that_never_reaches_the_target_counts_at_its_lower_bound():
     assert row.verdict == row.verdict_seeds_only == "inconclusive"
     assert row.note == "bounded" and row.p_difference == reached.p_difference  # its own p
     assert row.p_difference_adjusted == row.p_equivalence_adjusted == 1.0
+    # no interval or detectable difference: at no level would they decide as its verdict does
+    assert np.isnan([row.adjusted_low, row.adjusted_high, row.difference_low,
+                     row.difference_high, row.mde]).all()
+    table = _time_table(_time_results([4.0, np.nan, 4.1, 4.2, 3.9, 4.0], DENSE_TIMES, bound=5.0))
+    assert "bounded" not in set(forest_rows(table).note)  # left out of the forest plot
 
 
 @pytest.mark.parametrize("gap, dense", [

@@ -78,12 +78,3 @@ def test_the_forest_plot_draws_a_time_margin_where_its_ratio_test_ends():
     assert dotted[0] == pytest.approx([100 * (1 / 1.1 - 1), 10.0])
     assert dotted[1] == pytest.approx([-1.0, 1.0])
     plt.close(fig)
-
-
-def test_the_forest_plot_labels_a_comparison_of_bounds():
-    rows = pd.DataFrame([{**_comparison("time_to_target", 0.10), "note": "bounded"},
-                         {**_comparison("time_to_target", 0.10), "head": "gmp", "note": ""}])
-    fig = plot_forest(rows, {})
-    labels = [tick.get_text() for tick in fig.axes[0].get_yticklabels()]
-    assert sorted(labels) == ["gap vs dense (bounded)", "gmp vs dense"]
-    plt.close(fig)

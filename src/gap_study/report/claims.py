@@ -219,7 +219,9 @@ def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     1. A row with runs at their lower bound (``bounded_head``, ``bounded_baseline``) enters
        its family as a test that never rejects, p = 1 for both tests: the true values lie
        anywhere above the bounds, which can move the mean either way against its spread (a
-       paired t-test is not monotone in one pair). Its own p-values stay in the table."""
+       paired t-test is not monotone in one pair). Its own p-values stay in the table; its
+       adjusted intervals and detectable difference are nan, since no level of the family
+       would make them decide as its verdict does."""
     bounded = (table["bounded_head"] + table["bounded_baseline"]) > 0
     tested = table.assign(p_difference=table["p_difference"].mask(bounded, 1.0),
                           p_equivalence=table["p_equivalence"].mask(bounded, 1.0))
@@ -228,6 +230,8 @@ def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     judged.append(judge_family(tested[tested.role == "secondary"], adjust="bh", alpha=alpha))
     out = pd.concat(judged).sort_index()
     out[["p_difference", "p_equivalence"]] = table[["p_difference", "p_equivalence"]]
+    out.loc[bounded, ["adjusted_low", "adjusted_high", "difference_low", "difference_high",
+                      "mde"]] = float("nan")
     return out
 
 
@@ -289,9 +293,10 @@ def largest_comparison(rows: pd.DataFrame) -> tuple[pd.Series, bool, str]:
 def claims_record(comparisons: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, dict]:
     """``reports/claims.json``, the verdicts as DVC metrics: per claim and primary metric, the
     verdict word, how many comparisons came out which way, and the comparison with the largest
-    effect among those decided (among all when none is): its effect (``improvement``, raw
-    units; a ratio minus one for times) and the adjusted equivalence and difference intervals
-    its verdict read (``null`` where there is none: one seed)."""
+    effect among those decided (among all when none is): its name, verdict and note
+    (``largest_verdict``, ``largest_note``), its effect (``improvement``, raw units; a ratio
+    minus one for times) and the adjusted equivalence and difference intervals its verdict
+    read (``null`` where there is none: one seed, a comparison not made or bounded)."""
     record: dict[str, dict] = {}
     primary = comparisons[comparisons.role == "primary"] if len(comparisons) else comparisons
     for row in verdicts.itertuples(index=False):

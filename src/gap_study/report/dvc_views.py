@@ -38,7 +38,8 @@ __all__ = [
 
 # The claims of ``gap_study.report.protocol.CLAIMS``, in the report's order, by the short key
 # each has in ``verdicts.json`` (a column header of ``dvc exp show``: short, so that all five
-# fit 80 columns beside the experiment's name).
+# fit 80 columns beside the experiment's name with one-word verdicts; two metrics' different
+# words, ``no difference/undecided``, widen a column past that).
 CLAIM_KEYS = {
     "fewer parameters": "params",
     "less overfitting": "overfit",

@@ -52,10 +52,8 @@ def _forest_panel(ax: plt.Axes, rows: pd.DataFrame, metric: str,
         ax.axvline(edge * factor, color="black", linewidth=0.8, linestyle=":")
     # the setting only where it varies (the learning curve's fractions), shortened
     varies = rows["setting"].nunique() > 1
-    # a row with runs at a lower bound (note "bounded") shows bounds and decides nothing
     ax.set_yticks(list(y), [f"{r['head']} vs {r.baseline}"
                             + (f" ({r.setting.split(' (')[0]})" if varies else "")
-                            + (" (bounded)" if r.get("note") == "bounded" else "")
                             for _, r in rows.iterrows()], fontsize=7)
     # a long metric name wraps: the panels are 8 inches wide, about 60 characters of title
     ax.set(xlabel=xlabel, title=textwrap.fill(labels.get(metric, metric), 60))
@@ -72,7 +70,8 @@ def margin_edges(margin: float, metric: str) -> tuple[float, float]:
 
 def forest_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
     """The comparisons the forest plot shows: the primary ones that were tested (not exact
-    counts, and with an interval: a single seed has none)."""
+    counts, and with an interval: a single seed, a comparison not made or bounded has
+    none)."""
     if comparisons.empty:
         return comparisons
     return comparisons[(comparisons.role == "primary") & ~comparisons.exact.astype(bool)

@@ -91,9 +91,8 @@ def _detectable(comparisons: pd.DataFrame) -> list[tuple[str, str, str]]:
     fractions, heads and baselines differ in seeds' spread), or one value where they agree."""
     if comparisons.empty:
         return []
-    # a row with runs at a lower bound has a bound's spread, and decides nothing
     tested = comparisons[(comparisons.role == "primary") & ~comparisons.exact.astype(bool)
-                         & comparisons.mde.notna() & (comparisons.get("note") != "bounded")]
+                         & comparisons.mde.notna()]
     rows = []
     for (claim, metric), group in tested.groupby(["claim", "metric"], sort=False):
         smallest, largest = (format_magnitude(float(group["mde"].agg(end)), metric)
