@@ -222,7 +222,7 @@ def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
        paired t-test is not monotone in one pair). Its own p-values stay in the table; its
        adjusted intervals and detectable difference are nan, since no level of the family
        would make them decide as its verdict does."""
-    bounded = (table["bounded_head"] + table["bounded_baseline"]) > 0
+    bounded = _bounded(table)
     tested = table.assign(p_difference=table["p_difference"].mask(bounded, 1.0),
                           p_equivalence=table["p_equivalence"].mask(bounded, 1.0))
     judged = [judge_family(group, adjust="holm", alpha=alpha)
@@ -233,6 +233,11 @@ def _judged(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
     out.loc[bounded, ["adjusted_low", "adjusted_high", "difference_low", "difference_high",
                       "mde"]] = float("nan")
     return out
+
+
+def _bounded(table: pd.DataFrame) -> pd.Series:
+    """Which rows have runs at their lower bound, on either side."""
+    return (table["bounded_head"] + table["bounded_baseline"]) > 0
 
 
 def _notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]:
@@ -246,14 +251,13 @@ def _notes(table: pd.DataFrame, results: pd.DataFrame) -> list[str]:
     test_verdict = table[table.metric == "test_accuracy"].set_index(
         ["head", "baseline", "fraction"])["verdict"]
     notes = []
-    for row in table.itertuples():
+    for row, bounded in zip(table.itertuples(), _bounded(table), strict=True):
         key = (row.head, row.baseline, row.fraction)
         fits_less = (row.metric == "overfit_gap" and row.improvement > 0
                      and (row.head, row.fraction) in train.index
                      and (row.baseline, row.fraction) in train.index
                      and train[row.head, row.fraction] < train[row.baseline, row.fraction]
                      and test_verdict.get(key) != "better")
-        bounded = row.bounded_head + row.bounded_baseline > 0
         notes.append("not made" if row.n == 0 else "bounded" if bounded
                      else "underfits" if fits_less else "")
     return notes
