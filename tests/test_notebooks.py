@@ -145,6 +145,30 @@ def test_a_run_record_holds_the_keys_of_a_section_its_stage_declares(stage, sect
     assert f'"{section}": {{key: {section}[key] for key in {name}}}' in code
 
 
+def _record_keys(code: str) -> set[str] | None:
+    """The string keys of the dict a notebook assigns to ``record`` (its run record's params),
+    or ``None`` where it writes no run record."""
+    for node in ast.walk(ast.parse(code)):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and [getattr(t, "id", None) for t in node.targets] == ["record"]):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    return None
+
+
+@pytest.mark.parametrize("name, stage, notebook", list(_stages()), ids=lambda v: str(v)[:20])
+def test_a_run_record_holds_every_param_its_stage_declares(name, stage, notebook):
+    # a section recorded whole, or the keys of it the stage declares, each under its own name
+    code = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells
+                     if c.cell_type == "code")
+    keys = _record_keys(code)
+    if keys is None:
+        assert "run_record(" not in code, name
+        return
+    for section in {p.split(".")[0] for p in stage["params"]}:
+        partial = [p.split(".", 1)[1] for p in stage["params"] if p.startswith(f"{section}.")]
+        assert section in keys or (partial and set(partial) <= keys), f"{name}: {section}"
+
+
 @pytest.mark.parametrize("name, stage, notebook", list(_stages()), ids=lambda v: str(v)[:20])
 def test_stage_depends_on_its_notebook_and_every_module_it_imports(name, stage, notebook):
     nb = nbformat.read(notebook, as_version=4)
