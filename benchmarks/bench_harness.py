@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from _common import (
+    PARAMS_FILE,
     interleaved_times,
     parse_args,
     print_table,
@@ -38,7 +39,7 @@ from gap_study.data.canvas import to_float
 from gap_study.data.prepare import prepare_dataset
 from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.models import build_model
-from gap_study.pipeline.params import TrainParams
+from gap_study.pipeline.params import TrainParams, load_params
 from gap_study.pipeline.runtime import seed_everything
 from gap_study.stages.speed import alternate, sync
 from gap_study.stages.train import fit
@@ -55,7 +56,11 @@ Trainer = Callable[..., object]
 def load_tensors(device: torch.device) -> tuple[Tensors, int, int]:
     """The digits tensors on ``device``, as ``train_run`` makes them; channels, size."""
     canvas, digits_size = study_digits_input()
-    data = prepare_dataset("digits", canvas=canvas, digits_size=digits_size)
+    split = load_params(PARAMS_FILE).data  # the default study's split of the digits
+    data = prepare_dataset("digits", canvas=canvas, digits_size=digits_size,
+                           test_fraction=split.test_fraction,
+                           validation_fraction=split.validation_fraction,
+                           split_seed=split.split_seed, two_objects=0)
     tensors = (to_float(data.x_train).to(device, memory_format=torch.channels_last),
                torch.as_tensor(data.y_train).to(device),
                to_float(data.x_test).to(device, memory_format=torch.channels_last),
@@ -109,7 +114,7 @@ def harness_fit(model: nn.Module, *tensors: Tensor, epochs: int, batch_size: int
     """The project's loop, as ``train_run`` calls it (without the progress bar)."""
     settings = TrainParams(seeds=[SEED], epochs=epochs, batch_size=batch_size,
                            schedule="constant", drop_last=False, weight_decay=0.0,
-                           fractions=[1.0], shift=[0])
+                           validation_batch_size=512, fractions=[1.0], shift=[0])
     fit(model, *tensors, settings, lr=lr, epochs=epochs, generator=generator, progress=False)
 
 

@@ -97,7 +97,8 @@ def unit_costs(params: Params) -> dict[str, float]:
     for head, cell in jobs:
         step = training_step(cell.model(params.model).to_config(head, data), data,
                              batch_size=params.train.batch_size, lr=1e-3, seed=0,
-                             device=device, schedule=params.train.schedule)
+                             device=device, schedule=params.train.schedule,
+                             weight_decay=params.train.weight_decay)
         costs[f"step/{head}/{cell.name}"] = step_seconds(step, 4)
     evaluation = EvaluationData.on(data, device)
     full = RunId(params.train.full_fraction, params.train.base_shift, 0)

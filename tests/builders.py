@@ -21,6 +21,8 @@ import requests
 import yaml
 
 from gap_study.data import sources
+from gap_study.data.canvas import CanvasDataset
+from gap_study.data.prepare import prepare_dataset
 from gap_study.data.sources import (
     IDX_TEST_IMAGES,
     IDX_TEST_LABELS,
@@ -149,6 +151,17 @@ def offline_downloader() -> FakeDownloader:
 
 
 
+# What every test's data set shares: prepare_dataset has no defaults for the values that
+# define the study's data (params.yaml sets them), so each test names only what it changes.
+TEST_DATA = {"digits_size": 16, "test_fraction": 0.25, "validation_fraction": 0.1,
+             "split_seed": 0, "two_objects": 0}
+
+
+def data_set(name: str = "digits", *, canvas: int = 32, **changes) -> CanvasDataset:
+    """``prepare_dataset(name, canvas=canvas)`` with ``TEST_DATA``, ``changes`` on top."""
+    return prepare_dataset(name, canvas=canvas, **{**TEST_DATA, **changes})
+
+
 def small_digits(digits):
     """The first 200 training, 60 validation and 100 test images of a ``CanvasDataset``:
     enough to learn something in two epochs."""
@@ -173,7 +186,8 @@ TINY_MODEL = ModelParams(widths=[4, 8], dense_hidden=16, gem_p=3.0, lse_r=10.0, 
 def tiny_settings(epochs: int = 2, *, schedule: str = "constant") -> TrainParams:
     """The ``train`` section of the tiny runs: batch 32, no weight decay, every batch kept."""
     return TrainParams(seeds=[0], epochs=epochs, batch_size=32, schedule=schedule,
-                       drop_last=False, weight_decay=0.0, fractions=[1.0], shift=[0])
+                       drop_last=False, weight_decay=0.0, validation_batch_size=512,
+                       fractions=[1.0], shift=[0])
 
 
 def train_small(data, head: str = "gap", *, seed: int = 0, epochs: int = 2,

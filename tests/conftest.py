@@ -27,10 +27,9 @@ def params_raw() -> dict:
 
 @pytest.fixture(scope="session")
 def digits():
-    from gap_study.data.prepare import prepare_dataset
+    from builders import data_set
 
-    return prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25, split_seed=0,
-                           two_objects=40)
+    return data_set(two_objects=40)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from builders import put, small_cifar_tarball, use_files
+from builders import data_set, put, small_cifar_tarball, use_files
 
 from gap_study.data.canvas import (
     PreparedDataError,
@@ -16,7 +16,7 @@ from gap_study.data.canvas import (
     shift_margin,
     to_float,
 )
-from gap_study.data.prepare import DataSizeWarning, prepare_dataset, prepare_study_dataset
+from gap_study.data.prepare import DataSizeWarning, prepare_study_dataset
 from gap_study.data.sources import CIFAR10_TARBALL
 from gap_study.pipeline.params import load_params
 
@@ -83,20 +83,18 @@ def test_prepared_digits_are_a_stratified_fixed_split_on_the_canvas(digits):
     assert digits.summary()["validation_images"] == 135
     # the 16x16 object sits in the middle, leaving 8 pixels of room on every side
     assert shift_margin(digits.box_train, 32) == shift_margin(digits.box_test, 32) == 8
-    again = prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25,
-                            split_seed=0)
+    again = data_set()
     np.testing.assert_array_equal(again.x_test, digits.x_test)
-    other = prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25,
-                            split_seed=1)
+    other = data_set(split_seed=1)
     assert not np.array_equal(other.y_test, digits.y_test)
 
 
 def test_max_train_and_max_test_keep_a_stratified_seeded_subsample(digits):
-    small = prepare_dataset("digits", canvas=24, digits_size=16, max_train=100, max_test=50)
+    small = data_set(canvas=24, max_train=100, max_test=50)
     assert small.x_train.shape == (90, 1, 24, 24) and small.x_val.shape == (10, 1, 24, 24)
     assert small.x_test.shape == (50, 1, 24, 24)
     assert np.bincount(small.y_train, minlength=10).min() >= 8  # every class kept
-    again = prepare_dataset("digits", canvas=24, digits_size=16, max_train=100, max_test=50)
+    again = data_set(canvas=24, max_train=100, max_test=50)
     np.testing.assert_array_equal(small.x_train, again.x_train)
 
 
@@ -104,8 +102,8 @@ def test_a_real_data_set_is_placed_on_its_canvas_from_local_files(tmp_path, monk
     tarball, _, _ = small_cifar_tarball()
     use_files(monkeypatch, "cifar10", {CIFAR10_TARBALL: tarball})
     put(tmp_path / "cifar10", {CIFAR10_TARBALL: tarball})
-    prepared = prepare_dataset("cifar10", canvas=40, validation_fraction=0.5, root=tmp_path,
-                               download=False)
+    prepared = data_set("cifar10", canvas=40, validation_fraction=0.5, root=tmp_path,
+                        download=False)
     assert len(prepared.y_train) == len(prepared.y_val) == 10  # one of each class on each side
     assert prepared.in_channels == 3 and prepared.image_size == 40
     assert prepared.x_train.dtype == np.uint8
@@ -114,19 +112,18 @@ def test_a_real_data_set_is_placed_on_its_canvas_from_local_files(tmp_path, monk
 
 def test_preparing_too_few_images_for_the_validation_split_names_the_keys_to_change():
     with pytest.raises(ValueError, match=r"data\.validation_fraction = 0\.1.*data\.max_train"):
-        prepare_dataset("digits", canvas=24, digits_size=16, max_train=20)
+        data_set(canvas=24, max_train=20)
 
 
 def test_a_test_fraction_too_small_for_every_class_names_its_key():
     with pytest.raises(ValueError, match=r"data\.test_fraction = 0\.001: a stratified 0\.001 of "
                                          r"1797 images .*change data\.test_fraction"):
-        prepare_dataset("digits", canvas=24, digits_size=16, test_fraction=0.001)
+        data_set(canvas=24, test_fraction=0.001)
 
 
 def test_caps_above_the_data_set_are_warned_about_not_silently_ignored():
     with pytest.warns(DataSizeWarning) as caught:
-        prepared = prepare_dataset("digits", canvas=32, digits_size=16, max_train=5000,
-                                   max_test=40, two_objects=50)
+        prepared = data_set(max_train=5000, max_test=40, two_objects=50)
     messages = [str(w.message) for w in caught]
     assert messages == [
         "data.max_train = 5000 is more than the 1347 training images of digits: all 1347 are "

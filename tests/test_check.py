@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 import yaml
-from builders import run_command, tiny_repository
+from builders import data_set, run_command, tiny_repository
 
 from gap_study.pipeline.check import STAMP_TEXT, main
 
@@ -126,15 +126,14 @@ def test_more_mechanism_test_images_than_the_data_set_keeps_are_refused_before_a
 
 def test_the_test_images_counted_before_the_prepare_stage_are_the_ones_it_keeps(
         params_raw, digits):
-    from gap_study.data.prepare import prepare_dataset
     from gap_study.data.sizes import test_images
     from gap_study.pipeline.params import DataParams
 
     data = DataParams.model_validate({**params_raw["data"], "digits_size": 16})
     assert test_images(data) == len(digits.y_test)  # the conftest's 0.25 of digits, seed 0
     other = data.model_copy(update={"test_fraction": 0.3, "split_seed": 3, "max_test": 400})
-    prepared = prepare_dataset("digits", canvas=other.canvas_size, digits_size=16,
-                               test_fraction=0.3, split_seed=3, max_test=400)
+    prepared = data_set(canvas=other.canvas_size, test_fraction=0.3, split_seed=3,
+                        max_test=400)
     assert test_images(other) == len(prepared.y_test) == 400
     assert test_images(other.model_copy(update={"max_test": None})) == 540
 

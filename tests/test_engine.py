@@ -48,7 +48,7 @@ def _fails_the_first_time(marker):
 def test_local_cluster_gives_the_same_bytes_as_this_process_and_retries_a_failed_task(
         small, tmp_path):
     settings = TrainParams(seeds=[0, 1], epochs=1, batch_size=64, schedule="cosine",
-                           drop_last=True, weight_decay=0.0,
+                           drop_last=True, weight_decay=0.0, validation_batch_size=512,
                            fractions=[1.0], shift=[0, 2])
     runs = [("gmp", RunId(1.0, 0, 0)), ("dense", RunId(1.0, 2, 1))]
     architecture = TINY_MODEL

@@ -25,7 +25,7 @@ from gap_study.stages.train import TrainedRun, train_task
 from gap_study.stages.tune import TuningRun, tune_task
 
 TRAIN = TrainParams(seeds=[0], epochs=1, batch_size=32, schedule="cosine", drop_last=False,
-                    weight_decay=0.0, fractions=[1.0], shift=[0])
+                    weight_decay=0.0, validation_batch_size=512, fractions=[1.0], shift=[0])
 EVALUATE = EvaluateParams(max_shift=2, batch_size=64, seed=0)
 
 

@@ -28,7 +28,7 @@ from gap_study.stages.train import train_run
 PLAN = MechanismParams(heads=["dense", "gap"], downsample=["max", "blurmax"],
                        padding=["zeros", "circular"], train_shift=None, test_images=40)
 TRAIN = TrainParams(seeds=[0, 1], epochs=1, batch_size=32, schedule="cosine", drop_last=True,
-                    weight_decay=0.0, fractions=[0.5, 1.0], shift=[0, 2])
+                    weight_decay=0.0, validation_batch_size=512, fractions=[0.5, 1.0], shift=[0, 2])
 
 
 def test_every_head_trains_once_per_cell_and_seed_as_a_main_run():

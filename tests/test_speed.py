@@ -28,7 +28,7 @@ def test_heads_take_turns_and_the_order_reverses_every_other_round():
 
 def test_a_training_step_updates_the_weights_on_each_call(small):
     step = training_step(tiny_config("gap"), small, batch_size=32, lr=0.01, seed=0,
-                         device=torch.device("cpu"))
+                         device=torch.device("cpu"), schedule="constant", weight_decay=0.0)
     weights = [step.model.head.fc.weight.detach().clone()]
     for _ in range(2):
         step()
@@ -36,7 +36,8 @@ def test_a_training_step_updates_the_weights_on_each_call(small):
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
     assert step.model.training
     decayed = training_step(tiny_config("gap"), small, batch_size=32, lr=0.01, seed=0,
-                            device=torch.device("cpu"), weight_decay=0.01)
+                            device=torch.device("cpu"), schedule="constant",
+                            weight_decay=0.01)
     assert [g["weight_decay"] for g in decayed.optimizer.param_groups] == [0.01]
 
 
@@ -52,7 +53,7 @@ def test_the_stage_times_every_head_with_the_runs_thread_count_then_restores_our
     torch.set_num_threads(2)
     model = TINY_MODEL
     train = TrainParams(seeds=[0], epochs=1, batch_size=32, schedule="cosine", drop_last=True,
-                        weight_decay=0.0, fractions=[1.0], shift=[0])
+                        weight_decay=0.0, validation_batch_size=512, fractions=[1.0], shift=[0])
     times = measure_step_times(["dense", "gap"], model, small, train,
                                SpeedParams(rounds=2, blocks=1, steps=1, warmup=0), lr=0.01,
                                threads=1,

@@ -72,7 +72,7 @@ def test_history_has_one_row_per_epoch_and_training_learns(small):
 def test_matched_epochs_give_a_subset_at_least_the_optimizer_steps_of_the_whole(
         full, subset, batch, expected):
     epochs = 15 if full == 1347 else 2
-    assert matched_epochs(epochs, full, subset, batch) == expected
+    assert matched_epochs(epochs, full, subset, batch, drop_last=False) == expected
 
 
 def test_a_fraction_trains_on_its_subset_for_the_matched_epochs(small):
@@ -122,6 +122,28 @@ def test_history_has_a_row_every_eval_every_epochs_and_after_the_last():
     assert history.images_per_second.mul(history.epoch_seconds).round().eq(20).all()
 
 
+class _ValidationBatches(_Positions):
+    """Records how many images each forward pass in eval mode (the validation) takes."""
+
+    def __init__(self):
+        super().__init__()
+        self.validation_batches: list[int] = []
+
+    def forward(self, x):
+        if not self.training:
+            self.validation_batches.append(len(x))
+        return super().forward(x)
+
+
+def test_validation_takes_train_validation_batch_size_images_per_forward_pass():
+    images, labels = torch.rand(20, 1, 6, 6), torch.arange(20) % 2
+    model = _ValidationBatches()
+    settings = _settings(8).model_copy(update={"validation_batch_size": 7})
+    fit(model, images, labels, images, labels, settings, lr=0.1, epochs=2,
+        generator=torch.Generator().manual_seed(0), progress=False)
+    assert model.validation_batches == [7, 7, 6] * 2  # 20 images, after each of 2 epochs
+
+
 def test_training_with_shifts_is_reproducible_and_differs_from_centred(small):
     first, _ = train_small(small, train_shift=3)
     second, history = train_small(small, train_shift=3)
@@ -133,7 +155,7 @@ def test_training_with_shifts_is_reproducible_and_differs_from_centred(small):
 
 def test_a_run_trains_with_its_own_fraction_shift_and_seed_and_the_stage_settings(small):
     settings = TrainParams(seeds=[0, 5], epochs=2, batch_size=32, schedule="constant",
-                           drop_last=False, weight_decay=0.0,
+                           drop_last=False, weight_decay=0.0, validation_batch_size=512,
                            fractions=[0.5, 1.0], shift=[0, 2])
     run = RunId(fraction=0.5, train_shift=2, seed=5)
     model, history = train_run(tiny_config("gap"), small, run, settings, 0.01, device="cpu",

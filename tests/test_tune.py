@@ -33,7 +33,7 @@ from gap_study.stages.tune import (
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = TINY_MODEL
 SETTINGS = TrainParams(seeds=[0], epochs=2, batch_size=32, schedule="cosine", drop_last=True,
-                       weight_decay=0.0, fractions=[0.5, 1.0], shift=[0])
+                       weight_decay=0.0, validation_batch_size=512, fractions=[0.5, 1.0], shift=[0])
 TUNING = TuneParams(learning_rates=[0.001, 0.003, 0.01], lr_min=0.0001, lr_max=0.1,
                     seeds=[100, 101])
 

@@ -6,10 +6,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from builders import data_set
 
 from gap_study.data import prepare
 from gap_study.data.canvas import object_boxes, place_on_canvas, to_float
-from gap_study.data.prepare import prepare_dataset
 from gap_study.data.two_objects import crop, fits, place_pair, two_object_canvases
 from gap_study.measures.localization import ink_maps, pointing_accuracy
 from gap_study.pipeline.params import ParamsError, parse_params
@@ -72,8 +72,7 @@ def test_the_boxes_are_each_objects_tight_box_and_carry_its_label():
 
 
 def test_positions_are_fixed_by_the_seed_and_change_with_it(digits):
-    again = prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25,
-                            split_seed=0, two_objects=40)
+    again = data_set(two_objects=40)
     for field in ("x_pair", "y_pair", "box_pair"):
         assert getattr(again, field).tobytes() == getattr(digits, field).tobytes()
     images, labels, boxes = digits.x_test, digits.y_test, digits.box_test
@@ -84,8 +83,7 @@ def test_positions_are_fixed_by_the_seed_and_change_with_it(digits):
 
 
 def test_two_object_canvases_leave_every_other_array_unchanged(digits):
-    without = prepare_dataset("digits", canvas=32, digits_size=16, test_fraction=0.25,
-                              split_seed=0, two_objects=0)
+    without = data_set(two_objects=0)
     assert without.x_pair.shape == (0, 1, 32, 32) and without.box_pair.shape == (0, 2, 4)
     for field in ("x_train", "y_train", "box_train", "x_val", "y_val", "box_val", "x_test",
                   "y_test", "box_test"):
@@ -130,7 +128,7 @@ def test_a_negative_count_is_refused_before_any_data_is_read(monkeypatch):
     monkeypatch.setattr(prepare, "digits_objects", no_work)
     monkeypatch.setattr(prepare, "load_raw", no_work)
     with pytest.raises(ValueError, match=r"data\.two_objects = -1: .* 0 \(none\) or more"):
-        prepare_dataset("digits", canvas=20, digits_size=10, two_objects=-1)
+        data_set(canvas=20, digits_size=10, two_objects=-1)
 
 
 def test_params_refuse_a_negative_count_and_photos_that_cannot_lie_apart(params_raw):

@@ -71,11 +71,10 @@ def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.rint(big.clamp(0, 1).numpy() * 255).astype(np.uint8), digits.target.astype(np.int64)
 
 
-def prepare_dataset(name: str, *, canvas: int, digits_size: int = 16, test_fraction: float = 0.25,
-                    validation_fraction: float = 0.1, split_seed: int = 0,
+def prepare_dataset(name: str, *, canvas: int, digits_size: int, test_fraction: float,
+                    validation_fraction: float, split_seed: int, two_objects: int,
                     root: str | Path = "data/raw", download: bool = True,
-                    max_train: int | None = None, max_test: int | None = None,
-                    two_objects: int = 0) -> CanvasDataset:
+                    max_train: int | None = None, max_test: int | None = None) -> CanvasDataset:
     """A data set's train/validation/test split with every object centred on a ``canvas``
     square, and ``two_objects`` two-object canvases made of the test split.
 

@@ -7,7 +7,13 @@ import math
 
 import numpy as np
 
-__all__ = ["fraction_subset", "steps_per_epoch", "stratified_split", "stratified_subsample"]
+__all__ = ["RANKING_SEED", "fraction_subset", "steps_per_epoch", "stratified_split",
+           "stratified_subsample"]
+
+# The learning curve's ranking is one fixed draw, part of the study's definition
+# (docs/study.md, "Learning-curve fractions"): independent of data.split_seed, which already
+# decides which images the training set holds, and of every training seed.
+RANKING_SEED = 0
 
 
 def stratified_subsample(x: np.ndarray, y: np.ndarray, max_count: int | None,
@@ -49,14 +55,14 @@ def fraction_subset(labels: np.ndarray, fraction: float) -> np.ndarray:
     """Sorted indices of ``round(fraction * N)`` (at least 1) examples, stratified by class.
 
     The examples are ranked once, classes interleaved in proportion to their sizes (a fixed
-    random order within each class), and a fraction keeps a prefix of that ranking: smaller
-    fractions are subsets of larger ones and every head and seed sees the same examples, so a
-    learning curve compares heads on identical data.
+    random order within each class, drawn with ``RANKING_SEED``), and a fraction keeps a
+    prefix of that ranking: smaller fractions are subsets of larger ones and every head and
+    seed sees the same examples, so a learning curve compares heads on identical data.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     labels = np.asarray(labels)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(RANKING_SEED)
     position = np.empty(len(labels))
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))

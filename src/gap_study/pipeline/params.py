@@ -158,6 +158,7 @@ class TrainParams(_Section):
     schedule: Literal["cosine", "constant"]
     drop_last: bool
     weight_decay: NonNegativeFloat
+    validation_batch_size: PositiveInt
     fractions: Annotated[list[Fraction], Field(min_length=1), AfterValidator(unique)]
     shift: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(unique)]
 

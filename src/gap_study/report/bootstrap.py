@@ -51,7 +51,10 @@ __all__ = ["DEFAULT_RESAMPLES", "BootstrapDistribution", "one_stage", "two_stage
 # 0.05 has a Monte Carlo sd of 0.0022, one of 0.003 (Holm's first level in a family of 16)
 # 0.00055
 DEFAULT_RESAMPLES = 10_000
-_CHUNK = 1_000  # resamples drawn at a time: memory stays at CHUNK x images counts
+# Resamples drawn at a time, which keeps memory at _CHUNK x images counts. Part of the draws'
+# definition (docs/study.md, "How many resamples"): each block takes its seeds' and then
+# its images' draws from the one generator, so another size gives other resamples.
+_CHUNK = 1_000
 
 
 @dataclass(frozen=True)

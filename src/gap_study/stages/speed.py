@@ -64,8 +64,8 @@ def alternate(names: list[str], round_index: int) -> list[str]:
 
 
 def training_step(config: ModelConfig, data: CanvasDataset, *, batch_size: int, lr: float,
-                  seed: int, device: torch.device, schedule: str = "constant",
-                  weight_decay: float = 0.0) -> Callable[[], None]:
+                  seed: int, device: torch.device, schedule: str,
+                  weight_decay: float) -> Callable[[], None]:
     """One optimizer step of ``config``'s model per call, as ``gap_study.stages.train.fit`` takes it
     (train mode, cross-entropy, the same optimizer, weight decay and schedule), on the next
     ``batch_size`` training images of a seeded order; the images are on ``device`` before

@@ -60,7 +60,7 @@ def optimizer_for(model: nn.Module, *, lr: float, weight_decay: float, schedule:
 
 
 def matched_epochs(epochs: int, full_size: int, subset_size: int, batch_size: int,
-                   drop_last: bool = False) -> int:
+                   drop_last: bool) -> int:
     """Epochs over ``subset_size`` images that take at least as many optimizer steps as
     ``epochs`` over ``full_size`` images, so a smaller training set gets the same training
     budget: a learning curve then shows the effect of data, not of a shorter training."""
@@ -119,7 +119,8 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
         # 5. a history row: sync the device first, so the clock covers the training passes
         train_loss, train_correct = loss_sum.item(), correct.item()
         seconds = time.perf_counter() - since
-        val_loss, val_accuracy = loss_and_accuracy(model, x_val, y_val)
+        val_loss, val_accuracy = loss_and_accuracy(model, x_val, y_val,
+                                                   settings.validation_batch_size)
         history.append({"epoch": epoch, "train_loss": train_loss / seen,
                         "train_accuracy": train_correct / seen, "val_loss": val_loss,
                         "val_accuracy": val_accuracy, "epoch_seconds": seconds / passes,

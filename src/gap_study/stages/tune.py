@@ -37,8 +37,8 @@ SIGNIFICANT_DIGITS = 3
 RUN_COLUMNS = ["head", "lr", "seed", "val_loss", "val_accuracy"]
 # the train section's keys a tuning run reads (dvc.yaml's tune stage declares exactly these):
 # its run record holds them, not the seeds or other keys a change of which reruns nothing here
-TRAIN_KEYS = ("epochs", "batch_size", "schedule", "drop_last", "weight_decay", "fractions",
-              "shift")
+TRAIN_KEYS = ("epochs", "batch_size", "schedule", "drop_last", "weight_decay",
+              "validation_batch_size", "fractions", "shift")
 
 Task = tuple[str, float, int]  # (head, learning rate, tuning seed)
 
