@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
 from gap_study import sweep as sw
 
@@ -232,6 +233,21 @@ def test_main_writes_the_sweep_from_dvc_experiments(params, tmp_path, monkeypatc
     settings = pd.read_csv(tmp_path / "settings.csv")
     assert settings["experiment"].tolist() == ["seed0", "seed1"]
     assert (tmp_path / "sweep.md").read_text().startswith("# Sweep over DVC experiments")
+
+
+@pytest.mark.parametrize(("flag", "level"), [([], "90%"), (["--confidence", "0.8"], "80%")])
+def test_main_takes_the_confidence_from_the_projects_params_unless_given(
+        params, tmp_path, monkeypatch, flag, level):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text(yaml.safe_dump(_with(params, **{"report.confidence": 0.9})))
+    api = sw.dvc.api
+    monkeypatch.setattr(api, "exp_show", lambda repo: [
+        {"Experiment": "seed0", "rev": "rev0", "State": "Success"}])
+    monkeypatch.setattr(api, "params_show", lambda repo, rev: params)
+    monkeypatch.setattr(api, "read", lambda path, repo, rev: _results([0, 1]).to_csv(index=False))
+    assert sw.main(["--repo", str(repo), "--out", str(tmp_path / "out"), *flag]) == 0
+    assert f"[{level} Student-t interval]" in (tmp_path / "out" / "sweep.md").read_text()
 
 
 def test_sections_keep_each_data_sets_settings_groups_together(params):

@@ -35,6 +35,7 @@ import dvc.api
 import pandas as pd
 
 from gap_study.pipeline.io import write_csv, write_text
+from gap_study.pipeline.params import load_params
 from gap_study.report.formatting import grouped_stat_table
 from gap_study.report.stats import summarize
 from gap_study.report.tables import RESULT_KEYS
@@ -65,16 +66,17 @@ GROUP_KEYS = ["data", "settings", *RESULT_KEYS[:-1]]  # a run's keys but its see
 # cells an experiment trains, the shift-trained one included (a run's numbers depend on its
 # own seed, head, cell and training shift alone),
 # where the data files are cached and whether they may be downloaded (the files are
-# hash-checked), and how the numbers are computed or reported (device, compute and evaluation
-# batch size change the speed and at most the last bits of floating point, never a random
-# draw; the speed section times training steps, no run; the report section sets the
-# confidence level, which the sweep takes from --confidence). Everything else, including
-# train.fractions and train.shift, is a setting: the largest fraction decides which runs get
-# the translation and CAM metrics, and pooling too little is safe where pooling too much is
-# not.
+# hash-checked), and how the numbers are computed or reported (device, compute and the
+# evaluation and validation batch sizes change the speed and at most the last bits of floating
+# point, never a random draw; the speed section times training steps, no run; the report
+# section sets the confidence level, which the sweep takes from --confidence or params.yaml).
+# Everything else, including train.fractions and train.shift, is a setting: the largest
+# fraction decides which runs get the translation and CAM metrics, and pooling too little is
+# safe where pooling too much is not.
 IGNORED_PARAMS = ("train.seeds", "heads", "mechanism.heads", "mechanism.downsample",
                   "mechanism.padding", "mechanism.train_shift", "device", "compute",
-                  "data.root", "data.download", "evaluate.batch_size", "speed", "report")
+                  "data.root", "data.download", "evaluate.batch_size",
+                  "train.validation_batch_size", "speed", "report")
 UNSET = "(unset)"  # a key an experiment's params do not have, in settings_differences
 SETTINGS_FRONT = ["experiment", "rev", "data", "settings"]
 
@@ -288,17 +290,21 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=".", help="the DVC project (default: here)")
     parser.add_argument("--out", default="reports/sweep", help="folder for the sweep's files")
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--confidence", type=float, default=None,
+                        help="the intervals' level (default: report.confidence of the "
+                             "project's params.yaml)")
     args = parser.parse_args(argv)
+    confidence = (args.confidence if args.confidence is not None
+                  else load_params(Path(args.repo) / "params.yaml").report.confidence)
     try:
         sweep = collect_sweep(args.repo)
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    text = sweep_table(sweep.runs, args.confidence, sweep.settings)
+    text = sweep_table(sweep.runs, confidence, sweep.settings)
     write_csv(out / "results.csv", sweep.runs)
-    write_csv(out / "summary.csv", sweep_summary(sweep.runs, args.confidence))
+    write_csv(out / "summary.csv", sweep_summary(sweep.runs, confidence))
     write_csv(out / "settings.csv", sweep.settings)
     write_text(out / "sweep.md", text)
     print(text)
