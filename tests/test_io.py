@@ -38,6 +38,24 @@ def test_torchs_short_write_is_reported_as_a_full_disk(tmp_path, monkeypatch):
         write_csv(tmp_path / "a.csv", pd.DataFrame({"x": [1]}))
 
 
+@pytest.mark.parametrize(("code", "full"), [(errno.ENOSPC, True), (errno.EFBIG, False)])
+def test_torchs_short_write_is_a_full_disk_only_when_its_write_error_says_so(
+        tmp_path, monkeypatch, code, full):
+    # torch.save raises its short write while handling the file object's OSError: a file
+    # size limit (EFBIG, `ulimit -f`) is not a full disk, and must not read as one
+    def short_write(*_args, **_kwargs):
+        try:
+            raise OSError(code, "the write failed")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "704 vs 598") from None
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", short_write)
+    with pytest.raises((RuntimeError, OSError)) as caught:
+        write_csv(tmp_path / "a.csv", pd.DataFrame({"x": [1]}))
+    assert isinstance(caught.value, DiskFullError) == full
+
+
 def test_other_write_errors_pass_through_unchanged(tmp_path, monkeypatch):
     def denied(*_args, **_kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")

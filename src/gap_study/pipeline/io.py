@@ -49,12 +49,26 @@ def _free_space(folder: Path) -> str:
         return "free space unknown"
 
 
+def _os_error(error: BaseException | None) -> OSError | None:
+    """``error`` itself, or the first ``OSError`` it was raised from or during."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def _disk_full(path: Path, error: BaseException) -> DiskFullError | None:
     """A ``DiskFullError`` for ``path`` when ``error`` is a failed write for want of space."""
     # 1. torch.save reports a short write as "[enforce fail at inline_container.cc] ...
-    #    unexpected pos N vs M": the file object's write failed, in practice for want of space.
+    #    unexpected pos N vs M", raised while handling the file object's own OSError where
+    #    there is one: that errno says whether the disk was full (ENOSPC) or something else
+    #    failed (a file size limit: EFBIG), which then passes through unchanged. Without one,
+    #    a short write is in practice a full disk.
     torch_short_write = isinstance(error, RuntimeError) and "unexpected pos" in str(error)
-    if not (isinstance(error, OSError) and error.errno in _NO_SPACE) and not torch_short_write:
+    if not isinstance(error, OSError) and not torch_short_write:
+        return None
+    cause = _os_error(error)
+    if (cause is None and not torch_short_write) or (cause is not None
+                                                     and cause.errno not in _NO_SPACE):
         return None
     cause = str(error).splitlines()[0] if str(error) else type(error).__name__
     return DiskFullError(errno.ENOSPC, f"disk full: could not write {path} "
