@@ -177,7 +177,7 @@ def test_a_data_set_whose_images_and_labels_disagree_in_number_is_refused(tmp_pa
     arrays["y_test"] = arrays["y_test"][:-1]
     np.savez(path, **arrays)
     with pytest.raises(PreparedDataError, match=r"for its test split, which must agree.*"
-                                                r"dvc checkout data/prepared/dataset\.npz"):
+                                                r"dvc checkout --force data/prepared/dataset\.npz"):
         load_prepared(path)
 
 
@@ -198,7 +198,7 @@ def test_a_damaged_data_set_is_refused_naming_the_file_and_the_safe_fix(tmp_path
         load_prepared(path)
     message = str(caught.value)
     assert str(path) in message and "allow_pickle" not in message
-    assert "dvc checkout data/prepared/dataset.npz" in message
+    assert "dvc checkout --force data/prepared/dataset.npz" in message
     assert "dvc repro -f -s prepare" in message
 
 

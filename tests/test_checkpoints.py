@@ -90,7 +90,7 @@ def test_one_flipped_byte_is_refused_naming_the_file_and_the_fix(tmp_path):
     path.write_bytes(bytes(data))
     read_checkpoint(path)  # torch.load does not notice: without the record it loads silently
     with pytest.raises(CheckpointError, match=r"models/dense/fraction_1-shift_0-seed_0\.pt has "
-                       r"changed.*dvc checkout models/dense/fraction_1-shift_0-seed_0\.pt.*"
+                       r"changed.*dvc checkout --force models/dense/fraction_1-shift_0-seed_0\.pt.*"
                        r"dvc repro -f -s train"):
         read_checkpoint(path, record)
 

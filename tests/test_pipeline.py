@@ -10,6 +10,7 @@ covered by the unit tests of the modules.
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -240,6 +241,20 @@ def test_repro_again_does_nothing(repo):
     result = run_command(["dvc", "repro"], repo[0])
     assert "Running stage" not in result.stdout
     assert "up to date" in run_command(["dvc", "status"], repo[0]).stdout
+
+
+def test_the_fix_a_damaged_checkpoints_error_names_restores_it(repo):
+    from gap_study.nets.checkpoints import CheckpointError, read_checkpoint
+
+    repo, _ = repo
+    path = repo / "models" / "gap" / f"fraction_1-shift_0-seed_{TINY_SEEDS[0]}.pt"
+    good = path.read_bytes()
+    path.write_bytes(good[:1000])  # truncated: its SHA-256 is no longer the recorded one
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(path, repo / "reports" / "train" / "run.json")
+    command = re.search(r"restore it with `([^`]+)`", str(caught.value)).group(1)
+    run_command(shlex.split(command), repo)  # what a user would type
+    assert path.read_bytes() == good
 
 
 def test_metrics_and_plots_are_visible_to_dvc(repo):

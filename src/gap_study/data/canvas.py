@@ -182,8 +182,8 @@ class PreparedDataError(ValueError):
 # What np.load raises on a damaged file: garbage reads as a pickle it refuses (its message
 # suggests allow_pickle=True, the unsafe fix), a truncated archive as BadZipFile or EOFError.
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
-_PREPARE_FIX = ("restore it with `dvc checkout data/prepared/dataset.npz`, or make it again "
-                "with `dvc repro -f -s prepare`")
+_PREPARE_FIX = ("restore it with `dvc checkout --force data/prepared/dataset.npz`, or make it "
+                "again with `dvc repro -f -s prepare`")
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -99,7 +99,7 @@ def write_checkpoint(path: str | Path, payload: Payload) -> str:
 
 def _fix(key: str) -> str:
     stage = "mechanism" if key.startswith("models_mechanism/") else "train"
-    return (f"restore it with `dvc checkout {key}`, or train it again with "
+    return (f"restore it with `dvc checkout --force {key}`, or train it again with "
             f"`dvc repro -f -s {stage}`")
 
 
