@@ -7,8 +7,8 @@ from torch import nn
 
 from gap_study.pipeline import runtime
 from gap_study.pipeline.params import TrainParams
-from gap_study.pipeline.paths import RunId
-from gap_study.stages.train import fit, matched_epochs, train_run
+from gap_study.pipeline.paths import Layout, RunId
+from gap_study.stages.train import fit, matched_epochs, read_learning_rates, train_run
 
 
 def _settings(batch_size: int) -> TrainParams:
@@ -166,3 +166,34 @@ def test_a_run_trains_with_its_own_fraction_shift_and_seed_and_the_stage_setting
         expected_history.drop(columns=["epoch_seconds", "images_per_second"]))
     assert (history[["fraction", "train_shift", "seed"]].drop_duplicates().values.tolist()
             == [[0.5, 2, 5]])
+
+
+def _rates_file(tmp_path, text: str | None) -> Layout:
+    layout = Layout(tmp_path)
+    if text is not None:
+        layout.learning_rates.parent.mkdir(parents=True)
+        layout.learning_rates.write_text(text)
+    return layout
+
+
+def test_the_tune_stages_rates_are_read_for_every_head(tmp_path):
+    layout = _rates_file(tmp_path, '{"dense": 0.001, "gap": 0.01}')
+    assert read_learning_rates(layout, ["gap"]) == {"dense": 0.001, "gap": 0.01}
+
+
+@pytest.mark.parametrize(("text", "error", "message"), [
+    (None, FileNotFoundError,
+     r"reports/tune/learning_rates\.json is missing: .*run `dvc repro tune`"),
+    ("", ValueError, r"reports/tune/learning_rates\.json is damaged \(Expecting value.*\); "
+                     r"restore it with `dvc checkout --force reports/tune/learning_rates\.json`"
+                     r", or .*`dvc repro -f -s tune`"),
+    ('{"gap": -1}', ValueError, r"is damaged \(not a positive rate per head\)"),
+    ('{"gap": "0.01"}', ValueError, r"is damaged \(not a positive rate per head\)"),
+    ('{"dense": 0.001}', ValueError,
+     r"learning_rates\.json has no learning rate for gap: the tune stage chose rates for "
+     r"dense, .*Add the heads to `heads` in params\.yaml"),
+])
+def test_missing_damaged_or_incomplete_rates_stop_a_stage_naming_the_file_and_fix(
+        tmp_path, text, error, message):
+    with pytest.raises(error, match=message):
+        read_learning_rates(_rates_file(tmp_path, text), ["gap"])

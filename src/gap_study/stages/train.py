@@ -8,9 +8,10 @@ the initial weights and the minibatch order, and
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from gap_study.nets.architecture import ModelConfig
 from gap_study.nets.checkpoints import checkpoint_payload
 from gap_study.nets.models import ClassifierNet, build_model
 from gap_study.pipeline.params import ModelParams, TrainParams
-from gap_study.pipeline.paths import RunId
+from gap_study.pipeline.paths import Layout, RunId
 from gap_study.pipeline.provenance import worker_facts
 from gap_study.pipeline.runtime import resolve_device, seed_everything, to_device
 
@@ -37,6 +38,7 @@ __all__ = [
     "fit",
     "matched_epochs",
     "optimizer_for",
+    "read_learning_rates",
     "train_run",
     "train_task",
 ]
@@ -190,3 +192,32 @@ def train_task(item: tuple[str, RunId], *, data: CanvasDataset, architecture: Mo
     require_finite(history.iloc[-1][["train_loss", "val_loss"]].to_dict(),
                    run=f"{head} {run.stem}")
     return TrainedRun(checkpoint_payload(model), history, worker_facts(torch_device))
+
+
+def read_learning_rates(layout: Layout, heads: Sequence[str]) -> dict[str, float]:
+    """The tune stage's choice of each head's learning rate (``Layout.learning_rates``), with
+    a rate for every one of ``heads``: a missing or damaged file, or a head without a rate,
+    stops a stage before any run, naming the file and the fix."""
+    path = layout.learning_rates
+    key = path.relative_to(layout.root).as_posix()
+    try:
+        chosen = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{key} is missing: the tune stage writes it; run "
+                                "`dvc repro tune`") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{key} is damaged ({error}); restore it with `dvc checkout --force "
+                         f"{key}`, or choose the rates again with `dvc repro -f -s tune`"
+                         ) from None
+    if not isinstance(chosen, dict) or not all(
+            isinstance(rate, int | float) and math.isfinite(rate) and rate > 0
+            for rate in chosen.values()):
+        raise ValueError(f"{key} is damaged (not a positive rate per head); restore it with "
+                         f"`dvc checkout --force {key}`, or choose the rates again with "
+                         "`dvc repro -f -s tune`")
+    if missing := [head for head in heads if head not in chosen]:
+        raise ValueError(f"{key} has no learning rate for {', '.join(missing)}: the tune stage "
+                         f"chose rates for {', '.join(chosen)}, the heads of params.yaml when "
+                         "it ran. Add the heads to `heads` in params.yaml and run `dvc repro`, "
+                         "which tunes them first")
+    return {head: float(rate) for head, rate in chosen.items()}
