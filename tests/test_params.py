@@ -5,7 +5,13 @@ import pytest
 import yaml
 
 from gap_study.nets.architecture import ModelConfig
-from gap_study.pipeline.params import ParamsError, load_params, or_params_yaml, parse_params
+from gap_study.pipeline.params import (
+    ParamsError,
+    load_params,
+    or_params_yaml,
+    parse_params,
+    read_yaml,
+)
 from gap_study.pipeline.paths import RunId
 
 
@@ -60,6 +66,10 @@ def test_the_projects_params_yaml_is_valid(root):
     ("report.margins", {"accuracy": 0.01}, r"report\.margins\.consistency: Field required"),
     ("train.seeds", [1, 1], r"train\.seeds .*repeated: \[1\]"),
     ("train.seeds", [], r"train\.seeds"),
+    # torch.manual_seed takes seeds below 2**64: refused here, not after the tune stage ran
+    ("train.seeds", [0, 2**64], r"train\.seeds\[1\] = 18446744073709551616: .*less than "
+                                r"18446744073709551616"),
+    ("data.split_seed", -1, r"data\.split_seed = -1: .*greater than or equal to 0"),
     ("heads", ["dense", "gapp"], r"heads\[1\] = 'gapp': not allowed \(did you mean 'gap'\?\)"),
     ("heads", ["gap", "gap"], r"heads .*repeated"),
     ("data.name", "mnist2", r"data\.name = 'mnist2': not allowed"),
@@ -200,6 +210,28 @@ def test_every_problem_is_reported_at_once(params_raw):
     with pytest.raises(ParamsError) as excinfo:
         parse_params(raw)
     assert "train.epochs" in str(excinfo.value) and "heads[0]" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("text", [
+    "rates: [1e-3, 3e-3, 1.0e-2, .5, 1_000]",  # PyYAML: '1e-3' and '3e-3' are strings
+    "flags: [yes, no, on, off, true, false, null, ~]",  # PyYAML: yes, no, on, off are booleans
+    "counts: [010, 0o10, 0x10, +1, -0]",  # PyYAML: 010 is octal 8
+])
+def test_params_yaml_is_read_as_dvc_reads_it(text):
+    from dvc.utils.serialize import parse_yaml
+
+    assert read_yaml(text) == parse_yaml(text, "params.yaml")
+
+
+def test_a_key_given_twice_is_refused_as_dvc_refuses_it(root, tmp_path):
+    # DVC refuses the file; a reader that kept the last value would run what DVC never saw
+    text = (root / "params.yaml").read_text().replace("  epochs: 10\n",
+                                                       "  epochs: 10\n  epochs: 3\n")
+    (tmp_path / "params.yaml").write_text(text)
+    line = text.splitlines().index("  epochs: 3") + 1
+    with pytest.raises(ParamsError, match=rf"params\.yaml is not valid YAML, line {line}: found "
+                       r"duplicate key \"epochs\" with value \"3\" \(original value: \"10\"\)$"):
+        load_params(tmp_path / "params.yaml")
 
 
 def test_missing_and_unparsable_params_files_get_clear_errors(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -22,6 +21,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from ruamel.yaml import YAML, YAMLError
 
 from gap_study.data.splits import steps_per_epoch
 from gap_study.nets.architecture import (
@@ -34,7 +34,13 @@ from gap_study.nets.architecture import (
     ModelConfig,
     total_stride,
 )
-from gap_study.pipeline.params_errors import check_device, check_scheduler, describe, unique
+from gap_study.pipeline.params_errors import (
+    check_device,
+    check_mechanism,
+    check_scheduler,
+    describe,
+    unique,
+)
 from gap_study.pipeline.paths import RunId, find_project_root
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "load_params",
     "or_params_yaml",
     "parse_params",
+    "read_yaml",
 ]
 
 DATA_SETS = ("digits", "mnist_5k", "mnist", "fashion_mnist", "cifar10")
@@ -62,6 +69,10 @@ NATIVE_SIZE = {"mnist_5k": 28, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 # Data sets whose object fills its whole image (a photo): two of them lie apart on a canvas
 # only if it has room for both side by side and one pixel between (gap_study.data.two_objects).
 FILLS_IMAGE = ("cifar10",)
+
+
+# A seed torch takes (torch.manual_seed: below 2**64), for every seed of the study.
+Seed = Annotated[int, Field(ge=0, lt=2**64)]
 
 
 class ParamsError(ValueError):
@@ -81,7 +92,7 @@ class DataParams(_Section):
     digits_size: PositiveInt
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
     validation_fraction: Annotated[float, Field(gt=0, lt=1)]  # tuning chooses on it
-    split_seed: NonNegativeInt
+    split_seed: Seed
     max_train: PositiveInt | None
     max_test: PositiveInt | None
     two_objects: NonNegativeInt  # two-object canvases made of test objects; 0 = none
@@ -152,7 +163,7 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 class TrainParams(_Section):
-    seeds: Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(unique)]
+    seeds: Annotated[list[Seed], Field(min_length=1), AfterValidator(unique)]
     epochs: PositiveInt
     batch_size: PositiveInt
     schedule: Literal["cosine", "constant"]
@@ -206,7 +217,7 @@ class TuneParams(_Section):
     lr_min: PositiveFloat
     lr_max: PositiveFloat
     # 2+: the choice averages over them, and their spread tells a fragile choice
-    seeds: Annotated[list[NonNegativeInt], Field(min_length=2), AfterValidator(unique)]
+    seeds: Annotated[list[Seed], Field(min_length=2), AfterValidator(unique)]
 
     @model_validator(mode="after")
     def _bounds_hold_the_grid(self) -> TuneParams:
@@ -222,7 +233,7 @@ class EvaluateParams(_Section):
     # 0 would leave the shift grid one centred image: every head perfectly consistent
     max_shift: PositiveInt
     batch_size: PositiveInt
-    seed: NonNegativeInt
+    seed: Seed
 
 
 class ComputeParams(_Section):
@@ -266,7 +277,7 @@ class BootstrapParams(_Section):
     resamples, drawn from which seed."""
 
     resamples: Annotated[int, Field(ge=1_000)]  # fewer make the tails' p-values too coarse
-    seed: NonNegativeInt
+    seed: Seed
 
 
 class ReportParams(_Section):
@@ -321,7 +332,7 @@ class Params(_Section):
             raise ValueError(f"heads has no head whose global pooling replaces the dense layers "
                              f"({', '.join(HEADS_UNDER_TEST)}): the study would test no claim; "
                              "add one to heads")
-        self._check_mechanism()
+        check_mechanism(self)
         if missing := [h for h in self.mechanism.heads if h not in self.heads]:
             raise ValueError(f"mechanism.heads has {', '.join(missing)}, not in heads: each "
                              "head's learning rate comes from the tune stage, which tunes "
@@ -332,35 +343,6 @@ class Params(_Section):
                              "the first halves the map")
         return self
 
-    def _check_mechanism(self) -> None:
-        """The shift-trained cell moves objects within the canvas and is not the centred one;
-        adaptive polyphase sampling halves only maps of even side."""
-        data, shift = self.data, self.mechanism.train_shift
-        if shift is not None:
-            data.check_room("mechanism.train_shift", shift)
-        if shift is not None and shift == self.train.base_shift:
-            raise ValueError(
-                f"mechanism.train_shift = {shift} is the training shift of the main runs "
-                f"(the smallest of train.shift), whose cell the experiment has already: set "
-                f"it above {shift}, or null for no shift-trained cell")
-        mechanism, model = self.mechanism, self.model
-        if shift is None and (mechanism.downsample, mechanism.padding) == (
-                [model.downsample], [model.padding]):
-            raise ValueError(
-                f"mechanism.downsample = {mechanism.downsample} and mechanism.padding = "
-                f"{mechanism.padding} are the model section's own backbone, and "
-                "mechanism.train_shift is null: the mechanism experiment would train no run of "
-                "its own to compare with the main runs. Fix: add a downsampling or a padding "
-                "to those lists, or set mechanism.train_shift")
-        stride = total_stride(self.model.widths)
-        uses = [key for key, used in (("model.downsample", self.model.downsample == "aps"),
-                                      ("mechanism.downsample", "aps" in self.mechanism.downsample))
-                if used]
-        if uses and data.canvas_size % stride:
-            raise ValueError(
-                f"aps (in {' and '.join(uses)}) halves only maps of even side: "
-                f"data.canvas.{data.name} = {data.canvas_size} must be a multiple of the total "
-                f"stride {stride} of model.widths' {len(self.model.widths)} blocks")
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -374,16 +356,26 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
 
 
+def read_yaml(text: str) -> Any:
+    """YAML read as DVC reads ``params.yaml`` (ruamel.yaml's safe loader, YAML 1.2): ``1e-3``
+    is a number, ``yes`` a string, and a key given twice an error. PyYAML (YAML 1.1) reads
+    the first as a string and the second as true, and keeps the last of two keys."""
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``path``; a missing or unparsable file gets a clear ``ParamsError``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run from the project root, "
                           "or pass the path of params.yaml") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    except YAMLError as exc:  # the line and the problem, without ruamel's advice to suppress
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path} is not valid YAML{where}: "
+                          f"{getattr(exc, 'problem', None) or exc}") from None
     return parse_params(raw, source=str(path))
 
 

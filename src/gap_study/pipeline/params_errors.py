@@ -1,16 +1,23 @@
 """What ``parse_params`` says about a pydantic validation error of ``params.yaml``: one line
 per problem, naming the dotted key, the bad value and what is allowed, with "did you mean" for
-a misspelt key or choice; and the checks of single values that pydantic's types lack."""
+a misspelt key or choice; the checks of single values that pydantic's types lack; and the
+mechanism section's checks against the others."""
 
 from __future__ import annotations
 
 import difflib
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-__all__ = ["check_device", "check_scheduler", "describe", "suggest", "unique"]
+from gap_study.nets.architecture import total_stride
+
+if TYPE_CHECKING:
+    from gap_study.pipeline.params import Params
+
+__all__ = ["check_device", "check_mechanism", "check_scheduler", "describe", "suggest",
+           "unique"]
 
 
 def suggest(word: str, choices: list[str]) -> str:
@@ -63,3 +70,34 @@ def check_device(value: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
         raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
     return value
+
+
+def check_mechanism(params: Params) -> None:
+    """The shift-trained cell moves objects within the canvas and is not the centred one;
+    adaptive polyphase sampling halves only maps of even side."""
+    data, shift = params.data, params.mechanism.train_shift
+    if shift is not None:
+        data.check_room("mechanism.train_shift", shift)
+    if shift is not None and shift == params.train.base_shift:
+        raise ValueError(
+            f"mechanism.train_shift = {shift} is the training shift of the main runs "
+            f"(the smallest of train.shift), whose cell the experiment has already: set "
+            f"it above {shift}, or null for no shift-trained cell")
+    mechanism, model = params.mechanism, params.model
+    if shift is None and (mechanism.downsample, mechanism.padding) == (
+            [model.downsample], [model.padding]):
+        raise ValueError(
+            f"mechanism.downsample = {mechanism.downsample} and mechanism.padding = "
+            f"{mechanism.padding} are the model section's own backbone, and "
+            "mechanism.train_shift is null: the mechanism experiment would train no run of "
+            "its own to compare with the main runs. Fix: add a downsampling or a padding "
+            "to those lists, or set mechanism.train_shift")
+    stride = total_stride(params.model.widths)
+    uses = [key for key, used in (("model.downsample", params.model.downsample == "aps"),
+                                  ("mechanism.downsample", "aps" in params.mechanism.downsample))
+            if used]
+    if uses and data.canvas_size % stride:
+        raise ValueError(
+            f"aps (in {' and '.join(uses)}) halves only maps of even side: "
+            f"data.canvas.{data.name} = {data.canvas_size} must be a multiple of the total "
+            f"stride {stride} of model.widths' {len(params.model.widths)} blocks")

@@ -36,13 +36,12 @@ from typing import Any
 sys.modules.setdefault("rfc3987_syntax", None)
 
 import papermill  # noqa: E402
-import yaml  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from papermill.exceptions import PapermillExecutionError  # noqa: E402
 from pydantic import TypeAdapter, ValidationError  # noqa: E402
 from traitlets import CaselessStrEnum  # noqa: E402
 
-from gap_study.pipeline.params import Params, ParamsError, load_params  # noqa: E402
+from gap_study.pipeline.params import Params, ParamsError, load_params, read_yaml  # noqa: E402
 from gap_study.pipeline.params_errors import describe  # noqa: E402
 
 __all__ = ["PROGRESS_ENV", "IpcKernelManager", "check_sections", "main", "notebook_parameters",
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.notebook.is_file():
         print(f"error: notebook {args.notebook} not found", file=sys.stderr)
         return 2
-    overrides = {name: yaml.safe_load(value) for name, value in args.parameter}
+    overrides = {name: read_yaml(value) for name, value in args.parameter}
     try:
         parameters = notebook_parameters(args.notebook, args.params_file, overrides)
     except ParamsError as exc:
