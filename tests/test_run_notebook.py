@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -170,21 +171,69 @@ def test_a_full_disk_saving_the_executed_notebook_says_disk_full_with_the_path(
         "free space and run the stage again")
 
 
-@pytest.mark.slow
-def test_ctrl_c_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
-    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+def _slow_notebook(root: Path, folder: Path) -> None:
+    """``folder/slow.ipynb``: prints its kernel's pid, then sleeps a minute; params.yaml beside."""
+    shutil.copy(root / "params.yaml", folder / "params.yaml")
     nb = nbformat.v4.new_notebook(metadata=nbformat.read(
         root / "notebooks" / "train.ipynb", as_version=4).metadata)
     params_cell = nbformat.v4.new_code_cell("seconds = 60")
     params_cell.metadata["tags"] = ["parameters"]
     nb.cells = [params_cell, nbformat.v4.new_code_cell(
         "import os, time\nprint('kernel', os.getpid(), flush=True)\ntime.sleep(seconds)")]
-    nbformat.write(nb, tmp_path / "slow.ipynb")
+    nbformat.write(nb, folder / "slow.ipynb")
+
+
+def _gone(pid: int, seconds: float = 15) -> bool:
+    """Whether process ``pid`` has ended within ``seconds``."""
+    for _ in range(int(seconds * 10)):
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.1)
+    return not os.path.exists(f"/proc/{pid}")
+
+
+RUNNER = [sys.executable, "-m", "gap_study.pipeline.run_notebook", "slow.ipynb", "out.ipynb"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
+    # `kill` of the runner alone, not of its group: the kernel, in a session of its own,
+    # must not go on running the stage
+    _slow_notebook(root, tmp_path)
+    runner = subprocess.Popen(RUNNER, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    kernel = int(runner.stdout.readline().split()[1])
+    runner.terminate()
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines() == [
+        "interrupted: slow.ipynb was stopped (SIGTERM) before it finished; the stages that "
+        "finished are kept: run `dvc repro` again to resume from this one"], err
+    assert _gone(kernel)
+
+
+@pytest.mark.slow
+def test_the_runner_stops_its_kernel_when_the_process_that_started_it_dies(root, tmp_path):
+    # as when DVC alone is killed: the runner is left to init and must stop the stage
+    _slow_notebook(root, tmp_path)
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         f"runner = subprocess.Popen({RUNNER!r})\n"
+         "print('runner', runner.pid, flush=True)\ntime.sleep(120)"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    runner = int(starter.stdout.readline().split()[1])
+    kernel = int(starter.stdout.readline().split()[1])  # the runner's stdout is the starter's
+    starter.kill()
+    starter.wait()
+    assert _gone(runner) and _gone(kernel)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
+    _slow_notebook(root, tmp_path)
     # its own process group, as a terminal's Ctrl-C signals the foreground group
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "gap_study.pipeline.run_notebook", "slow.ipynb", "out.ipynb"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    runner = subprocess.Popen(RUNNER, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     kernel = int(runner.stdout.readline().split()[1])
     os.killpg(runner.pid, signal.SIGINT)
     _, err = runner.communicate(timeout=60)
@@ -192,8 +241,4 @@ def test_ctrl_c_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
     assert err.strip().splitlines() == [
         "interrupted: slow.ipynb stopped before it finished; the stages that finished are kept: "
         "run `dvc repro` again to resume from this one"], err
-    for _ in range(50):  # the kernel is gone, not left running the cell
-        if not os.path.exists(f"/proc/{kernel}"):
-            break
-        time.sleep(0.1)
-    assert not os.path.exists(f"/proc/{kernel}")
+    assert _gone(kernel, seconds=5)  # not left running the cell

@@ -23,8 +23,12 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,24 +152,63 @@ def _failure(exc: PapermillExecutionError, notebook: Path, output: Path) -> str:
     return "\n".join(lines)
 
 
+class _Stopped(KeyboardInterrupt):
+    """A stop asked for by a signal other than Ctrl-C's SIGINT: ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+@contextmanager
+def _stops_with_its_starter(poll: float = 1.0) -> Iterator[None]:
+    """8. SIGTERM and SIGHUP stop the stage as a Ctrl-C does (the kernel is shut down, its
+    Dask workers with it), and so does the end of the process that started this runner: DVC
+    killed alone leaves its stage's runner to init, and the kernel, in a session of its own,
+    would go on writing outputs that no ``dvc.lock`` records. Main thread only (signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {signum: signal.signal(signum, _stop) for signum in stops}
+    parent, done = os.getppid(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(poll):
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="watch-starter", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _say(message: str) -> None:
+    """``message`` on stderr, if anyone still reads it (a dead starter's pipe may not)."""
+    try:
+        print(message, file=sys.stderr)
+    except OSError:
+        pass
+
+
 def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
-    """Run the notebook; the exit status, with a short message on a failure or a Ctrl-C."""
+    """Run the notebook; the exit status, with a short message on a failure or a stop."""
     output.parent.mkdir(parents=True, exist_ok=True)
     os.environ[PROGRESS_ENV] = progress_mode(dict(os.environ), sys.stdout)
     if os.environ[PROGRESS_ENV] == "text":  # the kernel cannot ask the terminal its width
         os.environ.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
     try:
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters,
-            progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
-            # 7. The executed notebook keeps each cell's output streams merged, carriage
-            #    returns applied: a progress bar's last state, not every redraw.
-            coalesce_streams=True,
-            # 4. The kernel's own log (its machinery, not the notebook's output) only for a
-            #    crash: a Ctrl-C mid-cell made it print the traceback of a reply to a closed
-            #    socket. The notebook's errors and output come through papermill as before.
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"], **_KERNEL,
-        )
+        with _stops_with_its_starter():
+            _run_papermill(notebook, output, parameters)
     except PapermillExecutionError as exc:
         print("\n" + _failure(exc, notebook, output), file=sys.stderr)
         return 1
@@ -176,12 +219,29 @@ def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
         print(f"\nerror: disk full: could not write {output} ({exc.strerror}); free space "
               "and run the stage again", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # 2. One line, not papermill's and asyncio's tracebacks: what stopped and how to resume.
-        print(f"\ninterrupted: {notebook} stopped before it finished; the stages that finished "
-              "are kept: run `dvc repro` again to resume from this one", file=sys.stderr)
-        return 130
+        how = (f"was stopped ({signal.Signals(stop.signum).name})"
+               if isinstance(stop, _Stopped) else "stopped")
+        _say(f"\ninterrupted: {notebook} {how} before it finished; the stages that finished "
+             "are kept: run `dvc repro` again to resume from this one")
+        return 128 + (stop.signum if isinstance(stop, _Stopped) else signal.SIGINT)
     return 0
+
+
+def _run_papermill(notebook: Path, output: Path, parameters: dict[str, Any]) -> None:
+    """papermill's run of the notebook, as every stage takes it."""
+    papermill.execute_notebook(
+        str(notebook), str(output), parameters=parameters,
+        progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
+        # 7. The executed notebook keeps each cell's output streams merged, carriage
+        #    returns applied: a progress bar's last state, not every redraw.
+        coalesce_streams=True,
+        # 4. The kernel's own log (its machinery, not the notebook's output) only for a
+        #    crash: a Ctrl-C mid-cell made it print the traceback of a reply to a closed
+        #    socket. The notebook's errors and output come through papermill as before.
+        extra_arguments=["--IPKernelApp.log_level=CRITICAL"], **_KERNEL,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
