@@ -91,9 +91,9 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
                                 cwd=log.parent)
 
 
-def _set_scheduler(repo: Path, scheduler: str) -> None:
+def _set_scheduler(repo: Path, scheduler: str, workers: int | None = None) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["compute"]["scheduler"] = scheduler
+    params["compute"].update(scheduler=scheduler, workers=workers)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -158,18 +158,24 @@ def test_the_mechanism_crosses_its_heads_with_every_cell_and_reuses_the_main_run
         results[results.part == "mechanism"][every.columns].reset_index(drop=True), every,
         check_dtype=False)
     # the model section's cell is the train stage's runs: on the images the mechanism scores,
-    # its grid predictions are the evaluate stage's
+    # its grid predictions are the evaluate stage's. The two stages batch the images
+    # differently: on CPU each image's logits do not depend on its batch (oneDNN's direct
+    # convolutions), so every prediction is the same; cuDNN picks kernels by batch size, and
+    # these near-chance models have logits within 1e-3 of each other, so there all but 1%
+    # must agree.
+    device = json.loads((reports / "mechanism" / "run.json").read_text())["environment"]
+    share = 1.0 if device["device"] == "cpu" else 0.99
+    shift = mechanism["train_shift"]
     with np.load(reports / "mechanism" / "grid_predictions.npz") as ours:
         index = ours["test_index"]
         for head in mechanism["heads"]:
             with np.load(reports / "eval" / head / "grid_predictions.npz") as evaluated:
                 for seed in TINY_SEEDS:
-                    assert np.array_equal(ours[f"{head}-max-zeros-seed_{seed}"],
-                                          evaluated[f"fraction_1-shift_0-seed_{seed}"][index])
-                    shift = mechanism["train_shift"]
-                    assert np.array_equal(
-                        ours[f"{head}-max-zeros-shift_{shift}-seed_{seed}"],
-                        evaluated[f"fraction_1-shift_{shift}-seed_{seed}"][index])
+                    for cell, run in ((f"{head}-max-zeros-seed_{seed}", f"shift_0-seed_{seed}"),
+                                      (f"{head}-max-zeros-shift_{shift}-seed_{seed}",
+                                       f"shift_{shift}-seed_{seed}")):
+                        same = ours[cell] == evaluated[f"fraction_1-{run}"][index]
+                        assert same.mean() >= share, (cell, same.mean())
 
 
 def test_the_speed_stage_timed_every_head_in_every_round(reports):
@@ -346,7 +352,7 @@ def _weights(outputs: dict[str, bytes]) -> dict[str, bytes]:
 def test_runs_give_the_same_bytes_in_the_stage_process_and_on_a_local_cluster(repo, scheduler,
                                                                               where, stages):
     repo, before = repo
-    _set_scheduler(repo, where)
+    _set_scheduler(repo, where, workers=2)  # not one per core of a large machine
     try:  # where runs compute is no dependency: --force makes them run here
         run_command(["dvc", "repro", "--force", "--single-item", *stages], repo)
     finally:
@@ -432,12 +438,12 @@ def test_changing_an_evaluation_param_reruns_only_check_evaluate_and_report(repo
 def test_a_notebook_error_fails_its_stage_shows_the_error_and_keeps_the_notebook(repo):
     repo, _ = repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["device"] = "cuda:7"  # not on this machine (nor on a 1-GPU one)
+    params["device"] = "cuda:99"  # an index no machine has
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     failed = run_command(["dvc", "repro", "--single-item", "train"], repo, check=False)
     assert failed.returncode != 0
     shown = failed.stdout + failed.stderr
-    assert "notebooks/train.ipynb failed in cell" in shown and "cuda:7" in shown
+    assert "notebooks/train.ipynb failed in cell" in shown and "cuda:99" in shown
     executed = nbformat.read(repo / "reports" / "notebooks" / "train.ipynb", as_version=4)
     assert any(o.get("output_type") == "error"
                for c in executed.cells if c.cell_type == "code" for o in c.outputs)

@@ -265,4 +265,7 @@ def test_make_global_pool_builds_the_module_of_each_head():
 def test_sum_over_average_is_h_times_w_up_to_float_rounding():
     check = sum_vs_average(side=5, channels=8)
     assert check["factor"] == 25 and check["ratio_mean"] == pytest.approx(25, rel=1e-6)
-    assert check["max_relative_deviation"] <= 2**-23  # one float32 rounding at most
+    # torch's CPU mean is the same sum divided by H * W: that division and the ratio's are
+    # two float32 roundings (unit roundoff 2**-24 each), 2**-23 together, which this machine
+    # reaches. A mean taken as the sum times 1 / (H * W) would add a third: 2**-22 allows it.
+    assert check["max_relative_deviation"] <= 2**-22

@@ -53,4 +53,5 @@ def test_cublas_is_configured_for_deterministic_kernels_on_import():
     import os
 
     assert runtime.__name__ == "gap_study.pipeline.runtime"  # imported above
-    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    # the two values cuBLAS documents as deterministic; a user's own (set first) is kept
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")

@@ -42,7 +42,7 @@ def test_a_training_step_updates_the_weights_on_each_call(small):
 
 
 def test_the_stage_times_every_head_with_the_runs_thread_count_then_restores_ours(
-        small, monkeypatch):
+        small, monkeypatch, request):
     seen = []
 
     def spy(steps, **kwargs):
@@ -50,6 +50,8 @@ def test_the_stage_times_every_head_with_the_runs_thread_count_then_restores_our
         return interleaved_step_times(steps, **kwargs)
 
     monkeypatch.setattr(speed, "interleaved_step_times", spy)
+    threads = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(threads))  # the worker's, for later tests
     torch.set_num_threads(2)
     model = TINY_MODEL
     train = TrainParams(seeds=[0], epochs=1, batch_size=32, schedule="cosine", drop_last=True,
