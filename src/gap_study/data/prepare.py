@@ -16,8 +16,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from gap_study.data.canvas import CanvasDataset, object_boxes, place_on_canvas
 from gap_study.data.packaged import load_mnist_5k
@@ -27,8 +25,8 @@ from gap_study.data.splits import stratified_split, stratified_subsample
 from gap_study.data.two_objects import two_object_canvases
 from gap_study.pipeline.params import STUDY_SPLIT, DataParams
 
-__all__ = ["DataRootWarning", "DataSizeWarning", "data_folder", "digits_objects", "prepare_dataset",
-           "prepare_study_dataset"]
+__all__ = ["DataRootWarning", "DataSizeWarning", "bilinear_weights", "data_folder",
+           "digits_objects", "prepare_dataset", "prepare_study_dataset"]
 
 
 class DataSizeWarning(UserWarning):
@@ -59,16 +57,45 @@ def warn_beyond_data(name: str, train_images: int, test_images: int, max_train: 
                       f"to at most {test_images}", DataSizeWarning, stacklevel=3)
 
 
+def bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """``int64 (size_out, size_in)``: bilinear interpolation from ``size_in`` to ``size_out``
+    samples with half-pixel centres (``torch.nn.functional.interpolate``'s ``bilinear`` with
+    ``align_corners=False``), each row's weights over the common denominator
+    ``2 * size_out``, to which they sum."""
+    weights = np.zeros((size_out, size_in), dtype=np.int64)
+    for out in range(size_out):
+        # the source coordinate (out + 1/2) * size_in / size_out - 1/2, times 2 * size_out; one
+        # before the first sample takes the first (torch's clamp), one past the last the last
+        source = max((2 * out + 1) * size_in - size_out, 0)
+        low, fraction = divmod(source, 2 * size_out)
+        weights[out, low] += 2 * size_out - fraction
+        weights[out, min(low + 1, size_in - 1)] += fraction
+    return weights
+
+
 def digits_objects(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 embedded 8x8 digits, bilinearly upsampled to ``size``:
-    ``uint8 (N, 1, size, size)`` and ``int64 (N,)`` labels."""
+    """scikit-learn's 1,797 embedded 8x8 digits (ink 0 to 16), bilinearly upsampled to ``size``:
+    ``uint8 (N, 1, size, size)`` and ``int64 (N,)`` labels.
+
+    1. In integers, so the same bytes on every CPU: each pixel is its exact bilinear value
+       times 255, rounded half to even (``np.rint``'s rule). ``F.interpolate`` in float32
+       rounds its sums differently on different CPUs, and at size 10, 1,373 pixels lie
+       exactly on a half: AVX-512 and the generic code gave data sets 31 pixels apart.
+    """
     # imported here: scikit-learn is slow to import, and only the prepare stage needs it
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    small = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
-    big = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
-    return np.rint(big.clamp(0, 1).numpy() * 255).astype(np.uint8), digits.target.astype(np.int64)
+    ink = digits.images.astype(np.int64)
+    if not np.array_equal(ink, digits.images) or ink.min() < 0 or ink.max() > 16:
+        raise ValueError("scikit-learn's digits are no longer whole numbers from 0 to 16: "
+                         "their upsampling here would not be exact")
+    weights = bilinear_weights(8, size)
+    upsampled = np.einsum("oi,nij,pj->nop", weights, ink, weights)  # over 16 (2 size)^2
+    scale = 16 * (2 * size) ** 2
+    pixels, remainder = np.divmod(upsampled * 255, scale)
+    pixels += (2 * remainder > scale) | ((2 * remainder == scale) & (pixels % 2 == 1))
+    return pixels.astype(np.uint8)[:, None], digits.target.astype(np.int64)
 
 
 def prepare_dataset(name: str, *, canvas: int, digits_size: int, test_fraction: float,
