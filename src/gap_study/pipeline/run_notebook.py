@@ -20,6 +20,7 @@ import argparse
 import atexit
 import errno
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -221,6 +222,9 @@ def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
         return 1
     except KeyboardInterrupt as stop:
         # 2. One line, not papermill's and asyncio's tracebacks: what stopped and how to resume.
+        #    nbclient leaves the interrupted cell's task with its error unread, and asyncio
+        #    would print that error (the kernel's whole traceback) when the task is collected.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         how = (f"was stopped ({signal.Signals(stop.signum).name})"
                if isinstance(stop, _Stopped) else "stopped")
         _say(f"\ninterrupted: {notebook} {how} before it finished; the stages that finished "
