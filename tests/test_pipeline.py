@@ -263,6 +263,24 @@ def test_the_fix_a_damaged_checkpoints_error_names_restores_it(repo):
     assert path.read_bytes() == good
 
 
+def test_a_failed_report_keeps_the_verdicts_kept_in_git(repo):
+    # DVC deletes a stage's outputs before it runs; these four are in git, not in DVC's
+    # cache, where `dvc checkout` could restore them: they persist, and the report writes
+    # them atomically
+    repo, _ = repo
+    kept = ["metrics.json", "claims.json", "headline.json", "verdicts.json"]
+    before = {name: (repo / "reports" / name).read_bytes() for name in kept}
+    times = repo / "reports" / "speed" / "step_times.csv"
+    times.write_text("damaged\n")
+    failed = run_command(["dvc", "repro", "--force", "--single-item", "report"], repo,
+                         check=False)
+    assert failed.returncode != 0
+    assert {name: (repo / "reports" / name).read_bytes() for name in kept} == before
+    run_command(["dvc", "checkout", "--force", "reports/speed"], repo)
+    run_command(["dvc", "repro"], repo)
+    assert "up to date" in run_command(["dvc", "status"], repo).stdout
+
+
 def test_metrics_and_plots_are_visible_to_dvc(repo):
     shown = json.loads(run_command(["dvc", "metrics", "show", "--json"], repo[0]).stdout)
     (workspace,) = shown.values()

@@ -138,10 +138,11 @@ def test_views_are_written_where_dvc_yaml_declares_them(tmp_path, root):
     report = dvc["stages"]["report"]
     declared = {name: options for entry in [*report["outs"], *report["metrics"]]
                 if isinstance(entry, dict) for name, options in entry.items()}
+    kept_in_git = {"cache": False, "persist": True}  # never deleted before the stage runs
     for name in ("verdicts", "headline"):  # committed to git, as claims.json
-        assert declared[f"reports/{VIEW_FILES[name].as_posix()}"] == {"cache": False}
+        assert declared[f"reports/{VIEW_FILES[name].as_posix()}"] == kept_in_git
     # the verdicts alone are DVC's metrics: every key of every metrics file is a column
-    assert report["metrics"] == [{"reports/verdicts.json": {"cache": False}}]
+    assert report["metrics"] == [{"reports/verdicts.json": kept_in_git}]
     assert "reports/plots" in report["outs"]
     plotted = {file for plot in dvc["plots"] if isinstance(plot, dict)
                for options in plot.values() for file in options["y"]}
