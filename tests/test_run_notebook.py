@@ -45,6 +45,13 @@ def test_an_override_the_notebook_does_not_declare_is_refused(root):
                             {"hed": "gap"})
 
 
+def test_a_value_that_is_not_yaml_is_refused_naming_it(root, tmp_path, capsys):
+    assert main([str(root / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"),
+                 "-p", "heads", "[gap"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: -p heads '[gap' is not valid YAML: expected ',' or ']'")
+
+
 def test_an_override_is_validated_as_the_section_it_replaces_every_problem_at_once(root):
     with pytest.raises(ParamsError, match=r"the -p values are not valid:\n  heads\[0\] = "
                        r"'gapp': not allowed \(did you mean 'gap'\?\).*\n  train\.epochs = -1:"):
@@ -213,19 +220,44 @@ def test_sigterm_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_runner_stops_its_kernel_when_the_process_that_started_it_dies(root, tmp_path):
-    # as when DVC alone is killed: the runner is left to init and must stop the stage
+@pytest.mark.parametrize("shell", [[], ["/bin/sh", "-c"]], ids=["direct", "through-sh"])
+def test_the_runner_stops_its_kernel_when_the_dvc_that_started_it_dies(root, tmp_path, shell):
+    # as when DVC alone is killed. DVC runs a stage through $SHELL or /bin/sh -c, and a shell
+    # that does not exec the runner (dash) stays alive between them: DVC's end must be seen
+    # through it. DVC_STAGE marks a stage DVC runs, as DVC sets it.
     _slow_notebook(root, tmp_path)
+    command = [*shell, " ".join(RUNNER)] if shell else RUNNER
     starter = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys, time\n"
-         f"runner = subprocess.Popen({RUNNER!r})\n"
-         "print('runner', runner.pid, flush=True)\ntime.sleep(120)"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    runner = int(starter.stdout.readline().split()[1])
+         f"runner = subprocess.Popen({command!r})\n"
+         "print('started', runner.pid, flush=True)\ntime.sleep(120)"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "DVC_STAGE": "slow"})
+    started = int(starter.stdout.readline().split()[1])  # the runner, or the shell above it
     kernel = int(starter.stdout.readline().split()[1])  # the runner's stdout is the starter's
     starter.kill()
     starter.wait()
-    assert _gone(runner) and _gone(kernel)
+    assert _gone(kernel) and _gone(started)
+
+
+@pytest.mark.slow
+def test_a_runner_not_started_by_dvc_outlives_its_starter(root, tmp_path):
+    # run by hand and left in the background (`nohup ... &`): it finishes its notebook
+    _slow_notebook(root, tmp_path)
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         f"runner = subprocess.Popen({[*RUNNER, '-p', 'seconds', '3']!r})\n"
+         "print('started', runner.pid, flush=True)\ntime.sleep(120)"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={k: v for k, v in os.environ.items() if k != "DVC_STAGE"})
+    runner = int(starter.stdout.readline().split()[1])
+    starter.stdout.readline()  # the kernel has started its cell
+    starter.kill()
+    starter.wait()
+    assert _gone(runner, seconds=30)
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert [cell.metadata.papermill["status"] for cell in executed.cells] == ["completed"] * len(
+        executed.cells)  # it ran to the end and saved the notebook
 
 
 @pytest.mark.slow

@@ -27,11 +27,14 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from gap_study.pipeline.stops import Stopped, lineage, stops_with_its_starter
+
+# Who started this runner, taken before the slow imports below (about a second): a DVC that
+# ends in that time is seen too (gap_study.pipeline.stops).
+_STARTED_BY = lineage()
 
 # papermill imports nbformat, which imports jsonschema, which imports rfc3987_syntax when it is
 # installed (JupyterLab's dependencies install it) to check "iri" string formats, something
@@ -44,6 +47,7 @@ import papermill  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from papermill.exceptions import PapermillExecutionError  # noqa: E402
 from pydantic import TypeAdapter, ValidationError  # noqa: E402
+from ruamel.yaml import YAMLError  # noqa: E402
 from traitlets import CaselessStrEnum  # noqa: E402
 
 from gap_study.pipeline.params import Params, ParamsError, load_params, read_yaml  # noqa: E402
@@ -153,44 +157,14 @@ def _failure(exc: PapermillExecutionError, notebook: Path, output: Path) -> str:
     return "\n".join(lines)
 
 
-class _Stopped(KeyboardInterrupt):
-    """A stop asked for by a signal other than Ctrl-C's SIGINT: ``signum``."""
+class _UnreadTaskErrors(logging.Filter):
+    """Drops asyncio's report of a task whose error nobody read, and nothing else."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _stop(signum: int, _frame: Any) -> None:
-    raise _Stopped(signum)
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task exception was never retrieved")
 
 
-@contextmanager
-def _stops_with_its_starter(poll: float = 1.0) -> Iterator[None]:
-    """8. SIGTERM and SIGHUP stop the stage as a Ctrl-C does (the kernel is shut down, its
-    Dask workers with it), and so does the end of the process that started this runner: DVC
-    killed alone leaves its stage's runner to init, and the kernel, in a session of its own,
-    would go on writing outputs that no ``dvc.lock`` records. Main thread only (signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    previous = {signum: signal.signal(signum, _stop) for signum in stops}
-    parent, done = os.getppid(), threading.Event()
-
-    def watch() -> None:
-        while not done.wait(poll):
-            if os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    threading.Thread(target=watch, name="watch-starter", daemon=True).start()
-    try:
-        yield
-    finally:
-        done.set()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+_UNREAD_TASK_ERRORS = _UnreadTaskErrors()
 
 
 def _say(message: str) -> None:
@@ -208,7 +182,7 @@ def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
     if os.environ[PROGRESS_ENV] == "text":  # the kernel cannot ask the terminal its width
         os.environ.setdefault("COLUMNS", str(shutil.get_terminal_size().columns))
     try:
-        with _stops_with_its_starter():
+        with stops_with_its_starter(_STARTED_BY):
             _run_papermill(notebook, output, parameters)
     except PapermillExecutionError as exc:
         print("\n" + _failure(exc, notebook, output), file=sys.stderr)
@@ -224,12 +198,12 @@ def _execute(notebook: Path, output: Path, parameters: dict[str, Any]) -> int:
         # 2. One line, not papermill's and asyncio's tracebacks: what stopped and how to resume.
         #    nbclient leaves the interrupted cell's task with its error unread, and asyncio
         #    would print that error (the kernel's whole traceback) when the task is collected.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        logging.getLogger("asyncio").addFilter(_UNREAD_TASK_ERRORS)
         how = (f"was stopped ({signal.Signals(stop.signum).name})"
-               if isinstance(stop, _Stopped) else "stopped")
+               if isinstance(stop, Stopped) else "stopped")
         _say(f"\ninterrupted: {notebook} {how} before it finished; the stages that finished "
              "are kept: run `dvc repro` again to resume from this one")
-        return 128 + (stop.signum if isinstance(stop, _Stopped) else signal.SIGINT)
+        return 128 + (stop.signum if isinstance(stop, Stopped) else signal.SIGINT)
     return 0
 
 
@@ -248,6 +222,15 @@ def _run_papermill(notebook: Path, output: Path, parameters: dict[str, Any]) -> 
     )
 
 
+def _value(name: str, text: str) -> Any:
+    """A ``-p`` value, read as YAML as ``params.yaml`` is."""
+    try:
+        return read_yaml(text)
+    except YAMLError as exc:
+        raise ParamsError(f"-p {name} {text!r} is not valid YAML: "
+                          f"{getattr(exc, 'problem', None) or exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gap_study.pipeline.run_notebook",
                                      description=__doc__.split("\n\n")[0])
@@ -261,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.notebook.is_file():
         print(f"error: notebook {args.notebook} not found", file=sys.stderr)
         return 2
-    overrides = {name: read_yaml(value) for name, value in args.parameter}
     try:
+        overrides = {name: _value(name, text) for name, text in args.parameter}
         parameters = notebook_parameters(args.notebook, args.params_file, overrides)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
