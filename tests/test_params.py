@@ -66,9 +66,9 @@ def test_the_projects_params_yaml_is_valid(root):
     ("report.margins", {"accuracy": 0.01}, r"report\.margins\.consistency: Field required"),
     ("train.seeds", [1, 1], r"train\.seeds .*repeated: \[1\]"),
     ("train.seeds", [], r"train\.seeds"),
-    # torch.manual_seed takes seeds below 2**64: refused here, not after the tune stage ran
-    ("train.seeds", [0, 2**64], r"train\.seeds\[1\] = 18446744073709551616: .*less than "
-                                r"18446744073709551616"),
+    # numpy.random.seed takes seeds below 2**32: refused here, not after the tune stage ran
+    ("train.seeds", [0, 2**32], r"train\.seeds\[1\] = 4294967296: .*less than 4294967296"),
+    ("tune.seeds", [100, 2**32], r"tune\.seeds\[1\] = 4294967296: .*less than 4294967296"),
     ("data.split_seed", -1, r"data\.split_seed = -1: .*greater than or equal to 0"),
     ("heads", ["dense", "gapp"], r"heads\[1\] = 'gapp': not allowed \(did you mean 'gap'\?\)"),
     ("heads", ["gap", "gap"], r"heads .*repeated"),

@@ -71,8 +71,8 @@ NATIVE_SIZE = {"mnist_5k": 28, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 FILLS_IMAGE = ("cifar10",)
 
 
-# A seed torch takes (torch.manual_seed: below 2**64), for every seed of the study.
-Seed = Annotated[int, Field(ge=0, lt=2**64)]
+# A seed every generator the study seeds takes (numpy.random.seed: below 2**32).
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class ParamsError(ValueError):
@@ -344,7 +344,6 @@ class Params(_Section):
         return self
 
 
-
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a ``params.yaml`` mapping; raise ``ParamsError`` listing every problem."""
     if not isinstance(raw, dict):
@@ -360,7 +359,7 @@ def read_yaml(text: str) -> Any:
     """YAML read as DVC reads ``params.yaml`` (ruamel.yaml's safe loader, YAML 1.2): ``1e-3``
     is a number, ``yes`` a string, and a key given twice an error. PyYAML (YAML 1.1) reads
     the first as a string and the second as true, and keeps the last of two keys."""
-    return YAML(typ="safe", pure=True).load(text)
+    return YAML(typ="safe").load(text)  # as dvc.utils.serialize.parse_yaml builds it
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -368,6 +367,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
         raw = read_yaml(path.read_text(encoding="utf-8"))
+        raw = {} if raw is None else raw  # an empty file: DVC reads no params either
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run from the project root, "
                           "or pass the path of params.yaml") from None
