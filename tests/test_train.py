@@ -189,6 +189,9 @@ def test_the_tune_stages_rates_are_read_for_every_head(tmp_path):
                      r", or .*`dvc repro -f -s tune`"),
     ('{"gap": -1}', ValueError, r"is damaged \(not a positive rate per head\)"),
     ('{"gap": "0.01"}', ValueError, r"is damaged \(not a positive rate per head\)"),
+    ('{"gap": true}', ValueError, r"is damaged \(not a positive rate per head\)"),
+    ('{"gap": 1' + "0" * 400 + "}", ValueError, r"is damaged \(not a positive rate per head\)"),
+    ("{}", ValueError, r"has no learning rate for gap: the tune stage chose rates for no head"),
     ('{"dense": 0.001}', ValueError,
      r"learning_rates\.json has no learning rate for gap: the tune stage chose rates for "
      r"dense, .*Add the heads to `heads` in params\.yaml"),

@@ -209,15 +209,21 @@ def read_learning_rates(layout: Layout, heads: Sequence[str]) -> dict[str, float
         raise ValueError(f"{key} is damaged ({error}); restore it with `dvc checkout --force "
                          f"{key}`, or choose the rates again with `dvc repro -f -s tune`"
                          ) from None
-    if not isinstance(chosen, dict) or not all(
-            isinstance(rate, int | float) and math.isfinite(rate) and rate > 0
-            for rate in chosen.values()):
+    if not isinstance(chosen, dict) or not all(_positive_rate(rate) for rate in chosen.values()):
         raise ValueError(f"{key} is damaged (not a positive rate per head); restore it with "
                          f"`dvc checkout --force {key}`, or choose the rates again with "
                          "`dvc repro -f -s tune`")
     if missing := [head for head in heads if head not in chosen]:
         raise ValueError(f"{key} has no learning rate for {', '.join(missing)}: the tune stage "
-                         f"chose rates for {', '.join(chosen)}, the heads of params.yaml when "
-                         "it ran. Add the heads to `heads` in params.yaml and run `dvc repro`, "
-                         "which tunes them first")
+                         f"chose rates for {', '.join(chosen) or 'no head'}, the heads of "
+                         "params.yaml when it ran. Add the heads to `heads` in params.yaml and "
+                         "run `dvc repro`, which tunes them first")
     return {head: float(rate) for head, rate in chosen.items()}
+
+
+def _positive_rate(rate: object) -> bool:
+    """Whether a JSON value is a learning rate: a finite positive number, not a boolean."""
+    try:
+        return type(rate) in (int, float) and math.isfinite(rate) and rate > 0  # type: ignore
+    except OverflowError:  # an integer too large for a float
+        return False
