@@ -250,6 +250,12 @@ def test_main_takes_the_confidence_from_the_projects_params_unless_given(
     assert f"[{level} Student-t interval]" in (tmp_path / "out" / "sweep.md").read_text()
 
 
+def test_main_without_a_params_yaml_says_so_in_one_line(tmp_path, capsys):
+    assert sw.main(["--repo", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'params.yaml'} not found: run from "
+                                       "the project root, or pass the path of params.yaml\n")
+
+
 def test_sections_keep_each_data_sets_settings_groups_together(params):
     # by experiment name the order is digits (a), mnist (b), digits (c)
     a, a_params = _experiment("a", params, [0])

@@ -35,7 +35,7 @@ import dvc.api
 import pandas as pd
 
 from gap_study.pipeline.io import write_csv, write_text
-from gap_study.pipeline.params import load_params
+from gap_study.pipeline.params import ParamsError, load_params
 from gap_study.report.formatting import grouped_stat_table
 from gap_study.report.stats import summarize
 from gap_study.report.tables import RESULT_KEYS
@@ -67,9 +67,10 @@ GROUP_KEYS = ["data", "settings", *RESULT_KEYS[:-1]]  # a run's keys but its see
 # own seed, head, cell and training shift alone),
 # where the data files are cached and whether they may be downloaded (the files are
 # hash-checked), and how the numbers are computed or reported (device, compute and the
-# evaluation and validation batch sizes change the speed and at most the last bits of floating
-# point, never a random draw; the speed section times training steps, no run; the report
-# section sets the confidence level, which the sweep takes from --confidence or params.yaml).
+# evaluation and validation batch sizes change the speed and at most the last bits of
+# floating point, as another CPU does, never a random draw; the speed section times training
+# steps, no run; the report section sets the confidence level, which the sweep takes from
+# --confidence or params.yaml).
 # Everything else, including train.fractions and train.shift, is a setting: the largest
 # fraction decides which runs get the translation and CAM metrics, and pooling too little is
 # safe where pooling too much is not.
@@ -294,11 +295,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the intervals' level (default: report.confidence of the "
                              "project's params.yaml)")
     args = parser.parse_args(argv)
-    confidence = (args.confidence if args.confidence is not None
-                  else load_params(Path(args.repo) / "params.yaml").report.confidence)
     try:
+        confidence = (args.confidence if args.confidence is not None
+                      else load_params(Path(args.repo) / "params.yaml").report.confidence)
         sweep = collect_sweep(args.repo)
-    except LookupError as exc:
+    except (LookupError, ParamsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(args.out)
