@@ -34,7 +34,7 @@ import yaml
 from _common import describe_machine, print_table
 
 from gap_study.pipeline.engine import local_workers
-from gap_study.pipeline.params import ComputeParams
+from gap_study.pipeline.params import ComputeParams, read_yaml
 from gap_study.pipeline.runtime import resolve_device
 from gap_study.pipeline.workspace import copy_project
 from gap_study.stages.speed import alternate
@@ -73,7 +73,7 @@ def make_copy(target: Path, compute: dict[str, object], device: str, quick: bool
     """The project's files in ``target``, its ``params.yaml`` with ``compute`` and ``device``
     (and the tiny study with ``quick``); the download cache is shared, not copied."""
     copy_project(ROOT, target)
-    params = yaml.safe_load((target / "params.yaml").read_text())
+    params = read_yaml((target / "params.yaml").read_text())
     cache = ROOT / params["data"]["root"]
     if cache.is_dir():
         (target / params["data"]["root"]).parent.mkdir(parents=True, exist_ok=True)

@@ -37,14 +37,13 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from _common import PARAMS_FILE, print_table, settle_allocator, watch_contention
 
 from gap_study.data.prepare import prepare_study_dataset
 from gap_study.data.splits import steps_per_epoch
 from gap_study.measures.metrics import shift_grid_predictions
 from gap_study.nets.models import build_model, fold_batch_norm
-from gap_study.pipeline.params import Params, parse_params
+from gap_study.pipeline.params import Params, parse_params, read_yaml
 from gap_study.pipeline.paths import RunId
 from gap_study.pipeline.runtime import torch_threads
 from gap_study.stages.evaluate import EvaluationData, evaluate_run
@@ -58,15 +57,16 @@ TUNE_EXTENSION = 42 / 36  # the default study's tune stage ran 42 runs for its 3
 
 
 def settings(overrides: list[str]) -> Params:
-    """``params.yaml`` with ``KEY=VALUE`` overrides (values read as YAML), validated."""
-    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    """``params.yaml`` with ``KEY=VALUE`` overrides (values read as YAML, as DVC's ``-S``
+    reads them), validated."""
+    raw = read_yaml(PARAMS_FILE.read_text())
     for item in overrides:
         key, value = item.split("=", 1)
         *path, last = key.split(".")
         section = raw
         for part in path:
             section = section[part]
-        section[last] = yaml.safe_load(value)
+        section[last] = read_yaml(value)
     return parse_params(raw)
 
 
