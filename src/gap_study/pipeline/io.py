@@ -63,12 +63,14 @@ def _disk_full(path: Path, error: BaseException) -> DiskFullError | None:
     #    there is one: that errno says whether the disk was full (ENOSPC) or something else
     #    failed (a file size limit: EFBIG), which then passes through unchanged. Without one,
     #    a short write is in practice a full disk.
-    torch_short_write = isinstance(error, RuntimeError) and "unexpected pos" in str(error)
-    if not isinstance(error, OSError) and not torch_short_write:
-        return None
-    cause = _os_error(error)
-    if (cause is None and not torch_short_write) or (cause is not None
-                                                     and cause.errno not in _NO_SPACE):
+    if isinstance(error, OSError):
+        full = error.errno in _NO_SPACE
+    elif isinstance(error, RuntimeError) and "unexpected pos" in str(error):
+        written = _os_error(error.__context__)
+        full = written is None or written.errno in _NO_SPACE
+    else:
+        full = False
+    if not full:
         return None
     cause = str(error).splitlines()[0] if str(error) else type(error).__name__
     return DiskFullError(errno.ENOSPC, f"disk full: could not write {path} "

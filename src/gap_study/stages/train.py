@@ -87,8 +87,7 @@ def fit(model: nn.Module, x_train: Tensor, y_train: Tensor, x_val: Tensor, y_val
         raise ValueError(f"{n} training images make no full batch of {batch_size}: lower "
                          "train.batch_size or turn off train.drop_last")
     optimizer, scheduler = optimizer_for(model, lr=lr, weight_decay=settings.weight_decay,
-                                         schedule=settings.schedule,
-                                         total_steps=epochs * per_epoch)
+                                         schedule=settings.schedule, total_steps=epochs * per_epoch)
     history, seen = [], 0
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -200,19 +199,17 @@ def read_learning_rates(layout: Layout, heads: Sequence[str]) -> dict[str, float
     stops a stage before any run, naming the file and the fix."""
     path = layout.learning_rates
     key = path.relative_to(layout.root).as_posix()
+    restore = (f"restore it with `dvc checkout --force {key}`, or choose the rates again with "
+               "`dvc repro -f -s tune`")
     try:
         chosen = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{key} is missing: the tune stage writes it; run "
                                 "`dvc repro tune`") from None
     except (OSError, ValueError) as error:
-        raise ValueError(f"{key} is damaged ({error}); restore it with `dvc checkout --force "
-                         f"{key}`, or choose the rates again with `dvc repro -f -s tune`"
-                         ) from None
+        raise ValueError(f"{key} is damaged ({error}); {restore}") from None
     if not isinstance(chosen, dict) or not all(_positive_rate(rate) for rate in chosen.values()):
-        raise ValueError(f"{key} is damaged (not a positive rate per head); restore it with "
-                         f"`dvc checkout --force {key}`, or choose the rates again with "
-                         "`dvc repro -f -s tune`")
+        raise ValueError(f"{key} is damaged (not a positive rate per head); {restore}")
     if missing := [head for head in heads if head not in chosen]:
         raise ValueError(f"{key} has no learning rate for {', '.join(missing)}: the tune stage "
                          f"chose rates for {', '.join(chosen) or 'no head'}, the heads of "
