@@ -33,6 +33,7 @@ from builders import (
 )
 from distributed import Client
 
+from gap_study.pipeline.run_notebook import IpcKernelManager
 from gap_study.report.dvc_views import CLAIM_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -348,7 +349,13 @@ def test_the_docs_recipe_fits_the_default_studys_verdicts_in_80_columns(repo, st
 def test_the_explorer_notebook_runs_on_the_pipelines_outputs(repo):
     path = repo[0] / "notebooks" / "explore.ipynb"
     nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
+    # 1. The stages' kernel transport: Unix sockets, no TCP port another process can take.
+    # 2. Each cell takes seconds. Twice a whole suite idled here for all of an earlier 600 s
+    #    timeout, kernel and test both waiting, and then passed: the reply had sat in the
+    #    test's socket, which pyzmq polls again only when the timeout fires (a missed
+    #    wake-up). 120 s bounds that wait.
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
+                            kernel_manager_class=IpcKernelManager,
                             resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert [o for o in outputs if o.output_type == "error"] == []
