@@ -141,6 +141,25 @@ def test_the_local_cluster_needs_no_free_port_8787():
     assert not [warning for warning in caught if "already in use" in str(warning.message)]
 
 
+def _pid_and_interrupt_handler():
+    return os.getpid(), str(signal.getsignal(signal.SIGINT))
+
+
+def test_a_ctrl_c_to_the_kernels_process_group_leaves_the_local_workers_running():
+    # an interrupt of a stage's kernel is a SIGINT to its process group, the workers' too:
+    # the kernel's KeyboardInterrupt closes the cluster, and no worker dies of its own
+    before = signal.getsignal(signal.SIGINT)
+    with open_engine(_compute("local", workers=2)) as engine:
+        assert signal.getsignal(signal.SIGINT) is before  # this process's own, unchanged
+        workers = engine.client.run(_pid_and_interrupt_handler)
+        assert {handler for _, handler in workers.values()} == {str(signal.SIG_IGN)}
+        for pid, _ in workers.values():
+            os.kill(pid, signal.SIGINT)
+        time.sleep(1)
+        assert engine.map(abs, [-2, 3], shared={}, name="abs") == [2, 3]
+        assert engine.client.run(_pid_and_interrupt_handler) == workers  # none restarted
+
+
 def test_an_address_where_no_scheduler_answers_fails_at_once_naming_it(monkeypatch):
     # Dask retries the connection until the timeout: a second here, CONNECT_TIMEOUT in a stage
     monkeypatch.setattr(engine_module, "CONNECT_TIMEOUT", "1s")

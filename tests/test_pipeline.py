@@ -459,10 +459,10 @@ def _interrupt_training(repo: Path) -> None:
     assert process.returncode != 0, "dvc repro finished before it could be interrupted"
     assert not (repo / "models").exists()  # nothing half-written for the next stage
     # one line says what stopped and how to resume, without the runner's asyncio report of
-    # the interrupted cell (the kernel's whole traceback). The kernel's own teardown may
-    # still log a Dask nanny's CancelledError, some runs: not pinned here.
+    # the interrupted cell (the kernel's whole traceback), and without the local cluster's
+    # workers dying of the interrupt, each with its own traceback
     assert "interrupted: notebooks/train.ipynb stopped before it finished" in err
-    assert "never retrieved" not in err and "KeyboardInterrupt" not in err, err
+    assert "never retrieved" not in err and "Traceback" not in err, err
 
 
 def test_changing_an_evaluation_param_reruns_only_check_evaluate_and_report(repo):

@@ -22,7 +22,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -243,15 +245,16 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
 
     if settings.scheduler == "local":
         with dask.config.set({f"distributed.nanny.pre-spawn-environ.{MALLOC_TRIM}": None}), \
-                LocalCluster(n_workers=local_workers(settings), threads_per_worker=1,
-                             processes=True, host="127.0.0.1", dashboard_address=None,
-                             # no dashboard, and the scheduler's HTTP server (health checks)
-                             # on any free port: 8787 may be another cluster's
-                             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                             silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-            with _closing(Engine(client, settings.threads_per_run,
-                                 window=local_workers(settings))) as engine:
-                yield engine
+                _interrupts_ignored():
+            cluster = LocalCluster(n_workers=local_workers(settings), threads_per_worker=1,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   # no dashboard, and the scheduler's HTTP server (health
+                                   # checks) on any free port: 8787 may be another cluster's
+                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client, _closing(
+                Engine(client, settings.threads_per_run, window=local_workers(settings))) as engine:
+            yield engine
         return
     try:
         client = Client(settings.scheduler, timeout=CONNECT_TIMEOUT)
@@ -277,6 +280,29 @@ def open_engine(settings: ComputeParams) -> Iterator[Engine]:
         _warn_about_trimming(client, settings.scheduler)
         with _closing(Engine(client, settings.threads_per_run)) as engine:
             yield engine
+
+
+@contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored in the block, for the local cluster's worker processes to inherit.
+
+    1. An interrupt of a stage's kernel (Ctrl-C, or the runner stopping it) is a SIGINT to
+       the kernel's whole process group, which holds the workers it started. Each worker
+       then died with its own KeyboardInterrupt traceback on the terminal, and the nanny's
+       restart and a leaked semaphore on top; the kernel's KeyboardInterrupt already closes
+       the cluster, workers included. A process that starts with SIGINT ignored keeps it
+       ignored (Python and asyncio leave an ignored SIGINT as it is).
+    2. Main thread only, as signal handlers are; elsewhere the workers take SIGINT.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, left as it was
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
