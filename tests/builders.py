@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import io
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -217,6 +218,12 @@ def command_env(**extra_env: str) -> dict[str, str]:
     first on ``PATH``, DVC's analytics off."""
     return {**os.environ, "DVC_NO_ANALYTICS": "1", **extra_env,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def sigint_as_on_a_terminal() -> None:
+    """A child's ``preexec_fn``: SIGINT at its default, as a terminal's foreground job has it.
+    A suite started in the background inherits SIGINT ignored, and so would the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_command(args: list[str], cwd: Path, check: bool = True, **extra_env: str):

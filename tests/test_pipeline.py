@@ -29,6 +29,7 @@ from builders import (
     deterministic_outputs,
     free_port,
     run_command,
+    sigint_as_on_a_terminal,
     tiny_repository,
 )
 from distributed import Client
@@ -441,12 +442,12 @@ def test_interrupted_training_resumes_to_byte_identical_results(repo, scheduler)
 def _interrupt_training(repo: Path) -> None:
     """Ctrl-C to `dvc repro` of the train stage once its first run is kept: it stops, with
     one line on stderr."""
-    # A shell that starts the test suite in the background makes its children ignore SIGINT,
-    # and an ignored SIGINT is inherited: restore the terminal's default, as in `make repro`.
+    # SIGINT as `make repro` on a terminal has it, whether or not the suite runs in the
+    # background
     process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"],
                                cwd=repo, env=command_env(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               preexec_fn=sigint_as_on_a_terminal)
     # after the first run is kept: the cell's task then ends with an error that asyncio
     # would print, the kernel's whole traceback, if the runner did not silence it
     kept = repo / ".gap_study" / "runs" / "train"

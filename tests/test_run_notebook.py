@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from builders import sigint_as_on_a_terminal
 from papermill.exceptions import PapermillExecutionError
 
 from gap_study.pipeline import run_notebook
@@ -263,12 +264,11 @@ def test_a_runner_not_started_by_dvc_outlives_its_starter(root, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_mid_cell_stops_the_kernel_and_prints_one_line(root, tmp_path):
     _slow_notebook(root, tmp_path)
-    # its own process group, as a terminal's Ctrl-C signals the foreground group; SIGINT at
-    # the terminal's default: a suite started in the background inherits it ignored, and a
-    # runner that ignores it rightly runs the cell to its end
+    # its own process group, as a terminal's Ctrl-C signals the foreground group, and SIGINT
+    # as a terminal has it (a runner that ignores SIGINT rightly runs the cell to its end)
     runner = subprocess.Popen(RUNNER, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                              preexec_fn=sigint_as_on_a_terminal)
     kernel = int(runner.stdout.readline().split()[1])
     os.killpg(runner.pid, signal.SIGINT)
     _, err = runner.communicate(timeout=60)
