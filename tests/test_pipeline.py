@@ -26,13 +26,14 @@ from builders import (
     TINY_SEEDS,
     TINY_VARIANTS,
     command_env,
+    declared_outputs,
     deterministic_outputs,
     free_port,
     run_command,
-    sigint_as_on_a_terminal,
     tiny_repository,
 )
 from distributed import Client
+from stopping import TRAIN, histories, interrupt_training, kept_runs, kill_training
 
 from gap_study.pipeline.run_notebook import IpcKernelManager
 from gap_study.report.dvc_views import CLAIM_KEYS
@@ -79,11 +80,12 @@ def scheduler(tmp_path_factory):
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
         yield address
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=60)
+    finally:  # the workers first: with their scheduler gone, they took 8 s to close
+        for group in (processes[1:], processes[:1]):
+            for process in group:
+                process.terminate()
+            for process in group:
+                process.wait(timeout=60)
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -102,11 +104,28 @@ def _set_scheduler(repo: Path, scheduler: str, workers: int | None = None) -> No
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, scheduler):
     """The tiny study after one `dvc repro` on the Dask scheduler, and its deterministic
-    outputs at that point (the tests at the end of this file change the repository)."""
+    outputs at that point (the tests that rerun stages put the study back: ``restored``)."""
     repo = tiny_repository(tmp_path_factory.mktemp("repo"), HEADS,
                            compute={"scheduler": scheduler})
     run_command(["dvc", "repro"], repo)
     return repo, deterministic_outputs(repo)
+
+
+@pytest.fixture
+def restored(repo):
+    """For a test that reruns stages or edits params: afterwards, the study as it was before,
+    up to date for the next test. Its ``dvc.lock``, ``params.yaml`` and the outputs kept in
+    git are written back, and the cached outputs are checked out of DVC's cache, cheaper
+    than the reruns (the training histories hold timings, so a retrained stage would rerun
+    the report)."""
+    root = repo[0]
+    kept = ["dvc.lock", "params.yaml", *declared_outputs(root)[1]]
+    before = {path: (root / path).read_bytes() for path in kept}
+    yield repo
+    for path, data in before.items():
+        (root / path).write_bytes(data)
+    run_command(["dvc", "checkout", "--force"], root)
+    assert "up to date" in run_command(["dvc", "status"], root).stdout
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +297,8 @@ def test_a_failed_report_keeps_the_verdicts_kept_in_git(repo):
                          check=False)
     assert failed.returncode != 0
     assert {name: (repo / "reports" / name).read_bytes() for name in kept} == before
-    run_command(["dvc", "checkout", "--force", "reports/speed"], repo)
-    run_command(["dvc", "repro"], repo)
+    # the damaged times and the report's outputs DVC deleted, from the cache: nothing to rerun
+    run_command(["dvc", "checkout", "--force"], repo)
     assert "up to date" in run_command(["dvc", "status"], repo).stdout
 
 
@@ -371,27 +390,24 @@ def _weights(outputs: dict[str, bytes]) -> dict[str, bytes]:
     return {name: data for name, data in outputs.items() if name.startswith("models/")}
 
 
-# Every Dask stage in the stage's process; the default local cluster for the train stage alone,
-# since the stages share one engine (gap_study.pipeline.engine, whose tests run each scheduler).
-@pytest.mark.parametrize("where, stages", [("synchronous", ["train", "evaluate", "mechanism"]),
-                                           ("local", ["train"])])
-def test_runs_give_the_same_bytes_in_the_stage_process_and_on_a_local_cluster(repo, scheduler,
-                                                                              where, stages):
-    repo, before = repo
-    _set_scheduler(repo, where, workers=2)  # not one per core of a large machine
-    try:  # where runs compute is no dependency: --force makes them run here
-        run_command(["dvc", "repro", "--force", "--single-item", *stages], repo)
-    finally:
-        _set_scheduler(repo, scheduler)
+# Every Dask stage in the stage's process. The local cluster trains the first runs of the
+# interrupted training below, which must give these bytes too, and the engine's tests run each
+# scheduler on the same tasks.
+def test_runs_give_the_same_bytes_in_the_stage_process_as_on_the_scheduler(restored):
+    repo, before = restored
+    _set_scheduler(repo, "synchronous")
+    # where runs compute is no dependency: --force makes them run here
+    run_command(["dvc", "repro", "--force", "--single-item", "train", "evaluate", "mechanism"],
+                repo)
     assert deterministic_outputs(repo) == before
     record = json.loads((repo / "reports" / "train" / "run.json").read_text())
-    assert record["compute"]["scheduler"] == where
+    assert record["compute"]["scheduler"] == "synchronous"
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_the_stage_gives_the_same_bytes(repo,
+def test_a_worker_killed_mid_run_is_replaced_and_the_stage_gives_the_same_bytes(restored,
                                                                                 scheduler,
                                                                                 tmp_path):
-    repo, before = repo
+    repo, before = restored
     log = tmp_path / "train.log"
     with Client(scheduler, timeout="30s") as client, log.open("w") as output:
         pids = client.run(os.getpid)
@@ -411,64 +427,30 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_stage_gives_the_same_bytes(
     assert _weights(deterministic_outputs(repo)) == _weights(before)
 
 
-# ---------------------------------------------------------------------------------------
-# The tests below change the repository; each leaves it with the same deterministic outputs.
-
-
-def _training_cell_running(repo: Path) -> bool:
-    """Whether the train notebook is executing its training cell right now (papermill saves
-    the executed notebook with each cell's status as it goes)."""
-    try:
-        nb = json.loads((repo / "reports" / "notebooks" / "train.ipynb").read_text())
-    except (OSError, ValueError):  # not there yet, or being rewritten this very moment
-        return False
-    return any("train_task" in "".join(cell["source"])
-               and cell["metadata"].get("papermill", {}).get("status") == "running"
-               for cell in nb["cells"])
-
-
-def test_interrupted_training_resumes_to_byte_identical_results(repo, scheduler):
-    repo, before = repo
+def test_training_stopped_by_ctrl_c_then_killed_resumes_to_the_same_bytes(restored,
+                                                                           scheduler):
+    """The train stage on the local cluster, stopped by Ctrl-C once it has kept a run, then
+    run again and killed outright once it has kept one more; the third time, on the
+    scheduler, it trains only the runs it lacks, and every output is the same, the runs of
+    the local cluster included."""
+    repo, before = restored
+    runs, trained = len(HEADS) * len(TINY_SEEDS) * len(TINY_VARIANTS), histories(repo)
     _set_scheduler(repo, "local", workers=2)  # `make repro`'s cluster, started in the kernel
-    try:
-        _interrupt_training(repo)
-    finally:
-        _set_scheduler(repo, scheduler)
-    run_command(["dvc", "repro"], repo)  # picks up where it stopped
-    assert "up to date" in run_command(["dvc", "status"], repo).stdout
-    assert deterministic_outputs(repo) == before
+    interrupt_training(repo)
+    kill_training(repo, runs)
+    _set_scheduler(repo, scheduler)
+    done = kept_runs(repo)
+    # --force: with its outputs gone, a plain `dvc repro` would restore them from the run cache
+    resumed = run_command(TRAIN, repo).stdout
+    assert f"train: {done} of {runs} runs reused" in resumed
+    assert len([line for line in resumed.splitlines()
+                if line.startswith("train: ") and " done (" in line]) == runs - done
+    assert kept_runs(repo) == 0  # emptied once the stage wrote its outputs
+    assert deterministic_outputs(repo) == before and histories(repo) == trained
 
 
-def _interrupt_training(repo: Path) -> None:
-    """Ctrl-C to `dvc repro` of the train stage once its first run is kept: it stops, with
-    one line on stderr."""
-    # SIGINT as `make repro` on a terminal has it, whether or not the suite runs in the
-    # background
-    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"],
-                               cwd=repo, env=command_env(), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=sigint_as_on_a_terminal)
-    # after the first run is kept: the cell's task then ends with an error that asyncio
-    # would print, the kernel's whole traceback, if the runner did not silence it
-    kept = repo / ".gap_study" / "runs" / "train"
-    deadline = time.monotonic() + 240
-    while not (_training_cell_running(repo) and any(kept.glob("*/record.json"))) \
-            and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-    _, err = process.communicate(timeout=120)
-    assert process.returncode != 0, "dvc repro finished before it could be interrupted"
-    assert not (repo / "models").exists()  # nothing half-written for the next stage
-    # one line says what stopped and how to resume, without the runner's asyncio report of
-    # the interrupted cell (the kernel's whole traceback), and without the local cluster's
-    # workers dying of the interrupt, each with its own traceback
-    assert "interrupted: notebooks/train.ipynb stopped before it finished" in err
-    assert not [shown for shown in ("never retrieved", "KeyboardInterrupt", "Traceback")
-                if shown in err], err
-
-
-def test_changing_an_evaluation_param_reruns_only_check_evaluate_and_report(repo):
-    repo, _ = repo
+def test_changing_an_evaluation_param_reruns_only_check_evaluate_and_report(restored):
+    repo, _ = restored
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["seed"] = 1  # max_shift would rerun the mechanism's scoring too
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -480,8 +462,8 @@ def test_changing_an_evaluation_param_reruns_only_check_evaluate_and_report(repo
     assert record["evaluate"]["seed"] == 1
 
 
-def test_a_notebook_error_fails_its_stage_shows_the_error_and_keeps_the_notebook(repo):
-    repo, _ = repo
+def test_a_notebook_error_fails_its_stage_shows_the_error_and_keeps_the_notebook(restored):
+    repo, _ = restored
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["device"] = "cuda:99"  # an index no machine has
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
