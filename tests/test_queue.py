@@ -16,9 +16,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.queue]
 
 
 def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_path):
-    # two experiments at a time on 2 cores: one Dask worker each. One training variant and two
-    # mechanism cells: what is pooled is the same whatever the study holds.
-    repo = tiny_repository(tmp_path / "sweep", ["gap"], compute={"workers": 1},
+    # two experiments at a time on 2 cores, each computing in its stages' own processes (a
+    # local cluster would add four start-ups to each; test_pipeline.py runs one). One training
+    # variant and two mechanism cells: what is pooled is the same whatever the study holds.
+    repo = tiny_repository(tmp_path / "sweep", ["gap"], compute={"scheduler": "synchronous"},
                            train={"fractions": [1.0], "shift": [0]},
                            mechanism={"downsample": ["max"], "padding": ["zeros", "circular"],
                                       "train_shift": None})
@@ -38,7 +39,7 @@ def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_
                 status = shown.stdout
                 if "Queued" not in status and "Running" not in status:
                     break
-            time.sleep(2)
+            time.sleep(10)  # each `dvc queue status` takes a second of CPU
     finally:
         run_command(["dvc", "queue", "stop"], repo, check=False)  # no worker left behind
     assert status.count("Success") == len(TINY_SEEDS), status
