@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,35 @@ if missing := [name for name in LONGEST_FIRST if not (ROOT / "tests" / name).exi
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within
+
+
+# numba's cache filled once, in the background, by the process that starts the workers
+# (tests/compile_kernels.py says why); its output goes to a file shown if it fails.
+_compiling: tuple[subprocess.Popen, object] | None = None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _compiling
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller started it
+        return
+    log = tempfile.TemporaryFile()
+    _compiling = subprocess.Popen([sys.executable, str(ROOT / "tests" / "compile_kernels.py")],
+                                  stdout=log, stderr=subprocess.STDOUT), log
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _compiling is None:
+        return
+    process, log = _compiling
+    if process.poll() is None:  # a short selection of tests: not needed any more
+        process.kill()
+        process.wait()
+    elif process.returncode != 0:
+        log.seek(0)
+        terminalreporter.write_line("tests/compile_kernels.py failed (the tests compiled the "
+                                    f"kernels themselves):\n{log.read().decode()[-2000:]}",
+                                    yellow=True)
+    log.close()
 
 
 @pytest.fixture(scope="session")
