@@ -73,6 +73,15 @@ def params_raw() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+@pytest.fixture
+def layout(tmp_path):
+    """The report's inputs of ``hand_made_study`` under ``tmp_path`` (no training): for
+    ``test_report_stage`` and ``test_report_render``."""
+    from hand_made_study import write_study
+
+    return write_study(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from builders import data_set

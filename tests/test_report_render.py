@@ -1,5 +1,5 @@
 """The report's template (gap_study.report.render, templates/report.md.j2): the whole report of
-the small hand-made study of ``test_report_stage`` against a reviewed snapshot, the branches
+the small hand-made study of ``hand_made_study`` against a reviewed snapshot, the branches
 the template takes when parts of a study did not run, the table of contents and its anchors,
 and the links to the tables written beside the report.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_report_stage import _facts, layout  # noqa: F401 - the fixture, for the tests below
+from hand_made_study import report_facts
 
 from gap_study.report.html import markdown_to_html
 from gap_study.report.mechanism_distance import Effect
@@ -28,8 +28,8 @@ SNAPSHOT = Path(__file__).parent / "snapshots" / "report_small.md"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_small_studys_report_matches_its_reviewed_snapshot(layout):  # noqa: F811
-    text = render_report(_facts(layout))
+def test_the_small_studys_report_matches_its_reviewed_snapshot(layout):
+    text = render_report(report_facts(layout))
     if os.environ.get("UPDATE_REPORT_SNAPSHOT"):
         SNAPSHOT.parent.mkdir(exist_ok=True)
         SNAPSHOT.write_text(text)
@@ -37,8 +37,8 @@ def test_the_small_studys_report_matches_its_reviewed_snapshot(layout):  # noqa:
     assert text == SNAPSHOT.read_text()
 
 
-def test_every_table_the_text_links_to_is_written_beside_it_and_no_other(layout, tmp_path):  # noqa: F811
-    facts = _facts(layout)
+def test_every_table_the_text_links_to_is_written_beside_it_and_no_other(layout, tmp_path):
+    facts = report_facts(layout)
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "from_an_earlier_study.csv").write_text("head\n")
     paths = write_tables(facts, tmp_path / "tables")
@@ -49,8 +49,8 @@ def test_every_table_the_text_links_to_is_written_beside_it_and_no_other(layout,
                or path.read_text().startswith("source,") for path in paths.values())
 
 
-def test_the_contents_link_every_section_to_the_ids_the_html_gives_them(layout):  # noqa: F811
-    text = render_report(_facts(layout))
+def test_the_contents_link_every_section_to_the_ids_the_html_gives_them(layout):
+    text = render_report(report_facts(layout))
     contents = text.split("## Contents")[1].split("\n## ")[0]
     anchors = re.findall(r"\]\(#([\w-]+)\)", contents)
     sections = re.findall(r"^##+ (.+)$", text.split("## Contents")[1], flags=re.MULTILINE)
@@ -60,8 +60,8 @@ def test_the_contents_link_every_section_to_the_ids_the_html_gives_them(layout):
     assert set(anchors) <= ids
 
 
-def test_sections_the_study_did_not_run_are_left_out_not_described(layout):  # noqa: F811
-    facts = dataclasses.replace(_facts(layout), curve=None, ablation=None)
+def test_sections_the_study_did_not_run_are_left_out_not_described(layout):
+    facts = dataclasses.replace(report_facts(layout), curve=None, ablation=None)
     text = render_report(facts)
     assert "## Learning curve" not in text and "Training with random shifts" not in text
     assert "No augmentation ablation" not in text  # the record still says [0, 2]
@@ -75,8 +75,8 @@ def test_sections_the_study_did_not_run_are_left_out_not_described(layout):  # n
     assert "of the training images (the same number" not in text
 
 
-def test_without_gsp_the_measured_sum_over_average_moves_to_what_was_run(layout):  # noqa: F811
-    facts = _facts(layout)
+def test_without_gsp_the_measured_sum_over_average_moves_to_what_was_run(layout):
+    facts = report_facts(layout)
     facts = dataclasses.replace(facts, sum_pooling=dataclasses.replace(facts.sum_pooling,
                                                                        shown=False))
     text = render_report(facts)
@@ -85,8 +85,8 @@ def test_without_gsp_the_measured_sum_over_average_moves_to_what_was_run(layout)
     assert "sum / average = 16.0000 = 4·4" in setup
 
 
-def test_the_setup_describes_the_backbones_downsampling_and_padding(layout):  # noqa: F811
-    facts = _facts(layout)
+def test_the_setup_describes_the_backbones_downsampling_and_padding(layout):
+    facts = report_facts(layout)
     record = {**facts.train_record, "model": {**facts.train_record["model"],
                                               "downsample": "blurmax", "blur_size": 5,
                                               "padding": "circular"}}
@@ -100,15 +100,15 @@ def test_the_setup_describes_the_backbones_downsampling_and_padding(layout):  # 
             "component of largest l2 norm) between blocks and circular padding") in text
 
 
-def test_with_one_seed_the_report_says_why_there_is_no_forest_plot(layout):  # noqa: F811
-    facts = _facts(layout)
+def test_with_one_seed_the_report_says_why_there_is_no_forest_plot(layout):
+    facts = report_facts(layout)
     text = render_report(dataclasses.replace(
         facts, figures={k: v for k, v in facts.figures.items() if k != "forest"}))
     assert "a paired test needs at least two seeds" in text and "forest" not in text
 
 
-def test_without_a_tested_claim_the_report_says_what_heads_it_needs(layout):  # noqa: F811
-    text = render_report(dataclasses.replace(_facts(layout), claims=[]))
+def test_without_a_tested_claim_the_report_says_what_heads_it_needs(layout):
+    text = render_report(dataclasses.replace(report_facts(layout), claims=[]))
     assert "No claim could be tested: `heads` needs `dense`" in text
     assert "No claim could be tested here: add `dense` and a pooling head" in text
 
@@ -129,8 +129,8 @@ def test_the_report_stage_depends_on_its_template_and_writes_its_tables():
     assert "reports/tables" in stage["outs"]
 
 
-def test_the_replication_section_appears_only_beside_published_studies(layout):  # noqa: F811
-    facts = _facts(layout)
+def test_the_replication_section_appears_only_beside_published_studies(layout):
+    facts = report_facts(layout)
     assert "## On other data sets" not in render_report(facts)
     table = pd.DataFrame({"claim": ["fewer parameters"], "metric": ["`params_head`"],
                           "this run: verdict": ["holds"], "mnist_5k: verdict": ["holds"],
@@ -145,8 +145,8 @@ def test_the_replication_section_appears_only_beside_published_studies(layout): 
     assert "[On other data sets](#on-other-data-sets)" in text  # in the contents
 
 
-def test_a_pooling_head_not_exact_in_every_run_is_counted_not_called_invariant(layout):  # noqa: F811
-    facts = _facts(layout)
+def test_a_pooling_head_not_exact_in_every_run_is_counted_not_called_invariant(layout):
+    facts = report_facts(layout)
     mechanism = facts.mechanism
     assert "Invariant in every run (exact consistency 100%): `gap` (2 runs;" in render_report(facts)
     broken = [dataclasses.replace(e, exact_runs=1, consistency=0.9995) if e.pooled else e
@@ -157,8 +157,8 @@ def test_a_pooling_head_not_exact_in_every_run_is_counted_not_called_invariant(l
     assert "Invariant in every run" not in text
 
 
-def test_without_the_exact_cell_or_shift_trained_runs_their_paragraphs_are_left_out(layout):  # noqa: F811
-    facts = _facts(layout)
+def test_without_the_exact_cell_or_shift_trained_runs_their_paragraphs_are_left_out(layout):
+    facts = report_facts(layout)
     mechanism = dataclasses.replace(facts.mechanism, exact=[], shift_trained=[],
                                     train_shift=None)
     text = render_report(dataclasses.replace(facts, mechanism=mechanism))
@@ -168,10 +168,10 @@ def test_without_the_exact_cell_or_shift_trained_runs_their_paragraphs_are_left_
 
 
 def test_a_comparison_not_made_is_named_and_explained_not_printed_as_nan(
-        layout, monkeypatch):  # noqa: F811
+        layout, monkeypatch):
     # no seed shares 80 recognised objects of 80: no head-against-head map test is made
     monkeypatch.setattr("gap_study.report.per_image.MIN_SHARED_OBJECTS", 81)
-    facts = _facts(layout)
+    facts = report_facts(layout)
     text = render_report(facts)
     assert "*not made*: the two heads could not be paired on recognised objects" in text
     assert not re.search(r"\bnan\b", text)
@@ -182,8 +182,8 @@ def test_a_comparison_not_made_is_named_and_explained_not_printed_as_nan(
 
 
 def test_the_scope_names_the_mechanisms_shift_trained_runs_beside_centred_claims(
-        layout):  # noqa: F811
-    facts = _facts(layout)
+        layout):
+    facts = report_facts(layout)
     centred = dataclasses.replace(facts, scope=dataclasses.replace(
         facts.scope, train_shifts=[0], mechanism_shift=5))
     line = next(x for x in render_report(centred).splitlines()
@@ -200,8 +200,8 @@ def test_the_scope_names_the_mechanisms_shift_trained_runs_beside_centred_claims
 
 
 def test_a_padding_that_widens_the_phase_gap_closes_nothing_not_little(
-        layout):  # noqa: F811
-    facts = _facts(layout)
+        layout):
+    facts = report_facts(layout)
     verdicts = facts.mechanism.verdicts["gap"]
     for pad, expected in ((-0.048, "`circular` padding alone closes nothing (-5%)"),
                           (0.1, "`circular` padding alone closes little (under the declared")):
@@ -212,8 +212,8 @@ def test_a_padding_that_widens_the_phase_gap_closes_nothing_not_little(
         assert expected in text
 
 
-def test_the_provenance_names_where_the_mechanisms_runs_computed(layout):  # noqa: F811
-    facts = dataclasses.replace(_facts(layout),
+def test_the_provenance_names_where_the_mechanisms_runs_computed(layout):
+    facts = dataclasses.replace(report_facts(layout),
                                 mechanism_workers=[("vm", "AMD EPYC", "AVX512", 1, 105)])
     assert ("- Mechanism runs (trained, or the main runs scored again) computed on vm "
             "(AMD EPYC, AVX512, 1 thread(s)): 105 runs.") in render_report(facts)
