@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import IO
 
 import pytest
 import yaml
@@ -35,7 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # numba's cache filled once, in the background, by the process that starts the workers
 # (tests/compile_kernels.py says why); its output goes to a file shown if it fails.
-_compiling: tuple[subprocess.Popen, object] | None = None
+_compiling: tuple[subprocess.Popen, IO[bytes]] | None = None
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -47,19 +48,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                                   stdout=log, stderr=subprocess.STDOUT), log
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    if _compiling is None:
-        return
-    process, log = _compiling
-    if process.poll() is None:  # a short selection of tests: not needed any more
-        process.kill()
-        process.wait()
-    elif process.returncode != 0:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _compiling is not None and _compiling[0].poll() not in (None, 0):
+        log = _compiling[1]
         log.seek(0)
         terminalreporter.write_line("tests/compile_kernels.py failed (the tests compiled the "
                                     f"kernels themselves):\n{log.read().decode()[-2000:]}",
                                     yellow=True)
-    log.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _compiling is not None:
+        process, log = _compiling
+        if process.poll() is None:  # a short selection of tests: not needed any more
+            process.kill()
+            process.wait()
+        log.close()
 
 
 @pytest.fixture(scope="session")
