@@ -1,12 +1,17 @@
 """The light report modules stay light: ``gap_study.sweep`` and the report stage's tables,
-claims, facts and template do not pull in plotting or torch, and the figures need no torch."""
+claims, facts and template do not pull in plotting or torch, and the figures need no torch;
+nor do the prepare and report stages' notebooks, whose kernels would spend a second or more
+importing it."""
 
+import ast
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 HEAVY = ("matplotlib", "seaborn", "torch")
 
 
@@ -32,3 +37,19 @@ def test_report_modules_but_figures_import_neither_plotting_nor_torch():
 
 def test_the_figures_need_no_torch():
     assert _loaded_after("import gap_study.report.figures", ("torch",)) == []
+
+
+def _imports_of(notebook: Path) -> str:
+    """Every import statement of ``notebook``'s code cells, in order."""
+    cells = json.loads(notebook.read_text())["cells"]
+    statements = [node for cell in cells if cell["cell_type"] == "code"
+                  for node in ast.parse("".join(cell["source"])).body
+                  if isinstance(node, ast.Import | ast.ImportFrom)]
+    return "\n".join(ast.unparse(node) for node in statements)
+
+
+def test_the_prepare_and_report_notebooks_import_no_torch():
+    for name in ("prepare_data", "report"):
+        imports = _imports_of(ROOT / "notebooks" / f"{name}.ipynb")
+        assert "gap_study" in imports, name  # the cells were read
+        assert _loaded_after(imports, ("torch",)) == [], name

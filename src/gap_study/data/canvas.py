@@ -4,6 +4,8 @@ can move (``shift``, ``shift_each``) without leaving the image (``docs/study.md`
 ``gap_study.data.prepare`` puts a data set's objects on the canvas; the prepare stage saves the
 result (``save_prepared``) and the later stages read it (``load_prepared``).
 Images are stored as ``uint8`` ``(N, C, H, W)``; ``to_float`` scales them to ``[0, 1]``.
+torch is imported by the functions on tensors alone: the prepare stage, NumPy throughout, runs
+without it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from gap_study.pipeline.io import write_arrays
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CanvasDataset",
@@ -33,7 +36,7 @@ __all__ = [
     "to_float",
 ]
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,12 @@ def shift(images: ArrayT, dx: int, dy: int) -> ArrayT:
     content moved past the border is lost (not wrapped). Returns a new array.
     """
     h, w = images.shape[-2:]
-    out = torch.zeros_like(images) if isinstance(images, torch.Tensor) else np.zeros_like(images)
+    if isinstance(images, np.ndarray):
+        out = np.zeros_like(images)
+    else:
+        import torch
+
+        out = torch.zeros_like(images)
     if abs(dx) >= w or abs(dy) >= h:
         return out
     out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
@@ -110,6 +118,9 @@ def shift_each(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torc
 
     Same result as ``shift`` applied image by image, done in one gather.
     """
+    import torch
+    import torch.nn.functional as F
+
     n, c, h, w = images.shape
     pad = int(max(dx.abs().max(), dy.abs().max(), 0))
     padded = F.pad(images, (pad, pad, pad, pad))
@@ -123,6 +134,8 @@ def shift_each(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor) -> torc
 def random_offsets(count: int, max_shift: int,
                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` offsets ``(dx, dy)``, each uniform on the integers of ``[-S, S]``."""
+    import torch
+
     drawn = torch.randint(-max_shift, max_shift + 1, (2, count), generator=generator)
     return drawn[0], drawn[1]
 
@@ -163,6 +176,8 @@ def shift_margin(boxes: np.ndarray, canvas: int) -> int:
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``uint8`` images to a ``float32`` tensor in ``[0, 1]`` (zero background stays zero)."""
+    import torch
+
     return torch.as_tensor(images).to(torch.float32).div_(255.0)
 
 

@@ -14,9 +14,12 @@ import subprocess
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["cpu_name", "git_commit", "numba_version", "run_environment", "run_record",
            "worker_facts"]
@@ -63,6 +66,8 @@ def numba_version() -> str | None:
 
 def run_environment(device: torch.device | str, root: str | Path = ".") -> dict[str, object]:
     """Versions, device, CPU and threads of this process, for a run record."""
+    import torch  # here, not above: the report stage records its commit without torch
+
     device = torch.device(device)
     cpu = cpu_name()
     return {
@@ -90,6 +95,8 @@ def run_record(params: Mapping[str, object], device: torch.device | str,
 def worker_facts(device: torch.device | str) -> dict[str, object]:
     """Where a task ran, for the run record of each run: host, CPU, the instruction set torch
     chose kernels for, torch threads and device."""
+    import torch
+
     device = torch.device(device)
     return {"host": socket.gethostname(), "cpu": cpu_name(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
