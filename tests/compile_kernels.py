@@ -17,11 +17,11 @@ def compile_kernels() -> None:
     # float32 first: the stages' dtype; float64: the kernel tests'. Padding, filter size and
     # layout do not change a kernel's signature (index maps and taps are arrays).
     for dtype in (torch.float32, torch.float64):
-        for layer in (BlurMaxPool2d(2, 3, "zeros"), ApsMaxPool2d("zeros")):
+        for layer in (BlurMaxPool2d(2, 3, "zeros").to(dtype), ApsMaxPool2d("zeros")):
             x = torch.rand(2, 2, 6, 6, dtype=dtype).to(memory_format=torch.channels_last)
             with torch.no_grad():
-                layer.to(dtype)(x)
-            layer.to(dtype)(x.requires_grad_()).sum().backward()
+                layer(x)
+            layer(x.requires_grad_()).sum().backward()
 
 
 if __name__ == "__main__":

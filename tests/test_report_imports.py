@@ -4,11 +4,12 @@ nor do the prepare and report stages' notebooks, whose kernels would spend a sec
 importing it."""
 
 import ast
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -41,11 +42,10 @@ def test_the_figures_need_no_torch():
 
 def _imports_of(notebook: Path) -> str:
     """Every import statement of ``notebook``'s code cells, in order."""
-    cells = json.loads(notebook.read_text())["cells"]
-    statements = [node for cell in cells if cell["cell_type"] == "code"
-                  for node in ast.parse("".join(cell["source"])).body
-                  if isinstance(node, ast.Import | ast.ImportFrom)]
-    return "\n".join(ast.unparse(node) for node in statements)
+    code = "\n".join(c.source for c in nbformat.read(notebook, as_version=4).cells
+                     if c.cell_type == "code")
+    return "\n".join(ast.unparse(node) for node in ast.parse(code).body
+                     if isinstance(node, ast.Import | ast.ImportFrom))
 
 
 def test_the_prepare_and_report_notebooks_import_no_torch():
