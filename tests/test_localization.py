@@ -22,6 +22,8 @@ from gap_study.measures.localization import (
 )
 from gap_study.nets.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
 
+BATCH = 128  # images per forward pass (params.yaml's evaluate.batch_size): the tests' fit in one
+
 
 class IdentityFeatures(nn.Module):
     """A "backbone" that hands the image itself to the head, so CAMs are known exactly."""
@@ -41,7 +43,8 @@ def test_cam_of_a_linear_head_peaks_where_the_weighted_feature_does():
     images = torch.zeros(2, 2, 6, 6)
     images[0, 0, 1, 4] = 1.0  # class 0's evidence at (1, 4)
     images[1, 1, 5, 0] = 1.0  # class 1's evidence at (5, 0)
-    cams = class_activation_maps(IdentityFeatures(head), images, torch.tensor([0, 1]))
+    cams = class_activation_maps(IdentityFeatures(head), images, torch.tensor([0, 1]),
+                                 batch_size=BATCH)
     assert cams.shape == (2, 6, 6)
     assert divmod(int(cams[0].argmax()), 6) == (1, 4) and divmod(int(cams[1].argmax()), 6) == (5, 0)
     inside = torch.tensor([[0, 3, 2, 6], [4, 0, 6, 2]])
@@ -61,7 +64,8 @@ def test_class_map_weights_add_a_pools_features_of_one_channel_and_dense_has_non
     dense = DenseHead(in_features=12, hidden=4, num_classes=2)
     assert not hasattr(dense, "class_map_weights")
     with pytest.raises(ValueError, match="no class activation map"):
-        class_activation_maps(IdentityFeatures(dense), torch.zeros(1, 3, 2, 2), torch.tensor([0]))
+        class_activation_maps(IdentityFeatures(dense), torch.zeros(1, 3, 2, 2), torch.tensor([0]),
+                              batch_size=BATCH)
 
 
 def test_pointing_chance_is_the_box_share_of_the_canvas():
@@ -84,8 +88,9 @@ CLASSES = torch.tensor([0, 1, 2, 3, 0])
 def test_grad_cam_of_a_head_linear_on_pooled_features_is_its_cam_up_to_a_positive_factor(
         pool, factor):
     model = IdentityFeatures(PooledLinearHead(pool, channels=3, num_classes=4)).double()
-    cams = class_activation_maps(model, FEATURES, CLASSES)
-    torch.testing.assert_close(grad_cam(model, FEATURES, CLASSES), cams.clamp(min=0) * factor)
+    cams = class_activation_maps(model, FEATURES, CLASSES, batch_size=BATCH)
+    grads = grad_cam(model, FEATURES, CLASSES, batch_size=BATCH)
+    torch.testing.assert_close(grads, cams.clamp(min=0) * factor)
 
 
 def test_grad_cam_of_the_linear_head_weights_channels_by_their_mean_classifier_weight():
@@ -93,12 +98,13 @@ def test_grad_cam_of_the_linear_head_weights_channels_by_their_mean_classifier_w
     head = LinearHead(in_features=3 * 36, num_classes=4).double()
     weights = head.fc.weight.detach().reshape(4, 3, 6, 6).mean(dim=(2, 3))[CLASSES]
     expected = torch.einsum("nk,nkxy->nxy", weights, FEATURES).clamp(min=0)
-    torch.testing.assert_close(grad_cam(IdentityFeatures(head), FEATURES, CLASSES), expected)
+    torch.testing.assert_close(grad_cam(IdentityFeatures(head), FEATURES, CLASSES,
+                                        batch_size=BATCH), expected)
 
 
 def test_grad_cam_exists_for_the_dense_head_and_is_computed_in_batches():
     model = IdentityFeatures(DenseHead(in_features=3 * 36, hidden=7, num_classes=4)).double()
-    maps = grad_cam(model, FEATURES, CLASSES)
+    maps = grad_cam(model, FEATURES, CLASSES, batch_size=BATCH)
     assert maps.shape == (5, 6, 6) and bool((maps >= 0).all()) and float(maps.max()) > 0
     torch.testing.assert_close(grad_cam(model, FEATURES, CLASSES, batch_size=2), maps)
 
@@ -133,29 +139,32 @@ def _reading(weights):
 
 def test_two_object_pointing_asks_each_class_map_for_its_own_box():
     images, labels, boxes = _two_objects()
-    own = two_object_metrics(_reading([[1.0, 0.0], [0.0, 1.0]]), images, labels, boxes)
+    own = two_object_metrics(_reading([[1.0, 0.0], [0.0, 1.0]]), images, labels, boxes,
+                             batch_size=BATCH)
     assert own["pointing_two_objects"] == own["pointing_gradcam_two_objects"] == 1.0
-    swapped = two_object_metrics(_reading([[0.0, 1.0], [1.0, 0.0]]), images, labels, boxes)
+    swapped = two_object_metrics(_reading([[0.0, 1.0], [1.0, 0.0]]), images, labels, boxes,
+                                 batch_size=BATCH)
     assert swapped["pointing_two_objects"] == swapped["pointing_gradcam_two_objects"] == 0.0
     # both classes' maps peak on class 0's object: a hit for class 0, a miss for class 1
     model = _reading([[1.0, 0.0], [1.0, 0.0]])
-    maps = class_activation_maps(model, images.repeat(2, 1, 1, 1), labels[0])
+    maps = class_activation_maps(model, images.repeat(2, 1, 1, 1), labels[0], batch_size=BATCH)
     assert pointing_accuracy(maps[:1], boxes[0, :1]) == 1.0
     assert pointing_accuracy(maps[1:], boxes[0, 1:]) == 0.0
-    assert two_object_metrics(model, images, labels, boxes)["pointing_two_objects"] == 0.5
+    assert two_object_metrics(model, images, labels, boxes,
+                              batch_size=BATCH)["pointing_two_objects"] == 0.5
 
 
 def test_two_object_references_the_ink_map_at_most_half_the_centre_prior_and_chance():
     images, labels, boxes = _two_objects()
     row = two_object_metrics(_reading([[1.0, 0.0], [0.0, 1.0]]), images, labels, boxes,
-                             with_maps=False)
+                             with_maps=False, batch_size=BATCH)
     assert math.isnan(row["pointing_two_objects"])  # a head without CAM
     assert row["pointing_gradcam_two_objects"] == 1.0  # Grad-CAM exists for every head
     assert row["pointing_ink_two_objects"] == 0.5  # one peak, on the object with more ink
     assert row["pointing_centre_prior_two_objects"] == 0.0  # (4, 4) is in neither box
     assert row["pointing_chance_two_objects"] == pytest.approx((4 + 6) / (2 * 64))
     empty = two_object_metrics(_reading([[1.0, 0.0], [0.0, 1.0]]), images[:0], labels[:0],
-                               boxes[:0])
+                               boxes[:0], batch_size=BATCH)
     assert set(empty) == set(TWO_OBJECT_METRICS) and all(map(math.isnan, empty.values()))
 
 
@@ -170,15 +179,15 @@ def test_a_map_with_the_same_value_everywhere_points_nowhere():
 def test_two_object_hits_are_per_object_canvas_major_and_average_to_the_metrics():
     images, labels, boxes = _two_objects()
     model = _reading([[1.0, 0.0], [1.0, 0.0]])  # both maps peak on class 0's object
-    hits = two_object_hits(model, images, labels, boxes)
+    hits = two_object_hits(model, images, labels, boxes, batch_size=BATCH)
     assert hits["pointing_two_objects"].tolist() == [True, False]  # entry 2 i + j
     assert hits["pointing_ink_two_objects"].tolist() == [True, False]
-    row = two_object_metrics(model, images, labels, boxes)
+    row = two_object_metrics(model, images, labels, boxes, batch_size=BATCH)
     assert {name: values.mean() for name, values in hits.items()} \
         == {name: row[name] for name in hits}
     assert "pointing_two_objects" not in two_object_hits(model, images, labels, boxes,
-                                                         with_maps=False)
-    assert two_object_hits(model, images[:0], labels[:0], boxes[:0]) == {}
+                                                         with_maps=False, batch_size=BATCH)
+    assert two_object_hits(model, images[:0], labels[:0], boxes[:0], batch_size=BATCH) == {}
 
 
 def test_pointing_hits_mark_each_map_whose_peak_is_in_its_box():
@@ -214,26 +223,29 @@ def test_each_object_alone_is_the_canvas_with_only_its_own_box_kept():
 ])
 def test_an_object_counts_as_recognised_when_the_model_classifies_it_alone(weights, recognised):
     images, labels, boxes = _two_objects()
-    assert recognised_alone(_unbiased(weights), images, labels, boxes).tolist() == recognised
+    assert recognised_alone(_unbiased(weights), images, labels, boxes,
+                            batch_size=BATCH).tolist() == recognised
 
 
 def test_pointing_on_recognised_objects_leaves_the_others_out():
     images, labels, boxes = _two_objects()
     # both maps peak on class 0's object, which alone is recognised: 1 of 2 hits overall,
     # 1 of 1 among the recognised objects; the ink map hits that object too
-    row = two_object_metrics(_unbiased([[1.0, 0.0], [1.0, 0.0]]), images, labels, boxes)
+    row = two_object_metrics(_unbiased([[1.0, 0.0], [1.0, 0.0]]), images, labels, boxes,
+                             batch_size=BATCH)
     assert row["recognised_two_objects"] == 0.5
     assert row["pointing_two_objects"] == row["pointing_gradcam_two_objects"] == 0.5
     assert row["pointing_two_objects_recognised"] == 1.0
     assert row["pointing_gradcam_two_objects_recognised"] == 1.0
     assert row["pointing_ink_two_objects_recognised"] == 1.0
     # nothing recognised: the conditioned scores are undefined, not zero
-    none = two_object_metrics(_unbiased([[0.0, 1.0], [1.0, 0.0]]), images, labels, boxes)
+    none = two_object_metrics(_unbiased([[0.0, 1.0], [1.0, 0.0]]), images, labels, boxes,
+                              batch_size=BATCH)
     assert none["recognised_two_objects"] == 0.0
     assert math.isnan(none["pointing_gradcam_two_objects_recognised"])
     # a head without CAM has no conditioned CAM score either
     no_cam = two_object_metrics(_unbiased([[1.0, 0.0], [0.0, 1.0]]), images, labels, boxes,
-                                with_maps=False)
+                                with_maps=False, batch_size=BATCH)
     assert math.isnan(no_cam["pointing_two_objects_recognised"])
     assert no_cam["pointing_gradcam_two_objects_recognised"] == 1.0
 

@@ -27,6 +27,8 @@ from gap_study.measures.metrics import (
     shift_summary,
 )
 
+BATCH = 128  # images per forward pass (params.yaml's evaluate.batch_size): the tests' fit in one
+
 
 class LeftOrRight(nn.Module):
     """Class 0 when the image's mass is in columns 0-2 of a 5-wide image, class 1 otherwise."""
@@ -43,7 +45,7 @@ def _dot_images(n=4, col=2):
 
 def test_loss_and_accuracy_have_known_values():
     images, labels = _dot_images(4), torch.tensor([0, 0, 1, 0])
-    loss, accuracy = loss_and_accuracy(LeftOrRight(), images, labels)
+    loss, accuracy = loss_and_accuracy(LeftOrRight(), images, labels, batch_size=BATCH)
     assert accuracy == 0.75
     # logits (1, 0): cross-entropy log(1 + e^-1) for class 0, log(1 + e) for class 1
     expected = (3 * math.log1p(math.exp(-1)) + math.log1p(math.e)) / 4
@@ -53,7 +55,7 @@ def test_loss_and_accuracy_have_known_values():
 def test_overfitting_gap_is_train_minus_test_accuracy():
     images = _dot_images(4)
     metrics = overfitting_metrics(LeftOrRight(), images, torch.zeros(4, dtype=torch.long),
-                                  images, torch.tensor([0, 1, 0, 1]))
+                                  images, torch.tensor([0, 1, 0, 1]), batch_size=BATCH)
     assert metrics["train_accuracy"] == 1.0 and metrics["test_accuracy"] == 0.5
     assert metrics["overfit_gap"] == 0.5
     assert metrics["loss_gap"] == pytest.approx(metrics["test_loss"] - metrics["train_loss"])
@@ -88,7 +90,8 @@ def test_shift_grid_scores_every_offset_and_does_not_depend_on_batching(batch_si
 def test_shift_grid_with_zero_shift_is_plain_accuracy_and_negative_is_refused():
     images, labels = _dot_images(4), torch.tensor([0, 1, 0, 0])
     grid = shift_accuracy_grid(LeftOrRight(), images, labels, max_shift=0)
-    assert grid.accuracy.tolist() == [loss_and_accuracy(LeftOrRight(), images, labels)[1]]
+    assert grid.accuracy.tolist() == [loss_and_accuracy(LeftOrRight(), images, labels,
+                                                        batch_size=BATCH)[1]]
     with pytest.raises(ValueError, match="max_shift must be >= 0"):
         shift_accuracy_grid(LeftOrRight(), images, labels, max_shift=-1)
 
@@ -106,15 +109,16 @@ def test_consistency_counts_agreeing_predictions_under_two_random_shifts():
     first, _ = random_offsets(200, 1, generator)
     second, _ = random_offsets(200, 1, generator)
     expected = ((first == 1) == (second == 1)).float().mean().item()
-    assert consistency(LeftOrRight(), images, max_shift=1, seed=7) == pytest.approx(expected)
+    assert consistency(LeftOrRight(), images, max_shift=1, seed=7,
+                       batch_size=BATCH) == pytest.approx(expected)
     assert 0.4 < expected < 0.75  # 5/9 on average
-    assert consistency(LeftOrRight(), images, max_shift=0, seed=7) == 1.0
+    assert consistency(LeftOrRight(), images, max_shift=0, seed=7, batch_size=BATCH) == 1.0
 
 
 def test_flip_rate_averages_the_four_one_pixel_moves():
     # the dot in column 2 changes side only when moved right: 1 of 4 moves flips
-    assert flip_rate(LeftOrRight(), _dot_images(3)) == 0.25
-    assert flip_rate(LeftOrRight(), _dot_images(3, col=0)) == 0.0
+    assert flip_rate(LeftOrRight(), _dot_images(3), batch_size=BATCH) == 0.25
+    assert flip_rate(LeftOrRight(), _dot_images(3, col=0), batch_size=BATCH) == 0.0
 
 
 def _predictions(rows):
@@ -138,7 +142,7 @@ def test_all_pairs_flip_rate_counts_every_horizontal_vertical_and_diagonal_neigh
 
 def test_the_grid_predictions_give_the_grid_accuracy_and_follow_the_offsets():
     images = _dot_images(3)
-    predictions = shift_grid_predictions(LeftOrRight(), images, max_shift=1)
+    predictions = shift_grid_predictions(LeftOrRight(), images, max_shift=1, batch_size=BATCH)
     assert predictions.shape == (3, 9) and predictions.dtype == np.int8
     assert grid_offsets(1)[2] == (1, -1)  # row by row: dy outer, dx inner
     # the dot in column 2 moves to column 3 (class 1) exactly when dx = 1
@@ -150,25 +154,25 @@ def test_the_grid_predictions_give_the_grid_accuracy_and_follow_the_offsets():
 
 def test_per_image_outcomes_are_each_images_correctness_and_cross_entropy():
     images, labels = _dot_images(4), torch.tensor([0, 0, 1, 0])
-    correct, loss = image_outcomes(LeftOrRight(), images, labels)
+    correct, loss = image_outcomes(LeftOrRight(), images, labels, batch_size=BATCH)
     assert correct.dtype == np.bool_ and correct.tolist() == [True, True, False, True]
     assert loss.dtype == np.float32
     # logits (1, 0): log(1 + e^-1) for class 0, log(1 + e) for class 1
     np.testing.assert_allclose(loss, [math.log1p(math.exp(-1))] * 2 + [math.log1p(math.e)]
                                + [math.log1p(math.exp(-1))], rtol=1e-6)
-    run_loss, run_accuracy = loss_and_accuracy(LeftOrRight(), images, labels)
+    run_loss, run_accuracy = loss_and_accuracy(LeftOrRight(), images, labels, batch_size=BATCH)
     assert correct.mean() == run_accuracy and loss.mean() == pytest.approx(run_loss, rel=1e-6)
 
 
 def test_per_image_consistency_and_flips_average_to_the_run_metrics_exactly():
     images = _dot_images(200)
     images[::3] = _dot_images(67, col=0)  # a third never flips
-    same = consistency_per_image(LeftOrRight(), images, max_shift=1, seed=7)
+    same = consistency_per_image(LeftOrRight(), images, max_shift=1, seed=7, batch_size=BATCH)
     assert same.dtype == np.bool_ and same.shape == (200,)
-    assert same.mean() == consistency(LeftOrRight(), images, max_shift=1, seed=7)
-    flips = flip_rate_per_image(LeftOrRight(), images)
+    assert same.mean() == consistency(LeftOrRight(), images, max_shift=1, seed=7, batch_size=BATCH)
+    flips = flip_rate_per_image(LeftOrRight(), images, batch_size=BATCH)
     assert sorted(set(flips.tolist())) == [0.0, 0.25]  # column 0 never flips, column 2 once
-    assert flips.mean() == flip_rate(LeftOrRight(), images)
+    assert flips.mean() == flip_rate(LeftOrRight(), images, batch_size=BATCH)
 
 
 def test_a_mean_of_quarters_is_the_float_flips_over_four_n_gives():

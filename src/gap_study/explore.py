@@ -202,11 +202,12 @@ class Explorer:
         model = self.model(s.head, s.seed, s.cell)
         images = shift(to_float(self.data.x_test[s.image:s.image + 1]), s.dx, s.dy)
         with torch.no_grad():
-            probabilities = torch.softmax(predict_logits(model, images), dim=1)[0]
+            # one image, and its two maps below: each in one forward pass
+            probabilities = torch.softmax(predict_logits(model, images, 1), dim=1)[0]
         label, predicted = int(self.data.y_test[s.image]), int(probabilities.argmax())
         classes = torch.tensor([label, predicted])
         mapper = class_activation_maps if has_class_map(s.head) else grad_cam
-        maps = mapper(model, images.expand(2, -1, -1, -1), classes).numpy()
+        maps = mapper(model, images.expand(2, -1, -1, -1), classes, 2).numpy()
         picture = images[0].numpy()
         return View(
             selection=s,

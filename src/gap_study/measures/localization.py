@@ -48,7 +48,7 @@ __all__ = [
 
 @torch.inference_mode()
 def class_activation_maps(model: nn.Module, images: Tensor, classes: Tensor,
-                          batch_size: int = 512) -> Tensor:
+                          batch_size: int) -> Tensor:
     """CAM of class ``classes[i]`` for image ``i``, bilinearly upsampled to the image size:
     ``(N, H, W)``. Raises ``ValueError`` for a head without CAM (``dense``)."""
     if not hasattr(model.head, "class_map_weights"):
@@ -64,7 +64,7 @@ def class_activation_maps(model: nn.Module, images: Tensor, classes: Tensor,
     return _to_image_size(torch.cat(maps), images)
 
 
-def grad_cam(model: nn.Module, images: Tensor, classes: Tensor, batch_size: int = 512) -> Tensor:
+def grad_cam(model: nn.Module, images: Tensor, classes: Tensor, batch_size: int) -> Tensor:
     """Grad-CAM of class ``classes[i]`` for image ``i``, bilinearly upsampled: ``(N, H, W)``.
 
     ``ReLU(sum_k a_k f_k)`` on the backbone's last map ``f``, ``a_k`` the class score's gradient
@@ -143,7 +143,7 @@ def pointing_centre_prior(boxes: Tensor, image_size: int) -> float:
 
 
 def localization_hits(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
-                      max_shift: int, seed: int, batch_size: int = 512, *,
+                      max_shift: int, seed: int, batch_size: int, *,
                       with_maps: bool = True) -> dict[str, np.ndarray]:
     """Per image, by metric name (``bool (N,)`` each): whether the true class's Grad-CAM and,
     with ``with_maps``, CAM point at the object, on centred images and on images moved by
@@ -211,7 +211,7 @@ def alone(images: Tensor, boxes: Tensor) -> Tensor:
 
 
 def recognised_alone(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
-                     batch_size: int = 512) -> np.ndarray:
+                     batch_size: int) -> np.ndarray:
     """``bool (2M,)``: whether ``model`` classifies each object of each two-object canvas
     correctly when it is shown ``alone`` at its position (``docs/study.md``, "Metrics": the
     map claim's pointing counts only objects the model recognises, so that a head that cannot
@@ -221,7 +221,7 @@ def recognised_alone(model: nn.Module, images: Tensor, labels: Tensor, boxes: Te
 
 
 def two_object_hits(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
-                    batch_size: int = 512, *, with_maps: bool = True) -> dict[str, np.ndarray]:
+                    batch_size: int, *, with_maps: bool = True) -> dict[str, np.ndarray]:
     """Per object on canvases holding two objects of different classes (``images`` ``(M, C, H,
     W)``, ``labels`` ``(M, 2)``, ``boxes`` ``(M, 2, 4)``), by metric name, ``bool (2M,)`` each,
     entry ``2 i + j`` for canvas i's object j: whether that object's class's Grad-CAM and, with
@@ -264,7 +264,7 @@ def two_object_summary(hits: dict[str, np.ndarray], boxes: Tensor,
 
 
 def two_object_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
-                       batch_size: int = 512, *, with_maps: bool = True) -> dict[str, float]:
+                       batch_size: int, *, with_maps: bool = True) -> dict[str, float]:
     """Pointing on canvases holding two objects of different classes (``images`` ``(M, C, H,
     W)``, ``labels`` ``(M, 2)``, ``boxes`` ``(M, 2, 4)``): for each canvas and each of its two
     classes, whether that class's map peaks inside that class's own box; means over canvas x
@@ -276,16 +276,17 @@ def two_object_metrics(model: nn.Module, images: Tensor, labels: Tensor, boxes: 
 
 
 def cam_examples(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor, *,
-                 count: int, dx: int, dy: int) -> dict[str, np.ndarray]:
+                 count: int, dx: int, dy: int, batch_size: int) -> dict[str, np.ndarray]:
     """The first ``count`` test images, centred and moved by ``(dx, dy)``, with the true class's
     CAM of each, for the report's overlays."""
     images, labels, boxes = images[:count], labels[:count], boxes[:count]
     moved = shift(images, dx, dy)
     move = torch.tensor([dy, dx, dy, dx], device=boxes.device)
     return {
-        "images": images.cpu().numpy(), "cams": class_activation_maps(model, images, labels)
-        .cpu().numpy(), "boxes": boxes.cpu().numpy(), "labels": labels.cpu().numpy(),
+        "images": images.cpu().numpy(),
+        "cams": class_activation_maps(model, images, labels, batch_size).cpu().numpy(),
+        "boxes": boxes.cpu().numpy(), "labels": labels.cpu().numpy(),
         "shifted_images": moved.cpu().numpy(),
-        "shifted_cams": class_activation_maps(model, moved, labels).cpu().numpy(),
+        "shifted_cams": class_activation_maps(model, moved, labels, batch_size).cpu().numpy(),
         "shifted_boxes": (boxes + move).cpu().numpy(), "shift": np.array([dx, dy]),
     }

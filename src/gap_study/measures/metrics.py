@@ -49,14 +49,14 @@ def share(hits: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+def predict_logits(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
     """Logits ``(N, K)`` for ``(N, C, H, W)`` images, in eval mode, in batches."""
     model.eval()
     return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def loss_and_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
-                      batch_size: int = 512) -> tuple[float, float]:
+                      batch_size: int) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy of ``model`` on ``images``."""
     logits = predict_logits(model, images, batch_size)
     loss = F.cross_entropy(logits, labels).item()
@@ -65,7 +65,7 @@ def loss_and_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
 
 
 def image_outcomes(model: nn.Module, images: Tensor, labels: Tensor,
-                   batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per image: whether the top-1 class is right (``bool (N,)``) and the cross-entropy
     (``float32 (N,)``); their means are ``loss_and_accuracy``'s accuracy (exactly) and loss
     (up to float32 rounding: torch sums in another order)."""
@@ -76,7 +76,7 @@ def image_outcomes(model: nn.Module, images: Tensor, labels: Tensor,
 
 
 def overfitting_metrics(model: nn.Module, x_train: Tensor, y_train: Tensor, x_test: Tensor,
-                        y_test: Tensor, batch_size: int = 512) -> dict[str, float]:
+                        y_test: Tensor, batch_size: int) -> dict[str, float]:
     """Train and test accuracy/loss on centred images (eval mode) and the two gaps.
 
     ``overfit_gap = train_accuracy - test_accuracy``; ``loss_gap = test_loss - train_loss``.
@@ -103,7 +103,7 @@ def grid_offsets(max_shift: int) -> list[tuple[int, int]]:
 
 @torch.inference_mode()
 def shift_grid_predictions(model: nn.Module, images: Tensor, max_shift: int,
-                           batch_size: int = 512) -> np.ndarray:
+                           batch_size: int) -> np.ndarray:
     """The predicted class of every image moved by every offset of ``grid_offsets``:
     ``int8 (N, M)``, M = (2S+1)^2. Small image sets are evaluated several shifted copies per
     forward pass (``batch_size`` images each)."""
@@ -196,7 +196,7 @@ def shift_summary(grid: pd.DataFrame) -> dict[str, float]:
 
 @torch.inference_mode()
 def consistency_per_image(model: nn.Module, images: Tensor, max_shift: int, seed: int,
-                          batch_size: int = 512) -> np.ndarray:
+                          batch_size: int) -> np.ndarray:
     """Whether two independent random shifts of each image (offsets uniform in ``[-S, S]^2``,
     drawn from ``seed``) get the same predicted class, right or wrong: ``bool (N,)``."""
     generator = torch.Generator().manual_seed(seed)
@@ -208,7 +208,7 @@ def consistency_per_image(model: nn.Module, images: Tensor, max_shift: int, seed
 
 
 def consistency(model: nn.Module, images: Tensor, max_shift: int, seed: int,
-                batch_size: int = 512) -> float:
+                batch_size: int) -> float:
     """Zhang (2019): probability that two independent random shifts of the same image get the
     same predicted class, right or wrong: the share of ``consistency_per_image``."""
     return share(consistency_per_image(model, images, max_shift, seed, batch_size))
@@ -218,7 +218,7 @@ ONE_PIXEL_MOVES = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 @torch.inference_mode()
-def flip_rate_per_image(model: nn.Module, images: Tensor, batch_size: int = 512) -> np.ndarray:
+def flip_rate_per_image(model: nn.Module, images: Tensor, batch_size: int) -> np.ndarray:
     """The share of the four 1-pixel moves (right, left, down, up) that change each image's
     top-1 class: ``float64 (N,)``, multiples of 1/4."""
     centred = predict_logits(model, images, batch_size).argmax(dim=1)
@@ -227,7 +227,7 @@ def flip_rate_per_image(model: nn.Module, images: Tensor, batch_size: int = 512)
     return flips.cpu().numpy() / len(ONE_PIXEL_MOVES)
 
 
-def flip_rate(model: nn.Module, images: Tensor, batch_size: int = 512) -> float:
+def flip_rate(model: nn.Module, images: Tensor, batch_size: int) -> float:
     """Azulay & Weiss (2019): probability that the top-1 class changes when the object moves by
     one pixel, averaged over the four directions: the mean of ``flip_rate_per_image``.
 

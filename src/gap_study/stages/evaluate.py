@@ -243,7 +243,7 @@ def example_cams(model: ClassifierNet, data: EvaluationData,
         return None
     move = settings.max_shift // 2
     return cam_examples(fold_batch_norm(model), data.x_test, data.y_test, data.box_test,
-                        count=4, dx=move, dy=-move)
+                        count=4, dx=move, dy=-move, batch_size=settings.batch_size)
 
 
 def feature_map_record(checkpoint: dict[str, Any]) -> dict[str, object]:
