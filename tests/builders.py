@@ -173,6 +173,11 @@ def small_digits(digits):
                                box_test=digits.box_test[:100])
 
 
+# images per forward pass of the measures (params.yaml's evaluate.batch_size): each test's
+# images fit in one
+BATCH = 128
+
+
 def tiny_config(head: str, image_size: int = 32) -> ModelConfig:
     """A two-block model with 4 and 8 channels (and 16 hidden units for dense)."""
     return ModelConfig(head=head, in_channels=1, image_size=image_size, num_classes=10,

@@ -15,12 +15,15 @@ import pandas as pd
 import psutil
 from builders import command_env, sigint_as_on_a_terminal
 
+from gap_study.pipeline.kept import RECORD
+from gap_study.pipeline.paths import Layout
+
 TRAIN = ["dvc", "repro", "--force", "--single-item", "train"]
 
 
 def kept_runs(repo: Path) -> int:
     """Runs the train stage has kept so far: those whose record (written last) is there."""
-    return len(list((repo / ".gap_study" / "runs" / "train").glob("*/record.json")))
+    return len(list(Layout(repo).kept_runs("train").glob(f"*/{RECORD}")))
 
 
 def histories(repo: Path) -> dict[str, str]:

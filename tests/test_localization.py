@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from builders import BATCH
 from torch import nn
 
 from gap_study.measures.localization import (
@@ -21,8 +22,6 @@ from gap_study.measures.localization import (
     two_object_metrics,
 )
 from gap_study.nets.heads import DenseHead, LinearHead, NINHead, PooledLinearHead
-
-BATCH = 128  # images per forward pass (params.yaml's evaluate.batch_size): the tests' fit in one
 
 
 class IdentityFeatures(nn.Module):

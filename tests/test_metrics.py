@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from builders import BATCH
 from torch import Tensor, nn
 
 from gap_study.data.canvas import random_offsets
@@ -26,8 +27,6 @@ from gap_study.measures.metrics import (
     shift_grid_predictions,
     shift_summary,
 )
-
-BATCH = 128  # images per forward pass (params.yaml's evaluate.batch_size): the tests' fit in one
 
 
 class LeftOrRight(nn.Module):
