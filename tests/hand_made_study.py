@@ -178,7 +178,7 @@ def _write_tuning(layout: Layout) -> None:
     means.to_csv(layout.tuning, index=False)
     pd.DataFrame([{"head": head, "lr": lr, "val_loss": 0.205, "spread": 0.01,
                    "neighbour_gap": 0.01 if head == "gsp" else 0.1, "fragile": head == "gsp",
-                   "at_bound": head == "gap", "rates": 3}
+                   "at_bound": head == "gap", "at_chance": False, "rates": 3}
                   for head, lr in LEARNING_RATES.items()]).to_csv(layout.tune_choices,
                                                                   index=False)
 

@@ -183,6 +183,25 @@ def test_the_learning_rates_name_each_heads_choice_and_the_fragile_ones(layout):
     assert "Fragile choices" in text and "At a bound of the search" in text
 
 
+def test_a_head_no_rate_trained_is_named_untrained_first_and_under_learning_rates(layout):
+    choices = pd.read_csv(layout.tune_choices)
+    untrained = choices["head"] == "gsp"
+    choices.loc[untrained, ["val_loss", "at_chance"]] = [1.5, True]  # ln 4 = 1.386
+    choices.to_csv(layout.tune_choices, index=False)
+    facts = report_facts(layout)
+    assert facts.tune_flags.at_chance == [("gsp", LEARNING_RATES["gsp"], 1.5)]
+    text = _report(layout)
+    summary = text.split("## In one minute")[1].split("\n- **")[0]
+    assert "**Untrained: `gsp`.** No learning rate tried took its mean validation loss below " \
+           "ln 4 = 1.386" in " ".join(summary.split())
+    assert "**No better than chance**, so no rate tried trained these heads: `gsp` " \
+           "(0.0003: 1.5000), against ln 4 = 1.3863" in " ".join(text.split())
+    choices["at_chance"] = False
+    choices.to_csv(layout.tune_choices, index=False)
+    trained = _report(layout)
+    assert "Untrained" not in trained and "No better than chance" not in trained
+
+
 def test_the_report_counts_the_test_images_the_evaluate_stage_used(layout):
     # the train stage's record has no test split; the report must not say "0 test images"
     assert report_facts(layout).dataset["test_images"] == 20

@@ -28,12 +28,14 @@ from gap_study.stages.tune import (
     search,
     tune_task,
     tuning_table,
+    warn_at_chance,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = TINY_MODEL
 SETTINGS = TrainParams(seeds=[0], epochs=2, batch_size=32, schedule="cosine", drop_last=True,
                        weight_decay=0.0, validation_batch_size=512, fractions=[0.5, 1.0], shift=[0])
+CLASSES = 10  # the digits' classes: chance is a mean validation loss of ln 10
 TUNING = TuneParams(learning_rates=[0.001, 0.003, 0.01], lr_min=0.0001, lr_max=0.1,
                     seeds=[100, 101])
 
@@ -94,6 +96,40 @@ def test_a_head_whose_every_rate_diverged_is_refused_by_name_with_the_fix():
         best_rates(table)
 
 
+def test_a_head_whose_best_rate_ends_at_chance_is_flagged_and_named_in_a_warning_with_the_fix():
+    # ln 10 = 2.3026: giving each of 10 classes the same probability
+    table = _table(_curve("gap", {1e5: (2.31, 2.32), 1e6: (2.40, 2.45)}, accuracy=0.1)
+                   + _curve("dense", {0.003: (0.05, 0.07)}))
+    choices = choice_table(table, TUNING, CLASSES).set_index("head")
+    assert choices["at_chance"].to_dict() == {"gap": True, "dense": False}
+    with pytest.warns(RuntimeWarning, match=r"trains gap better than chance.*ln 10 = 2\.303.*"
+                                            r"\(gap at 100000: 2\.315\).*"
+                                            r"tune\.learning_rates, tune\.lr_min and tune\.lr_max"):
+        warn_at_chance(choices.reset_index(), CLASSES)
+
+
+def test_a_best_rate_just_below_chance_is_not_flagged(recwarn):
+    below = math.nextafter(math.log(10), 0.0)
+    table = _table(_curve("gap", {0.003: (below, below)})
+                   + _curve("dense", {0.003: (0.05, 0.07)}))
+    choices = choice_table(table, TUNING, CLASSES)
+    assert not choices["at_chance"].any()
+    warn_at_chance(choices, CLASSES)
+    assert not recwarn.list
+    # the same losses on 9 classes: ln 9 = 2.197
+    assert choice_table(table, TUNING, 9).set_index("head")["at_chance"].to_dict() == {
+        "gap": True, "dense": False}
+
+
+def test_the_tune_stage_warns_of_a_choice_at_chance_before_it_writes_anything():
+    code = "\n".join(c.source for c in nbformat.read(ROOT / "notebooks" / "tune.ipynb",
+                                                      as_version=4).cells
+                     if c.cell_type == "code")
+    warning = code.find("warn_at_chance(choices, dataset.num_classes)")
+    assert -1 < code.find("choices = choice_table(table, tuning, dataset.num_classes)") \
+        < warning < code.find("write_csv(")
+
+
 def test_a_training_run_that_diverged_fails_in_its_task_naming_the_run(small, monkeypatch):
     def diverged(*args, **kwargs):
         return None, pd.DataFrame([{"epoch": 1, "train_loss": math.nan, "val_loss": math.nan}])
@@ -147,7 +183,7 @@ def test_the_extension_stops_at_the_bounds():
     ends = _table(_curve("gap", {0.001: (0.5, 0.5), 0.003: (0.1, 0.1), 0.01: (0.02, 0.03)})
                   + _curve("dense", {0.001: (0.03, 0.04), 0.003: (0.05, 0.05), 0.01: (0.1, 0.2)}))
     assert next_rates(ends, narrow) == {}  # 0.0316 > 0.03, 0.000316 < 0.0005
-    choices = choice_table(ends, narrow).set_index("head")
+    choices = choice_table(ends, narrow, CLASSES).set_index("head")
     assert choices["at_bound"].to_dict() == {"gap": True, "dense": True}
 
 
@@ -185,7 +221,7 @@ def _position(choice: pd.Series, tried: list[float], tuning: TuneParams) -> str:
 def test_after_the_search_every_chosen_rate_is_interior_or_at_a_bound(minimum, width):
     runs = search(["gap", "dense"], TUNING, _synthetic_train(minimum, width))
     table = runs_table(runs)
-    choices = choice_table(table, TUNING)
+    choices = choice_table(table, TUNING, CLASSES)
     for _, choice in choices.iterrows():
         tried = sorted(table.loc[table["head"] == choice["head"], "lr"].unique())
         position = _position(choice, tried, TUNING)
@@ -203,7 +239,7 @@ def test_the_starting_grid_alone_can_leave_a_choice_at_an_unextended_end():
     first_round = _synthetic_train(-1.6, 0.3)([("gap", lr, seed) for lr in TUNING.learning_rates
                                                for seed in TUNING.seeds])
     table = runs_table(first_round)
-    choice = choice_table(table, TUNING).iloc[0]
+    choice = choice_table(table, TUNING, CLASSES).iloc[0]
     assert _position(choice, TUNING.learning_rates, TUNING) == "unextended"
     assert not choice["at_bound"] and next_rates(table, TUNING) == {"gap": [0.0316]}
 
@@ -220,7 +256,7 @@ NEIGHBOURS = pytest.mark.parametrize("neighbour, fragile", [
 def test_a_choice_is_fragile_when_a_neighbouring_rate_is_within_the_seeds_spread(neighbour,
                                                                                fragile):
     table = _table(_curve("gap", {0.001: (2.0, 2.5), 0.003: (0.375, 0.625), 0.01: neighbour}))
-    choice = choice_table(table, TUNING).iloc[0]
+    choice = choice_table(table, TUNING, CLASSES).iloc[0]
     assert (choice["lr"], choice["val_loss"], choice["spread"]) == (0.003, 0.5, 0.25)
     assert choice["neighbour_gap"] == np.mean(neighbour) - 0.5
     assert choice["fragile"] == fragile
@@ -231,7 +267,7 @@ def test_a_neighbouring_rate_below_the_choice_makes_it_fragile_as_one_above_does
                                                                                  fragile):
     # the mirror image: the close neighbour is the smaller rate, the larger one is far off
     table = _table(_curve("gap", {0.001: neighbour, 0.003: (0.375, 0.625), 0.01: (2.0, 2.5)}))
-    choice = choice_table(table, TUNING).iloc[0]
+    choice = choice_table(table, TUNING, CLASSES).iloc[0]
     assert (choice["lr"], choice["val_loss"], choice["spread"]) == (0.003, 0.5, 0.25)
     assert choice["neighbour_gap"] == np.mean(neighbour) - 0.5
     assert choice["fragile"] == fragile
@@ -241,13 +277,13 @@ def test_only_a_neighbouring_rate_makes_a_choice_fragile():
     # 0.0316 is within the spread of 0.003, but 0.01 lies between them
     table = _table(_curve("gap", {0.001: (2.0, 2.5), 0.003: (0.375, 0.625), 0.01: (1.0, 1.0),
                                   0.0316: (0.625, 0.625)}))
-    choice = choice_table(table, TUNING).iloc[0]
+    choice = choice_table(table, TUNING, CLASSES).iloc[0]
     assert (choice["lr"], choice["fragile"]) == (0.003, False)
 
 
 def test_a_head_tried_at_one_rate_has_no_neighbour_and_is_not_fragile():
     only = TuneParams(learning_rates=[0.003], lr_min=0.003, lr_max=0.003, seeds=[100, 101])
-    choice = choice_table(_table(_curve("gap", {0.003: (0.1, 0.3)})), only).iloc[0]
+    choice = choice_table(_table(_curve("gap", {0.003: (0.1, 0.3)})), only, CLASSES).iloc[0]
     assert math.isnan(choice["neighbour_gap"]) and not choice["fragile"]
     assert choice["at_bound"]
 
@@ -255,7 +291,7 @@ def test_a_head_tried_at_one_rate_has_no_neighbour_and_is_not_fragile():
 def test_the_choice_table_holds_each_heads_mean_loss_at_every_rate_it_tried():
     table = _table(_curve("gap", {0.003: (0.2, 0.4), 0.01: (0.1, 0.1), 0.0316: (0.2, 0.2)})
                    + _curve("dense", {0.001: (0.1, 0.1), 0.003: (0.05, 0.07), 0.01: (0.2, 0.2)}))
-    choices = choice_table(table, TUNING).set_index("head")
+    choices = choice_table(table, TUNING, CLASSES).set_index("head")
     assert choices.index.tolist() == ["gap", "dense"]
     assert choices.loc["gap", "val_loss_lr_0.003"] == pytest.approx(0.3)
     assert math.isnan(choices.loc["gap", "val_loss_lr_0.001"])

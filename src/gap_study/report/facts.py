@@ -308,7 +308,7 @@ def build_facts(*, collected: CollectedResults, tables: StudyTables, comparisons
         claims=claim_facts(comparisons, verdicts), tested_heads=heads_under_test(heads),
         secondary=secondary_facts(comparisons),
         learning_rates=chosen_rates(collected.tuning, heads),
-        tune_flags=tune_flags(collected.tune_choices, heads),
+        tune_flags=tune_flags(collected.tune_choices, heads, evaluate["dataset"]["num_classes"]),
         parameters=_parameters(tables.main, heads),
         factorial=_factorial(tables.aggregate, heads),
         scope=_scope(collected, tables, comparisons, heads),

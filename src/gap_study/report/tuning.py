@@ -3,6 +3,7 @@ rate with its mean validation loss, and the choices its tuning seeds could move.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,16 +23,24 @@ def chosen_rates(tuning: pd.DataFrame, heads: Sequence[str]) -> list[tuple[str, 
 @dataclass(frozen=True)
 class TuneFlags:
     """The heads whose choice the tuning seeds could move (``fragile``: a neighbouring rate's
-    mean loss within the chosen rate's spread over seeds) and those whose rate sits at a bound
-    of ``tune`` (``at_bound``: the grid could not extend past it)."""
+    mean loss within the chosen rate's spread over seeds), those whose rate sits at a bound
+    of ``tune`` (``at_bound``: the grid could not extend past it), and those that no rate
+    tried trained (``at_chance``: ``(head, rate, mean validation loss)``, the loss at least
+    that of giving every class the same probability: ``chance``, ``ln K`` for ``K`` classes)."""
 
     fragile: list[str]
     at_bound: list[tuple[str, float]]
+    at_chance: list[tuple[str, float, float]]
+    chance: float
 
 
-def tune_flags(choices: pd.DataFrame, heads: Sequence[str]) -> TuneFlags:
-    """``TuneFlags`` of ``heads`` from the tune stage's ``choices.csv``."""
+def tune_flags(choices: pd.DataFrame, heads: Sequence[str], num_classes: int) -> TuneFlags:
+    """``TuneFlags`` of ``heads`` from the tune stage's ``choices.csv`` (its ``at_chance`` is
+    the stage's, as in ``gap_study.stages.tune.choice_table``), on ``num_classes`` classes."""
     rows = choices.set_index("head").reindex([h for h in heads if h in set(choices["head"])])
     return TuneFlags([str(h) for h in rows.index[rows["fragile"].astype(bool)]],
                      [(str(h), float(rows.loc[h, "lr"]))
-                      for h in rows.index[rows["at_bound"].astype(bool)]])
+                      for h in rows.index[rows["at_bound"].astype(bool)]],
+                     [(str(h), float(rows.loc[h, "lr"]), float(rows.loc[h, "val_loss"]))
+                      for h in rows.index[rows["at_chance"].astype(bool)]],
+                     math.log(num_classes))

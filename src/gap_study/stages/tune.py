@@ -14,6 +14,7 @@ without it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from gap_study.stages.train import train_run
 
 __all__ = ["RUN_COLUMNS", "SIGNIFICANT_DIGITS", "TRAIN_KEYS", "Task", "TuningRun", "best_rates",
            "choice_table", "half_decade", "next_rates", "rate_summary", "runs_table", "search",
-           "tune_task", "tuning_table"]
+           "tune_task", "tuning_table", "warn_at_chance"]
 
 # 1. Rates added by the extension are rounded to this many significant digits, so that they
 #    print as they are (0.0316, not 0.031622776601683794) and a rerun writes the same bytes.
@@ -165,7 +166,8 @@ def search(heads: Sequence[str], tuning: TuneParams,
     return runs
 
 
-def _choice(rates: pd.DataFrame, best: float, tuning: TuneParams) -> dict[str, object]:
+def _choice(rates: pd.DataFrame, best: float, tuning: TuneParams,
+            chance: float) -> dict[str, object]:
     """The choice record of one head, from its rows of ``rate_summary`` (rates ascending)."""
     lrs = rates["lr"].tolist()
     i = lrs.index(best)
@@ -178,14 +180,14 @@ def _choice(rates: pd.DataFrame, best: float, tuning: TuneParams) -> dict[str, o
     return {"head": chosen["head"], "lr": best, "val_loss": float(chosen["val_loss"]),
             "spread": spread, "neighbour_gap": gap, "fragile": bool(gap <= spread),
             "at_bound": bool(beyond) and not any(_within(r, tuning) for r in beyond),
-            "rates": len(lrs)}
+            "at_chance": bool(chosen["val_loss"] >= chance), "rates": len(lrs)}
 
 
-def choice_table(runs: pd.DataFrame, tuning: TuneParams) -> pd.DataFrame:
+def choice_table(runs: pd.DataFrame, tuning: TuneParams, num_classes: int) -> pd.DataFrame:
     """One row per head: the chosen rate ``lr``, its mean final validation loss ``val_loss``,
-    ``spread``, ``neighbour_gap``, ``fragile``, ``at_bound``, how many ``rates`` were tried,
-    then the mean loss at every rate tried for any head (``val_loss_lr_<rate>``, empty where
-    the head did not try it).
+    ``spread``, ``neighbour_gap``, ``fragile``, ``at_bound``, ``at_chance``, how many
+    ``rates`` were tried, then the mean loss at every rate tried for any head
+    (``val_loss_lr_<rate>``, empty where the head did not try it).
 
     5. ``spread`` is the range (largest minus smallest) of the chosen rate's final validation
        loss over the tuning seeds; ``neighbour_gap`` is how much higher the lower of the
@@ -195,14 +197,39 @@ def choice_table(runs: pd.DataFrame, tuning: TuneParams) -> pd.DataFrame:
     6. ``at_bound``: the rate is an end of the head's tried rates and the half-decade step
        beyond that end leaves ``[lr_min, lr_max]``. It is false for an interior rate, and for
        an end the grid could still be extended past, which ``search`` never leaves chosen.
+    7. ``at_chance``: the chosen rate's mean loss is at least ``ln(num_classes)``, the
+       cross-entropy of giving each class the same probability. A model that learned nothing
+       stays about there, and one that learned less than nothing ends above it: no rate
+       tried trained the head (rates far too large give finite but useless weights, far too
+       small ones or too short a training leave the model about where it started). A floor,
+       not a quality bar: a loss just below ``ln K`` passes. The stage warns
+       (``warn_at_chance``) and the report names such heads wherever their verdicts appear.
     """
     summary = rate_summary(runs)
     chosen = best_rates(runs)
-    records = pd.DataFrame([_choice(summary[summary["head"] == head], lr, tuning)
+    chance = math.log(num_classes)
+    records = pd.DataFrame([_choice(summary[summary["head"] == head], lr, tuning, chance)
                             for head, lr in chosen.items()])
     losses = summary.pivot(index="head", columns="lr", values="val_loss").reindex(list(chosen))
     losses.columns = [f"val_loss_lr_{lr:g}" for lr in losses.columns]
     return records.merge(losses, left_on="head", right_index=True, how="left")
+
+
+def warn_at_chance(choices: pd.DataFrame, num_classes: int) -> None:
+    """A ``RuntimeWarning`` naming every head of ``choices`` (a ``choice_table``) whose
+    chosen rate is ``at_chance``, with its rate and loss and what to change."""
+    failed = choices[choices["at_chance"]]
+    if len(failed):
+        losses = "; ".join(f"{row.head} at {row.lr:g}: {row.val_loss:.4g}"
+                           for row in failed.itertuples())
+        warnings.warn(
+            f"tune: no learning rate tried trains {', '.join(failed['head'])} better than "
+            f"chance: the best one ends with a mean validation loss no lower than ln "
+            f"{num_classes} = {math.log(num_classes):.4g}, the loss of giving every class the "
+            f"same probability ({losses}). The study goes on, and the report marks these "
+            "heads as untrained. To train them, change tune.learning_rates, tune.lr_min and "
+            "tune.lr_max, or give training more (train.epochs, data.max_train) in params.yaml",
+            RuntimeWarning, stacklevel=2)
 
 
 def tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
