@@ -1,10 +1,7 @@
 """The whole pipeline, end to end: `dvc repro` in a temporary copy of the repository with tiny
 params, every notebook executed through papermill, the runs computed by a Dask scheduler and
-two workers started here as separate processes with Dask's command-line tools.
-
-The heads are the fewest that take every path of the report: `dense` (the baseline, no class
-map), `gap` (a class map) and `gsp` (with `gap`, the sum-pooling section). Every head is
-covered by the unit tests of the modules.
+two workers started here as separate processes with Dask's command-line tools
+(`tiny_pipeline.py`).
 """
 
 import json
@@ -26,37 +23,27 @@ from builders import (
     TINY_SEEDS,
     TINY_VARIANTS,
     command_env,
-    declared_outputs,
     deterministic_outputs,
-    free_port,
     run_command,
-    tiny_repository,
 )
 from distributed import Client
 from stopping import TRAIN, histories, interrupt_training, kept_runs, kill_training
+from tiny_pipeline import (
+    CLAIMS,
+    FIGURES,
+    HEADS,
+    SECTIONS,
+    columns,
+    dask_cluster,
+    restoring,
+    run_study,
+    set_scheduler,
+)
 
 from gap_study.pipeline.run_notebook import IpcKernelManager
 from gap_study.report.dvc_views import CLAIM_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADS = ["dense", "gap", "gsp"]
-# the sections the tiny study runs ("Spatial pooling or head capacity" needs `linear` and
-# `gap_hidden`, and a section the study did not run is left out of the report)
-SECTIONS = ("## In one minute", "## Contents", "## The claims, tested", "## Learning rates",
-            "## Parameters",
-            "## Accuracy and overfitting", "## Learning curve",
-            "## Translation robustness", "### Training with random shifts",
-            "### Prediction stability", "## Why global pooling is not shift invariant",
-            "## Class activation maps",
-            "## Global sum vs global average pooling", "## Training speed",
-            "## Published numbers", "## Provenance")
-CLAIMS = ("fewer parameters", "less overfitting", "more translation robust", "faster training",
-          "feature maps tied to classes")
-FIGURES = ["accuracy.png", "cam_overlays.png", "forest.png", "fraction_curve.png",
-           "mechanism_heatmaps.png", "params.png",
-           "pointing.png", "shift_heatmaps.png", "shift_radius.png", "shift_training.png",
-           "stability.png", "time.png", "training_curves.png", "tuning.png"]
-
 # docs/operations.md's recipe for every claim's verdict in an 80-column `dvc exp show`
 VERDICT_COLUMNS = ["--drop", ".*", "--keep", "Experiment|(params|overfit|shifts|speed|maps)$"]
 
@@ -65,67 +52,22 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
-    """The address of a Dask scheduler with two single-threaded workers, each a process of its
-    own started with `dask scheduler` / `dask worker` on 127.0.0.1 (a worker's nanny restarts
-    it when it dies)."""
-    address = f"tcp://127.0.0.1:{free_port()}"
-    logs = tmp_path_factory.mktemp("dask")
-    processes = [_start(["dask", "scheduler", "--host", "127.0.0.1", "--port",
-                         address.rsplit(":", 1)[1], "--no-dashboard",
-                         "--dashboard-address", "127.0.0.1:0"], logs / "scheduler.log")]
-    processes += [_start(["dask", "worker", address, "--nthreads", "1", "--nworkers", "1",
-                          "--no-dashboard", "--name", f"worker-{i}"], logs / f"worker-{i}.log")
-                  for i in range(2)]
-    try:
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=120)
+    with dask_cluster(tmp_path_factory.mktemp("dask")) as address:
         yield address
-    finally:  # the workers first: with their scheduler gone, they took 8 s to close
-        for group in (processes[1:], processes[:1]):
-            for process in group:
-                process.terminate()
-            for process in group:
-                process.wait(timeout=60)
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    env = command_env(DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_="None")
-    with log.open("w") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=log.parent)
-
-
-def _set_scheduler(repo: Path, scheduler: str, workers: int | None = None) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["compute"].update(scheduler=scheduler, workers=workers)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, scheduler):
     """The tiny study after one `dvc repro` on the Dask scheduler, and its deterministic
     outputs at that point (the tests that rerun stages put the study back: ``restored``)."""
-    repo = tiny_repository(tmp_path_factory.mktemp("repo"), HEADS,
-                           compute={"scheduler": scheduler})
-    run_command(["dvc", "repro"], repo)
-    return repo, deterministic_outputs(repo)
+    return run_study(tmp_path_factory.mktemp("repo"), scheduler)
 
 
 @pytest.fixture
 def restored(repo):
-    """For a test that reruns stages or edits params: afterwards, the study as it was before,
-    up to date for the next test. Its ``dvc.lock``, ``params.yaml`` and the outputs kept in
-    git are written back, and the cached outputs are checked out of DVC's cache, cheaper
-    than the reruns (the training histories hold timings, so a retrained stage would rerun
-    the report)."""
-    root = repo[0]
-    kept = ["dvc.lock", "params.yaml", *declared_outputs(root)[1]]
-    before = {path: (root / path).read_bytes() for path in kept}
-    yield repo
-    for path, data in before.items():
-        (root / path).write_bytes(data)
-    run_command(["dvc", "checkout", "--force"], root)
-    assert "up to date" in run_command(["dvc", "status"], root).stdout
+    """For a test that reruns stages or edits params: afterwards, the study as it was before."""
+    with restoring(repo[0]):
+        yield repo
 
 
 @pytest.fixture(scope="module")
@@ -319,12 +261,6 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     assert {row["head"] for row in curves["content"]["data"]["values"]} == set(HEADS)
 
 
-def _columns(header: str, row: str) -> dict[str, str]:
-    """A plain table's row by its header's column names (columns stand 2+ spaces apart)."""
-    names, cells = re.split(r"\s{2,}", header.strip()), re.split(r"\s{2,}", row.strip())
-    return dict(zip(names, cells, strict=False))  # a cut line may end early
-
-
 @pytest.fixture
 def study_verdicts(repo):
     """The tiny study's workspace with the committed default study's verdict words in
@@ -338,12 +274,12 @@ def study_verdicts(repo):
     path.write_text(own)
 
 
-def test_plain_dvc_metrics_show_fits_the_default_studys_verdicts_in_80_columns(
+def test_plain_dvc_metrics_show_fits_the_default_studys_verdicts_in_80columns(
         repo, study_verdicts):
     lines = run_command(["dvc", "metrics", "show"], repo[0], COLUMNS="80").stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
     (row,) = [line for line in lines if line.startswith("reports/verdicts.json")]
-    assert {key: _columns(lines[0], row).get(key) for key in study_verdicts} == study_verdicts
+    assert {key: columns(lines[0], row).get(key) for key in study_verdicts} == study_verdicts
 
 
 def test_plain_dvc_exp_show_puts_every_verdict_right_after_the_experiments_name(repo):
@@ -355,10 +291,10 @@ def test_plain_dvc_exp_show_puts_every_verdict_right_after_the_experiments_name(
     (header,) = [line for line in lines if line.split()[:1] == ["Experiment"]]
     (row,) = [line for line in lines if line.split()[:1] == ["workspace"]]
     assert re.split(r"\s{2,}", header.strip())[:7] == ["Experiment", "Created", *verdicts]
-    assert {key: _columns(header, row).get(key) for key in verdicts} == verdicts
+    assert {key: columns(header, row).get(key) for key in verdicts} == verdicts
 
 
-def test_the_docs_recipe_fits_the_default_studys_verdicts_in_80_columns(repo, study_verdicts):
+def test_the_docs_recipe_fits_the_default_studys_verdicts_in_80columns(repo, study_verdicts):
     verdicts = study_verdicts
     shown = run_command(["dvc", "exp", "show", "--no-pager", *VERDICT_COLUMNS], repo[0],
                         COLUMNS="80").stdout
@@ -395,7 +331,7 @@ def _weights(outputs: dict[str, bytes]) -> dict[str, bytes]:
 # scheduler on the same tasks.
 def test_runs_give_the_same_bytes_in_the_stage_process_as_on_the_scheduler(restored):
     repo, before = restored
-    _set_scheduler(repo, "synchronous")
+    set_scheduler(repo, "synchronous")
     # where runs compute is no dependency: --force makes them run here
     run_command(["dvc", "repro", "--force", "--single-item", "train", "evaluate", "mechanism"],
                 repo)
@@ -435,10 +371,10 @@ def test_training_stopped_by_ctrl_c_then_killed_resumes_to_the_same_bytes(restor
     the local cluster included."""
     repo, before = restored
     runs, trained = len(HEADS) * len(TINY_SEEDS) * len(TINY_VARIANTS), histories(repo)
-    _set_scheduler(repo, "local", workers=2)  # `make repro`'s cluster, started in the kernel
+    set_scheduler(repo, "local", workers=2)  # `make repro`'s cluster, started in the kernel
     interrupt_training(repo)
     kill_training(repo, runs)
-    _set_scheduler(repo, scheduler)
+    set_scheduler(repo, scheduler)
     done = kept_runs(repo)
     # --force: with its outputs gone, a plain `dvc repro` would restore them from the run cache
     resumed = run_command(TRAIN, repo).stdout
