@@ -51,8 +51,24 @@ def test_a_recorded_checkpoint_missing_from_its_folder_is_listed_and_refused_whe
 
 
 def test_no_checkpoints_says_which_stage_makes_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no checkpoints in .*gmp: .*`dvc repro train`"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoints in .*gmp: run the training "
+                                                r"stage first \(`dvc repro train`\)"):
         Layout(tmp_path).checkpoints("gmp")
+
+
+def test_a_head_the_train_stage_did_not_train_is_told_to_join_heads(tmp_path):
+    # e.g. the evaluate notebook run by hand with `-p heads "[gmp]"` on a study of dense, gap
+    for name in ("dvc.yaml", "params.yaml"):  # a project root
+        (tmp_path / name).write_text("{}\n")
+    layout = Layout(tmp_path)
+    layout.train_run.parent.mkdir(parents=True)
+    layout.train_run.write_text(json.dumps({"checkpoints": {
+        record_key(layout.checkpoint(head, RunId(1.0, 0, 0)), tmp_path): "0" * 64
+        for head in ("gap", "dense")}}))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoints in .*gmp: the train stage "
+                                                r"trained dense, gap \(reports/train/run\.json\), "
+                                                r"not gmp: add gmp to `heads` in params\.yaml"):
+        layout.checkpoints("gmp")
 
 
 def test_runs_keep_per_head_files_and_each_stage_one_record(tmp_path):

@@ -92,9 +92,22 @@ class Layout:
         found = [(run, path) for path in paths
                  if (run := RunId.from_stem(path.stem)) is not None]
         if not found:
-            raise FileNotFoundError(f"no checkpoints in {self.models(head)}: run the training "
-                                    "stage first (`dvc repro train`)")
+            raise FileNotFoundError(f"no checkpoints in {self.models(head)}: "
+                                    + self._why_untrained(head, recorded))
         return sorted(found)
+
+    def _why_untrained(self, head: str, recorded: dict[str, str]) -> str:
+        """The cause and the fix when ``head`` has no checkpoints, from the train stage's
+        record (``recorded``: its checkpoints): a study that trained other heads needs
+        ``head`` in ``heads`` (a ``-p heads`` of one notebook cannot add one)."""
+        models = self.models(head).parent.relative_to(self.root)
+        trained = sorted({Path(key).parent.name for key in recorded
+                          if Path(key).parent.parent == models})
+        if not trained:
+            return "run the training stage first (`dvc repro train`)"
+        record = self.train_run.relative_to(self.root)
+        return (f"the train stage trained {', '.join(trained)} ({record}), not {head}: add "
+                f"{head} to `heads` in params.yaml and run `dvc repro train`")
 
     @property
     def train_reports(self) -> Path:
