@@ -91,6 +91,9 @@ def _reports(tmp_path: Path) -> Path:
     (reports / "claims.json").write_text(json.dumps(_study("digits").claims))
     (reports / "report_run.json").write_text(json.dumps({"protocol_version": PROTOCOL_VERSION,
                                                          "commit": "def456"}))
+    (reports / "tune").mkdir()
+    pd.DataFrame({"head": ["dense", "gap"], "lr": 0.003, "val_loss": [0.03, 0.02],
+                  "at_chance": False}).to_csv(reports / "tune" / "choices.csv", index=False)
     pd.DataFrame({"head": ["gap", "gap"], "metric": ["test_accuracy", "train_loss"], "n": 2,
                   "mean": [0.99, 0.1], "std": 0.01, "ci_low": 0.9, "ci_high": 1.0}).to_csv(
         reports / "aggregate.csv", index=False)
@@ -191,6 +194,21 @@ def test_publishing_takes_the_protocol_version_the_report_ran_at_not_this_codes(
     (reports / "report_run.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"report_run\.json is missing.*dvc repro"):
         publish("digits", reports=reports, results=tmp_path / "r")
+
+
+def test_a_study_with_a_head_no_rate_trained_is_not_published(tmp_path):
+    reports, results = _reports(tmp_path), tmp_path / "results"
+    choices = reports / "tune" / "choices.csv"
+    pd.DataFrame({"head": ["dense", "gap", "gmp"], "lr": 0.003, "val_loss": [0.03, 2.4, 2.5],
+                  "at_chance": [False, True, True]}).to_csv(choices, index=False)
+    # gmp is not among the evaluated heads (dense, gap): only gap is named
+    with pytest.raises(ValueError, match=r"^gap: no learning rate tried trained it "
+                                         r"\(.*choices\.csv, at_chance\).*tune\.learning_rates"):
+        publish("digits", reports=reports, results=results)
+    assert not results.exists()  # nothing half-published
+    pd.read_csv(choices).drop(columns="at_chance").to_csv(choices, index=False)
+    with pytest.raises(ValueError, match=r"no at_chance column.*run dvc repro"):
+        publish("digits", reports=reports, results=results)
 
 
 def test_a_largest_comparison_not_made_or_bounded_says_so_in_the_table():

@@ -165,7 +165,8 @@ def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESUL
     """Copy a finished study's verdicts and summary from ``reports`` to ``results/<name>``,
     with its record: the data set, the protocol version and commit of the analysis (the
     report stage's ``report_run.json``), the commit its models were trained at, and the
-    machine and threads of its timings."""
+    machine and threads of its timings. A study with a head no learning rate trained
+    (``at_chance`` in the tune stage's ``choices.csv``) is refused."""
     target = results / name
     evaluate = json.loads((reports / "eval" / "run.json").read_text())
     speed = json.loads((reports / "speed" / "run.json").read_text())
@@ -175,6 +176,7 @@ def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESUL
                                 "has not run since it began to record its analysis; run "
                                 "dvc repro, then publish again")
     analysis = json.loads((reports / "report_run.json").read_text())
+    _refuse_untrained(reports / "tune" / "choices.csv", evaluate["heads"])
     environment = speed["environment"]
     aggregate = pd.read_csv(reports / "aggregate.csv")
     summary = aggregate[aggregate.metric.isin(_SUMMARY_METRICS)][
@@ -191,6 +193,25 @@ def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESUL
     write_csv(target / "summary.csv", summary)
     write_json(target / "study.json", record)
     return target
+
+
+def _refuse_untrained(choices_csv: Path, heads: Sequence[str]) -> None:
+    """Refuse a study in which a head of ``heads`` is ``at_chance`` in the tune stage's
+    ``choices.csv``: no rate tried trained it, so its verdicts compare an untrained head."""
+    choices = pd.read_csv(choices_csv)
+    if "at_chance" not in choices:
+        raise ValueError(f"{choices_csv} has no at_chance column: it was written before the "
+                         "tune stage recorded whether a head trained; run dvc repro, then "
+                         "publish again")
+    untrained = choices.loc[choices["head"].isin(heads) & choices["at_chance"].astype(bool),
+                            "head"].tolist()
+    if untrained:
+        raise ValueError(f"{', '.join(untrained)}: no learning rate tried trained "
+                         f"{'it' if len(untrained) == 1 else 'them'} ({choices_csv}, "
+                         "at_chance), so the study's verdicts compare untrained heads and are "
+                         "not published. Fix: change tune.learning_rates, tune.lr_min and "
+                         "tune.lr_max, or give training more (train.epochs), in params.yaml; "
+                         "run dvc repro, then publish again")
 
 
 def beside_published(claims: Mapping[str, Any], dataset: str,
