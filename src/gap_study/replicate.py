@@ -210,8 +210,8 @@ def _refuse_untrained(choices_csv: Path, heads: Sequence[str]) -> None:
                          f"{'it' if len(untrained) == 1 else 'them'} ({choices_csv}, "
                          "at_chance), so the study's verdicts compare untrained heads and are "
                          "not published. Fix: change tune.learning_rates, tune.lr_min and "
-                         "tune.lr_max, or give training more (train.epochs), in params.yaml; "
-                         "run dvc repro, then publish again")
+                         "tune.lr_max, or give training more (train.epochs, data.max_train) "
+                         "in params.yaml; run dvc repro, then publish again")
 
 
 def beside_published(claims: Mapping[str, Any], dataset: str,
