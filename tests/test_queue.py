@@ -46,6 +46,8 @@ def test_a_queued_sweep_runs_in_parallel_and_pools_seeds_across_experiments(tmp_
 
     result = run_command([sys.executable, "-m", "gap_study.sweep"], repo)
     assert "## digits (2 seeds)" in result.stdout
+    # the tiny budget leaves gap at chance (as the tiny study's report says): the sweep says so
+    assert "**Untrained: `gap`** (experiments " in result.stdout
     pooled = pd.read_csv(repo / "reports" / "sweep" / "results.csv")
     assert pooled.experiment.nunique() == len(TINY_SEEDS)
     assert sorted(pooled.seed.unique()) == TINY_SEEDS

@@ -42,10 +42,17 @@ def _results(seeds, heads=("gap",), variants=((0.5, 0), (1.0, 0), (1.0, 2)),
     return pd.DataFrame(rows)
 
 
-def _experiment(name: str, params: dict, seeds, **kwargs) -> tuple[pd.DataFrame, tuple]:
+def _choices(at_chance: dict[str, bool]) -> pd.DataFrame:
+    """A ``reports/tune/choices.csv``-like frame: each head's ``at_chance``."""
+    return pd.DataFrame({"head": list(at_chance), "lr": 0.003,
+                         "at_chance": list(at_chance.values())})
+
+
+def _experiment(name: str, params: dict, seeds, untrained=(), **kwargs
+                ) -> tuple[pd.DataFrame, tuple]:
     """An experiment's labelled runs and its ``settings_frame`` entry."""
     runs = sw.label_runs(_results(seeds, **kwargs), experiment=name, rev=f"rev-{name}",
-                         params=params)
+                         params=params, untrained=untrained)
     return runs, (name, f"rev-{name}", params)
 
 
@@ -222,12 +229,15 @@ def test_main_writes_the_sweep_from_dvc_experiments(params, tmp_path, monkeypatc
         {"Experiment": "broken", "rev": "rev9", "State": "Failed"}])
     monkeypatch.setattr(api, "params_show", lambda repo, rev: _with(
         params, **{"train.seeds": experiments[rev][1]}))
-    monkeypatch.setattr(api, "read", lambda path, repo, rev: _results(
-        experiments[rev][1]).to_csv(index=False))
+    monkeypatch.setattr(api, "read", lambda path, repo, rev: (
+        _choices({"gap": False}) if path == sw.CHOICES else _results(experiments[rev][1])
+    ).to_csv(index=False))
     assert sw.main(["--out", str(tmp_path)]) == 0
-    assert "## digits (2 seeds)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "## digits (2 seeds)" in out and "Untrained" not in out and "record" not in out
     results = pd.read_csv(tmp_path / "results.csv")
     assert len(results) == 6 and results["settings"].nunique() == 1
+    assert not results["untrained"].any()
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert "settings" in summary and (summary["n"] == 2).all()
     settings = pd.read_csv(tmp_path / "settings.csv")
@@ -268,3 +278,33 @@ def test_sections_keep_each_data_sets_settings_groups_together(params):
     assert headings == [f"## digits, settings {ids[0]} (1 seed)",
                         f"## digits, settings {ids[1]} (1 seed)", "## mnist (2 seeds)"]
     assert f"`data.canvas` = 44, `train.epochs` = {params['train']['epochs']}." in text
+
+
+def test_a_section_names_its_untrained_heads_and_the_experiments_that_record_none(params):
+    a, _ = _experiment("a", params, [0], untrained=["gap"], heads=("gap", "dense"))
+    b, _ = _experiment("b", params, [1], untrained=None, heads=("gap", "dense"))
+    runs = sw.pool_runs([a, b])
+    assert runs.groupby("experiment")["untrained"].apply(list).to_dict() == {
+        "a": [True] * 3 + [False] * 3, "b": [pd.NA] * 6}
+    text = " ".join(sw.sweep_table(runs).split())
+    assert "**Untrained: `gap`** (experiments a): no learning rate tried trained them " \
+           "(`at_chance` in `reports/tune/choices.csv`)" in text
+    assert "Experiments b do not record which heads trained" in text
+    trained, _ = _experiment("c", params, [2], heads=("gap", "dense"))
+    text = sw.sweep_table(sw.pool_runs([trained]))
+    assert "Untrained" not in text and "record" not in text
+
+
+def test_an_experiment_without_the_tune_stages_choices_records_no_untrained_heads(monkeypatch):
+    files = {"new": _choices({"gap": True, "dense": False}).to_csv(index=False),
+             "old": _choices({"gap": False}).drop(columns="at_chance").to_csv(index=False)}
+
+    def read(path, repo, rev):
+        assert path == sw.CHOICES
+        if rev not in files:
+            raise sw.PathMissingError(path, repo)
+        return files[rev]
+    monkeypatch.setattr(sw.dvc.api, "read", read)
+    assert sw.recorded_untrained(".", "new") == ["gap"]
+    assert sw.recorded_untrained(".", "old") is None
+    assert sw.recorded_untrained(".", "before-tuning") is None

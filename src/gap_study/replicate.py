@@ -36,6 +36,7 @@ import pandas as pd
 from gap_study.pipeline.io import write_csv, write_json, write_text
 from gap_study.report.formatting import format_effect
 from gap_study.report.protocol import PROTOCOL, PROTOCOL_VERSION, changed_between
+from gap_study.stages.untrained import untrained_fix, untrained_heads
 
 __all__ = ["DECISIVE", "Study", "beside_published", "outcome", "publish", "read_study",
            "readme_section", "replication_table", "update_readme"]
@@ -198,20 +199,17 @@ def publish(name: str, *, reports: Path = Path("reports"), results: Path = RESUL
 def _refuse_untrained(choices_csv: Path, heads: Sequence[str]) -> None:
     """Refuse a study in which a head of ``heads`` is ``at_chance`` in the tune stage's
     ``choices.csv``: no rate tried trained it, so its verdicts compare an untrained head."""
-    choices = pd.read_csv(choices_csv)
-    if "at_chance" not in choices:
+    untrained = untrained_heads(pd.read_csv(choices_csv), heads)
+    if untrained is None:
         raise ValueError(f"{choices_csv} has no at_chance column: it was written before the "
                          "tune stage recorded whether a head trained; run dvc repro, then "
                          "publish again")
-    untrained = choices.loc[choices["head"].isin(heads) & choices["at_chance"].astype(bool),
-                            "head"].tolist()
     if untrained:
         raise ValueError(f"{', '.join(untrained)}: no learning rate tried trained "
                          f"{'it' if len(untrained) == 1 else 'them'} ({choices_csv}, "
                          "at_chance), so the study's verdicts compare untrained heads and are "
-                         "not published. Fix: change tune.learning_rates, tune.lr_min and "
-                         "tune.lr_max, or give training more (train.epochs, data.max_train) "
-                         "in params.yaml; run dvc repro, then publish again")
+                         f"not published. Fix: {untrained_fix()}; run dvc repro, then publish "
+                         "again")
 
 
 def beside_published(claims: Mapping[str, Any], dataset: str,

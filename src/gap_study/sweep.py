@@ -27,18 +27,20 @@ import io
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import dvc.api
 import pandas as pd
+from dvc.exceptions import PathMissingError
 
 from gap_study.pipeline.io import write_csv, write_text
 from gap_study.pipeline.params import ParamsError, load_params
 from gap_study.report.formatting import grouped_stat_table
 from gap_study.report.stats import summarize
 from gap_study.report.tables import RESULT_KEYS
+from gap_study.stages.untrained import untrained_heads
 
 __all__ = [
     "IGNORED_PARAMS",
@@ -48,6 +50,7 @@ __all__ = [
     "experiments",
     "label_runs",
     "pool_runs",
+    "recorded_untrained",
     "run_settings",
     "settings_differences",
     "settings_frame",
@@ -79,6 +82,7 @@ IGNORED_PARAMS = ("train.seeds", "heads", "mechanism.heads", "mechanism.downsamp
                   "data.root", "data.download", "evaluate.batch_size",
                   "train.validation_batch_size", "speed", "report")
 UNSET = "(unset)"  # a key an experiment's params do not have, in settings_differences
+CHOICES = "reports/tune/choices.csv"  # the tune stage's choices: at_chance marks untrained heads
 SETTINGS_FRONT = ["experiment", "rev", "data", "settings"]
 
 
@@ -140,9 +144,12 @@ def settings_id(settings: Mapping[str, Any]) -> str:
 
 
 def label_runs(results: pd.DataFrame, *, experiment: str, rev: str,
-               params: Mapping[str, Any]) -> pd.DataFrame:
+               params: Mapping[str, Any], untrained: Sequence[str] | None = None
+               ) -> pd.DataFrame:
     """One experiment's ``results.csv`` frame with ``experiment, rev, data, settings`` (its
-    name, revision, ``data.name`` and ``settings_id``) in front: a new frame. A
+    name, revision, ``data.name`` and ``settings_id``) in front and ``untrained`` last: a new
+    frame. ``untrained`` holds whether the row's head is among the experiment's
+    ``untrained`` heads (``recorded_untrained``), empty where it recorded none (``None``). A
     ``results.csv`` from before the ``part`` column holds the main runs alone, on the backbone
     of its ``model`` params: its rows get those keys."""
     if "part" not in results:
@@ -151,8 +158,21 @@ def label_runs(results: pd.DataFrame, *, experiment: str, rev: str,
                                  padding=model.get("padding", "zeros"))
     labels = {"experiment": experiment, "rev": rev, "data": params["data"]["name"],
               "settings": settings_id(run_settings(params))}
-    rest = [c for c in results.columns if c not in labels]
-    return results[rest].assign(**labels)[[*labels, *rest]]
+    rest = [c for c in results.columns if c not in (*labels, "untrained")]
+    flags = (pd.Series(pd.NA, index=results.index, dtype="boolean") if untrained is None
+             else results["head"].isin(list(untrained)).astype("boolean"))
+    return results[rest].assign(**labels, untrained=flags)[[*labels, *rest, "untrained"]]
+
+
+def recorded_untrained(repo: str | Path, rev: str) -> list[str] | None:
+    """The heads no learning rate trained in the experiment at ``rev`` (``at_chance`` in its
+    ``reports/tune/choices.csv``), or ``None`` where it has no such file or column."""
+    try:
+        text = dvc.api.read(CHOICES, repo=str(repo), rev=rev)
+    except PathMissingError:
+        return None
+    choices = pd.read_csv(io.StringIO(text))
+    return untrained_heads(choices, choices["head"]) if "head" in choices else None
 
 
 def pool_runs(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
@@ -216,9 +236,10 @@ def experiments(repo: str | Path = ".") -> pd.DataFrame:
 
 
 def collect_sweep(repo: str | Path = ".", revs: pd.DataFrame | None = None) -> Sweep:
-    """Every experiment's ``results.csv`` and params: ``Sweep(runs, settings)``, ``runs`` from
-    ``pool_runs`` (each run once, labelled with experiment, revision, data set and settings)
-    and ``settings`` from ``settings_frame``. Raises ``LookupError`` if there are none."""
+    """Every experiment's ``results.csv``, params and untrained heads: ``Sweep(runs,
+    settings)``, ``runs`` from ``pool_runs`` (each run once, labelled with experiment,
+    revision, data set, settings and ``untrained``) and ``settings`` from
+    ``settings_frame``. Raises ``LookupError`` if there are none."""
     revs = experiments(repo) if revs is None else revs
     if revs.empty:
         raise LookupError(f"no finished DVC experiments in {repo}: queue some with "
@@ -228,7 +249,8 @@ def collect_sweep(repo: str | Path = ".", revs: pd.DataFrame | None = None) -> S
         values = dvc.api.params_show(repo=str(repo), rev=exp.rev)
         text = dvc.api.read("reports/results.csv", repo=str(repo), rev=exp.rev)
         frames.append(label_runs(pd.read_csv(io.StringIO(text)), experiment=exp.experiment,
-                                 rev=exp.rev, params=values))
+                                 rev=exp.rev, params=values,
+                                 untrained=recorded_untrained(repo, exp.rev)))
         params.append((exp.experiment, exp.rev, values))
     return Sweep(pool_runs(frames), settings_frame(params))
 
@@ -252,13 +274,32 @@ def _settings_line(settings: str, differences: pd.DataFrame | None) -> str:
             + (f": {shown}." if shown else "."))
 
 
+def _untrained_lines(runs: pd.DataFrame) -> list[str]:
+    """A section's Markdown lines on its untrained heads (``label_runs``' ``untrained``), and
+    on its experiments that record none: nothing where every head trained."""
+    flags = runs["untrained"] if "untrained" in runs else pd.Series(pd.NA, index=runs.index)
+    lines = []
+    flagged = runs[flags.eq(True).fillna(False).astype(bool)]
+    if len(flagged):
+        heads = ", ".join(f"`{h}`" for h in dict.fromkeys(flagged["head"]))
+        names = ", ".join(sorted(flagged["experiment"].unique()))
+        lines += [f"**Untrained: {heads}** (experiments {names}): no learning rate tried "
+                  f"trained them (`at_chance` in `{CHOICES}`), so their rows average runs at "
+                  "chance, not what their pooling does.", ""]
+    unknown = sorted(runs.loc[flags.isna(), "experiment"].unique())
+    if unknown:
+        lines += [f"Experiments {', '.join(unknown)} do not record which heads trained (no "
+                  f"`at_chance` in their `{CHOICES}`): run them again to know.", ""]
+    return lines
+
+
 def sweep_table(frame: pd.DataFrame, confidence: float = 0.95,
                 settings: pd.DataFrame | None = None) -> str:
     """The sweep as Markdown text: one section per data set and settings group (headed
     ``## <data> (<n> seeds)``, with ``, settings <id>`` after the data set where it has more
     than one group), each with one table row per part x backbone x head x fraction x shift.
     With ``settings`` (a ``settings_frame``) each section names the keys whose values differ
-    between groups."""
+    between groups. A section names its untrained heads above its table."""
     summary = sweep_summary(frame, confidence)
     heads = list(dict.fromkeys(frame["head"]))
     metrics = [m for m in SWEEP_METRICS if m in frame]
@@ -282,7 +323,8 @@ def sweep_table(frame: pd.DataFrame, confidence: float = 0.95,
         name = data if per_data[data] == 1 else f"{data}, settings {key}"
         seeds = runs["seed"].nunique()
         lines += [f"## {name} ({seeds} seed{'' if seeds == 1 else 's'})", "",
-                  _settings_line(key, differences), "", table.to_markdown(index=False), ""]
+                  _settings_line(key, differences), "", *_untrained_lines(runs),
+                  table.to_markdown(index=False), ""]
     return "\n".join(lines)
 
 

@@ -3,11 +3,18 @@ rate with its mean validation loss, and the choices its tuning seeds could move.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
+
+from gap_study.stages.untrained import (
+    CHANCE_MARGIN,
+    RATE_KEYS,
+    TRAINING_KEYS,
+    chance_loss,
+    untrained_threshold,
+)
 
 __all__ = ["TuneFlags", "chosen_rates", "tune_flags"]
 
@@ -26,12 +33,18 @@ class TuneFlags:
     mean loss within the chosen rate's spread over seeds), those whose rate sits at a bound
     of ``tune`` (``at_bound``: the grid could not extend past it), and those that no rate
     tried trained (``at_chance``: ``(head, rate, mean validation loss)``, the loss at least
-    that of giving every class the same probability: ``chance``, ``ln K`` for ``K`` classes)."""
+    ``threshold``, ``margin`` below ``chance``: ``ln K`` for ``K`` classes, the loss of giving
+    every class the same probability; ``gap_study.stages.untrained``), with the keys that
+    change the rates tried (``rate_keys``) and the training (``training_keys``)."""
 
     fragile: list[str]
     at_bound: list[tuple[str, float]]
     at_chance: list[tuple[str, float, float]]
     chance: float
+    threshold: float
+    margin: float = CHANCE_MARGIN
+    rate_keys: tuple[str, ...] = RATE_KEYS
+    training_keys: tuple[str, ...] = TRAINING_KEYS
 
 
 def tune_flags(choices: pd.DataFrame, heads: Sequence[str], num_classes: int) -> TuneFlags:
@@ -43,4 +56,4 @@ def tune_flags(choices: pd.DataFrame, heads: Sequence[str], num_classes: int) ->
                       for h in rows.index[rows["at_bound"].astype(bool)]],
                      [(str(h), float(rows.loc[h, "lr"]), float(rows.loc[h, "val_loss"]))
                       for h in rows.index[rows["at_chance"].astype(bool)]],
-                     math.log(num_classes))
+                     chance_loss(num_classes), untrained_threshold(num_classes))

@@ -27,6 +27,13 @@ from gap_study.pipeline.paths import RunId
 from gap_study.pipeline.provenance import worker_facts
 from gap_study.pipeline.runtime import resolve_device
 from gap_study.stages.train import train_run
+from gap_study.stages.untrained import (
+    CHANCE_MARGIN,
+    at_chance,
+    chance_loss,
+    untrained_fix,
+    untrained_threshold,
+)
 
 __all__ = ["RUN_COLUMNS", "SIGNIFICANT_DIGITS", "TRAIN_KEYS", "Task", "TuningRun", "best_rates",
            "choice_table", "half_decade", "next_rates", "rate_summary", "runs_table", "search",
@@ -167,7 +174,7 @@ def search(heads: Sequence[str], tuning: TuneParams,
 
 
 def _choice(rates: pd.DataFrame, best: float, tuning: TuneParams,
-            chance: float) -> dict[str, object]:
+            num_classes: int) -> dict[str, object]:
     """The choice record of one head, from its rows of ``rate_summary`` (rates ascending)."""
     lrs = rates["lr"].tolist()
     i = lrs.index(best)
@@ -180,7 +187,7 @@ def _choice(rates: pd.DataFrame, best: float, tuning: TuneParams,
     return {"head": chosen["head"], "lr": best, "val_loss": float(chosen["val_loss"]),
             "spread": spread, "neighbour_gap": gap, "fragile": bool(gap <= spread),
             "at_bound": bool(beyond) and not any(_within(r, tuning) for r in beyond),
-            "at_chance": bool(chosen["val_loss"] >= chance), "rates": len(lrs)}
+            "at_chance": at_chance(chosen["val_loss"], num_classes), "rates": len(lrs)}
 
 
 def choice_table(runs: pd.DataFrame, tuning: TuneParams, num_classes: int) -> pd.DataFrame:
@@ -197,18 +204,16 @@ def choice_table(runs: pd.DataFrame, tuning: TuneParams, num_classes: int) -> pd
     6. ``at_bound``: the rate is an end of the head's tried rates and the half-decade step
        beyond that end leaves ``[lr_min, lr_max]``. It is false for an interior rate, and for
        an end the grid could still be extended past, which ``search`` never leaves chosen.
-    7. ``at_chance``: the chosen rate's mean loss is at least ``ln(num_classes)``, the
-       cross-entropy of giving each class the same probability. A model that learned nothing
-       stays about there, and one that learned less than nothing ends above it: no rate
-       tried trained the head (rates far too large give finite but useless weights, far too
-       small ones or too short a training leave the model about where it started). A floor,
-       not a quality bar: a loss just below ``ln K`` passes. The stage warns
+    7. ``at_chance``: the chosen rate's mean loss is within 1% of ``ln(num_classes)``, the
+       cross-entropy of giving each class the same probability, or above
+       (``gap_study.stages.untrained``): no rate tried trained the head (rates far too large
+       give finite but useless weights, far too small ones or too short a training leave the
+       model about where it started). A floor, not a quality bar. The stage warns
        (``warn_at_chance``) and the report names such heads wherever their verdicts appear.
     """
     summary = rate_summary(runs)
     chosen = best_rates(runs)
-    chance = math.log(num_classes)
-    records = pd.DataFrame([_choice(summary[summary["head"] == head], lr, tuning, chance)
+    records = pd.DataFrame([_choice(summary[summary["head"] == head], lr, tuning, num_classes)
                             for head, lr in chosen.items()])
     losses = summary.pivot(index="head", columns="lr", values="val_loss").reindex(list(chosen))
     losses.columns = [f"val_loss_lr_{lr:g}" for lr in losses.columns]
@@ -224,12 +229,11 @@ def warn_at_chance(choices: pd.DataFrame, num_classes: int) -> None:
                            for row in failed.itertuples())
         warnings.warn(
             f"tune: no learning rate tried trains {', '.join(failed['head'])} better than "
-            f"chance: the best one ends with a mean validation loss no lower than ln "
-            f"{num_classes} = {math.log(num_classes):.4g}, the loss of giving every class the "
-            f"same probability ({losses}). The study goes on, and the report marks these "
-            "heads as untrained. To train them, change tune.learning_rates, tune.lr_min and "
-            "tune.lr_max, or give training more (train.epochs, data.max_train) in params.yaml",
-            RuntimeWarning, stacklevel=2)
+            f"chance: the best one ends with a mean validation loss of at least "
+            f"{untrained_threshold(num_classes):.4g}, within {CHANCE_MARGIN:.0%} of ln "
+            f"{num_classes} = {chance_loss(num_classes):.4g}, the loss of giving every class the "
+            f"same probability ({losses}). The study goes on, and the report marks these heads "
+            f"as untrained. To train them, {untrained_fix()}", RuntimeWarning, stacklevel=2)
 
 
 def tuning_table(runs: pd.DataFrame) -> pd.DataFrame:
