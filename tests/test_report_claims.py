@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hand_made_results import HEADS, MARGINS, SEEDS, results_table, step_times
 
 from gap_study.pipeline.paths import RunId
 from gap_study.report.claims import (
@@ -16,60 +17,8 @@ from gap_study.report.claims import (
 )
 from gap_study.report.comparisons import Margin, compare_paired
 from gap_study.report.decisions import bh_q_values, holm
-from gap_study.report.forest import forest_rows
 from gap_study.report.per_image import PerImageValues
 from gap_study.report.protocol import PROTOCOL, heads_under_test, setting_label
-
-MARGINS = {"accuracy": 0.01, "consistency": 0.01, "loss": 0.05, "time": 0.10}
-SEEDS = range(6)
-
-
-def _results(overrides: dict | None = None) -> pd.DataFrame:
-    """Main runs (fraction 1) and a 10% learning curve of dense, dense_dropout, gap, gmp and
-    gap_hidden (a baseline of the map claim) over six seeds; ``overrides[(head, fraction,
-    metric)]`` replaces a head's values."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for head, params in [("dense", 1_000_000), ("dense_dropout", 1_000_000), ("gap", 650),
-                         ("gmp", 650), ("gap_hidden", 33_000)]:
-        for fraction, images in [(0.1, 100), (1.0, 1000)]:
-            for seed in SEEDS:
-                row = {"head": head, "fraction": fraction, "train_shift": 0, "seed": seed,
-                       "train_images": images, "params_head": params,
-                       "params_total": params + 20_000, "train_accuracy": 1.0,
-                       "test_accuracy": 0.95 + 0.002 * rng.standard_normal(),
-                       "test_loss": 0.2 + 0.002 * rng.standard_normal(),
-                       "overfit_gap": 0.05, "loss_gap": 0.1,
-                       "consistency_exact": 0.5 if head.startswith("dense") else 0.9,
-                       "pointing_accuracy_shifted": np.nan if head.startswith("dense") else 0.8,
-                       "pointing_centre_prior_shifted": 0.6,
-                       "pointing_gradcam_two_objects": 0.55 if head.startswith("dense") else 0.75,
-                       "pointing_two_objects": np.nan if head.startswith("dense") else 0.75,
-                       "pointing_ink_two_objects": 0.45,
-                       # on the objects each head recognises alone: dense's fall less
-                       "pointing_gradcam_two_objects_recognised":
-                           0.65 if head.startswith("dense") else 0.85,
-                       "pointing_ink_two_objects_recognised": 0.45,
-                       "time_to_target": 10.0 if head.startswith("dense") else 4.0}
-                row["consistency_exact"] += 0.01 * rng.standard_normal()
-                row["pointing_gradcam_two_objects"] += 0.01 * rng.standard_normal()
-                row["pointing_gradcam_two_objects_recognised"] += 0.01 * rng.standard_normal()
-                row["time_to_target"] *= 1 + 0.02 * rng.standard_normal()
-                for (h, f, metric), values in (overrides or {}).items():
-                    if (h, f) == (head, fraction):
-                        row[metric] = values[seed]
-                rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _step_times() -> pd.DataFrame:
-    rounds = [(head, r, seconds * (1 + 0.01 * r)) for r in range(5)
-              for head, seconds in [("dense", 0.03), ("dense_dropout", 0.031), ("gap", 0.01),
-                                    ("gmp", 0.012)]]
-    return pd.DataFrame(rounds, columns=["head", "round", "seconds_per_step"])
-
-
-HEADS = ["dense", "dense_dropout", "gap", "gmp"]
 
 
 def _with_objects(results: pd.DataFrame, dense_seen: np.ndarray | None = None,
@@ -101,8 +50,8 @@ def _with_objects(results: pd.DataFrame, dense_seen: np.ndarray | None = None,
 
 @pytest.fixture(scope="module")
 def comparisons():
-    results, stored = _with_objects(_results())
-    return claim_comparisons(results, _step_times(), HEADS, MARGINS,
+    results, stored = _with_objects(results_table())
+    return claim_comparisons(results, step_times(), HEADS, MARGINS,
                              per_image=PerImageValues(stored),
                              bootstrap={"resamples": 2000, "seed": 0})
 
@@ -172,7 +121,7 @@ def test_the_map_claim_rests_on_grad_cam_pointing_at_each_class_on_two_object_ca
         ("gap", "dense"), ("gap", "gap_hidden"), ("gap", "ink map"), ("gmp", "dense"),
         ("gmp", "gap_hidden"), ("gmp", "ink map")]
     # against another head, on the objects both recognise (dense's first 100), seed by seed
-    results, stored = _with_objects(_results())
+    results, stored = _with_objects(results_table())
     row = primary[(primary["head"] == "gap") & (primary.baseline == "dense")].iloc[0]
     assert (row.n, row.sources) == (6, "seeds and test images")
     on_both = {head: np.mean([stored[head][f"{RunId(1.0, 0, seed).stem}/"
@@ -200,9 +149,9 @@ def test_the_map_claim_rests_on_grad_cam_pointing_at_each_class_on_two_object_ca
 
 def test_a_head_worse_than_its_baseline_is_worse_and_a_noisy_one_inconclusive():
     noisy = np.array([0.90, 0.99, 0.91, 0.98, 0.92, 0.97])
-    results = _results({("gap", 1.0, "test_accuracy"): [0.90] * 6,
+    results = results_table({("gap", 1.0, "test_accuracy"): [0.90] * 6,
                         ("gmp", 1.0, "test_accuracy"): noisy})
-    table = claim_comparisons(results, _step_times(), HEADS, MARGINS)
+    table = claim_comparisons(results, step_times(), HEADS, MARGINS)
     main = table[(table.metric == "test_accuracy") & (table.fraction == 1.0)
                  & (table.baseline == "dense")].set_index("head")
     assert main.loc["gap", "verdict"] == "worse"
@@ -211,19 +160,19 @@ def test_a_head_worse_than_its_baseline_is_worse_and_a_noisy_one_inconclusive():
 
 
 def test_a_smaller_gap_from_lower_train_accuracy_is_called_underfitting():
-    results = _results({("gap", 1.0, "overfit_gap"): [0.01] * 6,
+    results = results_table({("gap", 1.0, "overfit_gap"): [0.01] * 6,
                         ("gap", 1.0, "train_accuracy"): [0.96] * 6})
-    table = claim_comparisons(results, _step_times(), HEADS, MARGINS)
+    table = claim_comparisons(results, step_times(), HEADS, MARGINS)
     gap = table[(table.metric == "overfit_gap") & (table["head"] == "gap")
                 & (table.fraction == 1.0)]
     assert (gap.improvement > 0).all() and (gap.note == "underfits").all()
     assert not (table[table.metric != "overfit_gap"].note == "underfits").any()
     # the same smaller gap and lower train accuracy, but a clearly better test accuracy: the
     # head generalises better, whatever it fits
-    better = _results({("gap", 1.0, "overfit_gap"): [0.01] * 6,
+    better = results_table({("gap", 1.0, "overfit_gap"): [0.01] * 6,
                        ("gap", 1.0, "train_accuracy"): [0.96] * 6,
                        ("gap", 1.0, "test_accuracy"): [0.99, 0.991, 0.989, 0.99, 0.992, 0.988]})
-    table = claim_comparisons(better, _step_times(), HEADS, MARGINS)
+    table = claim_comparisons(better, step_times(), HEADS, MARGINS)
     gap = table[(table["head"] == "gap") & (table.fraction == 1.0)].set_index(
         ["metric", "baseline"])
     assert gap.loc[("test_accuracy", "dense"), "verdict"] == "better"
@@ -270,7 +219,8 @@ def test_the_claims_record_gives_each_primary_metric_its_verdict_and_largest_eff
     assert steps["largest"] == "gap vs dense" and steps["largest_verdict"] == "better"
     assert steps["adjusted_low"] <= steps["effect"] <= steps["adjusted_high"]
     assert json.loads(json.dumps(record, allow_nan=False)) == record  # DVC reads it as metrics
-    one_seed = claim_comparisons(_results()[lambda r: r.seed == 0], _step_times(), HEADS, MARGINS)
+    one_seed = claim_comparisons(results_table()[lambda r: r.seed == 0], step_times(), HEADS,
+                                 MARGINS)
     single = claims_record(one_seed, claim_verdicts(one_seed))
     loss = single["less overfitting"]["test_loss"]
     assert loss["adjusted_low"] is None and loss["adjusted_high"] is None  # no interval: null
@@ -280,8 +230,8 @@ def test_the_claims_record_gives_each_primary_metric_its_verdict_and_largest_eff
 def test_two_heads_sharing_too_few_recognised_objects_are_not_compared_but_counted():
     # dense recognises 15 objects none of which gap or gmp recognise: no seed has the 20
     # shared objects a paired comparison needs
-    results, stored = _with_objects(_results(), dense_seen=np.arange(200) >= 185)
-    table = claim_comparisons(results, _step_times(), HEADS, MARGINS,
+    results, stored = _with_objects(results_table(), dense_seen=np.arange(200) >= 185)
+    table = claim_comparisons(results, step_times(), HEADS, MARGINS,
                               per_image=PerImageValues(stored),
                               bootstrap={"resamples": 2000, "seed": 0})
     family = table[(table.claim == "feature maps tied to classes") & (table.role == "primary")]
@@ -310,84 +260,6 @@ def test_two_heads_sharing_too_few_recognised_objects_are_not_compared_but_count
     assert row.mde == pytest.approx(expected.mde, rel=1e-12)
 
 
-def _time_results(gap_times: list[float], dense_times: list[float],
-                  bound: float = 30.0) -> pd.DataFrame:
-    """``_results`` with gap's and dense's times to the target (nan: the run never reached
-    it) and each run's lower bound, ``bound`` seconds, where it did not."""
-    results = _results({("gap", 1.0, "time_to_target"): gap_times,
-                        ("dense", 1.0, "time_to_target"): dense_times})
-    return results.assign(time_to_target_at_least=np.where(
-        results.time_to_target.isna(), bound, np.nan))
-
-
-def _time_table(results: pd.DataFrame) -> pd.DataFrame:
-    return claim_comparisons(results, _step_times(), HEADS, MARGINS)
-
-
-def _time_row(results: pd.DataFrame) -> pd.Series:
-    table = _time_table(results)
-    rows = table[(table.metric == "time_to_target") & (table["head"] == "gap")]
-    return rows.set_index("baseline").loc["dense"]
-
-
-DENSE_TIMES = [10.0, 10.5, 9.5, 10.2, 9.8, 10.1]
-
-
-def test_a_run_that_never_reaches_the_target_counts_at_its_lower_bound():
-    # gap reaches the target in about 4 s, except in one seed, whose run stopped short of it:
-    # that pair stays, at the bound, 5 s
-    row = _time_row(_time_results([4.0, np.nan, 4.1, 4.2, 3.9, 4.0], DENSE_TIMES, bound=5.0))
-    assert row.n == 6 and (row.bounded_head, row.bounded_baseline) == (1, 0)
-    assert row.head_mean == pytest.approx((4.0 + 5.0 + 4.1 + 4.2 + 3.9 + 4.0) / 6)
-    # the same values, reached, are better; with a bound in them the row decides nothing
-    reached = _time_row(_time_results([4.0, 5.0, 4.1, 4.2, 3.9, 4.0], DENSE_TIMES))
-    assert reached.verdict == "better" and reached.improvement == row.improvement
-    assert row.verdict == row.verdict_seeds_only == "inconclusive"
-    assert row.note == "bounded" and row.p_difference == reached.p_difference  # its own p
-    assert row.p_difference_adjusted == row.p_equivalence_adjusted == 1.0
-    # no interval or detectable difference: at no level would they decide as its verdict does
-    assert np.isnan([row.adjusted_low, row.adjusted_high, row.difference_low,
-                     row.difference_high, row.mde]).all()
-    table = _time_table(_time_results([4.0, np.nan, 4.1, 4.2, 3.9, 4.0], DENSE_TIMES, bound=5.0))
-    assert "bounded" not in set(forest_rows(table).note)  # left out of the forest plot
-
-
-@pytest.mark.parametrize("gap, dense", [
-    # dense bounded, gap faster: the bound may hide a slower dense, or a wider spread
-    ([4.0, 4.1, 3.9, 4.0, 4.2, 3.8], [10.0, 10.5, np.nan, 10.2, 9.8, 10.1]),
-    # gap bounded and slower: the same holds the other way
-    ([20.0, 21.0, np.nan, 20.5, 19.5, 20.2], DENSE_TIMES),
-    # both at the same time, one bounded: not equivalent either
-    ([10.0, 10.5, np.nan, 10.2, 9.8, 10.1], DENSE_TIMES),
-])
-def test_a_row_with_a_bound_on_either_side_decides_nothing(gap, dense):
-    row = _time_row(_time_results(gap, dense, bound=9.0))
-    assert row.bounded_head + row.bounded_baseline == 1
-    assert row.verdict == row.verdict_seeds_only == "inconclusive" and not row.trivial
-    reached = _time_row(_time_results([9.0 if np.isnan(v) else v for v in gap],
-                                      [9.0 if np.isnan(v) else v for v in dense]))
-    assert reached.verdict != "inconclusive"  # the same numbers, reached, decide
-
-
-def test_a_bounded_row_does_not_ease_the_adjustment_of_its_family():
-    # gap's time row is bounded: in the family of faster training it counts as p = 1, so the
-    # step time's own test pays for it as it would for an unmade test
-    table = _time_table(_time_results([4.0, np.nan, 4.1, 4.2, 3.9, 4.0], DENSE_TIMES, bound=5.0))
-    family = table[(table.claim == "faster training") & (table.role == "primary")]
-    tested = family.p_difference.where(family.note != "bounded", 1.0)
-    np.testing.assert_allclose(family.p_difference_adjusted, holm(tested.to_numpy()))
-
-
-def test_a_lower_bound_is_declared_only_where_lower_is_better():
-    from gap_study.report.protocol import ClaimTest
-
-    with pytest.raises(ValueError, match="higher-is-better"):
-        ClaimTest("c", "test_accuracy", False, "accuracy", True, at_least="x")
-    bounded = [t for t in PROTOCOL if t.at_least]
-    assert [(t.metric, t.at_least) for t in bounded] == [
-        ("time_to_target", "time_to_target_at_least")]
-
-
 def test_the_largest_comparison_is_taken_among_the_decided_ones():
     rows = pd.DataFrame({"head": ["gap", "gmp"], "baseline": "dense", "setting": "s",
                          "verdict": ["better", "equivalent"], "improvement": [0.01, 0.02]})
@@ -405,8 +277,8 @@ def test_the_largest_comparison_is_taken_among_the_decided_ones():
 def test_the_seeds_only_verdict_is_the_t_test_over_seeds_alone():
     # every seed points at the same objects: over the seeds gap's lead over dense is the same
     # every time (a certain difference), over the 100 shared objects it is not
-    results, stored = _with_objects(_results(), rates=(0.65, 0.70), seeds_agree=True)
-    table = claim_comparisons(results, _step_times(), HEADS, MARGINS,
+    results, stored = _with_objects(results_table(), rates=(0.65, 0.70), seeds_agree=True)
+    table = claim_comparisons(results, step_times(), HEADS, MARGINS,
                               per_image=PerImageValues(stored),
                               bootstrap={"resamples": 2000, "seed": 0})
     row = table[(table.metric == "pointing_gradcam_two_objects_recognised")
