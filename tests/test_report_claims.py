@@ -150,7 +150,7 @@ def test_the_map_claim_rests_on_grad_cam_pointing_at_each_class_on_two_object_ca
 def test_a_head_worse_than_its_baseline_is_worse_and_a_noisy_one_inconclusive():
     noisy = np.array([0.90, 0.99, 0.91, 0.98, 0.92, 0.97])
     results = results_table({("gap", 1.0, "test_accuracy"): [0.90] * 6,
-                        ("gmp", 1.0, "test_accuracy"): noisy})
+                            ("gmp", 1.0, "test_accuracy"): noisy})
     table = claim_comparisons(results, step_times(), HEADS, MARGINS)
     main = table[(table.metric == "test_accuracy") & (table.fraction == 1.0)
                  & (table.baseline == "dense")].set_index("head")
@@ -161,7 +161,7 @@ def test_a_head_worse_than_its_baseline_is_worse_and_a_noisy_one_inconclusive():
 
 def test_a_smaller_gap_from_lower_train_accuracy_is_called_underfitting():
     results = results_table({("gap", 1.0, "overfit_gap"): [0.01] * 6,
-                        ("gap", 1.0, "train_accuracy"): [0.96] * 6})
+                            ("gap", 1.0, "train_accuracy"): [0.96] * 6})
     table = claim_comparisons(results, step_times(), HEADS, MARGINS)
     gap = table[(table.metric == "overfit_gap") & (table["head"] == "gap")
                 & (table.fraction == 1.0)]
@@ -170,8 +170,8 @@ def test_a_smaller_gap_from_lower_train_accuracy_is_called_underfitting():
     # the same smaller gap and lower train accuracy, but a clearly better test accuracy: the
     # head generalises better, whatever it fits
     better = results_table({("gap", 1.0, "overfit_gap"): [0.01] * 6,
-                       ("gap", 1.0, "train_accuracy"): [0.96] * 6,
-                       ("gap", 1.0, "test_accuracy"): [0.99, 0.991, 0.989, 0.99, 0.992, 0.988]})
+                           ("gap", 1.0, "train_accuracy"): [0.96] * 6,
+                           ("gap", 1.0, "test_accuracy"): [0.99, 0.991, 0.989, 0.99, 0.992, 0.988]})
     table = claim_comparisons(better, step_times(), HEADS, MARGINS)
     gap = table[(table["head"] == "gap") & (table.fraction == 1.0)].set_index(
         ["metric", "baseline"])

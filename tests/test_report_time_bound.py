@@ -14,10 +14,10 @@ from gap_study.report.protocol import PROTOCOL
 
 def _time_results(gap_times: list[float], dense_times: list[float],
                   bound: float = 30.0) -> pd.DataFrame:
-    """``_results`` with gap's and dense's times to the target (nan: the run never reached
+    """``results_table`` with gap's and dense's times to the target (nan: the run never reached
     it) and each run's lower bound, ``bound`` seconds, where it did not."""
     results = results_table({("gap", 1.0, "time_to_target"): gap_times,
-                        ("dense", 1.0, "time_to_target"): dense_times})
+                            ("dense", 1.0, "time_to_target"): dense_times})
     return results.assign(time_to_target_at_least=np.where(
         results.time_to_target.isna(), bound, np.nan))
 

@@ -50,9 +50,14 @@ def _choices(at_chance: dict[str, bool]) -> pd.DataFrame:
 
 def _experiment(name: str, params: dict, seeds, untrained=(), **kwargs
                 ) -> tuple[pd.DataFrame, tuple]:
-    """An experiment's labelled runs and its ``settings_frame`` entry."""
-    runs = sw.label_runs(_results(seeds, **kwargs), experiment=name, rev=f"rev-{name}",
-                         params=params, untrained=untrained)
+    """An experiment's labelled runs and its ``settings_frame`` entry; ``untrained``: the
+    heads its tune stage recorded as untrained (every other head trained), ``None``: none
+    recorded."""
+    results = _results(seeds, **kwargs)
+    recorded = None if untrained is None else {
+        head: head in untrained for head in results["head"].unique()}
+    runs = sw.label_runs(results, experiment=name, rev=f"rev-{name}", params=params,
+                         untrained=recorded)
     return runs, (name, f"rev-{name}", params)
 
 
@@ -237,7 +242,7 @@ def test_main_writes_the_sweep_from_dvc_experiments(params, tmp_path, monkeypatc
     assert "## digits (2 seeds)" in out and "Untrained" not in out and "record" not in out
     results = pd.read_csv(tmp_path / "results.csv")
     assert len(results) == 6 and results["settings"].nunique() == 1
-    assert not results["untrained"].any()
+    assert results["untrained"].eq(False).all() and results["untrained_in"].isna().all()
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert "settings" in summary and (summary["n"] == 2).all()
     settings = pd.read_csv(tmp_path / "settings.csv")
@@ -280,19 +285,49 @@ def test_sections_keep_each_data_sets_settings_groups_together(params):
     assert f"`data.canvas` = 44, `train.epochs` = {params['train']['epochs']}." in text
 
 
-def test_a_section_names_its_untrained_heads_and_the_experiments_that_record_none(params):
-    a, _ = _experiment("a", params, [0], untrained=["gap"], heads=("gap", "dense"))
-    b, _ = _experiment("b", params, [1], untrained=None, heads=("gap", "dense"))
-    runs = sw.pool_runs([a, b])
-    assert runs.groupby("experiment")["untrained"].apply(list).to_dict() == {
-        "a": [True] * 3 + [False] * 3, "b": [pd.NA] * 6}
+def test_a_section_names_each_untrained_head_with_the_experiments_that_recorded_it(params):
+    a, _ = _experiment("a", params, [0], untrained=["gap"], heads=("gap", "dense", "gmp"))
+    b, _ = _experiment("b", params, [1], untrained=["gap", "gmp"], heads=("gap", "dense", "gmp"))
+    runs = sw.pool_runs([b, a])
+    assert runs.groupby("head")["untrained"].agg(set).to_dict() == {
+        "gap": {True}, "gmp": {True}, "dense": {False}}
+    assert set(runs.loc[runs["head"] == "gmp", "untrained_in"]) == {"b"}  # a's runs too
     text = " ".join(sw.sweep_table(runs).split())
-    assert "**Untrained: `gap`** (experiments a): no learning rate tried trained them " \
-           "(`at_chance` in `reports/tune/choices.csv`)" in text
-    assert "Experiments b do not record which heads trained" in text
+    assert "**Untrained: `gap` (experiments a, b) and `gmp` (experiment b).** No learning rate " \
+           "tried trained them there (`at_chance` in `reports/tune/choices.csv`): their rows " \
+           "include runs at chance" in text
+    assert "record" not in text
     trained, _ = _experiment("c", params, [2], heads=("gap", "dense"))
     text = sw.sweep_table(sw.pool_runs([trained]))
     assert "Untrained" not in text and "record" not in text
+
+
+def test_a_run_kept_from_an_experiment_without_a_record_takes_its_settings_groups_flag(params):
+    # the same run in both: kept from "a" (first by name), which records nothing; "b" says
+    # its head did not train, and the pooled run says so
+    a, _ = _experiment("a", params, [0], untrained=None)
+    b, _ = _experiment("b", params, [0], untrained=["gap"])
+    runs = sw.pool_runs([a, b])
+    assert set(runs["experiment"]) == {"a"} and runs["untrained"].eq(True).all()
+    assert "**Untrained: `gap` (experiment b).** No learning rate tried trained it there" \
+           in " ".join(sw.sweep_table(runs).split())
+
+
+def test_experiments_that_do_not_record_untrained_heads_are_named(params):
+    a, _ = _experiment("a", params, [0], untrained=None)
+    b, _ = _experiment("b", params, [1], untrained=None)
+    runs = sw.pool_runs([a, b])
+    assert runs["untrained"].isna().all()
+    text = " ".join(sw.sweep_table(runs).split())
+    assert "Experiments a, b do not record which heads trained (no `at_chance` in their " \
+           "`reports/tune/choices.csv`): run them again to know." in text
+    text = " ".join(sw.sweep_table(sw.pool_runs([a])).split())
+    assert "Experiment a does not record which heads trained (no `at_chance` in its" in text
+    # a head the experiment's choices lack is not recorded either
+    lacking = sw.label_runs(_results([0], heads=("gap", "gmp")), experiment="c", rev="rev-c",
+                            params=params, untrained={"gap": False})
+    flags = lacking.drop_duplicates("head").set_index("head")["untrained"]
+    assert flags.notna()["gap"] and not flags["gap"] and pd.isna(flags["gmp"])
 
 
 def test_an_experiment_without_the_tune_stages_choices_records_no_untrained_heads(monkeypatch):
@@ -305,6 +340,6 @@ def test_an_experiment_without_the_tune_stages_choices_records_no_untrained_head
             raise sw.PathMissingError(path, repo)
         return files[rev]
     monkeypatch.setattr(sw.dvc.api, "read", read)
-    assert sw.recorded_untrained(".", "new") == ["gap"]
+    assert sw.recorded_untrained(".", "new") == {"gap": True, "dense": False}
     assert sw.recorded_untrained(".", "old") is None
     assert sw.recorded_untrained(".", "before-tuning") is None

@@ -30,6 +30,7 @@ from gap_study.stages.tune import (
     tuning_table,
     warn_at_chance,
 )
+from gap_study.stages.untrained import untrained_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = TINY_MODEL
@@ -102,9 +103,12 @@ def test_a_head_whose_best_rate_ends_at_chance_is_flagged_and_named_in_a_warning
                    + _curve("dense", {0.003: (0.05, 0.07)}))
     choices = choice_table(table, TUNING, CLASSES).set_index("head")
     assert choices["at_chance"].to_dict() == {"gap": True, "dense": False}
-    with pytest.warns(RuntimeWarning, match=r"trains gap better than chance.*ln 10 = 2\.303.*"
-                                            r"\(gap at 100000: 2\.315\).*"
-                                            r"tune\.learning_rates, tune\.lr_min and tune\.lr_max"):
+    with pytest.warns(RuntimeWarning, match=r"trains gap: the best one ends at chance or worse, "
+                                            r"with a mean validation loss of at least 2\.28, 1% "
+                                            r"below ln 10 = 2\.303.*\(gap at 100000: 2\.315\).*"
+                                            r"tune\.learning_rates, tune\.lr_min and tune\.lr_max, "
+                                            r"or give training more \(train\.epochs and "
+                                            r"data\.max_train\)"):
         warn_at_chance(choices.reset_index(), CLASSES)
 
 
@@ -119,15 +123,23 @@ def test_a_loss_at_chance_is_flagged_whichever_way_its_last_bits_fall():
             == {"gap": True, "dense": False}, loss
 
 
-def test_a_loss_more_than_one_percent_below_chance_is_not_flagged(recwarn):
-    below = 0.985 * math.log(10)  # 2.268: beyond the 1% margin (2.2796)
+def test_the_threshold_is_one_percent_below_chance_and_a_loss_below_it_is_not_flagged(recwarn):
+    threshold = untrained_threshold(CLASSES)
+    assert threshold == pytest.approx(0.99 * math.log(10)) == pytest.approx(2.2796, abs=1e-4)
+    flags = {}
+    for loss in (math.nextafter(threshold, 0.0), threshold):
+        table = _table(_curve("gap", {0.003: (loss, loss)})
+                       + _curve("dense", {0.003: (0.05, 0.07)}))
+        flags[loss] = choice_table(table, TUNING, CLASSES).set_index("head")["at_chance"]
+    assert [f["gap"] for f in flags.values()] == [False, True]
+    below = 0.985 * math.log(10)  # 2.268
     table = _table(_curve("gap", {0.003: (below, below)})
                    + _curve("dense", {0.003: (0.05, 0.07)}))
     choices = choice_table(table, TUNING, CLASSES)
     assert not choices["at_chance"].any()
     warn_at_chance(choices, CLASSES)
     assert not recwarn.list
-    # the same losses on 9 classes: within 1% of ln 9 = 2.197
+    # the same losses on 9 classes: above ln 9 = 2.197
     assert choice_table(table, TUNING, 9).set_index("head")["at_chance"].to_dict() == {
         "gap": True, "dense": False}
 

@@ -36,7 +36,7 @@ import pandas as pd
 from gap_study.pipeline.io import write_csv, write_json, write_text
 from gap_study.report.formatting import format_effect
 from gap_study.report.protocol import PROTOCOL, PROTOCOL_VERSION, changed_between
-from gap_study.stages.untrained import untrained_fix, untrained_heads
+from gap_study.stages.untrained import listed, untrained_fix, untrained_heads
 
 __all__ = ["DECISIVE", "Study", "beside_published", "outcome", "publish", "read_study",
            "readme_section", "replication_table", "update_readme"]
@@ -205,7 +205,7 @@ def _refuse_untrained(choices_csv: Path, heads: Sequence[str]) -> None:
                          "tune stage recorded whether a head trained; run dvc repro, then "
                          "publish again")
     if untrained:
-        raise ValueError(f"{', '.join(untrained)}: no learning rate tried trained "
+        raise ValueError(f"{listed(untrained)}: no learning rate tried trained "
                          f"{'it' if len(untrained) == 1 else 'them'} ({choices_csv}, "
                          "at_chance), so the study's verdicts compare untrained heads and are "
                          f"not published. Fix: {untrained_fix()}; run dvc repro, then publish "

@@ -17,6 +17,9 @@ pooled across experiments, so seeds trained by different experiments (in paralle
 seeds of one study; experiments with other settings (say ``train.epochs``) form their own
 group, with their own tables. A run found in two experiments
 with the same settings (same part, backbone, head, fraction, shift and seed) is counted once.
+A head that no learning rate trained in an experiment (``at_chance`` in its
+``reports/tune/choices.csv``) is named above its section's table, and ``results.csv`` marks
+its runs (``untrained``, and ``untrained_in``: the experiments that recorded it).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from gap_study.pipeline.params import ParamsError, load_params
 from gap_study.report.formatting import grouped_stat_table
 from gap_study.report.stats import summarize
 from gap_study.report.tables import RESULT_KEYS
-from gap_study.stages.untrained import untrained_heads
+from gap_study.stages.untrained import listed
 
 __all__ = [
     "IGNORED_PARAMS",
@@ -144,44 +147,63 @@ def settings_id(settings: Mapping[str, Any]) -> str:
 
 
 def label_runs(results: pd.DataFrame, *, experiment: str, rev: str,
-               params: Mapping[str, Any], untrained: Sequence[str] | None = None
+               params: Mapping[str, Any], untrained: Mapping[str, bool] | None = None
                ) -> pd.DataFrame:
     """One experiment's ``results.csv`` frame with ``experiment, rev, data, settings`` (its
     name, revision, ``data.name`` and ``settings_id``) in front and ``untrained`` last: a new
-    frame. ``untrained`` holds whether the row's head is among the experiment's
-    ``untrained`` heads (``recorded_untrained``), empty where it recorded none (``None``). A
-    ``results.csv`` from before the ``part`` column holds the main runs alone, on the backbone
-    of its ``model`` params: its rows get those keys."""
+    frame. ``untrained`` is ``recorded_untrained``'s (head -> no rate tried trained it) for the
+    row's head, empty where the experiment does not record it (``None``, or a head it lacks).
+    A ``results.csv`` from before the ``part`` column holds the main runs alone, on the
+    backbone of its ``model`` params: its rows get those keys."""
     if "part" not in results:
         model = params.get("model", {})
         results = results.assign(part="main", downsample=model.get("downsample", "max"),
                                  padding=model.get("padding", "zeros"))
     labels = {"experiment": experiment, "rev": rev, "data": params["data"]["name"],
               "settings": settings_id(run_settings(params))}
-    rest = [c for c in results.columns if c not in (*labels, "untrained")]
-    flags = (pd.Series(pd.NA, index=results.index, dtype="boolean") if untrained is None
-             else results["head"].isin(list(untrained)).astype("boolean"))
+    rest = [c for c in results.columns if c not in (*labels, "untrained", "untrained_in")]
+    flags = results["head"].map(dict(untrained or {})).astype("boolean")
     return results[rest].assign(**labels, untrained=flags)[[*labels, *rest, "untrained"]]
 
 
-def recorded_untrained(repo: str | Path, rev: str) -> list[str] | None:
-    """The heads no learning rate trained in the experiment at ``rev`` (``at_chance`` in its
-    ``reports/tune/choices.csv``), or ``None`` where it has no such file or column."""
+def recorded_untrained(repo: str | Path, rev: str) -> dict[str, bool] | None:
+    """Whether no learning rate tried trained each head of the experiment at ``rev``
+    (``at_chance`` in its ``reports/tune/choices.csv``, as its tune stage decided it), or
+    ``None`` where it has no such file or column."""
     try:
         text = dvc.api.read(CHOICES, repo=str(repo), rev=rev)
     except PathMissingError:
         return None
     choices = pd.read_csv(io.StringIO(text))
-    return untrained_heads(choices, choices["head"]) if "head" in choices else None
+    if not {"head", "at_chance"} <= set(choices.columns):
+        return None
+    return dict(zip(choices["head"].astype(str), choices["at_chance"].astype(bool), strict=True))
+
+
+def _merge_untrained(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each head's ``untrained`` made its settings group's: true where any
+    experiment of the group recorded it untrained (``untrained_in``: those experiments),
+    false where others recorded it trained, empty where none recorded it."""
+    keys = ["data", "settings", "head"]
+    at = pd.MultiIndex.from_frame(frame[keys])
+    marked = frame[frame["untrained"].eq(True).fillna(False).astype(bool)]
+    names = marked.groupby(keys)["experiment"].agg(lambda s: ", ".join(sorted(set(s))))
+    recorded = frame[frame["untrained"].notna()].groupby(keys).size()
+    untrained_in = names.reindex(at).fillna("").to_numpy()
+    known = recorded.reindex(at).notna().to_numpy()
+    flags = pd.array([True if name else (False if seen else pd.NA)
+                      for name, seen in zip(untrained_in, known, strict=True)], dtype="boolean")
+    return frame.assign(untrained=flags, untrained_in=untrained_in)
 
 
 def pool_runs(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """The runs of every experiment (frames from ``label_runs``) in one frame, each run once:
     sorted by experiment name (then revision, then the experiment's own row order), a run
     repeated with the same ``data``, ``settings`` and ``RESULT_KEYS`` (part, backbone, head,
-    fraction, training shift, seed) kept only from the first experiment that has it. Raises
-    ``ValueError`` when there are no frames."""
-    frame = pd.concat(list(frames), ignore_index=True)
+    fraction, training shift, seed) kept only from the first experiment that has it; each
+    head's ``untrained`` that of its settings group (``_merge_untrained``), whichever
+    experiment's run is kept. Raises ``ValueError`` when there are no frames."""
+    frame = _merge_untrained(pd.concat(list(frames), ignore_index=True))
     frame = frame.sort_values(["experiment", "rev"], kind="stable", ignore_index=True)
     # Same settings (every param that defines a run's result) and the same part, backbone,
     # head, fraction, shift and seed: the same seeded, deterministic training and evaluation,
@@ -274,22 +296,29 @@ def _settings_line(settings: str, differences: pd.DataFrame | None) -> str:
             + (f": {shown}." if shown else "."))
 
 
+def _experiments(names: Sequence[str]) -> str:
+    return f"experiment{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+
 def _untrained_lines(runs: pd.DataFrame) -> list[str]:
-    """A section's Markdown lines on its untrained heads (``label_runs``' ``untrained``), and
-    on its experiments that record none: nothing where every head trained."""
-    flags = runs["untrained"] if "untrained" in runs else pd.Series(pd.NA, index=runs.index)
+    """A section's Markdown lines on its untrained heads (``pool_runs``' ``untrained``), and
+    on its experiments that do not record them: nothing where every head trained."""
     lines = []
-    flagged = runs[flags.eq(True).fillna(False).astype(bool)]
+    flagged = runs[runs["untrained"].eq(True).fillna(False).astype(bool)].drop_duplicates("head")
     if len(flagged):
-        heads = ", ".join(f"`{h}`" for h in dict.fromkeys(flagged["head"]))
-        names = ", ".join(sorted(flagged["experiment"].unique()))
-        lines += [f"**Untrained: {heads}** (experiments {names}): no learning rate tried "
-                  f"trained them (`at_chance` in `{CHOICES}`), so their rows average runs at "
-                  "chance, not what their pooling does.", ""]
-    unknown = sorted(runs.loc[flags.isna(), "experiment"].unique())
+        one = len(flagged) == 1
+        heads = listed([f"`{row.head}` ({_experiments(row.untrained_in.split(', '))})"
+                        for row in flagged.itertuples()])
+        lines += [f"**Untrained: {heads}.** No learning rate tried trained "
+                  f"{'it' if one else 'them'} there (`at_chance` in `{CHOICES}`): "
+                  f"{'its' if one else 'their'} rows include runs at chance, which say nothing "
+                  "of pooling.", ""]
+    unknown = sorted(runs.loc[runs["untrained"].isna(), "experiment"].unique())
     if unknown:
-        lines += [f"Experiments {', '.join(unknown)} do not record which heads trained (no "
-                  f"`at_chance` in their `{CHOICES}`): run them again to know.", ""]
+        one = len(unknown) == 1
+        lines += [f"{_experiments(unknown).capitalize()} {'does' if one else 'do'} not record "
+                  f"which heads trained (no `at_chance` in {'its' if one else 'their'} "
+                  f"`{CHOICES}`): run {'it' if one else 'them'} again to know.", ""]
     return lines
 
 

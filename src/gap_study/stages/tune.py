@@ -31,6 +31,7 @@ from gap_study.stages.untrained import (
     CHANCE_MARGIN,
     at_chance,
     chance_loss,
+    listed,
     untrained_fix,
     untrained_threshold,
 )
@@ -204,8 +205,8 @@ def choice_table(runs: pd.DataFrame, tuning: TuneParams, num_classes: int) -> pd
     6. ``at_bound``: the rate is an end of the head's tried rates and the half-decade step
        beyond that end leaves ``[lr_min, lr_max]``. It is false for an interior rate, and for
        an end the grid could still be extended past, which ``search`` never leaves chosen.
-    7. ``at_chance``: the chosen rate's mean loss is within 1% of ``ln(num_classes)``, the
-       cross-entropy of giving each class the same probability, or above
+    7. ``at_chance``: the chosen rate's mean loss is at most 1% below ``ln(num_classes)``,
+       the cross-entropy of giving each class the same probability, or above it
        (``gap_study.stages.untrained``): no rate tried trained the head (rates far too large
        give finite but useless weights, far too small ones or too short a training leave the
        model about where it started). A floor, not a quality bar. The stage warns
@@ -228,9 +229,9 @@ def warn_at_chance(choices: pd.DataFrame, num_classes: int) -> None:
         losses = "; ".join(f"{row.head} at {row.lr:g}: {row.val_loss:.4g}"
                            for row in failed.itertuples())
         warnings.warn(
-            f"tune: no learning rate tried trains {', '.join(failed['head'])} better than "
-            f"chance: the best one ends with a mean validation loss of at least "
-            f"{untrained_threshold(num_classes):.4g}, within {CHANCE_MARGIN:.0%} of ln "
+            f"tune: no learning rate tried trains {listed(failed['head'].tolist())}: the best "
+            f"one ends at chance or worse, with a mean validation loss of at least "
+            f"{untrained_threshold(num_classes):.4g}, {CHANCE_MARGIN:.0%} below ln "
             f"{num_classes} = {chance_loss(num_classes):.4g}, the loss of giving every class the "
             f"same probability ({losses}). The study goes on, and the report marks these heads "
             f"as untrained. To train them, {untrained_fix()}", RuntimeWarning, stacklevel=2)
