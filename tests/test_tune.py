@@ -28,15 +28,13 @@ from gap_study.stages.tune import (
     search,
     tune_task,
     tuning_table,
-    warn_at_chance,
 )
-from gap_study.stages.untrained import untrained_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = TINY_MODEL
 SETTINGS = TrainParams(seeds=[0], epochs=2, batch_size=32, schedule="cosine", drop_last=True,
                        weight_decay=0.0, validation_batch_size=512, fractions=[0.5, 1.0], shift=[0])
-CLASSES = 10  # the digits' classes: chance is a mean validation loss of ln 10
+CLASSES = 10  # the digits' classes
 TUNING = TuneParams(learning_rates=[0.001, 0.003, 0.01], lr_min=0.0001, lr_max=0.1,
                     seeds=[100, 101])
 
@@ -95,62 +93,6 @@ def test_a_head_whose_every_rate_diverged_is_refused_by_name_with_the_fix():
                    + _curve("gap", {0.01: (0.2, 0.2)}))
     with pytest.raises(ValueError, match=r"gem diverged.*tune\.learning_rates"):
         best_rates(table)
-
-
-def test_a_head_whose_best_rate_ends_at_chance_is_flagged_and_named_in_a_warning_with_the_fix():
-    # ln 10 = 2.3026: giving each of 10 classes the same probability
-    table = _table(_curve("gap", {1e5: (2.31, 2.32), 1e6: (2.40, 2.45)}, accuracy=0.1)
-                   + _curve("dense", {0.003: (0.05, 0.07)}))
-    choices = choice_table(table, TUNING, CLASSES).set_index("head")
-    assert choices["at_chance"].to_dict() == {"gap": True, "dense": False}
-    with pytest.warns(RuntimeWarning, match=r"trains gap: the best one ends at chance or worse, "
-                                            r"with a mean validation loss of at least 2\.28, 1% "
-                                            r"below ln 10 = 2\.303.*\(gap at 100000: 2\.315\).*"
-                                            r"tune\.learning_rates, tune\.lr_min and tune\.lr_max, "
-                                            r"or give training more \(train\.epochs and "
-                                            r"data\.max_train\)"):
-        warn_at_chance(choices.reset_index(), CLASSES)
-
-
-def test_a_loss_at_chance_is_flagged_whichever_way_its_last_bits_fall():
-    # a head that learned nothing ends at ln K up to its loss's rounding: the flag must not
-    # depend on which side of ln K those bits put it
-    chance = math.log(10)
-    for loss in (math.nextafter(chance, 0.0), chance, math.nextafter(chance, 3.0), 2.3008):
-        table = _table(_curve("gap", {0.003: (loss, loss)})
-                       + _curve("dense", {0.003: (0.05, 0.07)}))
-        assert choice_table(table, TUNING, CLASSES).set_index("head")["at_chance"].to_dict() \
-            == {"gap": True, "dense": False}, loss
-
-
-def test_the_threshold_is_one_percent_below_chance_and_a_loss_below_it_is_not_flagged(recwarn):
-    threshold = untrained_threshold(CLASSES)
-    assert threshold == pytest.approx(0.99 * math.log(10)) == pytest.approx(2.2796, abs=1e-4)
-    flags = {}
-    for loss in (math.nextafter(threshold, 0.0), threshold):
-        table = _table(_curve("gap", {0.003: (loss, loss)})
-                       + _curve("dense", {0.003: (0.05, 0.07)}))
-        flags[loss] = choice_table(table, TUNING, CLASSES).set_index("head")["at_chance"]
-    assert [f["gap"] for f in flags.values()] == [False, True]
-    below = 0.985 * math.log(10)  # 2.268
-    table = _table(_curve("gap", {0.003: (below, below)})
-                   + _curve("dense", {0.003: (0.05, 0.07)}))
-    choices = choice_table(table, TUNING, CLASSES)
-    assert not choices["at_chance"].any()
-    warn_at_chance(choices, CLASSES)
-    assert not recwarn.list
-    # the same losses on 9 classes: above ln 9 = 2.197
-    assert choice_table(table, TUNING, 9).set_index("head")["at_chance"].to_dict() == {
-        "gap": True, "dense": False}
-
-
-def test_the_tune_stage_warns_of_a_choice_at_chance_before_it_writes_anything():
-    code = "\n".join(c.source for c in nbformat.read(ROOT / "notebooks" / "tune.ipynb",
-                                                      as_version=4).cells
-                     if c.cell_type == "code")
-    warning = code.find("warn_at_chance(choices, dataset.num_classes)")
-    assert -1 < code.find("choices = choice_table(table, tuning, dataset.num_classes)") \
-        < warning < code.find("write_csv(")
 
 
 def test_a_training_run_that_diverged_fails_in_its_task_naming_the_run(small, monkeypatch):
