@@ -43,7 +43,7 @@ from gap_study.pipeline.params import ParamsError, load_params
 from gap_study.report.formatting import grouped_stat_table
 from gap_study.report.stats import summarize
 from gap_study.report.tables import RESULT_KEYS
-from gap_study.stages.untrained import listed
+from gap_study.stages.untrained import listed, untrained_heads
 
 __all__ = [
     "IGNORED_PARAMS",
@@ -175,9 +175,8 @@ def recorded_untrained(repo: str | Path, rev: str) -> dict[str, bool] | None:
     except PathMissingError:
         return None
     choices = pd.read_csv(io.StringIO(text))
-    if not {"head", "at_chance"} <= set(choices.columns):
-        return None
-    return dict(zip(choices["head"].astype(str), choices["at_chance"].astype(bool), strict=True))
+    flagged = untrained_heads(choices, choices["head"]) if "head" in choices else None
+    return None if flagged is None else {str(head): head in flagged for head in choices["head"]}
 
 
 def _merge_untrained(frame: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from gap_study.pipeline.io import write_csv
 from gap_study.report.facts import ReportFacts
 from gap_study.report.formatting import markdown_table
 from gap_study.report.mechanism_distance import Effect
+from gap_study.stages.untrained import listed
 
 __all__ = ["CONTENTS", "TEMPLATE", "contents", "render_report", "write_tables"]
 
@@ -46,10 +47,7 @@ def _effect(effect: Effect, unit: bool = True) -> str:
 
 def _names(heads: Sequence[str]) -> str:
     """``a``, ``a` and `b``, ``a`, `b` and `c``, in backticks."""
-    quoted = [f"`{h}`" for h in heads]
-    if len(quoted) < 2:
-        return "".join(quoted)
-    return f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+    return listed([f"`{h}`" for h in heads])
 
 
 def _cell(cell: Sequence[str]) -> str:
