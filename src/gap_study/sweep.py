@@ -161,7 +161,7 @@ def label_runs(results: pd.DataFrame, *, experiment: str, rev: str,
                                  padding=model.get("padding", "zeros"))
     labels = {"experiment": experiment, "rev": rev, "data": params["data"]["name"],
               "settings": settings_id(run_settings(params))}
-    rest = [c for c in results.columns if c not in (*labels, "untrained", "untrained_in")]
+    rest = [c for c in results.columns if c not in labels]
     flags = results["head"].map(dict(untrained or {})).astype("boolean")
     return results[rest].assign(**labels, untrained=flags)[[*labels, *rest, "untrained"]]
 
@@ -185,7 +185,7 @@ def _merge_untrained(frame: pd.DataFrame) -> pd.DataFrame:
     false where others recorded it trained, empty where none recorded it."""
     keys = ["data", "settings", "head"]
     at = pd.MultiIndex.from_frame(frame[keys])
-    marked = frame[frame["untrained"].eq(True).fillna(False).astype(bool)]
+    marked = frame[frame["untrained"].fillna(False).astype(bool)]
     names = marked.groupby(keys)["experiment"].agg(lambda s: ", ".join(sorted(set(s))))
     recorded = frame[frame["untrained"].notna()].groupby(keys).size()
     untrained_in = names.reindex(at).fillna("").to_numpy()
@@ -303,7 +303,7 @@ def _untrained_lines(runs: pd.DataFrame) -> list[str]:
     """A section's Markdown lines on its untrained heads (``pool_runs``' ``untrained``), and
     on its experiments that do not record them: nothing where every head trained."""
     lines = []
-    flagged = runs[runs["untrained"].eq(True).fillna(False).astype(bool)].drop_duplicates("head")
+    flagged = runs[runs["untrained"].fillna(False).astype(bool)].drop_duplicates("head")
     if len(flagged):
         one = len(flagged) == 1
         heads = listed([f"`{row.head}` ({_experiments(row.untrained_in.split(', '))})"
